@@ -1,0 +1,1 @@
+"""Core framework: protocols, types, pipeline, errors, settings and reliability parts."""

@@ -1,0 +1,146 @@
+"""Framework settings, read from the environment and a ``.env`` file.
+
+Every setting has one environment variable. The reference design's names are kept as they are
+(``LLM_CONFIG_PATH``, ``OTEL_ENABLED``, ``OTEL_SERVICE_NAME``, ``OTEL_SERVICE_VERSION``); the
+framework's own defaults use the ``LLM_SERVER_`` prefix. The README's settings reference lists
+them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llm_server.core.errors import ConfigurationError
+
+__all__ = ["Engine", "FrameworkSettings"]
+
+Engine = Literal["auto", "litellm"]
+
+
+def _env(name: str) -> Any:
+    return Field(validation_alias=AliasChoices(name))
+
+
+class FrameworkSettings(BaseSettings):
+    """Settings of the framework.
+
+    Construct with no arguments to read the environment (and ``.env``), or pass field names
+    to override. Invalid values raise :class:`~llm_server.core.errors.ConfigurationError`
+    naming the environment variable.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # --- the reference design's settings ---
+    llm_config_path: Path = Field(
+        default=Path("config/model_config.yml"), validation_alias=AliasChoices("LLM_CONFIG_PATH")
+    )
+    """Path of the YAML model configuration."""
+    otel_enabled: bool = Field(default=False, validation_alias=AliasChoices("OTEL_ENABLED"))
+    """Emit OpenTelemetry traces and metrics (the host app configures the SDK)."""
+    otel_service_name: str = Field(
+        default="llm-server", validation_alias=AliasChoices("OTEL_SERVICE_NAME")
+    )
+    """Service name for the host's OpenTelemetry resource."""
+    otel_service_version: str = Field(
+        default="0.0.0", validation_alias=AliasChoices("OTEL_SERVICE_VERSION")
+    )
+    """Service version for the host's OpenTelemetry resource."""
+
+    # --- telemetry details ---
+    otel_capture_message_content: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"),
+    )
+    """Record prompts and completions on spans (opt-in; off by default for privacy)."""
+    otel_content_max_length: int = Field(
+        default=2000, gt=0, validation_alias=AliasChoices("LLM_SERVER_OTEL_CONTENT_MAX_LENGTH")
+    )
+    """Characters of captured content kept per attribute."""
+    otel_llm_attributes: bool = Field(
+        default=True, validation_alias=AliasChoices("LLM_SERVER_OTEL_LLM_ATTRIBUTES")
+    )
+    """Also set the legacy ``llm.*`` span attributes next to the ``gen_ai.*`` ones."""
+
+    # --- model layer ---
+    llm_programs_dir: Path = Field(
+        default=Path("dspy_programs"), validation_alias=AliasChoices("LLM_PROGRAMS_DIR")
+    )
+    """Folder of the file-system program storage."""
+    default_engine: Engine = Field(
+        default="auto", validation_alias=AliasChoices("LLM_SERVER_DEFAULT_ENGINE")
+    )
+    """DSPy inference engine for models whose YAML does not say (``auto`` or ``litellm``)."""
+    model_timeout_s: float = Field(
+        default=60.0, gt=0, validation_alias=AliasChoices("LLM_SERVER_MODEL_TIMEOUT_S")
+    )
+    """Timeout of one HTTP attempt to a provider, unless the model sets ``timeout_s``."""
+    request_deadline_s: float = Field(
+        default=120.0, gt=0, validation_alias=AliasChoices("LLM_SERVER_REQUEST_DEADLINE_S")
+    )
+    """Overall deadline of one model call, retries and fallbacks included."""
+    blocking_workers: int = Field(
+        default=4, gt=0, le=64, validation_alias=AliasChoices("LLM_SERVER_BLOCKING_WORKERS")
+    )
+    """Threads of the framework's own pool for blocking work (images, sync programs)."""
+
+    # --- retries ---
+    retry_max_attempts: int = Field(
+        default=3, ge=1, le=20, validation_alias=AliasChoices("LLM_SERVER_RETRY_MAX_ATTEMPTS")
+    )
+    """HTTP attempts per model call, the first included (1 disables retries)."""
+    retry_initial_backoff_s: float = Field(
+        default=0.5, ge=0, validation_alias=AliasChoices("LLM_SERVER_RETRY_INITIAL_BACKOFF_S")
+    )
+    """Backoff before the first retry; doubles each time, with full jitter."""
+    retry_max_backoff_s: float = Field(
+        default=8.0, ge=0, validation_alias=AliasChoices("LLM_SERVER_RETRY_MAX_BACKOFF_S")
+    )
+    """Upper bound of one backoff."""
+    retry_after_cap_s: float = Field(
+        default=30.0, ge=0, validation_alias=AliasChoices("LLM_SERVER_RETRY_AFTER_CAP_S")
+    )
+    """Longest provider ``Retry-After`` honoured; a longer one ends the retries."""
+
+    # --- circuit breakers ---
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_FAILURE_THRESHOLD")
+    )
+    """Consecutive failures that open a model's breaker."""
+    breaker_reset_timeout_s: float = Field(
+        default=60.0, gt=0, validation_alias=AliasChoices("LLM_SERVER_BREAKER_RESET_TIMEOUT_S")
+    )
+    """Seconds an open breaker waits before letting probes through."""
+    breaker_half_open_max_calls: int = Field(
+        default=1, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_HALF_OPEN_MAX_CALLS")
+    )
+    """Probes a half-open breaker admits at once."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    fields = FrameworkSettings.model_fields
+    problems: list[str] = []
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        field = fields.get(key)
+        env_name = key
+        if field is not None and isinstance(field.validation_alias, AliasChoices):
+            env_name = str(field.validation_alias.choices[0])
+        problems.append(f"{env_name}: {error['msg']} (got {error.get('input')!r})")
+    return "invalid framework settings: " + "; ".join(problems)

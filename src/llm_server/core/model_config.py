@@ -1,0 +1,118 @@
+"""The schema of the YAML model configuration (validated with pydantic, strictly).
+
+Unknown keys are errors, so a typo never silently falls back to a default. The README's YAML
+reference documents every key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+__all__ = ["BreakerConfig", "ModelConfig", "ModelsConfig", "PricingConfig", "RetryConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PricingConfig(_Strict):
+    """Per-model price override in USD per million tokens (for models LiteLLM does not know)."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+    cached_input_per_million: float | None = Field(default=None, ge=0)
+
+
+class BreakerConfig(_Strict):
+    """Per-model circuit breaker overrides; unset keys use the settings' defaults."""
+
+    failure_threshold: int | None = Field(default=None, ge=1)
+    reset_timeout_s: float | None = Field(default=None, gt=0)
+    half_open_max_calls: int | None = Field(default=None, ge=1)
+    failure_rate_threshold: float | None = Field(default=None, gt=0, le=1)
+    window_size: int | None = Field(default=None, ge=1)
+    window_type: Literal["count", "time"] | None = None
+    minimum_calls: int | None = Field(default=None, ge=1)
+    slow_call_duration_s: float | None = Field(default=None, gt=0)
+    slow_call_rate_threshold: float | None = Field(default=None, gt=0, le=1)
+
+
+class RetryConfig(_Strict):
+    """Per-model retry overrides; unset keys use the settings' defaults."""
+
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    initial_backoff_s: float | None = Field(default=None, ge=0)
+    max_backoff_s: float | None = Field(default=None, ge=0)
+    retry_after_cap_s: float | None = Field(default=None, ge=0)
+
+
+class ModelConfig(_Strict):
+    """One configured model."""
+
+    model_name: str
+    """``provider/model``, as LiteLLM and DSPy name it (e.g. ``openai/gpt-4o-mini``)."""
+    max_tokens: int = Field(default=1024, gt=0)
+    """Upper bound of completion tokens per call."""
+    additional_params: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for ``dspy.LM`` (``temperature``, ``top_p``, ...)."""
+    engine: Literal["auto", "litellm"] | None = None
+    """DSPy inference engine; ``None`` uses the settings' ``default_engine``."""
+    api_base: str | None = None
+    """Endpoint of the provider, e.g. ``http://127.0.0.1:8001/v1``."""
+    api_key: SecretStr | None = None
+    """The key itself, normally written as ``${SOME_ENV_VAR}``."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the key (default: the provider's usual one)."""
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Timeout of one HTTP attempt; ``None`` uses the settings' ``model_timeout_s``."""
+    cache: bool = False
+    """Opt in to DSPy's response cache (its key ignores the endpoint and the key)."""
+    context_window: int | None = Field(default=None, gt=0)
+    """Context window in tokens, when LiteLLM's price map does not know the model."""
+    pricing: PricingConfig | None = None
+    """Price override; otherwise LiteLLM's bundled price map is used."""
+    fallbacks: list[str] = Field(default_factory=list)
+    """Model ids to try, in order, when this model's breaker is open or its retries ran out."""
+    circuit_breaker: BreakerConfig | None = None
+    """Breaker overrides for this model."""
+    retry: RetryConfig | None = None
+    """Retry overrides for this model."""
+
+    @field_validator("model_name")
+    @classmethod
+    def _has_provider(cls, value: str) -> str:
+        provider, sep, name = value.partition("/")
+        if not sep or not provider.strip() or not name.strip():
+            raise ValueError(f"must be 'provider/model' (e.g. 'openai/gpt-4o-mini'), got {value!r}")
+        return value
+
+    @property
+    def provider(self) -> str:
+        """The provider prefix of ``model_name`` (``openai`` for ``openai/gpt-4o-mini``)."""
+        return self.model_name.partition("/")[0]
+
+    @property
+    def base_model(self) -> str:
+        """``model_name`` without its provider prefix."""
+        return self.model_name.partition("/")[2]
+
+
+class ModelsConfig(_Strict):
+    """The whole model configuration file."""
+
+    models: dict[str, ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> ModelsConfig:
+        for model_id, model in self.models.items():
+            for fallback in model.fallbacks:
+                if fallback == model_id:
+                    raise ValueError(f"model {model_id!r} lists itself in 'fallbacks'")
+                if fallback not in self.models:
+                    raise ValueError(
+                        f"model {model_id!r} has unknown fallback {fallback!r}; "
+                        f"known model ids: {', '.join(sorted(self.models))}"
+                    )
+        return self

@@ -1,0 +1,94 @@
+"""Per-request observation of pipeline steps and model calls, carried in a contextvar.
+
+The reference example creates a ``PerformanceMetrics`` before running a pipeline and never
+passes it in, yet its summary holds the model call's tokens. That works through this module:
+an observer attached with :func:`attach_observer` receives every step timing and model output
+produced later *in the same context*. asyncio copies the context into each task, so two
+concurrent requests (each in its own task, as in any ASGI server) never see each other's
+events, while tasks spawned inside one request (``asyncio.gather``) report to that request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from llm_server.core.model_interfaces import ModelOutput
+
+__all__ = [
+    "ExecutionObserver",
+    "StepTiming",
+    "attach_observer",
+    "notify_model_output",
+    "notify_step",
+    "observing",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StepTiming:
+    """How long one pipeline step took.
+
+    Attributes:
+        pipeline: The pipeline's name.
+        step: The step's name.
+        index: The step's position in the pipeline (0-based).
+        duration_ms: Wall time of ``process``.
+        outcome: ``"ok"`` or ``"error"``.
+    """
+
+    pipeline: str
+    step: str
+    index: int
+    duration_ms: float
+    outcome: Literal["ok", "error"]
+
+
+@runtime_checkable
+class ExecutionObserver(Protocol):
+    """Receives what happens during one request."""
+
+    def on_step(self, timing: StepTiming) -> None:
+        """Called after each pipeline step."""
+        ...
+
+    def on_model_output(self, output: ModelOutput) -> None:
+        """Called after each successful model call."""
+        ...
+
+
+_observers: ContextVar[tuple[ExecutionObserver, ...]] = ContextVar(
+    "llm_server_observers", default=()
+)
+
+
+def attach_observer(observer: ExecutionObserver) -> None:
+    """Attach ``observer`` to the current context for the rest of it (e.g. one request)."""
+    current = _observers.get()
+    if observer not in current:
+        _observers.set((*current, observer))
+
+
+@contextmanager
+def observing(observer: ExecutionObserver) -> Iterator[ExecutionObserver]:
+    """Attach ``observer`` for the duration of a ``with`` block only."""
+    token = _observers.set((*_observers.get(), observer))
+    try:
+        yield observer
+    finally:
+        _observers.reset(token)
+
+
+def notify_step(timing: StepTiming) -> None:
+    """Send a step timing to the observers of the current context."""
+    for observer in _observers.get():
+        observer.on_step(timing)
+
+
+def notify_model_output(output: ModelOutput) -> None:
+    """Send a model output to the observers of the current context."""
+    for observer in _observers.get():
+        observer.on_model_output(output)

@@ -1,0 +1,146 @@
+"""Pipeline orchestration: validated at build time, timed and error-wrapped at execute time."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llm_server.core.errors import (
+    LLMServerError,
+    MediaTypeMismatchError,
+    PipelineValidationError,
+    StepError,
+)
+from llm_server.core.observation import StepTiming, notify_step
+from llm_server.core.protocols import PipelineStep
+from llm_server.core.types import MediaType, PipelineData
+
+__all__ = ["Pipeline", "PipelineRun", "step_name"]
+
+
+def step_name(step: object) -> str:
+    """The display name of a step: its ``name`` attribute, else its class name."""
+    name = getattr(step, "name", None)
+    return name if isinstance(name, str) and name else type(step).__name__
+
+
+def _types_text(types: Sequence[MediaType]) -> str:
+    return "[" + ", ".join(str(t) for t in types) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRun:
+    """The outcome of :meth:`Pipeline.run`: the final data and each step's timing."""
+
+    output: PipelineData
+    steps: tuple[StepTiming, ...]
+
+    @property
+    def total_ms(self) -> float:
+        """The sum of the steps' durations."""
+        return sum(s.duration_ms for s in self.steps)
+
+
+class Pipeline:
+    """An ordered list of steps, each fed the previous step's output.
+
+    The pipeline is checked when it is built: it must not be empty, every item must be a
+    :class:`~llm_server.core.protocols.PipelineStep`, and when a step declares an
+    ``output_media_type`` the next step must accept it.
+
+    Args:
+        steps: The steps, in order.
+        name: A low-cardinality name used in timings, traces and metrics.
+
+    Raises:
+        PipelineValidationError: The pipeline is malformed; the message names the steps.
+    """
+
+    def __init__(self, steps: Sequence[PipelineStep], *, name: str = "pipeline") -> None:
+        steps = list(steps)
+        if not steps:
+            raise PipelineValidationError(f"pipeline {name!r} has no steps")
+        for index, step in enumerate(steps):
+            if not isinstance(step, PipelineStep):
+                raise PipelineValidationError(
+                    f"pipeline {name!r}: item {index} ({type(step).__name__}) is not a "
+                    "PipelineStep: it needs `accepted_media_types` and `async process(data)`"
+                )
+        for index, (before, after) in enumerate(itertools.pairwise(steps)):
+            produced = getattr(before, "output_media_type", None)
+            accepted = list(after.accepted_media_types)
+            if produced is not None and produced not in accepted:
+                raise PipelineValidationError(
+                    f"pipeline {name!r}: step {index} ({step_name(before)}) outputs "
+                    f"{produced}, but step {index + 1} ({step_name(after)}) accepts "
+                    f"{_types_text(accepted)}"
+                )
+        self.name = name
+        self._steps: tuple[PipelineStep, ...] = tuple(steps)
+        self._names = tuple(step_name(s) for s in steps)
+
+    @property
+    def steps(self) -> tuple[PipelineStep, ...]:
+        """The steps, in order."""
+        return self._steps
+
+    async def execute(self, data: PipelineData) -> PipelineData:
+        """Run every step in order and return the last step's output.
+
+        Raises:
+            MediaTypeMismatchError: Data reached a step that does not accept its media type.
+            StepError: A step raised an exception that is not an ``LLMServerError``; the
+                original is the ``__cause__``. Our own errors pass through unchanged, and
+                cancellation is never caught.
+        """
+        return (await self.run(data)).output
+
+    async def run(self, data: PipelineData) -> PipelineRun:
+        """Like :meth:`execute`, but also return each step's timing."""
+        timings: list[StepTiming] = []
+        current = data
+        for index, step in enumerate(self._steps):
+            name = self._names[index]
+            if current.media_type not in step.accepted_media_types:
+                raise MediaTypeMismatchError(
+                    f"pipeline {self.name!r}: step {index} ({name}) does not accept "
+                    f"{current.media_type} data; it accepts "
+                    f"{_types_text(list(step.accepted_media_types))}",
+                    step=name,
+                )
+            started = time.perf_counter()
+            outcome: str = "error"
+            try:
+                result = await step.process(current)
+                if not isinstance(result, PipelineData):
+                    raise StepError(
+                        f"pipeline {self.name!r}: step {index} ({name}) returned "
+                        f"{type(result).__name__}, not PipelineData",
+                        step=name,
+                    )
+                outcome = "ok"
+            except LLMServerError:
+                raise
+            except Exception as exc:
+                raise StepError(
+                    f"pipeline {self.name!r}: step {index} ({name}) failed: "
+                    f"{type(exc).__name__}: {exc}",
+                    step=name,
+                ) from exc
+            finally:
+                timing = StepTiming(
+                    pipeline=self.name,
+                    step=name,
+                    index=index,
+                    duration_ms=(time.perf_counter() - started) * 1000.0,
+                    outcome="ok" if outcome == "ok" else "error",
+                )
+                timings.append(timing)
+                notify_step(timing)
+            current = result
+        return PipelineRun(output=current, steps=tuple(timings))
+
+    def __repr__(self) -> str:
+        return f"Pipeline(name={self.name!r}, steps={list(self._names)!r})"

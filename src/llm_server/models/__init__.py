@@ -1,0 +1,1 @@
+"""Model management: the model manager, program manager, predictor signature and backends."""
