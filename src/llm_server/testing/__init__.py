@@ -1,0 +1,33 @@
+"""Test doubles shipped for users' own tests (and ours).
+
+- ``LocalProvider``: a real OpenAI- and Anthropic-compatible HTTP server on 127.0.0.1 that
+  answers in DSPy's adapter format, counts usage with a tokenizer, and injects latency and
+  faults on demand. Also runnable from a terminal: ``python -m llm_server.testing --help``.
+- ``FakeClock``: an injectable clock whose sleeps return at once and advance time.
+- ``ScriptedBackend``: a ``ModelBackend`` that answers or fails from a script.
+
+Names are loaded lazily so importing this package costs nothing until one is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> private module defining it (filled in as the doubles land)
+_EXPORTS: dict[str, str] = {}
+
+__all__: list[str] = []
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llm_server.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
