@@ -1,0 +1,51 @@
+"""The public surface: explicit, sorted, importable, and light to import."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import llm_server
+import llm_server.testing
+
+
+def test_all_is_sorted_and_matches_exports() -> None:
+    assert llm_server.__all__ == sorted(llm_server.__all__)
+    assert set(llm_server.__all__) == set(llm_server._EXPORTS)
+
+
+def test_every_public_name_resolves_to_the_module_it_is_documented_in() -> None:
+    for name, module in llm_server._EXPORTS.items():
+        value = getattr(llm_server, name)
+        assert getattr(importlib.import_module(module), name) is value, name
+
+
+def test_testing_exports_are_explicit() -> None:
+    assert llm_server.testing.__all__ == sorted(llm_server.testing._EXPORTS)
+    for name in llm_server.testing.__all__:
+        assert getattr(llm_server.testing, name) is not None
+
+
+def test_unknown_name_raises_attribute_error() -> None:
+    try:
+        llm_server.NotAThing  # noqa: B018 - the access itself is the test
+    except AttributeError as exc:
+        assert "NotAThing" in str(exc)
+    else:  # pragma: no cover - the test fails here
+        raise AssertionError("expected AttributeError")
+
+
+def test_import_is_light_and_silent() -> None:
+    code = (
+        "import sys, llm_server\n"
+        "heavy = sorted(m for m in ('dspy', 'litellm', 'PIL', 'opentelemetry.sdk', 'tiktoken')"
+        " if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == ""
