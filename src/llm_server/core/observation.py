@@ -68,14 +68,18 @@ _observers: ContextVar[tuple[ExecutionObserver, ...]] = ContextVar(
 def attach_observer(observer: ExecutionObserver) -> None:
     """Attach ``observer`` to the current context for the rest of it (e.g. one request)."""
     current = _observers.get()
-    if observer not in current:
+    if not any(o is observer for o in current):
         _observers.set((*current, observer))
 
 
 @contextmanager
 def observing(observer: ExecutionObserver) -> Iterator[ExecutionObserver]:
-    """Attach ``observer`` for the duration of a ``with`` block only."""
-    token = _observers.set((*_observers.get(), observer))
+    """Attach ``observer`` for the duration of a ``with`` block (no-op if already attached)."""
+    current = _observers.get()
+    if any(o is observer for o in current):
+        yield observer
+        return
+    token = _observers.set((*current, observer))
     try:
         yield observer
     finally:

@@ -1,0 +1,79 @@
+"""``MetadataCollector``: the response envelope's ``metadata`` block."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["MetadataCollector", "new_execution_id", "utc_timestamp"]
+
+
+def new_execution_id() -> str:
+    """A fresh, unique execution id (a UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+def utc_timestamp() -> str:
+    """The current time in ISO-8601 UTC with microseconds and a ``Z`` suffix."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        result = dump(by_alias=True)
+        return dict(result) if isinstance(result, Mapping) else {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"expected a mapping or a pydantic model, got {type(value).__name__}")
+
+
+class MetadataCollector:
+    """Builds the envelope's ``metadata`` consistently for every endpoint."""
+
+    @staticmethod
+    def collect_response_metadata(
+        *,
+        model_id: str,
+        program_metadata: Any = None,
+        performance_metrics: Mapping[str, Any] | None = None,
+        model_info: Any = None,
+        execution_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Return ``{program, model, performance, execution_id, timestamp}``.
+
+        Args:
+            model_id: The requested model id (used when ``model_info`` is empty).
+            program_metadata: The program block (a mapping or a pydantic model).
+            performance_metrics: ``PerformanceMetrics.get_summary()``.
+            model_info: The model block (``ModelInfo.model_dump(by_alias=True)`` or the model).
+            execution_id: The request's id (default: the current log context's, else new).
+
+        When a fallback model answered, ``model.id`` names the model that answered and
+        ``model.requested_id`` the one that was asked for.
+        """
+        performance = dict(performance_metrics or {})
+        model = _as_dict(model_info) or {"id": model_id}
+        fallback = performance.get("fallback")
+        if isinstance(fallback, Mapping) and fallback.get("answered_by") not in (None, model_id):
+            model = {"id": fallback["answered_by"], "requested_id": model_id}
+        return {
+            "program": _as_dict(program_metadata),
+            "model": model,
+            "performance": performance,
+            "execution_id": execution_id or _current_execution_id() or new_execution_id(),
+            "timestamp": utc_timestamp(),
+        }
+
+
+def _current_execution_id() -> str | None:
+    try:
+        from llm_server.core.logging import current_execution_id
+
+        return current_execution_id()
+    except Exception:  # logging context is optional
+        return None

@@ -1,0 +1,184 @@
+"""Per-request performance metrics: checkpoints, token usage and cost.
+
+``PerformanceMetrics`` attaches itself, when created, to the current context (see
+:mod:`llm_server.core.observation`): every model call made later in the same request reports
+its output to it, so the reference example's summary holds the call's exact tokens and cost
+although the metrics object is never passed to the pipeline. Each ASGI request runs in its own
+task with its own copy of the context, so concurrent requests never see each other's calls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
+from llm_server.core.observation import StepTiming, attach_observer, observing
+from llm_server.core.protocols import ModelBackend
+
+__all__ = ["ModelBackendTracker", "PerformanceMetrics"]
+
+
+def _current_trace_id() -> str:
+    try:
+        from llm_server.core.opentelemetry_integration import current_trace_id
+
+        trace_id = current_trace_id()
+    except Exception:  # telemetry never breaks a request
+        trace_id = None
+    return trace_id or uuid.uuid4().hex
+
+
+class PerformanceMetrics:
+    """Timing, tokens and cost of one request.
+
+    Create one at the start of a request handler. ``mark_checkpoint(name)`` records the time
+    since creation as ``<name>_ms``; a ``model_complete`` checkpoint is marked automatically
+    when a model call finishes. ``get_summary()`` returns the envelope's ``performance`` block.
+
+    Args:
+        attach: Attach to the current context so model calls report here (default ``True``).
+    """
+
+    def __init__(self, *, attach: bool = True) -> None:
+        self._started = time.perf_counter()
+        self._checkpoints: dict[str, float] = {}
+        self._steps: list[StepTiming] = []
+        self._outputs: list[ModelOutput] = []
+        self._lock = threading.Lock()
+        self.trace_id = _current_trace_id()
+        if attach:
+            attach_observer(self)
+
+    @property
+    def model_calls(self) -> int:
+        """How many model calls reported to this object."""
+        return len(self._outputs)
+
+    @property
+    def model_outputs(self) -> tuple[ModelOutput, ...]:
+        """The outputs of the model calls that reported here, in order."""
+        return tuple(self._outputs)
+
+    @property
+    def steps(self) -> tuple[StepTiming, ...]:
+        """The pipeline step timings that reported here, in order."""
+        return tuple(self._steps)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since this object was created."""
+        return (time.perf_counter() - self._started) * 1000.0
+
+    def mark_checkpoint(self, name: str) -> float:
+        """Record the time since creation as ``<name>_ms`` and return it."""
+        elapsed = round(self.elapsed_ms(), 2)
+        with self._lock:
+            self._checkpoints[name] = elapsed
+        return elapsed
+
+    def on_step(self, timing: StepTiming) -> None:
+        """Observer hook: a pipeline step finished."""
+        with self._lock:
+            self._steps.append(timing)
+
+    def on_model_output(self, output: ModelOutput) -> None:
+        """Observer hook: a model call finished (each output is counted once)."""
+        with self._lock:
+            if any(seen is output for seen in self._outputs):
+                return
+            self._outputs.append(output)
+        self.mark_checkpoint("model_complete")
+
+    def usage(self) -> TokenUsage | None:
+        """Sum of the usage of every model call, or ``None`` when none reported any."""
+        usages = [o.usage for o in self._outputs if o.usage is not None]
+        if not usages:
+            return None
+        total = usages[0]
+        for usage in usages[1:]:
+            total = total + usage
+        return total
+
+    def cost_usd(self) -> float | None:
+        """Sum of the costs, or ``None`` if any call's price is unknown (never a guess)."""
+        if not self._outputs or any(o.cost_usd is None for o in self._outputs):
+            return None
+        return sum(o.cost_usd or 0.0 for o in self._outputs)
+
+    def get_summary(self) -> dict[str, Any]:
+        """The envelope's ``performance`` block.
+
+        ``timing`` holds ``total_ms`` and one ``<checkpoint>_ms`` per checkpoint; ``tokens``
+        holds ``input``, ``output``, ``total``, ``cost_usd`` and ``method`` (``None`` counts
+        and method ``"unavailable"`` when no call reported usage); ``trace_id`` links to the
+        request's trace when tracing is on.
+        """
+        timing: dict[str, float] = {"total_ms": round(self.elapsed_ms(), 2)}
+        with self._lock:
+            timing.update({f"{name}_ms": value for name, value in self._checkpoints.items()})
+        usage = self.usage()
+        cost = self.cost_usd()
+        tokens: dict[str, Any] = {
+            "input": usage.input_tokens if usage else None,
+            "output": usage.output_tokens if usage else None,
+            "total": usage.total_tokens if usage else None,
+            "cost_usd": round(cost, 10) if cost is not None else None,
+            "method": str(usage.method if usage else TokenCountMethod.UNAVAILABLE),
+        }
+        summary: dict[str, Any] = {"timing": timing, "tokens": tokens, "trace_id": self.trace_id}
+        fallbacks = [o for o in self._outputs if o.metadata.get("fallback_from")]
+        if fallbacks:
+            last = fallbacks[-1]
+            summary["fallback"] = {
+                "answered_by": last.model_id,
+                "tried": list(last.metadata["fallback_from"]),
+            }
+        return summary
+
+
+class ModelBackendTracker:
+    """Wraps a backend so that its calls report to ``metrics``.
+
+    Backends built by the framework already report to the metrics of the current request;
+    wrapping them is harmless (each call is counted once). Wrap custom backends that do not
+    report by themselves.
+    """
+
+    def __init__(self, backend: ModelBackend, metrics: PerformanceMetrics) -> None:
+        self.backend = backend
+        self.metrics = metrics
+
+    @property
+    def model_id(self) -> str:
+        """The wrapped backend's model id."""
+        return self.backend.model_id
+
+    @property
+    def program_metadata(self) -> Any:
+        """The wrapped backend's program metadata."""
+        return self.backend.program_metadata
+
+    @property
+    def last_prompt_tokens(self) -> int | None:
+        """The wrapped backend's last prompt token count."""
+        return self.backend.last_prompt_tokens
+
+    @property
+    def last_completion_tokens(self) -> int | None:
+        """The wrapped backend's last completion token count."""
+        return self.backend.last_completion_tokens
+
+    async def predict(self, input: Any) -> ModelOutput:
+        """Call the backend; report its output unless the backend already did."""
+        before = self.metrics.model_calls
+        with observing(self.metrics):
+            output = await self.backend.predict(input)
+        if self.metrics.model_calls == before:
+            self.metrics.on_model_output(output)
+        return output
+
+    def get_lm_history(self) -> list[Any]:
+        """The wrapped backend's history."""
+        return self.backend.get_lm_history()

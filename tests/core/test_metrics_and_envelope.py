@@ -1,0 +1,195 @@
+"""ModelProcessor, PerformanceMetrics, ModelBackendTracker and MetadataCollector."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+
+from llm_server.core.errors import PipelineValidationError
+from llm_server.core.implementations import DefaultOutputProcessor, ModelProcessor
+from llm_server.core.metadata import MetadataCollector
+from llm_server.core.metrics_wrappers import ModelBackendTracker, PerformanceMetrics
+from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
+from llm_server.core.observation import notify_model_output
+from llm_server.core.pipeline import Pipeline
+from llm_server.core.types import MediaType, PipelineData
+
+
+class EchoBackend:
+    """Answers ``{"output": "echo: <input>"}``; reports like framework backends when asked."""
+
+    def __init__(self, *, notify: bool, cost: float | None = 0.001) -> None:
+        self.model_id = "m"
+        self.program_metadata = None
+        self.last_prompt_tokens: int | None = None
+        self.last_completion_tokens: int | None = None
+        self.notify = notify
+        self.cost = cost
+        self.inputs: list[Any] = []
+
+    async def predict(self, input: Any) -> ModelOutput:
+        self.inputs.append(input)
+        await asyncio.sleep(0)
+        text = str(input["input"] if isinstance(input, dict) else input)
+        n = len(text)
+        output = ModelOutput(
+            content={"reasoning": "because", "output": f"echo: {text}"},
+            model_id=self.model_id,
+            usage=TokenUsage(n, 2 * n, 3 * n, TokenCountMethod.EXACT),
+            cost_usd=self.cost,
+        )
+        if self.notify:
+            notify_model_output(output)
+        return output
+
+    def get_lm_history(self) -> list[Any]:
+        return []
+
+
+def text(content: str) -> PipelineData:
+    return PipelineData(media_type=MediaType.TEXT, content=content)
+
+
+@pytest.mark.anyio
+async def test_model_processor_with_a_backend_feeds_the_input_key() -> None:
+    backend = EchoBackend(notify=True)
+    step = ModelProcessor(backend=backend, input_key="input", output_type=MediaType.TEXT)
+    result = await Pipeline([step]).execute(text("hi"))
+    assert backend.inputs == [{"input": "hi"}]
+    assert result.content == "echo: hi"  # the last output field, not the reasoning
+    assert result.metadata["model_output"]["model_id"] == "m"
+
+
+@pytest.mark.anyio
+async def test_structured_output_has_every_field() -> None:
+    step = ModelProcessor(
+        backend=EchoBackend(notify=True), input_key="input", output_type=MediaType.STRUCTURED
+    )
+    result = await step.process(text("x"))
+    assert result.media_type is MediaType.STRUCTURED
+    assert result.content == {"reasoning": "because", "output": "echo: x"}
+
+
+def test_model_processor_needs_one_complete_form() -> None:
+    with pytest.raises(PipelineValidationError, match="needs either backend"):
+        ModelProcessor(model_id="m")
+    with pytest.raises(PipelineValidationError, match="not a ModelBackend"):
+        ModelProcessor(backend=object())  # type: ignore[arg-type]
+
+
+def test_model_processor_builds_its_backend_from_a_manager() -> None:
+    class Manager:
+        def __init__(self) -> None:
+            self.asked: list[tuple[Any, str]] = []
+
+        def backend_for(self, program: Any, model_id: str) -> EchoBackend:
+            self.asked.append((program, model_id))
+            return EchoBackend(notify=True)
+
+    manager = Manager()
+    step = ModelProcessor(
+        model_manager=manager,
+        model_id="m",
+        signature_class=dict,
+        input_key="input",
+        output_processor=DefaultOutputProcessor(),
+        accepted_types=[MediaType.TEXT],
+        output_type=MediaType.TEXT,
+    )
+    assert manager.asked == [(dict, "m")]
+    assert step.accepted_media_types == (MediaType.TEXT,)
+    assert step.output_media_type is MediaType.TEXT
+
+
+@pytest.mark.anyio
+async def test_metrics_created_before_the_pipeline_receive_the_calls_usage() -> None:
+    metrics = PerformanceMetrics()
+    step = ModelProcessor(backend=EchoBackend(notify=True), input_key="input")
+    await Pipeline([step]).execute(text("abcd"))
+    metrics.mark_checkpoint("pipeline_complete")
+    summary = metrics.get_summary()
+    assert summary["tokens"] == {
+        "input": 4,
+        "output": 8,
+        "total": 12,
+        "cost_usd": 0.001,
+        "method": "dspy_history_exact",
+    }
+    assert set(summary["timing"]) == {"total_ms", "model_complete_ms", "pipeline_complete_ms"}
+    assert re.fullmatch(r"[0-9a-f]{32}", summary["trace_id"])
+    assert [s.step for s in metrics.steps] == ["ModelProcessor"]
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_never_see_each_others_tokens() -> None:
+    backend = EchoBackend(notify=True)
+    pipeline = Pipeline([ModelProcessor(backend=backend, input_key="input")])
+
+    async def request(i: int) -> tuple[int, dict[str, Any]]:
+        metrics = PerformanceMetrics()
+        await pipeline.execute(text("x" * i))
+        return i, metrics.get_summary()
+
+    results = await asyncio.gather(*(asyncio.create_task(request(i)) for i in range(1, 201)))
+    for i, summary in results:
+        assert summary["tokens"]["input"] == i
+        assert summary["tokens"]["total"] == 3 * i
+
+
+@pytest.mark.anyio
+async def test_no_model_call_means_unavailable_not_zero() -> None:
+    summary = PerformanceMetrics().get_summary()
+    assert summary["tokens"] == {
+        "input": None,
+        "output": None,
+        "total": None,
+        "cost_usd": None,
+        "method": "unavailable",
+    }
+
+
+@pytest.mark.anyio
+async def test_unknown_price_gives_null_cost() -> None:
+    metrics = PerformanceMetrics()
+    await EchoBackend(notify=True, cost=None).predict("hello")
+    assert metrics.get_summary()["tokens"]["cost_usd"] is None
+    assert metrics.get_summary()["tokens"]["input"] == 5
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("notify", [True, False])
+async def test_tracker_counts_each_call_once(notify: bool) -> None:
+    metrics = PerformanceMetrics(attach=False)
+    tracked = ModelBackendTracker(EchoBackend(notify=notify), metrics)
+    await tracked.predict("abc")
+    await tracked.predict("abcdef")
+    assert metrics.model_calls == 2
+    assert metrics.get_summary()["tokens"]["input"] == 9
+    assert tracked.model_id == "m"
+
+
+def test_envelope_metadata_has_the_reference_shape() -> None:
+    metadata = MetadataCollector.collect_response_metadata(
+        model_id="gpt-4o-mini",
+        program_metadata={"id": "predictor", "version": "1.0.0", "name": "Predictor"},
+        performance_metrics={"timing": {"total_ms": 1.0}, "tokens": {}, "trace_id": "t"},
+        model_info={"id": "gpt-4o-mini", "provider": "openai", "base_model": "gpt-4o-mini"},
+    )
+    assert list(metadata) == ["program", "model", "performance", "execution_id", "timestamp"]
+    assert metadata["program"]["id"] == "predictor"
+    assert metadata["model"]["provider"] == "openai"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", metadata["timestamp"])
+    assert len(metadata["execution_id"]) == 36
+
+
+def test_envelope_names_the_fallback_model_that_answered() -> None:
+    metadata = MetadataCollector.collect_response_metadata(
+        model_id="primary",
+        performance_metrics={"fallback": {"answered_by": "backup", "tried": ["primary"]}},
+        model_info={"id": "primary", "provider": "openai", "base_model": "x"},
+    )
+    assert metadata["model"]["id"] == "backup"
+    assert metadata["model"]["requested_id"] == "primary"
