@@ -1,0 +1,130 @@
+"""Route one HTTP request of the local provider: record, delay, fault or answer."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from llm_server.core.errors import InputError
+from llm_server.core.tokens import count_message_tokens, count_text_tokens
+from llm_server.testing._provider_faults import FaultRule, error_response
+from llm_server.testing._provider_http import HttpConnection, HttpRequest
+from llm_server.testing._provider_records import RecordedRequest
+from llm_server.testing._provider_replies import read_prompt, render_reply
+from llm_server.testing._provider_wire import (
+    ChatRequest,
+    Usage,
+    completion_body,
+    parse_chat_request,
+    stream_events,
+)
+
+if TYPE_CHECKING:
+    from llm_server.testing._provider import LocalProvider
+
+__all__ = ["Responder"]
+
+# A 200 whose body stops mid-JSON, as a proxy cutting a response short would send it.
+_MALFORMED_BODY: Final = b'{"id": "chatcmpl-local-broken", "object": "chat.completion", "choi'
+
+
+class Responder:
+    """Answers requests for one :class:`LocalProvider`."""
+
+    __slots__ = ("_provider",)
+
+    def __init__(self, provider: LocalProvider) -> None:
+        self._provider = provider
+
+    async def handle(self, connection: HttpConnection, request: HttpRequest) -> bool:
+        """Answer ``request``; returns whether the connection may serve another one."""
+        provider = self._provider
+        record = provider.record(request)
+        latency_s, rule = provider.decide(record.model, record.path)
+        if latency_s > 0:
+            await asyncio.sleep(latency_s)
+        fault = rule.fault if rule is not None else None
+        if fault == "hang":
+            await connection.wait_for_client_close()
+            return False
+        if fault == "connection_reset":
+            connection.reset()
+            return False
+        if fault == "malformed_json":
+            await connection.respond(200, _MALFORMED_BODY, keep_alive=request.keep_alive)
+            return request.keep_alive
+
+        api = record.api
+        if request.method == "GET":
+            status, body = self._get(record)
+        elif request.method != "POST" or api is None:
+            status, body = 404, _error(f"no route for {request.method} {request.path}")
+        else:
+            return await self._chat(connection, request, record, api, rule)
+        await connection.respond(status, body, keep_alive=request.keep_alive)
+        return request.keep_alive
+
+    def _get(self, record: RecordedRequest) -> tuple[int, bytes]:
+        if record.path.endswith("/models"):
+            names = list(self._provider.scripted_models) or ["local-model"]
+            data = [{"id": n, "object": "model", "created": 0, "owned_by": "local"} for n in names]
+            return 200, json.dumps({"object": "list", "data": data}).encode()
+        if record.path in {"/", "/health"}:
+            return 200, b'{"status": "ok"}'
+        return 404, _error(f"no route for GET {record.path}")
+
+    async def _chat(
+        self,
+        connection: HttpConnection,
+        request: HttpRequest,
+        record: RecordedRequest,
+        api: Literal["openai", "anthropic"],
+        rule: FaultRule | None,
+    ) -> bool:
+        keep_alive = request.keep_alive
+        try:
+            chat = parse_chat_request(api, record.body)
+        except InputError as exc:
+            await connection.respond(400, _error(exc.message), keep_alive=keep_alive)
+            return keep_alive
+        if rule is not None and rule.fault is not None:
+            prompt_tokens = count_message_tokens(chat.messages, chat.model)
+            status, headers, body = error_response(rule, api=api, prompt_tokens=prompt_tokens)
+            await connection.respond(status, body, headers=headers, keep_alive=keep_alive)
+            return keep_alive
+        try:
+            text = await self._reply_text(record, chat)
+        except Exception as exc:  # a failing user callable becomes a visible 500
+            await connection.respond(500, _error(f"reply callable failed: {exc!r}"))
+            return keep_alive
+        usage = self._usage(chat, text) if self._provider.usage else None
+        if not chat.stream:
+            body = completion_body(chat, text, usage, record.index)
+            await connection.respond(200, body, keep_alive=keep_alive)
+            return keep_alive
+        await connection.start_stream()
+        for event in stream_events(chat, text, usage, record.index):
+            await connection.send_chunk(event)
+        await connection.end_stream()
+        return keep_alive
+
+    async def _reply_text(self, record: RecordedRequest, chat: ChatRequest) -> str:
+        reply: Any = self._provider.reply_for(chat.model or None)
+        if callable(reply):
+            reply = reply(record)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        return render_reply(read_prompt(chat.system_text, chat.last_user_text), reply)
+
+    @staticmethod
+    def _usage(chat: ChatRequest, text: str) -> Usage:
+        return Usage(
+            prompt_tokens=count_message_tokens(chat.messages, chat.model),
+            completion_tokens=count_text_tokens(text, chat.model),
+        )
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()

@@ -1,0 +1,134 @@
+"""What the local provider answers: DSPy adapter-formatted replies, scripted or echoed.
+
+DSPy's ChatAdapter ends the last user message with "Respond with the corresponding output
+fields, starting with the field `[[ ## answer ## ]]` ..." and expects each field as
+``[[ ## field ## ]]\\n<value>`` followed by ``[[ ## completed ## ]]``. Its JSONAdapter ends with
+"Respond with a JSON object in the following order of fields: `answer`, ..." and expects a JSON
+object. The system message lists each output field's type ("2. `n` (int): "), which we use to
+give typed fields a value that parses. Anything else gets plain text.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias
+
+__all__ = ["PromptShape", "RawReply", "ReplyValue", "read_prompt", "render_reply"]
+
+_CHAT_REQUEST: Final = "Respond with the corresponding output fields"
+_JSON_REQUEST: Final = "Respond with a JSON object in the following order of fields:"
+_MARKER: Final = re.compile(r"\[\[ ## (\w+) ## \]\]")
+_BACKTICKED: Final = re.compile(r"`(\w+)`")
+_FIELD_TYPE: Final = re.compile(r"^\d+\. `(\w+)` \((.*?)\):", re.MULTILINE)
+_ECHO_LIMIT: Final = 400
+
+
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """Reply text sent verbatim, without adapter formatting (e.g. to provoke a parse error).
+
+    Attributes:
+        text: The exact assistant message content.
+    """
+
+    text: str
+
+
+ReplyValue: TypeAlias = str | Mapping[str, Any] | RawReply
+"""A reply: one value for every output field (``str``), values per field (mapping; fields left
+out get the default answer), or verbatim text (:class:`RawReply`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptShape:
+    """What a request asks for, read from its messages.
+
+    Attributes:
+        style: ``"chat"`` (DSPy ChatAdapter), ``"json"`` (DSPy JSONAdapter) or ``"plain"``.
+        output_fields: Requested output field names, in order.
+        field_types: Output field name -> type as DSPy printed it (``"int"``).
+        inputs: Input field name -> value text, for adapter-formatted requests.
+        last_user_text: Text of the last user message.
+    """
+
+    style: Literal["chat", "json", "plain"]
+    output_fields: tuple[str, ...]
+    last_user_text: str
+    field_types: Mapping[str, str] = field(default_factory=dict)
+    inputs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def echo(self) -> str:
+        """The default answer: ``"echo: "`` plus the input values (or the user text)."""
+        source = " | ".join(self.inputs.values()) if self.inputs else self.last_user_text
+        return "echo: " + " ".join(source.split())[:_ECHO_LIMIT]
+
+
+def read_prompt(system_text: str, last_user_text: str) -> PromptShape:
+    """Read the adapter format (if any) of a request from its system and last user text."""
+    for style, phrase in (("chat", _CHAT_REQUEST), ("json", _JSON_REQUEST)):
+        head, found, tail = last_user_text.partition(phrase)
+        if not found:
+            continue
+        pattern = _MARKER if style == "chat" else _BACKTICKED
+        fields = tuple(name for name in pattern.findall(tail) if name != "completed")
+        pieces = _MARKER.split(head)
+        inputs = {
+            pieces[i]: pieces[i + 1].strip() for i in range(1, len(pieces) - 1, 2) if pieces[i]
+        }
+        return PromptShape(
+            style="chat" if style == "chat" else "json",
+            output_fields=tuple(dict.fromkeys(fields)),
+            last_user_text=last_user_text,
+            field_types=dict(_FIELD_TYPE.findall(system_text)),
+            inputs=inputs,
+        )
+    return PromptShape(style="plain", output_fields=(), last_user_text=last_user_text)
+
+
+def render_reply(shape: PromptShape, reply: ReplyValue | None) -> str:
+    """The assistant message text for ``shape``, from a scripted ``reply`` or the default."""
+    if isinstance(reply, RawReply):
+        return reply.text
+    if shape.style == "plain" or not shape.output_fields:
+        if reply is None:
+            return shape.echo
+        if isinstance(reply, str):
+            return reply
+        return json.dumps(dict(reply))
+    values = {name: _default_value(shape, name) for name in shape.output_fields}
+    if isinstance(reply, str):
+        values = dict.fromkeys(shape.output_fields, reply)
+    elif reply is not None:
+        values.update(reply)
+    if shape.style == "json":
+        return json.dumps(values)
+    sections = [f"[[ ## {name} ## ]]\n{_as_text(value)}" for name, value in values.items()]
+    return "\n\n".join([*sections, "[[ ## completed ## ]]"])
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _default_value(shape: PromptShape, name: str) -> Any:
+    """A value of the field's declared type; strings (and unknown types) get the echo."""
+    kind = shape.field_types.get(name, "str").replace(" ", "")
+    if kind.startswith("Literal[") and kind.endswith("]"):
+        try:
+            options = ast.literal_eval(f"[{kind[len('Literal[') : -1]}]")
+        except (ValueError, SyntaxError):
+            return shape.echo
+        return options[0] if options else shape.echo
+    simple: dict[str, Any] = {"int": 0, "float": 0.0, "bool": True}
+    if kind in simple:
+        return simple[kind]
+    if kind.startswith(("list[", "tuple[")) or kind in {"list", "tuple"}:
+        return []
+    if kind.startswith("dict[") or kind == "dict":
+        return {}
+    return shape.echo
