@@ -1,0 +1,185 @@
+"""Values, protocols and the default failure predicate of the circuit breaker.
+
+Public names here are re-exported from :mod:`llm_server.core.circuit_breaker`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from llm_server.core.errors import ModelCallError
+
+if TYPE_CHECKING:
+    from llm_server.core.circuit_breaker import CircuitBreaker
+
+__all__ = [
+    "BreakerListener",
+    "BreakerRecord",
+    "BreakerSnapshot",
+    "BreakerState",
+    "BreakerStateStore",
+    "CallOutcome",
+    "InMemoryBreakerStore",
+    "is_transient_failure",
+]
+
+
+class BreakerState(StrEnum):
+    """The state of a circuit breaker."""
+
+    CLOSED = "closed"
+    """Calls pass; outcomes are counted."""
+    OPEN = "open"
+    """Calls are refused until the reset timeout has passed."""
+    HALF_OPEN = "half_open"
+    """A limited number of probe calls pass; their outcome closes or re-opens the breaker."""
+    FORCED_OPEN = "forced_open"
+    """Opened by hand with ``force_open()``: every call is refused until ``reset()``."""
+    DISABLED = "disabled"
+    """Switched off with ``disable()``: every call passes and nothing is counted."""
+
+
+class CallOutcome(StrEnum):
+    """How the breaker judged one call."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    IGNORED = "ignored"
+    """An exception that counts as neither failure nor success (bad request, cancellation...)."""
+    REFUSED = "refused"
+    """The breaker refused the call; it never ran."""
+
+
+@runtime_checkable
+class BreakerListener(Protocol):
+    """Receives a breaker's events (for logs, metrics and span events).
+
+    Subclass it to inherit no-op methods and override only what you need. Exceptions raised
+    by a listener are logged and swallowed: a listener can never break a call.
+    """
+
+    def on_state_change(
+        self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState
+    ) -> None:
+        """Called after the breaker moved from ``old`` to ``new``."""
+
+    def on_call(self, breaker: CircuitBreaker, outcome: CallOutcome, duration_s: float) -> None:
+        """Called after every call (``REFUSED`` calls have a duration of 0)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRecord:
+    """The part of a breaker's state kept in a :class:`BreakerStateStore`.
+
+    Attributes:
+        state: The current state.
+        retry_at: Clock time from which an open breaker lets probes through.
+        generation: Incremented on every transition; outcomes of calls started in an
+            earlier generation are not counted.
+    """
+
+    state: BreakerState = BreakerState.CLOSED
+    retry_at: float = 0.0
+    generation: int = 0
+
+
+@runtime_checkable
+class BreakerStateStore(Protocol):
+    """Where breakers keep their state (in memory by default).
+
+    Only transitions go through :meth:`compare_and_set`, so the store is written rarely and
+    read once per call. A store shared between processes (e.g. Redis) implements these two
+    methods atomically; it must translate ``retry_at`` between each process's monotonic clock
+    and wall time. The counters that decide when to trip stay in each process.
+    """
+
+    def get(self, name: str) -> BreakerRecord:
+        """The breaker's record (a closed record when none was stored yet)."""
+        ...
+
+    def compare_and_set(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
+        """Store ``new`` if the stored record still equals ``expected``; return whether it did."""
+        ...
+
+
+class InMemoryBreakerStore:
+    """The default :class:`BreakerStateStore`: a dict guarded by a lock, one per process."""
+
+    __slots__ = ("_lock", "_records")
+
+    _CLOSED = BreakerRecord()
+
+    def __init__(self) -> None:
+        self._records: dict[str, BreakerRecord] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> BreakerRecord:
+        """Return the stored record, or a closed one."""
+        return self._records.get(name, self._CLOSED)
+
+    def compare_and_set(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
+        """Atomically replace ``expected`` with ``new``."""
+        with self._lock:
+            if self._records.get(name, self._CLOSED) != expected:
+                return False
+            self._records[name] = new
+            return True
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """A consistent view of a breaker for metrics and health endpoints.
+
+    Attributes:
+        name: The breaker's name.
+        state: Its state.
+        retry_after_s: Seconds until an open breaker lets the next probe through (else 0).
+        consecutive_failures: Failures since the last success (consecutive policy).
+        window_calls: Calls in the sliding window (rate policies; 0 without a window).
+        window_failures: Failures in the sliding window.
+        window_slow_calls: Slow calls in the sliding window.
+        half_open_in_flight: Probes running now.
+        successes: Successful calls since the breaker was made.
+        failures: Failed calls since the breaker was made.
+        ignored: Calls that ended with an ignored exception.
+        refused: Calls the breaker refused.
+    """
+
+    name: str
+    state: BreakerState
+    retry_after_s: float
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    window_slow_calls: int
+    half_open_in_flight: int
+    successes: int
+    failures: int
+    ignored: int
+    refused: int
+
+    @property
+    def failure_rate(self) -> float:
+        """Failures / calls in the window (0 when it is empty)."""
+        return self.window_failures / self.window_calls if self.window_calls else 0.0
+
+    @property
+    def slow_call_rate(self) -> float:
+        """Slow calls / calls in the window (0 when it is empty)."""
+        return self.window_slow_calls / self.window_calls if self.window_calls else 0.0
+
+
+def is_transient_failure(exc: BaseException) -> bool:
+    """The default failure predicate: errors that say the provider is unhealthy.
+
+    Counts retryable :class:`~llm_server.core.errors.ModelCallError` subclasses (provider
+    unavailable / 5xx, model timeouts, rate limits) and ``TimeoutError``, ``ConnectionError``
+    and other ``OSError``. Everything else (bad requests, auth errors, context-window errors,
+    unparseable output, bad input, cancellation) counts as neither failure nor success.
+    """
+    if isinstance(exc, ModelCallError):
+        return exc.retryable
+    return isinstance(exc, OSError | TimeoutError)

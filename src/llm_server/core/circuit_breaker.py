@@ -1,0 +1,563 @@
+"""A circuit breaker for async (and sync) calls.
+
+::
+
+    @CircuitBreaker(failure_threshold=5, reset_timeout=60)
+    async def call_provider(prompt: str) -> str: ...
+
+    breaker = CircuitBreaker(name="gpt-4o-mini", failure_rate_threshold=0.5, window_size=20)
+    answer = await breaker.call(call_provider, "hi")
+    async with breaker:
+        answer = await call_provider("hi")
+
+States: ``closed`` (calls pass, outcomes counted) -> ``open`` (calls refused with
+:class:`~llm_server.core.errors.CircuitOpenError` for ``reset_timeout`` seconds) ->
+``half_open`` (up to ``half_open_max_calls`` probes at once; callers beyond them are refused at
+once; ``half_open_max_calls`` successful probes close the breaker, one failed probe re-opens
+it). ``force_open()``, ``disable()`` and ``reset()`` override the state by hand.
+
+Design points (where pybreaker/aiobreaker fall short):
+
+- no lock is held while the guarded call runs: a permit is taken and returned in two short,
+  synchronous critical sections (a ``threading.Lock``, because sync functions may be guarded
+  from worker threads);
+- a probe that is cancelled, or ends with an ignored error, gives its permit back, so the
+  breaker cannot get stuck half-open; an outcome of a call started before a transition is not
+  counted against the new state;
+- errors that say nothing about the provider's health (bad requests, auth errors, cancellation)
+  count as neither failure nor success and do not reset the consecutive-failure count.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
+
+from llm_server.core._breaker_types import (
+    BreakerListener,
+    BreakerRecord,
+    BreakerSnapshot,
+    BreakerState,
+    BreakerStateStore,
+    CallOutcome,
+    InMemoryBreakerStore,
+    is_transient_failure,
+)
+from llm_server.core._breaker_window import CountWindow, OutcomeWindow, TimeWindow
+from llm_server.core.clock import SYSTEM_CLOCK, Clock
+from llm_server.core.errors import CircuitOpenError, ConfigurationError
+
+if TYPE_CHECKING:
+    from llm_server.core.config import FrameworkSettings
+    from llm_server.core.model_config import BreakerConfig
+
+__all__ = [
+    "BreakerListener",
+    "BreakerRecord",
+    "BreakerSnapshot",
+    "BreakerState",
+    "BreakerStateStore",
+    "CallOutcome",
+    "CircuitBreaker",
+    "InMemoryBreakerStore",
+    "is_transient_failure",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
+_Permit = tuple[int, bool]  # (generation it was issued in, is a half-open probe)
+_DISABLED_PERMIT: _Permit = (-1, False)
+_Transition = tuple[BreakerState, BreakerState]
+
+_log = logging.getLogger(__name__)
+# permits taken by `async with breaker:` / `with breaker:`, per task (or thread)
+_entered: ContextVar[tuple[tuple[CircuitBreaker, _Permit, float], ...]] = ContextVar(
+    "llm_server_breaker_permits", default=()
+)
+
+
+class CircuitBreaker:
+    """Stops calling a failing dependency for a while, then probes it.
+
+    Args:
+        failure_threshold: Consecutive failures that open the breaker (consecutive policy).
+        reset_timeout: Seconds an open breaker refuses calls before letting probes through.
+        name: Names the breaker in errors, events and the store (default: the decorated
+            function's qualified name, else ``"circuit_breaker"``).
+        half_open_max_calls: Probes admitted at once when half-open; as many successful probes
+            close the breaker.
+        failure_rate_threshold: When set (0-1], trip on the failure rate over a sliding window
+            instead of on consecutive failures.
+        window_size: Calls (``window_type="count"``) or seconds (``"time"``) in the window.
+        window_type: ``"count"`` or ``"time"``.
+        minimum_calls: Calls the window must hold before a rate can trip the breaker
+            (default: 10, at most ``window_size`` for count windows).
+        slow_call_duration_s: When set, calls at least this long are slow.
+        slow_call_rate_threshold: Slow-call rate (0-1] over the window that trips the breaker.
+        is_failure: Which exceptions count as failures (default: :func:`is_transient_failure`);
+            other exceptions count as neither failure nor success.
+        exclude: Exception types or predicates that never count, even if ``is_failure`` says so.
+        listeners: Receivers of state changes and call outcomes.
+        clock: Time source (inject :class:`llm_server.testing.FakeClock` in tests).
+        store: Where the state is kept (default: a private :class:`InMemoryBreakerStore`).
+
+    Raises:
+        ConfigurationError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 60.0,
+        name: str | None = None,
+        half_open_max_calls: int = 1,
+        failure_rate_threshold: float | None = None,
+        window_size: int = 100,
+        window_type: Literal["count", "time"] = "count",
+        minimum_calls: int | None = None,
+        slow_call_duration_s: float | None = None,
+        slow_call_rate_threshold: float = 1.0,
+        is_failure: Callable[[BaseException], bool] = is_transient_failure,
+        exclude: Iterable[ExcludeRule] = (),
+        listeners: Iterable[BreakerListener] = (),
+        clock: Clock | None = None,
+        store: BreakerStateStore | None = None,
+    ) -> None:
+        if minimum_calls is None:
+            minimum_calls = min(10, window_size) if window_type == "count" else 10
+        _check(failure_threshold >= 1, "failure_threshold must be >= 1", failure_threshold)
+        _check(reset_timeout > 0, "reset_timeout must be > 0", reset_timeout)
+        _check(half_open_max_calls >= 1, "half_open_max_calls must be >= 1", half_open_max_calls)
+        _check(window_size >= 1, "window_size must be >= 1", window_size)
+        _check(window_type in ("count", "time"), "window_type must be count or time", window_type)
+        _check(minimum_calls >= 1, "minimum_calls must be >= 1", minimum_calls)
+        _check(
+            window_type == "time" or minimum_calls <= window_size,
+            "minimum_calls must not exceed a count window's window_size",
+            minimum_calls,
+        )
+        for label, rate in (
+            ("failure_rate_threshold", failure_rate_threshold),
+            ("slow_call_rate_threshold", slow_call_rate_threshold),
+        ):
+            _check(rate is None or 0 < rate <= 1, f"{label} must be in (0, 1]", rate)
+        _check(
+            slow_call_duration_s is None or slow_call_duration_s > 0,
+            "slow_call_duration_s must be > 0",
+            slow_call_duration_s,
+        )
+        self._name = name
+        self._failure_threshold = failure_threshold
+        self._reset_timeout = float(reset_timeout)
+        self._half_open_max_calls = half_open_max_calls
+        self._failure_rate = failure_rate_threshold
+        self._minimum_calls = minimum_calls
+        self._slow_s = slow_call_duration_s
+        self._slow_rate = slow_call_rate_threshold
+        self._is_failure = is_failure
+        rules = tuple(exclude)
+        self._exclude_types = tuple(r for r in rules if isinstance(r, type))
+        self._exclude_predicates = tuple(r for r in rules if not isinstance(r, type))
+        self._listeners: tuple[BreakerListener, ...] = tuple(listeners)
+        self._clock = clock or SYSTEM_CLOCK
+        self._store: BreakerStateStore = store or InMemoryBreakerStore()
+        self._window: OutcomeWindow | None = None
+        if failure_rate_threshold is not None or slow_call_duration_s is not None:
+            self._window = (
+                CountWindow(window_size) if window_type == "count" else TimeWindow(window_size)
+            )
+        self._lock = threading.Lock()
+        self._seen_generation = self._store.get(self.name).generation
+        self._consecutive = 0
+        self._probes_in_flight = 0
+        self._probe_successes = 0
+        self._totals = dict.fromkeys(CallOutcome, 0)
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        settings: FrameworkSettings,
+        config: BreakerConfig | None = None,
+        *,
+        listeners: Iterable[BreakerListener] = (),
+        clock: Clock | None = None,
+        store: BreakerStateStore | None = None,
+    ) -> CircuitBreaker:
+        """Build a model's breaker from the settings' defaults and its YAML overrides.
+
+        Args:
+            name: The breaker's name (the model id).
+            settings: Supplies ``breaker_*`` defaults.
+            config: The model's ``circuit_breaker:`` block, if any.
+            listeners: Receivers of the breaker's events.
+            clock: Time source.
+            store: State store.
+        """
+        c = config
+        options: dict[str, Any] = {
+            "failure_threshold": settings.breaker_failure_threshold,
+            "reset_timeout": settings.breaker_reset_timeout_s,
+            "half_open_max_calls": settings.breaker_half_open_max_calls,
+        }
+        if c is not None:
+            overrides = {
+                "failure_threshold": c.failure_threshold,
+                "reset_timeout": c.reset_timeout_s,
+                "half_open_max_calls": c.half_open_max_calls,
+                "failure_rate_threshold": c.failure_rate_threshold,
+                "window_size": c.window_size,
+                "window_type": c.window_type,
+                "minimum_calls": c.minimum_calls,
+                "slow_call_duration_s": c.slow_call_duration_s,
+                "slow_call_rate_threshold": c.slow_call_rate_threshold,
+            }
+            options.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(name=name, listeners=listeners, clock=clock, store=store, **options)
+        except ConfigurationError as exc:
+            detail = exc.message.removeprefix("circuit breaker: ")
+            raise ConfigurationError(f"model {name!r}: circuit_breaker: {detail}") from None
+
+    # --- introspection -----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The breaker's name."""
+        return self._name or "circuit_breaker"
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an open breaker whose timeout passed reads as half-open)."""
+        return self._current_record(self._clock.monotonic()).state
+
+    @property
+    def retry_after_s(self) -> float:
+        """Seconds until an open breaker lets the next probe through (0 when not open)."""
+        now = self._clock.monotonic()
+        return self._retry_after(self._current_record(now), now)
+
+    def snapshot(self) -> BreakerSnapshot:
+        """A consistent view of the state and counters, for metrics and health checks."""
+        now = self._clock.monotonic()
+        record = self._current_record(now)
+        with self._lock:
+            self._sync_locked(record)
+            window = self._window
+            if window is not None:
+                window.refresh(now)
+            return BreakerSnapshot(
+                name=self.name,
+                state=record.state,
+                retry_after_s=self._retry_after(record, now),
+                consecutive_failures=self._consecutive,
+                window_calls=window.calls if window else 0,
+                window_failures=window.failures if window else 0,
+                window_slow_calls=window.slow if window else 0,
+                half_open_in_flight=self._probes_in_flight,
+                successes=self._totals[CallOutcome.SUCCESS],
+                failures=self._totals[CallOutcome.FAILURE],
+                ignored=self._totals[CallOutcome.IGNORED],
+                refused=self._totals[CallOutcome.REFUSED],
+            )
+
+    def add_listener(self, listener: BreakerListener) -> None:
+        """Add a receiver of this breaker's events."""
+        self._listeners = (*self._listeners, listener)
+
+    # --- manual control ----------------------------------------------------------------------
+
+    def force_open(self) -> None:
+        """Refuse every call until :meth:`reset`."""
+        self._force(BreakerState.FORCED_OPEN)
+
+    def disable(self) -> None:
+        """Let every call through and count nothing until :meth:`reset`."""
+        self._force(BreakerState.DISABLED)
+
+    def reset(self) -> None:
+        """Close the breaker and forget all counts of the current period."""
+        self._force(BreakerState.CLOSED)
+
+    # --- guarding calls ----------------------------------------------------------------------
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Await ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises:
+            CircuitOpenError: The breaker refused the call (``fn`` was not called).
+        """
+        start = self._clock.monotonic()
+        permit = self._acquire(start)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._release(permit, exc, start)
+            raise
+        self._release(permit, None, start)
+        return result
+
+    def call_sync(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call a synchronous ``fn(*args, **kwargs)`` through the breaker (thread-safe).
+
+        Raises:
+            CircuitOpenError: The breaker refused the call (``fn`` was not called).
+        """
+        start = self._clock.monotonic()
+        permit = self._acquire(start)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._release(permit, exc, start)
+            raise
+        self._release(permit, None, start)
+        return result
+
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """Decorate an async or sync function so every call goes through the breaker."""
+        if self._name is None:
+            self._name = getattr(fn, "__qualname__", None)
+        if inspect.iscoroutinefunction(fn):
+            async_fn = cast("Callable[P, Awaitable[Any]]", fn)
+
+            @functools.wraps(fn)
+            async def guarded_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await self.call(async_fn, *args, **kwargs)
+
+            return cast("Callable[P, T]", guarded_async)
+
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return self.call_sync(fn, *args, **kwargs)
+
+        return guarded
+
+    async def __aenter__(self) -> CircuitBreaker:
+        self._enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    def __enter__(self) -> CircuitBreaker:
+        self._enter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
+
+    # --- the state machine -------------------------------------------------------------------
+
+    def _enter(self) -> None:
+        start = self._clock.monotonic()
+        permit = self._acquire(start)
+        _entered.set((*_entered.get(), (self, permit, start)))
+
+    def _exit(self, exc: BaseException | None) -> None:
+        entries = _entered.get()
+        for index in range(len(entries) - 1, -1, -1):
+            if entries[index][0] is self:
+                _, permit, start = entries[index]
+                _entered.set(entries[:index] + entries[index + 1 :])
+                self._release(permit, exc, start)
+                return
+
+    def _acquire(self, now: float) -> _Permit:
+        record = self._store.get(self.name)
+        if record.state is BreakerState.CLOSED and record.generation == self._seen_generation:
+            return (record.generation, False)  # the hot path: no lock, no allocation but a tuple
+        if record.state is BreakerState.DISABLED:
+            return _DISABLED_PERMIT
+        transitions: list[_Transition] = []
+        refusal: CircuitOpenError | None = None
+        with self._lock:
+            self._sync_locked(record)
+            if record.state is BreakerState.OPEN and now >= record.retry_at:
+                record = self._transition_locked(record, BreakerState.HALF_OPEN, now, transitions)
+            if record.state is BreakerState.CLOSED:
+                permit: _Permit = (record.generation, False)
+            elif record.state is BreakerState.DISABLED:
+                permit = _DISABLED_PERMIT
+            elif (
+                record.state is BreakerState.HALF_OPEN
+                and self._probes_in_flight < self._half_open_max_calls
+            ):
+                self._probes_in_flight += 1
+                permit = (record.generation, True)
+            else:
+                self._totals[CallOutcome.REFUSED] += 1
+                refusal = CircuitOpenError(self.name, self._retry_after(record, now, refusing=True))
+        self._notify_transitions(transitions)
+        if refusal is not None:
+            self._notify_call(CallOutcome.REFUSED, 0.0)
+            raise refusal
+        return permit
+
+    def _release(self, permit: _Permit, exc: BaseException | None, start: float) -> None:
+        generation, is_probe = permit
+        if generation < 0:
+            return  # disabled: record nothing
+        now = self._clock.monotonic()
+        duration = now - start
+        outcome = CallOutcome.SUCCESS if exc is None else self._classify(exc)
+        slow = self._slow_s is not None and duration >= self._slow_s
+        transitions: list[_Transition] = []
+        with self._lock:
+            self._totals[outcome] += 1
+            record = self._store.get(self.name)
+            self._sync_locked(record)
+            if record.generation == generation:
+                if is_probe:
+                    self._probe_done_locked(record, outcome, now, transitions)
+                elif outcome is not CallOutcome.IGNORED:
+                    self._closed_call_done_locked(record, outcome, slow, now, transitions)
+        self._notify_transitions(transitions)
+        if self._listeners:
+            self._notify_call(outcome, duration)
+
+    def _closed_call_done_locked(
+        self,
+        record: BreakerRecord,
+        outcome: CallOutcome,
+        slow: bool,
+        now: float,
+        transitions: list[_Transition],
+    ) -> None:
+        failed = outcome is CallOutcome.FAILURE
+        self._consecutive = self._consecutive + 1 if failed else 0
+        window = self._window
+        trip = self._failure_rate is None and self._consecutive >= self._failure_threshold
+        if window is not None:
+            window.record(now, failed=failed, slow=slow)
+            if window.calls >= self._minimum_calls:
+                if self._failure_rate is not None:
+                    trip = trip or window.failures >= self._failure_rate * window.calls
+                if self._slow_s is not None:
+                    trip = trip or window.slow >= self._slow_rate * window.calls
+        if trip:
+            self._transition_locked(record, BreakerState.OPEN, now, transitions)
+
+    def _probe_done_locked(
+        self,
+        record: BreakerRecord,
+        outcome: CallOutcome,
+        now: float,
+        transitions: list[_Transition],
+    ) -> None:
+        self._probes_in_flight -= 1
+        if outcome is CallOutcome.FAILURE:
+            self._transition_locked(record, BreakerState.OPEN, now, transitions)
+        elif outcome is CallOutcome.SUCCESS:
+            self._probe_successes += 1
+            if self._probe_successes >= self._half_open_max_calls:
+                self._transition_locked(record, BreakerState.CLOSED, now, transitions)
+
+    def _transition_locked(
+        self, record: BreakerRecord, state: BreakerState, now: float, transitions: list[_Transition]
+    ) -> BreakerRecord:
+        retry_at = now + self._reset_timeout if state is BreakerState.OPEN else 0.0
+        new = BreakerRecord(state=state, retry_at=retry_at, generation=record.generation + 1)
+        if not self._store.compare_and_set(self.name, record, new):
+            new = self._store.get(self.name)  # another breaker sharing the store moved first
+        else:
+            transitions.append((record.state, state))
+        self._sync_locked(new)
+        return new
+
+    def _sync_locked(self, record: BreakerRecord) -> None:
+        # counters belong to one generation of the stored state; start afresh on a new one
+        if record.generation != self._seen_generation:
+            self._seen_generation = record.generation
+            self._consecutive = 0
+            self._probes_in_flight = 0
+            self._probe_successes = 0
+            if self._window is not None:
+                self._window.clear()
+
+    def _current_record(self, now: float) -> BreakerRecord:
+        record = self._store.get(self.name)
+        if record.state is not BreakerState.OPEN or now < record.retry_at:
+            return record
+        transitions: list[_Transition] = []
+        with self._lock:
+            record = self._store.get(self.name)
+            self._sync_locked(record)
+            if record.state is BreakerState.OPEN and now >= record.retry_at:
+                record = self._transition_locked(record, BreakerState.HALF_OPEN, now, transitions)
+        self._notify_transitions(transitions)
+        return record
+
+    def _force(self, state: BreakerState) -> None:
+        transitions: list[_Transition] = []
+        with self._lock:
+            while True:
+                record = self._store.get(self.name)
+                new = BreakerRecord(state=state, generation=record.generation + 1)
+                if self._store.compare_and_set(self.name, record, new):
+                    break
+            self._sync_locked(new)
+            if record.state is not state:
+                transitions.append((record.state, state))
+        self._notify_transitions(transitions)
+
+    def _retry_after(self, record: BreakerRecord, now: float, *, refusing: bool = False) -> float:
+        if record.state is BreakerState.OPEN:
+            return max(0.0, record.retry_at - now)
+        if record.state is BreakerState.FORCED_OPEN or refusing:
+            # no probe is scheduled (forced) or the probes' verdict is pending: if they fail,
+            # the breaker stays open for a whole reset timeout
+            return self._reset_timeout
+        return 0.0
+
+    def _classify(self, exc: BaseException) -> CallOutcome:
+        if not isinstance(exc, Exception) or isinstance(exc, self._exclude_types):
+            return CallOutcome.IGNORED  # cancellation, KeyboardInterrupt, excluded types
+        try:
+            if any(predicate(exc) for predicate in self._exclude_predicates):
+                return CallOutcome.IGNORED
+            return CallOutcome.FAILURE if self._is_failure(exc) else CallOutcome.IGNORED
+        except Exception:
+            _log.exception("circuit breaker %r: failure predicate raised; call ignored", self.name)
+            return CallOutcome.IGNORED
+
+    def _notify_transitions(self, transitions: list[_Transition]) -> None:
+        for old, new in transitions:
+            _log.info("circuit breaker %r: %s -> %s", self.name, old.value, new.value)
+            for listener in self._listeners:
+                try:
+                    listener.on_state_change(self, old, new)
+                except Exception:
+                    _log.exception("circuit breaker %r: listener failed", self.name)
+
+    def _notify_call(self, outcome: CallOutcome, duration: float) -> None:
+        for listener in self._listeners:
+            try:
+                listener.on_call(self, outcome, duration)
+            except Exception:
+                _log.exception("circuit breaker %r: listener failed", self.name)
+
+
+def _check(ok: bool, message: str, value: object) -> None:
+    if not ok:
+        raise ConfigurationError(f"circuit breaker: {message} (got {value!r})")

@@ -1,0 +1,376 @@
+"""Reliability wrappers: each one is a ModelBackend around a ModelBackend.
+
+:func:`build_reliable_backend` composes them in one visible order::
+
+    DeadlineBackend                    the request deadline; really cancels the call
+      FallbackBackend                  primary, then each fallback model in turn
+        RetryingBackend   (per model)  backoff with full jitter; stops if the breaker opens
+          CircuitBreakerBackend        the model's breaker sees every single attempt
+            the model's backend        one HTTP request (DSPy/LiteLLM retries switched off)
+
+So the breaker counts each attempt, retries never hammer an open breaker, a fallback is tried
+only after the primary's retries ran out (or its breaker refused), and the deadline bounds
+everything, sleeps included: the retry loop reads it (:func:`current_deadline`) and does not
+start an attempt that could not finish in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
+from llm_server.core.clock import SYSTEM_CLOCK, Clock
+from llm_server.core.errors import CircuitOpenError, ConfigurationError, DeadlineExceededError
+from llm_server.core.model_interfaces import ModelOutput
+from llm_server.core.protocols import ModelBackend
+from llm_server.core.retry import RetryPolicy, is_retryable, retry_call
+
+__all__ = [
+    "CircuitBreakerBackend",
+    "DeadlineBackend",
+    "FallbackBackend",
+    "ReliabilityListener",
+    "ReliableModel",
+    "RetryingBackend",
+    "build_reliable_backend",
+    "current_deadline",
+    "should_fall_back",
+]
+
+_log = logging.getLogger(__name__)
+_deadline: ContextVar[float | None] = ContextVar("llm_server_deadline", default=None)
+
+
+def current_deadline() -> float | None:
+    """The clock time by which the current model call must finish, if a deadline is set.
+
+    Set by :class:`DeadlineBackend` for the duration of its call (in its clock's time,
+    ``time.monotonic`` by default); nested deadlines keep the earliest.
+    """
+    return _deadline.get()
+
+
+@runtime_checkable
+class ReliabilityListener(Protocol):
+    """Receives retry and fallback events (e.g. to add span events).
+
+    Subclass it to inherit no-op methods. Exceptions raised by a listener are logged and
+    swallowed.
+    """
+
+    def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
+        """Attempt ``attempt`` (1-based) to ``model_id`` failed; the next starts in ``delay_s``."""
+
+    def on_fallback(self, from_model_id: str, to_model_id: str, error: BaseException) -> None:
+        """``from_model_id`` failed or was refused with ``error``; ``to_model_id`` is tried next."""
+
+
+class _BackendWrapper:
+    """Delegates the ModelBackend attributes to the wrapped backend."""
+
+    def __init__(self, backend: ModelBackend) -> None:
+        self._backend = backend
+
+    @property
+    def wrapped(self) -> ModelBackend:
+        """The backend this wrapper calls."""
+        return self._backend
+
+    @property
+    def model_id(self) -> str:
+        """The wrapped backend's model id."""
+        return self._backend.model_id
+
+    @model_id.setter
+    def model_id(self, value: str) -> None:
+        self._backend.model_id = value
+
+    @property
+    def program_metadata(self) -> Any:
+        """The wrapped backend's program metadata."""
+        return self._backend.program_metadata
+
+    @program_metadata.setter
+    def program_metadata(self, value: Any) -> None:
+        self._backend.program_metadata = value
+
+    @property
+    def last_prompt_tokens(self) -> int | None:
+        """The wrapped backend's last prompt tokens (informational only)."""
+        return self._backend.last_prompt_tokens
+
+    @last_prompt_tokens.setter
+    def last_prompt_tokens(self, value: int | None) -> None:
+        self._backend.last_prompt_tokens = value
+
+    @property
+    def last_completion_tokens(self) -> int | None:
+        """The wrapped backend's last completion tokens (informational only)."""
+        return self._backend.last_completion_tokens
+
+    @last_completion_tokens.setter
+    def last_completion_tokens(self, value: int | None) -> None:
+        self._backend.last_completion_tokens = value
+
+    def get_lm_history(self) -> list[Any]:
+        """The wrapped backend's history."""
+        return self._backend.get_lm_history()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._backend!r})"
+
+
+class CircuitBreakerBackend(_BackendWrapper):
+    """Calls the backend through a circuit breaker.
+
+    Args:
+        backend: The model's backend.
+        breaker: The model's breaker (share one breaker per model).
+
+    Raises:
+        CircuitOpenError: From :meth:`predict`, when the breaker refuses the call.
+    """
+
+    def __init__(self, backend: ModelBackend, breaker: CircuitBreaker) -> None:
+        super().__init__(backend)
+        self.breaker = breaker
+
+    async def predict(self, input: Any) -> ModelOutput:
+        """Run one model call, if the breaker allows it."""
+        return await self.breaker.call(self._backend.predict, input)
+
+
+class RetryingBackend(_BackendWrapper):
+    """Retries retryable errors by a :class:`~llm_server.core.retry.RetryPolicy`.
+
+    The output's ``attempts`` counts every attempt and ``latency_ms`` includes the backoffs.
+
+    Args:
+        backend: The backend to call (normally a :class:`CircuitBreakerBackend`).
+        policy: Attempts and backoffs.
+        breaker: When given, retries stop as soon as this breaker is open.
+        clock: Time source and sleep.
+        rng: Jitter source.
+        listener: Told about each retry.
+    """
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        policy: RetryPolicy,
+        *,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        listener: ReliabilityListener | None = None,
+    ) -> None:
+        super().__init__(backend)
+        self.policy = policy
+        self._breaker = breaker
+        self._clock = clock or SYSTEM_CLOCK
+        self._rng = rng
+        self._listener = listener
+
+    async def predict(self, input: Any) -> ModelOutput:
+        """Run the call, retrying by the policy."""
+        attempts = 0
+
+        async def attempt() -> ModelOutput:
+            nonlocal attempts
+            attempts += 1
+            return await self._backend.predict(input)
+
+        start = self._clock.monotonic()
+        output = await retry_call(
+            attempt,
+            policy=self.policy,
+            clock=self._clock,
+            rng=self._rng,
+            deadline=_deadline.get(),
+            should_stop=self._breaker_open if self._breaker is not None else None,
+            on_retry=self._on_retry if self._listener is not None else None,
+        )
+        if attempts == 1:
+            return output
+        latency_ms = (self._clock.monotonic() - start) * 1000.0
+        return replace(output, attempts=output.attempts + attempts - 1, latency_ms=latency_ms)
+
+    def _breaker_open(self) -> bool:
+        breaker = self._breaker
+        return breaker is not None and breaker.state in (
+            BreakerState.OPEN,
+            BreakerState.FORCED_OPEN,
+        )
+
+    def _on_retry(self, attempt: int, error: BaseException, delay_s: float) -> None:
+        if self._listener is not None:
+            self._listener.on_retry(self.model_id, attempt, error, delay_s)
+
+
+def should_fall_back(error: BaseException) -> bool:
+    """The default fallback rule: the breaker refused, or a retryable error remained."""
+    return isinstance(error, CircuitOpenError) or is_retryable(error)
+
+
+class FallbackBackend(_BackendWrapper):
+    """Tries the primary, then each fallback in order, while errors allow it.
+
+    A fallback is tried when the previous backend raised an error ``fall_back_on`` accepts
+    (by default :func:`should_fall_back`); other errors propagate at once. The answering
+    output keeps its own ``model_id``; when a fallback answered, its ``metadata`` gains
+    ``"fallback_from"``: the model ids that failed first, in order. When every backend fails,
+    the last error propagates.
+
+    Args:
+        primary: The model asked first; the wrapper takes its ``model_id``.
+        fallbacks: The models to try next, in order.
+        fall_back_on: Which errors move on to the next backend.
+        listener: Told about each fallback.
+    """
+
+    def __init__(
+        self,
+        primary: ModelBackend,
+        fallbacks: Sequence[ModelBackend],
+        *,
+        fall_back_on: Callable[[BaseException], bool] = should_fall_back,
+        listener: ReliabilityListener | None = None,
+    ) -> None:
+        super().__init__(primary)
+        self.fallbacks = tuple(fallbacks)
+        self._fall_back_on = fall_back_on
+        self._listener = listener
+
+    async def predict(self, input: Any) -> ModelOutput:
+        """Ask each backend in turn until one answers."""
+        chain = (self._backend, *self.fallbacks)
+        failed: list[str] = []
+        for index, backend in enumerate(chain):
+            try:
+                output = await backend.predict(input)
+            except Exception as exc:
+                if index + 1 == len(chain) or not self._fall_back_on(exc):
+                    raise
+                failed.append(backend.model_id)
+                self._notify(backend.model_id, chain[index + 1].model_id, exc)
+                continue
+            if failed:
+                output = replace(output, metadata={**output.metadata, "fallback_from": failed})
+            return output
+        raise AssertionError("unreachable: the chain is never empty")
+
+    def _notify(self, from_id: str, to_id: str, error: BaseException) -> None:
+        _log.warning(
+            "model %r failed (%s); falling back to %r", from_id, type(error).__name__, to_id
+        )
+        if self._listener is None:
+            return
+        try:
+            self._listener.on_fallback(from_id, to_id, error)
+        except Exception:
+            _log.exception("reliability listener failed")
+
+
+class DeadlineBackend(_BackendWrapper):
+    """Bounds the whole call, retries and fallbacks included, by ``deadline_s``.
+
+    The inner call is really cancelled (``asyncio.timeout``) when the deadline passes, and
+    the deadline is published to inner wrappers through :func:`current_deadline`.
+
+    Args:
+        backend: The backend to bound.
+        deadline_s: Seconds the call may take.
+        clock: Time source for :func:`current_deadline`.
+
+    Raises:
+        DeadlineExceededError: From :meth:`predict`, when the deadline passed.
+    """
+
+    def __init__(
+        self, backend: ModelBackend, deadline_s: float, *, clock: Clock | None = None
+    ) -> None:
+        super().__init__(backend)
+        if not deadline_s > 0:
+            raise ConfigurationError(f"deadline_s must be > 0 (got {deadline_s!r})")
+        self.deadline_s = deadline_s
+        self._clock = clock or SYSTEM_CLOCK
+
+    async def predict(self, input: Any) -> ModelOutput:
+        """Run the call within the deadline."""
+        now = self._clock.monotonic()
+        outer = _deadline.get()
+        deadline = now + self.deadline_s if outer is None else min(outer, now + self.deadline_s)
+        token = _deadline.set(deadline)
+        scope = asyncio.timeout(max(0.0, deadline - now))
+        try:
+            async with scope:
+                return await self._backend.predict(input)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise  # a TimeoutError of the call itself, not our deadline
+            raise DeadlineExceededError(
+                f"model {self.model_id!r} did not answer within the "
+                f"{self.deadline_s:g}s request deadline",
+                deadline_s=self.deadline_s,
+            ) from exc
+        finally:
+            _deadline.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class ReliableModel:
+    """One model of a reliable chain: its backend, breaker and retry policy.
+
+    Attributes:
+        backend: The model's plain backend (one HTTP request per call).
+        breaker: The model's breaker, shared by every chain that uses the model.
+        retry: The model's retry policy (``None``: no retries).
+    """
+
+    backend: ModelBackend
+    breaker: CircuitBreaker | None = None
+    retry: RetryPolicy | None = None
+
+
+def build_reliable_backend(
+    primary: ReliableModel,
+    fallbacks: Sequence[ReliableModel] = (),
+    *,
+    deadline_s: float | None = None,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
+    listener: ReliabilityListener | None = None,
+) -> ModelBackend:
+    """Compose deadline -> fallback -> [per model: retries -> breaker -> call].
+
+    Args:
+        primary: The model asked first.
+        fallbacks: Models to try, in order, when the primary is open or exhausted.
+        deadline_s: Overall deadline of one call (``None``: none).
+        clock: Time source and sleep for every layer.
+        rng: Jitter source for the retries.
+        listener: Told about retries and fallbacks.
+    """
+
+    def guarded(model: ReliableModel) -> ModelBackend:
+        backend = model.backend
+        if model.breaker is not None:
+            backend = CircuitBreakerBackend(backend, model.breaker)
+        if model.retry is not None and model.retry.max_attempts > 1:
+            backend = RetryingBackend(
+                backend, model.retry, breaker=model.breaker, clock=clock, rng=rng, listener=listener
+            )
+        return backend
+
+    backend = guarded(primary)
+    if fallbacks:
+        backend = FallbackBackend(backend, [guarded(m) for m in fallbacks], listener=listener)
+    if deadline_s is not None:
+        backend = DeadlineBackend(backend, deadline_s, clock=clock)
+    return backend
