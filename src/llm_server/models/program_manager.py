@@ -1,0 +1,384 @@
+"""DSPy program registration, versioning and optimization tracking.
+
+A host registers its programs once at startup::
+
+    program_manager = ProgramManager(model_manager=model_manager, storage_adapter=storage)
+    program_manager.register_program(program_class=Predictor, name="Text Completion")
+
+Each program has an id derived from its class (``Predictor`` -> ``predictor``) and is served
+at one version. Versions are immutable snapshots of the program's DSPy JSON state kept by the
+storage adapter, each with a manifest recording its lineage. On first registration, when the
+storage holds no version of the program yet, the untrained program is saved as the first
+version (``1.0.0`` with :class:`~llm_server.defaults.FileSystemStorageAdapter`), so every
+version a host serves is on disk and every optimized version has a parent.
+
+After an optimizer ran, :meth:`ProgramManager.save_program_version` stores the result as a
+new version. A program registered without ``version=`` follows the versions saved through
+its manager; one registered with ``version="1.0.0"`` keeps serving that version while newer
+ones exist.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import anyio
+import anyio.to_thread
+
+from llm_server.core.errors import (
+    CorruptProgramError,
+    ProgramError,
+    ProgramNotFoundError,
+)
+from llm_server.core.protocols import StorageAdapter, StoredProgram
+from llm_server.models import _program_state as ps
+from llm_server.models._program_registry import (
+    Entry,
+    ProgramMetadata,
+    ProgramRegistry,
+    metadata_for,
+)
+from llm_server.models._versioning import (
+    canonical_json,
+    check_score,
+    derive_program_id,
+    hash_trainset,
+    sha256_hex,
+    validate_program_id,
+    validate_version,
+)
+
+__all__ = ["LATEST", "ModelManagerLike", "ProgramManager", "ProgramMetadata", "ProgramRegistry"]
+
+LATEST = "latest"
+"""Pass as ``version`` to :meth:`ProgramManager.get_program` for the newest stored version."""
+
+_T = TypeVar("_T")
+
+
+@runtime_checkable
+class ModelManagerLike(Protocol):
+    """What the program manager needs from a model manager."""
+
+    @property
+    def model_info(self) -> Mapping[str, Any]:
+        """Public facts about each configured model, by model id."""
+        ...
+
+    def create_backend(self, program: Any, model_id: str) -> Any:
+        """A model backend running ``program`` on the model ``model_id``."""
+        ...
+
+
+@runtime_checkable
+class _LocatingStorage(Protocol):
+    def location(self, program_id: str, version: str) -> str: ...
+
+
+class ProgramManager:
+    """Registers DSPy programs and keeps their immutable, versioned state.
+
+    Args:
+        model_manager: The model manager (``model_info`` and ``create_backend`` are used).
+        storage_adapter: Where program versions are stored.
+        max_io_threads: Worker threads the async methods may use for storage I/O. They have
+            their own limiter, so slow disks never starve the event loop's default executor
+            that DSPy's async calls rely on.
+        clock: Returns the current time (UTC) for ``created_at``; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_manager: ModelManagerLike,
+        storage_adapter: StorageAdapter,
+        max_io_threads: int = 4,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._model_manager = model_manager
+        self._storage = storage_adapter
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._limiter = anyio.CapacityLimiter(max_io_threads)
+        self._verified: dict[tuple[str, str], StoredProgram] = {}
+        self.registry = ProgramRegistry()
+        """The registered programs; ``registry.get_programmetadata_for(id)`` for the envelope."""
+
+    @property
+    def model_manager(self) -> ModelManagerLike:
+        """The model manager given at construction."""
+        return self._model_manager
+
+    @property
+    def model_info(self) -> Mapping[str, Any]:
+        """The model manager's ``model_info``: public facts about each model, by id."""
+        return self._model_manager.model_info
+
+    @property
+    def storage_adapter(self) -> StorageAdapter:
+        """The storage adapter given at construction."""
+        return self._storage
+
+    # --- registration ----------------------------------------------------------------------
+
+    def register_program(
+        self,
+        program_class: type,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        description: str | None = None,
+        program_id: str | None = None,
+    ) -> ProgramMetadata:
+        """Register a ``dspy.Signature`` (run as ``dspy.Predict``) or ``dspy.Module`` subclass.
+
+        Registering the same class again is allowed (it re-resolves the served version).
+        Does blocking storage I/O: call it at startup.
+
+        Args:
+            program_class: The signature or module class; modules must build without arguments.
+            name: Display name for the envelope (default: the class name).
+            version: Serve this stored version (pin); by default the latest stored version.
+            description: Free text kept in the metadata.
+            program_id: Override the id derived from the class name.
+
+        Returns:
+            The metadata of the served version.
+
+        Raises:
+            ProgramAlreadyRegisteredError: Another class is registered under the id.
+            ProgramNotFoundError: The pinned version is not stored.
+            CorruptProgramError: The stored version does not belong to this class.
+        """
+        kind = ps.program_kind(program_class)
+        pid = validate_program_id(program_id or derive_program_id(program_class.__name__))
+        if version is not None:
+            validate_version(version)
+        self.registry._check_free(pid, program_class)
+        fresh = ps.instantiate(program_class, kind)
+        base = Entry(
+            program_class=program_class,
+            kind=kind,
+            fields=ps.signature_fields(fresh),
+            metadata=ProgramMetadata(
+                id=pid,
+                version="",
+                name=name or program_class.__name__,
+                description=description,
+                class_path=ps.class_path(program_class),
+                pinned=version is not None,
+            ),
+        )
+        if self._storage.list_versions(pid):
+            stored = self._storage.load(pid, version)
+        else:
+            initial_state = fresh.dump_state()
+            manifest = self._manifest(base, initial_state, notes="initial version (registration)")
+            stored = self._storage.save(pid, initial_state, manifest)
+            if version is not None and version != stored.version:
+                stored = self._storage.load(pid, version)
+        self._verify(base, stored)
+        entry = replace(base, metadata=metadata_for(base.metadata, stored))
+        self.registry._put(pid, entry)
+        return entry.metadata
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def get_program(self, program_id: str, version: str | None = None) -> Any:
+        """A new program instance with a stored version's state loaded.
+
+        Args:
+            program_id: A registered program id.
+            version: ``None`` for the version the registry serves, :data:`LATEST` for the
+                newest stored version, or a version name.
+
+        Raises:
+            ProgramNotFoundError: Unknown program or version.
+            CorruptProgramError: The stored version fails its integrity or class checks.
+        """
+        entry = self.registry._entry(program_id)
+        stored = self._load_verified(entry, version)
+        program = ps.instantiate(entry.program_class, entry.kind)
+        return ps.apply_state(program, stored.state, self._where(program_id, stored.version))
+
+    def get_version_metadata(self, program_id: str, version: str | None = None) -> ProgramMetadata:
+        """Metadata of a stored version (same ``version`` rules as :meth:`get_program`)."""
+        entry = self.registry._entry(program_id)
+        return metadata_for(entry.metadata, self._load_verified(entry, version))
+
+    def list_versions(self, program_id: str) -> list[str]:
+        """Stored versions of a registered program, oldest first."""
+        self.registry._entry(program_id)
+        return self._storage.list_versions(program_id)
+
+    def create_backend(self, program_id: str, model_id: str, *, version: str | None = None) -> Any:
+        """A model backend from the model manager running this program's served version."""
+        return self._model_manager.create_backend(self.get_program(program_id, version), model_id)
+
+    # --- saving ----------------------------------------------------------------------------
+
+    def save_program_version(
+        self,
+        program_id: str,
+        program: Any,
+        *,
+        parent_version: str | None = None,
+        optimizer: str | None = None,
+        optimizer_settings: Mapping[str, Any] | None = None,
+        score: float | None = None,
+        trainset: Sequence[Any] | None = None,
+        notes: str | None = None,
+    ) -> ProgramMetadata:
+        """Store ``program`` (e.g. an optimizer's result) as a new immutable version.
+
+        A program registered without a pinned version then serves the new version.
+
+        Args:
+            program_id: A registered program id.
+            program: An instance of the registered module (or a ``dspy.Predict`` of the
+                registered signature).
+            parent_version: The version the program was derived from; default: the served one.
+            optimizer: The optimizer's name, e.g. ``"BootstrapFewShot"``.
+            optimizer_settings: JSON-serialisable optimizer settings.
+            score: The evaluation score of the new version.
+            trainset: The training examples; only their sha256 and count are stored.
+            notes: Free text.
+
+        Returns:
+            The new version's metadata.
+
+        Raises:
+            ProgramNotFoundError: Unknown program or parent version.
+            ProgramError: ``program`` is not of the registered class, or something is not JSON.
+        """
+        entry = self.registry._entry(program_id)
+        self._check_instance(entry, program)
+        parent = validate_version(parent_version or entry.metadata.version)
+        if parent not in self._storage.list_versions(program_id):
+            raise ProgramNotFoundError(f"program {program_id!r} has no version {parent!r}")
+        state = program.dump_state()
+        manifest = self._manifest(
+            entry,
+            state,
+            parent_version=parent,
+            optimizer=optimizer,
+            optimizer_settings=dict(optimizer_settings) if optimizer_settings else None,
+            score=check_score(score),
+            trainset_sha256=hash_trainset(trainset) if trainset is not None else None,
+            trainset_size=len(trainset) if trainset is not None else None,
+            notes=notes,
+        )
+        stored = self._storage.save(program_id, state, manifest)
+        self._verified[(program_id, stored.version)] = stored
+        metadata = metadata_for(entry.metadata, stored)
+        if not entry.metadata.pinned:
+            self.registry._put(program_id, replace(entry, metadata=metadata), only_if=entry)
+        return metadata
+
+    # --- async wrappers --------------------------------------------------------------------
+
+    async def aget_program(self, program_id: str, version: str | None = None) -> Any:
+        """:meth:`get_program` with storage I/O in a worker thread."""
+        return await self._run(self.get_program, program_id, version)
+
+    async def asave_program_version(
+        self,
+        program_id: str,
+        program: Any,
+        *,
+        parent_version: str | None = None,
+        optimizer: str | None = None,
+        optimizer_settings: Mapping[str, Any] | None = None,
+        score: float | None = None,
+        trainset: Sequence[Any] | None = None,
+        notes: str | None = None,
+    ) -> ProgramMetadata:
+        """:meth:`save_program_version` with storage I/O in a worker thread."""
+        save = functools.partial(
+            self.save_program_version,
+            program_id,
+            program,
+            parent_version=parent_version,
+            optimizer=optimizer,
+            optimizer_settings=optimizer_settings,
+            score=score,
+            trainset=trainset,
+            notes=notes,
+        )
+        return await self._run(save)
+
+    async def alist_versions(self, program_id: str) -> list[str]:
+        """:meth:`list_versions` in a worker thread."""
+        return await self._run(self.list_versions, program_id)
+
+    async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _load_verified(self, entry: Entry, version: str | None) -> StoredProgram:
+        pid = entry.metadata.id
+        if version == LATEST:
+            stored = self._storage.load(pid, None)
+        else:
+            wanted = validate_version(version or entry.metadata.version)
+            cached = self._verified.get((pid, wanted))
+            if cached is not None:
+                return cached
+            stored = self._storage.load(pid, wanted)
+        self._verify(entry, stored)
+        return stored
+
+    def _verify(self, entry: Entry, stored: StoredProgram) -> None:
+        where = self._where(stored.program_id, stored.version)
+        manifest = stored.manifest
+        recorded_class = manifest.get("program_class")
+        if recorded_class != entry.metadata.class_path:
+            raise CorruptProgramError(
+                f"{where}: saved from class {recorded_class!r}, not {entry.metadata.class_path!r}"
+            )
+        if manifest.get("signature_fields") != entry.fields:
+            raise CorruptProgramError(
+                f"{where}: signature fields {manifest.get('signature_fields')!r} differ from "
+                f"the program's {entry.fields!r}"
+            )
+        if manifest.get("content_sha256") != sha256_hex(canonical_json(dict(stored.state))):
+            raise CorruptProgramError(f"{where}: content sha256 does not match the state")
+        fresh = ps.instantiate(entry.program_class, entry.kind)
+        ps.check_state_shape(stored.state, fresh.dump_state(), where, kind=entry.kind)
+        ps.apply_state(fresh, stored.state, where)
+        self._verified[(stored.program_id, stored.version)] = stored
+
+    def _check_instance(self, entry: Entry, program: Any) -> None:
+        expected = "dspy.Predict" if entry.kind == "signature" else entry.metadata.class_path
+        ok = (
+            isinstance(program, ps.predict_class())
+            if entry.kind == "signature"
+            else isinstance(program, entry.program_class)
+        )
+        if not ok or ps.signature_fields(program) != entry.fields:
+            raise ProgramError(
+                f"program {entry.metadata.id!r} expects an instance of {expected} with fields "
+                f"{entry.fields!r}; got {type(program).__name__}"
+            )
+
+    def _manifest(self, entry: Entry, state: Mapping[str, Any], **lineage: Any) -> dict[str, Any]:
+        created_at = self._clock().astimezone(UTC).isoformat(timespec="microseconds")
+        return {
+            "program_class": entry.metadata.class_path,
+            "program_kind": entry.kind,
+            "signature_fields": entry.fields,
+            "content_sha256": sha256_hex(canonical_json(dict(state))),
+            "dspy_version": ps.dspy_version(),
+            "created_at": created_at.replace("+00:00", "Z"),
+            "parent_version": None,
+            **lineage,
+        }
+
+    def _where(self, program_id: str, version: str) -> str:
+        if isinstance(self._storage, _LocatingStorage):
+            return f"{self._storage.location(program_id, version)}/manifest.json"
+        return f"program {program_id!r} version {version!r} in {self._storage!r}"
