@@ -14,7 +14,9 @@ from llm_server.core.errors import (
     StepError,
 )
 from llm_server.core.observation import StepTiming, notify_step
+from llm_server.core.opentelemetry_integration import Telemetry, get_telemetry
 from llm_server.core.protocols import PipelineStep
+from llm_server.core.redaction import redact
 from llm_server.core.types import MediaType, PipelineData
 
 __all__ = ["Pipeline", "PipelineRun", "step_name"]
@@ -53,12 +55,21 @@ class Pipeline:
     Args:
         steps: The steps, in order.
         name: A low-cardinality name used in timings, traces and metrics.
+        telemetry: Where the pipeline's and steps' spans and duration metrics go (default: the
+            process-wide :func:`~llm_server.core.opentelemetry_integration.get_telemetry`,
+            read at each run).
 
     Raises:
         PipelineValidationError: The pipeline is malformed; the message names the steps.
     """
 
-    def __init__(self, steps: Sequence[PipelineStep], *, name: str = "pipeline") -> None:
+    def __init__(
+        self,
+        steps: Sequence[PipelineStep],
+        *,
+        name: str = "pipeline",
+        telemetry: Telemetry | None = None,
+    ) -> None:
         steps = list(steps)
         if not steps:
             raise PipelineValidationError(f"pipeline {name!r} has no steps")
@@ -80,6 +91,7 @@ class Pipeline:
         self.name = name
         self._steps: tuple[PipelineStep, ...] = tuple(steps)
         self._names = tuple(step_name(s) for s in steps)
+        self._telemetry = telemetry
 
     @property
     def steps(self) -> tuple[PipelineStep, ...]:
@@ -99,6 +111,11 @@ class Pipeline:
 
     async def run(self, data: PipelineData) -> PipelineRun:
         """Like :meth:`execute`, but also return each step's timing."""
+        telemetry = self._telemetry if self._telemetry is not None else get_telemetry()
+        with telemetry.pipeline_span(self.name):
+            return await self._run_steps(data, telemetry)
+
+    async def _run_steps(self, data: PipelineData, telemetry: Telemetry) -> PipelineRun:
         timings: list[StepTiming] = []
         current = data
         for index, step in enumerate(self._steps):
@@ -110,35 +127,36 @@ class Pipeline:
                     f"{_types_text(list(step.accepted_media_types))}",
                     step=name,
                 )
-            started = time.perf_counter()
-            outcome: str = "error"
-            try:
-                result = await step.process(current)
-                if not isinstance(result, PipelineData):
+            with telemetry.step_span(self.name, name, index):
+                started = time.perf_counter()
+                outcome: str = "error"
+                try:
+                    result = await step.process(current)
+                    if not isinstance(result, PipelineData):
+                        raise StepError(
+                            f"pipeline {self.name!r}: step {index} ({name}) returned "
+                            f"{type(result).__name__}, not PipelineData",
+                            step=name,
+                        )
+                    outcome = "ok"
+                except LLMServerError:
+                    raise
+                except Exception as exc:
                     raise StepError(
-                        f"pipeline {self.name!r}: step {index} ({name}) returned "
-                        f"{type(result).__name__}, not PipelineData",
+                        f"pipeline {self.name!r}: step {index} ({name}) failed: "
+                        f"{type(exc).__name__}: {redact(str(exc))}",
                         step=name,
+                    ) from exc
+                finally:
+                    timing = StepTiming(
+                        pipeline=self.name,
+                        step=name,
+                        index=index,
+                        duration_ms=(time.perf_counter() - started) * 1000.0,
+                        outcome="ok" if outcome == "ok" else "error",
                     )
-                outcome = "ok"
-            except LLMServerError:
-                raise
-            except Exception as exc:
-                raise StepError(
-                    f"pipeline {self.name!r}: step {index} ({name}) failed: "
-                    f"{type(exc).__name__}: {exc}",
-                    step=name,
-                ) from exc
-            finally:
-                timing = StepTiming(
-                    pipeline=self.name,
-                    step=name,
-                    index=index,
-                    duration_ms=(time.perf_counter() - started) * 1000.0,
-                    outcome="ok" if outcome == "ok" else "error",
-                )
-                timings.append(timing)
-                notify_step(timing)
+                    timings.append(timing)
+                    notify_step(timing)
             current = result
         return PipelineRun(output=current, steps=tuple(timings))
 

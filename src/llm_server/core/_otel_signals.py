@@ -1,0 +1,345 @@
+"""The two implementations behind :class:`~llm_server.core.opentelemetry_integration.Telemetry`.
+
+:class:`NoopSignals` is chosen once, when telemetry is disabled, so hot paths never test a flag.
+:class:`OtelSignals` talks to the OpenTelemetry API (never an SDK). Every call into OpenTelemetry
+is guarded: a failing processor, exporter or instrument is logged once and the request goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Status, StatusCode
+
+from llm_server.core import _otel_names as n
+from llm_server.core.redaction import redact
+
+__all__ = [
+    "INVALID_SPAN",
+    "NoopSignals",
+    "OtelSignals",
+    "breaker_name",
+    "end_span",
+    "guarded",
+    "record_error",
+    "state_name",
+]
+
+_log = logging.getLogger("llm_server.telemetry")
+_reported: set[str] = set()
+_NULL_SCOPE: AbstractContextManager[None] = contextlib.nullcontext()
+# A span we can always call methods on when starting the real one failed.
+INVALID_SPAN = trace.INVALID_SPAN
+
+
+def guarded(site: str, exc: BaseException) -> None:
+    """Report a telemetry failure: a warning the first time per site, debug afterwards."""
+    if site in _reported:
+        _log.debug("telemetry failure in %s: %r", site, exc)
+        return
+    _reported.add(site)
+    _log.warning(
+        "telemetry failure in %s (the request is unaffected): %s",
+        site,
+        redact(f"{type(exc).__name__}: {exc}"),
+    )
+
+
+def record_error(span: trace.Span, exc: BaseException) -> str:
+    """Mark ``span`` failed with a redacted exception event; return the ``error.type``."""
+    kind = n.error_type(exc)
+    message = redact(str(exc))
+    span.set_attribute(n.ERROR_TYPE, kind)
+    span.set_status(Status(StatusCode.ERROR, message or kind))
+    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": n.qualified_name(exc),
+            "exception.message": message,
+            "exception.stacktrace": redact(stack),
+        },
+    )
+    return kind
+
+
+class _SpanScope:
+    """Times a block in a span of its own and records its duration in a histogram."""
+
+    __slots__ = (
+        "_attrs",
+        "_histogram",
+        "_metric_attrs",
+        "_name",
+        "_span",
+        "_started",
+        "_token",
+        "_tracer",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        attrs: Mapping[str, Any],
+        histogram: metrics.Histogram,
+        metric_attrs: dict[str, Any],
+        tracer: trace.Tracer,
+    ) -> None:
+        self._name = name
+        self._attrs = attrs
+        self._histogram = histogram
+        self._metric_attrs = metric_attrs
+        self._tracer = tracer
+        self._span: trace.Span = INVALID_SPAN
+        self._token: object | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        try:
+            self._span = self._tracer.start_span(self._name, attributes=self._attrs)
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        except Exception as exc:
+            guarded("start span", exc)
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed = time.perf_counter() - self._started
+        try:
+            attrs = self._metric_attrs
+            if exc is None:
+                attrs[n.OUTCOME] = "ok"
+            else:
+                attrs[n.OUTCOME] = "error"
+                attrs[n.ERROR_TYPE] = record_error(self._span, exc)
+            self._histogram.record(elapsed, attrs)
+        except Exception as error:
+            guarded("record span outcome", error)
+        finally:
+            end_span(self._span, self._token)
+
+
+def end_span(span: trace.Span, token: object | None) -> None:
+    try:
+        span.end()
+    except Exception as exc:
+        guarded("end span", exc)
+    if token is not None:
+        try:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        except Exception as exc:
+            guarded("detach context", exc)
+
+
+class NoopSignals:
+    """Telemetry disabled: every method returns at once and nothing is created."""
+
+    enabled = False
+
+    def pipeline_scope(self, pipeline: str) -> AbstractContextManager[None]:
+        """A reusable null context."""
+        return _NULL_SCOPE
+
+    def step_scope(self, pipeline: str, step: str, index: int) -> AbstractContextManager[None]:
+        """A reusable null context."""
+        return _NULL_SCOPE
+
+    def observe_breakers(self, breakers: Iterable[Any]) -> None:
+        """Do nothing."""
+
+
+class OtelSignals:
+    """Telemetry enabled: spans, events and instruments through the OpenTelemetry API."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None,
+        meter_provider: metrics.MeterProvider | None,
+        version: str,
+        capture_content: bool,
+        content_max_length: int,
+        llm_attributes: bool,
+    ) -> None:
+        self.capture_content = capture_content
+        self.content_max_length = content_max_length
+        self.llm_attributes = llm_attributes
+        self.tracer = trace.get_tracer("llm_server", version, tracer_provider=tracer_provider)
+        meter = metrics.get_meter("llm_server", version, meter_provider=meter_provider)
+        self.operation_duration = _histogram(
+            meter,
+            n.METRIC_OPERATION_DURATION,
+            "s",
+            "GenAI operation duration.",
+            n.OPERATION_DURATION_BUCKETS,
+        )
+        self.token_usage = _histogram(
+            meter,
+            n.METRIC_TOKEN_USAGE,
+            "{token}",
+            "Number of input and output tokens used.",
+            n.TOKEN_USAGE_BUCKETS,
+        )
+        self.pipeline_duration = _histogram(
+            meter,
+            n.METRIC_PIPELINE_DURATION,
+            "s",
+            "Duration of one pipeline execution.",
+            n.PIPELINE_DURATION_BUCKETS,
+        )
+        self.step_duration = _histogram(
+            meter,
+            n.METRIC_STEP_DURATION,
+            "s",
+            "Duration of one pipeline step.",
+            n.PIPELINE_DURATION_BUCKETS,
+        )
+        self.counters: dict[str, metrics.Counter] = {
+            n.METRIC_COST: meter.create_counter(
+                n.METRIC_COST, unit="USD", description="Cost of model calls in US dollars."
+            ),
+            n.METRIC_BREAKER_TRANSITIONS: meter.create_counter(
+                n.METRIC_BREAKER_TRANSITIONS,
+                unit="{transition}",
+                description="Circuit breaker state transitions.",
+            ),
+            n.METRIC_BREAKER_REFUSALS: meter.create_counter(
+                n.METRIC_BREAKER_REFUSALS,
+                unit="{call}",
+                description="Calls refused by an open circuit breaker.",
+            ),
+            n.METRIC_RETRIES: meter.create_counter(
+                n.METRIC_RETRIES, unit="{retry}", description="Model call attempts retried."
+            ),
+            n.METRIC_FALLBACKS: meter.create_counter(
+                n.METRIC_FALLBACKS,
+                unit="{fallback}",
+                description="Model calls handed to a fallback model.",
+            ),
+        }
+        self._breakers: list[Any] = []
+        meter.create_observable_gauge(
+            n.METRIC_BREAKER_STATE,
+            callbacks=[self._observe_breaker_states],
+            unit="1",
+            description="1 for the circuit breaker's current state, 0 for the others.",
+        )
+
+    # --- pipelines ---------------------------------------------------------------------
+
+    def pipeline_scope(self, pipeline: str) -> AbstractContextManager[None]:
+        """A span and duration measurement for one pipeline execution."""
+        return _SpanScope(
+            f"pipeline {pipeline}",
+            {n.PIPELINE: pipeline},
+            self.pipeline_duration,
+            {n.PIPELINE: pipeline},
+            self.tracer,
+        )
+
+    def step_scope(self, pipeline: str, step: str, index: int) -> AbstractContextManager[None]:
+        """A child span and duration measurement for one pipeline step."""
+        return _SpanScope(
+            f"step {step}",
+            {n.PIPELINE: pipeline, n.STEP: step, n.STEP_INDEX: index},
+            self.step_duration,
+            {n.PIPELINE: pipeline, n.STEP: step},
+            self.tracer,
+        )
+
+    # --- events and counters -----------------------------------------------------------
+
+    def event(self, name: str, attrs: Mapping[str, Any]) -> None:
+        """Add an event to the current span (a no-op when no span is recording)."""
+        try:
+            trace.get_current_span().add_event(name, attrs)
+        except Exception as exc:
+            guarded(f"event {name}", exc)
+
+    def count(self, metric: str, attrs: Mapping[str, Any], amount: float = 1) -> None:
+        """Add ``amount`` to one of the counters."""
+        try:
+            self.counters[metric].add(amount, attrs)
+        except Exception as exc:
+            guarded(f"counter {metric}", exc)
+
+    # --- circuit breakers ----------------------------------------------------------------
+
+    def observe_breakers(self, breakers: Iterable[Any]) -> None:
+        """Report the state of ``breakers`` in the state gauge from now on."""
+        for breaker in breakers:
+            if not any(b is breaker for b in self._breakers):
+                self._breakers.append(breaker)
+
+    def _observe_breaker_states(
+        self, options: metrics.CallbackOptions
+    ) -> list[metrics.Observation]:
+        observations: list[metrics.Observation] = []
+        for breaker in list(self._breakers):
+            try:
+                name = breaker_name(breaker)
+                current = state_name(_read_state(breaker))
+            except Exception as exc:
+                guarded("observe breaker state", exc)
+                continue
+            states: tuple[str, ...] = (*n.BREAKER_STATES, "forced_open", "disabled")
+            if current not in states:
+                states = (*states, current)
+            for state in states:
+                observations.append(
+                    metrics.Observation(
+                        1 if state == current else 0, {n.BREAKER: name, n.BREAKER_STATE: state}
+                    )
+                )
+        return observations
+
+
+def _histogram(
+    meter: metrics.Meter, name: str, unit: str, description: str, buckets: Iterable[float]
+) -> metrics.Histogram:
+    try:
+        return meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=[*buckets]
+        )
+    except TypeError:  # opentelemetry-api < 1.23 has no advisory parameter
+        return meter.create_histogram(name, unit=unit, description=description)
+
+
+def breaker_name(breaker: Any) -> str:
+    """The breaker's name (duck-typed: ``name`` attribute, else the class name)."""
+    name = getattr(breaker, "name", None)
+    return name if isinstance(name, str) and name else type(breaker).__name__
+
+
+def state_name(state: Any) -> str:
+    """Normalise a breaker state (an enum, ``"half-open"``, ...) to ``closed``/``half_open``/..."""
+    value = getattr(state, "value", state)
+    if not isinstance(value, str):
+        value = getattr(state, "name", str(state))
+    return str(value).strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _read_state(breaker: Any) -> Any:
+    state = getattr(breaker, "state", None)
+    if callable(state):  # a method rather than a property
+        state = state()
+    if state is None:
+        snapshot: Callable[[], Any] | None = getattr(breaker, "snapshot", None)
+        if snapshot is not None:
+            state = snapshot().state
+    return getattr(state, "value", state) if state is not None else "unknown"

@@ -1,0 +1,267 @@
+"""OpenTelemetry traces and metrics on the GenAI semantic conventions.
+
+The library depends on ``opentelemetry-api`` only and never configures an SDK: the host app
+does (see the README), and until it does every call is the API's no-op. With
+``FrameworkSettings.otel_enabled`` false, :class:`Telemetry` hands out no-op parts chosen once,
+so hot paths pay for nothing but a method call. An exception inside telemetry never fails a
+request: it is logged once (logger ``llm_server.telemetry``) and the request goes on.
+
+What is emitted when enabled:
+
+* a span per pipeline execution (``pipeline {name}``), a child per step (``step {name}``) and,
+  through :class:`InstrumentedBackend`, a ``CLIENT`` child per model call named
+  ``"{gen_ai.operation.name} {gen_ai.request.model}"`` with the conventions' ``gen_ai.*``,
+  ``server.*`` and ``error.type`` attributes (plus the legacy ``llm.*`` aliases unless
+  ``otel_llm_attributes`` is off); prompts and completions only on opt-in;
+* span events for retries, fallbacks, breaker refusals and transitions (:class:`TelemetryListener`);
+* histograms ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage`` (with the
+  conventions' buckets), ``llm_server.pipeline.duration`` and ``llm_server.pipeline.step.duration``;
+  counters ``llm_server.client.cost`` (USD), ``llm_server.client.retries``,
+  ``llm_server.client.fallbacks``, ``llm_server.circuit_breaker.transitions`` and
+  ``llm_server.circuit_breaker.refusals``; the gauge ``llm_server.circuit_breaker.state``.
+
+Example::
+
+    telemetry = Telemetry(FrameworkSettings(otel_enabled=True))
+    set_telemetry(telemetry)  # pipelines pick it up
+    backend = telemetry.instrument(backend, ModelCallInfo.from_model_config(config))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from llm_server import __version__
+from llm_server.core import _otel_names as names
+from llm_server.core._otel_listeners import RecordingListener, TelemetryListener
+from llm_server.core._otel_model_call import ModelCallInfo, ModelCallRecorder
+from llm_server.core._otel_signals import NoopSignals, OtelSignals
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.logging import _fallback_trace_id
+from llm_server.core.model_interfaces import ModelOutput
+from llm_server.core.protocols import ModelBackend
+
+__all__ = [
+    "InstrumentedBackend",
+    "ModelCallInfo",
+    "Telemetry",
+    "TelemetryListener",
+    "current_trace_id",
+    "get_telemetry",
+    "set_telemetry",
+]
+
+_NOOP_SIGNALS = NoopSignals()
+_NOOP_LISTENER = TelemetryListener()
+
+
+class Telemetry:
+    """The library's handle on OpenTelemetry, built once at startup from the settings.
+
+    Args:
+        settings: ``otel_enabled`` switches everything on or off;
+            ``otel_capture_message_content``, ``otel_content_max_length`` and
+            ``otel_llm_attributes`` shape the model-call spans.
+        tracer_provider: Where spans go (default: the global provider).
+        meter_provider: Where metrics go (default: the global provider).
+    """
+
+    __slots__ = ("_listener", "_signals")
+
+    def __init__(
+        self,
+        settings: FrameworkSettings,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._signals: OtelSignals | NoopSignals = _NOOP_SIGNALS
+        self._listener: TelemetryListener = _NOOP_LISTENER
+        if settings.otel_enabled:
+            signals = OtelSignals(
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                version=__version__,
+                capture_content=settings.otel_capture_message_content,
+                content_max_length=settings.otel_content_max_length,
+                llm_attributes=settings.otel_llm_attributes,
+            )
+            self._signals = signals
+            self._listener = RecordingListener(signals)
+
+    @classmethod
+    def disabled(cls) -> Telemetry:
+        """A telemetry that emits nothing (the default until :func:`set_telemetry`)."""
+        return cls(FrameworkSettings.model_construct(otel_enabled=False))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is emitted."""
+        return self._signals.enabled
+
+    def instrument(
+        self, backend: ModelBackend, call_info: ModelCallInfo | None = None
+    ) -> InstrumentedBackend:
+        """Wrap ``backend`` so each call gets a span and metrics (:class:`InstrumentedBackend`)."""
+        return InstrumentedBackend(backend, telemetry=self, call_info=call_info)
+
+    def pipeline_span(self, pipeline: str) -> AbstractContextManager[None]:
+        """A ``with`` block timed as one execution of ``pipeline`` (span and histogram)."""
+        return self._signals.pipeline_scope(pipeline)
+
+    def step_span(self, pipeline: str, step: str, index: int) -> AbstractContextManager[None]:
+        """A ``with`` block timed as one run of a pipeline step (child span and histogram)."""
+        return self._signals.step_scope(pipeline, step, index)
+
+    @property
+    def listener(self) -> TelemetryListener:
+        """The listener to register with circuit breakers and the retry/fallback wrappers."""
+        return self._listener
+
+    def observe_breakers(self, breakers: Iterable[Any] | Mapping[str, Any]) -> None:
+        """Report these circuit breakers' states in ``llm_server.circuit_breaker.state``.
+
+        Args:
+            breakers: Breakers (or a mapping whose values are breakers), each with a ``name``
+                and a ``state`` (an enum or string such as ``"half_open"``). The gauge reads
+                them at each collection; registering a breaker twice is harmless.
+        """
+        values = breakers.values() if isinstance(breakers, Mapping) else breakers
+        self._signals.observe_breakers(list(values))
+
+    def __repr__(self) -> str:
+        return f"Telemetry(enabled={self.enabled})"
+
+
+class InstrumentedBackend:
+    """A :class:`~llm_server.core.protocols.ModelBackend` that traces and meters each call.
+
+    Each :meth:`predict` runs in a ``CLIENT`` span following the GenAI semantic conventions and
+    records ``gen_ai.client.operation.duration``, ``gen_ai.client.token.usage`` and the cost
+    counter. With disabled telemetry it forwards straight to the wrapped backend.
+
+    Wrap it *around* the reliability wrappers to get one span per logical call with retry,
+    breaker and fallback events inside, or *inside* them to get one span per attempt.
+
+    Args:
+        backend: The backend to observe.
+        telemetry: Where the signals go.
+        call_info: Provider, request model, endpoint and request options for the span
+            attributes; when omitted they are guessed from ``backend.model_id``.
+    """
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        *,
+        telemetry: Telemetry,
+        call_info: ModelCallInfo | None = None,
+    ) -> None:
+        self._backend = backend
+        signals = telemetry._signals
+        self._recorder: ModelCallRecorder | None = None
+        if isinstance(signals, OtelSignals):
+            info = call_info or ModelCallInfo.from_model_name(backend.model_id)
+            self._recorder = ModelCallRecorder(signals, info, backend.model_id)
+
+    @property
+    def wrapped(self) -> ModelBackend:
+        """The backend this one wraps."""
+        return self._backend
+
+    @property
+    def model_id(self) -> str:
+        """The wrapped backend's model id."""
+        return self._backend.model_id
+
+    @model_id.setter
+    def model_id(self, value: str) -> None:
+        self._backend.model_id = value
+
+    @property
+    def program_metadata(self) -> Any:
+        """The wrapped backend's program metadata."""
+        return self._backend.program_metadata
+
+    @program_metadata.setter
+    def program_metadata(self, value: Any) -> None:
+        self._backend.program_metadata = value
+
+    @property
+    def last_prompt_tokens(self) -> int | None:
+        """The wrapped backend's ``last_prompt_tokens``."""
+        return self._backend.last_prompt_tokens
+
+    @last_prompt_tokens.setter
+    def last_prompt_tokens(self, value: int | None) -> None:
+        self._backend.last_prompt_tokens = value
+
+    @property
+    def last_completion_tokens(self) -> int | None:
+        """The wrapped backend's ``last_completion_tokens``."""
+        return self._backend.last_completion_tokens
+
+    @last_completion_tokens.setter
+    def last_completion_tokens(self, value: int | None) -> None:
+        self._backend.last_completion_tokens = value
+
+    async def predict(self, input: Any) -> ModelOutput:
+        """Call the wrapped backend inside the model-call span."""
+        recorder = self._recorder
+        if recorder is None:  # disabled telemetry: decided once, at construction
+            return await self._backend.predict(input)
+        call = recorder.start(input)
+        try:
+            output = await self._backend.predict(input)
+        except BaseException as exc:
+            recorder.failed(call, exc)
+            raise
+        recorder.succeeded(call, output)
+        return output
+
+    def get_lm_history(self) -> list[Any]:
+        """The wrapped backend's history."""
+        return self._backend.get_lm_history()
+
+    def __repr__(self) -> str:
+        return f"InstrumentedBackend({self._backend!r})"
+
+
+def current_trace_id() -> str:
+    """The current trace id as 32 lowercase hex digits, for the envelope's ``trace_id``.
+
+    With an active span (ours, or the host's, e.g. from FastAPI instrumentation) this is its
+    trace id, so a response links to its trace. Without one it is the random id fixed for the
+    enclosing :func:`~llm_server.core.logging.log_context` (the same one the JSON logs carry),
+    or, outside any ``log_context``, a fresh random id on every call.
+    """
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return format(context.trace_id, "032x")
+    return _fallback_trace_id() or os.urandom(16).hex()
+
+
+_current: Telemetry = Telemetry.disabled()
+
+
+def get_telemetry() -> Telemetry:
+    """The process-wide telemetry used by pipelines that were not given one."""
+    return _current
+
+
+def set_telemetry(telemetry: Telemetry | None) -> None:
+    """Set the process-wide telemetry (``None`` restores the disabled default).
+
+    Call it once at startup, after the host has configured its OpenTelemetry SDK.
+    """
+    global _current  # noqa: PLW0603 -- one process-wide default, like OpenTelemetry's own
+    _current = telemetry if telemetry is not None else Telemetry.disabled()
+
+
+# Re-exported so the attribute names are one import away for tests and dashboards.
+ATTRIBUTE_NAMES = names

@@ -1,0 +1,137 @@
+"""Masking of API keys and other secrets in logs, span attributes and error messages.
+
+Two layers work together:
+
+* **Patterns** catch the usual shapes of credentials wherever they appear: OpenAI and
+  Anthropic keys (``sk-...``, ``sk-ant-...``), ``Bearer`` tokens, ``Authorization`` and
+  ``x-api-key`` header values, and ``api_key=...`` / ``"api_key": "..."`` pairs.
+* **Registered secrets** catch everything else: the model manager calls
+  :func:`register_secret` with every configured key at startup, and from then on the exact
+  value is masked wherever it shows up, whatever its shape.
+
+Example::
+
+    from llm_server.core.redaction import redact, register_secret
+
+    register_secret("my-very-private-key")
+    redact("calling with my-very-private-key")  # 'calling with [REDACTED]'
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+__all__ = [
+    "REDACTED",
+    "RedactingFilter",
+    "clear_registered_secrets",
+    "redact",
+    "register_secret",
+]
+
+REDACTED = "[REDACTED]"
+"""What a masked secret is replaced with."""
+
+# Shorter values would mask ordinary words and numbers all over the logs.
+_MIN_SECRET_LENGTH = 6
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # Header and key/value forms first, so the name stays readable ("api_key=[REDACTED]").
+    (
+        re.compile(
+            r"(?i)(\b(?:authorization|proxy-authorization)[\"']?\s*[:=]\s*[\"']?)"
+            r"(?:(?:bearer|basic|token)\s+)?[^\s\"',;}]+"
+        ),
+        r"\1" + REDACTED,
+    ),
+    (
+        re.compile(
+            r"(?i)(\b(?:x-api-key|api[_-]?key|access[_-]?token|secret[_-]?key|client[_-]?secret)"
+            r"[\"']?\s*[:=]\s*[\"']?)(?!\[REDACTED\])[^\s\"',;&}]+"
+        ),
+        r"\1" + REDACTED,
+    ),
+    (re.compile(r"(?i)\bbearer\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=\-]{8,}"), "Bearer " + REDACTED),
+    # sk-ant-..., sk-proj-..., sk-... (OpenAI, Anthropic, DeepSeek and many compatibles).
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), REDACTED),
+)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+# Rebuilt on every registration; read without the lock (a single reference swap).
+_secrets_pattern: re.Pattern[str] | None = None
+
+
+def register_secret(value: str | None) -> None:
+    """Mask every later occurrence of ``value`` in logs, spans and error messages.
+
+    Empty values, ``None`` and values shorter than 6 characters are ignored (masking them would
+    garble ordinary text). Registering the same value twice is harmless.
+
+    Args:
+        value: The secret, e.g. an API key read from the environment.
+    """
+    global _secrets_pattern  # noqa: PLW0603 -- one process-wide registry, swapped atomically
+    if value is None:
+        return
+    value = value.strip()
+    if len(value) < _MIN_SECRET_LENGTH:
+        return
+    with _lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        # Longest first, so a secret that contains another is masked whole.
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def clear_registered_secrets() -> None:
+    """Forget every registered secret (for tests; patterns stay active)."""
+    global _secrets_pattern  # noqa: PLW0603 -- see register_secret
+    with _lock:
+        _secrets.clear()
+        _secrets_pattern = None
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with registered secrets and credential-shaped substrings masked.
+
+    Args:
+        text: Any text: a log message, an exception message, a header dump.
+
+    Returns:
+        The text with each secret replaced by ``[REDACTED]``.
+    """
+    secrets = _secrets_pattern
+    if secrets is not None:
+        text = secrets.sub(REDACTED, text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in a record's message, exception and stack.
+
+    Attach it to a *handler* (handler filters see records from every child logger; logger
+    filters do not). :func:`llm_server.core.logging.configure_json_logging` does this for you.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; never drops it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed %-format must not lose the record
+            message = str(record.msg)
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True

@@ -1,0 +1,248 @@
+"""Metrics: GenAI histograms with the conventions' buckets, cost, pipelines, breakers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from _otel_helpers import (
+    CallingStep,
+    FailingStep,
+    FakeBackend,
+    FakeBreaker,
+    metric_points,
+    metric_units,
+    output,
+)
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
+
+from llm_server.core.errors import ProviderUnavailableError, StepError
+from llm_server.core.model_interfaces import TokenCountMethod, TokenUsage
+from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
+from llm_server.core.pipeline import Pipeline
+from llm_server.core.types import MediaType, PipelineData
+
+INFO = ModelCallInfo(
+    provider="openai", request_model="gpt-4o-mini", server_address="127.0.0.1", server_port=8001
+)
+# The explicit bucket boundaries the GenAI conventions specify.
+DURATION_BUCKETS = tuple(0.01 * 2**i for i in range(14))  # 0.01 ... 81.92
+TOKEN_BUCKETS = tuple(4**i for i in range(14))  # 1 ... 67108864
+
+# Everything a metric may be labelled with: bounded by configuration, never per request.
+ALLOWED_METRIC_ATTRIBUTES = {
+    gen_ai.GEN_AI_OPERATION_NAME,
+    gen_ai.GEN_AI_PROVIDER_NAME,
+    gen_ai.GEN_AI_REQUEST_MODEL,
+    gen_ai.GEN_AI_RESPONSE_MODEL,
+    gen_ai.GEN_AI_TOKEN_TYPE,
+    "server.address",
+    "server.port",
+    "error.type",
+    "llm_server.model_id",
+    "llm_server.program_id",
+    "llm_server.pipeline",
+    "llm_server.step",
+    "llm_server.outcome",
+    "llm_server.circuit_breaker",
+    "llm_server.circuit_breaker.state",
+    "llm_server.circuit_breaker.from_state",
+    "llm_server.circuit_breaker.to_state",
+    "llm_server.fallback.from_model_id",
+    "llm_server.fallback.to_model_id",
+}
+
+
+def text() -> PipelineData:
+    return PipelineData(media_type=MediaType.TEXT, content="hello")
+
+
+def one(points: list[Any], **attributes: Any) -> Any:
+    matches = [p for p in points if all(p.attributes.get(k) == v for k, v in attributes.items())]
+    assert len(matches) == 1, [dict(p.attributes) for p in points]
+    return matches[0]
+
+
+@pytest.mark.anyio
+async def test_operation_duration_uses_convention_name_unit_and_buckets(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    await telemetry.instrument(FakeBackend(), INFO).predict("q")
+
+    points = metric_points(reader)[gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION]
+    point = one(points)
+    assert point.count == 1
+    assert tuple(point.explicit_bounds) == DURATION_BUCKETS
+    assert dict(point.attributes) == {
+        gen_ai.GEN_AI_OPERATION_NAME: "chat",
+        gen_ai.GEN_AI_PROVIDER_NAME: "openai",
+        gen_ai.GEN_AI_REQUEST_MODEL: "gpt-4o-mini",
+        gen_ai.GEN_AI_RESPONSE_MODEL: "gpt-4o-mini-2024-07-18",
+        "server.address": "127.0.0.1",
+        "server.port": 8001,
+        "llm_server.model_id": "fast",
+    }
+    assert metric_units(reader)[gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION] == "s"
+
+
+@pytest.mark.anyio
+async def test_token_usage_records_input_and_output_with_convention_buckets(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    backend = telemetry.instrument(FakeBackend(), INFO)
+    await backend.predict("q")
+    await backend.predict("q")
+
+    points = metric_points(reader)[gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE]
+    input_point = one(points, **{gen_ai.GEN_AI_TOKEN_TYPE: "input"})
+    output_point = one(points, **{gen_ai.GEN_AI_TOKEN_TYPE: "output"})
+    assert (input_point.count, input_point.sum) == (2, 100)
+    assert (output_point.count, output_point.sum) == (2, 300)
+    assert tuple(input_point.explicit_bounds) == TOKEN_BUCKETS
+    assert metric_units(reader)[gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE] == "{token}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "usage", [None, TokenUsage(0, 0, 0, TokenCountMethod.CACHED)], ids=["unknown", "cache-hit"]
+)
+async def test_no_token_usage_is_recorded_when_nothing_was_counted(
+    telemetry: Telemetry, reader: InMemoryMetricReader, usage: TokenUsage | None
+) -> None:
+    await telemetry.instrument(FakeBackend(result=output(usage=usage)), INFO).predict("q")
+    assert gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE not in metric_points(reader)
+
+
+@pytest.mark.anyio
+async def test_cost_counter_sums_usd(telemetry: Telemetry, reader: InMemoryMetricReader) -> None:
+    backend = telemetry.instrument(FakeBackend(result=output(cost_usd=0.25)), INFO)
+    for _ in range(3):
+        await backend.predict("q")
+
+    point = one(metric_points(reader)["llm_server.client.cost"])
+    assert point.value == pytest.approx(0.75)
+    assert metric_units(reader)["llm_server.client.cost"] == "USD"
+
+
+@pytest.mark.anyio
+async def test_failed_call_duration_carries_error_type(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    backend = telemetry.instrument(FakeBackend(result=ProviderUnavailableError("503")), INFO)
+    with pytest.raises(ProviderUnavailableError):
+        await backend.predict("q")
+
+    points = metric_points(reader)[gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION]
+    assert one(points).attributes["error.type"] == "provider_unavailable"
+    assert "llm_server.client.cost" not in metric_points(reader)
+
+
+@pytest.mark.anyio
+async def test_pipeline_and_step_durations_by_outcome(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    good = Pipeline(
+        [CallingStep(telemetry.instrument(FakeBackend(), INFO))], name="qa", telemetry=telemetry
+    )
+    bad = Pipeline([FailingStep(KeyError("x"))], name="etl", telemetry=telemetry)
+    await good.execute(text())
+    with pytest.raises(StepError):
+        await bad.execute(text())
+
+    points = metric_points(reader)
+    pipelines = points["llm_server.pipeline.duration"]
+    assert one(pipelines, **{"llm_server.pipeline": "qa"}).attributes["llm_server.outcome"] == "ok"
+    failed = one(pipelines, **{"llm_server.pipeline": "etl"})
+    assert failed.attributes["llm_server.outcome"] == "error"
+    assert failed.attributes["error.type"] == "step_failed"
+    steps = points["llm_server.pipeline.step.duration"]
+    assert one(steps, **{"llm_server.step": "ask"}).attributes["llm_server.pipeline"] == "qa"
+    assert one(steps, **{"llm_server.step": "explode"}).count == 1
+
+
+def test_breaker_state_gauge_reports_each_registered_breaker(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    primary, backup = FakeBreaker("fast"), FakeBreaker("backup", state="half-open")
+    telemetry.observe_breakers({"fast": primary, "backup": backup})
+    telemetry.observe_breakers([primary])  # registering twice is harmless
+
+    def current() -> dict[str, str]:
+        points = metric_points(reader)["llm_server.circuit_breaker.state"]
+        return {
+            p.attributes["llm_server.circuit_breaker"]: p.attributes[
+                "llm_server.circuit_breaker.state"
+            ]
+            for p in points
+            if p.value == 1
+        }
+
+    assert current() == {"fast": "closed", "backup": "half_open"}
+    primary.state = "open"
+    assert current() == {"fast": "open", "backup": "half_open"}
+
+
+def test_breaker_gauge_reads_enum_states() -> None:
+    from enum import StrEnum
+
+    from llm_server.core._otel_signals import state_name
+
+    class State(StrEnum):
+        HALF_OPEN = "half_open"
+
+    assert state_name(State.HALF_OPEN) == "half_open"
+    assert state_name("HALF-OPEN") == "half_open"
+
+
+def test_breaker_listener_counts_transitions_and_refusals(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    listener = telemetry.listener
+    breaker = FakeBreaker("fast")
+    listener.on_state_change(breaker, "closed", "open")
+    listener.on_call(breaker, "refused", 0.0)
+    listener.on_call(breaker, "refused", 0.0)
+    listener.on_call(breaker, "success", 0.01)  # not a refusal
+
+    points = metric_points(reader)
+    transition = one(points["llm_server.circuit_breaker.transitions"])
+    assert dict(transition.attributes) == {
+        "llm_server.circuit_breaker": "fast",
+        "llm_server.circuit_breaker.from_state": "closed",
+        "llm_server.circuit_breaker.to_state": "open",
+    }
+    assert one(points["llm_server.circuit_breaker.refusals"]).value == 2
+
+
+def test_retry_and_fallback_counters(telemetry: Telemetry, reader: InMemoryMetricReader) -> None:
+    listener = telemetry.listener
+    listener.on_retry("fast", 1, ProviderUnavailableError("503"), 0.1)
+    listener.on_retry("fast", 2, ProviderUnavailableError("503"), 0.2)
+    listener.on_fallback("fast", "backup", None)
+
+    points = metric_points(reader)
+    assert one(points["llm_server.client.retries"]).value == 2
+    assert one(points["llm_server.client.fallbacks"]).value == 1
+
+
+@pytest.mark.anyio
+async def test_every_metric_attribute_is_low_cardinality(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    backend = telemetry.instrument(FakeBackend(), INFO)
+    pipeline = Pipeline([CallingStep(backend)], name="qa", telemetry=telemetry)
+    for index in range(5):
+        await pipeline.execute(PipelineData(media_type=MediaType.TEXT, content=f"q{index}"))
+    telemetry.observe_breakers([FakeBreaker("fast")])
+    telemetry.listener.on_retry("fast", 1, None, 0.1)
+    telemetry.listener.on_fallback("fast", "backup", None)
+    telemetry.listener.on_state_change(FakeBreaker("fast"), "closed", "open")
+
+    points = metric_points(reader)
+    keys = {key for series in points.values() for p in series for key in p.attributes}
+    assert keys <= ALLOWED_METRIC_ATTRIBUTES
+    # five requests with different inputs still make one series per metric and token type
+    assert len(points[gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION]) == 1
+    assert len(points[gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE]) == 2
