@@ -307,8 +307,10 @@ class FileSystemStorageAdapter:
 
     def _is_stale(self, entry: os.DirEntry[str]) -> bool:
         parts = entry.name[len(_TEMP_PREFIX) :].rsplit("-", 2)
-        if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit():
-            return not _pid_alive(int(parts[1]))
+        local = len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit()
+        if local and not _pid_alive(int(parts[1])):
+            return True
+        # Otherwise only age tells (another host, or the pid was reused by a new process).
         try:
             age = self._clock() - entry.stat(follow_symlinks=False).st_mtime
         except FileNotFoundError:

@@ -349,6 +349,16 @@ def test_cleanup_removes_old_folders_it_cannot_check(tmp_path: Path) -> None:
     assert not foreign.exists()
 
 
+def test_cleanup_removes_old_folders_even_when_their_pid_runs_again(tmp_path: Path) -> None:
+    from llm_server._fs_storage import _HOST
+
+    now = [1_000_000.0]
+    adapter = FileSystemStorageAdapter(tmp_path, stale_temp_after_s=60, clock=lambda: now[0])
+    reused = _leftover(adapter, f".tmp-{_HOST}-{os.getpid()}-reused")
+    os.utime(reused, (now[0] - 61, now[0] - 61))
+    assert adapter.cleanup_stale("prog") == 1
+
+
 def test_saving_cleans_up_stale_leftovers(adapter: FileSystemStorageAdapter) -> None:
     from llm_server._fs_storage import _HOST
 

@@ -69,11 +69,17 @@ class StandInModelManager:
 
     def __init__(self) -> None:
         self.model_info = {"m": ModelInfo(id="m", provider="openai")}
-        self.backends: list[tuple[Any, str]] = []
+        self.backends: list[tuple[Any, str, Any]] = []
 
-    def create_backend(self, program: Any, model_id: str) -> Any:
-        self.backends.append((program, model_id))
-        return ("backend", model_id)
+    def create_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
+        self.backends.append((program, model_id, program_metadata))
+        return ("bare backend", model_id)
+
+
+class ComposingModelManager(StandInModelManager):
+    def build_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
+        self.backends.append((program, model_id, program_metadata))
+        return ("composed backend", model_id)
 
 
 @pytest.fixture
@@ -209,11 +215,25 @@ def test_create_backend_runs_the_served_version(manager: ProgramManager) -> None
     manager.register_program(Predictor)
     optimized = _with_demos(manager.get_program("predictor"), ("q", "a"))
     manager.save_program_version("predictor", optimized)
-    assert manager.create_backend("predictor", "m") == ("backend", "m")
+    assert manager.create_backend("predictor", "m") == ("bare backend", "m")
     stand_in = manager.model_manager
     assert isinstance(stand_in, StandInModelManager)
-    program, model_id = stand_in.backends[-1]
+    program, model_id, metadata = stand_in.backends[-1]
     assert (model_id, program.demos) == ("m", [{"input": "q", "output": "a"}])
+    assert metadata == manager.registry.get_program_metadata("predictor")
+    assert metadata.version == "1.1.0"
+
+
+def test_create_backend_can_run_a_pinned_version_on_the_composed_stack(
+    storage: FileSystemStorageAdapter,
+) -> None:
+    models = ComposingModelManager()
+    manager = ProgramManager(model_manager=models, storage_adapter=storage)
+    manager.register_program(Predictor)
+    manager.save_program_version("predictor", _with_demos(dspy.Predict(Predictor), ("q", "a")))
+    assert manager.create_backend("predictor", "m", version="1.0.0") == ("composed backend", "m")
+    program, _, metadata = models.backends[-1]
+    assert (program.demos, metadata.version) == ([], "1.0.0")
 
 
 # --- versions and lineage ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 from llm_server.core.errors import (
     CorruptProgramError,
@@ -69,9 +70,16 @@ class ModelManagerLike(Protocol):
         """Public facts about each configured model, by model id."""
         ...
 
-    def create_backend(self, program: Any, model_id: str) -> Any:
-        """A model backend running ``program`` on the model ``model_id``."""
+    def create_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
+        """A model backend running ``program`` on ``model_id``, reporting ``program_metadata``."""
         ...
+
+
+@runtime_checkable
+class _ComposingModelManager(Protocol):
+    def build_backend(
+        self, program: Any, model_id: str, *, program_metadata: Any = None
+    ) -> Any: ...
 
 
 @runtime_checkable
@@ -102,7 +110,9 @@ class ProgramManager:
         self._model_manager = model_manager
         self._storage = storage_adapter
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._limiter = anyio.CapacityLimiter(max_io_threads)
+        self._max_io_threads = max_io_threads
+        # One limiter per event loop: anyio limiters are bound to the loop that first uses them.
+        self._limiter: RunVar[anyio.CapacityLimiter] = RunVar(f"llm_server_program_io_{id(self)}")
         self._verified: dict[tuple[str, str], StoredProgram] = {}
         self.registry = ProgramRegistry()
         """The registered programs; ``registry.get_programmetadata_for(id)`` for the envelope."""
@@ -215,8 +225,17 @@ class ProgramManager:
         return self._storage.list_versions(program_id)
 
     def create_backend(self, program_id: str, model_id: str, *, version: str | None = None) -> Any:
-        """A model backend from the model manager running this program's served version."""
-        return self._model_manager.create_backend(self.get_program(program_id, version), model_id)
+        """A model backend running a version of the program (default: the served one).
+
+        Uses the model manager's ``build_backend`` (the composed, reliable stack) when it has
+        one, else its ``create_backend``; the backend reports the version's metadata.
+        """
+        metadata = self.get_version_metadata(program_id, version)
+        program = self.get_program(program_id, metadata.version)
+        manager = self._model_manager
+        if isinstance(manager, _ComposingModelManager):
+            return manager.build_backend(program, model_id, program_metadata=metadata)
+        return manager.create_backend(program, model_id, program_metadata=metadata)
 
     # --- saving ----------------------------------------------------------------------------
 
@@ -315,20 +334,27 @@ class ProgramManager:
         return await self._run(self.list_versions, program_id)
 
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+        try:
+            limiter = self._limiter.get()
+        except LookupError:
+            limiter = anyio.CapacityLimiter(self._max_io_threads)
+            self._limiter.set(limiter)
+        return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
 
     # --- internals -------------------------------------------------------------------------
 
     def _load_verified(self, entry: Entry, version: str | None) -> StoredProgram:
         pid = entry.metadata.id
         if version == LATEST:
-            stored = self._storage.load(pid, None)
-        else:
-            wanted = validate_version(version or entry.metadata.version)
-            cached = self._verified.get((pid, wanted))
-            if cached is not None:
-                return cached
-            stored = self._storage.load(pid, wanted)
+            versions = self._storage.list_versions(pid)
+            if not versions:
+                raise ProgramNotFoundError(f"program {pid!r} has no stored versions")
+            version = versions[-1]
+        wanted = validate_version(version or entry.metadata.version)
+        cached = self._verified.get((pid, wanted))  # versions are immutable: safe to cache
+        if cached is not None:
+            return cached
+        stored = self._storage.load(pid, wanted)
         self._verify(entry, stored)
         return stored
 
