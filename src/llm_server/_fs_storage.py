@@ -28,7 +28,6 @@ Only JSON is ever written or read: no pickle, so loading a program cannot run co
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -41,6 +40,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from llm_server import _atomic_files as _atomic
+from llm_server._atomic_files import fsync_dir, pid_alive, read_file, write_file
 from llm_server.core.errors import (
     CorruptProgramError,
     ProgramError,
@@ -68,7 +69,6 @@ _TEMP_PREFIX: Final = ".tmp-"
 _RESERVED_KEYS: Final = frozenset(
     {"format", "program_id", "version", "state_sha256", "state_bytes"}
 )
-_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 _HOST: Final = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
@@ -154,7 +154,7 @@ class FileSystemStorageAdapter:
         except OSError as exc:
             raise StorageError(f"cannot prepare {program_dir}: {exc}") from exc
         try:
-            _write_file(temp_dir / STATE_FILE, state_bytes)
+            write_file(temp_dir / STATE_FILE, state_bytes)
             return self._publish(
                 program_id=program_id,
                 program_dir=program_dir,
@@ -189,11 +189,11 @@ class FileSystemStorageAdapter:
                 "state_sha256": sha256_hex(state_bytes),
                 "state_bytes": len(state_bytes),
             }
-            _write_file(temp_dir / MANIFEST_FILE, _pretty_json(manifest))
-            _fsync_dir(temp_dir)
+            write_file(temp_dir / MANIFEST_FILE, _pretty_json(manifest))
+            fsync_dir(temp_dir)
             target = program_dir / candidate
-            if _rename_no_replace(temp_dir, target):
-                _fsync_dir(program_dir)
+            if _atomic.rename_no_replace(temp_dir, target):
+                fsync_dir(program_dir)
                 return StoredProgram(
                     program_id=program_id,
                     version=candidate,
@@ -308,7 +308,7 @@ class FileSystemStorageAdapter:
     def _is_stale(self, entry: os.DirEntry[str]) -> bool:
         parts = entry.name[len(_TEMP_PREFIX) :].rsplit("-", 2)
         local = len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit()
-        if local and not _pid_alive(int(parts[1])):
+        if local and not pid_alive(int(parts[1])):
             return True
         # Otherwise only age tells (another host, or the pid was reused by a new process).
         try:
@@ -334,7 +334,7 @@ class FileSystemStorageAdapter:
         for folder in (self._base_dir, program_dir):
             if not folder.is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(folder.parent)
+                fsync_dir(folder.parent)
 
     def _make_temp_dir(self, program_dir: Path) -> Path:
         # os.mkdir (not mkdtemp) so the published folder gets the umask's permissions, not 0700.
@@ -349,43 +349,14 @@ def _is_version_dir(entry: os.DirEntry[str]) -> bool:
     return is_version(entry.name) and entry.is_dir(follow_symlinks=False)
 
 
-def _rename_no_replace(source: Path, target: Path) -> bool:
-    """Rename ``source`` to ``target`` unless ``target`` exists; False when it does."""
-    if os.path.lexists(target):
-        return False
-    try:
-        os.rename(source, target)
-    except OSError as exc:
-        # POSIX: ENOTEMPTY/EEXIST for an existing non-empty folder; Windows: FileExistsError.
-        if exc.errno in {errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR}:
-            return False
-        raise
-    return True
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    part = path.with_name(path.name + ".part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(part, path)
-
-
 def _read_file(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        return read_file(path)
     except FileNotFoundError:
         raise CorruptProgramError(f"{path} is missing") from None
     except OSError as exc:
         # ELOOP: the file is a symlink, which this adapter never writes.
         raise CorruptProgramError(f"{path} cannot be read: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as file:
-        return file.read()
 
 
 def _parse_json(path: Path, raw: bytes) -> dict[str, Any]:
@@ -412,25 +383,3 @@ def _check_manifest(path: Path, manifest: dict[str, Any], program_id: str, versi
 
 def _pretty_json(value: Mapping[str, Any]) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":  # Windows cannot open folders; NTFS journals the rename itself.
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from llm_server import _fs_storage
+from llm_server import _atomic_files
 from llm_server._fs_storage import FileSystemStorageAdapter
 
 
@@ -34,7 +34,7 @@ def _install_crash(mode: str) -> None:
             _kill_self()
             return False  # pragma: no cover
 
-        _fs_storage._rename_no_replace = crash  # type: ignore[assignment]
+        _atomic_files.rename_no_replace = crash  # type: ignore[assignment]
     elif mode == "crash-mid-state":
         real_write = os.write
 
