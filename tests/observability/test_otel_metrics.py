@@ -121,9 +121,9 @@ async def test_cost_counter_sums_usd(telemetry: Telemetry, reader: InMemoryMetri
     for _ in range(3):
         await backend.predict("q")
 
-    point = one(metric_points(reader)["llm_server.client.cost"])
+    point = one(metric_points(reader)["llm_server.client.cost_usd"])
     assert point.value == pytest.approx(0.75)
-    assert metric_units(reader)["llm_server.client.cost"] == "USD"
+    assert metric_units(reader)["llm_server.client.cost_usd"] == "{USD}"
 
 
 @pytest.mark.anyio
@@ -136,7 +136,7 @@ async def test_failed_call_duration_carries_error_type(
 
     points = metric_points(reader)[gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION]
     assert one(points).attributes["error.type"] == "provider_unavailable"
-    assert "llm_server.client.cost" not in metric_points(reader)
+    assert "llm_server.client.cost_usd" not in metric_points(reader)
 
 
 @pytest.mark.anyio

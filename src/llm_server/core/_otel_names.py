@@ -78,7 +78,7 @@ RETRY_ATTEMPT: Final = "llm_server.retry.attempt"
 RETRY_DELAY_S: Final = "llm_server.retry.delay_s"
 RETRY_AFTER_S: Final = "llm_server.retry_after_s"
 
-METRIC_COST: Final = "llm_server.client.cost"
+METRIC_COST: Final = "llm_server.client.cost_usd"
 METRIC_PIPELINE_DURATION: Final = "llm_server.pipeline.duration"
 METRIC_STEP_DURATION: Final = "llm_server.pipeline.step.duration"
 METRIC_BREAKER_STATE: Final = "llm_server.circuit_breaker.state"

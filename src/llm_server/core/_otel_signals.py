@@ -211,7 +211,7 @@ class OtelSignals:
         )
         self.counters: dict[str, metrics.Counter] = {
             n.METRIC_COST: meter.create_counter(
-                n.METRIC_COST, unit="USD", description="Cost of model calls in US dollars."
+                n.METRIC_COST, unit="{USD}", description="Cost of model calls in US dollars."
             ),
             n.METRIC_BREAKER_TRANSITIONS: meter.create_counter(
                 n.METRIC_BREAKER_TRANSITIONS,

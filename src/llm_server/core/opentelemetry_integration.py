@@ -16,7 +16,7 @@ What is emitted when enabled:
 * span events for retries, fallbacks, breaker refusals and transitions (:class:`TelemetryListener`);
 * histograms ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage`` (with the
   conventions' buckets), ``llm_server.pipeline.duration`` and ``llm_server.pipeline.step.duration``;
-  counters ``llm_server.client.cost`` (USD), ``llm_server.client.retries``,
+  counters ``llm_server.client.cost_usd``, ``llm_server.client.retries``,
   ``llm_server.client.fallbacks``, ``llm_server.circuit_breaker.transitions`` and
   ``llm_server.circuit_breaker.refusals``; the gauge ``llm_server.circuit_breaker.state``.
 
