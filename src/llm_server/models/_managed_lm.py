@@ -1,0 +1,181 @@
+"""The ``dspy.LM`` the manager builds, and the per-request scope a backend runs a program in.
+
+This module imports DSPy at module level; only the model manager imports it, lazily, after
+:func:`llm_server._offline.ensure_offline` (``import llm_server`` never reaches it).
+
+Why a subclass: DSPy records every call in up to four shared, unbounded histories, and
+``lm.history[-1]`` read after an ``await`` belongs to whichever request finished last. A
+:class:`ManagedLM` never stores history; each call's record (response model, finish reason,
+messages) goes to the :class:`RequestScope` of the request that made it, carried in a
+contextvar, so concurrent requests never see each other's calls.
+"""
+
+from __future__ import annotations
+
+from llm_server._offline import ensure_offline
+
+ensure_offline()
+
+from collections.abc import Iterator, Mapping  # noqa: E402 -- after ensure_offline() on purpose
+from contextlib import contextmanager  # noqa: E402
+from contextvars import ContextVar  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dspy  # noqa: E402
+from dspy.utils.exceptions import LMError  # noqa: E402
+from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
+
+from llm_server.core.errors import ConfigurationError  # noqa: E402
+from llm_server.core.model_config import ModelConfig  # noqa: E402
+from llm_server.models._engine import (  # noqa: E402
+    ResolvedEngine,
+    ResolvedKey,
+    normalise_api_base,
+)
+
+__all__ = ["CallTracker", "ManagedLM", "RequestScope", "build_lm", "request_scope"]
+
+_current_scope: ContextVar[RequestScope | None] = ContextVar("llm_server_lm_scope", default=None)
+
+
+class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
+    """A ``dspy.LM`` that reports each call to the current request instead of keeping history."""
+
+    def update_history(self, entry: dict[str, Any]) -> None:
+        """Hand the call's record to the current request scope; store nothing shared."""
+        scope = _current_scope.get()
+        if scope is not None:
+            scope.entries.append(entry)
+
+
+class CallTracker(UsageTracker):  # type: ignore[misc]  # dspy is untyped
+    """A usage tracker that also remembers calls whose usage was empty.
+
+    DSPy's tracker drops empty usage, so "the provider reported none" would look like "no call
+    was made". DSPy calls ``add_usage`` for every call that reached the provider (never for a
+    cache hit), so ``billed`` has one item per billed call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.billed: list[dict[str, Any]] = []
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        """Record one billed call's usage (possibly empty)."""
+        self.billed.append(self._flatten_usage_entry(dict(usage_entry or {})))
+        super().add_usage(lm, usage_entry)
+
+
+@dataclass(slots=True)
+class RequestScope:
+    """What one request's LM calls reported.
+
+    Attributes:
+        entries: One record per LM call (cache hits included), as DSPy builds for its history.
+        tracker: Usage of the calls that reached the provider.
+    """
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    tracker: CallTracker = field(default_factory=CallTracker)
+
+
+_QUIET_ADAPTER = dspy.ChatAdapter(use_json_adapter_fallback=False)
+
+
+@contextmanager
+def request_scope(lm: dspy.LM) -> Iterator[RequestScope]:
+    """Run the body with ``lm`` as the request's model, isolated usage, and no shared history.
+
+    Everything is set with ``dspy.context`` (a contextvar), never ``dspy.configure``: this is
+    safe from any task or thread. DSPy's adapter fallback (a silent second, billed call with
+    JSONAdapter after a parse failure) is turned off unless the host configured an adapter.
+    """
+    scope = RequestScope()
+    parent = dspy.settings.usage_tracker
+    overrides: dict[str, Any] = {
+        "lm": lm,
+        "usage_tracker": scope.tracker,
+        # finalize() only calls lm.update_history when history is on; ManagedLM stores nothing.
+        "disable_history": False,
+        "trace": [],
+        "max_trace_size": 0,
+    }
+    if dspy.settings.adapter is None:
+        overrides["adapter"] = _QUIET_ADAPTER
+    token = _current_scope.set(scope)
+    try:
+        with dspy.context(**overrides):
+            yield scope
+    finally:
+        _current_scope.reset(token)
+        if parent is not None:  # as dspy.track_usage() does when nested
+            for name, entries in scope.tracker.usage_data.items():
+                parent.usage_data[name].extend(entries)
+
+
+def _native_possible(probe: dspy.LM) -> bool:
+    try:
+        from dspy.clients.backend_selection import select_backend
+    except ImportError:  # a DSPy without this module: keep DSPy's own choice ("auto")
+        return True
+    try:
+        return bool(select_backend(probe).native)
+    except Exception:
+        return False
+
+
+def build_lm(
+    model_id: str,
+    config: ModelConfig,
+    *,
+    engine: str,
+    key: ResolvedKey,
+    timeout_s: float,
+) -> tuple[ManagedLM, ResolvedEngine]:
+    """Build ``model_id``'s LM with the engine pinned, cache as configured and retries off.
+
+    ``engine="auto"`` resolves, once, to DSPy's native lm15 engine when it can serve the model
+    with these settings and to LiteLLM otherwise; the LM is then built with that engine named
+    explicitly, so it cannot drift per call (DSPy's ``auto`` switches on ambient variables).
+
+    Raises:
+        ConfigurationError: DSPy refused the model's settings.
+    """
+    options: dict[str, Any] = {
+        **config.additional_params,
+        "max_tokens": config.max_tokens,
+        "cache": config.cache,
+        "num_retries": 0,
+        "timeout": timeout_s,
+    }
+    if key.value is not None:
+        options["api_key"] = key.value
+    try:
+        resolved: ResolvedEngine
+        if engine == "litellm":
+            resolved = "litellm"
+        else:
+            base = normalise_api_base(config.provider, config.api_base, "lm15")
+            probe = dspy.LM(
+                config.model_name, engine="auto", **options, **({"api_base": base} if base else {})
+            )
+            resolved = "lm15" if _native_possible(probe) else "litellm"
+        base = normalise_api_base(config.provider, config.api_base, resolved)
+        if base is not None:
+            options["api_base"] = base
+        lm = ManagedLM(config.model_name, engine=resolved, **options)
+    except (ValueError, TypeError, LMError) as exc:
+        raise ConfigurationError(
+            f"model {model_id!r} ({config.model_name}): DSPy refused its settings: {exc}"
+        ) from exc
+    return lm, resolved
+
+
+def entry_messages(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The chat messages of one call record (empty when DSPy recorded none)."""
+    messages = entry.get("messages")
+    if isinstance(messages, list):
+        return [m for m in messages if isinstance(m, dict)]
+    prompt = entry.get("prompt")
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else []

@@ -1,0 +1,193 @@
+"""A :class:`~llm_server.core.protocols.ModelBackend` that runs a DSPy program on one model.
+
+Each :meth:`DSPyBackend.predict` awaits ``program.acall(**input)`` with the model set for that
+call only (``dspy.context``, a contextvar; never ``dspy.configure``), so any number of
+concurrent requests share one backend safely. Usage is exact per request (DSPy's shared
+history is never read), cost comes from :mod:`llm_server.core.pricing`, and provider failures
+leave as our own error types, whichever DSPy engine raised them.
+
+Build backends with :meth:`llm_server.models.manager.ModelManager.create_backend`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from llm_server.core.errors import InputError
+from llm_server.core.model_interfaces import ModelOutput
+from llm_server.core.observation import notify_model_output
+from llm_server.core.pricing import ModelPrice, cost_usd
+from llm_server.models._errors import translate_error
+from llm_server.models._usage import summarize_calls
+
+__all__ = ["DSPyBackend"]
+
+logger = logging.getLogger(__name__)
+
+_HISTORY_SIZE = 100
+
+_warned_sync_classes: set[type[Any]] = set()
+_warned_lock = threading.Lock()
+
+
+def _needs_worker_thread(program: Any) -> bool:
+    """Whether some module in ``program`` lacks ``aforward`` (so ``acall`` would fail)."""
+    named = getattr(program, "named_sub_modules", None)
+    modules = [module for _, module in named()] if callable(named) else [program]
+    return not all(callable(getattr(type(module), "aforward", None)) for module in modules)
+
+
+def _warn_sync_once(program: Any) -> None:
+    cls = type(program)
+    with _warned_lock:
+        if cls in _warned_sync_classes:
+            return
+        _warned_sync_classes.add(cls)
+    logger.warning(
+        "program %s.%s has modules without aforward(); it runs in the framework's worker "
+        "threads (LLM_SERVER_BLOCKING_WORKERS at a time) instead of on the event loop. "
+        "Give every module an async aforward() to serve it concurrently.",
+        cls.__module__,
+        cls.__qualname__,
+    )
+
+
+class DSPyBackend:
+    """Runs one DSPy program on one configured model.
+
+    Attributes:
+        model_id: The configured model id.
+        model_name: ``provider/model`` of the model.
+        program: The DSPy program (a ``dspy.Module``).
+        program_metadata: The program block of the response envelope, if bound to a program.
+        last_prompt_tokens: Prompt tokens of the most recent call (informational only: shared
+            by concurrent requests; use ``ModelOutput.usage`` per request).
+        last_completion_tokens: Completion tokens of the most recent call (same caveat).
+    """
+
+    def __init__(
+        self,
+        program: Any,
+        *,
+        model_id: str,
+        lm: Any,
+        model_name: str,
+        price: ModelPrice | None,
+        limiter: Callable[[], anyio.CapacityLimiter],
+        program_metadata: Any = None,
+    ) -> None:
+        """Create the backend (use :meth:`ModelManager.create_backend` instead).
+
+        Args:
+            program: The DSPy program.
+            model_id: The configured model id.
+            lm: The model's ``dspy.LM``.
+            model_name: ``provider/model`` (chooses the tokenizer for estimates).
+            price: The model's price, or ``None`` when unknown (``cost_usd`` is then ``None``).
+            limiter: Returns the limiter bounding worker threads for programs without
+                ``aforward`` (called from async code).
+            program_metadata: The envelope's program block, if any.
+        """
+        self.model_id = model_id
+        self.model_name = model_name
+        self.program = program
+        self.program_metadata = program_metadata
+        self.last_prompt_tokens: int | None = None
+        self.last_completion_tokens: int | None = None
+        self._lm = lm
+        self._price = price
+        self._limiter = limiter
+        self._sync = _needs_worker_thread(program)
+        # Bounded, and without prompts or answers: content is captured only on opt-in elsewhere.
+        self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY_SIZE)
+
+    @property
+    def lm(self) -> Any:
+        """The ``dspy.LM`` this backend calls."""
+        return self._lm
+
+    async def predict(self, input: Mapping[str, Any]) -> ModelOutput:
+        """Run the program once on ``input`` (its input fields by name).
+
+        Returns:
+            The prediction with this request's usage, cost, response model, finish reasons and
+            latency.
+
+        Raises:
+            InputError: ``input`` is not a mapping of input field names to values.
+            ModelCallError: The provider failed (a subclass says how: rate limited, timeout,
+                unavailable, auth, bad request, context window exceeded, unparseable output).
+        """
+        if not isinstance(input, Mapping):
+            raise InputError(
+                f"model {self.model_id!r}: expected a mapping of the program's input fields to "
+                f"values, got {type(input).__name__}"
+            )
+        from llm_server.models._managed_lm import request_scope
+
+        started = time.perf_counter()
+        try:
+            with request_scope(self._lm) as scope:
+                if self._sync:
+                    prediction = await self._call_in_thread(input)
+                else:
+                    prediction = await self.program.acall(**input)
+        except Exception as exc:
+            translated = translate_error(exc, model_id=self.model_id)
+            if translated is None or translated is exc:
+                raise
+            raise translated from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        summary = summarize_calls(scope.entries, scope.tracker.billed, model_name=self.model_name)
+        usage = summary.usage
+        output = ModelOutput(
+            content=prediction,
+            model_id=self.model_id,
+            usage=usage,
+            cost_usd=cost_usd(usage, self._price),
+            response_model=summary.response_model,
+            finish_reasons=summary.finish_reasons,
+            latency_ms=latency_ms,
+            metadata={"lm_calls": summary.calls},
+        )
+        if usage is not None:
+            self.last_prompt_tokens = usage.input_tokens
+            self.last_completion_tokens = usage.output_tokens
+        self._history.append(
+            {
+                "model_id": self.model_id,
+                "response_model": output.response_model,
+                "usage": usage,
+                "cost_usd": output.cost_usd,
+                "finish_reasons": output.finish_reasons,
+                "latency_ms": latency_ms,
+                "timestamp": time.time(),
+            }
+        )
+        notify_model_output(output)
+        return output
+
+    async def _call_in_thread(self, input: Mapping[str, Any]) -> Any:
+        _warn_sync_once(self.program)
+        # anyio copies this context (dspy.context, the request scope) into the worker thread;
+        # loop.run_in_executor would not. abandon_on_cancel lets a deadline end the wait; the
+        # thread itself finishes within the model's timeout.
+        call = functools.partial(self.program, **input)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter(), abandon_on_cancel=True)
+
+    def get_lm_history(self) -> list[Any]:
+        """The last 100 calls of this backend: model, usage, cost, finish reasons, latency.
+
+        Prompts and answers are not kept (DSPy's own history is turned off: it grows without
+        bound and mixes concurrent requests).
+        """
+        return list(self._history)

@@ -1,0 +1,276 @@
+"""The model manager: one ``dspy.LM`` per configured model, built when the host app starts.
+
+Construction is startup: it loads the YAML configuration, resolves every API key (a missing
+one fails here, naming its variable, not as a provider 401 mid-request), builds each model's
+``dspy.LM`` with its engine pinned, DSPy's retries and history off and its cache off unless
+the model opts in, and imports LiteLLM if a model uses it, so no request pays for that. Nothing
+touches the network: prices and context windows come from LiteLLM's bundled map.
+
+Example::
+
+    from llm_server.core.config import FrameworkSettings
+    from llm_server.defaults import YamlConfigProvider
+    from llm_server.models.manager import ModelManager
+
+    manager = ModelManager(
+        config_provider=YamlConfigProvider("config/model_config.yml"),
+        settings=FrameworkSettings(),
+    )
+    backend = manager.create_backend(dspy.Predict("question -> answer"), "gpt-4o-mini")
+    output = await backend.predict({"question": "What is DSPy?"})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.lowlevel import RunVar
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_server._offline import ensure_offline
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.errors import ModelNotFoundError
+from llm_server.core.model_config import ModelConfig, ModelsConfig
+from llm_server.core.pricing import ModelPrice, lookup_model, resolve_price
+from llm_server.core.protocols import ConfigProvider, ModelBackend
+from llm_server.core.redaction import register_secret
+from llm_server.models._engine import ResolvedKey, check_additional_params, resolve_api_key
+from llm_server.models.dspy_backend import DSPyBackend
+
+__all__ = ["ModelInfo", "ModelManager"]
+
+logger = logging.getLogger(__name__)
+
+
+def _import_litellm() -> None:
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        # LiteLLM's own import-time noise (pydantic "ReadOnly" notices); nothing a host can fix.
+        warnings.simplefilter("ignore", UserWarning)
+        importlib.import_module("litellm")  # ~3 s: paid at startup, not by the first request
+
+
+class ModelInfo(BaseModel):
+    """What is known about one configured model.
+
+    ``model_dump(by_alias=True)`` gives exactly the response envelope's ``model`` block,
+    ``{"id": ..., "provider": ..., "base_model": ...}``; the other fields are excluded from
+    dumps but readable as attributes.
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, protected_namespaces=())
+
+    model_id: str = Field(alias="id")
+    """The configured model id."""
+    provider: str
+    """The provider prefix of ``model_name`` (``openai``)."""
+    base_model: str
+    """``model_name`` without the provider prefix (``gpt-4o-mini``)."""
+    model_name: str = Field(exclude=True)
+    """``provider/model`` as DSPy and LiteLLM name it."""
+    max_tokens: int = Field(exclude=True)
+    """Completion token limit per call, from the YAML."""
+    context_window: int | None = Field(default=None, exclude=True)
+    """Prompt token limit: the YAML ``context_window``, else LiteLLM's map, else ``None``."""
+    input_cost_per_million: float | None = Field(default=None, exclude=True)
+    """USD per million prompt tokens, or ``None`` when unknown."""
+    output_cost_per_million: float | None = Field(default=None, exclude=True)
+    """USD per million completion tokens, or ``None`` when unknown."""
+    engine: str = Field(exclude=True)
+    """The DSPy engine the model was built with: ``lm15`` (DSPy's native client) or ``litellm``."""
+
+
+class ModelManager:
+    """Builds and holds one ``dspy.LM`` per configured model.
+
+    Args:
+        config_provider: Supplies the validated model configuration.
+        settings: Framework settings (default: read from the environment).
+        environ: Where API keys are read from (default: ``os.environ``).
+
+    Attributes:
+        settings: The framework settings.
+        config: The loaded model configuration.
+        model_ids: Configured model ids, in file order.
+        model_info: Per model id, its :class:`ModelInfo`.
+
+    Raises:
+        ConfigurationError: The configuration is invalid, or DSPy refused a model's settings.
+        MissingAPIKeyError: A model's key is not set (the message names the variable).
+    """
+
+    def __init__(
+        self,
+        *,
+        config_provider: ConfigProvider,
+        settings: FrameworkSettings | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        ensure_offline()
+        self.settings = settings if settings is not None else FrameworkSettings()
+        self.config: ModelsConfig = config_provider.load()
+        self.model_ids: list[str] = list(self.config.models)
+        env = os.environ if environ is None else environ
+
+        # Every check that needs no DSPy first, so a bad config fails fast and cheaply.
+        keys: dict[str, ResolvedKey] = {}
+        for model_id, model in self.config.models.items():
+            check_additional_params(model_id, model)
+            keys[model_id] = resolve_api_key(model_id, model, env)
+            if not keys[model_id].placeholder:
+                register_secret(keys[model_id].value)
+
+        from llm_server.models import _managed_lm
+
+        self._configure_dspy_cache(any(model.cache for model in self.config.models.values()))
+        self._lms: dict[str, Any] = {}
+        self._prices: dict[str, ModelPrice | None] = {}
+        self.model_info: dict[str, ModelInfo] = {}
+        for model_id, model in self.config.models.items():
+            lm, engine = _managed_lm.build_lm(
+                model_id,
+                model,
+                engine=model.engine or self.settings.default_engine,
+                key=keys[model_id],
+                timeout_s=model.timeout_s or self.settings.model_timeout_s,
+            )
+            self._lms[model_id] = lm
+            self._prices[model_id] = resolve_price(model.model_name, override=model.pricing)
+            self.model_info[model_id] = self._describe(model_id, model, engine)
+        if any(info.engine == "litellm" for info in self.model_info.values()):
+            _import_litellm()
+        self._sync_limiter: RunVar[anyio.CapacityLimiter] = RunVar(
+            f"llm_server_sync_programs_{id(self)}"
+        )
+        logger.info(
+            "models ready: %s",
+            ", ".join(f"{mid} ({info.engine})" for mid, info in self.model_info.items()),
+        )
+
+    @staticmethod
+    def _configure_dspy_cache(any_opt_in: bool) -> None:
+        import dspy
+
+        # Off entirely unless a model opts in: no memory held and no ~/.dspy_cache folder. An
+        # opted-in model gets an in-memory cache; a host that wants DSPy's disk cache calls
+        # dspy.configure_cache(...) itself after building the manager.
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=any_opt_in)
+
+    def _describe(self, model_id: str, model: ModelConfig, engine: str) -> ModelInfo:
+        price = self._prices[model_id]
+        known = lookup_model(model.model_name)
+        return ModelInfo(
+            id=model_id,
+            provider=model.provider,
+            base_model=model.base_model,
+            model_name=model.model_name,
+            max_tokens=model.max_tokens,
+            context_window=model.context_window or (known.context_window if known else None),
+            input_cost_per_million=price.input_per_million if price else None,
+            output_cost_per_million=price.output_per_million if price else None,
+            engine=engine,
+        )
+
+    def _check(self, model_id: str) -> None:
+        if model_id not in self._lms:
+            raise ModelNotFoundError(model_id, self.model_ids)
+
+    def get_model_config(self, model_id: str) -> ModelConfig:
+        """The YAML configuration of ``model_id``.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+        """
+        self._check(model_id)
+        return self.config.models[model_id]
+
+    def get_lm(self, model_id: str) -> Any:
+        """The ``dspy.LM`` of ``model_id`` (no history, retries off, engine pinned).
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+        """
+        self._check(model_id)
+        return self._lms[model_id]
+
+    def get_price(self, model_id: str) -> ModelPrice | None:
+        """The price used for ``model_id``'s cost, or ``None`` when unknown.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+        """
+        self._check(model_id)
+        return self._prices[model_id]
+
+    def create_backend(
+        self, program: Any, model_id: str, *, program_metadata: Any = None
+    ) -> DSPyBackend:
+        """A bare backend running ``program`` (a ``dspy.Module``) on ``model_id``.
+
+        Bare means one HTTP attempt per LM call: no retries, breaker, deadline or fallback.
+        Use :meth:`build_backend` for the composed stack.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+        """
+        self._check(model_id)
+        model = self.config.models[model_id]
+        return DSPyBackend(
+            program,
+            model_id=model_id,
+            lm=self._lms[model_id],
+            model_name=model.model_name,
+            price=self._prices[model_id],
+            limiter=self._worker_limiter,
+            program_metadata=program_metadata,
+        )
+
+    def build_backend(
+        self, program: Any, model_id: str, *, program_metadata: Any = None
+    ) -> ModelBackend:
+        """The backend requests should use for ``program`` on ``model_id``.
+
+        This is the single place where the reliability wrappers (circuit breaker, retries,
+        deadline, fallbacks; :mod:`llm_server.core.reliability`) are composed around the bare
+        :meth:`create_backend`. Until they are composed here it returns the bare backend.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+        """
+        return self.create_backend(program, model_id, program_metadata=program_metadata)
+
+    def _worker_limiter(self) -> anyio.CapacityLimiter:
+        # One limiter per event loop (anyio limiters are loop-bound); sized by the settings.
+        try:
+            return self._sync_limiter.get()
+        except LookupError:
+            limiter = anyio.CapacityLimiter(self.settings.blocking_workers)
+            self._sync_limiter.set(limiter)
+            return limiter
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pools of every model (call from the host's lifespan exit).
+
+        DSPy keeps one pool per event loop per LM; this closes the running loop's pools and the
+        synchronous ones. LiteLLM's cached async clients are closed too when LiteLLM is in use.
+        """
+        for lm in self._lms.values():
+            try:
+                await lm.aclose()
+            except Exception:  # closing must not hide the host's own shutdown error
+                logger.warning("closing the LM of %s failed", lm.model, exc_info=True)
+        if any(info.engine == "litellm" for info in self.model_info.values()):
+            import litellm
+
+            close = getattr(litellm, "close_litellm_async_clients", None)
+            try:
+                if close is not None:
+                    await close()
+            except Exception:
+                logger.warning("closing LiteLLM's async clients failed", exc_info=True)
