@@ -33,12 +33,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
+from llm_server.core._breaker_machine import BreakerMachine
 from llm_server.core._breaker_types import (
     BreakerListener,
     BreakerRecord,
@@ -51,7 +51,7 @@ from llm_server.core._breaker_types import (
 )
 from llm_server.core._breaker_window import CountWindow, OutcomeWindow, TimeWindow
 from llm_server.core.clock import SYSTEM_CLOCK, Clock
-from llm_server.core.errors import CircuitOpenError, ConfigurationError
+from llm_server.core.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from llm_server.core.config import FrameworkSettings
@@ -72,18 +72,16 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
-_Permit = tuple[int, bool]  # (generation it was issued in, is a half-open probe)
-_DISABLED_PERMIT: _Permit = (-1, False)
-_Transition = tuple[BreakerState, BreakerState]
+_CLOSED = BreakerState.CLOSED
 
 _log = logging.getLogger(__name__)
 # permits taken by `async with breaker:` / `with breaker:`, per task (or thread)
-_entered: ContextVar[tuple[tuple[CircuitBreaker, _Permit, float], ...]] = ContextVar(
+_entered: ContextVar[tuple[tuple[CircuitBreaker, int, float], ...]] = ContextVar(
     "llm_server_breaker_permits", default=()
 )
 
 
-class CircuitBreaker:
+class CircuitBreaker(BreakerMachine):
     """Stops calling a failing dependency for a while, then probes it.
 
     Args:
@@ -155,31 +153,27 @@ class CircuitBreaker:
             slow_call_duration_s,
         )
         self._name = name
-        self._failure_threshold = failure_threshold
-        self._reset_timeout = float(reset_timeout)
-        self._half_open_max_calls = half_open_max_calls
-        self._failure_rate = failure_rate_threshold
-        self._minimum_calls = minimum_calls
-        self._slow_s = slow_call_duration_s
-        self._slow_rate = slow_call_rate_threshold
-        self._is_failure = is_failure
         rules = tuple(exclude)
-        self._exclude_types = tuple(r for r in rules if isinstance(r, type))
-        self._exclude_predicates = tuple(r for r in rules if not isinstance(r, type))
-        self._listeners: tuple[BreakerListener, ...] = tuple(listeners)
-        self._clock = clock or SYSTEM_CLOCK
-        self._store: BreakerStateStore = store or InMemoryBreakerStore()
-        self._window: OutcomeWindow | None = None
+        window: OutcomeWindow | None = None
         if failure_rate_threshold is not None or slow_call_duration_s is not None:
-            self._window = (
-                CountWindow(window_size) if window_type == "count" else TimeWindow(window_size)
-            )
-        self._lock = threading.Lock()
-        self._seen_generation = self._store.get(self.name).generation
-        self._consecutive = 0
-        self._probes_in_flight = 0
-        self._probe_successes = 0
-        self._totals = dict.fromkeys(CallOutcome, 0)
+            window = CountWindow(window_size) if window_type == "count" else TimeWindow(window_size)
+        super().__init__(
+            key=name or "circuit_breaker",
+            failure_threshold=failure_threshold,
+            reset_timeout=float(reset_timeout),
+            half_open_max_calls=half_open_max_calls,
+            failure_rate_threshold=failure_rate_threshold,
+            minimum_calls=minimum_calls,
+            slow_call_duration_s=slow_call_duration_s,
+            slow_call_rate_threshold=slow_call_rate_threshold,
+            window=window,
+            is_failure=is_failure,
+            exclude_types=tuple(r for r in rules if isinstance(r, type)),
+            exclude_predicates=tuple(r for r in rules if not isinstance(r, type)),
+            listeners=tuple(listeners),
+            clock=clock or SYSTEM_CLOCK,
+            store=store or InMemoryBreakerStore(),
+        )
 
     @classmethod
     def from_config(
@@ -232,22 +226,22 @@ class CircuitBreaker:
     @property
     def name(self) -> str:
         """The breaker's name."""
-        return self._name or "circuit_breaker"
+        return self._key
 
     @property
     def state(self) -> BreakerState:
         """The current state (an open breaker whose timeout passed reads as half-open)."""
-        return self._current_record(self._clock.monotonic()).state
+        return self._current_record(self._now()).state
 
     @property
     def retry_after_s(self) -> float:
         """Seconds until an open breaker lets the next probe through (0 when not open)."""
-        now = self._clock.monotonic()
+        now = self._now()
         return self._retry_after(self._current_record(now), now)
 
     def snapshot(self) -> BreakerSnapshot:
         """A consistent view of the state and counters, for metrics and health checks."""
-        now = self._clock.monotonic()
+        now = self._now()
         record = self._current_record(now)
         with self._lock:
             self._sync_locked(record)
@@ -263,29 +257,30 @@ class CircuitBreaker:
                 window_failures=window.failures if window else 0,
                 window_slow_calls=window.slow if window else 0,
                 half_open_in_flight=self._probes_in_flight,
-                successes=self._totals[CallOutcome.SUCCESS],
-                failures=self._totals[CallOutcome.FAILURE],
-                ignored=self._totals[CallOutcome.IGNORED],
-                refused=self._totals[CallOutcome.REFUSED],
+                successes=self._successes,
+                failures=self._failures,
+                ignored=self._ignored,
+                refused=self._refused,
             )
 
     def add_listener(self, listener: BreakerListener) -> None:
         """Add a receiver of this breaker's events."""
         self._listeners = (*self._listeners, listener)
+        self._timed = self._needs_timing()
 
     # --- manual control ----------------------------------------------------------------------
 
     def force_open(self) -> None:
         """Refuse every call until :meth:`reset`."""
-        self._force(BreakerState.FORCED_OPEN)
+        self._force_state(BreakerState.FORCED_OPEN)
 
     def disable(self) -> None:
         """Let every call through and count nothing until :meth:`reset`."""
-        self._force(BreakerState.DISABLED)
+        self._force_state(BreakerState.DISABLED)
 
     def reset(self) -> None:
         """Close the breaker and forget all counts of the current period."""
-        self._force(BreakerState.CLOSED)
+        self._force_state(BreakerState.CLOSED)
 
     # --- guarding calls ----------------------------------------------------------------------
 
@@ -295,8 +290,12 @@ class CircuitBreaker:
         Raises:
             CircuitOpenError: The breaker refused the call (``fn`` was not called).
         """
-        start = self._clock.monotonic()
-        permit = self._acquire(start)
+        start = self._now() if self._timed else 0.0
+        record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
+        if record.state is _CLOSED and record.generation == self._seen_generation:
+            permit = record.generation << 1
+        else:
+            permit = self._acquire_slow()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
@@ -311,8 +310,12 @@ class CircuitBreaker:
         Raises:
             CircuitOpenError: The breaker refused the call (``fn`` was not called).
         """
-        start = self._clock.monotonic()
-        permit = self._acquire(start)
+        start = self._now() if self._timed else 0.0
+        record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
+        if record.state is _CLOSED and record.generation == self._seen_generation:
+            permit = record.generation << 1
+        else:
+            permit = self._acquire_slow()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -324,7 +327,7 @@ class CircuitBreaker:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
         """Decorate an async or sync function so every call goes through the breaker."""
         if self._name is None:
-            self._name = getattr(fn, "__qualname__", None)
+            self._name = self._key = getattr(fn, "__qualname__", self._key)
         if inspect.iscoroutinefunction(fn):
             async_fn = cast("Callable[P, Awaitable[Any]]", fn)
 
@@ -367,11 +370,13 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
 
-    # --- the state machine -------------------------------------------------------------------
-
     def _enter(self) -> None:
-        start = self._clock.monotonic()
-        permit = self._acquire(start)
+        start = self._now() if self._timed else 0.0
+        record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
+        if record.state is _CLOSED and record.generation == self._seen_generation:
+            permit = record.generation << 1
+        else:
+            permit = self._acquire_slow()
         _entered.set((*_entered.get(), (self, permit, start)))
 
     def _exit(self, exc: BaseException | None) -> None:
@@ -382,180 +387,6 @@ class CircuitBreaker:
                 _entered.set(entries[:index] + entries[index + 1 :])
                 self._release(permit, exc, start)
                 return
-
-    def _acquire(self, now: float) -> _Permit:
-        record = self._store.get(self.name)
-        if record.state is BreakerState.CLOSED and record.generation == self._seen_generation:
-            return (record.generation, False)  # the hot path: no lock, no allocation but a tuple
-        if record.state is BreakerState.DISABLED:
-            return _DISABLED_PERMIT
-        transitions: list[_Transition] = []
-        refusal: CircuitOpenError | None = None
-        with self._lock:
-            self._sync_locked(record)
-            if record.state is BreakerState.OPEN and now >= record.retry_at:
-                record = self._transition_locked(record, BreakerState.HALF_OPEN, now, transitions)
-            if record.state is BreakerState.CLOSED:
-                permit: _Permit = (record.generation, False)
-            elif record.state is BreakerState.DISABLED:
-                permit = _DISABLED_PERMIT
-            elif (
-                record.state is BreakerState.HALF_OPEN
-                and self._probes_in_flight < self._half_open_max_calls
-            ):
-                self._probes_in_flight += 1
-                permit = (record.generation, True)
-            else:
-                self._totals[CallOutcome.REFUSED] += 1
-                refusal = CircuitOpenError(self.name, self._retry_after(record, now, refusing=True))
-        self._notify_transitions(transitions)
-        if refusal is not None:
-            self._notify_call(CallOutcome.REFUSED, 0.0)
-            raise refusal
-        return permit
-
-    def _release(self, permit: _Permit, exc: BaseException | None, start: float) -> None:
-        generation, is_probe = permit
-        if generation < 0:
-            return  # disabled: record nothing
-        now = self._clock.monotonic()
-        duration = now - start
-        outcome = CallOutcome.SUCCESS if exc is None else self._classify(exc)
-        slow = self._slow_s is not None and duration >= self._slow_s
-        transitions: list[_Transition] = []
-        with self._lock:
-            self._totals[outcome] += 1
-            record = self._store.get(self.name)
-            self._sync_locked(record)
-            if record.generation == generation:
-                if is_probe:
-                    self._probe_done_locked(record, outcome, now, transitions)
-                elif outcome is not CallOutcome.IGNORED:
-                    self._closed_call_done_locked(record, outcome, slow, now, transitions)
-        self._notify_transitions(transitions)
-        if self._listeners:
-            self._notify_call(outcome, duration)
-
-    def _closed_call_done_locked(
-        self,
-        record: BreakerRecord,
-        outcome: CallOutcome,
-        slow: bool,
-        now: float,
-        transitions: list[_Transition],
-    ) -> None:
-        failed = outcome is CallOutcome.FAILURE
-        self._consecutive = self._consecutive + 1 if failed else 0
-        window = self._window
-        trip = self._failure_rate is None and self._consecutive >= self._failure_threshold
-        if window is not None:
-            window.record(now, failed=failed, slow=slow)
-            if window.calls >= self._minimum_calls:
-                if self._failure_rate is not None:
-                    trip = trip or window.failures >= self._failure_rate * window.calls
-                if self._slow_s is not None:
-                    trip = trip or window.slow >= self._slow_rate * window.calls
-        if trip:
-            self._transition_locked(record, BreakerState.OPEN, now, transitions)
-
-    def _probe_done_locked(
-        self,
-        record: BreakerRecord,
-        outcome: CallOutcome,
-        now: float,
-        transitions: list[_Transition],
-    ) -> None:
-        self._probes_in_flight -= 1
-        if outcome is CallOutcome.FAILURE:
-            self._transition_locked(record, BreakerState.OPEN, now, transitions)
-        elif outcome is CallOutcome.SUCCESS:
-            self._probe_successes += 1
-            if self._probe_successes >= self._half_open_max_calls:
-                self._transition_locked(record, BreakerState.CLOSED, now, transitions)
-
-    def _transition_locked(
-        self, record: BreakerRecord, state: BreakerState, now: float, transitions: list[_Transition]
-    ) -> BreakerRecord:
-        retry_at = now + self._reset_timeout if state is BreakerState.OPEN else 0.0
-        new = BreakerRecord(state=state, retry_at=retry_at, generation=record.generation + 1)
-        if not self._store.compare_and_set(self.name, record, new):
-            new = self._store.get(self.name)  # another breaker sharing the store moved first
-        else:
-            transitions.append((record.state, state))
-        self._sync_locked(new)
-        return new
-
-    def _sync_locked(self, record: BreakerRecord) -> None:
-        # counters belong to one generation of the stored state; start afresh on a new one
-        if record.generation != self._seen_generation:
-            self._seen_generation = record.generation
-            self._consecutive = 0
-            self._probes_in_flight = 0
-            self._probe_successes = 0
-            if self._window is not None:
-                self._window.clear()
-
-    def _current_record(self, now: float) -> BreakerRecord:
-        record = self._store.get(self.name)
-        if record.state is not BreakerState.OPEN or now < record.retry_at:
-            return record
-        transitions: list[_Transition] = []
-        with self._lock:
-            record = self._store.get(self.name)
-            self._sync_locked(record)
-            if record.state is BreakerState.OPEN and now >= record.retry_at:
-                record = self._transition_locked(record, BreakerState.HALF_OPEN, now, transitions)
-        self._notify_transitions(transitions)
-        return record
-
-    def _force(self, state: BreakerState) -> None:
-        transitions: list[_Transition] = []
-        with self._lock:
-            while True:
-                record = self._store.get(self.name)
-                new = BreakerRecord(state=state, generation=record.generation + 1)
-                if self._store.compare_and_set(self.name, record, new):
-                    break
-            self._sync_locked(new)
-            if record.state is not state:
-                transitions.append((record.state, state))
-        self._notify_transitions(transitions)
-
-    def _retry_after(self, record: BreakerRecord, now: float, *, refusing: bool = False) -> float:
-        if record.state is BreakerState.OPEN:
-            return max(0.0, record.retry_at - now)
-        if record.state is BreakerState.FORCED_OPEN or refusing:
-            # no probe is scheduled (forced) or the probes' verdict is pending: if they fail,
-            # the breaker stays open for a whole reset timeout
-            return self._reset_timeout
-        return 0.0
-
-    def _classify(self, exc: BaseException) -> CallOutcome:
-        if not isinstance(exc, Exception) or isinstance(exc, self._exclude_types):
-            return CallOutcome.IGNORED  # cancellation, KeyboardInterrupt, excluded types
-        try:
-            if any(predicate(exc) for predicate in self._exclude_predicates):
-                return CallOutcome.IGNORED
-            return CallOutcome.FAILURE if self._is_failure(exc) else CallOutcome.IGNORED
-        except Exception:
-            _log.exception("circuit breaker %r: failure predicate raised; call ignored", self.name)
-            return CallOutcome.IGNORED
-
-    def _notify_transitions(self, transitions: list[_Transition]) -> None:
-        for old, new in transitions:
-            _log.info("circuit breaker %r: %s -> %s", self.name, old.value, new.value)
-            for listener in self._listeners:
-                try:
-                    listener.on_state_change(self, old, new)
-                except Exception:
-                    _log.exception("circuit breaker %r: listener failed", self.name)
-
-    def _notify_call(self, outcome: CallOutcome, duration: float) -> None:
-        for listener in self._listeners:
-            try:
-                listener.on_call(self, outcome, duration)
-            except Exception:
-                _log.exception("circuit breaker %r: listener failed", self.name)
 
 
 def _check(ok: bool, message: str, value: object) -> None:

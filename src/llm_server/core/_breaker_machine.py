@@ -1,0 +1,293 @@
+"""The circuit breaker's state machine: permits, outcomes and transitions (private).
+
+:class:`~llm_server.core.circuit_breaker.CircuitBreaker` adds the public API on top.
+
+A call takes a *permit* before it runs and returns it with its outcome afterwards, each in a
+short synchronous critical section; nothing is locked while the call runs. A permit is an
+int: ``generation << 1 | is_probe`` (``-1`` when the breaker is disabled). The generation
+is that of the stored :class:`BreakerRecord`, bumped by every transition, so the outcome of a
+call that started in an earlier state is never counted against the current one.
+
+The closed-state hot path reads the record without the lock and, for the consecutive policy,
+needs no clock reading and no allocation; the lock (a ``threading.Lock``, since sync functions
+may be guarded from worker threads) is only held to update counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from llm_server.core._breaker_types import (
+    BreakerListener,
+    BreakerRecord,
+    BreakerState,
+    BreakerStateStore,
+    CallOutcome,
+)
+from llm_server.core._breaker_window import OutcomeWindow, TimeWindow
+from llm_server.core.clock import Clock, SystemClock
+from llm_server.core.errors import CircuitOpenError
+
+_log = logging.getLogger("llm_server.core.circuit_breaker")
+
+# module constants: cheaper to reach than enum class attributes in the hot path
+_CLOSED = BreakerState.CLOSED
+_OPEN = BreakerState.OPEN
+_HALF_OPEN = BreakerState.HALF_OPEN
+_FORCED_OPEN = BreakerState.FORCED_OPEN
+_DISABLED = BreakerState.DISABLED
+_SUCCESS = CallOutcome.SUCCESS
+_FAILURE = CallOutcome.FAILURE
+_IGNORED = CallOutcome.IGNORED
+_REFUSED = CallOutcome.REFUSED
+
+DISABLED_PERMIT = -1
+Transition = tuple[BreakerState, BreakerState]
+
+
+class BreakerMachine:
+    """Counters and transitions of one breaker; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        failure_threshold: int,
+        reset_timeout: float,
+        half_open_max_calls: int,
+        failure_rate_threshold: float | None,
+        minimum_calls: int,
+        slow_call_duration_s: float | None,
+        slow_call_rate_threshold: float,
+        window: OutcomeWindow | None,
+        is_failure: Callable[[BaseException], bool],
+        exclude_types: tuple[type[BaseException], ...],
+        exclude_predicates: tuple[Callable[[BaseException], bool], ...],
+        listeners: tuple[BreakerListener, ...],
+        clock: Clock,
+        store: BreakerStateStore,
+    ) -> None:
+        self._key = key
+        self._failure_threshold = failure_threshold
+        self._reset_timeout = reset_timeout
+        self._half_open_max_calls = half_open_max_calls
+        self._failure_rate = failure_rate_threshold
+        self._minimum_calls = minimum_calls
+        self._slow_s = slow_call_duration_s
+        self._slow_rate = slow_call_rate_threshold
+        self._window = window
+        self._is_failure = is_failure
+        self._exclude_types = exclude_types
+        self._exclude_predicates = exclude_predicates
+        self._listeners = listeners
+        self._clock = clock
+        # the real clock is read through the builtin directly: one call instead of two
+        self._now: Callable[[], float] = (
+            time.monotonic if isinstance(clock, SystemClock) else clock.monotonic
+        )
+        self._store = store
+        self._get = store.get
+        self._lock = threading.Lock()
+        self._timed = self._needs_timing()
+        self._seen_generation = store.get(key).generation
+        self._consecutive = 0
+        self._probes_in_flight = 0
+        self._probe_successes = 0
+        self._successes = self._failures = self._ignored = self._refused = 0
+
+    def _needs_timing(self) -> bool:
+        # durations are only needed by listeners, slow-call checks and time windows
+        return (
+            bool(self._listeners)
+            or self._slow_s is not None
+            or isinstance(self._window, TimeWindow)
+        )
+
+    # --- permits -------------------------------------------------------------------------------
+
+    def _acquire_slow(self) -> int:
+        """Take a permit when the fast path (closed, generation seen) does not apply.
+
+        The fast path is inlined where calls are guarded (``CircuitBreaker.call`` and co).
+        """
+        now = self._now()
+        change: Transition | None = None
+        refusal: CircuitOpenError | None = None
+        with self._lock:
+            record = self._get(self._key)
+            self._sync_locked(record)
+            if record.state is _OPEN and now >= record.retry_at:
+                record, change = self._transition_locked(_HALF_OPEN)
+            state = record.state
+            if state is _CLOSED:
+                permit = record.generation << 1
+            elif state is _DISABLED:
+                permit = DISABLED_PERMIT
+            elif state is _HALF_OPEN and self._probes_in_flight < self._half_open_max_calls:
+                self._probes_in_flight += 1
+                permit = record.generation << 1 | 1
+            else:
+                self._refused += 1
+                retry_after = self._retry_after(record, now, refusing=True)
+                refusal = CircuitOpenError(self._key, retry_after)
+        if change is not None:
+            self._notify_transition(change)
+        if refusal is not None:
+            if self._listeners:
+                self._notify_call(_REFUSED, 0.0)
+            raise refusal
+        return permit
+
+    def _release(self, permit: int, exc: BaseException | None, start: float) -> None:
+        if permit < 0:
+            return  # disabled: record nothing
+        now = self._now() if self._timed else start  # untimed: a duration of 0
+        duration = now - start
+        outcome = _SUCCESS if exc is None else self._classify(exc)
+        change: Transition | None = None
+        with self._lock:
+            # no store read here: every transition of ours updates _seen_generation, and a
+            # transition by another breaker sharing the store is noticed before we act on it
+            if outcome is _SUCCESS:
+                self._successes += 1
+            elif outcome is _FAILURE:
+                self._failures += 1
+            else:
+                self._ignored += 1
+            if permit >> 1 == self._seen_generation:
+                if permit & 1:
+                    change = self._probe_done_locked(outcome)
+                elif outcome is _SUCCESS and self._window is None:
+                    self._consecutive = 0  # the hot path of the consecutive policy
+                elif outcome is not _IGNORED:
+                    change = self._closed_done_locked(outcome, duration, now)
+        if change is not None:
+            self._notify_transition(change)
+        if self._listeners:
+            self._notify_call(outcome, duration)
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def _closed_done_locked(
+        self, outcome: CallOutcome, duration: float, now: float
+    ) -> Transition | None:
+        failed = outcome is _FAILURE
+        self._consecutive = self._consecutive + 1 if failed else 0
+        trip = self._failure_rate is None and self._consecutive >= self._failure_threshold
+        window = self._window
+        if window is not None:
+            slow = self._slow_s is not None and duration >= self._slow_s
+            window.record(now, failed=failed, slow=slow)
+            if window.calls >= self._minimum_calls:
+                if self._failure_rate is not None:
+                    trip = trip or window.failures >= self._failure_rate * window.calls
+                if self._slow_s is not None:
+                    trip = trip or window.slow >= self._slow_rate * window.calls
+        return self._transition_locked(_OPEN)[1] if trip else None
+
+    def _probe_done_locked(self, outcome: CallOutcome) -> Transition | None:
+        self._probes_in_flight -= 1
+        if outcome is _FAILURE:
+            return self._transition_locked(_OPEN)[1]
+        if outcome is _SUCCESS:
+            self._probe_successes += 1
+            if self._probe_successes >= self._half_open_max_calls:
+                return self._transition_locked(_CLOSED)[1]
+        return None
+
+    def _classify(self, exc: BaseException) -> CallOutcome:
+        if not isinstance(exc, Exception) or isinstance(exc, self._exclude_types):
+            return _IGNORED  # cancellation, KeyboardInterrupt, excluded types
+        try:
+            if any(predicate(exc) for predicate in self._exclude_predicates):
+                return _IGNORED
+            return _FAILURE if self._is_failure(exc) else _IGNORED
+        except Exception:
+            _log.exception("circuit breaker %r: failure predicate raised; call ignored", self._key)
+            return _IGNORED
+
+    # --- transitions ---------------------------------------------------------------------------
+
+    def _transition_locked(self, state: BreakerState) -> tuple[BreakerRecord, Transition | None]:
+        record = self._get(self._key)
+        if record.generation != self._seen_generation:
+            # another breaker sharing the store moved on; our counters were for the old state
+            self._sync_locked(record)
+            return record, None
+        retry_at = self._now() + self._reset_timeout if state is _OPEN else 0.0
+        new = BreakerRecord(state=state, retry_at=retry_at, generation=record.generation + 1)
+        change: Transition | None = (record.state, state)
+        if not self._store.compare_and_set(self._key, record, new):
+            new = self._get(self._key)  # another breaker sharing the store moved first
+            change = None
+        self._sync_locked(new)
+        return new, change
+
+    def _force_state(self, state: BreakerState) -> None:
+        change: Transition | None = None
+        with self._lock:
+            while True:
+                record = self._get(self._key)
+                new = BreakerRecord(state=state, generation=record.generation + 1)
+                if self._store.compare_and_set(self._key, record, new):
+                    break
+            self._sync_locked(new)
+            if record.state is not state:
+                change = (record.state, state)
+        if change is not None:
+            self._notify_transition(change)
+
+    def _sync_locked(self, record: BreakerRecord) -> None:
+        # counters belong to one generation of the stored state; start afresh on a new one
+        if record.generation != self._seen_generation:
+            self._seen_generation = record.generation
+            self._consecutive = 0
+            self._probes_in_flight = 0
+            self._probe_successes = 0
+            if self._window is not None:
+                self._window.clear()
+
+    def _current_record(self, now: float) -> BreakerRecord:
+        """The stored record, after moving an open breaker whose timeout passed to half-open."""
+        record = self._get(self._key)
+        if record.state is not _OPEN or now < record.retry_at:
+            return record
+        change: Transition | None = None
+        with self._lock:
+            record = self._get(self._key)
+            self._sync_locked(record)
+            if record.state is _OPEN and now >= record.retry_at:
+                record, change = self._transition_locked(_HALF_OPEN)
+        if change is not None:
+            self._notify_transition(change)
+        return record
+
+    def _retry_after(self, record: BreakerRecord, now: float, *, refusing: bool = False) -> float:
+        if record.state is _OPEN:
+            return max(0.0, record.retry_at - now)
+        if record.state is _FORCED_OPEN or refusing:
+            # no probe is scheduled (forced) or the probes' verdict is pending: if they fail,
+            # the breaker stays open for a whole reset timeout
+            return self._reset_timeout
+        return 0.0
+
+    # --- listeners -----------------------------------------------------------------------------
+
+    def _notify_transition(self, change: Transition) -> None:
+        old, new = change
+        _log.info("circuit breaker %r: %s -> %s", self._key, old.value, new.value)
+        for listener in self._listeners:
+            try:
+                listener.on_state_change(self, old, new)  # type: ignore[arg-type]
+            except Exception:
+                _log.exception("circuit breaker %r: listener failed", self._key)
+
+    def _notify_call(self, outcome: CallOutcome, duration: float) -> None:
+        for listener in self._listeners:
+            try:
+                listener.on_call(self, outcome, duration)  # type: ignore[arg-type]
+            except Exception:
+                _log.exception("circuit breaker %r: listener failed", self._key)
