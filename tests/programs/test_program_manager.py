@@ -516,6 +516,20 @@ async def test_async_wrappers_do_storage_io_off_the_event_loop(tmp_path: Path) -
     assert threading.get_ident() not in storage.threads
 
 
+@pytest.mark.anyio
+async def test_concurrent_saves_leave_the_newest_version_served(manager: ProgramManager) -> None:
+    import anyio
+
+    manager.register_program(Predictor)
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+            program = _with_demos(dspy.Predict(Predictor), (f"q{i}", f"a{i}"))
+            tg.start_soon(manager.asave_program_version, "predictor", program)
+    versions = await manager.alist_versions("predictor")
+    assert len(versions) == 13
+    assert manager.registry.get_program_metadata("predictor").version == versions[-1]
+
+
 def test_importing_the_program_manager_does_not_import_dspy() -> None:
     code = (
         "import sys, llm_server.models.program_manager, llm_server._fs_storage;"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm_server.core.errors import ProgramAlreadyRegisteredError, ProgramNotFoundError
 from llm_server.core.protocols import StoredProgram
 from llm_server.models import _program_state as ps
+from llm_server.models._versioning import version_key
 
 __all__ = ["ProgramMetadata", "ProgramRegistry", "metadata_for"]
 
@@ -90,7 +91,7 @@ class ProgramRegistry:
                 f"no program registered as {program_id!r}; registered: {known}"
             ) from None
 
-    def _put(self, program_id: str, entry: Entry, *, only_if: Entry | None = None) -> None:
+    def _put(self, program_id: str, entry: Entry) -> None:
         with self._lock:
             current = self._entries.get(program_id)
             if current is not None and current.program_class is not entry.program_class:
@@ -98,8 +99,16 @@ class ProgramRegistry:
                     f"program id {program_id!r} is already registered for "
                     f"{current.metadata.class_path}; cannot register {entry.metadata.class_path}"
                 )
-            if only_if is None or current is only_if:
-                self._entries[program_id] = entry
+            self._entries[program_id] = entry
+
+    def _advance(self, program_id: str, metadata: ProgramMetadata) -> None:
+        """Serve ``metadata``'s version if the program is not pinned and it is newer."""
+        with self._lock:
+            current = self._entries.get(program_id)
+            if current is None or current.metadata.pinned:
+                return
+            if version_key(metadata.version) > version_key(current.metadata.version):
+                self._entries[program_id] = replace(current, metadata=metadata)
 
     def _check_free(self, program_id: str, program_class: type) -> None:
         current = self._entries.get(program_id)

@@ -293,8 +293,7 @@ class ProgramManager:
         stored = self._storage.save(program_id, state, manifest)
         self._verified[(program_id, stored.version)] = stored
         metadata = metadata_for(entry.metadata, stored)
-        if not entry.metadata.pinned:
-            self.registry._put(program_id, replace(entry, metadata=metadata), only_if=entry)
+        self.registry._advance(program_id, metadata)
         return metadata
 
     # --- async wrappers --------------------------------------------------------------------
