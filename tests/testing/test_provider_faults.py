@@ -184,11 +184,13 @@ def test_latency_rules_and_base_latency(provider: LocalProvider) -> None:
 
 
 def test_first_firing_fault_wins_and_latencies_add(provider: LocalProvider) -> None:
-    provider.add_fault("auth", latency_s=0.02)
-    provider.add_fault("server_error", latency_s=0.02)
+    latency = provider.add_latency(0.02)
+    auth = provider.add_fault("auth", latency_s=0.02)
+    server = provider.add_fault("server_error", latency_s=0.5)
     started = time.perf_counter()
     assert post(provider).status_code == 401
-    assert time.perf_counter() - started >= 0.04
+    assert 0.04 <= time.perf_counter() - started < 0.5
+    assert (provider.fired(latency), provider.fired(auth), provider.fired(server)) == (1, 1, 0)
 
 
 def test_rules_can_be_removed_and_cleared(provider: LocalProvider) -> None:

@@ -159,7 +159,8 @@ class RuleBook:
             return tuple(self._rules)
 
     def decide(self, model: str | None, path: str) -> Decision:
-        """Count the request against every rule; sum fired latencies, take the first fault."""
+        """Count the request against every matching rule; the first fault that fires wins and
+        later fault rules do not fire; latencies of the rules that fire add up."""
         if not self._rules:  # lock-free fast path; a racing add applies from the next request
             return Decision(0.0, None)
         latency = 0.0
@@ -169,6 +170,8 @@ class RuleBook:
                 if not rule.applies_to(model, path):
                     continue
                 count = self._matched[rule] = self._matched[rule] + 1
+                if rule.fault is not None and chosen is not None:
+                    continue  # an earlier fault already took this request
                 if (
                     (rule.nth is not None and count != rule.nth)
                     or (rule.first is not None and count > rule.first)
