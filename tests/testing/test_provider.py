@@ -279,3 +279,8 @@ async def test_hundred_concurrent_callers_each_get_their_own_echo(provider: Loca
             group.start_soon(ask, client, n)
     assert results == {n: f"echo: caller {n}" for n in range(100)}
     assert len(provider.requests) == 100
+
+
+def test_a_taken_port_is_a_configuration_error(provider: LocalProvider) -> None:
+    with pytest.raises(ConfigurationError, match="could not listen"):
+        LocalProvider(port=provider.port).start()

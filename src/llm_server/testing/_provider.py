@@ -287,7 +287,7 @@ class LocalProvider:
         """The current rules, in evaluation order."""
         return tuple(self._rules.rules)
 
-    def decide(self, model: str | None, path: str) -> tuple[float, FaultRule | None]:
+    def _decide(self, model: str | None, path: str) -> tuple[float, FaultRule | None]:
         """Latency and fault rule for a request (counts the request against the rules)."""
         decision = self._rules.decide(model, path)
         return self.latency_s + decision.latency_s, decision.rule
@@ -303,7 +303,7 @@ class LocalProvider:
         """Forget the recorded requests."""
         self._records.clear()
 
-    def record(self, request: HttpRequest) -> RecordedRequest:
+    def _record(self, request: HttpRequest) -> RecordedRequest:
         """Record ``request`` (called by the server for every request it reads)."""
         body: Any = None
         if request.body:

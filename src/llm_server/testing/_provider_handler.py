@@ -41,8 +41,8 @@ class Responder:
     async def handle(self, connection: HttpConnection, request: HttpRequest) -> bool:
         """Answer ``request``; returns whether the connection may serve another one."""
         provider = self._provider
-        record = provider.record(request)
-        latency_s, rule = provider.decide(record.model, record.path)
+        record = provider._record(request)  # the responder is part of the provider
+        latency_s, rule = provider._decide(record.model, record.path)
         if latency_s > 0:
             await asyncio.sleep(latency_s)
         fault = rule.fault if rule is not None else None
