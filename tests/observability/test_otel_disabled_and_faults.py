@@ -197,3 +197,51 @@ def test_a_breaker_that_cannot_report_its_state_is_skipped(
     telemetry.observe_breakers([Broken(), FakeBreaker("fine")])
     points = metric_points(reader)["llm_server.circuit_breaker.state"]
     assert {p.attributes["llm_server.circuit_breaker"] for p in points} == {"fine"}
+
+
+@pytest.mark.anyio
+async def test_a_telemetry_failure_is_warned_about_once_per_site(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from llm_server.core import _otel_signals
+
+    _otel_signals._reported.clear()
+    telemetry = Telemetry(
+        FrameworkSettings(otel_enabled=True),
+        tracer_provider=NoOpTracerProvider(),
+        meter_provider=ExplodingMeterProvider(),
+    )
+    backend = telemetry.instrument(FakeBackend(), INFO)
+    with caplog.at_level("DEBUG", logger="llm_server.telemetry"):
+        for _ in range(3):
+            await backend.predict("q")
+
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "annotate model span" in warnings[0].getMessage()
+    assert len([r for r in caplog.records if r.levelname == "DEBUG"]) == 2
+
+
+class OldApiMeter(metrics.NoOpMeter):
+    """A meter from an API release without ``explicit_bucket_boundaries_advisory``."""
+
+    def create_histogram(  # type: ignore[override]
+        self, name: str, unit: str = "", description: str = ""
+    ) -> metrics.Histogram:
+        return super().create_histogram(name, unit, description)
+
+
+class OldApiMeterProvider(NoOpMeterProvider):
+    def get_meter(self, name: str, *args: Any, **kwargs: Any) -> metrics.Meter:
+        return OldApiMeter(name)
+
+
+@pytest.mark.anyio
+async def test_an_api_without_bucket_advice_still_gets_its_histograms() -> None:
+    telemetry = Telemetry(
+        FrameworkSettings(otel_enabled=True),
+        tracer_provider=NoOpTracerProvider(),
+        meter_provider=OldApiMeterProvider(),
+    )
+    assert telemetry.enabled
+    assert await telemetry.instrument(FakeBackend(), INFO).predict("q") == output()

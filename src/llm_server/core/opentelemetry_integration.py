@@ -37,7 +37,6 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from llm_server import __version__
-from llm_server.core import _otel_names as names
 from llm_server.core._otel_listeners import RecordingListener, TelemetryListener
 from llm_server.core._otel_model_call import ModelCallInfo, ModelCallRecorder
 from llm_server.core._otel_signals import NoopSignals, OtelSignals
@@ -261,7 +260,3 @@ def set_telemetry(telemetry: Telemetry | None) -> None:
     """
     global _current  # noqa: PLW0603 -- one process-wide default, like OpenTelemetry's own
     _current = telemetry if telemetry is not None else Telemetry.disabled()
-
-
-# Re-exported so the attribute names are one import away for tests and dashboards.
-ATTRIBUTE_NAMES = names
