@@ -200,3 +200,36 @@ def test_missing_usage_is_not_reported_as_counted_tokens(
         )
     usage = tracker.get_total_tokens().get("openai/gpt-4o-mini", {})
     assert not usage.get("prompt_tokens")  # lm15 reports {}, LiteLLM zeros (FACTS.md)
+
+
+# LiteLLM's stream assembly builds a pydantic model that warns about a TypedDict it ships.
+@pytest.mark.filterwarnings("ignore:.*is using the `ReadOnly` qualifier")
+@pytest.mark.anyio
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_dspy_streaming_gets_chunks_answer_and_usage(
+    provider: LocalProvider, engine: str, model: str
+) -> None:
+    provider.script(reply="one two three four five six seven eight nine ten")
+    program = dspy.streamify(
+        dspy.Predict("question -> answer"),
+        stream_listeners=[dspy.streaming.StreamListener("answer")],
+        is_async_program=True,
+    )
+    chunks: list[str] = []
+    final = None
+    with dspy.context(lm=make_lm(provider, model, engine)), dspy.track_usage() as tracker:
+        async for item in program(question="stream"):
+            if isinstance(item, dspy.streaming.StreamResponse):
+                chunks.append(item.chunk)
+            elif isinstance(item, dspy.Prediction):
+                final = item
+    assert final is not None
+    assert final.answer == "one two three four five six seven eight nine ten"
+    assert len(chunks) > 1
+    assert "".join(chunks).strip() == final.answer
+    assert provider.requests[0].stream
+    usage = tracker.get_total_tokens()[model]
+    assert usage["prompt_tokens"] == prompt_tokens(
+        provider.requests[0].body, model.split("/", 1)[1]
+    )
