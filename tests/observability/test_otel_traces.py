@@ -371,3 +371,35 @@ def test_trace_id_without_tracing_is_random_outside_and_stable_inside_log_contex
 class _Breaker:
     def __init__(self, name: str) -> None:
         self.name = name
+
+
+@pytest.mark.anyio
+async def test_request_span_gives_the_whole_request_one_trace(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    backend = telemetry.instrument(FakeBackend(), INFO)
+    pipeline = Pipeline([CallingStep(backend)], name="qa", telemetry=telemetry)
+
+    with telemetry.request_span("POST /predict", attributes={"http.route": "/predict"}):
+        envelope_trace_id = current_trace_id()  # e.g. read by PerformanceMetrics up front
+        await pipeline.execute(text())
+
+    spans = exporter.get_finished_spans()
+    request = span_named(spans, "POST /predict")
+    assert request.kind is SpanKind.SERVER
+    assert (request.attributes or {})["http.route"] == "/predict"
+    parent = span_named(spans, "pipeline qa").parent
+    assert parent is not None
+    assert parent.span_id == request.context.span_id
+    assert {format(s.context.trace_id, "032x") for s in spans} == {envelope_trace_id}
+
+
+def test_request_span_under_a_host_span_is_internal(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    host_tracer = TracerProvider().get_tracer("host")
+    with host_tracer.start_as_current_span("GET /"), telemetry.request_span("inner"):
+        pass
+    assert span_named(exporter.get_finished_spans(), "inner").kind is SpanKind.INTERNAL

@@ -18,7 +18,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llm_server.core import _otel_names as n
 from llm_server.core.redaction import redact
@@ -73,13 +73,18 @@ def record_error(span: trace.Span, exc: BaseException) -> str:
 
 
 class _SpanScope:
-    """Times a block in a span of its own and records its duration in a histogram."""
+    """Times a block in a span of its own and records its duration in a histogram.
+
+    ``histogram=None`` makes a span-only scope; ``server_if_root`` starts a ``SERVER`` span when
+    there is no active span (an incoming request) and an ``INTERNAL`` one otherwise.
+    """
 
     __slots__ = (
         "_attrs",
         "_histogram",
         "_metric_attrs",
         "_name",
+        "_server_if_root",
         "_span",
         "_started",
         "_token",
@@ -90,13 +95,16 @@ class _SpanScope:
         self,
         name: str,
         attrs: Mapping[str, Any],
-        histogram: metrics.Histogram,
+        histogram: metrics.Histogram | None,
         metric_attrs: dict[str, Any],
         tracer: trace.Tracer,
+        *,
+        server_if_root: bool = False,
     ) -> None:
         self._name = name
         self._attrs = attrs
         self._histogram = histogram
+        self._server_if_root = server_if_root
         self._metric_attrs = metric_attrs
         self._tracer = tracer
         self._span: trace.Span = INVALID_SPAN
@@ -105,7 +113,10 @@ class _SpanScope:
 
     def __enter__(self) -> None:
         try:
-            self._span = self._tracer.start_span(self._name, attributes=self._attrs)
+            kind = SpanKind.INTERNAL
+            if self._server_if_root and not trace.get_current_span().get_span_context().is_valid:
+                kind = SpanKind.SERVER
+            self._span = self._tracer.start_span(self._name, kind=kind, attributes=self._attrs)
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
         except Exception as exc:
             guarded("start span", exc)
@@ -125,7 +136,8 @@ class _SpanScope:
             else:
                 attrs[n.OUTCOME] = "error"
                 attrs[n.ERROR_TYPE] = record_error(self._span, exc)
-            self._histogram.record(elapsed, attrs)
+            if self._histogram is not None:
+                self._histogram.record(elapsed, attrs)
         except Exception as error:
             guarded("record span outcome", error)
         finally:
@@ -148,6 +160,12 @@ class NoopSignals:
     """Telemetry disabled: every method returns at once and nothing is created."""
 
     enabled = False
+
+    def request_scope(
+        self, name: str, attrs: Mapping[str, Any] | None
+    ) -> AbstractContextManager[None]:
+        """A reusable null context."""
+        return _NULL_SCOPE
 
     def pipeline_scope(self, pipeline: str) -> AbstractContextManager[None]:
         """A reusable null context."""
@@ -240,7 +258,13 @@ class OtelSignals:
             description="1 for the circuit breaker's current state, 0 for the others.",
         )
 
-    # --- pipelines ---------------------------------------------------------------------
+    # --- requests and pipelines ---------------------------------------------------------
+
+    def request_scope(
+        self, name: str, attrs: Mapping[str, Any] | None
+    ) -> AbstractContextManager[None]:
+        """A span (no metric) around one incoming request, the parent of everything in it."""
+        return _SpanScope(name, attrs or {}, None, {}, self.tracer, server_if_root=True)
 
     def pipeline_scope(self, pipeline: str) -> AbstractContextManager[None]:
         """A span and duration measurement for one pipeline execution."""

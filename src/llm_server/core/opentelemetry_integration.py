@@ -109,6 +109,21 @@ class Telemetry:
         """Wrap ``backend`` so each call gets a span and metrics (:class:`InstrumentedBackend`)."""
         return InstrumentedBackend(backend, telemetry=self, call_info=call_info)
 
+    def request_span(
+        self, name: str = "request", *, attributes: Mapping[str, Any] | None = None
+    ) -> AbstractContextManager[None]:
+        """A ``with`` block traced as one incoming request (``SERVER`` span when it is a root).
+
+        Everything inside (pipelines, model calls, :func:`current_trace_id`, log lines) then
+        shares one trace. A host that already traces requests (e.g. with OpenTelemetry's
+        FastAPI instrumentation) gets an ``INTERNAL`` child instead.
+
+        Args:
+            name: The span name, e.g. ``"POST /predict"`` (a route, never a raw URL).
+            attributes: Low-cardinality attributes for the span.
+        """
+        return self._signals.request_scope(name, attributes)
+
     def pipeline_span(self, pipeline: str) -> AbstractContextManager[None]:
         """A ``with`` block timed as one execution of ``pipeline`` (span and histogram)."""
         return self._signals.pipeline_scope(pipeline)
