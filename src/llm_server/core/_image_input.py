@@ -156,9 +156,9 @@ def _try_open(data: bytes, allowed: Collection[str]) -> ImageFile.ImageFile | No
         except _HEADER_ERRORS as exc:
             failure = exc
     if failure is not None:
-        raise UndecodableInputError(
-            f"image header is corrupt or truncated ({type(failure).__name__}: {failure})"
-        ) from failure
+        # Pillow's parser messages ("unpack_from requires a buffer ...") mean nothing to a
+        # caller; the original stays on __cause__ for logs.
+        raise UndecodableInputError("image header is corrupt or truncated") from failure
     return None
 
 
