@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from llm_server._fs_storage import FileSystemStorageAdapter
 from llm_server._yaml_config import YamlConfigProvider
 
-__all__ = ["YamlConfigProvider"]
+__all__ = ["FileSystemStorageAdapter", "YamlConfigProvider"]

@@ -15,9 +15,23 @@ import importlib
 from typing import Any
 
 # public name -> private module defining it (filled in as the doubles land)
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    "FaultKind": "llm_server.testing._provider",
+    "FaultRule": "llm_server.testing._provider",
+    "LocalProvider": "llm_server.testing._provider",
+    "RawReply": "llm_server.testing._provider",
+    "RecordedRequest": "llm_server.testing._provider",
+    "Reply": "llm_server.testing._provider",
+}
 
-__all__: list[str] = []
+__all__ = [  # sorted; tests/test_public_api.py keeps it equal to _EXPORTS
+    "FaultKind",
+    "FaultRule",
+    "LocalProvider",
+    "RawReply",
+    "RecordedRequest",
+    "Reply",
+]
 
 
 def __getattr__(name: str) -> Any:
