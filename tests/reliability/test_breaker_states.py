@@ -581,3 +581,31 @@ async def test_a_lost_compare_and_set_adopts_the_stored_state(clock: FakeClock) 
 
 def test_repr_names_the_breaker_and_state() -> None:
     assert repr(CircuitBreaker(name="gpt")) == "CircuitBreaker(name='gpt', state='closed')"
+
+
+async def test_a_listener_added_mid_call_sees_a_zero_duration_for_that_call() -> None:
+    clock = FakeClock(start=1000.0)
+    durations: list[float] = []
+
+    class Timing(RecordingListener):
+        def on_call(self, breaker: CircuitBreaker, outcome: CallOutcome, duration_s: float) -> None:
+            durations.append(duration_s)
+
+    breaker = CircuitBreaker(clock=clock)
+    gate = asyncio.Event()
+
+    async def wait() -> None:
+        await gate.wait()
+
+    task = asyncio.create_task(breaker.call(wait))
+    await asyncio.sleep(0)
+    breaker.add_listener(Timing())
+    clock.advance(3)
+    gate.set()
+    await task
+
+    async def three_seconds() -> None:
+        await clock.sleep(3)
+
+    await breaker.call(three_seconds)
+    assert durations == [0.0, 3.0]

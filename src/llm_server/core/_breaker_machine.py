@@ -16,6 +16,7 @@ may be guarded from worker threads) is only held to update counters.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ _IGNORED = CallOutcome.IGNORED
 _REFUSED = CallOutcome.REFUSED
 
 DISABLED_PERMIT = -1
+UNTIMED = math.nan  # the start time of a call made while no component needs durations
 Transition = tuple[BreakerState, BreakerState]
 
 
@@ -144,8 +146,9 @@ class BreakerMachine:
     def _release(self, permit: int, exc: BaseException | None, start: float) -> None:
         if permit < 0:
             return  # disabled: record nothing
-        now = self._now() if self._timed else start  # untimed: a duration of 0
-        duration = now - start
+        now = self._now() if self._timed else 0.0
+        # a call that started untimed (before a listener was added) reports a duration of 0
+        duration = 0.0 if start is UNTIMED else now - start
         outcome = _SUCCESS if exc is None else self._classify(exc)
         change: Transition | None = None
         with self._lock:

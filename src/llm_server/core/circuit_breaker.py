@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
-from llm_server.core._breaker_machine import BreakerMachine
+from llm_server.core._breaker_machine import UNTIMED, BreakerMachine
 from llm_server.core._breaker_types import (
     BreakerListener,
     BreakerRecord,
@@ -74,7 +73,6 @@ T = TypeVar("T")
 ExcludeRule = type[BaseException] | Callable[[BaseException], bool]
 _CLOSED = BreakerState.CLOSED
 
-_log = logging.getLogger(__name__)
 # permits taken by `async with breaker:` / `with breaker:`, per task (or thread)
 _entered: ContextVar[tuple[tuple[CircuitBreaker, int, float], ...]] = ContextVar(
     "llm_server_breaker_permits", default=()
@@ -290,7 +288,7 @@ class CircuitBreaker(BreakerMachine):
         Raises:
             CircuitOpenError: The breaker refused the call (``fn`` was not called).
         """
-        start = self._now() if self._timed else 0.0
+        start = self._now() if self._timed else UNTIMED
         record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
         if record.state is _CLOSED and record.generation == self._seen_generation:
             permit = record.generation << 1
@@ -310,7 +308,7 @@ class CircuitBreaker(BreakerMachine):
         Raises:
             CircuitOpenError: The breaker refused the call (``fn`` was not called).
         """
-        start = self._now() if self._timed else 0.0
+        start = self._now() if self._timed else UNTIMED
         record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
         if record.state is _CLOSED and record.generation == self._seen_generation:
             permit = record.generation << 1
@@ -371,7 +369,7 @@ class CircuitBreaker(BreakerMachine):
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
 
     def _enter(self) -> None:
-        start = self._now() if self._timed else 0.0
+        start = self._now() if self._timed else UNTIMED
         record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
         if record.state is _CLOSED and record.generation == self._seen_generation:
             permit = record.generation << 1
