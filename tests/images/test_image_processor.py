@@ -293,3 +293,54 @@ def test_processed_image_value() -> None:
     assert repr(image) == "ProcessedImage(format='JPEG', width=3, height=4, bytes=5)"
     with pytest.raises(AttributeError):
         image.width = 5  # type: ignore[misc]
+
+
+async def test_an_unreadable_icc_profile_is_dropped() -> None:
+    source = encode(Image.new("RGB", (30, 30), (10, 120, 240)), "PNG", icc_profile=b"garbage")
+    image = decoded(await run(ImageProcessor(), source))
+    assert "icc_profile" not in image.info
+
+
+async def test_orientation_is_read_from_png_exif_too() -> None:
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    source = encode(halves((120, 60), RED, BLUE), "PNG", exif=exif)
+    image = decoded(await run(ImageProcessor(output_format="PNG"), source))
+    assert image.size == (60, 120)
+    assert image.getpixel((30, 10)) == RED
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (encode(Image.new("CMYK", (20, 20), (0, 255, 255, 0)), "JPEG"), RED),
+        (encode(Image.new("L", (20, 20), 128), "JPEG"), (128, 128, 128)),
+        (encode(Image.new("I;16", (20, 20), 65535), "PNG"), WHITE),
+        (encode(Image.new("I;16", (20, 20), 32896), "PNG"), (128, 128, 128)),
+        (encode(Image.new("1", (20, 20), 1), "PNG"), WHITE),
+    ],
+    ids=["CMYK JPEG", "grey JPEG", "16-bit PNG white", "16-bit PNG grey", "1-bit PNG"],
+)
+async def test_other_colour_modes_come_out_right(source: bytes, expected: tuple[int, ...]) -> None:
+    image = decoded(await run(ImageProcessor(), source)).convert("RGB")
+    assert close(image.getpixel((10, 10)), expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_size": (0, 10)},
+        {"output_format": "BMP"},
+        {"quality": 0},
+        {"max_pixels": 0},
+        {"max_input_bytes": -1},
+        {"reducing_gap": 0.5},
+        {"animated": "loop"},
+        {"background": (0, 0, 300)},
+    ],
+)
+def test_invalid_options_are_configuration_errors(options: dict[str, Any]) -> None:
+    from llm_server.core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="ImageProcessor"):
+        ImageProcessor(**options)

@@ -91,6 +91,20 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    """16/32-bit or float greyscale to L, scaling instead of clipping everything above 255."""
+    sixteen_bit = image.mode.startswith("I;16")
+    image = image.convert("F")
+    extrema = image.getextrema()
+    low, high = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
+    if sixteen_bit:
+        return image.point(lambda v: v / 257.0).convert("L")
+    if low >= 0 and high <= 255:
+        return image.convert("L")
+    span = (high - low) or 1.0
+    return image.point(lambda v: (v - low) * 255.0 / span).convert("L")
+
+
 def _normalise_mode(image: Image.Image) -> Image.Image:
     """Bring any decoded mode to L, RGB, RGBA or CMYK, the modes resampling handles well."""
     mode = image.mode
@@ -104,28 +118,31 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
     if mode == "1":
         return image.convert("L")
     if mode.startswith("I") or mode == "F":
-        # 16/32-bit greyscale: scale into 8 bits instead of clipping everything above 255.
-        image = image.convert("F")
-        extrema = image.getextrema()
-        low, high = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
-        span = (high - low) or 1.0
-        return image.point(lambda v: (v - low) * 255.0 / span).convert("L")
+        return _to_8bit_grey(image)
     return image.convert("RGB")
 
 
-def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image | None:
-    """Convert colours from the embedded profile to sRGB; ``None`` if that is not possible."""
+def _to_srgb(image: Image.Image, icc: bytes) -> tuple[Image.Image, bool]:
+    """Convert colours from the embedded profile to sRGB.
+
+    Returns:
+        The image, and whether the profile must still be written (it is valid but the
+        conversion was not possible, so dropping it would shift colours).
+    """
     if image.mode == "L":
-        return image  # a grey profile barely changes anything; not worth keeping metadata for
-    if image.mode not in {"RGB", "RGBA", "CMYK"}:
-        return None
+        return image, False  # a grey profile barely changes anything
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return image, False  # an unreadable profile is worthless to any viewer
+    if image.mode not in {"RGB", "RGBA", "CMYK"}:
+        return image, True
+    out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+    try:
         converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=out_mode)
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-        return None
-    return converted
+        return image, True
+    return (converted, False) if converted is not None else (image, True)
 
 
 def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -229,13 +246,11 @@ def transform(content: bytes | Image.Image, options: ImageOptions) -> TransformR
     if orientation != 1:
         image = image.transpose(_TRANSPOSE[orientation])
     if icc and options.strip_metadata:
-        # Dropping a non-sRGB profile would shift colours, so convert to sRGB first; if the
-        # profile is unusable, keep it instead (colour correctness wins over a few bytes).
-        converted = _to_srgb(image, icc)
-        if converted is None:
+        # Dropping a non-sRGB profile would shift colours, so convert to sRGB first; if that
+        # is not possible, keep the profile (colour correctness wins over a few bytes).
+        image, still_needed = _to_srgb(image, icc)
+        if still_needed:
             keep["icc_profile"] = icc
-        else:
-            image = converted
     if image.mode == "CMYK" or (image.mode == "YCbCr" and fmt != "JPEG"):
         image = image.convert("RGB")
     if fmt == "JPEG" and image.mode == "RGBA":

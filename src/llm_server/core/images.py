@@ -108,7 +108,7 @@ class ImageProcessor:
             the size.
         output_format: ``"JPEG"``, ``"PNG"``, ``"WEBP"``, or ``None`` to keep the input's
             format (formats we cannot write become PNG).
-        quality: JPEG/WEBP quality, 1-95.
+        quality: JPEG/WEBP quality, 1-100 (above 95 mostly adds bytes).
         optimize: Spend more CPU for smaller files (JPEG Huffman tables, PNG, WEBP method 6).
         upscale: Enlarge images smaller than ``max_size`` too.
         strip_metadata: Drop EXIF (GPS, camera, ...), XMP and comments. A colour profile is
