@@ -1,0 +1,304 @@
+"""DSPyBackend over real HTTP: answers, exact usage, cost, errors, sync programs, observers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import dspy
+import pytest
+from _model_helpers import ENGINE_PROTOCOLS, MakeManager, model
+
+from llm_server.core.errors import (
+    ContextWindowExceededError,
+    InputError,
+    ModelCallError,
+    ModelTimeoutError,
+    OutputParseError,
+    ProviderAuthError,
+    ProviderBadRequestError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod
+from llm_server.core.observation import StepTiming, observing
+from llm_server.core.protocols import ModelBackend
+from llm_server.core.tokens import count_message_tokens
+from llm_server.testing._provider import LocalProvider, RawReply
+
+pytestmark = pytest.mark.anyio
+
+
+def qa() -> Any:
+    return dspy.Predict("question -> answer")
+
+
+@pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
+async def test_predict_returns_the_answer_with_exact_usage_and_cost(
+    make_manager: MakeManager, provider: LocalProvider, engine: str, protocol: str
+) -> None:
+    manager = make_manager({"m": model(protocol, engine)})
+    backend = manager.create_backend(qa(), "m")
+
+    output = await backend.predict({"question": "What is DSPy?"})
+
+    assert isinstance(backend, ModelBackend)
+    assert output.content.answer == "echo: What is DSPy?"
+    assert output.model_id == "m"
+    usage = output.usage
+    assert usage is not None
+    assert usage.method is TokenCountMethod.EXACT
+    # The provider counts the messages it received with the model's tokenizer.
+    (request,) = provider.requests
+    messages = request.messages
+    if protocol == "anthropic":
+        messages = [{"role": "system", "content": request.body["system"]}, *messages]
+    assert usage.input_tokens == count_message_tokens(messages, manager.model_info["m"].model_name)
+    assert usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    price = manager.get_price("m")
+    assert price is not None
+    expected_cost = (
+        usage.input_tokens * price.input_per_million
+        + usage.output_tokens * price.output_per_million
+    ) / 1e6
+    assert output.cost_usd == pytest.approx(expected_cost)
+    assert output.response_model == manager.model_info["m"].base_model
+    assert output.finish_reasons in {("stop",), ("end_turn",)}
+    assert output.latency_ms > 0
+    assert (backend.last_prompt_tokens, backend.last_completion_tokens) == (
+        usage.input_tokens,
+        usage.output_tokens,
+    )
+
+
+@pytest.mark.parametrize(
+    ("engine", "protocol"),
+    # LiteLLM's Anthropic parser crashes on a reply without usage (real Anthropic always sends
+    # it); that combination is covered by the error tests instead.
+    [("auto", "openai"), ("auto", "anthropic"), ("litellm", "openai")],
+)
+async def test_missing_usage_is_estimated_and_labelled_so(
+    make_manager: MakeManager, provider: LocalProvider, engine: str, protocol: str
+) -> None:
+    manager = make_manager({"m": model(protocol, engine)})
+    backend = manager.create_backend(qa(), "m")
+    provider.usage = True
+    exact = await backend.predict({"question": "count me"})
+    provider.usage = False
+
+    estimated = await backend.predict({"question": "count me"})
+
+    assert exact.usage is not None
+    assert estimated.usage is not None
+    assert estimated.usage.method is TokenCountMethod.ESTIMATE
+    # Counted offline from the same messages: close to the provider's exact numbers.
+    assert estimated.usage.input_tokens == pytest.approx(exact.usage.input_tokens, rel=0.1)
+    assert estimated.usage.output_tokens == pytest.approx(exact.usage.output_tokens, abs=3)
+    assert estimated.cost_usd is not None
+
+
+async def test_unknown_price_gives_no_cost_and_yaml_price_is_used(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager(
+        {
+            "unknown": {"model_name": "openai/house-model"},
+            "priced": {
+                "model_name": "openai/house-model",
+                "pricing": {"input_per_million": 1000.0, "output_per_million": 2000.0},
+            },
+        }
+    )
+
+    unknown = await manager.create_backend(qa(), "unknown").predict({"question": "x"})
+    priced = await manager.create_backend(qa(), "priced").predict({"question": "x"})
+
+    assert unknown.usage is not None
+    assert unknown.usage.method is TokenCountMethod.EXACT
+    assert unknown.cost_usd is None
+    assert priced.usage is not None
+    expected = (priced.usage.input_tokens * 1000 + priced.usage.output_tokens * 2000) / 1e6
+    assert priced.cost_usd == pytest.approx(expected)
+
+
+async def test_each_successful_call_is_reported_to_the_observers(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager({"m": model("openai", "auto")})
+    backend = manager.create_backend(qa(), "m")
+    seen: list[ModelOutput] = []
+
+    class Observer:
+        def on_step(self, timing: StepTiming) -> None:
+            pass
+
+        def on_model_output(self, output: ModelOutput) -> None:
+            seen.append(output)
+
+    with observing(Observer()):
+        output = await backend.predict({"question": "observe"})
+
+    assert seen == [output]
+    assert backend.get_lm_history()[-1]["usage"] == output.usage
+    assert "observe" not in repr(backend.get_lm_history())  # no prompts kept
+
+
+async def test_non_mapping_input_is_an_input_error(make_manager: MakeManager) -> None:
+    backend = make_manager({"m": model("openai", "auto")}).create_backend(qa(), "m")
+    with pytest.raises(InputError, match="mapping"):
+        await backend.predict("just a string")  # type: ignore[arg-type]
+
+
+# --- provider faults --------------------------------------------------------------------------
+
+FAULTS: list[tuple[str, type[ModelCallError]]] = [
+    ("rate_limit", RateLimitedError),
+    ("server_error", ProviderUnavailableError),
+    ("unavailable", ProviderUnavailableError),
+    ("auth", ProviderAuthError),
+    ("bad_request", ProviderBadRequestError),
+    ("context_window", ContextWindowExceededError),
+    ("malformed_json", ProviderUnavailableError),
+    ("connection_reset", ProviderUnavailableError),
+    (404, ProviderBadRequestError),
+    (422, ProviderBadRequestError),
+    (403, ProviderAuthError),
+]
+
+
+@pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
+@pytest.mark.parametrize("case", FAULTS, ids=[str(fault) for fault, _ in FAULTS])
+async def test_each_provider_fault_maps_to_our_error_after_one_attempt(
+    make_manager: MakeManager,
+    provider: LocalProvider,
+    engine: str,
+    protocol: str,
+    case: tuple[str | int, type[ModelCallError]],
+) -> None:
+    fault, error = case
+    manager = make_manager({"m": model(protocol, engine, api_key="sk-test-secret-key-123456")})
+    backend = manager.create_backend(qa(), "m")
+    provider.add_fault(fault, retry_after_s=7)  # type: ignore[arg-type]
+
+    with pytest.raises(ModelCallError) as caught:
+        await backend.predict({"question": "fail please"})
+
+    assert type(caught.value) is error
+    assert caught.value.model_id == "m"
+    assert caught.value.__cause__ is not None
+    assert "sk-test-secret-key-123456" not in str(caught.value)
+    assert len(provider.requests) == 1  # DSPy's and LiteLLM's own retries are off
+    if error is RateLimitedError:
+        assert caught.value.retry_after_s == 7  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
+async def test_a_hanging_provider_times_out_after_the_model_timeout(
+    make_manager: MakeManager, provider: LocalProvider, engine: str, protocol: str
+) -> None:
+    manager = make_manager({"m": model(protocol, engine, timeout_s=0.2)})
+    provider.add_fault("hang")
+
+    with pytest.raises(ModelTimeoutError, match="did not answer in time"):
+        await manager.create_backend(qa(), "m").predict({"question": "hang"})
+
+
+@pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
+async def test_a_refused_connection_is_provider_unavailable(
+    make_manager: MakeManager, engine: str, protocol: str
+) -> None:
+    with LocalProvider() as gone:
+        closed_base = gone.openai_api_base
+    manager = make_manager({"m": model(protocol, engine, api_base=closed_base)})
+
+    with pytest.raises(ProviderUnavailableError):
+        await manager.create_backend(qa(), "m").predict({"question": "anyone?"})
+
+
+@pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
+async def test_unparseable_answer_is_output_parse_error_without_a_second_call(
+    make_manager: MakeManager, provider: LocalProvider, engine: str, protocol: str
+) -> None:
+    manager = make_manager({"m": model(protocol, engine)})
+    provider.script(reply=RawReply("no field markers at all"))
+
+    with pytest.raises(OutputParseError):
+        await manager.create_backend(qa(), "m").predict({"question": "parse me"})
+
+    assert len(provider.requests) == 1  # DSPy's JSONAdapter fallback is off
+
+
+# --- programs without aforward ------------------------------------------------------------------
+
+
+class SyncOnly(dspy.Module):  # type: ignore[misc]
+    """A program with only forward(): Module.acall would fail on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.predict = dspy.Predict("question -> answer")
+        self.threads: list[str] = []
+
+    def forward(self, question: str) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return self.predict(question=question)
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+async def test_program_without_aforward_runs_in_worker_threads_and_warns_once(
+    make_manager: MakeManager, caplog: pytest.LogCaptureFixture, engine: str
+) -> None:
+    from llm_server.models import dspy_backend
+
+    dspy_backend._warned_sync_classes.discard(SyncOnly)
+    manager = make_manager({"m": model("openai", engine)})
+    program = SyncOnly()
+    backend = manager.create_backend(program, "m")
+
+    with caplog.at_level(logging.WARNING, logger="llm_server.models.dspy_backend"):
+        first = await backend.predict({"question": "one"})
+        second = await backend.predict({"question": "two"})
+
+    assert (first.content.answer, second.content.answer) == ("echo: one", "echo: two")
+    assert first.usage is not None
+    assert first.usage.method is TokenCountMethod.EXACT
+    assert threading.main_thread().name not in program.threads
+    warnings = [r for r in caplog.records if "without aforward" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "SyncOnly" in warnings[0].getMessage()
+
+
+async def test_sync_programs_are_bounded_by_blocking_workers(
+    make_manager: MakeManager, provider: LocalProvider
+) -> None:
+    import anyio
+
+    manager = make_manager({"m": model("openai", "auto")}, blocking_workers=2)
+    provider.latency_s = 0.05
+    program = SyncOnly()
+    backend = manager.create_backend(program, "m")
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+    original = program.forward
+
+    def counting_forward(question: str) -> Any:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return original(question=question)
+        finally:
+            with lock:
+                running -= 1
+
+    program.forward = counting_forward  # type: ignore[method-assign]
+
+    async with anyio.create_task_group() as group:
+        for index in range(6):
+            group.start_soon(backend.predict, {"question": f"q{index}"})
+
+    assert peak == 2
