@@ -6,6 +6,8 @@ import importlib
 import subprocess
 import sys
 
+import pytest
+
 import llm_server
 import llm_server.testing
 
@@ -28,12 +30,8 @@ def test_testing_exports_are_explicit() -> None:
 
 
 def test_unknown_name_raises_attribute_error() -> None:
-    try:
+    with pytest.raises(AttributeError, match="NotAThing"):
         llm_server.NotAThing  # noqa: B018 - the access itself is the test
-    except AttributeError as exc:
-        assert "NotAThing" in str(exc)
-    else:  # pragma: no cover - the test fails here
-        raise AssertionError("expected AttributeError")
 
 
 def test_import_is_light_and_silent() -> None:

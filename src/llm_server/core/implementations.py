@@ -7,10 +7,19 @@
 
 from __future__ import annotations
 
+from llm_server.core.images import ImageProcessor, ProcessedImage
 from llm_server.core.model_processor import (
     DefaultOutputProcessor,
     ModelProcessor,
     OutputProcessor,
 )
+from llm_server.core.structured import StructuredValidator
 
-__all__ = ["DefaultOutputProcessor", "ModelProcessor", "OutputProcessor"]
+__all__ = [
+    "DefaultOutputProcessor",
+    "ImageProcessor",
+    "ModelProcessor",
+    "OutputProcessor",
+    "ProcessedImage",
+    "StructuredValidator",
+]

@@ -22,15 +22,21 @@ _EXPORTS: dict[str, str] = {
     "RawReply": "llm_server.testing._provider",
     "RecordedRequest": "llm_server.testing._provider",
     "Reply": "llm_server.testing._provider",
+    "FakeClock": "llm_server.testing._clock",
+    "ScriptedBackend": "llm_server.testing._backends",
+    "ScriptExhaustedError": "llm_server.testing._backends",
 }
 
 __all__ = [  # sorted; tests/test_public_api.py keeps it equal to _EXPORTS
+    "FakeClock",
     "FaultKind",
     "FaultRule",
     "LocalProvider",
     "RawReply",
     "RecordedRequest",
     "Reply",
+    "ScriptExhaustedError",
+    "ScriptedBackend",
 ]
 
 

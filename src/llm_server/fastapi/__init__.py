@@ -1,0 +1,39 @@
+"""FastAPI integration: lifespan, dependencies, error envelope, health router, program routes.
+
+A whole service in a few lines::
+
+    from fastapi import FastAPI
+    from llm_server.fastapi import (
+        add_program_endpoint, health_router, install_error_handlers, llm_server_lifespan,
+    )
+    from llm_server.models.predictor import Predictor
+
+    app = FastAPI(lifespan=llm_server_lifespan(programs=[(Predictor, "Text Completion")]))
+    install_error_handlers(app)
+    app.include_router(health_router())
+    add_program_endpoint(app, "predictor", signature=Predictor, default_model_id="gpt-4o-mini")
+
+Hosts can still write their routes by hand, reading the managers with
+``Depends(get_program_manager)`` / ``Depends(get_model_manager)``.
+"""
+
+from __future__ import annotations
+
+from llm_server.fastapi._endpoints import add_program_endpoint, signature_models
+from llm_server.fastapi._errors import error_response, install_error_handlers
+from llm_server.fastapi._lifespan import ProgramSpec, llm_server_lifespan
+from llm_server.fastapi._router import health_router
+from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
+
+__all__ = [
+    "ProgramSpec",
+    "add_program_endpoint",
+    "error_response",
+    "get_model_manager",
+    "get_program_manager",
+    "get_settings",
+    "health_router",
+    "install_error_handlers",
+    "llm_server_lifespan",
+    "signature_models",
+]
