@@ -12,7 +12,6 @@ configured key), so they never carry an API key.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -116,23 +115,6 @@ def _is_timeout(exc: BaseException) -> bool:
     )
 
 
-def _is_connection_failure(exc: BaseException) -> bool:
-    names = {
-        "ConnectError",
-        "ReadError",
-        "WriteError",
-        "RemoteProtocolError",
-        "NetworkError",
-        "APIConnectionError",
-        "LMTransportError",
-        "TransportError",
-    }
-    return any(
-        isinstance(item, ConnectionError | json.JSONDecodeError) or _class_names(item) & names
-        for item in _chain(exc)
-    )
-
-
 def _is_model_failure(exc: BaseException) -> bool:
     """Whether ``exc`` comes from a model call at all (not a bug in the user's program)."""
     names = {"DSPyError", "HTTPError", "APIError", "OpenAIError", "AnthropicError"}
@@ -176,6 +158,8 @@ _BY_NAME: tuple[tuple[frozenset[str], type[ModelCallError]], ...] = (
 
 
 def _classify(exc: BaseException) -> type[ModelCallError] | None:
+    if not _is_model_failure(exc):
+        return None  # a bug in the program (KeyError, ...), not a model-call failure
     names = _class_names(exc)
     named = next((target for keys, target in _BY_NAME if names & keys), None)
     if named is not None:
@@ -186,10 +170,9 @@ def _classify(exc: BaseException) -> type[ModelCallError] | None:
     mapped = _by_status(status) if status is not None else None
     if mapped is not None:
         return mapped
-    if names & {"LMServerError", "LMStreamAssemblyError"} or _is_connection_failure(exc):
-        return ProviderUnavailableError
-    # An unclassified provider-side failure (e.g. an unparseable body): trying again may work.
-    return ProviderUnavailableError if _is_model_failure(exc) else None
+    # 5xx without a status, refused/reset connections, unparseable bodies, anything else the
+    # provider side raised: trying again may work.
+    return ProviderUnavailableError
 
 
 _SUMMARY: dict[type[ModelCallError], str] = {
