@@ -113,7 +113,9 @@ async def test_execute_runs_steps_in_order_and_carries_metadata() -> None:
 @pytest.mark.anyio
 async def test_wrong_media_type_at_execute_names_the_step() -> None:
     pipeline = Pipeline([Lies(), Upper()])
-    with pytest.raises(MediaTypeMismatchError, match=r"step 1 \(Upper\) does not accept structured"):
+    with pytest.raises(
+        MediaTypeMismatchError, match=r"step 1 \(Upper\) does not accept structured"
+    ):
         await pipeline.execute(text())
 
 

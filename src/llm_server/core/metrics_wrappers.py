@@ -21,14 +21,24 @@ from llm_server.core.protocols import ModelBackend
 __all__ = ["ModelBackendTracker", "PerformanceMetrics"]
 
 
-def _current_trace_id() -> str:
+def _active_trace_id() -> str | None:
+    """The trace id of the active span, if one is recording."""
+    try:
+        from opentelemetry import trace
+
+        context = trace.get_current_span().get_span_context()
+    except Exception:  # telemetry never breaks a request
+        return None
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+def _fallback_trace_id() -> str:
     try:
         from llm_server.core.opentelemetry_integration import current_trace_id
 
-        trace_id = current_trace_id()
+        return current_trace_id()
     except Exception:  # telemetry never breaks a request
-        trace_id = None
-    return trace_id or uuid.uuid4().hex
+        return uuid.uuid4().hex
 
 
 class PerformanceMetrics:
@@ -48,7 +58,9 @@ class PerformanceMetrics:
         self._steps: list[StepTiming] = []
         self._outputs: list[ModelOutput] = []
         self._lock = threading.Lock()
-        self.trace_id = _current_trace_id()
+        active = _active_trace_id()
+        self._trace_from_span = active is not None
+        self.trace_id = active or _fallback_trace_id()
         if attach:
             attach_observer(self)
 
@@ -78,13 +90,23 @@ class PerformanceMetrics:
             self._checkpoints[name] = elapsed
         return elapsed
 
+    def _adopt_trace(self) -> None:
+        # Created outside any span (e.g. no request span), the first pipeline or model span
+        # then opened a trace: adopt it, so the envelope's trace_id links to that trace.
+        if not self._trace_from_span:
+            active = _active_trace_id()
+            if active is not None:
+                self.trace_id, self._trace_from_span = active, True
+
     def on_step(self, timing: StepTiming) -> None:
         """Observer hook: a pipeline step finished."""
+        self._adopt_trace()
         with self._lock:
             self._steps.append(timing)
 
     def on_model_output(self, output: ModelOutput) -> None:
         """Observer hook: a model call finished (each output is counted once)."""
+        self._adopt_trace()
         with self._lock:
             if any(seen is output for seen in self._outputs):
                 return

@@ -22,11 +22,13 @@ from __future__ import annotations
 from llm_server.fastapi._endpoints import add_program_endpoint, signature_models
 from llm_server.fastapi._errors import error_response, install_error_handlers
 from llm_server.fastapi._lifespan import ProgramSpec, llm_server_lifespan
+from llm_server.fastapi._middleware import RequestContextMiddleware
 from llm_server.fastapi._router import health_router
 from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
 
 __all__ = [
     "ProgramSpec",
+    "RequestContextMiddleware",
     "add_program_endpoint",
     "error_response",
     "get_model_manager",

@@ -1,0 +1,55 @@
+"""Per-request context: an execution id, JSON-log fields and one trace per request."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_server.core.logging import log_context
+from llm_server.core.metadata import new_execution_id
+from llm_server.core.opentelemetry_integration import get_telemetry
+
+__all__ = ["RequestContextMiddleware"]
+
+_HEADER = b"x-execution-id"
+
+
+class RequestContextMiddleware:
+    """Give each HTTP request an execution id, a log context and a request span.
+
+    The execution id (the caller's ``X-Execution-ID`` header when it is a plausible id,
+    else a new UUID) is echoed in the ``X-Execution-ID`` response header, carried by every
+    JSON log line (:func:`~llm_server.core.logging.configure_json_logging`), and used as the
+    envelope's ``execution_id``. With telemetry on, the request runs in one span, so the
+    envelope's ``trace_id`` is the request's trace. Install with
+    ``app.add_middleware(RequestContextMiddleware)``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        execution_id = _incoming_id(scope) or new_execution_id()
+        header = (_HEADER, execution_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        # HTTP semantic conventions: "{method}" when the route is not known yet (it is
+        # matched after this middleware runs); a raw path would be high-cardinality.
+        span_name = str(scope.get("method", "HTTP"))
+        with log_context(execution_id=execution_id), get_telemetry().request_span(span_name):
+            await self.app(scope, receive, send_with_id)
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == _HEADER:
+            text = bytes(value).decode("latin-1").strip()
+            if 8 <= len(text) <= 64 and all(c.isalnum() or c in "-_" for c in text):
+                return text
+    return None
