@@ -11,7 +11,7 @@ from _model_helpers import MakeManager, StaticConfig
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.models.manager import ModelManager
-from llm_server.testing._provider import LocalProvider
+from llm_server.testing import LocalProvider
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod
 from llm_server.core.observation import StepTiming, observing
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.tokens import count_message_tokens
-from llm_server.testing._provider import LocalProvider, RawReply
+from llm_server.testing import LocalProvider, RawReply
 
 pytestmark = pytest.mark.anyio
 

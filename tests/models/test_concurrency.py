@@ -14,7 +14,7 @@ import pytest
 from _model_helpers import MakeManager, model
 
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod
-from llm_server.testing._provider import LocalProvider
+from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
 

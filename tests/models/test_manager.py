@@ -16,7 +16,7 @@ from llm_server.core.errors import ConfigurationError, MissingAPIKeyError, Model
 from llm_server.core.model_interfaces import TokenCountMethod
 from llm_server.models._engine import LOCAL_PLACEHOLDER_KEY
 from llm_server.models.manager import ModelInfo, ModelManager
-from llm_server.testing._provider import LocalProvider
+from llm_server.testing import LocalProvider
 
 REPO = Path(__file__).resolve().parents[2]
 
