@@ -1,0 +1,183 @@
+"""The component benchmarks (``benchmarks/bench_*.py``), run as scripts and their ratios read.
+
+Each script keeps its own printed report; this module runs it in a fresh interpreter with
+shorter settings under ``--quick``, keeps the output verbatim for the report, and pulls out the
+figures each target is judged on.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One figure read from a benchmark's output, and its target."""
+
+    label: str
+    pattern: str
+    target: str = ""
+    check: Callable[[float], bool] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A component benchmark script and how to run and read it."""
+
+    name: str
+    script: str
+    what: str
+    full_args: tuple[str, ...] = ()
+    quick_args: tuple[str, ...] = ()
+    figures: tuple[Figure, ...] = field(default_factory=tuple)
+
+
+_NUM = r"([-+]?\d+(?:\.\d+)?)"
+
+COMPONENTS: tuple[Component, ...] = (
+    Component(
+        "tokens",
+        "bench_tokens.py",
+        "count_message_tokens vs litellm.token_counter, same DSPy prompts",
+        quick_args=("--messages", "300", "--rounds", "2"),
+        figures=(
+            Figure(
+                "count mismatches", r"count mismatches vs litellm: " + _NUM, "0", lambda v: v == 0
+            ),
+            Figure(
+                "throughput ours/litellm",
+                r"throughput ratio \(ours/litellm\): " + _NUM,
+                ">= 1.0",
+                lambda v: v >= 1.0,
+            ),
+        ),
+    ),
+    Component(
+        "breaker",
+        "bench_breaker.py",
+        "CircuitBreaker.call vs aiobreaker.call_async (closed state), and under concurrency",
+        quick_args=("--calls", "5000", "--rounds", "5", "--batches", "10"),
+        figures=(
+            Figure(
+                "overhead ours/aiobreaker",
+                r"overhead ratio ours/aiobreaker: " + _NUM,
+                "<= 1.0",
+                lambda v: v <= 1.0,
+            ),
+            Figure("per-call ours/aiobreaker", r"per-call ratio ours/aiobreaker: " + _NUM),
+            Figure(
+                "100 x 10 ms guarded/unguarded wall",
+                r"guarded/unguarded wall time: " + _NUM,
+                "<= 1.05",
+                lambda v: v <= 1.05,
+            ),
+        ),
+    ),
+    Component(
+        "images",
+        "bench_images.py",
+        "ImageProcessor vs plain Pillow, 12 MP JPEG to fit 800x800",
+        quick_args=("--rounds", "2"),
+        figures=(
+            Figure(
+                "speed plain/ours (median)",
+                r"time ratio plain/ours:\s+" + _NUM + "x median",
+                ">= 4",
+                lambda v: v >= 4,
+            ),
+            Figure(
+                "peak memory ours/plain",
+                r"peak memory ratio ours/plain: " + _NUM,
+                "< 1",
+                lambda v: v < 1,
+            ),
+            Figure(
+                "PSNR ours vs plain (dB)",
+                r"PSNR ours vs plain:\s+" + _NUM,
+                ">= 30",
+                lambda v: v >= 30,
+            ),
+        ),
+    ),
+    Component(
+        "telemetry",
+        "bench_telemetry.py",
+        "per-request cost of the library's telemetry: off, on without SDK, on with SDK",
+        quick_args=("--calls", "2000", "--rounds", "2"),
+        figures=(
+            Figure(
+                "request on_no_sdk/off",
+                r"2\. request.*?\n(?:.*\n)*?\s+on_no_sdk\s+\S+\s+\S+\s+" + _NUM,
+            ),
+            Figure(
+                "request on_sdk/off", r"2\. request.*?\n(?:.*\n)*?\s+on_sdk\s+\S+\s+\S+\s+" + _NUM
+            ),
+            Figure("on_sdk extra per request (us)", r"on_sdk adds " + _NUM + " us"),
+            # The script compares with an assumed 4 ms per Predict.acall; the end-to-end
+            # F+SDK / H ratio is the measured verdict.
+            Figure("on_sdk extra / assumed 4 ms acall (%)", r"us per request: " + _NUM + "%"),
+        ),
+    ),
+    Component(
+        "backend",
+        "bench_backend.py",
+        "CPU per call: DSPyBackend.predict vs bare Predict.acall, both engines",
+        quick_args=("--calls", "60", "--rounds", "2"),
+        figures=(
+            Figure("lm15: DSPyBackend/bare CPU", r"\nlm15\s+\S+\s+\S+\s+" + _NUM),
+            Figure("litellm: DSPyBackend/bare CPU", r"\nlitellm\s+\S+\s+\S+\s+" + _NUM),
+        ),
+    ),
+)
+
+
+def run(component: Component, *, quick: bool) -> dict[str, Any]:
+    """Run one component benchmark; returns its output, figures and verdicts."""
+    args = component.quick_args if quick else component.full_args
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, str(HERE / component.script), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,  # a failing benchmark is reported, not fatal
+        cwd=HERE.parent,
+    )
+    elapsed = time.perf_counter() - started
+    figures: list[dict[str, Any]] = []
+    for figure in component.figures:
+        match = re.search(figure.pattern, out.stdout)
+        value = float(match.group(1)) if match else None
+        ok = None if value is None or figure.check is None else figure.check(value)
+        figures.append({"label": figure.label, "value": value, "target": figure.target, "ok": ok})
+    return {
+        "name": component.name,
+        "script": component.script,
+        "what": component.what,
+        "args": list(args),
+        "returncode": out.returncode,
+        "stdout": out.stdout,
+        "stderr_tail": out.stderr[-2000:] if out.returncode else "",
+        "elapsed_s": elapsed,
+        "figures": figures,
+    }
+
+
+def run_all(*, quick: bool) -> list[dict[str, Any]]:
+    """Every component benchmark whose script exists."""
+    results = []
+    for component in COMPONENTS:
+        if (HERE / component.script).exists():
+            result = run(component, quick=quick)
+            print(f"component {component.name}: {result['elapsed_s']:.0f} s", file=sys.stderr)
+            results.append(result)
+    return results

@@ -1,0 +1,442 @@
+"""Render the collected benchmark results as ``docs/benchmarks.md``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from _report import fmt, ratio, table, verdict
+
+APP_LABELS = {
+    "F": "F: reference app (library)",
+    "F_otel": "F+SDK: same, OTel SDK exporting to memory",
+    "H": "H: hand-written Predict.acall",
+    "D": "D: dspy.asyncify (DSPy docs)",
+    "R": "R: raw httpx forward (floor)",
+}
+
+
+def _point(points: list[dict[str, Any]], latency: int, concurrency: int) -> dict[str, Any] | None:
+    for point in points:
+        if point["latency_ms"] == latency and point["concurrency"] == concurrency:
+            return point
+    return None
+
+
+def e2e_ratios(point: dict[str, Any]) -> dict[str, float | None]:
+    """The ratios one end-to-end point is judged on."""
+    apps = point["apps"]
+
+    def get(name: str, key: str) -> float | None:
+        return apps[name][key] if name in apps else None
+
+    return {
+        "F/H": ratio(get("F", "throughput"), get("H", "throughput")),
+        "F+SDK/H": ratio(get("F_otel", "throughput"), get("H", "throughput")),
+        "F/D": ratio(get("F", "throughput"), get("D", "throughput")),
+        "F/R": ratio(get("F", "throughput"), get("R", "throughput")),
+        "p99 F/H": ratio(get("F", "p99_ms"), get("H", "p99_ms")),
+        "p99 F+SDK/H": ratio(get("F_otel", "p99_ms"), get("H", "p99_ms")),
+        "CPU F-H (ms)": (
+            None
+            if get("F", "cpu_ms_per_request") is None or get("H", "cpu_ms_per_request") is None
+            else get("F", "cpu_ms_per_request") - get("H", "cpu_ms_per_request")  # type: ignore[operator]
+        ),
+    }
+
+
+def _worst(values: list[float | None], *, lowest: bool) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    if not present:
+        return None
+    return min(present) if lowest else max(present)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows ``(target, goal, measured, verdict)`` for the summary."""
+    rows: list[tuple[str, str, str, str]] = []
+    e2e = results.get("e2e")
+    if e2e:
+        all_ratios = [(p, e2e_ratios(p)) for p in e2e["points"]]
+        for key, goal, lowest, limit in (
+            ("F/H", ">= 0.95 at every point", True, 0.95),
+            ("F+SDK/H", ">= 0.90 at every point", True, 0.90),
+        ):
+            worst = _worst([r[key] for _, r in all_ratios], lowest=lowest)
+            where = next(
+                (
+                    f"{p['latency_ms']} ms, c={p['concurrency']}"
+                    for p, r in all_ratios
+                    if r[key] == worst
+                ),
+                "",
+            )
+            ok = None if worst is None else worst >= limit
+            rows.append((f"throughput {key}", goal, f"worst {fmt(worst)} ({where})", verdict(ok)))
+        point = _point(e2e["points"], 200, 64)
+        fd = e2e_ratios(point)["F/D"] if point else None
+        rows.append(
+            (
+                "throughput F/D",
+                ">= 4 at c=64, 200 ms",
+                fmt(fd),
+                verdict(None if fd is None else fd >= 4),
+            )
+        )
+        worst_p99 = _worst([r["p99 F/H"] for _, r in all_ratios], lowest=False)
+        where = next(
+            (
+                f"{p['latency_ms']} ms, c={p['concurrency']}"
+                for p, r in all_ratios
+                if r["p99 F/H"] == worst_p99
+            ),
+            "",
+        )
+        rows.append(
+            (
+                "p99 latency F/H",
+                "<= 1.10 at every point",
+                f"worst {fmt(worst_p99)} ({where})",
+                verdict(None if worst_p99 is None else worst_p99 <= 1.10),
+            )
+        )
+        for latency in sorted({p["latency_ms"] for p in e2e["points"]}):
+            flat = cpu_flatness(e2e["points"], latency)
+            if flat.get("F") is not None:
+                rows.append(
+                    (
+                        f"CPU/request flat c=1..256 ({latency} ms)",
+                        "F within noise (H as reference)",
+                        f"F c=256/c=1 {fmt(flat['F'])}, H {fmt(flat.get('H'))}",
+                        verdict(
+                            None if flat.get("H") is None else abs(flat["F"] - flat["H"]) <= 0.10
+                        ),
+                    )
+                )
+    rss = results.get("rss")
+    if rss and "F" in rss["apps"]:
+        growth = rss["apps"]["F"]["growth_ratio"]
+        rows.append(
+            (
+                f"RSS after {rss['total']:,} / after {rss['first']:,} requests",
+                "<= 1.05",
+                fmt(growth, 3),
+                verdict(growth <= 1.05),
+            )
+        )
+    startup = results.get("startup")
+    if startup:
+        network = startup["ready"]["network"] + startup["ready_litellm"]["network"]
+        rows.append(
+            (
+                "network access during start-up",
+                "none",
+                str(len(network)) + " connections",
+                verdict(not network),
+            )
+        )
+        rows.append(
+            (
+                "`import llm_server` loads DSPy/LiteLLM",
+                "no",
+                fmt(startup["import"]["imports_dspy_or_litellm"]),
+                verdict(not startup["import"]["imports_dspy_or_litellm"]),
+            )
+        )
+    profile = results.get("profile", {}).get("F")
+    if profile:
+        share = profile["llm_server_charged"]
+        rows.append(
+            ("library's own code, share of CPU (F)", "< 5%", f"{share:.1%}", verdict(share < 0.05))
+        )
+        incl = profile.get("llm_server_incl_helpers")
+        if incl is not None:
+            rows.append(
+                ("… incl. pydantic/stdlib helpers it calls", "(context)", f"{incl:.1%}", "n/a")
+            )
+    for component in results.get("components", []):
+        for figure in component["figures"]:
+            if figure["target"]:
+                rows.append(
+                    (
+                        f"{component['name']}: {figure['label']}",
+                        figure["target"],
+                        fmt(figure["value"]),
+                        verdict(figure["ok"]),
+                    )
+                )
+    return rows
+
+
+def cpu_flatness(points: list[dict[str, Any]], latency: int) -> dict[str, float]:
+    """CPU per request at c=256 over c=1, per app."""
+    low, high = _point(points, latency, 1), _point(points, latency, 256)
+    if not low or not high:
+        return {}
+    out: dict[str, float] = {}
+    for name in low["apps"]:
+        value = ratio(
+            high["apps"][name]["cpu_ms_per_request"], low["apps"][name]["cpu_ms_per_request"]
+        )
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole report."""
+    meta = results["meta"]
+    parts = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/run_all.py"
+        + (" --quick" if meta["quick"] else "")
+        + f"` on {meta['machine']['date']} in {meta['elapsed_s'] / 60:.1f} min "
+        f"(commit {meta['revision']}). Do not edit by hand; rerun the command. "
+        "The machine is shared and noisy: every figure that is judged is a ratio against a "
+        "baseline measured in the same run. See `docs/_sections/performance.md` for how to "
+        "read it.",
+        "",
+        "## Machine and versions",
+        "",
+        table(["", ""], [*meta["machine"].items(), *meta["versions"].items()]),
+        "",
+        "## Targets",
+        "",
+        table(["target", "goal", "measured", "verdict"], targets(results)),
+        "",
+    ]
+    if results.get("e2e"):
+        parts += _render_e2e(results["e2e"])
+    if results.get("rss"):
+        parts += _render_rss(results["rss"])
+    if results.get("startup"):
+        parts += _render_startup(results["startup"])
+    if results.get("profile"):
+        parts += _render_profile(results["profile"])
+    if results.get("components"):
+        parts += _render_components(results["components"])
+    return "\n".join(parts) + "\n"
+
+
+def _render_e2e(e2e: dict[str, Any]) -> list[str]:
+    plan = e2e["plan"]
+    parts = [
+        "## End to end",
+        "",
+        "Each app under uvicorn (1 worker, access log off) in its own process, the local "
+        "provider in another, the load generator (keep-alive HTTP/1.1 on raw asyncio sockets, a "
+        f"distinct prompt per request) in a third; {plan['warmup_s']} s warm-up then a "
+        f"{plan['window_s']} s window per point and app, {plan['rounds']} round(s) in "
+        "alternating app order, pooled. CPU per request = the app process's CPU time in the "
+        "window / requests completed in it (psutil). Apps:",
+        "",
+        *[f"- {label}" for label in APP_LABELS.values()],
+        "",
+    ]
+    for latency in sorted({p["latency_ms"] for p in e2e["points"]}):
+        rows = []
+        ratio_rows = []
+        for point in (p for p in e2e["points"] if p["latency_ms"] == latency):
+            for name, result in point["apps"].items():
+                rows.append(
+                    (
+                        point["concurrency"],
+                        name,
+                        fmt(result["throughput"], 1),
+                        fmt(result["p50_ms"], 1),
+                        fmt(result["p99_ms"], 1),
+                        fmt(result["cpu_ms_per_request"], 3),
+                        result["errors"],
+                    )
+                )
+            r = e2e_ratios(point)
+            ratio_rows.append(
+                (point["concurrency"], *[fmt(v, 3 if "CPU" in k else 2) for k, v in r.items()])
+            )
+        parts += [
+            f"### Provider latency {latency} ms",
+            "",
+            table(["c", "app", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors"], rows),
+            "",
+            table(
+                [
+                    "c",
+                    *e2e_ratios(
+                        next(p for p in e2e["points"] if p["latency_ms"] == latency)
+                    ).keys(),
+                ],
+                ratio_rows,
+            ),
+            "",
+        ]
+        flat = cpu_flatness(e2e["points"], latency)
+        if flat:
+            parts += [
+                "CPU per request at c=256 / at c=1: "
+                + ", ".join(f"{name} {fmt(value)}" for name, value in flat.items()),
+                "",
+            ]
+    return parts
+
+
+def _render_rss(rss: dict[str, Any]) -> list[str]:
+    rows = [
+        (
+            name,
+            fmt(r["rss_start_mib"], 1),
+            fmt(r["rss_first_mib"], 1),
+            fmt(r["rss_total_mib"], 1),
+            fmt(r["growth_ratio"], 3),
+            fmt(r["cpu_ms_per_request"], 3),
+            r["errors"],
+        )
+        for name, r in rss["apps"].items()
+    ]
+    return [
+        "## Cost growth",
+        "",
+        f"RSS of the app process at start, after {rss['first']:,} and after {rss['total']:,} "
+        "requests (concurrency 64, provider latency 0 ms).",
+        "",
+        table(
+            [
+                "app",
+                "RSS start MiB",
+                f"after {rss['first']:,}",
+                f"after {rss['total']:,}",
+                "growth",
+                "CPU ms/req",
+                "errors",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _render_startup(startup: dict[str, Any]) -> list[str]:
+    imp, ready, lite = startup["import"], startup["ready"], startup["ready_litellm"]
+    rows = [
+        (
+            "`import llm_server`",
+            f"{imp['median_s'] * 1000:.1f} ms",
+            "—",
+            f"median of {imp['runs']}; imports DSPy/LiteLLM: "
+            + fmt(imp["imports_dspy_or_litellm"]),
+        ),
+        (
+            "process start → ready, 4 models (DSPy engine), 2 programs",
+            f"{ready['median_s']:.2f} s",
+            f"{ready['rss_mib']:.0f} MiB",
+            f"median of {ready['runs']}; non-loopback connections: {len(ready['network'])}",
+        ),
+        (
+            "same, one of the 4 models on LiteLLM",
+            f"{lite['median_s']:.2f} s",
+            f"{lite['rss_mib']:.0f} MiB",
+            f"median of {lite['runs']}; LiteLLM imported at startup; non-loopback "
+            f"connections: {len(lite['network'])}",
+        ),
+    ]
+    parts = [
+        "## Start-up",
+        "",
+        "Fresh interpreters. Ready = the end of `llm_server_lifespan`'s startup, timed from just "
+        "before the process was spawned. An audit hook installed first records every "
+        "`socket.connect`/`getaddrinfo`/`sendto` to a non-loopback address.",
+        "",
+        table(["what", "time", "RSS at ready", "notes"], rows),
+        "",
+    ]
+    for name in ("ready", "ready_litellm"):
+        if startup[name]["network"]:
+            parts += [
+                "Non-loopback network access:",
+                "",
+                *[f"- `{n}`" for n in startup[name]["network"]],
+                "",
+            ]
+    return parts
+
+
+def _render_profile(profiles: dict[str, Any]) -> list[str]:
+    parts = ["## Profile", ""]
+    for name, profile in profiles.items():
+        groups = sorted(
+            set(profile["groups"]) | set(profile["charged"]),
+            key=lambda g: -profile["charged"].get(g, 0),
+        )
+        rows = [
+            (g, f"{profile['groups'].get(g, 0):.1%}", f"{profile['charged'].get(g, 0):.1%}")
+            for g in groups
+        ]
+        parts += [
+            f"### {APP_LABELS.get(name, name)}",
+            "",
+            f"{profile['tool']}, {fmt(profile['samples'], 0)} samples under load at c=64, provider "
+            f"latency 0 ms ({fmt(profile['throughput'], 0)} req/s, "
+            f"{fmt(profile['cpu_ms_per_request'], 3)} ms CPU/request while profiled). "
+            '"self": the innermost Python frame\'s package; "charged": stdlib leaves (locks, '
+            "thread pools, os.environ) charged to the package that called them.",
+            "",
+            table(["package", "self", "charged"], rows),
+            "",
+            f"llm_server's own code: **{profile['llm_server_charged']:.1%}** of CPU"
+            + (
+                f"; with the pydantic/stdlib/OTel work it calls directly (outside DSPy and HTTP): "
+                f"{profile['llm_server_incl_helpers']:.1%}."
+                if profile.get("llm_server_incl_helpers") is not None
+                else "."
+            ),
+            "",
+        ]
+        if profile["hot_spots"]:
+            parts += [
+                "Hottest llm_server functions (charged share of CPU):",
+                "",
+                table(
+                    ["function", "share"], [(f"`{f}`", f"{s:.2%}") for f, s in profile["hot_spots"]]
+                ),
+                "",
+            ]
+    return parts
+
+
+def _render_components(components: list[dict[str, Any]]) -> list[str]:
+    parts = ["## Components", ""]
+    for component in components:
+        parts += [
+            f"### {component['name']}: {component['what']}",
+            "",
+            f"`python benchmarks/{component['script']} {' '.join(component['args'])}`".replace(
+                " `", "`"
+            ),
+            "",
+            table(
+                ["figure", "value", "target", "verdict"],
+                [
+                    (f["label"], fmt(f["value"]), f["target"] or "—", verdict(f["ok"]))
+                    for f in component["figures"]
+                ],
+            ),
+            "",
+            "<details><summary>output</summary>",
+            "",
+            "```",
+            component["stdout"].rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+        if component["returncode"]:
+            parts += [
+                f"**failed** (exit {component['returncode']}):",
+                "",
+                "```",
+                component["stderr_tail"],
+                "```",
+                "",
+            ]
+    return parts

@@ -1,0 +1,167 @@
+"""Starting, probing and stopping the benchmark's processes (provider, apps, load generator)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any], timeout_s: float = 60.0) -> None:
+    """Return once ``port`` accepts connections (uvicorn listens after the lifespan startup)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
+
+
+def stop(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """Terminate ``process`` (SIGTERM, then SIGKILL) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Provider:
+    """The local provider process, with its latency switchable over stdin."""
+
+    process: subprocess.Popen[str]
+    base_url: str
+
+    def set_latency(self, latency_ms: float) -> None:
+        stdin: IO[str] | None = self.process.stdin
+        stdout: IO[str] | None = self.process.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(f"latency {latency_ms}\n")
+        stdin.flush()
+        answer = stdout.readline().strip()
+        if answer != "OK":
+            raise RuntimeError(f"provider refused the latency: {answer!r}")
+
+
+@contextlib.contextmanager
+def provider(latency_ms: float = 0.0) -> Iterator[Provider]:
+    """Run the local provider in its own process."""
+    process = subprocess.Popen(
+        [PYTHON, str(HERE / "provider.py"), "--latency-ms", str(latency_ms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"provider did not start: {line!r}")
+        yield Provider(process, line.split(" ", 1)[1])
+    finally:
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        stop(process)
+
+
+@dataclass
+class App:
+    """One app served by uvicorn in its own process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def app_env(provider_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an app process: the provider URL, no proxies, nothing else new."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["LLM_SERVER_PROVIDER_URL"] = provider_url
+    env.pop("OTEL_ENABLED", None)
+    env.update(extra or {})
+    return env
+
+
+@contextlib.contextmanager
+def app(name: str, provider_url: str, *, extra_env: dict[str, str] | None = None) -> Iterator[App]:
+    """Serve app ``name`` (see ``serve.py``) in its own process until the block ends."""
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, str(HERE / "serve.py"), name, "--port", str(port)],
+        env=app_env(provider_url, extra_env),
+    )
+    try:
+        wait_for_port(port, process)
+        yield App(name, process, port)
+    finally:
+        stop(process)
+
+
+def load(
+    port: int,
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    server_pid: int | None = None,
+    requests: int | None = None,
+    raw: bool = False,
+) -> dict[str, Any]:
+    """Run the load generator in its own process and return its JSON result."""
+    command = [
+        PYTHON,
+        str(HERE / "loadgen.py"),
+        "--port",
+        str(port),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration_s),
+        "--warmup",
+        str(warmup_s),
+    ]
+    if server_pid is not None:
+        command += ["--server-pid", str(server_pid)]
+    if requests is not None:
+        command += ["--requests", str(requests)]
+    if raw:
+        command.append("--raw")
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB."""
+    import psutil
+
+    return float(psutil.Process(pid).memory_info().rss) / (1024 * 1024)

@@ -1,0 +1,34 @@
+"""The local test provider in a process of its own, for the end-to-end benchmarks.
+
+    python benchmarks/e2e/provider.py [--latency-ms 0]
+
+Prints ``READY <base_url>`` once listening, then reads commands on stdin, one per line:
+``latency <ms>`` sets the latency added to every answer (answers ``OK``); end of input stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llm_server.testing import LocalProvider
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    # max_recorded: keep a few requests only; the benchmark never reads them.
+    with LocalProvider(latency_s=args.latency_ms / 1000, max_recorded=16) as provider:
+        print(f"READY {provider.base_url}", flush=True)
+        for line in sys.stdin:
+            command, _, value = line.strip().partition(" ")
+            if command == "latency":
+                provider.latency_s = float(value) / 1000
+                print("OK", flush=True)
+            elif command:
+                print(f"ERROR unknown command {command!r}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Cost growth: the reference app's RSS after 1,000 and after 10,000 requests.
+
+    python benchmarks/e2e/rss.py [--quick]
+
+The app serves a first batch of requests (its warm-up: lazy imports, connection pools and
+caches fill here), its RSS is read, then it serves nine times as many more and its RSS is read
+again. Nothing is retained per request if the second reading is within noise of the first.
+H (the same DSPy call without the library) runs alongside as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e2e import _procs
+
+CONCURRENCY = 64
+
+
+def _serve(port: int, pid: int, requests: int) -> dict[str, Any]:
+    return _procs.load(
+        port,
+        concurrency=CONCURRENCY,
+        duration_s=3600,
+        warmup_s=0,
+        server_pid=pid,
+        requests=requests,
+    )
+
+
+def measure(*, quick: bool = False, apps: tuple[str, ...] = ("F", "H")) -> dict[str, Any]:
+    """RSS (MiB) of each app at start, after the first batch and after ten times as many."""
+    first, total = (500, 5_000) if quick else (1_000, 10_000)
+    results: dict[str, Any] = {"first": first, "total": total, "apps": {}}
+    with _procs.provider() as provider:
+        for name in apps:
+            with _procs.app(name, provider.base_url) as app:
+                at_start = _procs.rss_mib(app.pid)
+                one = _serve(app.port, app.pid, first)
+                after_first = _procs.rss_mib(app.pid)
+                two = _serve(app.port, app.pid, total - first)
+                after_total = _procs.rss_mib(app.pid)
+                results["apps"][name] = {
+                    "rss_start_mib": at_start,
+                    "rss_first_mib": after_first,
+                    "rss_total_mib": after_total,
+                    "growth_ratio": after_total / after_first,
+                    "errors": one["errors"] + two["errors"],
+                    "cpu_ms_per_request": (
+                        (one["server_cpu_s"] + two["server_cpu_s"])
+                        / max(1, one["completed"] + two["completed"])
+                        * 1000
+                    ),
+                }
+                print(name, json.dumps(results["apps"][name]), file=sys.stderr, flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    json.dump(measure(quick=args.quick), sys.stdout, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Serve one benchmark app under uvicorn (one worker, this process), on 127.0.0.1.
+
+    python benchmarks/e2e/serve.py F --port 8100      # the reference app
+    python benchmarks/e2e/serve.py F_otel --port 8101 # the same, OpenTelemetry SDK exporting
+    python benchmarks/e2e/serve.py H|D|R --port 8102
+
+``LLM_SERVER_PROVIDER_URL`` must point at the local provider. The reference app runs from a
+temporary folder holding a copy of its ``config/``, so its program storage never lands in the
+repository. Access logs are off for every app alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REFERENCE_APP = HERE.parent.parent / "examples" / "reference_app"
+APPS = ("F", "F_otel", "H", "D", "R")
+
+
+def _reference_app_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="llm-server-bench-"))
+    shutil.copytree(REFERENCE_APP / "config", folder / "config")
+    shutil.copy(REFERENCE_APP / "main.py", folder / "main.py")
+    return folder
+
+
+def load(name: str) -> Any:
+    """Import app ``name`` and return its ASGI app."""
+    sys.path.insert(0, str(HERE.parent))  # `e2e.apps...` importable
+    if name in ("F", "F_otel"):
+        folder = _reference_app_folder()
+        os.chdir(folder)
+        sys.path.insert(0, str(folder))
+        if name == "F_otel":
+            from e2e.apps.f_otel import load_app
+
+            return load_app()
+        return importlib.import_module("main").app
+    module = importlib.import_module(f"e2e.apps.{name.lower()}_app")
+    return module.app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("app", choices=APPS)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    import uvicorn
+
+    app = load(args.app)
+    profile_to = os.environ.get("BENCH_CPROFILE")  # the profiler's fallback without py-spy
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    # loop/http "auto": uvloop and httptools when installed (uvicorn[standard]), else asyncio/h11.
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    if profiler is not None and profile_to:
+        profiler.disable()
+        profiler.dump_stats(profile_to)
+
+
+if __name__ == "__main__":
+    main()

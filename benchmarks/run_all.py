@@ -1,0 +1,92 @@
+"""Run every benchmark under ``benchmarks/`` and write ``docs/benchmarks.md``.
+
+    python benchmarks/run_all.py            # the full suite (~12-14 min on 2 cores)
+    python benchmarks/run_all.py --quick    # a smoke run (~3 min), same report shape
+    python benchmarks/run_all.py --only e2e,profile --output /tmp/bench.md
+
+Parts, in order: the component benchmarks (``bench_*.py``), start-up, end to end (F, F with an
+OpenTelemetry SDK, H, D, R at provider latency 0/200 ms and concurrency 1/64/256), cost growth
+(RSS after 1,000 and 10,000 requests) and a profile of the reference app under load.
+Everything talks to 127.0.0.1 only. Optional tools are detected, never required: uvloop and
+httptools (uvicorn picks them when installed; the report lists their versions) and py-spy
+(the profile falls back to cProfile without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _components  # noqa: E402 -- benchmarks/ is not a package; the path is set above
+import _render  # noqa: E402
+import _report  # noqa: E402
+from e2e import profiling, rss, startup, throughput  # noqa: E402
+
+PARTS = ("components", "startup", "e2e", "rss", "profile")
+
+
+def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
+    """Run the selected parts; returns every result plus the run's metadata."""
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+
+    def step(name: str) -> None:
+        print(f"== {name} ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr)
+
+    if "components" in parts:
+        step("components")
+        results["components"] = _components.run_all(quick=quick)
+    if "startup" in parts:
+        step("startup")
+        results["startup"] = startup.measure(quick=quick)
+    if "e2e" in parts:
+        step("end to end")
+        results["e2e"] = throughput.run_matrix(quick=quick)
+    if "rss" in parts:
+        step("cost growth")
+        results["rss"] = rss.measure(quick=quick)
+    if "profile" in parts:
+        step("profile")
+        results["profile"] = {
+            name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel")
+        }
+    results["meta"] = {
+        "quick": quick,
+        "parts": list(parts),
+        "machine": _report.machine(),
+        "versions": _report.versions(),
+        "revision": _report.git_revision(ROOT),
+        "elapsed_s": time.perf_counter() - started,
+    }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run (~3 min)")
+    parser.add_argument("--only", help=f"comma-separated parts of {','.join(PARTS)}")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--json", type=Path, help="also save the raw results here")
+    args = parser.parse_args()
+    parts = tuple(args.only.split(",")) if args.only else PARTS
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    results = run(parts, quick=args.quick)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(_render.render(results))
+    print(f"wrote {args.output} in {results['meta']['elapsed_s'] / 60:.1f} min", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The benchmark harness: load generator, profile attribution, component parsing, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _components  # noqa: E402 -- benchmarks/ is not a package
+import _render  # noqa: E402
+from e2e import loadgen, profiling  # noqa: E402
+
+# --- load generator ------------------------------------------------------------------------
+
+
+async def _tiny_server(chunked_every: int) -> tuple[asyncio.Server, list[bytes]]:
+    """HTTP/1.1 keep-alive server: 200 with Content-Length, every nth reply chunked, or 503."""
+    bodies: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
+                body = await reader.readexactly(length)
+                bodies.append(body)
+                n = len(bodies)
+                if n % 5 == 0:
+                    writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\nno")
+                elif n % chunked_every == 0:
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                    )
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n{ok}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, bodies
+
+
+def _args(port: int, **overrides: Any) -> argparse.Namespace:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "path": "/predict",
+        "body": loadgen.BODY_TEMPLATE,
+        "concurrency": 4,
+        "duration": 5.0,
+        "requests": 40,
+        "warmup": 0.0,
+        "drain_timeout": 2.0,
+        "server_pid": None,
+        "raw": True,
+    }
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+@pytest.mark.anyio
+async def test_loadgen_counts_a_fixed_number_of_requests_and_errors() -> None:
+    server, bodies = await _tiny_server(chunked_every=3)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        result = await loadgen.run(_args(port))
+    assert result["completed"] + result["errors"] == 40
+    assert result["errors"] == sum(v for k, v in result["statuses"].items() if k != "200")
+    assert result["statuses"]["503"] >= 7  # every fifth reply
+    assert len(result["latencies_ms"]) == result["completed"]
+    assert result["p50_ms"] <= result["p99_ms"]
+    # every request carried a distinct prompt, in valid JSON
+    prompts = [json.loads(body)["prompt"] for body in bodies]
+    assert len(set(prompts)) == len(prompts)
+
+
+@pytest.mark.anyio
+async def test_loadgen_window_ends_at_the_duration() -> None:
+    server, _ = await _tiny_server(chunked_every=2)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        result = await loadgen.run(_args(port, requests=None, duration=0.15, concurrency=2))
+    assert 0.14 <= result["window_s"] < 0.5
+    assert result["completed"] > 10
+    assert result["throughput"] == pytest.approx(result["completed"] / result["window_s"])
+
+
+def test_loadgen_refuses_non_loopback_targets() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "e2e" / "loadgen.py"),
+            "--host",
+            "10.0.0.1",
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "loopback" in out.stderr
+
+
+# --- profile attribution -------------------------------------------------------------------
+
+RAW_PROFILE = "\n".join(
+    [
+        # the server loop itself
+        "run (uvicorn/server.py:1);_run_once (asyncio/base_events.py:2) 10",
+        # our code, its own line
+        "run (uvicorn/server.py:1);predict (llm_server/models/dspy_backend.py:130) 4",
+        # a stdlib lock our code takes: charged to us
+        "run (uvicorn/server.py:1);predict (llm_server/models/dspy_backend.py:131);"
+        "acquire (threading.py:9) 2",
+        # pydantic called by us: not ours by "self", but in "incl. helpers"
+        "run (uvicorn/server.py:1);collect (llm_server/core/metadata.py:60);"
+        "dump (pydantic/main.py:5) 3",
+        # DSPy under our code: DSPy's, even when it calls the stdlib
+        "run (uvicorn/server.py:1);predict (llm_server/models/dspy_backend.py:132);"
+        "acall (dspy/predict/predict.py:7);get (os.py:3) 81",
+    ]
+)
+
+
+def test_profile_shares_separate_our_code_from_what_it_delegates() -> None:
+    result = profiling.attribute_raw(RAW_PROFILE)
+    assert result["samples"] == 100
+    assert result["groups"]["llm_server"] == pytest.approx(0.04)
+    assert result["charged"]["llm_server"] == pytest.approx(0.06)
+    assert result["llm_server_charged"] == pytest.approx(0.06)
+    assert result["llm_server_incl_helpers"] == pytest.approx(0.09)
+    assert result["charged"]["dspy"] == pytest.approx(0.81)
+    assert result["groups"]["stdlib (other)"] == pytest.approx(0.83)
+    top, share = result["hot_spots"][0]
+    assert top == "predict (models/dspy_backend.py:130)"
+    assert share == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(
+    ("path", "package"),
+    [
+        ("/work/main/src/llm_server/core/pipeline.py", "llm_server"),
+        ("/venv/lib/python3.11/site-packages/dspy/predict/predict.py", "dspy"),
+        ("/venv/lib/python3.11/site-packages/pydantic_core/core.py", "pydantic_core"),
+        ("/root/.pyenv/versions/3.11.7/lib/python3.11/asyncio/events.py", "asyncio"),
+        ("/root/.pyenv/versions/3.11.7/lib/python3.11/threading.py", "threading"),
+        ("starlette/routing.py", "starlette"),
+        ("/tmp/llm-server-bench-x/main.py", "e2e"),
+    ],
+)
+def test_package_of_reads_full_and_short_paths(path: str, package: str) -> None:
+    assert profiling.package_of(path) == package
+
+
+# --- component benchmarks --------------------------------------------------------------------
+
+COMPONENT_OUTPUT = {
+    "tokens": "count mismatches vs litellm: 0\nthroughput ratio (ours/litellm): 1.78\n",
+    "breaker": (
+        "overhead ratio ours/aiobreaker: 1.20 (target <= 1.0)\n"
+        "per-call ratio ours/aiobreaker: 0.71\n"
+        "throughput ratio guarded/unguarded wall time: 1.009 (<= 1.05)\n"
+    ),
+    "images": (
+        "time ratio plain/ours:    4.29x median, 4.40x best (target >= 4x)\n"
+        "peak memory ratio ours/plain: 0.078  (target < 1)\n"
+        "PSNR ours vs plain:       32.75 dB (target >= 30 dB)\n"
+    ),
+    "telemetry": (
+        "1. model call: InstrumentedBackend vs the bare backend (baseline: bare = 1 us/call)\n"
+        "  on_sdk            60.00         59.00    60.00\n"
+        "\n2. request: one-step pipeline + model call vs telemetry disabled (baseline: off)\n"
+        "  variant        us/call   overhead us    ratio\n"
+        "  off                4.00          0.00     1.00\n"
+        "  on_no_sdk         12.84          8.84     3.21\n"
+        "  on_sdk           149.10        145.10    37.31\n"
+        "\n  on_sdk adds 145.1 us per request: 3.6% of the ~4 ms CPU\n"
+    ),
+    "backend": (
+        "engine      bare acall  DSPyBackend   ratio\n"
+        "lm15              1.90         2.00    1.05\n"
+        "litellm           8.00         8.56    1.07\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("component", _components.COMPONENTS, ids=lambda c: c.name)
+def test_every_component_figure_is_found_in_its_output(
+    component: _components.Component, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 0, COMPONENT_OUTPUT[component.name], "")
+
+    monkeypatch.setattr(_components.subprocess, "run", fake_run)
+    result = _components.run(component, quick=True)
+    assert all(figure["value"] is not None for figure in result["figures"]), result["figures"]
+
+
+def test_component_verdicts_follow_the_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        _components.subprocess,
+        "run",
+        lambda *a, **k: subprocess.CompletedProcess(a, 0, COMPONENT_OUTPUT["breaker"], ""),
+    )
+    breaker = next(c for c in _components.COMPONENTS if c.name == "breaker")
+    figures = {f["label"]: f for f in _components.run(breaker, quick=True)["figures"]}
+    assert figures["overhead ours/aiobreaker"]["ok"] is False  # 1.20 > 1.0
+    assert figures["100 x 10 ms guarded/unguarded wall"]["ok"] is True
+    assert figures["per-call ours/aiobreaker"]["ok"] is None  # no target
+
+
+# --- start-up network audit --------------------------------------------------------------------
+
+
+def test_startup_audit_hook_reports_only_non_loopback_connections() -> None:
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "from e2e.startup import _install_network_audit; seen = _install_network_audit();"
+        "sys.audit('socket.connect', None, ('127.0.0.1', 80));"
+        "sys.audit('socket.connect', None, ('10.1.2.3', 443));"
+        "sys.audit('socket.getaddrinfo', 'api.openai.com', 443, 0, 0, 0);"
+        "sys.audit('socket.getaddrinfo', 'localhost', 443, 0, 0, 0);"
+        "sys.audit('socket.connect', None, '/run/some.sock');"
+        "print(json.dumps(seen))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(BENCHMARKS)], capture_output=True, text=True, check=True
+    )
+    seen = json.loads(out.stdout)
+    assert seen == ["socket.connect ('10.1.2.3', 443)", "socket.getaddrinfo 'api.openai.com'"]
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _app(throughput: float, p99: float, cpu: float) -> dict[str, Any]:
+    return {
+        "completed": int(throughput * 4),
+        "errors": 0,
+        "throughput": throughput,
+        "p50_ms": p99 / 2,
+        "p99_ms": p99,
+        "cpu_ms_per_request": cpu,
+        "rounds": [throughput],
+    }
+
+
+def _results() -> dict[str, Any]:
+    def point(latency: int, c: int, f: float) -> dict[str, Any]:
+        return {
+            "latency_ms": latency,
+            "concurrency": c,
+            "apps": {
+                "F": _app(f, 110.0, 2.0),
+                "F_otel": _app(f * 0.9, 120.0, 2.2),
+                "H": _app(100.0, 100.0, 1.9),
+                "D": _app(20.0, 900.0, 2.5),
+                "R": _app(150.0, 50.0, 1.0),
+            },
+        }
+
+    return {
+        "meta": {
+            "quick": True,
+            "parts": ["e2e", "rss"],
+            "machine": {"date": "2026-01-01 00:00 UTC", "cpu": "test cpu"},
+            "versions": {"dspy": "3.4.1"},
+            "revision": "abc1234",
+            "elapsed_s": 60.0,
+        },
+        "e2e": {
+            "plan": {"window_s": 1.0, "warmup_s": 0.5, "rounds": 1},
+            "points": [
+                point(lat, c, 96.0 if c != 256 else 93.0) for lat in (0, 200) for c in (1, 64, 256)
+            ],
+            "elapsed_s": 10.0,
+        },
+        "rss": {
+            "first": 1000,
+            "total": 10000,
+            "apps": {
+                "F": {
+                    "rss_start_mib": 80.0,
+                    "rss_first_mib": 90.0,
+                    "rss_total_mib": 91.0,
+                    "growth_ratio": 91 / 90,
+                    "errors": 0,
+                    "cpu_ms_per_request": 2.0,
+                }
+            },
+        },
+    }
+
+
+def test_report_judges_each_target_and_names_the_worst_point() -> None:
+    rows = {row[0]: row for row in _render.targets(_results())}
+    f_over_h = rows["throughput F/H"]
+    assert f_over_h[2] == "worst 0.93 (0 ms, c=256)"
+    assert f_over_h[3] == "**missed**"
+    assert rows["throughput F+SDK/H"][3] == "**missed**"  # 0.837 < 0.90
+    assert rows["throughput F/D"][2] == "4.80"
+    assert rows["throughput F/D"][3] == "met"
+    assert rows["p99 latency F/H"][3] == "met"  # 1.10 is within 10 %
+    assert rows["RSS after 10,000 / after 1,000 requests"][3] == "met"
+
+
+def test_report_renders_every_part_as_markdown_tables() -> None:
+    text = _render.render(_results())
+    assert text.startswith("# Benchmarks\n")
+    for heading in ("## Machine and versions", "## Targets", "## End to end", "## Cost growth"):
+        assert heading in text
+    assert "### Provider latency 200 ms" in text
+    assert "| 64 | F | 96.0 |" in text
+    assert "python benchmarks/run_all.py --quick" in text
