@@ -8,7 +8,9 @@ touches the network: prices and context windows come from LiteLLM's bundled map.
 
 Example::
 
-    from llm_server.core.config import FrameworkSettings
+    from llm_server.core.circuit_breaker import CircuitBreaker
+from llm_server.core.clock import Clock
+from llm_server.core.config import FrameworkSettings
     from llm_server.defaults import YamlConfigProvider
     from llm_server.models.manager import ModelManager
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,18 +36,40 @@ from anyio.lowlevel import RunVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_server._offline import ensure_offline
+from llm_server.core.circuit_breaker import CircuitBreaker
+from llm_server.core.clock import Clock
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.errors import ModelNotFoundError
+from llm_server.core.errors import ConfigurationError, ModelNotFoundError
 from llm_server.core.model_config import ModelConfig, ModelsConfig
+from llm_server.core.opentelemetry_integration import Telemetry, get_telemetry, set_telemetry
 from llm_server.core.pricing import ModelPrice, lookup_model, resolve_price
 from llm_server.core.protocols import ConfigProvider, ModelBackend
 from llm_server.core.redaction import register_secret
 from llm_server.models._engine import ResolvedKey, check_additional_params, resolve_api_key
+from llm_server.models._stack import ReliabilityStack
 from llm_server.models.dspy_backend import DSPyBackend
 
 __all__ = ["ModelInfo", "ModelManager"]
 
 logger = logging.getLogger(__name__)
+
+
+_BACKEND_CACHE_SIZE = 256
+
+
+def _instantiate(program: Any) -> Any:
+    """A runnable module for a signature class, a module class or a module instance."""
+    import dspy
+
+    if isinstance(program, type):
+        if issubclass(program, dspy.Signature):
+            return dspy.Predict(program)
+        if issubclass(program, dspy.Module):
+            return program()
+        raise ConfigurationError(
+            f"{program.__name__} is neither a dspy.Signature nor a dspy.Module subclass"
+        )
+    return program
 
 
 def _import_litellm() -> None:
@@ -93,12 +119,19 @@ class ModelManager:
         config_provider: Supplies the validated model configuration.
         settings: Framework settings (default: read from the environment).
         environ: Where API keys are read from (default: ``os.environ``).
+        telemetry: Where spans and metrics go (default: the process-wide one when it is on,
+            else a new one from ``settings``; an enabled one becomes the process-wide default
+            so pipelines are traced too).
+        clock: Time source of breakers, retries and deadlines (inject a fake in tests).
+        rng: Jitter source of the retries.
 
     Attributes:
         settings: The framework settings.
         config: The loaded model configuration.
         model_ids: Configured model ids, in file order.
         model_info: Per model id, its :class:`ModelInfo`.
+        breakers: Per model id, its circuit breaker.
+        telemetry: The telemetry every model call reports to.
 
     Raises:
         ConfigurationError: The configuration is invalid, or DSPy refused a model's settings.
@@ -111,6 +144,9 @@ class ModelManager:
         config_provider: ConfigProvider,
         settings: FrameworkSettings | None = None,
         environ: Mapping[str, str] | None = None,
+        telemetry: Telemetry | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         ensure_offline()
         self.settings = settings if settings is not None else FrameworkSettings()
@@ -145,6 +181,12 @@ class ModelManager:
             self.model_info[model_id] = self._describe(model_id, model, engine)
         if any(info.engine == "litellm" for info in self.model_info.values()):
             _import_litellm()
+        self.telemetry = telemetry or self._default_telemetry(self.settings)
+        self._stack = ReliabilityStack(
+            self.config, self.settings, telemetry=self.telemetry, clock=clock, rng=rng
+        )
+        self.breakers: dict[str, CircuitBreaker] = self._stack.breakers
+        self._backends: OrderedDict[tuple[int, str], tuple[Any, ModelBackend]] = OrderedDict()
         self._sync_limiter: RunVar[anyio.CapacityLimiter] = RunVar(
             f"llm_server_sync_programs_{id(self)}"
         )
@@ -152,6 +194,16 @@ class ModelManager:
             "models ready: %s",
             ", ".join(f"{mid} ({info.engine})" for mid, info in self.model_info.items()),
         )
+
+    @staticmethod
+    def _default_telemetry(settings: FrameworkSettings) -> Telemetry:
+        current = get_telemetry()
+        if current.enabled:
+            return current
+        telemetry = Telemetry(settings)
+        if telemetry.enabled:
+            set_telemetry(telemetry)
+        return telemetry
 
     @staticmethod
     def _configure_dspy_cache(any_opt_in: bool) -> None:
@@ -236,14 +288,43 @@ class ModelManager:
     ) -> ModelBackend:
         """The backend requests should use for ``program`` on ``model_id``.
 
-        This is the single place where the reliability wrappers (circuit breaker, retries,
-        deadline, fallbacks; :mod:`llm_server.core.reliability`) are composed around the bare
-        :meth:`create_backend`. Until they are composed here it returns the bare backend.
+        It is the bare :meth:`create_backend` inside the reliability and telemetry layers:
+        model-call span -> request deadline -> fallbacks -> per model: retries -> circuit
+        breaker -> one HTTP attempt (composed in :mod:`llm_server.models._stack`).
 
         Raises:
             ModelNotFoundError: ``model_id`` is not configured.
         """
-        return self.create_backend(program, model_id, program_metadata=program_metadata)
+        self._check(model_id)
+        program_id = getattr(program_metadata, "id", None)
+        return self._stack.compose(
+            model_id,
+            lambda mid: self.create_backend(program, mid, program_metadata=program_metadata),
+            program_id=program_id if isinstance(program_id, str) else None,
+        )
+
+    def backend_for(self, program: Any, model_id: str) -> ModelBackend:
+        """The composed backend for ``program`` on ``model_id``, built once and cached.
+
+        ``program`` is a ``dspy.Signature`` subclass (run with ``dspy.Predict``), a
+        ``dspy.Module`` subclass (instantiated once) or a module instance. This is what
+        :class:`~llm_server.core.implementations.ModelProcessor` calls, so building a
+        processor per request costs a dictionary lookup.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+        """
+        key = (id(program), model_id)
+        cached = self._backends.get(key)
+        if cached is not None and cached[0] is program:
+            self._backends.move_to_end(key)
+            return cached[1]
+        self._check(model_id)
+        backend = self.build_backend(_instantiate(program), model_id)
+        self._backends[key] = (program, backend)  # holding `program` keeps its id unique
+        if len(self._backends) > _BACKEND_CACHE_SIZE:
+            self._backends.popitem(last=False)
+        return backend
 
     def _worker_limiter(self) -> anyio.CapacityLimiter:
         # One limiter per event loop (anyio limiters are loop-bound); sized by the settings.

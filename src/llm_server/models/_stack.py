@@ -1,0 +1,99 @@
+"""The one place where the layers around a model call are composed.
+
+Every model call made through :class:`~llm_server.models.manager.ModelManager` runs as::
+
+    model-call span (telemetry, outermost: one span per logical call)
+      -> request deadline (cancels everything inside)
+        -> fallback chain (primary, then each ``fallbacks:`` model)
+          -> per model: retries -> the model's circuit breaker -> one HTTP attempt
+
+so each retry is one HTTP request that the breaker sees, and retries, breaker refusals and
+fallbacks show up as events on the model-call span.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+
+from llm_server.core.circuit_breaker import CircuitBreaker
+from llm_server.core.clock import Clock
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.model_config import ModelsConfig
+from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
+from llm_server.core.protocols import ModelBackend
+from llm_server.core.reliability import ReliableModel, build_reliable_backend
+from llm_server.core.retry import RetryPolicy
+
+__all__ = ["ReliabilityStack"]
+
+
+class ReliabilityStack:
+    """Per-model breakers, retry policies and telemetry facts, and their composition.
+
+    Args:
+        config: The model configuration (breaker and retry overrides, fallbacks).
+        settings: Defaults for breakers, retries and the request deadline.
+        telemetry: Where spans, metrics and breaker events go.
+        clock: Time source for breakers, retries and deadlines (inject a fake in tests).
+        rng: Jitter source for the retries.
+    """
+
+    def __init__(
+        self,
+        config: ModelsConfig,
+        settings: FrameworkSettings,
+        *,
+        telemetry: Telemetry,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.telemetry = telemetry
+        self.deadline_s = settings.request_deadline_s
+        self._clock = clock
+        self._rng = rng
+        self.fallbacks = {mid: tuple(m.fallbacks) for mid, m in config.models.items()}
+        self.breakers = {
+            mid: CircuitBreaker.from_config(
+                mid, settings, m.circuit_breaker, listeners=[telemetry.listener], clock=clock
+            )
+            for mid, m in config.models.items()
+        }
+        self.retries = {
+            mid: RetryPolicy.from_config(settings, m.retry) for mid, m in config.models.items()
+        }
+        self.call_info: dict[str, ModelCallInfo] = {}
+        for mid, m in config.models.items():
+            temperature = m.additional_params.get("temperature")
+            self.call_info[mid] = ModelCallInfo.from_model_name(
+                m.model_name,
+                api_base=m.api_base,
+                max_tokens=m.max_tokens,
+                temperature=float(temperature)
+                if isinstance(temperature, int | float) and not isinstance(temperature, bool)
+                else None,
+            )
+        telemetry.observe_breakers(self.breakers)
+
+    def compose(
+        self,
+        model_id: str,
+        bare: Callable[[str], ModelBackend],
+        *,
+        program_id: str | None = None,
+    ) -> ModelBackend:
+        """The backend for ``model_id``; ``bare(mid)`` builds each model's one-attempt backend."""
+        chain = [model_id, *self.fallbacks[model_id]]
+        models = [ReliableModel(bare(mid), self.breakers[mid], self.retries[mid]) for mid in chain]
+        backend = build_reliable_backend(
+            models[0],
+            models[1:],
+            deadline_s=self.deadline_s,
+            clock=self._clock,
+            rng=self._rng,
+            listener=self.telemetry.listener,
+        )
+        return self.telemetry.instrument(
+            backend, replace(self.call_info[model_id], program_id=program_id)
+        )
