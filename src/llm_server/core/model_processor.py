@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from llm_server.core._conformance import conforms
 from llm_server.core.errors import PipelineValidationError
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.protocols import ModelBackend
@@ -143,7 +144,7 @@ class ModelProcessor:
             raise PipelineValidationError(
                 "ModelProcessor takes backend=... or model_manager=/signature_class=, not both"
             )
-        if not isinstance(backend, ModelBackend):
+        if not conforms(backend, ModelBackend):  # cached: processors are often built per request
             raise PipelineValidationError(
                 f"ModelProcessor backend {type(backend).__name__} is not a ModelBackend"
             )

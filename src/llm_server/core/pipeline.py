@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from llm_server.core._conformance import conforms
 from llm_server.core.errors import (
     LLMServerError,
     MediaTypeMismatchError,
@@ -74,7 +75,7 @@ class Pipeline:
         if not steps:
             raise PipelineValidationError(f"pipeline {name!r} has no steps")
         for index, step in enumerate(steps):
-            if not isinstance(step, PipelineStep):
+            if not conforms(step, PipelineStep):  # cached: pipelines are often built per request
                 raise PipelineValidationError(
                     f"pipeline {name!r}: item {index} ({type(step).__name__}) is not a "
                     "PipelineStep: it needs `accepted_media_types` and `async process(data)`"
