@@ -171,8 +171,13 @@ def _py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def profile_app(name: str = "F", *, quick: bool = False) -> dict[str, Any]:
-    """Profile app ``name`` under load; returns the attribution and the tool used."""
+def profile_app(
+    name: str = "F", *, quick: bool = False, keep: Path | None = None
+) -> dict[str, Any]:
+    """Profile app ``name`` under load; returns the attribution and the tool used.
+
+    ``keep``: also copy the raw profile (py-spy's collapsed stacks, or the cProfile dump) there.
+    """
     seconds = 3.0 if quick else 8.0
     warmup = 1.5
     spy = _py_spy()
@@ -208,6 +213,8 @@ def profile_app(name: str = "F", *, quick: bool = False) -> dict[str, Any]:
             stdout, _ = load.communicate(timeout=120)
             loaded = json.loads(stdout)
         # leaving the block stopped the app: a cProfile dump is now written
+        if keep is not None:
+            shutil.copy(out, keep)
         result = attribute_raw(out.read_text()) if spy else attribute_pstats(out)
     result["tool"] = "py-spy (sampling, all threads)" if spy else "cProfile (main thread)"
     result["app"] = name
@@ -222,8 +229,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--app", default="F")
+    parser.add_argument("--keep", type=Path, help="save the raw profile here")
     args = parser.parse_args()
-    json.dump(profile_app(args.app, quick=args.quick), sys.stdout, indent=1)
+    json.dump(profile_app(args.app, quick=args.quick, keep=args.keep), sys.stdout, indent=1)
 
 
 if __name__ == "__main__":
