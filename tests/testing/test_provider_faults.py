@@ -169,14 +169,15 @@ def test_probability_is_reproducible_with_a_seed() -> None:
 
 
 def test_latency_rules_and_base_latency(provider: LocalProvider) -> None:
-    provider.add_latency(0.05, model="gpt-slow")
+    # The gap is wide so that a loaded machine cannot make the fast call look slow.
+    provider.add_latency(0.3, model="gpt-slow")
     started = time.perf_counter()
     post(provider, model="gpt-slow")
     slow = time.perf_counter() - started
     started = time.perf_counter()
     post(provider, model="gpt-fast")
     fast = time.perf_counter() - started
-    assert slow >= 0.05 > fast
+    assert slow >= 0.3 > fast
     provider.latency_s = 0.03
     started = time.perf_counter()
     post(provider, model="gpt-fast")
