@@ -1,0 +1,92 @@
+"""``retry_call``'s success path never builds tenacity's machinery; failures behave as before."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+import llm_server.core.retry as retry_module
+from llm_server.core.errors import ProviderAuthError, ProviderUnavailableError
+from llm_server.core.retry import RetryPolicy, retry_call
+from llm_server.testing._clock import FakeClock
+
+
+class Attempts:
+    """Fails with the scripted errors, in order, then answers ``"ok"``."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+@pytest.fixture
+def no_tenacity(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("tenacity was used")
+
+    monkeypatch.setattr(retry_module, "AsyncRetrying", refuse)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_tenacity")
+async def test_a_first_attempt_that_succeeds_never_touches_tenacity() -> None:
+    attempts = Attempts()
+    assert await retry_call(attempts, policy=RetryPolicy(max_attempts=3)) == "ok"
+    assert attempts.calls == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_tenacity")
+async def test_a_non_retryable_first_error_leaves_unchanged_without_tenacity() -> None:
+    error = ProviderAuthError("401", model_id="m")
+    with pytest.raises(ProviderAuthError) as raised:
+        await retry_call(Attempts(error), policy=RetryPolicy(max_attempts=3))
+    assert raised.value is error
+
+
+@pytest.mark.anyio
+async def test_a_failed_first_attempt_is_attempt_one_of_the_retries() -> None:
+    first = ProviderUnavailableError("500", model_id="m")
+    attempts = Attempts(first)
+    seen: list[tuple[int, BaseException, float]] = []
+    clock = FakeClock()
+    result = await retry_call(
+        attempts,
+        policy=RetryPolicy(max_attempts=3, initial_backoff_s=1.0),
+        clock=clock,
+        rng=random.Random(1),
+        on_retry=lambda n, error, delay: seen.append((n, error, delay)),
+    )
+    assert result == "ok"
+    assert attempts.calls == 2
+    assert [(n, error) for n, error, _ in seen] == [(1, first)]
+    assert 0.0 <= seen[0][2] <= 1.0
+    assert clock.monotonic() == pytest.approx(seen[0][2])  # slept exactly the backoff
+
+
+@pytest.mark.anyio
+async def test_one_attempt_only_reraises_the_first_error_itself() -> None:
+    first = ProviderUnavailableError("500", model_id="m")
+    attempts = Attempts(first, ProviderUnavailableError("never reached"))
+    with pytest.raises(ProviderUnavailableError) as raised:
+        await retry_call(attempts, policy=RetryPolicy(max_attempts=1), clock=FakeClock())
+    assert raised.value is first
+    assert attempts.calls == 1
+
+
+@pytest.mark.anyio
+async def test_every_attempt_failing_ends_after_max_attempts_with_the_last_error() -> None:
+    errors = [ProviderUnavailableError(f"500 #{i}", model_id="m") for i in range(3)]
+    attempts = Attempts(*errors)
+    with pytest.raises(ProviderUnavailableError) as raised:
+        await retry_call(attempts, policy=RetryPolicy(max_attempts=3), clock=FakeClock())
+    assert raised.value is errors[-1]
+    assert attempts.calls == 3
