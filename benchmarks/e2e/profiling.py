@@ -66,7 +66,7 @@ def package_of(path: str) -> str:
         path = path.rsplit("site-packages/", 1)[1]
     elif "/src/llm_server/" in path:
         return "llm_server"
-    elif "/benchmarks/e2e/" in path or path.endswith("/main.py"):
+    elif "/benchmarks/e2e/" in path or "/llm-server-bench-" in path or path == "main.py":
         return "e2e"
     elif "/lib/python3" in path:
         path = path.split("/lib/python3", 1)[1].split("/", 1)[-1]
@@ -92,9 +92,11 @@ def _frames(stack: str) -> list[tuple[str, str]]:
         match = _FRAME.match(raw)
         if match is None:
             continue  # process / thread labels
-        file = match["file"].rsplit("llm_server/", 1)[-1]
+        package = package_of(match["file"])
+        file = match["file"].rsplit("site-packages/", 1)[-1]
+        file = file.rsplit("llm_server/", 1)[-1] if package == "llm_server" else file
         label = f"{match['func']} ({file}:{match['line']})" if match["line"] else match["func"]
-        frames.append((label, package_of(match["file"])))
+        frames.append((label, package))
     return frames
 
 
@@ -122,13 +124,21 @@ def attribute_raw(text: str) -> dict[str, Any]:
             "stdlib (other)",
         )
         charged[payer] += count
-        if payer == "llm_server":
-            owner = next(f for f, p in reversed(frames) if p == "llm_server")
-            hot[owner] += count
-        # The library's spending: below its innermost frame, nothing DSPy or HTTP does.
+        # The library's spending: below its innermost frame, nothing DSPy or HTTP does. Hot
+        # spots are its functions with what they call outside DSPy/HTTP (line numbers cut).
         last_ours = max((i for i, (_, p) in enumerate(frames) if p == "llm_server"), default=None)
         if last_ours is not None and not any(p in _DELEGATED for _, p in frames[last_ours + 1 :]):
             own_incl += count
+            function = frames[last_ours][0].rsplit(":", 1)[0] + ")"
+            helper = next(
+                (
+                    p
+                    for _, p in frames[last_ours + 1 :]
+                    if group_of(p) not in ("stdlib (other)", "asyncio/uvloop")
+                ),
+                None,
+            )
+            hot[function + (f" -> {helper}" if helper else "")] += count
     result = _shares(groups, hot, total, own_incl)
     result["charged"] = {name: value / (total or 1) for name, value in charged.most_common()}
     result["llm_server_charged"] = charged.get("llm_server", 0) / (total or 1)
@@ -208,7 +218,8 @@ def profile_app(
                 command = [spy, "record", "--pid", str(app.pid), "--duration", str(int(seconds))]
                 # --gil: only the thread holding the GIL, i.e. where the CPU goes (checked
                 # against psutil: GIL-held samples ~= the process's CPU share).
-                command += ["--rate", "250", "--gil", "--format", "raw", "--output", str(out)]
+                command += ["--rate", "250", "--gil", "--full-filenames"]
+                command += ["--format", "raw", "--output", str(out)]
                 subprocess.run(command, check=True, capture_output=True, timeout=120)
             stdout, _ = load.communicate(timeout=120)
             loaded = json.loads(stdout)

@@ -150,9 +150,13 @@ def test_profile_shares_separate_our_code_from_what_it_delegates() -> None:
     assert result["llm_server_incl_helpers"] == pytest.approx(0.09)
     assert result["charged"]["dspy"] == pytest.approx(0.81)
     assert result["groups"]["stdlib (other)"] == pytest.approx(0.83)
-    top, share = result["hot_spots"][0]
-    assert top == "predict (models/dspy_backend.py:130)"
-    assert share == pytest.approx(0.04)
+    assert dict(result["hot_spots"]) == pytest.approx(
+        {
+            # its own lines and the lock it takes, not DSPy's work below it
+            "predict (models/dspy_backend.py)": 0.06,
+            "collect (core/metadata.py) -> pydantic": 0.03,
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -164,6 +168,7 @@ def test_profile_shares_separate_our_code_from_what_it_delegates() -> None:
         ("/root/.pyenv/versions/3.11.7/lib/python3.11/asyncio/events.py", "asyncio"),
         ("/root/.pyenv/versions/3.11.7/lib/python3.11/threading.py", "threading"),
         ("starlette/routing.py", "starlette"),
+        ("pydantic/main.py", "pydantic"),
         ("/tmp/llm-server-bench-x/main.py", "e2e"),
     ],
 )
