@@ -2,16 +2,22 @@
 
 A whole service in a few lines::
 
+    import dspy
     from fastapi import FastAPI
     from llm_server.fastapi import (
-        add_program_endpoint, health_router, install_error_handlers, llm_server_lifespan,
+        RequestContextMiddleware, add_program_endpoint, health_router,
+        install_error_handlers, llm_server_lifespan,
     )
-    from llm_server.models.predictor import Predictor
 
-    app = FastAPI(lifespan=llm_server_lifespan(programs=[(Predictor, "Text Completion")]))
+    class Summarize(dspy.Signature):
+        text: str = dspy.InputField()
+        summary: str = dspy.OutputField()
+
+    app = FastAPI(lifespan=llm_server_lifespan(programs=[Summarize]))
     install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router())
-    add_program_endpoint(app, "predictor", signature=Predictor, default_model_id="gpt-4o-mini")
+    add_program_endpoint(app, "summarize", signature=Summarize, default_model_id="gpt-4o-mini")
 
 Hosts can still write their routes by hand, reading the managers with
 ``Depends(get_program_manager)`` / ``Depends(get_model_manager)``.
@@ -21,12 +27,16 @@ from __future__ import annotations
 
 from llm_server.fastapi._endpoints import add_program_endpoint, signature_models
 from llm_server.fastapi._errors import error_response, install_error_handlers
-from llm_server.fastapi._lifespan import ProgramSpec, llm_server_lifespan
+from llm_server.fastapi._lifespan import HostLifespan, ProgramSpec, llm_server_lifespan
 from llm_server.fastapi._middleware import RequestContextMiddleware
 from llm_server.fastapi._router import health_router
+from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
 from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
 
 __all__ = [
+    "ErrorBody",
+    "ErrorEnvelope",
+    "HostLifespan",
     "ProgramSpec",
     "RequestContextMiddleware",
     "add_program_endpoint",

@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from llm_server.core.errors import ConfigurationError
+from llm_server.core.errors import ConfigurationError, ModelNotFoundError
+from llm_server.core.logging import log_context
 from llm_server.core.metadata import MetadataCollector
 from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.model_processor import ModelProcessor
 from llm_server.core.pipeline import Pipeline
 from llm_server.core.types import MediaType, PipelineData
+from llm_server.fastapi._schemas import ErrorEnvelope
+from llm_server.fastapi._state import get_program_manager
 
 __all__ = ["add_program_endpoint", "signature_models"]
 
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in {
+        404: "Unknown model id",
+        422: "Invalid request body",
+        429: "The provider is rate limiting (Retry-After)",
+        502: "The provider failed or answered unusably",
+        503: "The model's circuit breaker is open (Retry-After)",
+        504: "The request deadline passed",
+    }.items()
+}
+
 
 def _signature_of(program: Any) -> Any:
+    """The signature of a signature class, a module class or a module instance."""
+    import dspy
+
+    if isinstance(program, type) and issubclass(program, dspy.Signature):
+        return program
+    if isinstance(program, type) and issubclass(program, dspy.Module):
+        program = program()
     signature = getattr(program, "signature", None)
     if signature is not None:
         return signature
@@ -27,12 +53,34 @@ def _signature_of(program: Any) -> Any:
         return predictors[0].signature
     raise ConfigurationError(
         f"cannot infer the signature of {type(program).__name__}: it has "
-        f"{len(predictors)} predictors; pass signature=... to add_program_endpoint"
+        f"{len(predictors)} predictors; pass signature=<the signature class> instead"
     )
 
 
 def _camel(program_id: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"[^0-9a-zA-Z]+", program_id) if part)
+
+
+def _allows_none(annotation: Any) -> bool:
+    if annotation is None or annotation is types.NoneType:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_allows_none(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _fields(items: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, info in items.items():
+        annotation = info.annotation if info.annotation is not None else str
+        extra = info.json_schema_extra or {}
+        desc = extra.get("desc") if isinstance(extra, dict) else None
+        # DSPy's placeholder description is "${name}": not worth showing in OpenAPI.
+        description = desc if isinstance(desc, str) and desc != f"${{{name}}}" else None
+        default = None if _allows_none(annotation) else ...
+        result[name] = (annotation, Field(default, description=description))
+    return result
 
 
 def signature_models(
@@ -41,28 +89,96 @@ def signature_models(
     """Build the request and response-data models from a DSPy signature.
 
     The request has one field per signature input (typed by its annotation, described by its
-    ``desc``) plus ``model_id``; the response data has one field per output.
+    ``desc``; optional when the annotation allows ``None``) plus ``model_id``, and refuses
+    unknown fields; the response data has one field per output.
+
+    Raises:
+        ConfigurationError: A field is named ``model_id``, or its type has no JSON schema.
+    """
+    inputs, outputs = dict(signature.input_fields), dict(signature.output_fields)
+    if "model_id" in inputs:
+        raise ConfigurationError(
+            f"program {program_id!r}: an input field named 'model_id' clashes with the "
+            "endpoint's model selector; rename the field"
+        )
+    base = _camel(program_id)
+    try:
+        request_model = create_model(
+            f"{base}Request",
+            __config__=ConfigDict(extra="forbid", protected_namespaces=()),
+            model_id=(str, Field(default=default_model_id, description="A configured model id")),
+            **_fields(inputs),
+        )
+        data_model = create_model(
+            f"{base}Data", __config__=ConfigDict(protected_namespaces=()), **_fields(outputs)
+        )
+        # Building the schema now surfaces field types that cannot be JSON at startup.
+        request_model.model_json_schema()
+        data_model.model_json_schema()
+    except Exception as exc:
+        raise ConfigurationError(
+            f"program {program_id!r}: cannot build HTTP models from its signature: {exc}"
+        ) from exc
+    return request_model, data_model
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What one (program version, model) pair runs with, built once."""
+
+    pipeline: Pipeline
+    program_metadata: Any
+
+
+class _ProgramRunner:
+    """Builds each (served version, model) pipeline once; later requests only look it up.
+
+    ``ProgramManager.get_program`` returns a new instance per call, so building per request
+    would load the program and compose a new backend stack every time; the cache is dropped
+    when the served version changes (a new optimized version was saved) or the app restarts
+    with another program manager.
     """
 
-    def fields(items: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for name, info in items.items():
-            annotation = info.annotation if info.annotation is not None else str
-            extra = info.json_schema_extra or {}
-            desc = extra.get("desc") if isinstance(extra, dict) else None
-            description = desc if isinstance(desc, str) and desc != f"${{{name}}}" else None
-            result[name] = (annotation, Field(..., description=description))
-        return result
+    def __init__(self, program_id: str) -> None:
+        self.program_id = program_id
+        self._manager: Any = None
+        self._version: str | None = None
+        self._routes: dict[str, _Route] = {}
 
-    base = _camel(program_id)
-    request_model = create_model(
-        f"{base}Request",
-        __config__=ConfigDict(extra="forbid"),
-        model_id=(str, Field(default=default_model_id, description="Configured model id")),
-        **fields(dict(signature.input_fields)),
-    )
-    data_model = create_model(f"{base}Data", **fields(dict(signature.output_fields)))
-    return request_model, data_model
+    def route(self, manager: Any, model_id: str) -> _Route:
+        metadata = manager.registry.get_program_metadata(self.program_id)
+        if manager is not self._manager or metadata.version != self._version:
+            self._manager, self._version, self._routes = manager, metadata.version, {}
+        route = self._routes.get(model_id)
+        if route is None:
+            if model_id not in manager.model_info:
+                raise ModelNotFoundError(model_id, list(manager.model_info))
+            backend = manager.create_backend(self.program_id, model_id, version=metadata.version)
+            step = ModelProcessor(
+                backend,
+                accepted_types=[MediaType.STRUCTURED],
+                output_type=MediaType.STRUCTURED,
+                name=self.program_id,
+            )
+            route = _Route(Pipeline([step], name=self.program_id), metadata)
+            self._routes[model_id] = route
+        return route
+
+
+def _model_block(
+    model_info: Mapping[str, Any], requested: str, metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The envelope's model block: the model that answered, and the one asked for if another."""
+    output = metadata.get("model_output")
+    answered = output.get("model_id") if isinstance(output, Mapping) else None
+    if not isinstance(answered, str) or answered == requested or answered not in model_info:
+        return _dump(model_info[requested])
+    return {**_dump(model_info[answered]), "requested_id": requested}
+
+
+def _dump(info: Any) -> dict[str, Any]:
+    dump = getattr(info, "model_dump", None)
+    return dict(dump(by_alias=True)) if callable(dump) else dict(info)
 
 
 def add_program_endpoint(
@@ -70,66 +186,69 @@ def add_program_endpoint(
     program_id: str,
     *,
     default_model_id: str,
-    path: str | None = None,
     signature: Any = None,
+    path: str | None = None,
     program_manager: Any = None,
 ) -> None:
     """Add ``POST /programs/{program_id}`` (or ``path``) running a registered program.
 
-    The request and response models come from the program's signature, so OpenAPI shows its
-    fields. The endpoint runs the program through a pipeline (a STRUCTURED
-    :class:`ModelProcessor`) and answers with the full envelope
-    ``{"success", "data", "metadata"}``. Errors go through the installed error handlers.
+    The request model has the signature's input fields plus ``model_id``; the response is
+    ``{"success": true, "data": {<output fields>}, "metadata": {...}}``, the full envelope.
+    Both come from the signature, so OpenAPI shows the fields. Each request runs the version
+    the registry serves through a one-step pipeline on the composed model stack (deadline,
+    fallbacks, retries, breaker); errors go through the installed error handlers.
 
     Args:
         app: The app or router to add the route to.
-        program_id: A registered program's id.
+        program_id: A registered program's id (registered by the lifespan).
         default_model_id: The model used when a request does not name one.
+        signature: The program's signature, or its module class (a module with exactly one
+            predictor). Needed because routes are typed when the app is built, before the
+            lifespan registers the programs; may be omitted when ``program_manager`` is given.
         path: The route path (default ``/programs/{program_id}``).
-        signature: The signature, for modules whose signature cannot be inferred.
-        program_manager: The manager (default: ``request.app.state.program_manager``; pass it
-            when the program is registered after the app is built, so the route is typed).
+        program_manager: A manager to use instead of ``request.app.state.program_manager``.
+
+    Raises:
+        ConfigurationError: No signature can be found, or it cannot be expressed as JSON.
     """
     manager = program_manager
-    if manager is None and isinstance(app, FastAPI):
-        manager = getattr(app.state, "program_manager", None)
     if signature is None:
         if manager is None:
             raise ConfigurationError(
-                f"add_program_endpoint({program_id!r}) needs signature=... or a "
-                "program_manager to read the program's signature from"
+                f"add_program_endpoint({program_id!r}) needs signature=<the signature class>: "
+                "routes are typed when the app is built, before the lifespan registers programs"
             )
-        signature = _signature_of(manager.get_program(program_id))
+        signature = manager.registry.get_program_class(program_id)
+    signature = _signature_of(signature)
     request_model, data_model = signature_models(
         signature, program_id=program_id, default_model_id=default_model_id
     )
     response_model = create_model(
         f"{_camel(program_id)}Response",
-        success=(bool, True),
+        success=(Literal[True], True),
         data=(data_model, ...),
-        metadata=(dict[str, Any], ...),
+        metadata=(dict[str, Any], Field(..., description="program, model, performance, ids")),
     )
+    input_names = tuple(signature.input_fields)
+    runner = _ProgramRunner(program_id)
 
     async def endpoint(request: Request, body: Any) -> Any:
-        pm = manager or request.app.state.program_manager
+        pm = manager if manager is not None else get_program_manager(request)
+        model_id: str = body.model_id
+        route = runner.route(pm, model_id)
         metrics = PerformanceMetrics()
-        inputs = body.model_dump(exclude={"model_id"})
-        step = ModelProcessor(
-            pm.model_manager.backend_for(pm.get_program(program_id), body.model_id),
-            accepted_types=[MediaType.STRUCTURED],
-            output_type=MediaType.STRUCTURED,
-            name=program_id,
-        )
-        result = await Pipeline([step], name=program_id).execute(
-            PipelineData(media_type=MediaType.STRUCTURED, content=inputs)
-        )
+        # Values as validated (not dumped), so typed inputs reach the program as their types.
+        inputs = {name: getattr(body, name) for name in input_names}
+        with log_context(program_id=program_id, model_id=model_id):
+            result = await route.pipeline.execute(
+                PipelineData(media_type=MediaType.STRUCTURED, content=inputs)
+            )
         metrics.mark_checkpoint("pipeline_complete")
-        info = pm.model_info.get(body.model_id)
         metadata = MetadataCollector.collect_response_metadata(
-            model_id=body.model_id,
-            program_metadata=pm.registry.get_program_metadata(program_id),
+            model_id=model_id,
+            program_metadata=route.program_metadata,
             performance_metrics=metrics.get_summary(),
-            model_info=info,
+            model_info=_model_block(pm.model_info, model_id, result.metadata),
         )
         return {"success": True, "data": result.content, "metadata": metadata}
 
@@ -139,6 +258,8 @@ def add_program_endpoint(
         endpoint,
         methods=["POST"],
         response_model=response_model,
+        responses=_ERROR_RESPONSES,
         summary=f"Run program {program_id}",
+        description=(signature.__doc__ or "").strip() or None,
         name=f"run_{program_id}",
     )

@@ -1,15 +1,20 @@
 """Exception handlers turning errors into the error envelope.
 
 ``{"success": false, "error": {"type": ..., "message": ...}, "execution_id": ...}`` with the
-status each :class:`~llm_server.core.errors.LLMServerError` subclass declares; ``Retry-After``
-on 503 (open circuit) and 429 (rate limited). Unexpected exceptions become a 500 envelope
-without a traceback; messages are redacted so no provider key ever reaches a client.
+status each :class:`~llm_server.core.errors.LLMServerError` subclass declares (its
+``http_status``) and ``Retry-After`` on 503 (open circuit) and 429 (rate limited). Request
+validation errors become 422 envelopes listing the fields, Starlette/FastAPI HTTP errors keep
+their status, and anything unexpected becomes a 500 envelope without a traceback. Messages
+are redacted, so no provider key ever reaches a client.
 """
 
 from __future__ import annotations
 
+import http
 import logging
 import math
+import traceback
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,21 +22,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_server.core.errors import CircuitOpenError, LLMServerError, RateLimitedError
+from llm_server.core.logging import current_execution_id
 from llm_server.core.metadata import new_execution_id
 from llm_server.core.redaction import redact
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "log_unexpected"]
 
 logger = logging.getLogger("llm_server.fastapi")
 
-
-def _execution_id() -> str:
-    try:
-        from llm_server.core.logging import current_execution_id
-
-        return current_execution_id() or new_execution_id()
-    except Exception:  # the logging context is optional
-        return new_execution_id()
+# When a provider sends no Retry-After, clients still get a hint rather than none.
+_DEFAULT_RETRY_AFTER_S = 1.0
 
 
 def error_response(
@@ -40,20 +40,43 @@ def error_response(
     message: str,
     *,
     headers: dict[str, str] | None = None,
-    details: list[dict[str, object]] | None = None,
+    details: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    """Build an error envelope response (messages are redacted)."""
-    error: dict[str, object] = {"type": error_type, "message": redact(message)}
+    """Build an error envelope response (the message and details are redacted).
+
+    The ``execution_id`` is the current request's (set by
+    :class:`~llm_server.fastapi.RequestContextMiddleware`), else a new one.
+
+    Args:
+        status_code: The HTTP status.
+        error_type: The stable ``error.type``.
+        message: The ``error.message``.
+        headers: Extra response headers (e.g. ``Retry-After``).
+        details: Per-field problems (``error.details``).
+    """
+    error: dict[str, Any] = {"type": error_type, "message": redact(message)}
     if details:
-        error["details"] = details
-    body = {"success": False, "error": error, "execution_id": _execution_id()}
+        error["details"] = [
+            {k: redact(v) if isinstance(v, str) else v for k, v in item.items()} for item in details
+        ]
+    body = {
+        "success": False,
+        "error": error,
+        "execution_id": current_execution_id() or new_execution_id(),
+    }
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-def _retry_after(seconds: float | None) -> dict[str, str] | None:
-    if seconds is None:
-        return None
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    # Retry-After takes whole seconds; round up so a client never comes back too early.
+    value = _DEFAULT_RETRY_AFTER_S if seconds is None else seconds
+    return {"Retry-After": str(max(1, math.ceil(value)))}
+
+
+def log_unexpected(exc: BaseException) -> None:
+    """Log an unhandled exception with its traceback, redacted, for the operator."""
+    text = "".join(traceback.format_exception(exc))
+    logger.error("unhandled error: %s", redact(text))
 
 
 async def _framework_error(request: Request, exc: Exception) -> JSONResponse:
@@ -63,39 +86,68 @@ async def _framework_error(request: Request, exc: Exception) -> JSONResponse:
         headers = _retry_after(exc.retry_after_s)
     if exc.http_status >= 500:
         logger.warning("request failed: %s: %s", exc.error_type, redact(exc.message))
-    details = getattr(exc, "errors", None) or None
+    details = getattr(exc, "errors", None)
     return error_response(
-        exc.http_status, exc.error_type, exc.message, headers=headers, details=details
+        exc.http_status,
+        exc.error_type,
+        exc.message,
+        headers=headers,
+        details=details if isinstance(details, list) else None,
     )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
         for e in exc.errors()
     ]
-    fields = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors())
+    fields = ", ".join(".".join(d["loc"]) for d in details) or "body"
     return error_response(422, "invalid_request", f"invalid request: {fields}", details=details)
+
+
+def _status_type(status_code: int) -> str:
+    try:
+        return http.HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code >= 500:
+        logger.warning("request failed: HTTP %d: %s", exc.status_code, redact(str(exc.detail)))
     return error_response(
         exc.status_code,
-        "http_error",
+        _status_type(exc.status_code),
         str(exc.detail),
         headers=dict(exc.headers) if exc.headers else None,
     )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error: %s: %s", type(exc).__name__, redact(str(exc)))
+    log_unexpected(exc)
     return error_response(500, "internal_error", "internal server error")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Install the error envelope handlers on ``app`` (one call, idempotent)."""
+    """Install the error envelope handlers on ``app`` (one call; calling it again is harmless).
+
+    ==================================  ======  =========================================
+    Exception                           Status  ``error.type``
+    ==================================  ======  =========================================
+    ``LLMServerError`` subclasses       theirs  their ``error_type`` (see core.errors)
+    ``CircuitOpenError``                503     ``circuit_open`` + ``Retry-After``
+    ``RateLimitedError``                429     ``rate_limited`` + ``Retry-After``
+    request validation                  422     ``invalid_request`` + ``details``
+    ``HTTPException``                   its     e.g. ``not_found``
+    anything else                       500     ``internal_error`` (no traceback)
+    ==================================  ======  =========================================
+
+    Unexpected exceptions are handled by Starlette's outermost middleware, which re-raises
+    them to the server after answering; with :class:`RequestContextMiddleware` installed they
+    are answered (with the request's execution id) and logged, redacted, by the framework.
+    """
     app.add_exception_handler(LLMServerError, _framework_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

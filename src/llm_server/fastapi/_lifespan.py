@@ -8,20 +8,24 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from fastapi import FastAPI
 
 from llm_server.core.config import FrameworkSettings
+from llm_server.core.protocols import ConfigProvider, StorageAdapter
 
-__all__ = ["ProgramSpec", "llm_server_lifespan"]
+__all__ = ["HostLifespan", "ProgramSpec", "llm_server_lifespan"]
 
 logger = logging.getLogger("llm_server.fastapi")
 
-ProgramSpec = type | tuple[type, str]
+ProgramSpec: TypeAlias = type | tuple[type, str]
 """A program to register: its class, or ``(class, display name)``."""
 
-HostLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+HostLifespan: TypeAlias = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+"""A FastAPI lifespan: ``app -> async context manager``."""
+
+_STATE_NAMES = ("settings", "model_manager", "program_manager")
 
 
 def llm_server_lifespan(
@@ -29,39 +33,56 @@ def llm_server_lifespan(
     programs: Sequence[ProgramSpec] = (),
     settings: FrameworkSettings | None = None,
     config_path: str | os.PathLike[str] | None = None,
+    config_provider: ConfigProvider | None = None,
     storage_dir: str | os.PathLike[str] | None = None,
+    storage_adapter: StorageAdapter | None = None,
     lifespan: HostLifespan | None = None,
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+) -> Callable[[FastAPI], AbstractAsyncContextManager[Any]]:
     """Build a FastAPI lifespan that starts and stops the framework.
 
     At startup it reads the settings, loads and validates the model config, builds every
-    model (DSPy LMs; LiteLLM is imported now when a model uses it, not on the first request),
-    creates the program storage and ``ProgramManager``, registers ``programs``, and stores
-    ``settings``, ``model_manager`` and ``program_manager`` on ``app.state``. Then it runs the
-    host's own ``lifespan`` (if given) inside, so the host sees ready managers. At shutdown
-    it closes the model clients.
+    model (``dspy.LM`` per model; LiteLLM is imported now when a model uses it, so no request
+    pays for it), creates the program storage and the ``ProgramManager``, registers
+    ``programs`` and stores ``settings``, ``model_manager`` and ``program_manager`` on
+    ``app.state``. Nothing is sent to any provider: warming up builds clients, it makes no
+    calls. Then the host's own ``lifespan`` (if given) runs inside, seeing ready managers, and
+    ``app.state.llm_server_ready`` turns true. At shutdown, readiness turns false first, the
+    host's lifespan exits, and the model clients are closed.
+
+    A configuration error (bad YAML, a missing API key) fails startup with a message naming
+    the file, model and key.
 
     Args:
-        programs: Programs to register (classes, or ``(class, name)`` pairs).
+        programs: Programs to register (classes, or ``(class, display name)`` pairs).
         settings: Settings (default: read from the environment and ``.env``).
         config_path: The YAML model config (default: ``settings.llm_config_path``).
+        config_provider: A config provider to use instead of the YAML file.
         storage_dir: The program storage folder (default: ``settings.llm_programs_dir``).
+        storage_adapter: A storage adapter to use instead of the file-system one.
         lifespan: The host app's own lifespan, run inside this one.
+
+    Example::
+
+        app = FastAPI(lifespan=llm_server_lifespan(programs=[(Predictor, "Text Completion")]))
     """
 
     @asynccontextmanager
-    async def run(app: FastAPI) -> AsyncIterator[None]:
+    async def run(app: FastAPI) -> AsyncIterator[Any]:
         from llm_server.defaults import FileSystemStorageAdapter, YamlConfigProvider
         from llm_server.models.manager import ModelManager
         from llm_server.models.program_manager import ProgramManager
 
         started = time.perf_counter()
         app.state.llm_server_ready = False
-        resolved = settings or FrameworkSettings()
-        provider = YamlConfigProvider(Path(config_path or resolved.llm_config_path))
+        resolved = settings if settings is not None else FrameworkSettings()
+        provider = config_provider or YamlConfigProvider(
+            Path(config_path or resolved.llm_config_path)
+        )
         model_manager = ModelManager(config_provider=provider, settings=resolved)
         try:
-            storage = FileSystemStorageAdapter(base_dir=storage_dir or resolved.llm_programs_dir)
+            storage = storage_adapter or FileSystemStorageAdapter(
+                base_dir=storage_dir or resolved.llm_programs_dir
+            )
             program_manager = ProgramManager(model_manager=model_manager, storage_adapter=storage)
             for spec in programs:
                 program_class, name = spec if isinstance(spec, tuple) else (spec, None)
@@ -69,22 +90,32 @@ def llm_server_lifespan(
             app.state.settings = resolved
             app.state.model_manager = model_manager
             app.state.program_manager = program_manager
-            app.state.llm_server_ready = True
             logger.info(
-                "llm-server ready: %d models, %d programs in %.0f ms",
+                "llm-server started: %d models, %d programs in %.0f ms",
                 len(model_manager.model_ids),
-                len(programs),
+                len(program_manager.registry),
                 (time.perf_counter() - started) * 1000,
             )
             if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
+                async with _readiness(app):
                     yield
+            else:
+                # A host lifespan may yield Starlette lifespan state (a mapping): pass it on.
+                async with lifespan(app) as host_state, _readiness(app):
+                    yield host_state
         finally:
             app.state.llm_server_ready = False
             await model_manager.aclose()
-            app.state.program_manager = None
-            app.state.model_manager = None
+            for name in _STATE_NAMES:
+                setattr(app.state, name, None)
 
     return run
+
+
+@asynccontextmanager
+async def _readiness(app: FastAPI) -> AsyncIterator[None]:
+    app.state.llm_server_ready = True
+    try:
+        yield
+    finally:
+        app.state.llm_server_ready = False  # stop taking traffic before anything shuts down

@@ -7,6 +7,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llm_server.core.logging import log_context
 from llm_server.core.metadata import new_execution_id
 from llm_server.core.opentelemetry_integration import get_telemetry
+from llm_server.fastapi._errors import error_response, log_unexpected
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -17,11 +18,13 @@ class RequestContextMiddleware:
     """Give each HTTP request an execution id, a log context and a request span.
 
     The execution id (the caller's ``X-Execution-ID`` header when it is a plausible id,
-    else a new UUID) is echoed in the ``X-Execution-ID`` response header, carried by every
-    JSON log line (:func:`~llm_server.core.logging.configure_json_logging`), and used as the
-    envelope's ``execution_id``. With telemetry on, the request runs in one span, so the
-    envelope's ``trace_id`` is the request's trace. Install with
-    ``app.add_middleware(RequestContextMiddleware)``.
+    8-64 letters, digits, ``-`` or ``_``; else a new UUID) is echoed in the ``X-Execution-ID``
+    response header, carried by every JSON log line
+    (:func:`~llm_server.core.logging.configure_json_logging`) and used as the envelope's
+    ``execution_id``, success or error. With telemetry on, the request runs in one span, so
+    the envelope's ``trace_id`` is the request's trace. An exception no handler turned into a
+    response is answered with a 500 error envelope and logged (redacted) here, so clients
+    never see a traceback. Install with ``app.add_middleware(RequestContextMiddleware)``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -33,9 +36,12 @@ class RequestContextMiddleware:
             return
         execution_id = _incoming_id(scope) or new_execution_id()
         header = (_HEADER, execution_id.encode("ascii"))
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -43,13 +49,22 @@ class RequestContextMiddleware:
         # matched after this middleware runs); a raw path would be high-cardinality.
         span_name = str(scope.get("method", "HTTP"))
         with log_context(execution_id=execution_id), get_telemetry().request_span(span_name):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                if started:  # too late for an error response; let the server close it
+                    raise
+                log_unexpected(exc)
+                response = error_response(500, "internal_error", "internal server error")
+                await response(scope, receive, send_with_id)
 
 
 def _incoming_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == _HEADER:
             text = bytes(value).decode("latin-1").strip()
-            if 8 <= len(text) <= 64 and all(c.isalnum() or c in "-_" for c in text):
+            if 8 <= len(text) <= 64 and all(
+                c.isascii() and (c.isalnum() or c in "-_") for c in text
+            ):
                 return text
     return None

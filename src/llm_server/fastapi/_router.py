@@ -8,41 +8,114 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from llm_server.fastapi._errors import error_response
+from llm_server.fastapi._schemas import (
+    BreakerStatus,
+    ErrorEnvelope,
+    HealthStatus,
+    ModelsResponse,
+    ModelStatus,
+    ProgramsResponse,
+    ProgramStatus,
+)
 
 __all__ = ["health_router"]
 
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorEnvelope, "description": "The framework is starting or stopping"}
+}
 
-def health_router(*, prefix: str = "") -> APIRouter:
-    """Build the router.
 
-    Routes: ``GET /health/live`` (the process answers), ``GET /health/ready`` (200 once the
-    config is loaded and the models are built, else 503), ``GET /models`` (configured models
-    with their breaker state) and ``GET /programs`` (registered programs and stored versions).
+def _not_ready(what: str) -> JSONResponse:
+    return error_response(
+        503, "not_ready", f"llm-server is not ready: {what}", headers={"Retry-After": "1"}
+    )
+
+
+def _model_status(manager: Any, model_id: str) -> ModelStatus:
+    info = manager.model_info[model_id]
+    breaker = manager.breakers.get(model_id)
+    breaker_status = None
+    if breaker is not None:
+        snap = breaker.snapshot()
+        breaker_status = BreakerStatus(
+            state=str(snap.state),
+            retry_after_s=round(snap.retry_after_s, 3),
+            consecutive_failures=snap.consecutive_failures,
+            half_open_in_flight=snap.half_open_in_flight,
+            successes=snap.successes,
+            failures=snap.failures,
+            ignored=snap.ignored,
+            refused=snap.refused,
+        )
+    return ModelStatus(
+        id=info.model_id,
+        provider=info.provider,
+        base_model=info.base_model,
+        model_name=info.model_name,
+        engine=info.engine,
+        max_tokens=info.max_tokens,
+        context_window=info.context_window,
+        input_cost_per_million=info.input_cost_per_million,
+        output_cost_per_million=info.output_cost_per_million,
+        fallbacks=list(manager.config.models[model_id].fallbacks),
+        breaker=breaker_status,
+    )
+
+
+def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRouter:
+    """Build the router; include it with ``app.include_router(health_router())``.
+
+    Routes:
+
+    - ``GET /health/live``: 200 while the process answers.
+    - ``GET /health/ready``: 200 once the lifespan loaded the config and built the models
+      (``app.state.llm_server_ready``), else 503 ``not_ready`` with ``Retry-After``.
+    - ``GET /models``: each configured model (provider, engine, limits, prices, fallbacks)
+      with its circuit breaker's state and counts.
+    - ``GET /programs``: each registered program, the version it serves and the stored
+      versions.
+
+    Args:
+        prefix: A path prefix for every route (e.g. ``"/admin"``).
+        tags: OpenAPI tags (default ``["llm-server"]``).
     """
-    router = APIRouter(prefix=prefix, tags=["llm-server"])
+    router = APIRouter(prefix=prefix, tags=list(tags or ["llm-server"]))
 
-    @router.get("/health/live")
-    async def live() -> dict[str, str]:
-        return {"status": "ok"}
+    @router.get("/health/live", response_model=HealthStatus)
+    async def live() -> HealthStatus:
+        return HealthStatus(status="ok")
 
-    @router.get("/health/ready", response_model=None)
-    async def ready(request: Request) -> dict[str, str] | JSONResponse:
+    @router.get("/health/ready", response_model=HealthStatus, responses=_NOT_READY)
+    async def ready(request: Request) -> HealthStatus | JSONResponse:
         if getattr(request.app.state, "llm_server_ready", False):
-            return {"status": "ready"}
-        return error_response(503, "not_ready", "llm-server is starting or stopping")
+            return HealthStatus(status="ready")
+        return _not_ready("starting or stopping")
 
-    @router.get("/models", response_model=None)
-    async def models(request: Request) -> dict[str, Any] | JSONResponse:
+    @router.get("/models", response_model=ModelsResponse, responses=_NOT_READY)
+    async def models(request: Request) -> ModelsResponse | JSONResponse:
         manager = getattr(request.app.state, "model_manager", None)
         if manager is None:
-            return error_response(503, "not_ready", "models are not built yet")
-        return {"models": manager.describe_models()}
+            return _not_ready("models are not built")
+        return ModelsResponse(models=[_model_status(manager, mid) for mid in manager.model_ids])
 
-    @router.get("/programs", response_model=None)
-    async def programs(request: Request) -> dict[str, Any] | JSONResponse:
+    @router.get("/programs", response_model=ProgramsResponse, responses=_NOT_READY)
+    async def programs(request: Request) -> ProgramsResponse | JSONResponse:
         manager = getattr(request.app.state, "program_manager", None)
         if manager is None:
-            return error_response(503, "not_ready", "programs are not registered yet")
-        return {"programs": manager.describe_programs()}
+            return _not_ready("programs are not registered")
+        found: list[ProgramStatus] = []
+        for meta in manager.registry.list_programs():
+            versions = await manager.alist_versions(meta.id)  # disk I/O: off the event loop
+            found.append(
+                ProgramStatus(
+                    id=meta.id,
+                    name=meta.name,
+                    version=meta.version,
+                    pinned=meta.pinned,
+                    versions=versions,
+                    description=meta.description,
+                )
+            )
+        return ProgramsResponse(programs=found)
 
     return router

@@ -1,0 +1,100 @@
+"""Response bodies of the integration: the error envelope and the health router's answers.
+
+They are pydantic models so OpenAPI documents them; hosts can reuse :class:`ErrorEnvelope` in
+their own routes' ``responses={...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BreakerStatus",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "HealthStatus",
+    "ModelStatus",
+    "ModelsResponse",
+    "ProgramStatus",
+    "ProgramsResponse",
+]
+
+
+class ErrorBody(BaseModel):
+    """The ``error`` block of the error envelope."""
+
+    type: str = Field(description="Stable machine-readable error type, e.g. circuit_open")
+    message: str = Field(description="Human-readable message (secrets are redacted)")
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="Per-field problems, for validation errors"
+    )
+
+
+class ErrorEnvelope(BaseModel):
+    """``{"success": false, "error": {...}, "execution_id": ...}``: every error response."""
+
+    success: Literal[False] = False
+    error: ErrorBody
+    execution_id: str = Field(description="The request's id (also the X-Execution-ID header)")
+
+
+class HealthStatus(BaseModel):
+    """Answer of the liveness and readiness probes."""
+
+    status: Literal["ok", "ready"]
+
+
+class BreakerStatus(BaseModel):
+    """A model's circuit breaker, as :class:`~llm_server.core.circuit_breaker.BreakerSnapshot`."""
+
+    state: str = Field(description="closed, open, half_open, forced_open or disabled")
+    retry_after_s: float = Field(description="Seconds until an open breaker lets a probe through")
+    consecutive_failures: int
+    half_open_in_flight: int
+    successes: int
+    failures: int
+    ignored: int
+    refused: int
+
+
+class ModelStatus(BaseModel):
+    """One configured model and the state of its breaker."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    provider: str
+    base_model: str
+    model_name: str = Field(description="provider/model as DSPy and LiteLLM name it")
+    engine: str = Field(description="DSPy inference engine: lm15 or litellm")
+    max_tokens: int
+    context_window: int | None
+    input_cost_per_million: float | None = Field(description="USD; null when unknown")
+    output_cost_per_million: float | None = Field(description="USD; null when unknown")
+    fallbacks: list[str] = Field(description="Models tried when this one is open or exhausted")
+    breaker: BreakerStatus | None
+
+
+class ModelsResponse(BaseModel):
+    """Answer of ``GET /models``."""
+
+    models: list[ModelStatus]
+
+
+class ProgramStatus(BaseModel):
+    """One registered program: the version it serves and every stored version."""
+
+    id: str
+    name: str
+    version: str = Field(description="The version requests are served with")
+    pinned: bool = Field(description="Whether the host pinned the served version")
+    versions: list[str] = Field(description="Stored versions, oldest first")
+    description: str | None = None
+
+
+class ProgramsResponse(BaseModel):
+    """Answer of ``GET /programs``."""
+
+    programs: list[ProgramStatus]

@@ -1,0 +1,212 @@
+"""add_program_endpoint: typed by the signature, run through the pipeline, full envelope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import dspy
+import pytest
+from _web_helpers import PLANTED_KEY, MakeApp, Summarize, serving
+from fastapi import FastAPI
+
+from llm_server.core.errors import ConfigurationError
+from llm_server.core.tokens import count_message_tokens
+from llm_server.fastapi import add_program_endpoint, signature_models
+from llm_server.testing import LocalProvider, RecordedRequest
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_openapi_shows_the_signature_fields(make_app: MakeApp) -> None:
+    async with serving(make_app()) as client:
+        schema = (await client.get("/openapi.json")).json()
+    components = schema["components"]["schemas"]
+    request = components["SummarizeRequest"]
+    assert set(request["properties"]) == {"text", "model_id"}
+    assert request["required"] == ["text"]
+    assert request["properties"]["text"]["description"] == "The text to summarize"
+    assert request["properties"]["model_id"]["default"] == "gpt-4o-mini"
+    assert request["additionalProperties"] is False
+    data = components["SummarizeData"]
+    assert data["properties"]["summary"]["description"] == "A one-sentence summary"
+    tally = components["TallyRequest"]["properties"]
+    assert tally["count"]["type"] == "integer"
+    assert tally["labels"] == {"type": "array", "items": {"type": "string"}, "title": "Labels"}
+    assert tally["strict"]["type"] == "boolean"
+    assert "note" not in components["TallyRequest"]["required"]
+    post = schema["paths"]["/programs/summarize"]["post"]
+    assert post["description"] == "Summarize the text in one sentence."
+    error_ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for status in ("404", "422", "429", "502", "503", "504"):
+        assert post["responses"][status]["content"]["application/json"]["schema"] == error_ref
+
+
+def _chat_requests(provider: LocalProvider) -> list[RecordedRequest]:
+    return [r for r in provider.requests if r.api == "openai"]
+
+
+async def test_a_registered_program_answers_with_the_full_envelope(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    async with serving(make_app()) as client:
+        response = await client.post("/programs/summarize", json={"text": "DSPy is neat"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True
+    assert body["data"] == {"summary": "echo: DSPy is neat"}
+    metadata = body["metadata"]
+    assert metadata["program"] == {"id": "summarize", "version": "1.0.0", "name": "Summarizer"}
+    assert metadata["model"] == {
+        "id": "gpt-4o-mini",
+        "provider": "openai",
+        "base_model": "gpt-4o-mini",
+    }
+    assert metadata["execution_id"] == response.headers["x-execution-id"]
+    assert metadata["timestamp"].endswith("Z")
+    [sent] = _chat_requests(provider)
+    tokens = metadata["performance"]["tokens"]
+    assert tokens["input"] == count_message_tokens(sent.messages, "gpt-4o-mini")
+    assert tokens["output"] > 0
+    assert tokens["total"] == tokens["input"] + tokens["output"]
+    assert tokens["method"] == "dspy_history_exact"
+    expected_cost = (tokens["input"] * 0.15 + tokens["output"] * 0.60) / 1e6
+    assert tokens["cost_usd"] == pytest.approx(expected_cost)
+    timing = metadata["performance"]["timing"]
+    assert 0 < timing["model_complete_ms"] <= timing["pipeline_complete_ms"] <= timing["total_ms"]
+    assert PLANTED_KEY not in response.text
+
+
+async def test_typed_fields_round_trip(make_app: MakeApp, provider: LocalProvider) -> None:
+    provider.script(reply={"total": 7, "tags": ["a", "b"], "ok": True})
+    payload = {"count": 3, "labels": ["x", "y"], "strict": False, "model_id": "gpt-4o"}
+    async with serving(make_app()) as client:
+        response = await client.post("/programs/tally", json=payload)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == {"total": 7, "tags": ["a", "b"], "ok": True}
+    assert response.json()["metadata"]["model"]["id"] == "gpt-4o"
+    [sent] = _chat_requests(provider)
+    assert sent.model == "gpt-4o"
+    prompt = sent.messages[-1]["content"]
+    assert "[[ ## count ## ]]\n3" in prompt
+    assert '[[ ## labels ## ]]\n["x", "y"]' in prompt
+    assert "[[ ## strict ## ]]\nFalse" in prompt
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"count": "three", "labels": [], "strict": True},
+        {"count": 1, "labels": "x", "strict": True},
+        {"count": 1, "labels": [], "strict": "maybe"},
+        {"count": 1, "labels": []},
+    ],
+)
+async def test_wrong_types_are_422_envelopes(
+    make_app: MakeApp, provider: LocalProvider, payload: dict[str, Any]
+) -> None:
+    async with serving(make_app()) as client:
+        response = await client.post("/programs/tally", json=payload)
+    assert response.status_code == 422
+    assert response.json()["error"]["type"] == "invalid_request"
+    assert provider.requests == []
+
+
+async def test_the_backend_is_built_once_per_served_version_and_model(make_app: MakeApp) -> None:
+    app = make_app()
+    async with serving(app) as client:
+        manager = app.state.program_manager
+        built: list[tuple[str, str, str | None]] = []
+        create_backend = manager.create_backend
+
+        def counting(program_id: str, model_id: str, *, version: str | None = None) -> Any:
+            built.append((program_id, model_id, version))
+            return create_backend(program_id, model_id, version=version)
+
+        manager.create_backend = counting
+        for _ in range(3):
+            assert (await client.post("/programs/summarize", json={"text": "a"})).status_code == 200
+        await client.post("/programs/summarize", json={"text": "a", "model_id": "gpt-4o"})
+        assert built == [("summarize", "gpt-4o-mini", "1.0.0"), ("summarize", "gpt-4o", "1.0.0")]
+
+        tuned = dspy.Predict(Summarize.with_instructions("Answer in five words."))
+        saved = await manager.asave_program_version("summarize", tuned, optimizer="manual")
+        response = await client.post("/programs/summarize", json={"text": "a"})
+    assert built[-1] == ("summarize", "gpt-4o-mini", saved.version)
+    assert response.json()["metadata"]["program"]["version"] == saved.version
+
+
+async def test_the_envelope_names_the_fallback_that_answered(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    models = {
+        "primary": {
+            "model_name": "openai/gpt-4o-mini",
+            "api_base": provider.openai_api_base,
+            "fallbacks": ["backup"],
+        },
+        "backup": {"model_name": "openai/gpt-4o", "api_base": provider.openai_api_base},
+    }
+    provider.add_fault("unavailable", model="gpt-4o-mini")
+    async with serving(make_app(models=models)) as client:
+        response = await client.post(
+            "/programs/summarize", json={"text": "a", "model_id": "primary"}
+        )
+    assert response.status_code == 200, response.text
+    metadata = response.json()["metadata"]
+    assert metadata["model"] == {
+        "id": "backup",
+        "provider": "openai",
+        "base_model": "gpt-4o",
+        "requested_id": "primary",
+    }
+    assert metadata["performance"]["tokens"]["cost_usd"] > 0
+
+
+class OneStep(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = dspy.ChainOfThought(Summarize)
+
+    async def aforward(self, text: str) -> dspy.Prediction:
+        return await self.step.acall(text=text)
+
+
+class TwoSteps(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = dspy.Predict("text -> summary")
+        self.second = dspy.Predict("summary -> title")
+
+
+def test_the_signature_is_read_from_a_one_predictor_module() -> None:
+    app = FastAPI()
+    add_program_endpoint(app, "one_step", signature=OneStep, default_model_id="m")
+    fields = app.openapi()["components"]["schemas"]["OneStepData"]["properties"]
+    assert set(fields) == {"reasoning", "summary"}
+
+
+@pytest.mark.parametrize(
+    ("signature", "message"),
+    [
+        (None, "needs signature="),
+        (TwoSteps, "2 predictors"),
+        (dspy.Signature("model_id -> answer"), "clashes"),
+        (
+            dspy.Signature(
+                {"q": (Callable[[], int], dspy.InputField()), "a": (str, dspy.OutputField())}
+            ),
+            "cannot build HTTP models",
+        ),
+    ],
+)
+def test_unusable_signatures_fail_when_the_app_is_built(signature: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        add_program_endpoint(FastAPI(), "p", signature=signature, default_model_id="m")
+
+
+def test_signature_models_can_be_used_alone() -> None:
+    request, data = signature_models(Summarize, program_id="my-summary", default_model_id="m")
+    assert request.__name__ == "MySummaryRequest"
+    assert request(text="hi").model_id == "m"
+    assert set(data.model_fields) == {"summary"}
