@@ -9,8 +9,6 @@ orientation, metadata stripped, at most 800x800) before the model sees it; bad u
 4xx error envelope (413 too large, 415 unsupported, 422 undecodable).
 """
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import dspy

@@ -4,8 +4,6 @@ Run offline with ``python examples/serve.py quickstart_app``, then open
 http://127.0.0.1:8000/docs: ``POST /programs/summarize`` takes the signature's fields.
 """
 
-from __future__ import annotations
-
 import dspy
 from fastapi import FastAPI
 
