@@ -11,6 +11,7 @@ APP_LABELS = {
     "F": "F: reference app (library)",
     "F_otel": "F+SDK: same, OTel SDK exporting to memory",
     "H": "H: hand-written Predict.acall",
+    "H_otel": "H+SDK: same, same OTel SDK (FastAPI instruments itself then)",
     "D": "D: dspy.asyncify (DSPy docs)",
     "R": "R: raw httpx forward (floor)",
 }
@@ -33,6 +34,7 @@ def e2e_ratios(point: dict[str, Any]) -> dict[str, float | None]:
     return {
         "F/H": ratio(get("F", "throughput"), get("H", "throughput")),
         "F+SDK/H": ratio(get("F_otel", "throughput"), get("H", "throughput")),
+        "F+SDK/H+SDK": ratio(get("F_otel", "throughput"), get("H_otel", "throughput")),
         "F/D": ratio(get("F", "throughput"), get("D", "throughput")),
         "F/R": ratio(get("F", "throughput"), get("R", "throughput")),
         "p99 F/H": ratio(get("F", "p99_ms"), get("H", "p99_ms")),
@@ -100,19 +102,18 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 verdict(None if worst_p99 is None else worst_p99 <= 1.10),
             )
         )
-        for latency in sorted({p["latency_ms"] for p in e2e["points"]}):
-            flat = cpu_flatness(e2e["points"], latency)
-            if flat.get("F") is not None:
-                rows.append(
-                    (
-                        f"CPU/request flat c=1..256 ({latency} ms)",
-                        "F within noise (H as reference)",
-                        f"F c=256/c=1 {fmt(flat['F'])}, H {fmt(flat.get('H'))}",
-                        verdict(
-                            None if flat.get("H") is None else abs(flat["F"] - flat["H"]) <= 0.10
-                        ),
-                    )
+        # Judged at 0 ms, where the server is busy: at 200 ms and c=1 a few requests per
+        # second share the process's idle CPU (timers, exporter threads), which inflates it.
+        flat = cpu_flatness(e2e["points"], 0)
+        if flat.get("F") is not None:
+            rows.append(
+                (
+                    "CPU/request c=256 / c=1 (0 ms)",
+                    "flat: within ±10 %",
+                    f"F {fmt(flat['F'])} (H {fmt(flat.get('H'))})",
+                    verdict(abs(flat["F"] - 1) <= 0.10),
                 )
+            )
     rss = results.get("rss")
     if rss and "F" in rss["apps"]:
         growth = rss["apps"]["F"]["growth_ratio"]
@@ -360,8 +361,35 @@ def _render_startup(startup: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _per_request_ms(profile: dict[str, Any]) -> dict[str, float]:
+    return {g: share * profile["cpu_ms_per_request"] for g, share in profile["charged"].items()}
+
+
+def _render_profile_difference(profiles: dict[str, Any]) -> list[str]:
+    """Where F's extra CPU per request goes, package by package, against H."""
+    if "F" not in profiles or "H" not in profiles:
+        return []
+    f, h = _per_request_ms(profiles["F"]), _per_request_ms(profiles["H"])
+    groups = sorted(set(f) | set(h), key=lambda g: -(f.get(g, 0) - h.get(g, 0)))
+    rows = [
+        (g, fmt(f.get(g, 0), 3), fmt(h.get(g, 0), 3), f"{f.get(g, 0) - h.get(g, 0):+.3f}")
+        for g in groups
+    ]
+    total_f, total_h = sum(f.values()), sum(h.values())
+    rows.append(("**total**", fmt(total_f, 3), fmt(total_h, 3), f"{total_f - total_h:+.3f}"))
+    return [
+        "### F against H, CPU ms per request by package",
+        "",
+        "Each profile's charged shares times its CPU per request while profiled (c=64, 0 ms). "
+        "Sampling noise is about ±0.02 ms per row.",
+        "",
+        table(["package", "F", "H", "F - H"], rows),
+        "",
+    ]
+
+
 def _render_profile(profiles: dict[str, Any]) -> list[str]:
-    parts = ["## Profile", ""]
+    parts = ["## Profile", "", *_render_profile_difference(profiles)]
     for name, profile in profiles.items():
         groups = sorted(
             set(profile["groups"]) | set(profile["charged"]),

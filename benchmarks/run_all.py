@@ -56,7 +56,7 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
     if "profile" in parts:
         step("profile")
         results["profile"] = {
-            name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel")
+            name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel", "H")
         }
     results["meta"] = {
         "quick": quick,
@@ -75,7 +75,11 @@ def main() -> None:
     parser.add_argument("--only", help=f"comma-separated parts of {','.join(PARTS)}")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, help="also save the raw results here")
+    parser.add_argument("--render", type=Path, help="only re-render saved --json results")
     args = parser.parse_args()
+    if args.render:
+        args.output.write_text(_render.render(json.loads(args.render.read_text())))
+        return
     parts = tuple(args.only.split(",")) if args.only else PARTS
     unknown = set(parts) - set(PARTS)
     if unknown:

@@ -100,6 +100,17 @@ def _frames(stack: str) -> list[tuple[str, str]]:
     return frames
 
 
+def _in_fastapi_telemetry(frames: list[tuple[str, str]]) -> bool:
+    """Whether the sample is work of FastAPI's telemetry module itself (or OTel under it)."""
+    last = max(
+        (i for i, (label, _) in enumerate(frames) if "fastapi/telemetry/" in label), default=None
+    )
+    if last is None:
+        return False
+    below = {group_of(p) for _, p in frames[last + 1 :]}
+    return below <= {"opentelemetry", "stdlib (other)"}
+
+
 def attribute_raw(text: str) -> dict[str, Any]:
     """Shares from py-spy's raw (collapsed) output: ``frame;frame;... count`` per line."""
     groups: collections.Counter[str] = collections.Counter()
@@ -123,6 +134,8 @@ def attribute_raw(text: str) -> dict[str, Any]:
             (g for g in (group_of(p) for _, p in reversed(frames)) if g != "stdlib (other)"),
             "stdlib (other)",
         )
+        if _in_fastapi_telemetry(frames):
+            payer = "fastapi's own OTel instrumentation"  # FastAPI >= 0.16x, with an SDK set
         charged[payer] += count
         # The library's spending: below its innermost frame, nothing DSPy or HTTP does. Hot
         # spots are its functions with what they call outside DSPy/HTTP (line numbers cut).

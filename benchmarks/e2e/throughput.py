@@ -1,8 +1,8 @@
-"""End to end: F, F with an OpenTelemetry SDK, H, D and R under the same load, side by side.
+"""End to end: F, H (each also with an OpenTelemetry SDK), D and R under the same load.
 
     python benchmarks/e2e/throughput.py [--quick]
 
-One provider process (its latency switched between points), the five apps each under uvicorn
+One provider process (its latency switched between points), the six apps each under uvicorn
 in a process of its own, and the load generator in a third process per point. For every
 (latency, concurrency) point the apps are loaded one after another, and in the next round in
 the reverse order, so drift on a noisy machine hits them alike; each app's rounds are pooled.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e2e import _procs
 
-APPS = ("F", "F_otel", "H", "D", "R")
+APPS = ("F", "F_otel", "H", "H_otel", "D", "R")
 LATENCIES_MS = (0, 200)
 CONCURRENCIES = (1, 64, 256)
 

@@ -336,3 +336,19 @@ def test_report_renders_every_part_as_markdown_tables() -> None:
     assert "### Provider latency 200 ms" in text
     assert "| 64 | F | 96.0 |" in text
     assert "python benchmarks/run_all.py --quick" in text
+
+
+def test_fastapi_telemetry_is_charged_only_for_its_own_work() -> None:
+    middleware = "call (fastapi/telemetry/_asgi.py:1)"
+    raw = "\n".join(
+        [
+            # the whole request runs under FastAPI's telemetry middleware: not its cost
+            f"run (uvicorn/server.py:1);{middleware};handle (starlette/routing.py:2) 5",
+            # its own span work, and the OTel SDK under it: its cost
+            f"run (uvicorn/server.py:1);{middleware} 2",
+            f"run (uvicorn/server.py:1);{middleware};start_span (opentelemetry/sdk/trace.py:3) 3",
+        ]
+    )
+    charged = profiling.attribute_raw(raw)["charged"]
+    assert charged["fastapi's own OTel instrumentation"] == pytest.approx(0.5)
+    assert charged["starlette/fastapi"] == pytest.approx(0.5)
