@@ -207,6 +207,8 @@ def render(results: dict[str, Any]) -> str:
         table(["target", "goal", "measured", "verdict"], targets(results)),
         "",
     ]
+    if results.get("layers"):
+        parts += _render_layers(results["layers"])
     if results.get("e2e"):
         parts += _render_e2e(results["e2e"])
     if results.get("rss"):
@@ -279,6 +281,36 @@ def _render_e2e(e2e: dict[str, Any]) -> list[str]:
                 "",
             ]
     return parts
+
+
+def _render_layers(layers: dict[str, Any]) -> list[str]:
+    us = layers["us_per_call"]
+    base = us.get("H")
+    rows = [
+        (
+            name,
+            fmt(value, 0),
+            fmt(None if base is None else value - base, 0),
+            fmt(ratio(value, base), 3),
+        )
+        for name, value in us.items()
+    ]
+    return [
+        "## The library's CPU per request, layer by layer",
+        "",
+        "In one process, no HTTP server: the same calls against the provider process through "
+        "successively more of the reference app's path (`benchmarks/e2e/layers.py`): H's "
+        "`Predict.acall`; `DSPyBackend.predict`; the composed backend (deadline, fallbacks, "
+        "retries, breaker, telemetry off); + `Pipeline`/`ModelProcessor` built per request; the "
+        "reference handler's whole body (+ metrics, metadata, envelope dict). Process CPU "
+        f"(all threads) per call, {layers['in_flight']} in flight, median of "
+        f"{layers['rounds']} alternating rounds of {layers['calls']} calls. Not included: "
+        "FastAPI encoding the bigger envelope (`jsonable_encoder`, ~45 µs more than H's "
+        "response here).",
+        "",
+        table(["path", "µs CPU/call", "vs H (µs)", "/ H"], rows),
+        "",
+    ]
 
 
 def _render_rss(rss: dict[str, Any]) -> list[str]:

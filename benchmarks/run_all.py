@@ -4,7 +4,8 @@
     python benchmarks/run_all.py --quick    # a smoke run (~3 min), same report shape
     python benchmarks/run_all.py --only e2e,profile --output /tmp/bench.md
 
-Parts, in order: the component benchmarks (``bench_*.py``), start-up, end to end (F, F with an
+Parts, in order: the component benchmarks (``bench_*.py``), start-up, the library's CPU
+per request layer by layer (in-process), end to end (F, F with an
 OpenTelemetry SDK, H, D, R at provider latency 0/200 ms and concurrency 1/64/256), cost growth
 (RSS after 1,000 and 10,000 requests) and a profile of the reference app under load.
 Everything talks to 127.0.0.1 only. Optional tools are detected, never required: uvloop and
@@ -28,9 +29,9 @@ sys.path.insert(0, str(HERE))
 import _components  # noqa: E402 -- benchmarks/ is not a package; the path is set above
 import _render  # noqa: E402
 import _report  # noqa: E402
-from e2e import profiling, rss, startup, throughput  # noqa: E402
+from e2e import layers, profiling, rss, startup, throughput  # noqa: E402
 
-PARTS = ("components", "startup", "e2e", "rss", "profile")
+PARTS = ("components", "startup", "layers", "e2e", "rss", "profile")
 
 
 def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
@@ -47,6 +48,9 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
     if "startup" in parts:
         step("startup")
         results["startup"] = startup.measure(quick=quick)
+    if "layers" in parts:
+        step("layers")
+        results["layers"] = layers.run(quick=quick)
     if "e2e" in parts:
         step("end to end")
         results["e2e"] = throughput.run_matrix(quick=quick)
