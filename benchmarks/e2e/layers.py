@@ -15,13 +15,16 @@ reference app's whole handler body (F without FastAPI):
    ``MetadataCollector`` and the envelope (returned as a dict; FastAPI's encoding excluded).
 
 CPU is this process's (all threads: DSPy hops to worker threads) per call, 16 calls in flight
-at a time, variants alternating in rounds, median of the rounds.
+at a time, variants alternating in rounds, median of the rounds. The cyclic garbage
+collector's time per call and its young-generation passes (a proxy for allocations) are
+recorded too: a full collection of a heap holding DSPy costs tens of milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -38,6 +41,29 @@ from e2e import _procs
 
 Call = Callable[[int], Awaitable[Any]]
 _IN_FLIGHT = 16
+
+
+class _GcMeter:
+    """Time spent in, and count of, the cyclic garbage collector's passes (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections[info["generation"]] += 1
+
+    def reset(self) -> None:
+        self.seconds, self.collections = 0.0, [0, 0, 0]
+
+
+_GC = _GcMeter()
 
 
 async def _cpu_per_call(call: Call, calls: int, offset: int) -> float:
@@ -108,14 +134,28 @@ async def measure_async(calls: int, rounds: int) -> dict[str, Any]:
         await _cpu_per_call(call, _IN_FLIGHT * 4, offset)
         offset += _IN_FLIGHT * 4
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    gc_us: dict[str, float] = dict.fromkeys(variants, 0.0)
+    young: dict[str, int] = dict.fromkeys(variants, 0)
     for index in range(rounds):
         names = list(variants) if index % 2 == 0 else list(reversed(variants))
         for name in names:
+            _GC.reset()
             samples[name].append(await _cpu_per_call(variants[name], calls, offset))
+            gc_us[name] += _GC.seconds * 1e6
+            young[name] += _GC.collections[0]
             offset += calls
     await lifespan.__aexit__(None, None, None)
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    return {"calls": calls, "rounds": rounds, "in_flight": _IN_FLIGHT, "us_per_call": medians}
+    total = calls * rounds
+    return {
+        "calls": calls,
+        "rounds": rounds,
+        "in_flight": _IN_FLIGHT,
+        "us_per_call": medians,
+        # Mean over all rounds: full collections are rare and land in one round or another.
+        "gc_us_per_call": {name: value / total for name, value in gc_us.items()},
+        "gen0_per_1000_calls": {name: young[name] * 1000 / total for name in variants},
+    }
 
 
 def measure(*, quick: bool = False) -> dict[str, Any]:
