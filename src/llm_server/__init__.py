@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "BackendWrapper": "llm_server.core.backend_wrapper",
     "BreakerListener": "llm_server.core.circuit_breaker",
     "BreakerSnapshot": "llm_server.core.circuit_breaker",
     "BreakerState": "llm_server.core.circuit_breaker",
@@ -84,6 +85,7 @@ _EXPORTS.update(
 )
 
 __all__ = [  # sorted; tests/test_public_api.py keeps it equal to _EXPORTS
+    "BackendWrapper",
     "BreakerListener",
     "BreakerSnapshot",
     "BreakerState",
@@ -193,6 +195,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from llm_server.core.backend_wrapper import BackendWrapper as BackendWrapper
     from llm_server.core.circuit_breaker import BreakerListener as BreakerListener
     from llm_server.core.circuit_breaker import BreakerSnapshot as BreakerSnapshot
     from llm_server.core.circuit_breaker import BreakerState as BreakerState

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from llm_server.core.backend_wrapper import BackendWrapper
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
 from llm_server.core.observation import StepTiming, attach_observer, observing
 from llm_server.core.protocols import ModelBackend
@@ -160,7 +161,7 @@ class PerformanceMetrics:
         return summary
 
 
-class ModelBackendTracker:
+class ModelBackendTracker(BackendWrapper):
     """Wraps a backend so that its calls report to ``metrics``.
 
     Backends built by the framework already report to the metrics of the current request;
@@ -169,38 +170,15 @@ class ModelBackendTracker:
     """
 
     def __init__(self, backend: ModelBackend, metrics: PerformanceMetrics) -> None:
+        super().__init__(backend)
         self.backend = backend
         self.metrics = metrics
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped backend's model id."""
-        return self.backend.model_id
-
-    @property
-    def program_metadata(self) -> Any:
-        """The wrapped backend's program metadata."""
-        return self.backend.program_metadata
-
-    @property
-    def last_prompt_tokens(self) -> int | None:
-        """The wrapped backend's last prompt token count."""
-        return self.backend.last_prompt_tokens
-
-    @property
-    def last_completion_tokens(self) -> int | None:
-        """The wrapped backend's last completion token count."""
-        return self.backend.last_completion_tokens
 
     async def predict(self, input: Any) -> ModelOutput:
         """Call the backend; report its output unless the backend already did."""
         before = self.metrics.model_calls
         with observing(self.metrics):
-            output = await self.backend.predict(input)
+            output = await self._backend.predict(input)
         if self.metrics.model_calls == before:
             self.metrics.on_model_output(output)
         return output
-
-    def get_lm_history(self) -> list[Any]:
-        """The wrapped backend's history."""
-        return self.backend.get_lm_history()

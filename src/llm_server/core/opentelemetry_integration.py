@@ -40,6 +40,7 @@ from llm_server import __version__
 from llm_server.core._otel_listeners import RecordingListener, TelemetryListener
 from llm_server.core._otel_model_call import ModelCallInfo, ModelCallRecorder
 from llm_server.core._otel_signals import NoopSignals, OtelSignals
+from llm_server.core.backend_wrapper import BackendWrapper
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.logging import _fallback_trace_id
 from llm_server.core.model_interfaces import ModelOutput
@@ -152,7 +153,7 @@ class Telemetry:
         return f"Telemetry(enabled={self.enabled})"
 
 
-class InstrumentedBackend:
+class InstrumentedBackend(BackendWrapper):
     """A :class:`~llm_server.core.protocols.ModelBackend` that traces and meters each call.
 
     Each :meth:`predict` runs in a ``CLIENT`` span following the GenAI semantic conventions and
@@ -176,53 +177,12 @@ class InstrumentedBackend:
         telemetry: Telemetry,
         call_info: ModelCallInfo | None = None,
     ) -> None:
-        self._backend = backend
+        super().__init__(backend)
         signals = telemetry._signals
         self._recorder: ModelCallRecorder | None = None
         if isinstance(signals, OtelSignals):
             info = call_info or ModelCallInfo.from_model_name(backend.model_id)
             self._recorder = ModelCallRecorder(signals, info, backend.model_id)
-
-    @property
-    def wrapped(self) -> ModelBackend:
-        """The backend this one wraps."""
-        return self._backend
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped backend's model id."""
-        return self._backend.model_id
-
-    @model_id.setter
-    def model_id(self, value: str) -> None:
-        self._backend.model_id = value
-
-    @property
-    def program_metadata(self) -> Any:
-        """The wrapped backend's program metadata."""
-        return self._backend.program_metadata
-
-    @program_metadata.setter
-    def program_metadata(self, value: Any) -> None:
-        self._backend.program_metadata = value
-
-    @property
-    def last_prompt_tokens(self) -> int | None:
-        """The wrapped backend's ``last_prompt_tokens``."""
-        return self._backend.last_prompt_tokens
-
-    @last_prompt_tokens.setter
-    def last_prompt_tokens(self, value: int | None) -> None:
-        self._backend.last_prompt_tokens = value
-
-    @property
-    def last_completion_tokens(self) -> int | None:
-        """The wrapped backend's ``last_completion_tokens``."""
-        return self._backend.last_completion_tokens
-
-    @last_completion_tokens.setter
-    def last_completion_tokens(self, value: int | None) -> None:
-        self._backend.last_completion_tokens = value
 
     async def predict(self, input: Any) -> ModelOutput:
         """Call the wrapped backend inside the model-call span."""
@@ -237,13 +197,6 @@ class InstrumentedBackend:
             raise
         recorder.succeeded(call, output)
         return output
-
-    def get_lm_history(self) -> list[Any]:
-        """The wrapped backend's history."""
-        return self._backend.get_lm_history()
-
-    def __repr__(self) -> str:
-        return f"InstrumentedBackend({self._backend!r})"
 
 
 def current_trace_id() -> str:

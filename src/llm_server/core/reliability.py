@@ -24,6 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
+from llm_server.core.backend_wrapper import BackendWrapper
 from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
 from llm_server.core.clock import SYSTEM_CLOCK, Clock
 from llm_server.core.errors import CircuitOpenError, ConfigurationError, DeadlineExceededError
@@ -71,62 +72,7 @@ class ReliabilityListener(Protocol):
         """``from_model_id`` failed or was refused with ``error``; ``to_model_id`` is tried next."""
 
 
-class _BackendWrapper:
-    """Delegates the ModelBackend attributes to the wrapped backend."""
-
-    def __init__(self, backend: ModelBackend) -> None:
-        self._backend = backend
-
-    @property
-    def wrapped(self) -> ModelBackend:
-        """The backend this wrapper calls."""
-        return self._backend
-
-    @property
-    def model_id(self) -> str:
-        """The wrapped backend's model id."""
-        return self._backend.model_id
-
-    @model_id.setter
-    def model_id(self, value: str) -> None:
-        self._backend.model_id = value
-
-    @property
-    def program_metadata(self) -> Any:
-        """The wrapped backend's program metadata."""
-        return self._backend.program_metadata
-
-    @program_metadata.setter
-    def program_metadata(self, value: Any) -> None:
-        self._backend.program_metadata = value
-
-    @property
-    def last_prompt_tokens(self) -> int | None:
-        """The wrapped backend's last prompt tokens (informational only)."""
-        return self._backend.last_prompt_tokens
-
-    @last_prompt_tokens.setter
-    def last_prompt_tokens(self, value: int | None) -> None:
-        self._backend.last_prompt_tokens = value
-
-    @property
-    def last_completion_tokens(self) -> int | None:
-        """The wrapped backend's last completion tokens (informational only)."""
-        return self._backend.last_completion_tokens
-
-    @last_completion_tokens.setter
-    def last_completion_tokens(self, value: int | None) -> None:
-        self._backend.last_completion_tokens = value
-
-    def get_lm_history(self) -> list[Any]:
-        """The wrapped backend's history."""
-        return self._backend.get_lm_history()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._backend!r})"
-
-
-class CircuitBreakerBackend(_BackendWrapper):
+class CircuitBreakerBackend(BackendWrapper):
     """Calls the backend through a circuit breaker.
 
     Args:
@@ -146,7 +92,7 @@ class CircuitBreakerBackend(_BackendWrapper):
         return await self.breaker.call(self._backend.predict, input)
 
 
-class RetryingBackend(_BackendWrapper):
+class RetryingBackend(BackendWrapper):
     """Retries retryable errors by a :class:`~llm_server.core.retry.RetryPolicy`.
 
     The output's ``attempts`` counts every attempt and ``latency_ms`` includes the backoffs.
@@ -218,7 +164,7 @@ def should_fall_back(error: BaseException) -> bool:
     return isinstance(error, CircuitOpenError) or is_retryable(error)
 
 
-class FallbackBackend(_BackendWrapper):
+class FallbackBackend(BackendWrapper):
     """Tries the primary, then each fallback in order, while errors allow it.
 
     A fallback is tried when the previous backend raised an error ``fall_back_on`` accepts
@@ -277,7 +223,7 @@ class FallbackBackend(_BackendWrapper):
             _log.exception("reliability listener failed")
 
 
-class DeadlineBackend(_BackendWrapper):
+class DeadlineBackend(BackendWrapper):
     """Bounds the whole call, retries and fallbacks included, by ``deadline_s``.
 
     The inner call is really cancelled (``asyncio.timeout``) when the deadline passes, and
