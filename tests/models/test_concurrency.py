@@ -37,8 +37,8 @@ async def loop_lag_probe() -> AsyncIterator[list[float]]:
             lags.append(time.perf_counter() - started - PROBE_INTERVAL_S)
 
     # A full collection of everything imported so far (DSPy, LiteLLM) takes ~40 ms on its own;
-    # freezing those objects keeps the measurement about the code under test.
-    gc.collect()
+    # freezing those objects keeps the measurement about the code under test. (No collect
+    # first: it would report other tests' unclosed sockets as this test's failure.)
     gc.freeze()
     try:
         async with anyio.create_task_group() as group:
