@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "ModelPrice": "llm_server.core.pricing",
     "BackendWrapper": "llm_server.core.backend_wrapper",
     "BreakerListener": "llm_server.core.circuit_breaker",
     "BreakerSnapshot": "llm_server.core.circuit_breaker",
@@ -126,6 +127,7 @@ __all__ = [  # sorted; tests/test_public_api.py keeps it equal to _EXPORTS
     "ModelManager",
     "ModelNotFoundError",
     "ModelOutput",
+    "ModelPrice",
     "ModelProcessor",
     "ModelTimeoutError",
     "ModelsConfig",
@@ -261,6 +263,7 @@ if TYPE_CHECKING:
     from llm_server.core.opentelemetry_integration import get_telemetry as get_telemetry
     from llm_server.core.opentelemetry_integration import set_telemetry as set_telemetry
     from llm_server.core.pipeline import Pipeline as Pipeline
+    from llm_server.core.pricing import ModelPrice as ModelPrice
     from llm_server.core.protocols import ConfigProvider as ConfigProvider
     from llm_server.core.protocols import ModelBackend as ModelBackend
     from llm_server.core.protocols import PipelineStep as PipelineStep
