@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
 import pytest
 from _example_helpers import load_example, serving
 
@@ -37,6 +40,15 @@ def provider() -> Iterator[LocalProvider]:
         yield local
 
 
+@asynccontextmanager
+async def serving_reference(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``serving``, then close the model clients, which the reference lifespan never does."""
+    async with serving(app) as client:
+        model_manager = app.state.program_manager.model_manager
+        yield client
+    await model_manager.aclose()  # else its keep-alive sockets leak (ResourceWarning at GC)
+
+
 def expected_tokens(provider: LocalProvider, n: int) -> tuple[int, int]:
     """Input and output tokens of prompt ``n`` as the provider counted them."""
     [record] = [r for r in provider.requests if f"prompt-{n}\n" in r.messages[-1]["content"]]
@@ -48,7 +60,7 @@ async def test_the_reference_envelope_with_exact_tokens_and_cost(
     provider: LocalProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     example = load_example("reference_app", tmp_path, monkeypatch, provider.base_url)
-    async with serving(example.app) as client:
+    async with serving_reference(example.app) as client:
         response = await client.post("/predict", json={"prompt": "prompt-7"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -82,7 +94,7 @@ async def test_200_concurrent_requests_each_get_their_own_tokens(
 ) -> None:
     example = load_example("reference_app", tmp_path, monkeypatch, provider.base_url)
     bodies: dict[int, dict[str, object]] = {}
-    async with serving(example.app) as client:
+    async with serving_reference(example.app) as client:
 
         async def one(n: int) -> None:
             prompt = f"prompt-{n}\n" + "word " * (n % 17)  # different lengths, different counts
@@ -115,7 +127,7 @@ async def test_an_unknown_model_gives_the_reference_apps_own_500(
     provider: LocalProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     example = load_example("reference_app", tmp_path, monkeypatch, provider.base_url)
-    async with serving(example.app) as client:
+    async with serving_reference(example.app) as client:
         response = await client.post("/predict", json={"prompt": "hi", "model_id": "gpt-9"})
     # The reference handler turns every error into HTTPException(500, str(e)); it is kept as
     # written, so this is FastAPI's default shape, not the envelope (see the other examples).

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dspy
 import pytest
-from _web_helpers import PLANTED_KEY, MakeApp, Summarize, serving
+from _web_helpers import (
+    PLANTED_KEY,
+    MakeApp,
+    StaticConfig,
+    Summarize,
+    make_settings,
+    models_for,
+    serving,
+)
 from fastapi import FastAPI
 
 from llm_server.core.errors import ConfigurationError
@@ -210,3 +219,36 @@ def test_signature_models_can_be_used_alone() -> None:
     assert request.__name__ == "MySummaryRequest"
     assert request(text="hi").model_id == "m"
     assert set(data.model_fields) == {"summary"}
+
+
+async def test_a_router_endpoint_with_a_manager_built_by_hand(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    from fastapi import APIRouter
+
+    from llm_server.defaults import FileSystemStorageAdapter
+    from llm_server.fastapi import install_error_handlers
+    from llm_server.models.manager import ModelManager
+    from llm_server.models.program_manager import ProgramManager
+
+    models = ModelManager(
+        config_provider=StaticConfig(models_for(provider)), settings=make_settings(tmp_path)
+    )
+    programs = ProgramManager(
+        model_manager=models, storage_adapter=FileSystemStorageAdapter(base_dir=tmp_path / "p")
+    )
+    programs.register_program(Summarize, name="Summarizer")
+    router = APIRouter(prefix="/v2")
+    # no signature=: it is read from the registered class
+    add_program_endpoint(router, "summarize", default_model_id="gpt-4o", program_manager=programs)
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(router)
+    try:
+        async with serving(app) as client:
+            response = await client.post("/v2/programs/summarize", json={"text": "by hand"})
+    finally:
+        await models.aclose()
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == {"summary": "echo: by hand"}
+    assert response.json()["metadata"]["model"]["id"] == "gpt-4o"
