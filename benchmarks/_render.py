@@ -220,6 +220,8 @@ def render(results: dict[str, Any]) -> str:
         parts += _render_profile(results["profile"])
     if results.get("components"):
         parts += _render_components(results["components"])
+    for name, error in meta.get("errors", {}).items():
+        parts += [f"## Part {name!r} failed", "", "```", error.rstrip()[-3000:], "```", ""]
     return "\n".join(parts) + "\n"
 
 
@@ -336,8 +338,9 @@ def _render_notes(results: dict[str, Any]) -> list[str]:
                 "full collection walks the whole heap (DSPy, pydantic and LiteLLM types: tens "
                 f"of ms): {gc_us['handler']:.0f} vs {gc_us['H']:.0f} µs of GC per call on "
                 "average here. Calling `gc.freeze()` once at the end of startup (the host's "
-                "lifespan) moves the startup heap out of the collector's way and removes most "
-                "of that cost for any app."
+                "lifespan) moves the startup heap out of the collector's way, which makes each "
+                "full collection several times cheaper for any app (see "
+                "`docs/_sections/performance.md`)."
             )
     if fo_prof is not None:
         otel = _share(fo_prof, "opentelemetry")

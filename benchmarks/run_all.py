@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,29 +42,27 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
     started = time.perf_counter()
     results: dict[str, Any] = {}
 
-    def step(name: str) -> None:
-        print(f"== {name} ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr)
-
-    if "components" in parts:
-        step("components")
-        results["components"] = _components.run_all(quick=quick)
-    if "startup" in parts:
-        step("startup")
-        results["startup"] = startup.measure(quick=quick)
-    if "layers" in parts:
-        step("layers")
-        results["layers"] = layers.run(quick=quick)
-    if "e2e" in parts:
-        step("end to end")
-        results["e2e"] = throughput.run_matrix(quick=quick)
-    if "rss" in parts:
-        step("cost growth")
-        results["rss"] = rss.measure(quick=quick)
-    if "profile" in parts:
-        step("profile")
-        results["profile"] = {
+    runners: dict[str, Callable[[], Any]] = {
+        "components": lambda: _components.run_all(quick=quick),
+        "startup": lambda: startup.measure(quick=quick),
+        "layers": lambda: layers.run(quick=quick),
+        "e2e": lambda: throughput.run_matrix(quick=quick),
+        "rss": lambda: rss.measure(quick=quick),
+        "profile": lambda: {
             name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel", "H")
-        }
+        },
+    }
+    errors: dict[str, str] = {}
+    for name in PARTS:
+        if name not in parts:
+            continue
+        print(f"== {name} ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr)
+        try:
+            results[name] = runners[name]()
+        except Exception as exc:  # one broken part must not cost the others' results
+            detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else ""
+            errors[name] = "".join(traceback.format_exception(exc)) + (detail or "")
+            print(errors[name], file=sys.stderr)
     results["meta"] = {
         "quick": quick,
         "parts": list(parts),
@@ -69,6 +70,7 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
         "versions": _report.versions(),
         "revision": _report.git_revision(ROOT),
         "elapsed_s": time.perf_counter() - started,
+        "errors": errors,
     }
     return results
 

@@ -144,11 +144,13 @@ def time_to_ready(runs: int, *, litellm_model: bool) -> dict[str, Any]:
             spawned = time.time()
             out = subprocess.run(
                 [sys.executable, __file__, "--child"],
-                check=True,
+                check=False,
                 capture_output=True,
                 env=env,
                 cwd=folder,
             )
+            if out.returncode:
+                raise RuntimeError(f"start-up child failed:\n{out.stderr.decode()[-3000:]}")
             result = json.loads(out.stdout.decode().strip().splitlines()[-1])
             readies.append(result["ready_at"] - spawned)
             rss.append(result["rss_mib"])
