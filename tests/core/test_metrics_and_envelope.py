@@ -193,3 +193,25 @@ def test_envelope_names_the_fallback_model_that_answered() -> None:
     )
     assert metadata["model"]["id"] == "backup"
     assert metadata["model"]["requested_id"] == "primary"
+
+
+@pytest.mark.anyio
+async def test_metrics_know_which_fallback_model_answered() -> None:
+    from llm_server.core.errors import ProviderUnavailableError
+    from llm_server.core.reliability import ReliableModel, build_reliable_backend
+    from llm_server.testing import ScriptedBackend
+
+    primary = ScriptedBackend(model_id="primary", default=ProviderUnavailableError("503"))
+    backup = EchoBackend(notify=True)
+    backup.model_id = "backup"
+    backend = build_reliable_backend(ReliableModel(primary), [ReliableModel(backup)])
+
+    metrics = PerformanceMetrics()
+    await Pipeline([ModelProcessor(backend=backend, input_key="input")]).execute(text("abc"))
+    summary = metrics.get_summary()
+    assert summary["fallback"] == {"answered_by": "backup", "tried": ["primary"]}
+    assert summary["tokens"]["input"] == 3  # counted once
+    metadata = MetadataCollector.collect_response_metadata(
+        model_id="primary", performance_metrics=summary, model_info={"id": "primary"}
+    )
+    assert metadata["model"] == {"id": "backup", "requested_id": "primary"}

@@ -58,6 +58,7 @@ class PerformanceMetrics:
         self._checkpoints: dict[str, float] = {}
         self._steps: list[StepTiming] = []
         self._outputs: list[ModelOutput] = []
+        self._fallback: tuple[tuple[str, ...], str] | None = None
         self._lock = threading.Lock()
         active = _active_trace_id()
         self._trace_from_span = active is not None
@@ -114,6 +115,10 @@ class PerformanceMetrics:
             self._outputs.append(output)
         self.mark_checkpoint("model_complete")
 
+    def on_fallback(self, tried: tuple[str, ...], answered_by: str) -> None:
+        """Observer hook: a fallback model answered after the models in ``tried`` failed."""
+        self._fallback = (tried, answered_by)
+
     def usage(self) -> TokenUsage | None:
         """Sum of the usage of every model call, or ``None`` when none reported any."""
         usages = [o.usage for o in self._outputs if o.usage is not None]
@@ -151,13 +156,9 @@ class PerformanceMetrics:
             "method": str(usage.method if usage else TokenCountMethod.UNAVAILABLE),
         }
         summary: dict[str, Any] = {"timing": timing, "tokens": tokens, "trace_id": self.trace_id}
-        fallbacks = [o for o in self._outputs if o.metadata.get("fallback_from")]
-        if fallbacks:
-            last = fallbacks[-1]
-            summary["fallback"] = {
-                "answered_by": last.model_id,
-                "tried": list(last.metadata["fallback_from"]),
-            }
+        if self._fallback is not None:
+            tried, answered_by = self._fallback
+            summary["fallback"] = {"answered_by": answered_by, "tried": list(tried)}
         return summary
 
 

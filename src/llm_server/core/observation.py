@@ -22,6 +22,7 @@ __all__ = [
     "ExecutionObserver",
     "StepTiming",
     "attach_observer",
+    "notify_fallback",
     "notify_model_output",
     "notify_step",
     "observing",
@@ -56,7 +57,11 @@ class ExecutionObserver(Protocol):
         ...
 
     def on_model_output(self, output: ModelOutput) -> None:
-        """Called after each successful model call."""
+        """Called after each successful model call.
+
+        An observer may also define ``on_fallback(tried, answered_by)``: it is then told when
+        a fallback model answered after the models in ``tried`` failed or were refused.
+        """
         ...
 
 
@@ -96,3 +101,11 @@ def notify_model_output(output: ModelOutput) -> None:
     """Send a model output to the observers of the current context."""
     for observer in _observers.get():
         observer.on_model_output(output)
+
+
+def notify_fallback(tried: tuple[str, ...], answered_by: str) -> None:
+    """Tell the observers that ``answered_by`` answered after the models in ``tried`` failed."""
+    for observer in _observers.get():
+        on_fallback = getattr(observer, "on_fallback", None)
+        if on_fallback is not None:
+            on_fallback(tried, answered_by)

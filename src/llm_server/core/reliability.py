@@ -29,6 +29,7 @@ from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
 from llm_server.core.clock import SYSTEM_CLOCK, Clock
 from llm_server.core.errors import CircuitOpenError, ConfigurationError, DeadlineExceededError
 from llm_server.core.model_interfaces import ModelOutput
+from llm_server.core.observation import notify_fallback
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.retry import RetryPolicy, is_retryable, retry_call
 
@@ -208,6 +209,7 @@ class FallbackBackend(BackendWrapper):
                 continue
             if failed:
                 output = replace(output, metadata={**output.metadata, "fallback_from": failed})
+                notify_fallback(tuple(failed), output.model_id)
             return output
         raise AssertionError("unreachable: the chain is never empty")
 
