@@ -59,8 +59,10 @@ class MetadataCollector:
         performance = dict(performance_metrics or {})
         model = _as_dict(model_info) or {"id": model_id}
         fallback = performance.get("fallback")
-        if isinstance(fallback, Mapping) and fallback.get("answered_by") not in (None, model_id):
-            model = {"id": fallback["answered_by"], "requested_id": model_id}
+        answered = fallback.get("answered_by") if isinstance(fallback, Mapping) else None
+        if answered not in (None, model_id) and model.get("id") != answered:
+            # The caller passed the requested model's block: name the one that answered.
+            model = {"id": answered, "requested_id": model_id}
         return {
             "program": _as_dict(program_metadata),
             "model": model,
