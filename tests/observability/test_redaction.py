@@ -14,6 +14,11 @@ from llm_server.core.redaction import (
     register_secret,
 )
 
+# Shaped like real credentials, valid for nothing.
+HF_TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh"  # 34 letters
+GOOGLE_KEY = "AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q"  # 35 characters
+GOOGLE_KEY_DASHED = "AIza" + "Sy-_b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6-"
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -27,6 +32,12 @@ from llm_server.core.redaction import (
         ("url?api_key=abcdef123456&page=2", f"url?api_key={REDACTED}&page=2"),
         ("LM(api-key='abcdef123456')", f"LM(api-key='{REDACTED}')"),
         ("token is Bearer abcdefgh12345678", f"token is Bearer {REDACTED}"),
+        # Hugging Face user and fine-grained tokens: hf_ and 34 letters.
+        (f"HF_TOKEN={HF_TOKEN} set", f"HF_TOKEN={REDACTED} set"),
+        (f"401 for token '{HF_TOKEN}'.", f"401 for token '{REDACTED}'."),
+        # Google API keys: AIza and 35 letters, digits, '-' or '_'.
+        (f"?key={GOOGLE_KEY}&alt=sse", f"?key={REDACTED}&alt=sse"),
+        (f"GEMINI_API_KEY {GOOGLE_KEY_DASHED}", f"GEMINI_API_KEY {REDACTED}"),
     ],
 )
 def test_credential_shapes_are_masked(text: str, expected: str) -> None:
@@ -41,6 +52,9 @@ def test_credential_shapes_are_masked(text: str, expected: str) -> None:
         "Authorization failed",
         "sk-short",
         "plain answer: Paris",
+        "from huggingface_hub import hf_hub_download; os.environ['HF_TOKEN']",
+        "hf_transfer is enabled",
+        "AIza alone, or AIzaShort123, is not a key",
     ],
 )
 def test_ordinary_text_is_left_alone(text: str) -> None:

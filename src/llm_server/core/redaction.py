@@ -3,8 +3,9 @@
 Two layers work together:
 
 * **Patterns** catch the usual shapes of credentials wherever they appear: OpenAI and
-  Anthropic keys (``sk-...``, ``sk-ant-...``), ``Bearer`` tokens, ``Authorization`` and
-  ``x-api-key`` header values, and ``api_key=...`` / ``"api_key": "..."`` pairs.
+  Anthropic keys (``sk-...``, ``sk-ant-...``), Hugging Face tokens (``hf_...``), Google API
+  keys (``AIza...``), ``Bearer`` tokens, ``Authorization`` and ``x-api-key`` header values,
+  and ``api_key=...`` / ``"api_key": "..."`` pairs.
 * **Registered secrets** catch everything else: the model manager calls
   :func:`register_secret` with every configured key at startup, and from then on the exact
   value is masked wherever it shows up, whatever its shape.
@@ -56,6 +57,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\bbearer\s+(?!\[REDACTED\])[A-Za-z0-9._~+/=\-]{8,}"), "Bearer " + REDACTED),
     # sk-ant-..., sk-proj-..., sk-... (OpenAI, Anthropic, DeepSeek and many compatibles).
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), REDACTED),
+    # Hugging Face access tokens: hf_ and 34 letters. Short or snake_case names such as
+    # hf_hub_download or HF_TOKEN stay readable.
+    (re.compile(r"\bhf_[A-Za-z0-9]{30,}(?![A-Za-z0-9_])"), REDACTED),
+    # Google API keys (Gemini, Vertex AI express mode, Maps): AIza and 35 more characters.
+    (re.compile(r"\bAIza[A-Za-z0-9_\-]{35}(?![A-Za-z0-9_\-])"), REDACTED),
 )
 
 _lock = threading.Lock()
