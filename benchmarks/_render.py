@@ -301,9 +301,10 @@ def _render_notes(results: dict[str, Any]) -> list[str]:
             f, h = point["apps"]["F"], point["apps"]["H"]
             extra = f["cpu_ms_per_request"] - h["cpu_ms_per_request"]
             notes.append(
-                f"**F/H throughput** falls below 0.95 only where one worker is CPU-bound (0 ms "
-                f"provider, c >= 64, or c=64 at 200 ms where DSPy's thread hops queue): there "
-                f"throughput is 1 / CPU per request, and F spends {extra:+.2f} ms more CPU per "
+                f"**F/H throughput** falls below 0.95 where the worker is CPU-bound: with a 0 ms "
+                f"provider every request is pure CPU (at any concurrency), and at 200 ms from "
+                f"c=64, where DSPy's thread hops queue. There throughput is 1 / CPU per "
+                f"request, and F spends {extra:+.2f} ms more CPU per "
                 f"request than H ({f['cpu_ms_per_request']:.2f} vs "
                 f"{h['cpu_ms_per_request']:.2f} ms at c=64, 0 ms). With a real provider "
                 "(hundreds of ms) and spare CPU the two are equal (c=1 at 200 ms)."
@@ -316,10 +317,11 @@ def _render_notes(results: dict[str, Any]) -> list[str]:
             "code, spread over ~40 functions in ~10 layers (pipeline, processor, telemetry "
             "wrapper, deadline, fallbacks, retries, breaker, DSPy backend, request scope, "
             "metrics, metadata), none above ~2 %; garbage collection triggered by their "
-            "allocations is charged to them too. The rest of the gap is FastAPI encoding the "
-            "larger envelope (`jsonable_encoder`, ~45 µs) and, in the F - H table below, "
-            "sampling noise. The in-process layer table shows the handler body against H "
-            "without any HTTP server."
+            "allocations is charged to them too. The rest of the F - H difference shows under "
+            "asyncio/uvloop, uvicorn and FastAPI (the deadline's timer, FastAPI encoding the "
+            "larger envelope with `jsonable_encoder`, ~45 µs, the larger response) and noise: "
+            "on this shared machine a row moves by ±0.1 ms between runs. The in-process layer "
+            "table shows the handler body against H without any HTTP server."
         )
     layers = results.get("layers")
     if layers and "gen0_per_1000_calls" in layers:
@@ -331,15 +333,15 @@ def _render_notes(results: dict[str, Any]) -> list[str]:
         if "H" in us and "handler" in us:
             notes.append(
                 f"**Allocations and the garbage collector**: in-process, the reference "
-                f"handler costs {us['handler'] - us['H']:+.0f} µs of CPU per request over H. "
-                f"It allocates about {gen0['handler'] / max(gen0['H'], 1):.1f}x as many "
-                f"objects ({gen0['handler']:.0f} vs {gen0['H']:.0f} young-generation "
-                "collections per 1,000 calls), so the collector runs more often, and each "
-                "full collection walks the whole heap (DSPy, pydantic and LiteLLM types: tens "
-                f"of ms): {gc_us['handler']:.0f} vs {gc_us['H']:.0f} µs of GC per call on "
-                "average here. Calling `gc.freeze()` once at the end of startup (the host's "
-                "lifespan) moves the startup heap out of the collector's way, which makes each "
-                "full collection several times cheaper for any app (see "
+                f"handler costs {us['handler'] - us['H']:+.0f} µs of CPU per request over H "
+                "(the layer table; its rows move by ±50-100 µs from run to run on this shared "
+                f"machine). It allocates about {gen0['handler'] / max(gen0['H'], 1):.1f}x as "
+                f"many objects ({gen0['handler']:.0f} vs {gen0['H']:.0f} young-generation "
+                "collections per 1,000 calls), so the collector runs more often; a full "
+                "collection walks the whole heap (~95,000 objects with DSPy loaded, 50-65 ms) "
+                f"and lands in one round or another: {gc_us['handler']:.0f} vs "
+                f"{gc_us['H']:.0f} µs of GC per call on average in this run. `gc.freeze()` at "
+                "the end of startup makes full collections nearly free for any app (see "
                 "`docs/_sections/performance.md`)."
             )
     if fo_prof is not None:
@@ -502,7 +504,7 @@ def _render_profile_difference(profiles: dict[str, Any]) -> list[str]:
         "### F against H, CPU ms per request by package",
         "",
         "Each profile's charged shares times its CPU per request while profiled (c=64, 0 ms). "
-        "Sampling noise is about ±0.02 ms per row.",
+        "Rows move by up to ±0.1 ms between runs on this shared machine.",
         "",
         table(["package", "F", "H", "F - H"], rows),
         "",
