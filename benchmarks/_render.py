@@ -195,7 +195,7 @@ def render(results: dict[str, Any]) -> str:
         + f"` on {meta['machine']['date']} in {meta['elapsed_s'] / 60:.1f} min "
         f"(commit {meta['revision']}). Do not edit by hand; rerun the command. "
         "The machine is shared and noisy: every figure that is judged is a ratio against a "
-        "baseline measured in the same run. See `docs/_sections/performance.md` for how to "
+        "baseline measured in the same run. See the Performance section of README.md for how to "
         "read it.",
         "",
         "## Machine and versions",
@@ -342,7 +342,7 @@ def _render_notes(results: dict[str, Any]) -> list[str]:
                 f"and lands in one round or another: {gc_us['handler']:.0f} vs "
                 f"{gc_us['H']:.0f} µs of GC per call on average in this run. `gc.freeze()` at "
                 "the end of startup makes full collections nearly free for any app (see "
-                "`docs/_sections/performance.md`)."
+                "the Performance section of README.md)."
             )
     if fo_prof is not None:
         otel = _share(fo_prof, "opentelemetry")

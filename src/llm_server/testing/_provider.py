@@ -2,7 +2,7 @@
 
 The server runs on its own event loop in a background thread, so it serves sync code, async
 tests in the same process, and DSPy/LiteLLM/httpx clients alike, and a ``hang`` fault never
-blocks the caller's loop. See ``docs/_sections/testing-provider.md`` for the ``api_base``
+blocks the caller's loop. See README.md ("Appendix: api_base conventions") for the ``api_base``
 each DSPy engine needs.
 """
 
