@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import anyio
 import psutil
 import pytest
-from _web_helpers import MakeApp, Summarize, make_settings, serving
+from _web_helpers import MakeApp, StaticConfig, Summarize, make_settings, models_for, serving
 from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
@@ -171,3 +172,23 @@ async def test_dependencies_without_the_lifespan_explain_what_is_missing() -> No
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "configuration_error"
     assert "llm_server_lifespan" in response.json()["error"]["message"]
+
+
+async def test_freeze_gc_freezes_the_startup_heap_once_ready(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = FastAPI(
+        lifespan=llm_server_lifespan(
+            programs=[Summarize],
+            settings=make_settings(tmp_path),
+            config_provider=StaticConfig(models_for(provider)),
+            freeze_gc=True,
+        )
+    )
+    gc.unfreeze()
+    try:
+        async with app.router.lifespan_context(app):
+            assert app.state.llm_server_ready is True
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
