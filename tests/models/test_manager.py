@@ -273,13 +273,43 @@ async def test_one_api_base_reaches_the_same_endpoint_on_both_engines(
     assert provider.requests[-1].path == expected
 
 
+def open_litellm_async_clients() -> list[object]:
+    """The async HTTP clients LiteLLM's process-wide cache holds open."""
+    import httpx
+    import litellm
+
+    found = []
+    for client in litellm.in_memory_llm_clients_cache.cache_dict.values():
+        http = getattr(client, "_client", None) or getattr(client, "client", None)
+        if isinstance(http, httpx.AsyncClient) and not http.is_closed:
+            found.append(client)
+    return found
+
+
 async def test_aclose_closes_pools_and_is_repeatable(make_manager: MakeManager) -> None:
     manager = make_manager({"a": model("openai", "auto"), "b": model("openai", "litellm")})
     for model_id in manager.model_ids:
         await manager.create_backend(dspy.Predict("q -> a"), model_id).predict({"q": "x"})
+    assert open_litellm_async_clients()
 
     await manager.aclose()
     await manager.aclose()
+
+    assert open_litellm_async_clients() == []
+
+
+async def test_a_manager_built_after_another_was_closed_calls_litellm_on_the_same_loop(
+    make_manager: MakeManager,
+) -> None:
+    # LiteLLM caches its clients per event loop; a closed one must not be handed out again.
+    first = make_manager({"m": model("openai", "litellm")})
+    await first.create_backend(dspy.Predict("q -> a"), "m").predict({"q": "x"})
+    await first.aclose()
+
+    second = make_manager({"m": model("openai", "litellm")})
+    output = await second.create_backend(dspy.Predict("q -> a"), "m").predict({"q": "y"})
+
+    assert output.content.a == "echo: y"
 
 
 # --- offline startup --------------------------------------------------------------------------

@@ -8,9 +8,9 @@ touches the network: prices and context windows come from LiteLLM's bundled map.
 
 Example::
 
-    from llm_server.core.circuit_breaker import CircuitBreaker
-from llm_server.core.clock import Clock
-from llm_server.core.config import FrameworkSettings
+    import dspy
+
+    from llm_server.core.config import FrameworkSettings
     from llm_server.defaults import YamlConfigProvider
     from llm_server.models.manager import ModelManager
 
@@ -339,7 +339,8 @@ class ModelManager:
         """Close the HTTP connection pools of every model (call from the host's lifespan exit).
 
         DSPy keeps one pool per event loop per LM; this closes the running loop's pools and the
-        synchronous ones. LiteLLM's cached async clients are closed too when LiteLLM is in use.
+        synchronous ones. When a model uses LiteLLM, LiteLLM's cached async clients are closed
+        and dropped from its cache too (a later call rebuilds them).
         """
         for lm in self._lms.values():
             try:
@@ -347,11 +348,6 @@ class ModelManager:
             except Exception:  # closing must not hide the host's own shutdown error
                 logger.warning("closing the LM of %s failed", lm.model, exc_info=True)
         if any(info.engine == "litellm" for info in self.model_info.values()):
-            import litellm
+            from llm_server.models._litellm_clients import close_litellm_clients
 
-            close = getattr(litellm, "close_litellm_async_clients", None)
-            try:
-                if close is not None:
-                    await close()
-            except Exception:
-                logger.warning("closing LiteLLM's async clients failed", exc_info=True)
+            await close_litellm_clients()
