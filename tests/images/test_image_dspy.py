@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dspy
@@ -92,19 +92,25 @@ def provider() -> Iterator[LocalProvider]:
     ],
 )
 async def test_the_processed_image_arrives_at_the_provider(
-    provider: LocalProvider, model: str, engine: str, part_type: str
+    provider: LocalProvider,
+    closing_lms: Callable[[Any], Any],
+    model: str,
+    engine: str,
+    part_type: str,
 ) -> None:
     source = encode(Image.new("RGB", (1600, 1200), (200, 10, 10)), "PNG")
     processed = await ImageProcessor((800, 800)).process(PipelineData(MediaType.IMAGE, source))
     image: ProcessedImage = processed.content
     api_base = provider.base_url if engine == "litellm" and "anthropic" in model else None
-    lm = dspy.LM(
-        model,
-        api_base=api_base or provider.openai_api_base,
-        api_key="test-key",
-        cache=False,
-        num_retries=0,
-        engine=engine,
+    lm = closing_lms(
+        dspy.LM(
+            model,
+            api_base=api_base or provider.openai_api_base,
+            api_key="test-key",
+            cache=False,
+            num_retries=0,
+            engine=engine,
+        )
     )
     provider.clear()
     with dspy.context(lm=lm):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -18,6 +18,9 @@ exceptions = pytest.importorskip("dspy.utils.exceptions")
 
 ENGINES = ["auto", "litellm"]
 MODELS = ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022"]
+
+Closer = Callable[[Any], Any]
+"""The ``closing_lms`` fixture (tests/conftest.py): closes an LM's pools when the test ends."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,9 +67,9 @@ def prompt_tokens(body: dict[str, Any], model: str) -> int:
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_predict_gets_its_echo_and_exact_usage(
-    provider: LocalProvider, engine: str, model: str
+    provider: LocalProvider, closing_lms: Closer, engine: str, model: str
 ) -> None:
-    lm = make_lm(provider, model, engine)
+    lm = closing_lms(make_lm(provider, model, engine))
     with dspy.track_usage() as tracker:
         result = await dspy.Predict("question -> answer").acall(question="What is 2+2?", lm=lm)
     assert result.answer == "echo: What is 2+2?"
@@ -108,9 +111,11 @@ def test_api_base_conventions_of_each_engine(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_scripted_typed_fields_and_json_adapter(provider: LocalProvider, engine: str) -> None:
+async def test_scripted_typed_fields_and_json_adapter(
+    provider: LocalProvider, closing_lms: Closer, engine: str
+) -> None:
     provider.script(model="gpt-x", reply={"n": 7})
-    lm = make_lm(provider, "openai/gpt-x", engine)
+    lm = closing_lms(make_lm(provider, "openai/gpt-x", engine))
     signature = "question -> answer: str, n: int, ok: bool, tags: list[str]"
     for adapter in (dspy.ChatAdapter(), dspy.JSONAdapter()):
         with dspy.context(lm=lm, adapter=adapter):
@@ -122,9 +127,9 @@ async def test_scripted_typed_fields_and_json_adapter(provider: LocalProvider, e
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_concurrent_predicts_get_their_own_answers(
-    provider: LocalProvider, engine: str, model: str
+    provider: LocalProvider, closing_lms: Closer, engine: str, model: str
 ) -> None:
-    lm = make_lm(provider, model, engine)
+    lm = closing_lms(make_lm(provider, model, engine))
     answers: dict[int, str] = {}
 
     async def ask(n: int) -> None:
@@ -208,7 +213,7 @@ def test_missing_usage_is_not_reported_as_counted_tokens(
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_dspy_streaming_gets_chunks_answer_and_usage(
-    provider: LocalProvider, engine: str, model: str
+    provider: LocalProvider, closing_lms: Closer, engine: str, model: str
 ) -> None:
     provider.script(reply="one two three four five six seven eight nine ten")
     program = dspy.streamify(
@@ -218,7 +223,8 @@ async def test_dspy_streaming_gets_chunks_answer_and_usage(
     )
     chunks: list[str] = []
     final = None
-    with dspy.context(lm=make_lm(provider, model, engine)), dspy.track_usage() as tracker:
+    lm = closing_lms(make_lm(provider, model, engine))
+    with dspy.context(lm=lm), dspy.track_usage() as tracker:
         async for item in program(question="stream"):
             if isinstance(item, dspy.streaming.StreamResponse):
                 chunks.append(item.chunk)
