@@ -9,9 +9,12 @@ task with its own copy of the context, so concurrent requests never see each oth
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from llm_server.core.backend_wrapper import BackendWrapper
@@ -22,22 +25,31 @@ from llm_server.core.protocols import ModelBackend
 __all__ = ["ModelBackendTracker", "PerformanceMetrics"]
 
 
+@functools.cache
+def _trace_sources() -> tuple[Callable[[], Any], Callable[[], str | None]]:
+    # Imported lazily (OpenTelemetry is not needed to import this module) and once: an
+    # import statement on every request is not free.
+    from opentelemetry import trace
+
+    from llm_server.core.logging import _fallback_trace_id as log_context_trace_id
+
+    return trace.get_current_span, log_context_trace_id
+
+
 def _active_trace_id() -> str | None:
     """The trace id of the active span, if one is recording."""
     try:
-        from opentelemetry import trace
-
-        context = trace.get_current_span().get_span_context()
+        context = _trace_sources()[0]().get_span_context()
     except Exception:  # telemetry never breaks a request
         return None
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
 def _fallback_trace_id() -> str:
+    # What current_trace_id() returns when no span is active (already looked up): the
+    # enclosing log_context's random id, else a fresh one.
     try:
-        from llm_server.core.opentelemetry_integration import current_trace_id
-
-        return current_trace_id()
+        return _trace_sources()[1]() or os.urandom(16).hex()
     except Exception:  # telemetry never breaks a request
         return uuid.uuid4().hex
 
