@@ -153,8 +153,11 @@ class ModelProcessor:
         self.backend = backend
         self.input_key = input_key
         self.output_processor = output_processor or DefaultOutputProcessor()
-        self._accepted = tuple(MediaType(t) for t in accepted_types)
-        self.output_media_type = MediaType(output_type)
+        # Processors are often built per request: convert only what is not a member already.
+        self._accepted = tuple(t if type(t) is MediaType else MediaType(t) for t in accepted_types)
+        self.output_media_type = (
+            output_type if type(output_type) is MediaType else MediaType(output_type)
+        )
         self.name = name
 
     @property

@@ -62,9 +62,11 @@ class PipelineData:
             media_type: The new media type (unchanged when omitted).
             metadata: Keys to add to (or overwrite in) a copy of the current metadata.
         """
-        return replace(
-            self,
-            content=self.content if content is ... else content,
-            media_type=self.media_type if media_type is None else media_type,
-            metadata={**self.metadata, **(metadata or {})},
-        )
+        changes = {
+            "content": self.content if content is ... else content,
+            "media_type": self.media_type if media_type is None else media_type,
+            "metadata": {**self.metadata, **(metadata or {})},
+        }
+        if type(self) is PipelineData:  # called per step: skip replace()'s field walk
+            return PipelineData(**changes)
+        return replace(self, **changes)
