@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -120,12 +121,18 @@ async def test_a_large_decode_does_not_block_the_event_loop() -> None:
             await anyio.sleep(0.001)
             lags.append(time.perf_counter() - before - 0.001)
 
-    started = time.perf_counter()
-    async with anyio.create_task_group() as group:
-        group.start_soon(probe)
-        await processor.process(PipelineData(MediaType.IMAGE, source))
-        elapsed = time.perf_counter() - started
-        done.set()
-    # On the loop, the whole decode would be one stall; off it, ticks keep coming.
+    gc.freeze()  # a full collection of the test session's heap is a stall of its own
+    try:
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            group.start_soon(probe)
+            await processor.process(PipelineData(MediaType.IMAGE, source))
+            elapsed = time.perf_counter() - started
+            done.set()
+    finally:
+        gc.unfreeze()
+    # On the loop, the whole decode would be one stall (one lag of about `elapsed`, or no tick
+    # at all); off it, ticks keep coming. Half of `elapsed` leaves room for a loaded machine's
+    # scheduling stalls (up to ~70 ms seen with the decode taking ~250-650 ms).
     assert len(lags) >= 5
-    assert max(lags) < max(0.05, elapsed / 3), (max(lags), elapsed)
+    assert max(lags) < max(0.1, elapsed / 2), (max(lags), elapsed)
