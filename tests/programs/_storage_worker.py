@@ -6,8 +6,8 @@ Usage::
 
 MODE is ``loop`` (save COUNT versions, printing each assigned version as a JSON line; COUNT 0
 means forever) or ``crash-before-publish`` / ``crash-mid-state`` (SIGKILL itself at that point
-of the first save). With GO_FILE, the worker waits until that file exists before saving, so
-several workers start together.
+of the first save). With GO_FILE, the worker creates ``GO_FILE.WRITER.ready`` and then waits
+until GO_FILE exists before saving, so several workers start together.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def main() -> None:
     blob = "x" * int(blob_bytes)
     if mode != "loop":
         _install_crash(mode)
+    if go_file is not None:
+        go_file.with_name(f"{go_file.name}.{writer}.ready").touch()
     while go_file is not None and not go_file.exists():
         time.sleep(0.001)
     i = 0

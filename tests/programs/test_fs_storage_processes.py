@@ -88,7 +88,14 @@ def test_two_processes_saving_at_once_both_succeed_with_distinct_versions(
     go = tmp_path / "go"
     base = tmp_path / "store"
     workers = [_start(base, "loop", w, 20, 10, go=go) for w in ("a", "b")]
-    time.sleep(0.3)  # let both interpreters start and wait at the line
+    # Both interpreters are waiting at the line before it opens (a fixed sleep was not enough
+    # on a loaded machine: the late one found the other already done).
+    ready = [go.with_name(f"go.{w}.ready") for w in ("a", "b")]
+    deadline = time.monotonic() + 60
+    while not all(path.exists() for path in ready):
+        assert time.monotonic() < deadline, "the workers never got ready"
+        assert all(worker.poll() is None for worker in workers), "a worker exited early"
+        time.sleep(0.005)
     go.touch()
     reports = []
     for worker in workers:
