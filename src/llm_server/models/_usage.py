@@ -130,6 +130,17 @@ def summarize_calls(
     """
     if not entries and not billed:
         return CallSummary(usage=None, response_model=None, finish_reasons=(), calls=0)
+    if len(entries) == 1 and len(billed) == 1 and is_reported(billed[0]):
+        # The common case (one billed call that reported its usage), without the general
+        # path's comprehensions: this runs on every request.
+        entry = entries[0]
+        model = entry.get("response_model")
+        return CallSummary(
+            usage=_exact(billed[0]),
+            response_model=str(model) if model else None,
+            finish_reasons=tuple(_finish_reasons(entry.get("response"))),
+            calls=1,
+        )
     reasons = [reason for entry in entries for reason in _finish_reasons(entry.get("response"))]
     response_model = next(
         (str(e["response_model"]) for e in reversed(entries) if e.get("response_model")), None
