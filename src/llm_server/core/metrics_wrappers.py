@@ -121,11 +121,12 @@ class PerformanceMetrics:
     def on_model_output(self, output: ModelOutput) -> None:
         """Observer hook: a model call finished (each output is counted once)."""
         self._adopt_trace()
-        with self._lock:
-            if any(seen is output for seen in self._outputs):
-                return
+        with self._lock:  # one acquisition: this runs on every model call
+            for seen in self._outputs:
+                if seen is output:
+                    return
             self._outputs.append(output)
-        self.mark_checkpoint("model_complete")
+            self._checkpoints["model_complete"] = round(self.elapsed_ms(), 2)
 
     def on_fallback(self, tried: tuple[str, ...], answered_by: str) -> None:
         """Observer hook: a fallback model answered after the models in ``tried`` failed."""
