@@ -47,3 +47,33 @@ def test_import_is_light_and_silent() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr == ""
+
+
+REFERENCE_NAMES = {
+    "llm_server.core.config": ["FrameworkSettings"],
+    "llm_server.core.metrics_wrappers": ["PerformanceMetrics", "ModelBackendTracker"],
+    "llm_server.defaults": ["FileSystemStorageAdapter", "YamlConfigProvider"],
+    "llm_server.models.manager": ["ModelManager"],
+    "llm_server.models.predictor": ["Predictor"],
+    "llm_server.models.program_manager": ["ProgramManager"],
+    "llm_server.core.pipeline": ["Pipeline"],
+    "llm_server.core.implementations": [
+        "ModelProcessor",
+        "DefaultOutputProcessor",
+        "ImageProcessor",
+    ],
+    "llm_server.core.metadata": ["MetadataCollector"],
+    "llm_server.core.types": ["MediaType", "PipelineData"],
+    "llm_server.core.protocols": ["PipelineStep", "ModelBackend"],
+    "llm_server.core.model_interfaces": ["ModelOutput"],
+    "llm_server.core.circuit_breaker": ["CircuitBreaker"],
+}
+
+
+@pytest.mark.parametrize(("module", "names"), REFERENCE_NAMES.items())
+def test_reference_names_import_from_their_path_and_from_the_package(
+    module: str, names: list[str]
+) -> None:
+    for name in names:
+        value = getattr(importlib.import_module(module), name)
+        assert getattr(llm_server, name) is value, name
