@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -29,6 +30,9 @@ from llm_server.core.pricing import ModelPrice, cost_usd
 from llm_server.models._errors import translate_error
 from llm_server.models._usage import summarize_calls
 
+if TYPE_CHECKING:
+    from llm_server.models._managed_lm import RequestScope
+
 __all__ = ["DSPyBackend"]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,14 @@ _HISTORY_SIZE = 100
 
 _warned_sync_classes: set[type[Any]] = set()
 _warned_lock = threading.Lock()
+
+
+@functools.cache
+def _request_scope() -> Callable[[Any], AbstractContextManager[RequestScope]]:
+    # Imported lazily (it imports dspy) and once: an import statement per call is not free.
+    from llm_server.models._managed_lm import request_scope
+
+    return request_scope
 
 
 def _needs_worker_thread(program: Any) -> bool:
@@ -132,8 +144,7 @@ class DSPyBackend:
                 f"model {self.model_id!r}: expected a mapping of the program's input fields to "
                 f"values, got {type(input).__name__}"
             )
-        from llm_server.models._managed_lm import request_scope
-
+        request_scope = _request_scope()
         started = time.perf_counter()
         try:
             with request_scope(self._lm) as scope:
