@@ -215,3 +215,17 @@ async def test_metrics_know_which_fallback_model_answered() -> None:
         model_id="primary", performance_metrics=summary, model_info={"id": "primary"}
     )
     assert metadata["model"] == {"id": "backup", "requested_id": "primary"}
+
+
+@pytest.mark.anyio
+async def test_requests_handled_in_a_loop_in_one_task_do_not_accumulate_observers() -> None:
+    from llm_server.core.observation import _observers
+
+    backend = EchoBackend(notify=True)
+    summaries = []
+    for i in range(1, 51):
+        metrics = PerformanceMetrics()
+        await backend.predict("x" * i)
+        summaries.append(metrics.get_summary())
+    assert [s["tokens"]["input"] for s in summaries] == list(range(1, 51))
+    assert sum(isinstance(o, PerformanceMetrics) for o in _observers.get()) == 1

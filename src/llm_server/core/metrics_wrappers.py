@@ -63,6 +63,8 @@ class PerformanceMetrics:
 
     Args:
         attach: Attach to the current context so model calls report here (default ``True``).
+            A newer ``PerformanceMetrics`` attached in the same context replaces this one, so
+            a task that handles requests in a loop never accumulates them.
     """
 
     def __init__(self, *, attach: bool = True) -> None:
@@ -76,7 +78,9 @@ class PerformanceMetrics:
         self._trace_from_span = active is not None
         self.trace_id = active or _fallback_trace_id()
         if attach:
-            attach_observer(self)
+            # A new metrics object starts a new request in this context: the previous one
+            # (if this task handles requests in a loop) stops receiving events.
+            attach_observer(self, replace_same_type=True)
 
     @property
     def model_calls(self) -> int:

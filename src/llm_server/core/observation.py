@@ -70,11 +70,21 @@ _observers: ContextVar[tuple[ExecutionObserver, ...]] = ContextVar(
 )
 
 
-def attach_observer(observer: ExecutionObserver) -> None:
-    """Attach ``observer`` to the current context for the rest of it (e.g. one request)."""
+def attach_observer(observer: ExecutionObserver, *, replace_same_type: bool = False) -> None:
+    """Attach ``observer`` to the current context for the rest of it (e.g. one request).
+
+    Args:
+        observer: The observer.
+        replace_same_type: Detach observers of the same class first. Per-request observers
+            use it, so that a loop handling many requests in one task keeps only the newest
+            one instead of accumulating them.
+    """
     current = _observers.get()
-    if not any(o is observer for o in current):
-        _observers.set((*current, observer))
+    if any(o is observer for o in current):
+        return
+    if replace_same_type:
+        current = tuple(o for o in current if type(o) is not type(observer))
+    _observers.set((*current, observer))
 
 
 @contextmanager
