@@ -87,7 +87,10 @@ def test_two_processes_saving_at_once_both_succeed_with_distinct_versions(
 ) -> None:
     go = tmp_path / "go"
     base = tmp_path / "store"
-    workers = [_start(base, "loop", w, 20, 10, go=go) for w in ("a", "b")]
+    # ~3 ms per save: 100 each keeps both writing for ~0.3 s, long enough to interleave even
+    # when a loaded machine runs one for a few time slices alone (20 each, ~60 ms, was not).
+    saves = 100
+    workers = [_start(base, "loop", w, saves, 10, go=go) for w in ("a", "b")]
     # Both interpreters are waiting at the line before it opens (a fixed sleep was not enough
     # on a loaded machine: the late one found the other already done).
     ready = [go.with_name(f"go.{w}.ready") for w in ("a", "b")]
@@ -104,7 +107,7 @@ def test_two_processes_saving_at_once_both_succeed_with_distinct_versions(
         reports += [json.loads(line) for line in out.splitlines()]
     adapter = FileSystemStorageAdapter(base)
     versions = [r["version"] for r in reports]
-    assert len(versions) == len(set(versions)) == 40
+    assert len(versions) == len(set(versions)) == 2 * saves
     assert sorted(adapter.list_versions("prog")) == sorted(versions)
     by_version = sorted(reports, key=lambda r: int(r["version"].split(".")[1]))
     switches = sum(a["writer"] != b["writer"] for a, b in itertools.pairwise(by_version))
