@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -40,3 +40,23 @@ async def closing_lms() -> AsyncIterator[Callable[[Any], Any]]:
         from llm_server.models._litellm_clients import close_litellm_clients
 
         await close_litellm_clients()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_litellm_sync_clients() -> Iterator[None]:
+    """Close LiteLLM's cached synchronous HTTP clients when the session ends.
+
+    LiteLLM keeps them process-wide and reuses them across tests (``ModelManager.aclose``
+    leaves them to later synchronous calls); left open, their sockets are reported as
+    "unclosed socket" at interpreter exit.
+    """
+    yield
+    if "litellm" not in sys.modules:
+        return
+    import httpx
+    import litellm
+
+    for client in list(litellm.in_memory_llm_clients_cache.cache_dict.values()):
+        http = getattr(client, "_client", None) or getattr(client, "client", None)
+        if isinstance(http, httpx.Client):
+            http.close()
