@@ -46,3 +46,17 @@ async def record_failures(breaker: CircuitBreaker, count: int) -> None:
     for _ in range(count):
         with pytest.raises(ProviderUnavailableError):
             await breaker.call(fail_500)
+
+
+class Flaky:
+    """An async call that fails with the given errors, in order, then answers ``"ok"``."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"

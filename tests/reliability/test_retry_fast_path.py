@@ -6,25 +6,12 @@ import random
 from typing import Any
 
 import pytest
+from _reliability_helpers import Flaky
 
 import llm_server.core.retry as retry_module
 from llm_server.core.errors import ProviderAuthError, ProviderUnavailableError
 from llm_server.core.retry import RetryPolicy, retry_call
 from llm_server.testing._clock import FakeClock
-
-
-class Attempts:
-    """Fails with the scripted errors, in order, then answers ``"ok"``."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "ok"
 
 
 @pytest.fixture
@@ -38,7 +25,7 @@ def no_tenacity(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.anyio
 @pytest.mark.usefixtures("no_tenacity")
 async def test_a_first_attempt_that_succeeds_never_touches_tenacity() -> None:
-    attempts = Attempts()
+    attempts = Flaky()
     assert await retry_call(attempts, policy=RetryPolicy(max_attempts=3)) == "ok"
     assert attempts.calls == 1
 
@@ -48,14 +35,14 @@ async def test_a_first_attempt_that_succeeds_never_touches_tenacity() -> None:
 async def test_a_non_retryable_first_error_leaves_unchanged_without_tenacity() -> None:
     error = ProviderAuthError("401", model_id="m")
     with pytest.raises(ProviderAuthError) as raised:
-        await retry_call(Attempts(error), policy=RetryPolicy(max_attempts=3))
+        await retry_call(Flaky(error), policy=RetryPolicy(max_attempts=3))
     assert raised.value is error
 
 
 @pytest.mark.anyio
 async def test_a_failed_first_attempt_is_attempt_one_of_the_retries() -> None:
     first = ProviderUnavailableError("500", model_id="m")
-    attempts = Attempts(first)
+    attempts = Flaky(first)
     seen: list[tuple[int, BaseException, float]] = []
     clock = FakeClock()
     result = await retry_call(
@@ -75,7 +62,7 @@ async def test_a_failed_first_attempt_is_attempt_one_of_the_retries() -> None:
 @pytest.mark.anyio
 async def test_one_attempt_only_reraises_the_first_error_itself() -> None:
     first = ProviderUnavailableError("500", model_id="m")
-    attempts = Attempts(first, ProviderUnavailableError("never reached"))
+    attempts = Flaky(first, ProviderUnavailableError("never reached"))
     with pytest.raises(ProviderUnavailableError) as raised:
         await retry_call(attempts, policy=RetryPolicy(max_attempts=1), clock=FakeClock())
     assert raised.value is first
@@ -85,7 +72,7 @@ async def test_one_attempt_only_reraises_the_first_error_itself() -> None:
 @pytest.mark.anyio
 async def test_every_attempt_failing_ends_after_max_attempts_with_the_last_error() -> None:
     errors = [ProviderUnavailableError(f"500 #{i}", model_id="m") for i in range(3)]
-    attempts = Attempts(*errors)
+    attempts = Flaky(*errors)
     with pytest.raises(ProviderUnavailableError) as raised:
         await retry_call(attempts, policy=RetryPolicy(max_attempts=3), clock=FakeClock())
     assert raised.value is errors[-1]

@@ -7,6 +7,7 @@ import logging
 import random
 
 import pytest
+from _reliability_helpers import Flaky
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import (
@@ -24,20 +25,6 @@ from llm_server.core.retry import RetryPolicy, is_retryable, retry_call
 from llm_server.testing._clock import FakeClock
 
 pytestmark = pytest.mark.anyio
-
-
-class Flaky:
-    """Fails with the given errors, then answers "ok"."""
-
-    def __init__(self, *errors: BaseException) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "ok"
 
 
 def outage(count: int) -> list[BaseException]:
