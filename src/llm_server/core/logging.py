@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import IO, Any
 
 from opentelemetry import trace
 
+from llm_server.core._ids import random_hex128
 from llm_server.core.redaction import RedactingFilter, redact
 
 __all__ = [
@@ -85,7 +85,7 @@ def log_context(
     if program_id is not None:
         changes["program_id"] = program_id
     if outer.trace_id is None:
-        changes["trace_id"] = os.urandom(16).hex()
+        changes["trace_id"] = random_hex128()
     token = _fields.set(replace(outer, **changes))
     try:
         yield

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from llm_server.core._ids import new_uuid4
 
 __all__ = ["MetadataCollector", "new_execution_id", "utc_timestamp"]
 
 
 def new_execution_id() -> str:
-    """A fresh, unique execution id (a UUID4 string)."""
-    # str(uuid.uuid4()) without the UUID object: the same random version-4 id, 2 µs cheaper.
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A fresh, unique execution id (a random version-4 UUID string)."""
+    return new_uuid4()
 
 
 def utc_timestamp() -> str:

@@ -10,13 +10,12 @@ task with its own copy of the context, so concurrent requests never see each oth
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
+from llm_server.core._ids import random_hex128
 from llm_server.core.backend_wrapper import BackendWrapper
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
 from llm_server.core.observation import StepTiming, attach_observer, observing
@@ -49,9 +48,9 @@ def _fallback_trace_id() -> str:
     # What current_trace_id() returns when no span is active (already looked up): the
     # enclosing log_context's random id, else a fresh one.
     try:
-        return _trace_sources()[1]() or os.urandom(16).hex()
+        return _trace_sources()[1]() or random_hex128()
     except Exception:  # telemetry never breaks a request
-        return uuid.uuid4().hex
+        return random_hex128()
 
 
 class PerformanceMetrics:

@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from llm_server import __version__
+from llm_server.core._ids import random_hex128
 from llm_server.core._otel_listeners import RecordingListener, TelemetryListener
 from llm_server.core._otel_model_call import ModelCallInfo, ModelCallRecorder
 from llm_server.core._otel_signals import NoopSignals, OtelSignals
@@ -210,7 +210,7 @@ def current_trace_id() -> str:
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         return format(context.trace_id, "032x")
-    return _fallback_trace_id() or os.urandom(16).hex()
+    return _fallback_trace_id() or random_hex128()
 
 
 _current: Telemetry = Telemetry.disabled()
