@@ -93,6 +93,8 @@ class FrameworkSettings(BaseSettings):
         default=4, gt=0, le=64, validation_alias=AliasChoices("LLM_SERVER_BLOCKING_WORKERS")
     )
     """Threads of the framework's own pool for blocking work (images, sync programs)."""
+    gc_freeze: bool = Field(default=True, validation_alias=AliasChoices("LLM_SERVER_GC_FREEZE"))
+    """Freeze the startup heap when the process's first ``ModelManager`` is built (once)."""
 
     # --- retries ---
     retry_max_attempts: int = Field(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
@@ -13,6 +12,7 @@ from typing import Any, TypeAlias
 
 from fastapi import FastAPI
 
+from llm_server._gc import freeze_heap
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.protocols import ConfigProvider, StorageAdapter
 
@@ -62,11 +62,12 @@ def llm_server_lifespan(
         storage_dir: The program storage folder (default: ``settings.llm_programs_dir``).
         storage_adapter: A storage adapter to use instead of the file-system one.
         lifespan: The host app's own lifespan, run inside this one.
-        freeze_gc: Once everything is started, collect garbage and ``gc.freeze()`` what is
-            alive, so later full collections skip the large startup heap (DSPy, LiteLLM,
-            models): with DSPy loaded a full collection otherwise takes 50-65 ms and lands on
-            a request every few hundred requests. Off by default: it affects the whole
-            process.
+        freeze_gc: Once everything is started (the host's lifespan included), collect
+            garbage and ``gc.freeze()`` what is alive, on every startup. The
+            ``ModelManager`` already freezes the heap once per process when it is built
+            (``LLM_SERVER_GC_FREEZE``, on by default); this also freezes what was built after
+            it. Off by default: objects frozen here that later become cyclic garbage (a test
+            app that is thrown away) are never freed.
 
     Example::
 
@@ -122,8 +123,7 @@ def llm_server_lifespan(
 @asynccontextmanager
 async def _readiness(app: FastAPI, *, freeze_gc: bool) -> AsyncIterator[None]:
     if freeze_gc:
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
     app.state.llm_server_ready = True
     try:
         yield

@@ -35,6 +35,7 @@ import anyio
 from anyio.lowlevel import RunVar
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_server._gc import freeze_startup_heap_once
 from llm_server._offline import ensure_offline
 from llm_server.core.circuit_breaker import CircuitBreaker
 from llm_server.core.clock import Clock
@@ -115,6 +116,11 @@ class ModelInfo(BaseModel):
 class ModelManager:
     """Builds and holds one ``dspy.LM`` per configured model.
 
+    The first manager built in a process also freezes the startup heap (``gc.freeze()``
+    after a full collection; see :mod:`llm_server._gc`), so the garbage collector stops
+    re-scanning DSPy and the models on every full collection. ``LLM_SERVER_GC_FREEZE=false``
+    (``FrameworkSettings(gc_freeze=False)``) turns it off.
+
     Args:
         config_provider: Supplies the validated model configuration.
         settings: Framework settings (default: read from the environment).
@@ -194,6 +200,9 @@ class ModelManager:
             "models ready: %s",
             ", ".join(f"{mid} ({info.engine})" for mid, info in self.model_info.items()),
         )
+        if self.settings.gc_freeze:
+            # The end of a service's startup: DSPy and the models are loaded for good.
+            freeze_startup_heap_once()
 
     @staticmethod
     def _default_telemetry(settings: FrameworkSettings) -> Telemetry:
