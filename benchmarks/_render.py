@@ -12,6 +12,7 @@ APP_LABELS = {
     "F_otel": "F+SDK: same, OTel SDK exporting to memory",
     "H": "H: hand-written Predict.acall",
     "H_otel": "H+SDK: same, same OTel SDK (FastAPI instruments itself then)",
+    "H_freeze": "H+freeze: H that also freezes its startup heap, as the library does for F",
     "D": "D: dspy.asyncify (DSPy docs)",
     "R": "R: raw httpx forward (floor)",
 }
@@ -33,6 +34,7 @@ def e2e_ratios(point: dict[str, Any]) -> dict[str, float | None]:
 
     return {
         "F/H": ratio(get("F", "throughput"), get("H", "throughput")),
+        "F/H+freeze": ratio(get("F", "throughput"), get("H_freeze", "throughput")),
         "F+SDK/H": ratio(get("F_otel", "throughput"), get("H", "throughput")),
         "F+SDK/H+SDK": ratio(get("F_otel", "throughput"), get("H_otel", "throughput")),
         "F/D": ratio(get("F", "throughput"), get("D", "throughput")),
@@ -75,6 +77,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
             ok = None if worst is None else worst >= limit
             rows.append((f"throughput {key}", goal, f"worst {fmt(worst)} ({where})", verdict(ok)))
+        worst_frozen = _worst([r["F/H+freeze"] for _, r in all_ratios], lowest=True)
+        if worst_frozen is not None:
+            rows.append(
+                (
+                    "throughput F/H+freeze",
+                    "(context: H also freezes its heap)",
+                    f"worst {fmt(worst_frozen)}",
+                    "n/a",
+                )
+            )
         point = _point(e2e["points"], 200, 64)
         fd = e2e_ratios(point)["F/D"] if point else None
         rows.append(

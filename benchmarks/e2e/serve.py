@@ -2,7 +2,7 @@
 
     python benchmarks/e2e/serve.py F --port 8100      # the reference app
     python benchmarks/e2e/serve.py F_otel --port 8101 # the same, OpenTelemetry SDK exporting
-    python benchmarks/e2e/serve.py H|H_otel|D|R --port 8102
+    python benchmarks/e2e/serve.py H|H_otel|H_freeze|D|R --port 8102
 
 ``LLM_SERVER_PROVIDER_URL`` must point at the local provider. The reference app runs from a
 temporary folder holding a copy of its ``config/``, so its program storage never lands in the
@@ -22,7 +22,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_APP = HERE.parent.parent / "examples" / "reference_app"
-APPS = ("F", "F_otel", "H", "H_otel", "D", "R")
+APPS = ("F", "F_otel", "H", "H_otel", "H_freeze", "D", "R")
 
 
 def _reference_app_folder() -> Path:
@@ -48,6 +48,10 @@ def load(name: str) -> Any:
         from e2e.apps.h_otel import load_app as load_h
 
         return load_h()
+    if name == "H_freeze":
+        from e2e.apps.h_freeze import load_app as load_h_freeze
+
+        return load_h_freeze()
     module = importlib.import_module(f"e2e.apps.{name.lower()}_app")
     return module.app
 

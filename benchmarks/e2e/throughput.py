@@ -1,4 +1,4 @@
-"""End to end: F, H (each also with an OpenTelemetry SDK), D and R under the same load.
+"""End to end: F, H (each also with an OpenTelemetry SDK), H+freeze, D and R under one load.
 
     python benchmarks/e2e/throughput.py [--quick]
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e2e import _procs
 
-APPS = ("F", "F_otel", "H", "H_otel", "D", "R")
+APPS = ("F", "F_otel", "H", "H_otel", "H_freeze", "D", "R")
 LATENCIES_MS = (0, 200)
 CONCURRENCIES = (1, 64, 256)
 

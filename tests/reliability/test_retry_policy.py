@@ -64,6 +64,39 @@ async def test_gives_up_after_max_attempts_with_the_last_error() -> None:
     assert flaky.calls == 5
 
 
+async def test_a_first_error_made_by_the_caller_counts_as_attempt_one() -> None:
+    clock = FakeClock()
+    flaky = Flaky(*outage(2))
+    first = ProviderUnavailableError("500 before")
+    result = await retry_call(
+        flaky, policy=POLICY, clock=clock, rng=random.Random(7), first_error=first
+    )
+    assert result == "ok"
+    assert flaky.calls == 3  # attempts 2, 3 and 4
+    assert len(clock.sleeps) == 3
+
+
+async def test_a_first_error_exhausts_the_same_attempt_budget() -> None:
+    flaky = Flaky(*outage(10))
+    with pytest.raises(ProviderUnavailableError, match="500 #3"):
+        await retry_call(
+            flaky,
+            policy=POLICY,
+            clock=FakeClock(),
+            first_error=ProviderUnavailableError("500 before"),
+        )
+    assert flaky.calls == 4  # 5 attempts in all
+
+
+async def test_a_first_error_that_is_not_retryable_is_raised_without_a_call() -> None:
+    flaky = Flaky()
+    with pytest.raises(ProviderAuthError, match="bad key"):
+        await retry_call(
+            flaky, policy=POLICY, clock=FakeClock(), first_error=ProviderAuthError("bad key")
+        )
+    assert flaky.calls == 0
+
+
 async def test_one_attempt_means_no_retries() -> None:
     flaky = Flaky(*outage(1))
     with pytest.raises(ProviderUnavailableError):

@@ -126,14 +126,25 @@ class RetryingBackend(BackendWrapper):
 
     async def predict(self, input: Any) -> ModelOutput:
         """Run the call, retrying by the policy."""
-        attempts = 0
+        start = self._clock.monotonic()
+        # The first attempt is made here, without retry_call's closure and frames: it is the
+        # only one on the success path, which every request takes.
+        try:
+            return await self._backend.predict(input)
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            first_error = exc
+        return await self._retry(input, first_error, start)
+
+    async def _retry(self, input: Any, first_error: Exception, start: float) -> ModelOutput:
+        attempts = 1
 
         async def attempt() -> ModelOutput:
             nonlocal attempts
             attempts += 1
             return await self._backend.predict(input)
 
-        start = self._clock.monotonic()
         output = await retry_call(
             attempt,
             policy=self.policy,
@@ -142,9 +153,8 @@ class RetryingBackend(BackendWrapper):
             deadline=_deadline.get(),
             should_stop=self._breaker_open if self._breaker is not None else None,
             on_retry=self._on_retry if self._listener is not None else None,
+            first_error=first_error,
         )
-        if attempts == 1:
-            return output
         latency_ms = (self._clock.monotonic() - start) * 1000.0
         return replace(output, attempts=output.attempts + attempts - 1, latency_ms=latency_ms)
 

@@ -120,6 +120,7 @@ async def retry_call(
     deadline: float | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_retry: OnRetry | None = None,
+    first_error: Exception | None = None,
 ) -> T:
     """Await ``fn()`` and retry it by the rules of the module docstring.
 
@@ -131,6 +132,8 @@ async def retry_call(
         deadline: Clock time after which no attempt may start.
         should_stop: Checked before each retry; ``True`` ends the retries.
         on_retry: Called before each backoff; its exceptions are logged and swallowed.
+        first_error: The error of a first attempt the caller already made (it counts as
+            attempt 1; ``fn`` then makes attempts 2, 3, ...).
 
     Returns:
         The result of the first successful attempt.
@@ -141,12 +144,13 @@ async def retry_call(
     # The success path skips tenacity: building and driving an ``AsyncRetrying`` cost ~100 us
     # per call here, the library's largest per-request cost. A failed first attempt is
     # replayed into tenacity as its attempt 1, so every rule above applies unchanged.
-    try:
-        return await fn()
-    except Exception as exc:
-        if not is_retryable(exc):
-            raise
-        first_error = exc
+    if first_error is None:
+        try:
+            return await fn()
+        except Exception as exc:
+            first_error = exc
+    if not is_retryable(first_error):
+        raise first_error
     replayed = False
 
     async def attempt() -> T:
