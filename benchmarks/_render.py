@@ -224,6 +224,8 @@ def render(results: dict[str, Any]) -> str:
         parts += _render_layers(results["layers"])
     if results.get("e2e"):
         parts += _render_e2e(results["e2e"])
+    if results.get("gc"):
+        parts += _render_gc(results["gc"])
     if results.get("rss"):
         parts += _render_rss(results["rss"])
     if results.get("startup"):
@@ -412,6 +414,51 @@ def _render_layers(layers: dict[str, Any]) -> list[str]:
         "response here).",
         "",
         table(["path", "µs CPU/call", "vs H (µs)", "/ H", "µs in GC/call", "gen0 GCs/1000"], rows),
+        "",
+    ]
+
+
+def _render_gc(gc: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, app in gc["apps"].items():
+        us = app["gc_us_per_request"]
+        per_1000 = app["collections_per_1000"]
+        rows.append(
+            (
+                name,
+                fmt(app["cpu_ms_per_request"], 3),
+                *[fmt(v, 0) for v in us],
+                fmt(sum(us), 0),
+                fmt(sum(us) / 1000 / app["cpu_ms_per_request"], 2)
+                if app["cpu_ms_per_request"]
+                else "n/a",
+                " / ".join(fmt(v, 1) for v in per_1000),
+                f"{app['frozen_objects']:,}",
+            )
+        )
+    return [
+        "## Garbage collection per request",
+        "",
+        f"Each app at concurrency {gc['concurrency']} against the provider with 0 ms latency "
+        f"for {gc['window_s']} s after a warm-up; the app times every collection by generation "
+        "(`gc.callbacks`; `benchmarks/e2e/gcstats.py`). F's `ModelManager` froze the startup "
+        "heap (`LLM_SERVER_GC_FREEZE`, on by default); H+freeze is H with the same "
+        "`gc.collect(); gc.freeze()` at the end of its startup.",
+        "",
+        table(
+            [
+                "app",
+                "CPU ms/req",
+                "µs gen0",
+                "µs gen1",
+                "µs gen2",
+                "µs GC/req",
+                "share of CPU",
+                "collections/1000 req (gen0/1/2)",
+                "frozen objects",
+            ],
+            rows,
+        ),
         "",
     ]
 

@@ -32,9 +32,9 @@ sys.path.insert(0, str(HERE))
 import _components  # noqa: E402 -- benchmarks/ is not a package; the path is set above
 import _render  # noqa: E402
 import _report  # noqa: E402
-from e2e import layers, profiling, rss, startup, throughput  # noqa: E402
+from e2e import gcstats, layers, profiling, rss, startup, throughput  # noqa: E402
 
-PARTS = ("components", "startup", "layers", "e2e", "rss", "profile")
+PARTS = ("components", "startup", "layers", "e2e", "gc", "rss", "profile")
 
 
 def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
@@ -47,6 +47,7 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
         "startup": lambda: startup.measure(quick=quick),
         "layers": lambda: layers.run(quick=quick),
         "e2e": lambda: throughput.run_matrix(quick=quick),
+        "gc": lambda: gcstats.measure(quick=quick),
         "rss": lambda: rss.measure(quick=quick),
         "profile": lambda: {
             name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel", "H")

@@ -56,6 +56,30 @@ def load(name: str) -> Any:
     return module.app
 
 
+def _record_gc(path: str) -> None:
+    """Time every garbage collection by generation; SIGUSR1 writes the totals to ``path``."""
+    import gc
+    import json
+    import signal
+    import time
+
+    seconds, counts, started = [0.0, 0.0, 0.0], [0, 0, 0], [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            seconds[info["generation"]] += time.perf_counter() - started[0]
+            counts[info["generation"]] += 1
+
+    def dump(*_: Any) -> None:
+        totals = {"seconds": seconds, "counts": counts, "frozen": gc.get_freeze_count()}
+        Path(path).write_text(json.dumps(totals), encoding="utf-8")
+
+    gc.callbacks.append(on_gc)
+    signal.signal(signal.SIGUSR1, dump)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("app", choices=APPS)
@@ -64,6 +88,9 @@ def main() -> None:
     import uvicorn
 
     app = load(args.app)
+    gc_stats_to = os.environ.get("BENCH_GC_STATS")
+    if gc_stats_to:
+        _record_gc(gc_stats_to)
     profile_to = os.environ.get("BENCH_CPROFILE")  # the profiler's fallback without py-spy
     profiler = None
     if profile_to:

@@ -299,6 +299,26 @@ def _results() -> dict[str, Any]:
             ],
             "elapsed_s": 10.0,
         },
+        "gc": {
+            "window_s": 4.0,
+            "concurrency": 64,
+            "apps": {
+                "F": {
+                    "requests": 2000,
+                    "cpu_ms_per_request": 1.7,
+                    "gc_us_per_request": [60.0, 80.0, 20.0],
+                    "collections_per_1000": [300.0, 28.0, 2.5],
+                    "frozen_objects": 100_000,
+                },
+                "H": {
+                    "requests": 2000,
+                    "cpu_ms_per_request": 1.9,
+                    "gc_us_per_request": [70.0, 60.0, 140.0],
+                    "collections_per_1000": [240.0, 22.0, 1.9],
+                    "frozen_objects": 0,
+                },
+            },
+        },
         "rss": {
             "first": 1000,
             "total": 10000,
@@ -335,6 +355,8 @@ def test_report_renders_every_part_as_markdown_tables() -> None:
         assert heading in text
     assert "### Provider latency 200 ms" in text
     assert "| 64 | F | 96.0 |" in text
+    assert "## Garbage collection per request" in text
+    assert "| H | 1.900 | 70 | 60 | 140 | 270 | 0.14 | 240.0 / 22.0 / 1.9 | 0 |" in text
     assert "python benchmarks/run_all.py --quick" in text
 
 
