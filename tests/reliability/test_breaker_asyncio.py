@@ -157,3 +157,20 @@ async def test_an_open_breaker_with_many_waiters_refuses_each_at_once(clock: Fak
     )
     assert all(isinstance(r, CircuitOpenError) for r in results)
     assert breaker.snapshot().refused == 100
+
+
+async def test_admit_and_settle_count_like_call(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(name="m", failure_threshold=2, reset_timeout=30, clock=clock)
+    ticket = breaker.admit()
+    breaker.settle(ticket, None)
+    for _ in range(2):
+        breaker.settle(breaker.admit(), ConnectionError("down"))
+    assert breaker.state is BreakerState.OPEN
+    with pytest.raises(CircuitOpenError):
+        breaker.admit()
+    clock.advance(30)
+    probe = breaker.admit()  # half-open: the one probe is admitted, a second is refused
+    with pytest.raises(CircuitOpenError):
+        breaker.admit()
+    breaker.settle(probe, None)
+    assert breaker.state is BreakerState.CLOSED

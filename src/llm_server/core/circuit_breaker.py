@@ -282,18 +282,35 @@ class CircuitBreaker(BreakerMachine):
 
     # --- guarding calls ----------------------------------------------------------------------
 
+    def admit(self) -> tuple[int, float]:
+        """Admit one call, or refuse it; the caller must then :meth:`settle` it exactly once.
+
+        For wrappers that guard a call without a closure or an extra coroutine frame
+        (``call()`` is ``admit()``, the call, ``settle()``).
+
+        Returns:
+            The call's ticket: its permit and its start time.
+
+        Raises:
+            CircuitOpenError: The breaker refused the call.
+        """
+        start = self._now() if self._timed else UNTIMED
+        record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
+        if record.state is _CLOSED and record.generation == self._seen_generation:
+            return record.generation << 1, start
+        return self._acquire_slow(), start
+
+    def settle(self, ticket: tuple[int, float], error: BaseException | None) -> None:
+        """Record the outcome of a call admitted by :meth:`admit` (``None``: it succeeded)."""
+        self._release(ticket[0], error, ticket[1])
+
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker.
 
         Raises:
             CircuitOpenError: The breaker refused the call (``fn`` was not called).
         """
-        start = self._now() if self._timed else UNTIMED
-        record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
-        if record.state is _CLOSED and record.generation == self._seen_generation:
-            permit = record.generation << 1
-        else:
-            permit = self._acquire_slow()
+        permit, start = self.admit()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
@@ -308,12 +325,7 @@ class CircuitBreaker(BreakerMachine):
         Raises:
             CircuitOpenError: The breaker refused the call (``fn`` was not called).
         """
-        start = self._now() if self._timed else UNTIMED
-        record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
-        if record.state is _CLOSED and record.generation == self._seen_generation:
-            permit = record.generation << 1
-        else:
-            permit = self._acquire_slow()
+        permit, start = self.admit()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -369,12 +381,7 @@ class CircuitBreaker(BreakerMachine):
         return f"CircuitBreaker(name={self.name!r}, state={self.state.value!r})"
 
     def _enter(self) -> None:
-        start = self._now() if self._timed else UNTIMED
-        record = self._get(self._key)  # the closed-state fast path of _acquire(), inlined
-        if record.state is _CLOSED and record.generation == self._seen_generation:
-            permit = record.generation << 1
-        else:
-            permit = self._acquire_slow()
+        permit, start = self.admit()
         _entered.set((*_entered.get(), (self, permit, start)))
 
     def _exit(self, exc: BaseException | None) -> None:

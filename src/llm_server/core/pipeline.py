@@ -108,7 +108,9 @@ class Pipeline:
                 original is the ``__cause__``. Our own errors pass through unchanged, and
                 cancellation is never caught.
         """
-        return (await self.run(data)).output
+        telemetry = self._telemetry if self._telemetry is not None else get_telemetry()
+        with telemetry.pipeline_span(self.name):  # run() inlined: one frame fewer per request
+            return (await self._run_steps(data, telemetry)).output
 
     async def run(self, data: PipelineData) -> PipelineRun:
         """Like :meth:`execute`, but also return each step's timing."""

@@ -90,7 +90,15 @@ class CircuitBreakerBackend(BackendWrapper):
 
     async def predict(self, input: Any) -> ModelOutput:
         """Run one model call, if the breaker allows it."""
-        return await self.breaker.call(self._backend.predict, input)
+        breaker = self.breaker  # breaker.call() inlined: one coroutine frame fewer per call
+        ticket = breaker.admit()
+        try:
+            output = await self._backend.predict(input)
+        except BaseException as exc:
+            breaker.settle(ticket, exc)
+            raise
+        breaker.settle(ticket, None)
+        return output
 
 
 class RetryingBackend(BackendWrapper):
