@@ -399,11 +399,15 @@ def _render_notes(results: dict[str, Any]) -> list[str]:
             "Python SDK costs tens of µs per span; sample traces on busy services."
         )
     if e2e:
+        slow = _point(e2e["points"], 200, 1)
+        slow_p99 = e2e_ratios(slow)["p99 F/H"] if slow else None
         notes.append(
-            "**p99 F/H** follows throughput at the CPU-bound points: with 64-256 requests "
-            "queued on one saturated worker, a few % more or less CPU per request becomes that "
-            "much more or less queueing in the tail. Where the worker has spare CPU, p99 is "
-            "within noise."
+            "**p99 F/H** follows CPU per request: with 64-256 requests queued on one saturated "
+            "worker, a few % more or less CPU per request becomes that much more or less "
+            "queueing in the tail, and at c=1 with a 0 ms provider a request's latency is the "
+            "CPU on its path, so F's extra work is a visible share of a ~3 ms request. With a "
+            "provider that takes time it vanishes"
+            + (f" (p99 F/H at c=1, 200 ms: {slow_p99:.2f})." if slow_p99 is not None else ".")
         )
         flat = cpu_flatness(e2e["points"], 0)
         if "F" in flat:
