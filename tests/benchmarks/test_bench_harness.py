@@ -339,7 +339,7 @@ def _results() -> dict[str, Any]:
 def test_report_judges_each_target_and_names_the_worst_point() -> None:
     rows = {row[0]: row for row in _render.targets(_results())}
     f_over_h = rows["throughput F/H"]
-    assert f_over_h[2] == "worst 0.93 (0 ms, c=256)"
+    assert f_over_h[2] == "worst 0.930 (0 ms, c=256)"
     assert f_over_h[3] == "**missed**"
     assert rows["throughput F+SDK/H"][3] == "**missed**"  # 0.837 < 0.90
     assert rows["throughput F/D"][2] == "4.80"
