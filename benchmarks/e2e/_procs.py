@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -165,3 +166,11 @@ def rss_mib(pid: int) -> float:
     import psutil
 
     return float(psutil.Process(pid).memory_info().rss) / (1024 * 1024)
+
+
+def measure_cli(measure: Callable[..., dict[str, Any]], doc: str | None) -> None:
+    """The command line of a benchmark part: ``[--quick]``, its JSON result on stdout."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    json.dump(measure(quick=args.quick), sys.stdout, indent=1)

@@ -11,7 +11,6 @@ which the library's ``ModelManager`` does once at startup (``LLM_SERVER_GC_FREEZ
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -73,10 +72,7 @@ def measure(*, quick: bool = False, apps: tuple[str, ...] = APPS) -> dict[str, A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    json.dump(measure(quick=args.quick), sys.stdout, indent=1)
+    _procs.measure_cli(measure, __doc__)
 
 
 if __name__ == "__main__":

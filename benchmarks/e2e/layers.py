@@ -22,7 +22,6 @@ recorded too: a full collection of a heap holding DSPy costs tens of millisecond
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -178,10 +177,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    json.dump(measure(quick=args.quick), sys.stdout, indent=1)
+    _procs.measure_cli(measure, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ H (the same DSPy call without the library) runs alongside as the reference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -63,10 +62,7 @@ def measure(*, quick: bool = False, apps: tuple[str, ...] = ("F", "H")) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    json.dump(measure(quick=args.quick), sys.stdout, indent=1)
+    _procs.measure_cli(measure, __doc__)
 
 
 if __name__ == "__main__":
