@@ -2,7 +2,7 @@
 
 With DSPy loaded, a process holds ~110,000 objects that live as long as it does (modules,
 DSPy, pydantic schemas, the models). Python's full collections walk all of them: 50-70 ms
-each, every few hundred requests on a busy server, which came to ~150-200 µs of CPU per
+each, every few hundred requests on a busy server, which came to ~120-200 µs of CPU per
 request in the benchmarks (more than the library's own per-request code). ``gc.freeze()``
 moves every object alive now to a permanent generation that collections skip.
 

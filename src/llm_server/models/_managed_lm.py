@@ -47,6 +47,8 @@ def _dspy_execution() -> tuple[Any, Any, Any, Any, Any] | None:
         from dspy.clients.execution import aexecute, finalize, prepare
     except ImportError:
         return None
+    if not callable(getattr(dspy.LM.acall, "__wrapped__", None)):  # no undecorated acall
+        return None
     return prepare, aexecute, finalize, warn_legacy_lm, warn_openai_messages
 
 
@@ -81,7 +83,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         @with_callbacks  # type: ignore[untyped-decorator]  # dspy is untyped
         async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
             """``dspy.LM.acall``, preparing text-only calls without the worker-thread hop."""
-            if _EXECUTION is None or not _text_only(prompt, messages, kwargs):
+            if _EXECUTION is None or not _text_only(prompt, messages, kwargs):  # (for mypy)
                 return await _DSPY_ACALL.__wrapped__(self, prompt, messages=messages, **kwargs)
             prepare, aexecute, finalize, warn_legacy_lm, warn_openai_messages = _EXECUTION
             call = prepare(self, prompt, messages, kwargs, asynchronous=True)
