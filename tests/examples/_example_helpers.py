@@ -79,19 +79,29 @@ def free_port() -> int:
 
 
 def wait_until_up(
-    url: str, process: subprocess.Popen[bytes], log: Path, *, timeout_s: float = 60.0
+    url: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    timeout_s: float = 60.0,
+    poll_s: float = 0.05,
 ) -> None:
-    """Poll ``url`` until it answers (any status), failing early if ``process`` exits."""
+    """Poll ``url`` until it answers (any status), failing early if ``process`` exits.
+
+    A failure shows the end of ``log`` (the server's output; an install's can be long).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            raise AssertionError(
+                f"server exited with {process.returncode}:\n{log.read_text()[-5000:]}"
+            )
         try:
             httpx.get(url, timeout=1.0)
             return
         except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer within {timeout_s} s:\n{log.read_text()}")
+            time.sleep(poll_s)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-5000:]}")
 
 
 @contextmanager

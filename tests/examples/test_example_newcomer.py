@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _example_helpers import REPO, free_port
+from _example_helpers import REPO, free_port, wait_until_up
 
 INSTALL_TIMEOUT_S = 900.0
 
@@ -57,19 +57,6 @@ def newcomer_env(port: int) -> dict[str, str]:
     return env
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{log.read_text()[-5000:]}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer in {timeout_s} s:\n{log.read_text()[-5000:]}")
-
-
 @pytest.mark.slow
 def test_a_fresh_clone_installs_serves_and_tests(tmp_path: Path) -> None:
     clone = tmp_path / "llm-server"
@@ -91,7 +78,9 @@ def test_a_fresh_clone_installs_serves_and_tests(tmp_path: Path) -> None:
             start_new_session=True,
         )
     try:
-        wait_for(f"http://127.0.0.1:{port}/docs", process, log, INSTALL_TIMEOUT_S)
+        wait_until_up(
+            f"http://127.0.0.1:{port}/docs", process, log, timeout_s=INSTALL_TIMEOUT_S, poll_s=0.5
+        )
         ready_after_s = time.monotonic() - started
         response = httpx.post(
             f"http://127.0.0.1:{port}/predict", json={"prompt": "Hello, world!"}, timeout=30
