@@ -76,7 +76,7 @@ async def _bench_engine(
     manager: ModelManager, model_id: str, *, calls: int, rounds: int
 ) -> tuple[float, float]:
     program = dspy.Predict("question -> answer")
-    backend = manager.create_backend(program, model_id)
+    backend = manager.single_attempt_backend(program, model_id)
     lm = manager.get_lm(model_id)
     bare_program = dspy.Predict("question -> answer")
 

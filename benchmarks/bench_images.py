@@ -35,7 +35,7 @@ from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageStat
 
-from llm_server.core.images import ImageProcessor
+from llm_server.core.implementations import ImageProcessor
 
 BOX = (800, 800)
 

@@ -2,25 +2,103 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import pkgutil
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import llm_server
 import llm_server.testing
 
+ROOT = Path(__file__).parents[1]
 
-def test_all_is_sorted_and_matches_exports() -> None:
+
+def _is_private(module: str) -> bool:
+    return any(part.startswith("_") for part in module.split("."))
+
+
+def _homes() -> dict[str, str]:
+    homes: dict[str, str] = {}
+    for info in pkgutil.walk_packages(llm_server.__path__, "llm_server."):
+        if _is_private(info.name) or info.name.endswith("__main__"):
+            continue
+        for name in getattr(importlib.import_module(info.name), "__all__", ()):
+            assert name not in homes, f"{name} is documented in {homes[name]} and {info.name}"
+            homes[name] = info.name
+    return homes
+
+
+HOMES = _homes()
+_PRIVATE_IMPORT = re.compile(
+    r"^\s*(?:from\s+llm_server(?:\.\w+)*\.(?:_\w+)\b|import\s+llm_server(?:\.\w+)*\._\w+"
+    r"|from\s+llm_server(?:\.\w+)*\s+import\s+_\w+)",
+    re.M,
+)
+
+
+def _documents() -> Iterator[Path]:
+    yield ROOT / "README.md"
+    for folder in ("docs", "examples"):  # benchmarks may measure internals, as tests do
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in {".md", ".py"}:
+                yield path
+
+
+PRIVATE_IMPORTS = [
+    (path.relative_to(ROOT), match.group(0))
+    for path in _documents()
+    for match in _PRIVATE_IMPORT.finditer(path.read_text())
+]
+
+
+def imported_names(folder: Path) -> Iterator[tuple[Path, str, str]]:
+    """``(file, module, name)`` for every ``from llm_server... import name`` under ``folder``."""
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llm_server"):
+                for alias in node.names:
+                    yield path.relative_to(ROOT), node.module or "", alias.name
+
+
+def test_all_is_sorted_and_comes_from_the_one_list() -> None:
     assert llm_server.__all__ == sorted(llm_server.__all__)
     assert set(llm_server.__all__) == set(llm_server._EXPORTS)
+    assert 20 <= len(llm_server.__all__) <= 30  # the names a service needs, not every name
 
 
-def test_every_public_name_resolves_to_the_module_it_is_documented_in() -> None:
+def test_every_top_level_name_resolves_to_its_home() -> None:
     for name, module in llm_server._EXPORTS.items():
         value = getattr(llm_server, name)
         assert getattr(importlib.import_module(module), name) is value, name
+        assert HOMES[name] == module, f"{name} is re-exported from {module}, not its home"
+
+
+def test_every_public_name_has_one_documented_home() -> None:
+    # HOMES is built from every public module's __all__; it refuses a name listed twice.
+    assert "CircuitBreaker" in HOMES
+    assert HOMES["CircuitBreaker"] == "llm_server.core.circuit_breaker"
+    assert HOMES["ModelBackend"] == "llm_server.core.protocols"
+
+
+def test_private_modules_stay_private_to_the_library() -> None:
+    for path, line in PRIVATE_IMPORTS:
+        if path.parts[0] == "tests":
+            continue
+        pytest.fail(f"{path} imports a private module: {line.strip()}")
+
+
+def test_tests_import_public_names_from_their_home() -> None:
+    offences = []
+    for path, module, name in imported_names(Path("tests")):
+        if _is_private(module) and name in HOMES:
+            offences.append(f"{path}: {name} from {module} (home: {HOMES[name]})")
+    assert not offences, "\n".join(offences)
 
 
 def test_testing_exports_are_explicit() -> None:

@@ -88,7 +88,7 @@ async def _variants(app_module: Any) -> tuple[dict[str, Call], Any]:
     mm = pm.model_manager
     lm = make_lm()
     h_program = dspy.Predict(Predictor)
-    bare = mm.create_backend(dspy.Predict(Predictor), "gpt-4o-mini")
+    bare = mm.single_attempt_backend(dspy.Predict(Predictor), "gpt-4o-mini")
     composed = mm.backend_for(Predictor, "gpt-4o-mini")
     request = app_module.PredictionRequest
 

@@ -8,9 +8,9 @@ from typing import Any, Protocol, runtime_checkable
 import pytest
 
 from llm_server.core._conformance import _conforming, _members, conforms
-from llm_server.core.model_processor import OutputProcessor
-from llm_server.core.observation import ExecutionObserver
+from llm_server.core.implementations import OutputProcessor
 from llm_server.core.protocols import ModelBackend, PipelineStep, StorageAdapter, TypedPipelineStep
+from llm_server.core.telemetry import RequestObserver
 
 
 @runtime_checkable
@@ -47,7 +47,7 @@ class NoGreet:
         PipelineStep,
         TypedPipelineStep,
         StorageAdapter,
-        ExecutionObserver,
+        RequestObserver,
         OutputProcessor,
     ],
 )

@@ -13,8 +13,8 @@ from llm_server.core.implementations import DefaultOutputProcessor, ModelProcess
 from llm_server.core.metadata import MetadataCollector
 from llm_server.core.metrics_wrappers import ModelBackendTracker, PerformanceMetrics
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
-from llm_server.core.observation import notify_model_output
 from llm_server.core.pipeline import Pipeline
+from llm_server.core.telemetry._observation import notify_model_output
 from llm_server.core.types import MediaType, PipelineData
 
 
@@ -219,7 +219,7 @@ async def test_metrics_know_which_fallback_model_answered() -> None:
 
 @pytest.mark.anyio
 async def test_requests_handled_in_a_loop_in_one_task_do_not_accumulate_observers() -> None:
-    from llm_server.core.observation import _observers
+    from llm_server.core.telemetry._observation import _observers
 
     backend = EchoBackend(notify=True)
     summaries = []

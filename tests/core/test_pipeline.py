@@ -16,9 +16,9 @@ from llm_server.core.errors import (
     StepError,
 )
 from llm_server.core.model_interfaces import ModelOutput
-from llm_server.core.observation import StepTiming, observing
 from llm_server.core.pipeline import Pipeline
 from llm_server.core.protocols import PipelineStep
+from llm_server.core.telemetry import StepTiming, observing
 from llm_server.core.types import MediaType, PipelineData
 
 

@@ -13,13 +13,10 @@ import pytest
 from pydantic import BaseModel, Field, RootModel
 
 from llm_server.core.errors import DataValidationError, OutputParseError
+from llm_server.core.implementations import StructuredValidator
+from llm_server.core.media import validate_structured
+from llm_server.core.media._structured import field_path, prediction_to_structured
 from llm_server.core.pipeline import Pipeline
-from llm_server.core.structured import (
-    StructuredValidator,
-    field_path,
-    prediction_to_structured,
-    validate_structured,
-)
 from llm_server.core.types import MediaType, PipelineData
 
 pytestmark = pytest.mark.anyio

@@ -13,9 +13,10 @@ from _image_factory import encode, jpeg, png
 from PIL import Image
 
 from llm_server.core.errors import UndecodableInputError, UnsupportedMediaError
-from llm_server.core.images import ImageProcessor, ProcessedImage, to_dspy_image
+from llm_server.core.implementations import ImageProcessor
+from llm_server.core.media import ProcessedImage, to_dspy_image
 from llm_server.core.types import MediaType, PipelineData
-from llm_server.testing._provider import LocalProvider
+from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
 

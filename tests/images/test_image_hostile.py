@@ -27,7 +27,7 @@ from llm_server.core.errors import (
     UndecodableInputError,
     UnsupportedMediaError,
 )
-from llm_server.core.images import ImageProcessor
+from llm_server.core.implementations import ImageProcessor
 from llm_server.core.pipeline import Pipeline
 from llm_server.core.types import MediaType, PipelineData
 

@@ -22,7 +22,8 @@ from _image_factory import (
 )
 from PIL import Image, ImageCms
 
-from llm_server.core.images import ImageProcessor, ProcessedImage
+from llm_server.core.implementations import ImageProcessor
+from llm_server.core.media import ProcessedImage
 from llm_server.core.pipeline import Pipeline
 from llm_server.core.types import MediaType, PipelineData
 

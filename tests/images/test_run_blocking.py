@@ -13,10 +13,11 @@ import anyio
 import pytest
 from _image_factory import detailed, encode
 
-from llm_server.core import blocking
-from llm_server.core.blocking import blocking_limiter, configure_blocking, run_blocking
 from llm_server.core.errors import ConfigurationError
-from llm_server.core.images import ImageProcessor
+from llm_server.core.implementations import ImageProcessor
+from llm_server.core.media import _blocking as blocking
+from llm_server.core.media import configure_blocking, run_blocking
+from llm_server.core.media._blocking import blocking_limiter
 from llm_server.core.types import MediaType, PipelineData
 
 pytestmark = pytest.mark.anyio

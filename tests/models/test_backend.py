@@ -22,8 +22,8 @@ from llm_server.core.errors import (
     RateLimitedError,
 )
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod
-from llm_server.core.observation import StepTiming, observing
 from llm_server.core.protocols import ModelBackend
+from llm_server.core.telemetry import StepTiming, observing
 from llm_server.core.tokens import count_message_tokens
 from llm_server.testing import LocalProvider, RawReply
 
@@ -39,7 +39,7 @@ async def test_predict_returns_the_answer_with_exact_usage_and_cost(
     make_manager: MakeManager, provider: LocalProvider, engine: str, protocol: str
 ) -> None:
     manager = make_manager({"m": model(protocol, engine)})
-    backend = manager.create_backend(qa(), "m")
+    backend = manager.single_attempt_backend(qa(), "m")
 
     output = await backend.predict({"question": "What is DSPy?"})
 
@@ -83,7 +83,7 @@ async def test_missing_usage_is_estimated_and_labelled_so(
     make_manager: MakeManager, provider: LocalProvider, engine: str, protocol: str
 ) -> None:
     manager = make_manager({"m": model(protocol, engine)})
-    backend = manager.create_backend(qa(), "m")
+    backend = manager.single_attempt_backend(qa(), "m")
     provider.usage = True
     exact = await backend.predict({"question": "count me"})
     provider.usage = False
@@ -112,8 +112,8 @@ async def test_unknown_price_gives_no_cost_and_yaml_price_is_used(
         }
     )
 
-    unknown = await manager.create_backend(qa(), "unknown").predict({"question": "x"})
-    priced = await manager.create_backend(qa(), "priced").predict({"question": "x"})
+    unknown = await manager.single_attempt_backend(qa(), "unknown").predict({"question": "x"})
+    priced = await manager.single_attempt_backend(qa(), "priced").predict({"question": "x"})
 
     assert unknown.usage is not None
     assert unknown.usage.method is TokenCountMethod.EXACT
@@ -127,7 +127,7 @@ async def test_each_successful_call_is_reported_to_the_observers(
     make_manager: MakeManager,
 ) -> None:
     manager = make_manager({"m": model("openai", "auto")})
-    backend = manager.create_backend(qa(), "m")
+    backend = manager.single_attempt_backend(qa(), "m")
     seen: list[ModelOutput] = []
 
     class Observer:
@@ -146,7 +146,7 @@ async def test_each_successful_call_is_reported_to_the_observers(
 
 
 async def test_non_mapping_input_is_an_input_error(make_manager: MakeManager) -> None:
-    backend = make_manager({"m": model("openai", "auto")}).create_backend(qa(), "m")
+    backend = make_manager({"m": model("openai", "auto")}).single_attempt_backend(qa(), "m")
     with pytest.raises(InputError, match="mapping"):
         await backend.predict("just a string")  # type: ignore[arg-type]
 
@@ -179,7 +179,7 @@ async def test_each_provider_fault_maps_to_our_error_after_one_attempt(
 ) -> None:
     fault, error = case
     manager = make_manager({"m": model(protocol, engine, api_key="sk-test-secret-key-123456")})
-    backend = manager.create_backend(qa(), "m")
+    backend = manager.single_attempt_backend(qa(), "m")
     provider.add_fault(fault, retry_after_s=7)  # type: ignore[arg-type]
 
     with pytest.raises(ModelCallError) as caught:
@@ -202,7 +202,7 @@ async def test_a_hanging_provider_times_out_after_the_model_timeout(
     provider.add_fault("hang")
 
     with pytest.raises(ModelTimeoutError, match="did not answer in time"):
-        await manager.create_backend(qa(), "m").predict({"question": "hang"})
+        await manager.single_attempt_backend(qa(), "m").predict({"question": "hang"})
 
 
 @pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
@@ -214,7 +214,7 @@ async def test_a_refused_connection_is_provider_unavailable(
     manager = make_manager({"m": model(protocol, engine, api_base=closed_base)})
 
     with pytest.raises(ProviderUnavailableError):
-        await manager.create_backend(qa(), "m").predict({"question": "anyone?"})
+        await manager.single_attempt_backend(qa(), "m").predict({"question": "anyone?"})
 
 
 @pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
@@ -225,7 +225,7 @@ async def test_unparseable_answer_is_output_parse_error_without_a_second_call(
     provider.script(reply=RawReply("no field markers at all"))
 
     with pytest.raises(OutputParseError):
-        await manager.create_backend(qa(), "m").predict({"question": "parse me"})
+        await manager.single_attempt_backend(qa(), "m").predict({"question": "parse me"})
 
     assert len(provider.requests) == 1  # DSPy's JSONAdapter fallback is off
 
@@ -255,7 +255,7 @@ async def test_program_without_aforward_runs_in_worker_threads_and_warns_once(
     dspy_backend._warned_sync_classes.discard(SyncOnly)
     manager = make_manager({"m": model("openai", engine)})
     program = SyncOnly()
-    backend = manager.create_backend(program, "m")
+    backend = manager.single_attempt_backend(program, "m")
 
     with caplog.at_level(logging.WARNING, logger="llm_server.models.dspy_backend"):
         first = await backend.predict({"question": "one"})
@@ -278,7 +278,7 @@ async def test_sync_programs_are_bounded_by_blocking_workers(
     manager = make_manager({"m": model("openai", "auto")}, blocking_workers=2)
     provider.latency_s = 0.05
     program = SyncOnly()
-    backend = manager.create_backend(program, "m")
+    backend = manager.single_attempt_backend(program, "m")
     running = 0
     peak = 0
     lock = threading.Lock()

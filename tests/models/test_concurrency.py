@@ -73,7 +73,7 @@ async def test_200_concurrent_calls_get_their_own_answers_and_usage(
 ) -> None:
     manager = make_manager({"chat": model("openai", "auto"), "claude": model("anthropic", "auto")})
     program = dspy.Predict("question -> answer")
-    backends = [manager.create_backend(program, model_id) for model_id in manager.model_ids]
+    backends = [manager.single_attempt_backend(program, model_id) for model_id in manager.model_ids]
     for backend in backends:  # first calls pay one-time lazy imports inside DSPy
         await backend.predict({"question": "warm up"})
     provider.latency_s = LATENCY_S

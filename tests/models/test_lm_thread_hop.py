@@ -52,7 +52,7 @@ async def test_a_text_call_is_prepared_without_a_thread_hop(
     make_manager: MakeManager, thread_jobs: list[str], engine: str, protocol: str
 ) -> None:
     manager = make_manager({"m": model(protocol, engine)})
-    backend = manager.create_backend(dspy.Predict("question -> answer"), "m")
+    backend = manager.single_attempt_backend(dspy.Predict("question -> answer"), "m")
 
     output = await backend.predict({"question": "What is DSPy?"})
 
@@ -66,7 +66,7 @@ async def test_a_call_with_an_image_keeps_dspys_worker_thread(
     make_manager: MakeManager, provider: LocalProvider, thread_jobs: list[str]
 ) -> None:
     manager = make_manager({"m": model("openai", "auto")})
-    backend = manager.create_backend(dspy.Predict(Described), "m")
+    backend = manager.single_attempt_backend(dspy.Predict(Described), "m")
 
     await backend.predict({"image": dspy.Image(_png())})
 
@@ -90,7 +90,7 @@ async def test_dspy_lm_callbacks_fire_once_per_call_on_the_inline_path(
     make_manager: MakeManager,
 ) -> None:
     manager = make_manager({"m": model("openai", "auto")})
-    backend = manager.create_backend(dspy.Predict("question -> answer"), "m")
+    backend = manager.single_attempt_backend(dspy.Predict("question -> answer"), "m")
     recorder = Recorder()
 
     with dspy.context(callbacks=[recorder]):

@@ -15,6 +15,7 @@ from _model_helpers import ENGINE_PROTOCOLS, MakeManager, StaticConfig, model
 from llm_server.core.errors import ConfigurationError, MissingAPIKeyError, ModelNotFoundError
 from llm_server.core.model_interfaces import TokenCountMethod
 from llm_server.models._engine import LOCAL_PLACEHOLDER_KEY
+from llm_server.models.dspy_backend import DSPyBackend
 from llm_server.models.manager import ModelInfo, ModelManager
 from llm_server.testing import LocalProvider
 
@@ -84,8 +85,8 @@ async def test_yaml_pricing_and_context_window_override_the_map(make_manager: Ma
     [
         lambda m: m.get_lm("nope"),
         lambda m: m.get_model_config("nope"),
-        lambda m: m.create_backend(dspy.Predict("q -> a"), "nope"),
-        lambda m: m.build_backend(dspy.Predict("q -> a"), "nope"),
+        lambda m: m.single_attempt_backend(dspy.Predict("q -> a"), "nope"),
+        lambda m: m.reliable_backend(dspy.Predict("q -> a"), "nope"),
     ],
 )
 async def test_unknown_model_id_lists_known_ids(make_manager: MakeManager, call: object) -> None:
@@ -157,7 +158,7 @@ async def test_no_history_is_kept_anywhere(make_manager: MakeManager) -> None:
     before = len(GLOBAL_HISTORY)
 
     for _ in range(3):
-        await manager.create_backend(program, "m").predict({"question": "hi"})
+        await manager.single_attempt_backend(program, "m").predict({"question": "hi"})
 
     assert manager.get_lm("m").history == []
     assert program.history == []
@@ -168,7 +169,7 @@ async def test_cache_opt_in_serves_the_second_call_from_memory(
     make_manager: MakeManager, provider: LocalProvider
 ) -> None:
     manager = make_manager({"cached": model("openai", "auto", cache=True)})
-    backend = manager.create_backend(dspy.Predict("question -> answer"), "cached")
+    backend = manager.single_attempt_backend(dspy.Predict("question -> answer"), "cached")
 
     first = await backend.predict({"question": "cache me please"})
     second = await backend.predict({"question": "cache me please"})
@@ -228,7 +229,9 @@ async def test_key_reaches_the_provider(
     spec, environ, sent_key = case
     manager = make_manager({"m": model(protocol, engine, **spec)}, environ=environ)
 
-    await manager.create_backend(dspy.Predict("question -> answer"), "m").predict({"question": "k"})
+    await manager.single_attempt_backend(dspy.Predict("question -> answer"), "m").predict(
+        {"question": "k"}
+    )
 
     headers = provider.requests[-1].headers
     sent = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
@@ -267,7 +270,9 @@ async def test_one_api_base_reaches_the_same_endpoint_on_both_engines(
 ) -> None:
     manager = make_manager({"m": model(protocol, engine, api_base=provider.base_url + suffix)})
 
-    await manager.create_backend(dspy.Predict("question -> answer"), "m").predict({"question": "p"})
+    await manager.single_attempt_backend(dspy.Predict("question -> answer"), "m").predict(
+        {"question": "p"}
+    )
 
     expected = "/v1/messages" if protocol == "anthropic" else "/v1/chat/completions"
     assert provider.requests[-1].path == expected
@@ -289,7 +294,7 @@ def open_litellm_async_clients() -> list[object]:
 async def test_aclose_closes_pools_and_is_repeatable(make_manager: MakeManager) -> None:
     manager = make_manager({"a": model("openai", "auto"), "b": model("openai", "litellm")})
     for model_id in manager.model_ids:
-        await manager.create_backend(dspy.Predict("q -> a"), model_id).predict({"q": "x"})
+        await manager.single_attempt_backend(dspy.Predict("q -> a"), model_id).predict({"q": "x"})
     assert open_litellm_async_clients()
 
     await manager.aclose()
@@ -303,11 +308,11 @@ async def test_a_manager_built_after_another_was_closed_calls_litellm_on_the_sam
 ) -> None:
     # LiteLLM caches its clients per event loop; a closed one must not be handed out again.
     first = make_manager({"m": model("openai", "litellm")})
-    await first.create_backend(dspy.Predict("q -> a"), "m").predict({"q": "x"})
+    await first.single_attempt_backend(dspy.Predict("q -> a"), "m").predict({"q": "x"})
     await first.aclose()
 
     second = make_manager({"m": model("openai", "litellm")})
-    output = await second.create_backend(dspy.Predict("q -> a"), "m").predict({"q": "y"})
+    output = await second.single_attempt_backend(dspy.Predict("q -> a"), "m").predict({"q": "y"})
 
     assert output.content.a == "echo: y"
 
@@ -386,3 +391,19 @@ def test_startup_with_the_reference_config_never_touches_the_network(tmp_path: P
     assert "ATTEMPTS []" in result.stdout, result.stdout
     assert "claude-3.5-sonnet" in result.stdout
     assert not (tmp_path / ".dspy_cache").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "composed"),
+    [
+        ("create_backend", "single_attempt_backend", False),
+        ("build_backend", "reliable_backend", True),
+    ],
+)
+async def test_the_old_backend_names_warn_and_keep_their_meaning(
+    make_manager: MakeManager, old: str, new: str, composed: bool
+) -> None:
+    manager = make_manager({"m": model("openai", "auto")})
+    with pytest.warns(DeprecationWarning, match=f"ModelManager.{new}"):
+        backend = getattr(manager, old)(dspy.Predict("q -> a"), "m")
+    assert isinstance(backend, DSPyBackend) is not composed

@@ -20,7 +20,7 @@ from llm_server.core.errors import (
 from llm_server.core.model_config import ModelConfig, PricingConfig
 from llm_server.core.model_interfaces import TokenCountMethod, TokenUsage
 from llm_server.core.pricing import ModelPrice, cost_usd, lookup_model, resolve_price
-from llm_server.core.redaction import register_secret
+from llm_server.core.telemetry import register_secret
 from llm_server.models._engine import (
     LOCAL_PLACEHOLDER_KEY,
     is_local_endpoint,

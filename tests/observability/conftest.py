@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.opentelemetry_integration import Telemetry, set_telemetry
-from llm_server.core.redaction import clear_registered_secrets
+from llm_server.core.telemetry._redaction import clear_registered_secrets
 
 # Settings given explicitly, so the developer's environment or .env cannot change a test.
 SETTINGS_DEFAULTS: dict[str, Any] = {

@@ -51,7 +51,7 @@ async def test_every_dashboard_metric_and_label_is_exported() -> None:
         telemetry.listener.on_retry("fast", 1, RateLimitedError("429"), 0.1)
         telemetry.listener.on_fallback("fast", "backup", RateLimitedError("429"))
         telemetry.listener.on_state_change(breaker, "closed", "open")
-        telemetry.listener.on_call(breaker, "refused", 0.0)
+        telemetry.listener.on_breaker_refusal("fast", 30.0)
         text = generate_latest(registry).decode()
     finally:
         provider.shutdown()

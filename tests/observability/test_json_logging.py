@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from llm_server.core.logging import (
-    configure_json_logging,
-    current_execution_id,
-    get_log_context,
-    log_context,
-)
 from llm_server.core.opentelemetry_integration import current_trace_id
+from llm_server.core.telemetry import configure_json_logging, log_context
+from llm_server.core.telemetry._logging import current_execution_id, get_log_context
 
 log = logging.getLogger("llm_server.tests")
 FIELDS = [
@@ -168,7 +164,7 @@ def test_root_option_makes_every_logger_json() -> None:
 
 def test_importing_the_library_configures_no_logging() -> None:
     code = (
-        "import logging, llm_server, llm_server.core.logging, "
+        "import logging, llm_server, llm_server.core.telemetry._logging, "
         "llm_server.core.opentelemetry_integration, llm_server.core.pipeline;"
         "lib = logging.getLogger('llm_server');"
         "print(len(lib.handlers), len(logging.getLogger().handlers), lib.propagate)"

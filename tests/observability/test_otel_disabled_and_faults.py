@@ -46,9 +46,9 @@ async def exercise(telemetry: Telemetry) -> None:
     telemetry.observe_breakers([FakeBreaker("fast")])
     listener = telemetry.listener
     listener.on_retry("fast", 1, ProviderUnavailableError("503"), 0.1)
-    listener.on_fallback("fast", "backup", None)
+    listener.on_fallback("fast", "backup", ProviderUnavailableError("503"))
     listener.on_state_change(FakeBreaker("fast"), "closed", "open")
-    listener.on_call(FakeBreaker("fast"), "refused", 0.0)
+    listener.on_breaker_refusal("fast", 30.0)
 
 
 @pytest.mark.anyio
@@ -179,8 +179,8 @@ async def test_failing_span_pipeline_never_breaks_a_call(
         await Pipeline(
             [CallingStep(FakeBackend(result=KeyError("k")))], name="worse", telemetry=telemetry
         ).execute(text())
-    telemetry.listener.on_retry("fast", 1, None, 0.1)
-    telemetry.listener.on_fallback("fast", "backup", None)
+    telemetry.listener.on_retry("fast", 1, ProviderUnavailableError("503"), 0.1)
+    telemetry.listener.on_fallback("fast", "backup", ProviderUnavailableError("503"))
     provider.shutdown()
 
 
@@ -203,7 +203,7 @@ def test_a_breaker_that_cannot_report_its_state_is_skipped(
 async def test_a_telemetry_failure_is_warned_about_once_per_site(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from llm_server.core import _otel_signals
+    from llm_server.core.telemetry import _signals as _otel_signals
 
     _otel_signals._reported.clear()
     telemetry = Telemetry(

@@ -187,7 +187,7 @@ def test_breaker_state_gauge_reports_each_registered_breaker(
 def test_breaker_gauge_reads_enum_states() -> None:
     from enum import StrEnum
 
-    from llm_server.core._otel_signals import state_name
+    from llm_server.core.telemetry._signals import state_name
 
     class State(StrEnum):
         HALF_OPEN = "half_open"
@@ -196,15 +196,15 @@ def test_breaker_gauge_reads_enum_states() -> None:
     assert state_name("HALF-OPEN") == "half_open"
 
 
-def test_breaker_listener_counts_transitions_and_refusals(
+def test_the_listener_counts_transitions_and_refusals(
     telemetry: Telemetry, reader: InMemoryMetricReader
 ) -> None:
     listener = telemetry.listener
     breaker = FakeBreaker("fast")
     listener.on_state_change(breaker, "closed", "open")
-    listener.on_call(breaker, "refused", 0.0)
-    listener.on_call(breaker, "refused", 0.0)
-    listener.on_call(breaker, "success", 0.01)  # not a refusal
+    listener.on_breaker_refusal("fast", 30.0)
+    listener.on_breaker_refusal("fast", 29.0)
+    listener.on_call(breaker, "refused", 0.0)  # the breaker's own report: counted above, once
 
     points = metric_points(reader)
     transition = one(points["llm_server.circuit_breaker.transitions"])
@@ -220,7 +220,7 @@ def test_retry_and_fallback_counters(telemetry: Telemetry, reader: InMemoryMetri
     listener = telemetry.listener
     listener.on_retry("fast", 1, ProviderUnavailableError("503"), 0.1)
     listener.on_retry("fast", 2, ProviderUnavailableError("503"), 0.2)
-    listener.on_fallback("fast", "backup", None)
+    listener.on_fallback("fast", "backup", ProviderUnavailableError("503"))
 
     points = metric_points(reader)
     assert one(points["llm_server.client.retries"]).value == 2
@@ -236,8 +236,8 @@ async def test_every_metric_attribute_is_low_cardinality(
     for index in range(5):
         await pipeline.execute(PipelineData(media_type=MediaType.TEXT, content=f"q{index}"))
     telemetry.observe_breakers([FakeBreaker("fast")])
-    telemetry.listener.on_retry("fast", 1, None, 0.1)
-    telemetry.listener.on_fallback("fast", "backup", None)
+    telemetry.listener.on_retry("fast", 1, ProviderUnavailableError("503"), 0.1)
+    telemetry.listener.on_fallback("fast", "backup", ProviderUnavailableError("503"))
     telemetry.listener.on_state_change(FakeBreaker("fast"), "closed", "open")
 
     points = metric_points(reader)

@@ -7,7 +7,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
 
-from llm_server.core import _otel_names as names
+from llm_server.core.telemetry import _names as names
 
 
 @pytest.mark.parametrize(

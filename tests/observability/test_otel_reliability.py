@@ -1,4 +1,4 @@
-"""The telemetry listener plugged into the real breaker and reliability wrappers."""
+"""The telemetry listener: a breaker listener and, inside a model-call span, a request observer."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from llm_server.core.circuit_breaker import BreakerListener, CircuitBreaker
 from llm_server.core.errors import ProviderUnavailableError
 from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
-from llm_server.core.reliability import ReliabilityListener, ReliableModel, build_reliable_backend
-from llm_server.core.retry import RetryPolicy
-from llm_server.testing._clock import FakeClock
+from llm_server.core.reliability import ReliableModel, RetryPolicy, build_reliable_backend
+from llm_server.core.telemetry import RequestObserver
+from llm_server.testing import FakeClock
 
 INFO = ModelCallInfo(provider="openai", request_model="gpt-4o-mini")
 
 
-def test_the_listener_satisfies_both_listener_protocols(telemetry: Telemetry) -> None:
-    assert isinstance(telemetry.listener, ReliabilityListener)
+def test_the_listener_is_a_breaker_listener_and_a_request_observer(telemetry: Telemetry) -> None:
+    assert isinstance(telemetry.listener, RequestObserver)
     assert isinstance(telemetry.listener, BreakerListener)
-    assert isinstance(Telemetry.disabled().listener, ReliabilityListener)
+    assert isinstance(Telemetry.disabled().listener, RequestObserver)
 
 
 @pytest.mark.anyio
@@ -42,9 +42,8 @@ async def test_retries_trip_fallback_and_refusal_show_up_in_the_call_span_and_me
         [ReliableModel(backup)],
         clock=clock,
         rng=random.Random(1),
-        listener=telemetry.listener,
     )
-    backend = telemetry.instrument(chain, INFO)
+    backend = telemetry.instrument(chain, INFO)  # attaches the listener inside its span
 
     first = await backend.predict("q")  # fail, retry, fail (breaker opens), fall back
     second = await backend.predict("q")  # refused at once, fall back

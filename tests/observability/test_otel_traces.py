@@ -16,7 +16,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import RateLimitedError, StepError
-from llm_server.core.logging import log_context
 from llm_server.core.model_interfaces import TokenCountMethod, TokenUsage
 from llm_server.core.opentelemetry_integration import (
     InstrumentedBackend,
@@ -26,6 +25,12 @@ from llm_server.core.opentelemetry_integration import (
 )
 from llm_server.core.pipeline import Pipeline
 from llm_server.core.protocols import ModelBackend
+from llm_server.core.telemetry import log_context
+from llm_server.core.telemetry._observation import (
+    notify_breaker_refusal,
+    notify_fallback,
+    notify_retry,
+)
 from llm_server.core.types import MediaType, PipelineData
 
 INFO = ModelCallInfo(
@@ -257,16 +262,14 @@ def test_content_capture_follows_the_conventions_environment_variable(
 
 
 @pytest.mark.anyio
-async def test_listener_events_land_on_the_current_model_span(
+async def test_request_events_inside_a_model_call_land_on_its_span(
     telemetry: Telemetry, exporter: InMemorySpanExporter
 ) -> None:
-    listener = telemetry.listener
-
-    def reliability_events() -> None:
-        listener.on_retry("fast", 1, RateLimitedError("429"), 0.5)
-        listener.on_call(_Breaker("fast"), "refused", 0.0)
-        listener.on_fallback("fast", "backup", RateLimitedError("429"))
-        listener.on_state_change(_Breaker("fast"), "closed", "open")
+    def reliability_events() -> None:  # what the wrappers inside the instrumented call send
+        notify_retry("fast", 1, RateLimitedError("429"), 0.5)
+        notify_breaker_refusal("fast", 12.0)
+        notify_fallback("fast", "backup", RateLimitedError("429"))
+        telemetry.listener.on_state_change(_Breaker("fast"), "closed", "open")
 
     backend = telemetry.instrument(FakeBackend(before=reliability_events), INFO)
     await backend.predict("hi")
@@ -278,12 +281,17 @@ async def test_listener_events_land_on_the_current_model_span(
         "llm_server.retry.delay_s": 0.5,
         "error.type": "rate_limited",
     }
-    assert events["llm_server.circuit_breaker.refused"] == {"llm_server.circuit_breaker": "fast"}
+    assert events["llm_server.circuit_breaker.refused"] == {
+        "llm_server.circuit_breaker": "fast",
+        "llm_server.retry_after_s": 12.0,
+    }
     assert events["llm_server.fallback"]["llm_server.fallback.to_model_id"] == "backup"
     assert (
         events["llm_server.circuit_breaker.transition"]["llm_server.circuit_breaker.to_state"]
         == "open"
     )
+    notify_retry("fast", 1, RateLimitedError("429"), 0.5)  # outside the call: no observer
+    assert len(exporter.get_finished_spans()[0].events) == 4
 
 
 @pytest.mark.anyio

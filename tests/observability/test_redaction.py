@@ -6,13 +6,8 @@ import logging
 
 import pytest
 
-from llm_server.core.redaction import (
-    REDACTED,
-    RedactingFilter,
-    clear_registered_secrets,
-    redact,
-    register_secret,
-)
+from llm_server.core.telemetry import RedactingFilter, redact, register_secret
+from llm_server.core.telemetry._redaction import REDACTED, clear_registered_secrets
 
 # Shaped like real credentials, valid for nothing.
 HF_TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh"  # 34 letters

@@ -13,10 +13,9 @@ from _otel_helpers import CallingStep, FailingStep, FakeBackend, output
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from llm_server.core.errors import ProviderAuthError, StepError
-from llm_server.core.logging import configure_json_logging, log_context
 from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
 from llm_server.core.pipeline import Pipeline
-from llm_server.core.redaction import register_secret
+from llm_server.core.telemetry import configure_json_logging, log_context, register_secret
 from llm_server.core.types import MediaType, PipelineData
 
 # One key with a recognisable shape, one without (only registration can catch it).

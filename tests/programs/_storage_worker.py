@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from llm_server import _atomic_files
-from llm_server._fs_storage import FileSystemStorageAdapter
+from llm_server.defaults import FileSystemStorageAdapter
 
 
 def _kill_self() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llm_server._fs_storage import MANIFEST_FORMAT, FileSystemStorageAdapter
+from llm_server._fs_storage import MANIFEST_FORMAT
 from llm_server.core.errors import (
     CorruptProgramError,
     InvalidIdentifierError,
@@ -20,6 +20,7 @@ from llm_server.core.errors import (
     VersionExistsError,
 )
 from llm_server.core.protocols import StorageAdapter
+from llm_server.defaults import FileSystemStorageAdapter
 from llm_server.models._versioning import canonical_json, sha256_hex
 
 STATE: dict[str, Any] = {"demos": [{"input": "a", "output": "b"}], "signature": {"x": 1}}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_server._fs_storage import FileSystemStorageAdapter
+from llm_server.defaults import FileSystemStorageAdapter
 
 WORKER = Path(__file__).with_name("_storage_worker.py")
 BLOB = 4 * 1024 * 1024  # large enough that a kill usually lands inside a save

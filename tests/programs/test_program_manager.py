@@ -15,7 +15,6 @@ import dspy
 import pytest
 from pydantic import BaseModel
 
-from llm_server._fs_storage import FileSystemStorageAdapter
 from llm_server.core.errors import (
     CorruptProgramError,
     InvalidIdentifierError,
@@ -24,6 +23,7 @@ from llm_server.core.errors import (
     ProgramNotFoundError,
 )
 from llm_server.core.protocols import StoredProgram
+from llm_server.defaults import FileSystemStorageAdapter
 from llm_server.models._versioning import canonical_json, hash_trainset, sha256_hex
 from llm_server.models.predictor import Predictor
 from llm_server.models.program_manager import (
@@ -71,13 +71,7 @@ class StandInModelManager:
         self.model_info = {"m": ModelInfo(id="m", provider="openai")}
         self.backends: list[tuple[Any, str, Any]] = []
 
-    def create_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
-        self.backends.append((program, model_id, program_metadata))
-        return ("bare backend", model_id)
-
-
-class ComposingModelManager(StandInModelManager):
-    def build_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
+    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
         self.backends.append((program, model_id, program_metadata))
         return ("composed backend", model_id)
 
@@ -211,11 +205,11 @@ def test_model_manager_and_model_info_pass_through(manager: ProgramManager) -> N
     assert info.model_dump(by_alias=True) == {"id": "m", "provider": "openai"}
 
 
-def test_create_backend_runs_the_served_version(manager: ProgramManager) -> None:
+def test_reliable_backend_runs_the_served_version(manager: ProgramManager) -> None:
     manager.register_program(Predictor)
     optimized = _with_demos(manager.get_program("predictor"), ("q", "a"))
     manager.save_program_version("predictor", optimized)
-    assert manager.create_backend("predictor", "m") == ("bare backend", "m")
+    assert manager.reliable_backend("predictor", "m") == ("composed backend", "m")
     stand_in = manager.model_manager
     assert isinstance(stand_in, StandInModelManager)
     program, model_id, metadata = stand_in.backends[-1]
@@ -224,16 +218,20 @@ def test_create_backend_runs_the_served_version(manager: ProgramManager) -> None
     assert metadata.version == "1.1.0"
 
 
-def test_create_backend_can_run_a_pinned_version_on_the_composed_stack(
-    storage: FileSystemStorageAdapter,
-) -> None:
-    models = ComposingModelManager()
+def test_reliable_backend_can_run_a_pinned_version(storage: FileSystemStorageAdapter) -> None:
+    models = StandInModelManager()
     manager = ProgramManager(model_manager=models, storage_adapter=storage)
     manager.register_program(Predictor)
     manager.save_program_version("predictor", _with_demos(dspy.Predict(Predictor), ("q", "a")))
-    assert manager.create_backend("predictor", "m", version="1.0.0") == ("composed backend", "m")
+    assert manager.reliable_backend("predictor", "m", version="1.0.0") == ("composed backend", "m")
     program, _, metadata = models.backends[-1]
     assert (program.demos, metadata.version) == ([], "1.0.0")
+
+
+def test_the_old_backend_names_still_work_and_warn(manager: ProgramManager) -> None:
+    manager.register_program(Predictor)
+    with pytest.warns(DeprecationWarning, match="ProgramManager.reliable_backend"):
+        assert manager.create_backend("predictor", "m") == ("composed backend", "m")
 
 
 # --- versions and lineage ------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_server.testing._clock import FakeClock
+from llm_server.testing import FakeClock
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from _reliability_helpers import record_failures, succeed
 
 from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
 from llm_server.core.errors import CircuitOpenError
-from llm_server.testing._clock import FakeClock
+from llm_server.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

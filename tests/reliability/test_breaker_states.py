@@ -34,7 +34,7 @@ from llm_server.core.errors import (
     RateLimitedError,
 )
 from llm_server.core.model_config import BreakerConfig
-from llm_server.testing._clock import FakeClock
+from llm_server.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

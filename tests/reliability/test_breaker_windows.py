@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from _reliability_helpers import record_failures, succeed
 
-from llm_server.core._breaker_window import CountWindow, TimeWindow
 from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
-from llm_server.testing._clock import FakeClock
+from llm_server.core.reliability._breaker_window import CountWindow, TimeWindow
+from llm_server.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,7 @@ from llm_server.core.clock import SYSTEM_CLOCK, Clock
 from llm_server.core.errors import ProviderUnavailableError
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.protocols import ModelBackend
-from llm_server.testing._backends import ScriptedBackend, ScriptExhaustedError
-from llm_server.testing._clock import FakeClock
+from llm_server.testing import FakeClock, ScriptedBackend, ScriptExhaustedError
 
 pytestmark = pytest.mark.anyio
 

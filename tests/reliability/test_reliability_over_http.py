@@ -16,18 +16,12 @@ import pytest
 
 from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.errors import (
-    CircuitOpenError,
-    DeadlineExceededError,
-    ProviderUnavailableError,
-)
+from llm_server.core.errors import CircuitOpenError, DeadlineExceededError, ProviderUnavailableError
 from llm_server.core.model_config import ModelsConfig
 from llm_server.core.protocols import ModelBackend
-from llm_server.core.reliability import ReliableModel, build_reliable_backend
-from llm_server.core.retry import RetryPolicy
+from llm_server.core.reliability import ReliableModel, RetryPolicy, build_reliable_backend
 from llm_server.models.manager import ModelManager
-from llm_server.testing._clock import FakeClock
-from llm_server.testing._provider import LocalProvider
+from llm_server.testing import FakeClock, LocalProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -92,7 +86,7 @@ class Stack:
         policy = RetryPolicy(max_attempts=attempts, initial_backoff_s=1.0, max_backoff_s=4.0)
 
         def reliable(model_id: str) -> ReliableModel:
-            bare = manager.create_backend(program, model_id)
+            bare = manager.single_attempt_backend(program, model_id)
             return ReliableModel(bare, self.breakers[model_id], policy)
 
         self.backend: ModelBackend = build_reliable_backend(

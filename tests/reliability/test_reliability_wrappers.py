@@ -21,18 +21,18 @@ from llm_server.core.errors import (
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.reliability import (
+    BackendWrapper,
     CircuitBreakerBackend,
     DeadlineBackend,
     FallbackBackend,
-    ReliabilityListener,
     ReliableModel,
     RetryingBackend,
+    RetryPolicy,
     build_reliable_backend,
     current_deadline,
 )
-from llm_server.core.retry import RetryPolicy
-from llm_server.testing._backends import ScriptedBackend
-from llm_server.testing._clock import FakeClock
+from llm_server.core.telemetry import RequestObserver, observing
+from llm_server.testing import FakeClock, ScriptedBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -40,15 +40,31 @@ HTTP_500 = ProviderUnavailableError("provider answered 500", model_id="primary")
 
 
 @dataclass
-class Events(ReliabilityListener):
+class Events(RequestObserver):
     retries: list[tuple[str, int, float]] = field(default_factory=list)
     fallbacks: list[tuple[str, str, str]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
 
     def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
         self.retries.append((model_id, attempt, delay_s))
 
     def on_fallback(self, from_model_id: str, to_model_id: str, error: BaseException) -> None:
         self.fallbacks.append((from_model_id, to_model_id, type(error).__name__))
+
+    def on_breaker_refusal(self, model_id: str, retry_after_s: float) -> None:
+        self.refusals.append(model_id)
+
+
+class Observed(BackendWrapper):
+    """Runs each call with ``observer`` attached, as a request would."""
+
+    def __init__(self, backend: ModelBackend, observer: RequestObserver) -> None:
+        super().__init__(backend)
+        self.observer = observer
+
+    async def predict(self, input: Any) -> ModelOutput:
+        with observing(self.observer):
+            return await self._backend.predict(input)
 
 
 def breaker_for(model_id: str, clock: FakeClock, threshold: int = 5) -> CircuitBreaker:
@@ -60,7 +76,7 @@ def chain(
     primary: ScriptedBackend,
     *fallbacks: ScriptedBackend,
     attempts: int = 3,
-    listener: ReliabilityListener | None = None,
+    observer: RequestObserver | None = None,
     deadline_s: float | None = 30.0,
 ) -> tuple[ModelBackend, dict[str, CircuitBreaker]]:
     breakers = {b.model_id: breaker_for(b.model_id, clock) for b in (primary, *fallbacks)}
@@ -75,8 +91,9 @@ def chain(
         deadline_s=deadline_s,
         clock=clock,
         rng=random.Random(0),
-        listener=listener,
     )
+    if observer is not None:
+        backend = Observed(backend, observer)
     return backend, breakers
 
 
@@ -140,7 +157,7 @@ async def test_a_fallback_answers_when_the_primary_is_open(clock: FakeClock) -> 
     primary = ScriptedBackend(model_id="primary")
     backup = ScriptedBackend(model_id="backup", default="from backup")
     events = Events()
-    backend, breakers = chain(clock, primary, backup, listener=events)
+    backend, breakers = chain(clock, primary, backup, observer=events)
     breakers["primary"].force_open()
     output = await backend.predict("q")
     assert output.model_id == "backup"
@@ -148,6 +165,30 @@ async def test_a_fallback_answers_when_the_primary_is_open(clock: FakeClock) -> 
     assert output.metadata["fallback_from"] == ["primary"]
     assert primary.calls == 0
     assert events.fallbacks == [("primary", "backup", "CircuitOpenError")]
+    assert events.refusals == ["primary"]
+
+
+async def test_fallbacks_are_tried_in_the_order_given(clock: FakeClock) -> None:
+    primary = ScriptedBackend(model_id="primary", default=HTTP_500)
+    first = ScriptedBackend(model_id="first", default=HTTP_500)
+    second = ScriptedBackend(model_id="second", default="from second")
+    third = ScriptedBackend(model_id="third", default="from third")
+    events = Events()
+    backend, _ = chain(clock, primary, first, second, third, attempts=1, observer=events)
+    output = await backend.predict("q")
+    assert (output.model_id, output.content) == ("second", "from second")
+    assert output.metadata["fallback_from"] == ["primary", "first"]
+    assert [(f, t) for f, t, _ in events.fallbacks] == [("primary", "first"), ("first", "second")]
+    assert (primary.calls, first.calls, second.calls, third.calls) == (1, 1, 1, 0)
+
+
+async def test_the_first_fallback_answers_before_the_second_is_asked(clock: FakeClock) -> None:
+    primary = ScriptedBackend(model_id="primary", default=HTTP_500)
+    first = ScriptedBackend(model_id="first", default="from first")
+    second = ScriptedBackend(model_id="second", default="from second")
+    backend, _ = chain(clock, primary, first, second, attempts=1)
+    assert (await backend.predict("q")).content == "from first"
+    assert second.calls == 0
 
 
 async def test_a_fallback_answers_after_the_primary_exhausted_its_retries(
@@ -156,7 +197,7 @@ async def test_a_fallback_answers_after_the_primary_exhausted_its_retries(
     primary = ScriptedBackend(model_id="primary", default=HTTP_500)
     backup = ScriptedBackend(model_id="backup", default="from backup")
     events = Events()
-    backend, _ = chain(clock, primary, backup, listener=events)
+    backend, _ = chain(clock, primary, backup, observer=events)
     output = await backend.predict("q")
     assert (output.model_id, primary.calls, backup.calls) == ("backup", 3, 1)
     assert [(m, a) for m, a, _ in events.retries] == [("primary", 1), ("primary", 2)]
@@ -306,10 +347,10 @@ async def test_fallback_keeps_the_answering_output_untouched_when_the_primary_an
     assert await backend.predict("q") is output
 
 
-async def test_a_failing_reliability_listener_never_breaks_the_call(
+async def test_a_failing_request_observer_never_breaks_the_call(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Broken(ReliabilityListener):
+    class Broken(RequestObserver):
         def on_retry(
             self, model_id: str, attempt: int, error: BaseException, delay_s: float
         ) -> None:
@@ -318,11 +359,19 @@ async def test_a_failing_reliability_listener_never_breaks_the_call(
         def on_fallback(self, from_model_id: str, to_model_id: str, error: BaseException) -> None:
             raise RuntimeError("bug")
 
+        def on_model_output(self, output: ModelOutput) -> None:
+            raise RuntimeError("bug")
+
     primary = ScriptedBackend(model_id="primary", default=HTTP_500)
     backup = ScriptedBackend(model_id="backup", default="ok")
-    backend, _ = chain(clock, primary, backup, listener=Broken())
-    assert (await backend.predict("q")).model_id == "backup"
-    assert "listener failed" in caplog.text
+    events = Events()
+    backend, _ = chain(clock, primary, backup, observer=Broken())
+    with observing(events):  # the other observer of the request is still told
+        assert (await backend.predict("q")).model_id == "backup"
+    assert "request observer Broken.on_retry failed" in caplog.text
+    assert "request observer Broken.on_fallback failed" in caplog.text
+    assert [(f, t) for f, t, _ in events.fallbacks] == [("primary", "backup")]
+    assert len(events.retries) == 2
 
 
 async def test_a_single_model_without_retries_is_just_the_breaker(clock: FakeClock) -> None:

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from _reliability_helpers import Flaky
 
-import llm_server.core.retry as retry_module
+import llm_server.core.reliability._retry as retry_module
 from llm_server.core.errors import ProviderAuthError, ProviderUnavailableError
-from llm_server.core.retry import RetryPolicy, retry_call
-from llm_server.testing._clock import FakeClock
+from llm_server.core.reliability import RetryPolicy
+from llm_server.core.reliability._retry import retry_call
+from llm_server.testing import FakeClock
 
 
 @pytest.fixture

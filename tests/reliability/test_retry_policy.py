@@ -21,8 +21,9 @@ from llm_server.core.errors import (
     RateLimitedError,
 )
 from llm_server.core.model_config import RetryConfig
-from llm_server.core.retry import RetryPolicy, is_retryable, retry_call
-from llm_server.testing._clock import FakeClock
+from llm_server.core.reliability import RetryPolicy, is_retryable
+from llm_server.core.reliability._retry import retry_call
+from llm_server.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ import pytest
 
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.tokens import count_message_tokens, count_text_tokens
-from llm_server.testing._provider import LocalProvider, RawReply, RecordedRequest
+from llm_server.testing import LocalProvider, RawReply, RecordedRequest
 
 CHAT_PROMPT = (
     "[[ ## question ## ]]\nWhat is 2+2?\n\n"

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from llm_server.core.tokens import count_message_tokens, count_text_tokens
-from llm_server.testing._provider import LocalProvider
+from llm_server.testing import LocalProvider
 
 dspy = pytest.importorskip("dspy")
 exceptions = pytest.importorskip("dspy.utils.exceptions")

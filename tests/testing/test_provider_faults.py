@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from llm_server.core.errors import ConfigurationError
-from llm_server.testing._provider import FaultRule, LocalProvider
+from llm_server.testing import FaultRule, LocalProvider
 
 OPENAI = "/v1/chat/completions"
 ANTHROPIC = "/v1/messages"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from llm_server.testing._provider import LocalProvider
+from llm_server.testing import LocalProvider
 
 CONNECTIONS = 256
 REQUESTS_PER_CONNECTION = 8

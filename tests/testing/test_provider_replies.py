@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 import pytest
 
-from llm_server.testing._provider_replies import RawReply, read_prompt, render_reply
+from llm_server.testing import RawReply
+from llm_server.testing._provider_replies import read_prompt, render_reply
 
 dspy = pytest.importorskip("dspy")
 

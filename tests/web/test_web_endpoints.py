@@ -126,13 +126,13 @@ async def test_the_backend_is_built_once_per_served_version_and_model(make_app: 
     async with serving(app) as client:
         manager = app.state.program_manager
         built: list[tuple[str, str, str | None]] = []
-        create_backend = manager.create_backend
+        reliable_backend = manager.reliable_backend
 
         def counting(program_id: str, model_id: str, *, version: str | None = None) -> Any:
             built.append((program_id, model_id, version))
-            return create_backend(program_id, model_id, version=version)
+            return reliable_backend(program_id, model_id, version=version)
 
-        manager.create_backend = counting
+        manager.reliable_backend = counting
         for _ in range(3):
             assert (await client.post("/programs/summarize", json={"text": "a"})).status_code == 200
         await client.post("/programs/summarize", json={"text": "a", "model_id": "gpt-4o"})

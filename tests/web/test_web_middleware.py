@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.logging import LogContextFilter
 from llm_server.core.opentelemetry_integration import Telemetry, set_telemetry
+from llm_server.core.telemetry._logging import LogContextFilter
 from llm_server.fastapi import RequestContextMiddleware
 
 pytestmark = pytest.mark.anyio

@@ -39,7 +39,7 @@ HTTP status a host app should answer with (``http_status``)::
     └── DeadlineExceededError               504 deadline_exceeded
 
 Messages never contain API keys: anything that may carry one goes through
-:func:`llm_server.core.redaction.redact` before it becomes part of a message.
+:func:`llm_server.core.telemetry.redact` before it becomes part of a message.
 """
 
 from __future__ import annotations

@@ -85,6 +85,6 @@ def _current_execution_id() -> str | None:
 @functools.cache
 def _execution_id_source() -> Callable[[], str | None]:
     # Imported once, lazily: an import statement on every request is not free.
-    from llm_server.core.logging import current_execution_id
+    from llm_server.core.telemetry._logging import current_execution_id
 
     return current_execution_id

@@ -1,9 +1,9 @@
 """Per-request performance metrics: checkpoints, token usage and cost.
 
-``PerformanceMetrics`` attaches itself, when created, to the current context (see
-:mod:`llm_server.core.observation`): every model call made later in the same request reports
-its output to it, so the reference example's summary holds the call's exact tokens and cost
-although the metrics object is never passed to the pipeline. Each ASGI request runs in its own
+``PerformanceMetrics`` is a :class:`~llm_server.core.telemetry.RequestObserver` that attaches
+itself, when created, to the current context: every model call made later in the same request
+reports its output to it, so the reference example's summary holds the call's exact tokens and
+cost although the metrics object is never passed to the pipeline. Each ASGI request runs in its own
 task with its own copy of the context, so concurrent requests never see each other's calls.
 """
 
@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from llm_server.core._ids import random_hex128
-from llm_server.core.backend_wrapper import BackendWrapper
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
-from llm_server.core.observation import StepTiming, attach_observer, observing
 from llm_server.core.protocols import ModelBackend
+from llm_server.core.reliability._wrapper import BackendWrapper
+from llm_server.core.telemetry._observation import StepTiming, attach_observer, observing
 
 __all__ = ["ModelBackendTracker", "PerformanceMetrics"]
 
@@ -30,7 +30,7 @@ def _trace_sources() -> tuple[Callable[[], Any], Callable[[], str | None]]:
     # import statement on every request is not free.
     from opentelemetry import trace
 
-    from llm_server.core.logging import _fallback_trace_id as log_context_trace_id
+    from llm_server.core.telemetry._logging import _fallback_trace_id as log_context_trace_id
 
     return trace.get_current_span, log_context_trace_id
 
@@ -54,7 +54,7 @@ def _fallback_trace_id() -> str:
 
 
 class PerformanceMetrics:
-    """Timing, tokens and cost of one request.
+    """Timing, tokens and cost of one request, gathered as a request observer.
 
     Create one at the start of a request handler. ``mark_checkpoint(name)`` records the time
     since creation as ``<name>_ms``; a ``model_complete`` checkpoint is marked automatically
@@ -72,6 +72,7 @@ class PerformanceMetrics:
         self._steps: list[StepTiming] = []
         self._outputs: list[ModelOutput] = []
         self._fallback: tuple[tuple[str, ...], str] | None = None
+        self._falling_back: tuple[list[str], str] | None = None  # (tried, trying now)
         self._lock = threading.Lock()
         active = _active_trace_id()
         self._trace_from_span = active is not None
@@ -130,10 +131,22 @@ class PerformanceMetrics:
                     return
             self._outputs.append(output)
             self._checkpoints["model_complete"] = round(self.elapsed_ms(), 2)
+            falling_back = self._falling_back
+            if falling_back is not None and falling_back[1] == output.model_id:
+                self._fallback = (tuple(falling_back[0]), output.model_id)
+                self._falling_back = None
 
-    def on_fallback(self, tried: tuple[str, ...], answered_by: str) -> None:
-        """Observer hook: a fallback model answered after the models in ``tried`` failed."""
-        self._fallback = (tried, answered_by)
+    def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
+        """Observer hook: a retry (counted in the output's ``attempts``; nothing to do)."""
+
+    def on_fallback(self, from_model_id: str, to_model_id: str, error: BaseException) -> None:
+        """Observer hook: the call moves on to a fallback model (shown once one answers)."""
+        with self._lock:
+            tried = self._falling_back[0] if self._falling_back is not None else []
+            self._falling_back = ([*tried, from_model_id], to_model_id)
+
+    def on_breaker_refusal(self, model_id: str, retry_after_s: float) -> None:
+        """Observer hook: a breaker refused a call (the error or a fallback tells the rest)."""
 
     def usage(self) -> TokenUsage | None:
         """Sum of the usage of every model call, or ``None`` when none reported any."""

@@ -14,10 +14,10 @@ from llm_server.core.errors import (
     PipelineValidationError,
     StepError,
 )
-from llm_server.core.observation import StepTiming, notify_step
-from llm_server.core.opentelemetry_integration import Telemetry, get_telemetry
 from llm_server.core.protocols import PipelineStep
-from llm_server.core.redaction import redact
+from llm_server.core.telemetry._observation import StepTiming, notify_step
+from llm_server.core.telemetry._otel import Telemetry, get_telemetry
+from llm_server.core.telemetry._redaction import redact
 from llm_server.core.types import MediaType, PipelineData
 
 __all__ = ["Pipeline", "PipelineRun", "step_name"]
@@ -108,9 +108,7 @@ class Pipeline:
                 original is the ``__cause__``. Our own errors pass through unchanged, and
                 cancellation is never caught.
         """
-        telemetry = self._telemetry if self._telemetry is not None else get_telemetry()
-        with telemetry.pipeline_span(self.name):  # run() inlined: one frame fewer per request
-            return (await self._run_steps(data, telemetry)).output
+        return (await self.run(data)).output
 
     async def run(self, data: PipelineData) -> PipelineRun:
         """Like :meth:`execute`, but also return each step's timing."""

@@ -13,11 +13,11 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from llm_server.core.errors import ConfigurationError, ModelNotFoundError
-from llm_server.core.logging import log_context
+from llm_server.core.implementations import ModelProcessor
 from llm_server.core.metadata import MetadataCollector
 from llm_server.core.metrics_wrappers import PerformanceMetrics
-from llm_server.core.model_processor import ModelProcessor
 from llm_server.core.pipeline import Pipeline
+from llm_server.core.telemetry._logging import log_context
 from llm_server.core.types import MediaType, PipelineData
 from llm_server.fastapi._schemas import ErrorEnvelope
 from llm_server.fastapi._state import get_program_manager
@@ -153,7 +153,7 @@ class _ProgramRunner:
         if route is None:
             if model_id not in manager.model_info:
                 raise ModelNotFoundError(model_id, list(manager.model_info))
-            backend = manager.create_backend(self.program_id, model_id, version=metadata.version)
+            backend = manager.reliable_backend(self.program_id, model_id, version=metadata.version)
             step = ModelProcessor(
                 backend,
                 accepted_types=[MediaType.STRUCTURED],

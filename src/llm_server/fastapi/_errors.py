@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_server.core.errors import CircuitOpenError, LLMServerError, RateLimitedError
-from llm_server.core.logging import current_execution_id
 from llm_server.core.metadata import new_execution_id
-from llm_server.core.redaction import redact
+from llm_server.core.telemetry._logging import current_execution_id
+from llm_server.core.telemetry._redaction import redact
 
 __all__ = ["error_response", "install_error_handlers", "log_unexpected"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_server.core.logging import log_context
 from llm_server.core.metadata import new_execution_id
-from llm_server.core.opentelemetry_integration import get_telemetry
+from llm_server.core.telemetry._logging import log_context
+from llm_server.core.telemetry._otel import get_telemetry
 from llm_server.fastapi._errors import error_response, log_unexpected
 
 __all__ = ["RequestContextMiddleware"]
@@ -20,7 +20,7 @@ class RequestContextMiddleware:
     The execution id (the caller's ``X-Execution-ID`` header when it is a plausible id,
     8-64 letters, digits, ``-`` or ``_``; else a new UUID) is echoed in the ``X-Execution-ID``
     response header, carried by every JSON log line
-    (:func:`~llm_server.core.logging.configure_json_logging`) and used as the envelope's
+    (:func:`~llm_server.core.telemetry.configure_json_logging`) and used as the envelope's
     ``execution_id``, success or error. With telemetry on, the request runs in one span, so
     the envelope's ``trace_id`` is the request's trace. An exception no handler turned into a
     response is answered with a 500 error envelope and logged (redacted) here, so clients

@@ -6,7 +6,7 @@ HTTP status and ``retry_after``, but the two engines differ in detail (a timeout
 ``LMServerError`` on LiteLLM and ``LMTransportError`` on lm15). This module looks at the class,
 the status and the cause chain, so each failure maps to one of our types whichever engine
 raised it. The original is kept as ``__cause__`` by the caller (``raise ... from exc``), and
-messages go through :func:`llm_server.core.redaction.redact` (the manager registers every
+messages go through :func:`llm_server.core.telemetry.redact` (the manager registers every
 configured key), so they never carry an API key.
 """
 
@@ -29,7 +29,7 @@ from llm_server.core.errors import (
     ProviderUnavailableError,
     RateLimitedError,
 )
-from llm_server.core.redaction import redact
+from llm_server.core.telemetry._redaction import redact
 
 __all__ = ["translate_error"]
 

@@ -47,6 +47,8 @@ class ProgramMetadata(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
+    """One registered program: its class, kind, typed fields and the served version's metadata."""
+
     program_class: type
     kind: ps.ProgramKind
     fields: dict[str, dict[str, list[str]]]
@@ -72,17 +74,22 @@ class ProgramRegistry:
         Raises:
             ProgramNotFoundError: No program is registered under ``program_id``.
         """
-        return self._entry(program_id).metadata
+        return self.entry(program_id).metadata
 
     def get_program_class(self, program_id: str) -> type:
         """The registered signature or module class."""
-        return self._entry(program_id).program_class
+        return self.entry(program_id).program_class
 
     def list_programs(self) -> list[ProgramMetadata]:
         """Metadata of every registered program, sorted by id."""
         return [self._entries[k].metadata for k in sorted(self._entries)]
 
-    def _entry(self, program_id: str) -> Entry:
+    def entry(self, program_id: str) -> Entry:
+        """The registration of ``program_id``.
+
+        Raises:
+            ProgramNotFoundError: No program is registered under ``program_id``.
+        """
         try:
             return self._entries[program_id]
         except KeyError:
@@ -91,17 +98,17 @@ class ProgramRegistry:
                 f"no program registered as {program_id!r}; registered: {known}"
             ) from None
 
-    def _put(self, program_id: str, entry: Entry) -> None:
+    def add(self, program_id: str, entry: Entry) -> None:
+        """Register ``entry`` (or replace the registration of the same class).
+
+        Raises:
+            ProgramAlreadyRegisteredError: ``program_id`` belongs to another class.
+        """
         with self._lock:
-            current = self._entries.get(program_id)
-            if current is not None and current.program_class is not entry.program_class:
-                raise ProgramAlreadyRegisteredError(
-                    f"program id {program_id!r} is already registered for "
-                    f"{current.metadata.class_path}; cannot register {entry.metadata.class_path}"
-                )
+            self.check_free(program_id, entry.program_class)
             self._entries[program_id] = entry
 
-    def _advance(self, program_id: str, metadata: ProgramMetadata) -> None:
+    def advance(self, program_id: str, metadata: ProgramMetadata) -> None:
         """Serve ``metadata``'s version if the program is not pinned and it is newer."""
         with self._lock:
             current = self._entries.get(program_id)
@@ -110,7 +117,12 @@ class ProgramRegistry:
             if version_key(metadata.version) > version_key(current.metadata.version):
                 self._entries[program_id] = replace(current, metadata=metadata)
 
-    def _check_free(self, program_id: str, program_class: type) -> None:
+    def check_free(self, program_id: str, program_class: type) -> None:
+        """Check that ``program_id`` is unused or registered for ``program_class``.
+
+        Raises:
+            ProgramAlreadyRegisteredError: ``program_id`` belongs to another class.
+        """
         current = self._entries.get(program_id)
         if current is not None and current.program_class is not program_class:
             raise ProgramAlreadyRegisteredError(

@@ -2,13 +2,14 @@
 
 Every model call made through :class:`~llm_server.models.manager.ModelManager` runs as::
 
-    model-call span (telemetry, outermost: one span per logical call; absent when it is off)
+    model-call span (telemetry, outermost: one span per logical call; a no-op when it is off)
       -> request deadline (cancels everything inside)
         -> fallback chain (primary, then each ``fallbacks:`` model)
           -> per model: retries -> the model's circuit breaker -> one HTTP attempt
 
 so each retry is one HTTP request that the breaker sees, and retries, breaker refusals and
-fallbacks show up as events on the model-call span.
+fallbacks show up as events on the model-call span. The order is drawn and explained on the
+front page of :mod:`llm_server.core.reliability`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-from llm_server.core.circuit_breaker import CircuitBreaker
 from llm_server.core.clock import Clock
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.model_config import ModelsConfig
 from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
 from llm_server.core.protocols import ModelBackend
-from llm_server.core.reliability import ReliableModel, build_reliable_backend
-from llm_server.core.retry import RetryPolicy
+from llm_server.core.reliability._breaker import CircuitBreaker
+from llm_server.core.reliability._layers import ReliableModel, build_reliable_backend
+from llm_server.core.reliability._retry import RetryPolicy
 
 __all__ = ["ReliabilityStack"]
 
@@ -87,15 +88,8 @@ class ReliabilityStack:
         chain = [model_id, *self.fallbacks[model_id]]
         models = [ReliableModel(bare(mid), self.breakers[mid], self.retries[mid]) for mid in chain]
         backend = build_reliable_backend(
-            models[0],
-            models[1:],
-            deadline_s=self.deadline_s,
-            clock=self._clock,
-            rng=self._rng,
-            listener=self.telemetry.listener,
+            models[0], models[1:], deadline_s=self.deadline_s, clock=self._clock, rng=self._rng
         )
-        if not self.telemetry.enabled:
-            return backend  # no span to open: one wrapper (and coroutine frame) fewer per call
         return self.telemetry.instrument(
             backend, replace(self.call_info[model_id], program_id=program_id)
         )

@@ -6,7 +6,9 @@ concurrent requests share one backend safely. Usage is exact per request (DSPy's
 history is never read), cost comes from :mod:`llm_server.core.pricing`, and provider failures
 leave as our own error types, whichever DSPy engine raised them.
 
-Build backends with :meth:`llm_server.models.manager.ModelManager.create_backend`.
+It is the innermost layer of the model-call stack: requests get it inside the reliability
+layers from :meth:`~llm_server.models.manager.ModelManager.reliable_backend`;
+:meth:`~llm_server.models.manager.ModelManager.single_attempt_backend` builds it alone.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import anyio.to_thread
 
 from llm_server.core.errors import InputError
 from llm_server.core.model_interfaces import ModelOutput
-from llm_server.core.observation import notify_model_output
 from llm_server.core.pricing import ModelPrice, cost_usd
+from llm_server.core.telemetry._observation import notify_model_output
 from llm_server.models._errors import translate_error
 from llm_server.models._usage import summarize_calls
 
@@ -97,7 +99,7 @@ class DSPyBackend:
         limiter: Callable[[], anyio.CapacityLimiter],
         program_metadata: Any = None,
     ) -> None:
-        """Create the backend (use :meth:`ModelManager.create_backend` instead).
+        """Create the backend (use :meth:`ModelManager.single_attempt_backend` instead).
 
         Args:
             program: The DSPy program.

@@ -18,7 +18,7 @@ Example::
         config_provider=YamlConfigProvider("config/model_config.yml"),
         settings=FrameworkSettings(),
     )
-    backend = manager.create_backend(dspy.Predict("question -> answer"), "gpt-4o-mini")
+    backend = manager.reliable_backend(dspy.Predict("question -> answer"), "gpt-4o-mini")
     output = await backend.predict({"question": "What is DSPy?"})
 """
 
@@ -35,17 +35,18 @@ import anyio
 from anyio.lowlevel import RunVar
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_server._deprecation import deprecated
 from llm_server._gc import freeze_startup_heap_once
 from llm_server._offline import ensure_offline
-from llm_server.core.circuit_breaker import CircuitBreaker
 from llm_server.core.clock import Clock
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import ConfigurationError, ModelNotFoundError
 from llm_server.core.model_config import ModelConfig, ModelsConfig
-from llm_server.core.opentelemetry_integration import Telemetry, get_telemetry, set_telemetry
 from llm_server.core.pricing import ModelPrice, lookup_model, resolve_price
 from llm_server.core.protocols import ConfigProvider, ModelBackend
-from llm_server.core.redaction import register_secret
+from llm_server.core.reliability._breaker import CircuitBreaker
+from llm_server.core.telemetry._otel import Telemetry, get_telemetry, set_telemetry
+from llm_server.core.telemetry._redaction import register_secret
 from llm_server.models._engine import ResolvedKey, check_additional_params, resolve_api_key
 from llm_server.models._stack import ReliabilityStack
 from llm_server.models.dspy_backend import DSPyBackend
@@ -269,13 +270,14 @@ class ModelManager:
         self._check(model_id)
         return self._prices[model_id]
 
-    def create_backend(
+    def single_attempt_backend(
         self, program: Any, model_id: str, *, program_metadata: Any = None
     ) -> DSPyBackend:
-        """A bare backend running ``program`` (a ``dspy.Module``) on ``model_id``.
+        """A backend running ``program`` (a ``dspy.Module``) on ``model_id``, one attempt per call.
 
-        Bare means one HTTP attempt per LM call: no retries, breaker, deadline or fallback.
-        Use :meth:`build_backend` for the composed stack.
+        One HTTP attempt per LM call: no retries, breaker, deadline or fallback. Requests
+        should use :meth:`reliable_backend`; this is the innermost layer it wraps, for tests
+        and for hosts composing their own stack.
 
         Raises:
             ModelNotFoundError: ``model_id`` is not configured.
@@ -292,14 +294,15 @@ class ModelManager:
             program_metadata=program_metadata,
         )
 
-    def build_backend(
+    def reliable_backend(
         self, program: Any, model_id: str, *, program_metadata: Any = None
     ) -> ModelBackend:
-        """The backend requests should use for ``program`` on ``model_id``.
+        """The backend requests should use for ``program`` (a ``dspy.Module``) on ``model_id``.
 
-        It is the bare :meth:`create_backend` inside the reliability and telemetry layers:
+        It is :meth:`single_attempt_backend` inside the reliability and telemetry layers:
         model-call span -> request deadline -> fallbacks -> per model: retries -> circuit
-        breaker -> one HTTP attempt (composed in :mod:`llm_server.models._stack`).
+        breaker -> one HTTP attempt (drawn on the front page of
+        :mod:`llm_server.core.reliability`).
 
         Raises:
             ModelNotFoundError: ``model_id`` is not configured.
@@ -308,7 +311,9 @@ class ModelManager:
         program_id = getattr(program_metadata, "id", None)
         return self._stack.compose(
             model_id,
-            lambda mid: self.create_backend(program, mid, program_metadata=program_metadata),
+            lambda mid: self.single_attempt_backend(
+                program, mid, program_metadata=program_metadata
+            ),
             program_id=program_id if isinstance(program_id, str) else None,
         )
 
@@ -329,11 +334,26 @@ class ModelManager:
             self._backends.move_to_end(key)
             return cached[1]
         self._check(model_id)
-        backend = self.build_backend(_instantiate(program), model_id)
+        backend = self.reliable_backend(_instantiate(program), model_id)
         self._backends[key] = (program, backend)  # holding `program` keeps its id unique
         if len(self._backends) > _BACKEND_CACHE_SIZE:
             self._backends.popitem(last=False)
         return backend
+
+    def create_backend(
+        self, program: Any, model_id: str, *, program_metadata: Any = None
+    ) -> DSPyBackend:
+        """Deprecated: the same as :meth:`single_attempt_backend` (no retries, breaker,
+        deadline or fallback); requests should use :meth:`reliable_backend`."""
+        deprecated("ModelManager.create_backend", "ModelManager.single_attempt_backend")
+        return self.single_attempt_backend(program, model_id, program_metadata=program_metadata)
+
+    def build_backend(
+        self, program: Any, model_id: str, *, program_metadata: Any = None
+    ) -> ModelBackend:
+        """Deprecated: the same as :meth:`reliable_backend`."""
+        deprecated("ModelManager.build_backend", "ModelManager.reliable_backend")
+        return self.reliable_backend(program, model_id, program_metadata=program_metadata)
 
     def _worker_limiter(self) -> anyio.CapacityLimiter:
         # One limiter per event loop (anyio limiters are loop-bound); sized by the settings.

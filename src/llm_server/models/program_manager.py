@@ -30,6 +30,7 @@ import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 
+from llm_server._deprecation import deprecated
 from llm_server.core.errors import (
     CorruptProgramError,
     ProgramError,
@@ -70,16 +71,10 @@ class ModelManagerLike(Protocol):
         """Public facts about each configured model, by model id."""
         ...
 
-    def create_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
-        """A model backend running ``program`` on ``model_id``, reporting ``program_metadata``."""
+    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
+        """The backend requests use for ``program`` on ``model_id`` (retries, breaker,
+        deadline and fallbacks included), reporting ``program_metadata``."""
         ...
-
-
-@runtime_checkable
-class _ComposingModelManager(Protocol):
-    def build_backend(
-        self, program: Any, model_id: str, *, program_metadata: Any = None
-    ) -> Any: ...
 
 
 @runtime_checkable
@@ -91,7 +86,7 @@ class ProgramManager:
     """Registers DSPy programs and keeps their immutable, versioned state.
 
     Args:
-        model_manager: The model manager (``model_info`` and ``create_backend`` are used).
+        model_manager: The model manager (``model_info`` and ``reliable_backend`` are used).
         storage_adapter: Where program versions are stored.
         max_io_threads: Worker threads the async methods may use for storage I/O. They have
             their own limiter, so slow disks never starve the event loop's default executor
@@ -115,7 +110,7 @@ class ProgramManager:
         self._limiter: RunVar[anyio.CapacityLimiter] = RunVar(f"llm_server_program_io_{id(self)}")
         self._verified: dict[tuple[str, str], StoredProgram] = {}
         self.registry = ProgramRegistry()
-        """The registered programs; ``registry.get_programmetadata_for(id)`` for the envelope."""
+        """The registered programs; ``registry.get_program_metadata(id)`` for the envelope."""
 
     @property
     def model_manager(self) -> ModelManagerLike:
@@ -167,7 +162,7 @@ class ProgramManager:
         pid = validate_program_id(program_id or derive_program_id(program_class.__name__))
         if version is not None:
             validate_version(version)
-        self.registry._check_free(pid, program_class)
+        self.registry.check_free(pid, program_class)
         fresh = ps.instantiate(program_class, kind)
         base = Entry(
             program_class=program_class,
@@ -192,7 +187,7 @@ class ProgramManager:
                 stored = self._storage.load(pid, version)
         self._verify(base, stored)
         entry = replace(base, metadata=metadata_for(base.metadata, stored))
-        self.registry._put(pid, entry)
+        self.registry.add(pid, entry)
         return entry.metadata
 
     # --- loading ---------------------------------------------------------------------------
@@ -209,33 +204,38 @@ class ProgramManager:
             ProgramNotFoundError: Unknown program or version.
             CorruptProgramError: The stored version fails its integrity or class checks.
         """
-        entry = self.registry._entry(program_id)
+        entry = self.registry.entry(program_id)
         stored = self._load_verified(entry, version)
         program = ps.instantiate(entry.program_class, entry.kind)
         return ps.apply_state(program, stored.state, self._where(program_id, stored.version))
 
     def get_version_metadata(self, program_id: str, version: str | None = None) -> ProgramMetadata:
         """Metadata of a stored version (same ``version`` rules as :meth:`get_program`)."""
-        entry = self.registry._entry(program_id)
+        entry = self.registry.entry(program_id)
         return metadata_for(entry.metadata, self._load_verified(entry, version))
 
     def list_versions(self, program_id: str) -> list[str]:
         """Stored versions of a registered program, oldest first."""
-        self.registry._entry(program_id)
+        self.registry.entry(program_id)
         return self._storage.list_versions(program_id)
 
-    def create_backend(self, program_id: str, model_id: str, *, version: str | None = None) -> Any:
-        """A model backend running a version of the program (default: the served one).
+    def reliable_backend(
+        self, program_id: str, model_id: str, *, version: str | None = None
+    ) -> Any:
+        """The backend requests use for a version of the program (default: the served one).
 
-        Uses the model manager's ``build_backend`` (the composed, reliable stack) when it has
-        one, else its ``create_backend``; the backend reports the version's metadata.
+        It is the model manager's :meth:`~llm_server.models.manager.ModelManager.reliable_backend`
+        (retries, breaker, deadline and fallbacks around one HTTP attempt); its outputs report
+        the version's metadata.
         """
         metadata = self.get_version_metadata(program_id, version)
         program = self.get_program(program_id, metadata.version)
-        manager = self._model_manager
-        if isinstance(manager, _ComposingModelManager):
-            return manager.build_backend(program, model_id, program_metadata=metadata)
-        return manager.create_backend(program, model_id, program_metadata=metadata)
+        return self._model_manager.reliable_backend(program, model_id, program_metadata=metadata)
+
+    def create_backend(self, program_id: str, model_id: str, *, version: str | None = None) -> Any:
+        """Deprecated: the same as :meth:`reliable_backend` (which says what it returns)."""
+        deprecated("ProgramManager.create_backend", "ProgramManager.reliable_backend")
+        return self.reliable_backend(program_id, model_id, version=version)
 
     # --- saving ----------------------------------------------------------------------------
 
@@ -273,7 +273,7 @@ class ProgramManager:
             ProgramNotFoundError: Unknown program or parent version.
             ProgramError: ``program`` is not of the registered class, or something is not JSON.
         """
-        entry = self.registry._entry(program_id)
+        entry = self.registry.entry(program_id)
         self._check_instance(entry, program)
         parent = validate_version(parent_version or entry.metadata.version)
         if parent not in self._storage.list_versions(program_id):
@@ -293,7 +293,7 @@ class ProgramManager:
         stored = self._storage.save(program_id, state, manifest)
         self._verified[(program_id, stored.version)] = stored
         metadata = metadata_for(entry.metadata, stored)
-        self.registry._advance(program_id, metadata)
+        self.registry.advance(program_id, metadata)
         return metadata
 
     # --- async wrappers --------------------------------------------------------------------

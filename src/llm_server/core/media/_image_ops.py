@@ -1,4 +1,4 @@
-"""The blocking image transform behind :class:`llm_server.core.images.ImageProcessor`.
+"""The blocking image transform behind :class:`llm_server.core.implementations.ImageProcessor`.
 
 Speed comes from decoding less: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT
 scaling (``Image.draft``) and other formats are box-reduced (``reducing_gap``) to just above
@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image, ImageCms
 
-from llm_server.core._image_input import OpenedImage, open_image
 from llm_server.core.errors import PayloadTooLargeError, UndecodableInputError
+from llm_server.core.media._image_input import OpenedImage, open_image
 
 __all__ = ["MIME_TYPES", "ImageOptions", "TransformResult", "transform"]
 

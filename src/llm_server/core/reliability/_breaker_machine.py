@@ -21,18 +21,18 @@ import threading
 import time
 from collections.abc import Callable
 
-from llm_server.core._breaker_types import (
+from llm_server.core.clock import Clock, SystemClock
+from llm_server.core.errors import CircuitOpenError
+from llm_server.core.reliability._breaker_types import (
     BreakerListener,
     BreakerRecord,
     BreakerState,
     BreakerStateStore,
     CallOutcome,
 )
-from llm_server.core._breaker_window import OutcomeWindow, TimeWindow
-from llm_server.core.clock import Clock, SystemClock
-from llm_server.core.errors import CircuitOpenError
+from llm_server.core.reliability._breaker_window import OutcomeWindow, TimeWindow
 
-_log = logging.getLogger("llm_server.core.circuit_breaker")
+_log = logging.getLogger("llm_server.core.reliability._breaker")
 
 # module constants: cheaper to reach than enum class attributes in the hot path
 _CLOSED = BreakerState.CLOSED

@@ -1,6 +1,7 @@
 """Turn untrusted image input into an opened (not yet decoded) Pillow image, safely.
 
-Everything here runs in a worker thread (see :mod:`llm_server.core.blocking`). The order of the
+Everything here runs in a worker thread (see :func:`llm_server.core.media.run_blocking`). The order
+of the
 checks is the point: byte size before base64 decoding, format and pixel count from the header
 before any pixel is decoded.
 """

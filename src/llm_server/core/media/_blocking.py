@@ -11,7 +11,7 @@ OpenTelemetry spans and log context stay visible inside ``fn``.
 
 Example::
 
-    from llm_server.core.blocking import run_blocking
+    from llm_server.core.media._blocking import run_blocking
 
     thumbnail = await run_blocking(make_thumbnail, raw_bytes)
 """

@@ -1,6 +1,6 @@
 """Values, protocols and the default failure predicate of the circuit breaker.
 
-Public names here are re-exported from :mod:`llm_server.core.circuit_breaker`.
+Public names here are re-exported from :mod:`llm_server.core.reliability._breaker`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from llm_server.core.errors import ModelCallError
 
 if TYPE_CHECKING:
-    from llm_server.core.circuit_breaker import CircuitBreaker
+    from llm_server.core.reliability._breaker import CircuitBreaker
 
 __all__ = [
     "BreakerListener",

@@ -15,7 +15,7 @@ the active OpenTelemetry span; with no active span, ``trace_id`` is a random id 
 ``log_context`` block (the same one
 :func:`~llm_server.core.opentelemetry_integration.current_trace_id` returns there), so log lines
 and the response envelope still correlate. Secrets are masked by a
-:class:`~llm_server.core.redaction.RedactingFilter` on the handler.
+:class:`~llm_server.core.telemetry.RedactingFilter` on the handler.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import IO, Any
 from opentelemetry import trace
 
 from llm_server.core._ids import random_hex128
-from llm_server.core.redaction import RedactingFilter, redact
+from llm_server.core.telemetry._redaction import RedactingFilter, redact
 
 __all__ = [
     "JsonFormatter",

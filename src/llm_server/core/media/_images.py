@@ -22,8 +22,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from llm_server.core.blocking import run_blocking
 from llm_server.core.errors import ConfigurationError, UnsupportedMediaError
+from llm_server.core.media._blocking import run_blocking
 from llm_server.core.types import MediaType, PipelineData
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import dspy
     from PIL.Image import Image as PILImage
 
-    from llm_server.core._image_ops import ImageOptions
+    from llm_server.core.media._image_ops import ImageOptions
 
 __all__ = [
     "DEFAULT_ALLOWED_FORMATS",
@@ -152,7 +152,7 @@ class ImageProcessor:
         limiter: anyio.CapacityLimiter | None = None,
         name: str = "image_processor",
     ) -> None:
-        from llm_server.core._image_ops import ImageOptions
+        from llm_server.core.media._image_ops import ImageOptions
 
         if max_size is not None:
             _positive("max_size width", max_size[0])
@@ -203,7 +203,7 @@ class ImageProcessor:
         Returns:
             The processed image and the report stored as ``metadata["image"]``.
         """
-        from llm_server.core._image_ops import transform
+        from llm_server.core.media._image_ops import transform
 
         raw = _raw_input(content, self.options.max_input_bytes)
         result = transform(raw, self.options)
@@ -223,7 +223,7 @@ def _raw_input(content: Any, max_input_bytes: int) -> bytes | PILImage:
     """Bytes or a PIL image from any accepted IMAGE content."""
     from PIL import Image
 
-    from llm_server.core._image_input import decode_text
+    from llm_server.core.media._image_input import decode_text
 
     if isinstance(content, ProcessedImage):
         return content.data
@@ -273,7 +273,7 @@ def to_dspy_image(value: Any) -> dspy.Image:
         return dspy.Image(raw)  # a PIL image: DSPy encodes it in its own format (PNG if none)
     from PIL import Image
 
-    from llm_server.core._image_input import sniff_format
+    from llm_server.core.media._image_input import sniff_format
 
     fmt = sniff_format(raw)
     mime = Image.MIME.get(fmt) if fmt is not None else None

@@ -17,10 +17,16 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from llm_server.core import _otel_names as n
-from llm_server.core._otel_signals import INVALID_SPAN, OtelSignals, end_span, guarded, record_error
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
-from llm_server.core.redaction import redact
+from llm_server.core.telemetry import _names as n
+from llm_server.core.telemetry._redaction import redact
+from llm_server.core.telemetry._signals import (
+    INVALID_SPAN,
+    OtelSignals,
+    end_span,
+    guarded,
+    record_error,
+)
 
 __all__ = ["ModelCallInfo", "ModelCallRecorder"]
 

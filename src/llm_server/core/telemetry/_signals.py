@@ -20,8 +20,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from llm_server.core import _otel_names as n
-from llm_server.core.redaction import redact
+from llm_server.core.telemetry import _names as n
+from llm_server.core.telemetry._redaction import redact
 
 __all__ = [
     "INVALID_SPAN",

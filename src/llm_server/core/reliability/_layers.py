@@ -1,18 +1,5 @@
-"""Reliability wrappers: each one is a ModelBackend around a ModelBackend.
-
-:func:`build_reliable_backend` composes them in one visible order::
-
-    DeadlineBackend                    the request deadline; really cancels the call
-      FallbackBackend                  primary, then each fallback model in turn
-        RetryingBackend   (per model)  backoff with full jitter; stops if the breaker opens
-          CircuitBreakerBackend        the model's breaker sees every single attempt
-            the model's backend        one HTTP request (DSPy/LiteLLM retries switched off)
-
-So the breaker counts each attempt, retries never hammer an open breaker, a fallback is tried
-only after the primary's retries ran out (or its breaker refused), and the deadline bounds
-everything, sleeps included: the retry loop reads it (:func:`current_deadline`) and does not
-start an attempt that could not finish in time.
-"""
+"""The reliability wrappers and their composition (private: public at
+:mod:`llm_server.core.reliability`, whose front page draws the order)."""
 
 from __future__ import annotations
 
@@ -22,22 +9,26 @@ import random
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from llm_server.core.backend_wrapper import BackendWrapper
-from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
 from llm_server.core.clock import SYSTEM_CLOCK, Clock
 from llm_server.core.errors import CircuitOpenError, ConfigurationError, DeadlineExceededError
 from llm_server.core.model_interfaces import ModelOutput
-from llm_server.core.observation import notify_fallback
 from llm_server.core.protocols import ModelBackend
-from llm_server.core.retry import RetryPolicy, is_retryable, retry_call
+from llm_server.core.reliability._breaker import CircuitBreaker
+from llm_server.core.reliability._breaker_types import BreakerState
+from llm_server.core.reliability._retry import RetryPolicy, is_retryable, retry_call
+from llm_server.core.reliability._wrapper import BackendWrapper
+from llm_server.core.telemetry._observation import (
+    notify_breaker_refusal,
+    notify_fallback,
+    notify_retry,
+)
 
 __all__ = [
     "CircuitBreakerBackend",
     "DeadlineBackend",
     "FallbackBackend",
-    "ReliabilityListener",
     "ReliableModel",
     "RetryingBackend",
     "build_reliable_backend",
@@ -58,21 +49,6 @@ def current_deadline() -> float | None:
     return _deadline.get()
 
 
-@runtime_checkable
-class ReliabilityListener(Protocol):
-    """Receives retry and fallback events (e.g. to add span events).
-
-    Subclass it to inherit no-op methods. Exceptions raised by a listener are logged and
-    swallowed.
-    """
-
-    def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
-        """Attempt ``attempt`` (1-based) to ``model_id`` failed; the next starts in ``delay_s``."""
-
-    def on_fallback(self, from_model_id: str, to_model_id: str, error: BaseException) -> None:
-        """``from_model_id`` failed or was refused with ``error``; ``to_model_id`` is tried next."""
-
-
 class CircuitBreakerBackend(BackendWrapper):
     """Calls the backend through a circuit breaker.
 
@@ -81,7 +57,9 @@ class CircuitBreakerBackend(BackendWrapper):
         breaker: The model's breaker (share one breaker per model).
 
     Raises:
-        CircuitOpenError: From :meth:`predict`, when the breaker refuses the call.
+        CircuitOpenError: From :meth:`predict`, when the breaker refuses the call (the
+            request's observers are told first, see
+            :meth:`~llm_server.core.telemetry.RequestObserver.on_breaker_refusal`).
     """
 
     def __init__(self, backend: ModelBackend, breaker: CircuitBreaker) -> None:
@@ -90,19 +68,16 @@ class CircuitBreakerBackend(BackendWrapper):
 
     async def predict(self, input: Any) -> ModelOutput:
         """Run one model call, if the breaker allows it."""
-        breaker = self.breaker  # breaker.call() inlined: one coroutine frame fewer per call
-        ticket = breaker.admit()
         try:
-            output = await self._backend.predict(input)
-        except BaseException as exc:
-            breaker.settle(ticket, exc)
+            return await self.breaker.call(self._backend.predict, input)
+        except CircuitOpenError as exc:
+            if exc.breaker == self.breaker.name:  # refused here, not by an inner breaker
+                notify_breaker_refusal(self.model_id, exc.retry_after_s)
             raise
-        breaker.settle(ticket, None)
-        return output
 
 
 class RetryingBackend(BackendWrapper):
-    """Retries retryable errors by a :class:`~llm_server.core.retry.RetryPolicy`.
+    """Retries retryable errors by a :class:`~llm_server.core.reliability.RetryPolicy`.
 
     The output's ``attempts`` counts every attempt and ``latency_ms`` includes the backoffs.
 
@@ -112,7 +87,9 @@ class RetryingBackend(BackendWrapper):
         breaker: When given, retries stop as soon as this breaker is open.
         clock: Time source and sleep.
         rng: Jitter source.
-        listener: Told about each retry.
+
+    Each retry is reported to the request's observers
+    (:meth:`~llm_server.core.telemetry.RequestObserver.on_retry`).
     """
 
     def __init__(
@@ -123,14 +100,12 @@ class RetryingBackend(BackendWrapper):
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        listener: ReliabilityListener | None = None,
     ) -> None:
         super().__init__(backend)
         self.policy = policy
         self._breaker = breaker
         self._clock = clock or SYSTEM_CLOCK
         self._rng = rng
-        self._listener = listener
 
     async def predict(self, input: Any) -> ModelOutput:
         """Run the call, retrying by the policy."""
@@ -160,7 +135,7 @@ class RetryingBackend(BackendWrapper):
             rng=self._rng,
             deadline=_deadline.get(),
             should_stop=self._breaker_open if self._breaker is not None else None,
-            on_retry=self._on_retry if self._listener is not None else None,
+            on_retry=self._on_retry,
             first_error=first_error,
         )
         latency_ms = (self._clock.monotonic() - start) * 1000.0
@@ -174,8 +149,7 @@ class RetryingBackend(BackendWrapper):
         )
 
     def _on_retry(self, attempt: int, error: BaseException, delay_s: float) -> None:
-        if self._listener is not None:
-            self._listener.on_retry(self.model_id, attempt, error, delay_s)
+        notify_retry(self.model_id, attempt, error, delay_s)
 
 
 def should_fall_back(error: BaseException) -> bool:
@@ -196,7 +170,9 @@ class FallbackBackend(BackendWrapper):
         primary: The model asked first; the wrapper takes its ``model_id``.
         fallbacks: The models to try next, in order.
         fall_back_on: Which errors move on to the next backend.
-        listener: Told about each fallback.
+
+    Each move to the next backend is logged and reported to the request's observers
+    (:meth:`~llm_server.core.telemetry.RequestObserver.on_fallback`).
     """
 
     def __init__(
@@ -205,12 +181,10 @@ class FallbackBackend(BackendWrapper):
         fallbacks: Sequence[ModelBackend],
         *,
         fall_back_on: Callable[[BaseException], bool] = should_fall_back,
-        listener: ReliabilityListener | None = None,
     ) -> None:
         super().__init__(primary)
         self.fallbacks = tuple(fallbacks)
         self._fall_back_on = fall_back_on
-        self._listener = listener
 
     async def predict(self, input: Any) -> ModelOutput:
         """Ask each backend in turn until one answers."""
@@ -223,24 +197,19 @@ class FallbackBackend(BackendWrapper):
                 if index + 1 == len(chain) or not self._fall_back_on(exc):
                     raise
                 failed.append(backend.model_id)
-                self._notify(backend.model_id, chain[index + 1].model_id, exc)
+                next_id = chain[index + 1].model_id
+                _log.warning(
+                    "model %r failed (%s); falling back to %r",
+                    backend.model_id,
+                    type(exc).__name__,
+                    next_id,
+                )
+                notify_fallback(backend.model_id, next_id, exc)
                 continue
             if failed:
                 output = replace(output, metadata={**output.metadata, "fallback_from": failed})
-                notify_fallback(tuple(failed), output.model_id)
             return output
         raise AssertionError("unreachable: the chain is never empty")
-
-    def _notify(self, from_id: str, to_id: str, error: BaseException) -> None:
-        _log.warning(
-            "model %r failed (%s); falling back to %r", from_id, type(error).__name__, to_id
-        )
-        if self._listener is None:
-            return
-        try:
-            self._listener.on_fallback(from_id, to_id, error)
-        except Exception:
-            _log.exception("reliability listener failed")
 
 
 class DeadlineBackend(BackendWrapper):
@@ -311,7 +280,6 @@ def build_reliable_backend(
     deadline_s: float | None = None,
     clock: Clock | None = None,
     rng: random.Random | None = None,
-    listener: ReliabilityListener | None = None,
 ) -> ModelBackend:
     """Compose deadline -> fallback -> [per model: retries -> breaker -> call].
 
@@ -321,7 +289,6 @@ def build_reliable_backend(
         deadline_s: Overall deadline of one call (``None``: none).
         clock: Time source and sleep for every layer.
         rng: Jitter source for the retries.
-        listener: Told about retries and fallbacks.
     """
 
     def guarded(model: ReliableModel) -> ModelBackend:
@@ -330,13 +297,13 @@ def build_reliable_backend(
             backend = CircuitBreakerBackend(backend, model.breaker)
         if model.retry is not None and model.retry.max_attempts > 1:
             backend = RetryingBackend(
-                backend, model.retry, breaker=model.breaker, clock=clock, rng=rng, listener=listener
+                backend, model.retry, breaker=model.breaker, clock=clock, rng=rng
             )
         return backend
 
     backend = guarded(primary)
     if fallbacks:
-        backend = FallbackBackend(backend, [guarded(m) for m in fallbacks], listener=listener)
+        backend = FallbackBackend(backend, [guarded(m) for m in fallbacks])
     if deadline_s is not None:
         backend = DeadlineBackend(backend, deadline_s, clock=clock)
     return backend

@@ -12,7 +12,7 @@ Two layers work together:
 
 Example::
 
-    from llm_server.core.redaction import redact, register_secret
+    from llm_server.core.telemetry._redaction import redact, register_secret
 
     register_secret("my-very-private-key")
     redact("calling with my-very-private-key")  # 'calling with [REDACTED]'
@@ -123,7 +123,7 @@ class RedactingFilter(logging.Filter):
     """A logging filter that masks secrets in a record's message, exception and stack.
 
     Attach it to a *handler* (handler filters see records from every child logger; logger
-    filters do not). :func:`llm_server.core.logging.configure_json_logging` does this for you.
+    filters do not). :func:`llm_server.core.telemetry.configure_json_logging` does this for you.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:

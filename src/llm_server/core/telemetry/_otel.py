@@ -1,0 +1,205 @@
+"""Telemetry, the instrumented backend and the trace-id helpers (private: public at
+:mod:`llm_server.core.opentelemetry_integration`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from llm_server import __version__
+from llm_server.core._ids import random_hex128
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.model_interfaces import ModelOutput
+from llm_server.core.protocols import ModelBackend
+from llm_server.core.reliability._wrapper import BackendWrapper
+from llm_server.core.telemetry._listeners import RecordingListener, TelemetryListener
+from llm_server.core.telemetry._logging import _fallback_trace_id
+from llm_server.core.telemetry._model_call import ModelCallInfo, ModelCallRecorder
+from llm_server.core.telemetry._observation import pop_observer, push_observer
+from llm_server.core.telemetry._signals import NoopSignals, OtelSignals
+
+__all__ = ["InstrumentedBackend", "Telemetry", "current_trace_id", "get_telemetry", "set_telemetry"]
+
+_NOOP_SIGNALS = NoopSignals()
+_NOOP_LISTENER = TelemetryListener()
+
+
+class Telemetry:
+    """The library's handle on OpenTelemetry, built once at startup from the settings.
+
+    Args:
+        settings: ``otel_enabled`` switches everything on or off;
+            ``otel_capture_message_content``, ``otel_content_max_length`` and
+            ``otel_llm_attributes`` shape the model-call spans.
+        tracer_provider: Where spans go (default: the global provider).
+        meter_provider: Where metrics go (default: the global provider).
+    """
+
+    __slots__ = ("_listener", "_signals")
+
+    def __init__(
+        self,
+        settings: FrameworkSettings,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._signals: OtelSignals | NoopSignals = _NOOP_SIGNALS
+        self._listener: TelemetryListener = _NOOP_LISTENER
+        if settings.otel_enabled:
+            signals = OtelSignals(
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                version=__version__,
+                capture_content=settings.otel_capture_message_content,
+                content_max_length=settings.otel_content_max_length,
+                llm_attributes=settings.otel_llm_attributes,
+            )
+            self._signals = signals
+            self._listener = RecordingListener(signals)
+
+    @classmethod
+    def disabled(cls) -> Telemetry:
+        """A telemetry that emits nothing (the default until :func:`set_telemetry`)."""
+        return cls(FrameworkSettings.model_construct(otel_enabled=False))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is emitted."""
+        return self._signals.enabled
+
+    def instrument(
+        self, backend: ModelBackend, call_info: ModelCallInfo | None = None
+    ) -> InstrumentedBackend:
+        """Wrap ``backend`` so each call gets a span and metrics (:class:`InstrumentedBackend`)."""
+        return InstrumentedBackend(backend, telemetry=self, call_info=call_info)
+
+    def request_span(
+        self, name: str = "request", *, attributes: Mapping[str, Any] | None = None
+    ) -> AbstractContextManager[None]:
+        """A ``with`` block traced as one incoming request (``SERVER`` span when it is a root).
+
+        Everything inside (pipelines, model calls, :func:`current_trace_id`, log lines) then
+        shares one trace. A host that already traces requests (e.g. with OpenTelemetry's
+        FastAPI instrumentation) gets an ``INTERNAL`` child instead.
+
+        Args:
+            name: The span name, e.g. ``"POST /predict"`` (a route, never a raw URL).
+            attributes: Low-cardinality attributes for the span.
+        """
+        return self._signals.request_scope(name, attributes)
+
+    def pipeline_span(self, pipeline: str) -> AbstractContextManager[None]:
+        """A ``with`` block timed as one execution of ``pipeline`` (span and histogram)."""
+        return self._signals.pipeline_scope(pipeline)
+
+    def step_span(self, pipeline: str, step: str, index: int) -> AbstractContextManager[None]:
+        """A ``with`` block timed as one run of a pipeline step (child span and histogram)."""
+        return self._signals.step_scope(pipeline, step, index)
+
+    @property
+    def listener(self) -> TelemetryListener:
+        """The breaker listener and request observer that records into these signals."""
+        return self._listener
+
+    def observe_breakers(self, breakers: Iterable[Any] | Mapping[str, Any]) -> None:
+        """Report these circuit breakers' states in ``llm_server.circuit_breaker.state``.
+
+        Args:
+            breakers: Breakers (or a mapping whose values are breakers), each with a ``name``
+                and a ``state`` (an enum or string such as ``"half_open"``). The gauge reads
+                them at each collection; registering a breaker twice is harmless.
+        """
+        values = breakers.values() if isinstance(breakers, Mapping) else breakers
+        self._signals.observe_breakers(list(values))
+
+    def __repr__(self) -> str:
+        return f"Telemetry(enabled={self.enabled})"
+
+
+class InstrumentedBackend(BackendWrapper):
+    """A :class:`~llm_server.core.protocols.ModelBackend` that traces and meters each call.
+
+    Each :meth:`predict` runs in a ``CLIENT`` span following the GenAI semantic conventions and
+    records ``gen_ai.client.operation.duration``, ``gen_ai.client.token.usage`` and the cost
+    counter. For the duration of the call it attaches the telemetry's
+    :class:`~llm_server.core.opentelemetry_integration.TelemetryListener` as a request observer,
+    so retries, fallbacks and breaker refusals inside become events of the span. With disabled
+    telemetry it forwards straight to the wrapped backend.
+
+    Wrap it *around* the reliability wrappers to get one span per logical call with retry,
+    breaker and fallback events inside, or *inside* them to get one span per attempt.
+
+    Args:
+        backend: The backend to observe.
+        telemetry: Where the signals go.
+        call_info: Provider, request model, endpoint and request options for the span
+            attributes; when omitted they are guessed from ``backend.model_id``.
+    """
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        *,
+        telemetry: Telemetry,
+        call_info: ModelCallInfo | None = None,
+    ) -> None:
+        super().__init__(backend)
+        signals = telemetry._signals
+        self._recorder: ModelCallRecorder | None = None
+        self._listener = telemetry.listener
+        if isinstance(signals, OtelSignals):
+            info = call_info or ModelCallInfo.from_model_name(backend.model_id)
+            self._recorder = ModelCallRecorder(signals, info, backend.model_id)
+
+    async def predict(self, input: Any) -> ModelOutput:
+        """Call the wrapped backend inside the model-call span."""
+        recorder = self._recorder
+        if recorder is None:  # disabled telemetry: decided once, at construction
+            return await self._backend.predict(input)
+        call = recorder.start(input)
+        # Retries, fallbacks and refusals inside this call become events of its span.
+        token = push_observer(self._listener)
+        try:
+            output = await self._backend.predict(input)
+        except BaseException as exc:
+            recorder.failed(call, exc)
+            raise
+        finally:
+            pop_observer(token)
+        recorder.succeeded(call, output)
+        return output
+
+
+def current_trace_id() -> str:
+    """The current trace id as 32 lowercase hex digits, for the envelope's ``trace_id``.
+
+    With an active span (ours, or the host's, e.g. from FastAPI instrumentation) this is its
+    trace id, so a response links to its trace. Without one it is the random id fixed for the
+    enclosing :func:`~llm_server.core.telemetry.log_context` (the same one the JSON logs carry),
+    or, outside any ``log_context``, a fresh random id on every call.
+    """
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return format(context.trace_id, "032x")
+    return _fallback_trace_id() or random_hex128()
+
+
+_current: Telemetry = Telemetry.disabled()
+
+
+def get_telemetry() -> Telemetry:
+    """The process-wide telemetry used by pipelines that were not given one."""
+    return _current
+
+
+def set_telemetry(telemetry: Telemetry | None) -> None:
+    """Set the process-wide telemetry (``None`` restores the disabled default).
+
+    Call it once at startup, after the host has configured its OpenTelemetry SDK.
+    """
+    global _current  # noqa: PLW0603 -- one process-wide default, like OpenTelemetry's own
+    _current = telemetry if telemetry is not None else Telemetry.disabled()
