@@ -21,10 +21,6 @@ __all__ = ["Engine", "FrameworkSettings"]
 Engine = Literal["auto", "litellm"]
 
 
-def _env(name: str) -> Any:
-    return Field(validation_alias=AliasChoices(name))
-
-
 class FrameworkSettings(BaseSettings):
     """Settings of the framework.
 
