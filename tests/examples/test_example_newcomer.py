@@ -58,6 +58,7 @@ def newcomer_env(port: int) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_fresh_clone_installs_serves_and_tests(tmp_path: Path) -> None:
     clone = tmp_path / "llm-server"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)

@@ -394,3 +394,43 @@ def test_threads_saving_at_once_get_distinct_versions(adapter: FileSystemStorage
     assert adapter.list_versions("prog") == sorted(results, key=lambda v: int(v.split(".")[1]))
     states = {(s["writer"], s["i"]) for s in (adapter.load("prog", v).state for v in results)}
     assert states == {(w, i) for w in range(4) for i in range(10)}
+
+
+def test_a_save_is_durable_in_order_fsync_rename_then_folder_fsync(
+    adapter: FileSystemStorageAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The order that survives a power cut: each file's bytes reach the disk before it is
+    # renamed into place, the folder's entries before the folder is published, and the
+    # publishing rename before save() returns.
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(source: Any, target: Any) -> None:
+        real_replace(source, target)
+        events.append(("replace", str(target)))
+
+    def rename(source: Any, target: Any) -> None:
+        real_rename(source, target)
+        events.append(("rename", str(target)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+    stored = adapter.save("prog", STATE, {})
+
+    version_dir = str(adapter.base_dir / "prog" / stored.version)
+    names = [(kind, Path(path).name) for kind, path in events]
+    published = names.index(("rename", stored.version))
+    for file in ("state.json", "manifest.json"):
+        synced = names.index(("fsync", f"{file}.part"))
+        assert synced < names.index(("replace", file)) < published, names
+    temp_synced = max(
+        i for i, (kind, path) in enumerate(events) if kind == "fsync" and i < published
+    )
+    assert Path(events[temp_synced][1]).name.startswith(".tmp-"), names  # the folder itself
+    assert events[published + 1] == ("fsync", str(adapter.base_dir / "prog")), names
+    assert Path(version_dir, "state.json").is_file()

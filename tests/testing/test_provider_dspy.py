@@ -8,13 +8,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
+import dspy
 import pytest
+from dspy.utils import exceptions
 
 from llm_server.core.tokens import count_message_tokens, count_text_tokens
 from llm_server.testing import LocalProvider
-
-dspy = pytest.importorskip("dspy")
-exceptions = pytest.importorskip("dspy.utils.exceptions")
 
 ENGINES = ["auto", "litellm"]
 MODELS = ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-20241022"]

@@ -46,6 +46,7 @@ async def _client(port: int, client_id: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.anyio
 async def test_256_concurrent_connections_each_get_their_own_answers() -> None:
     with LocalProvider(max_recorded=None) as provider:

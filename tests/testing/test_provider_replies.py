@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+import dspy
 import pytest
 
 from llm_server.testing import RawReply
 from llm_server.testing._provider_replies import read_prompt, render_reply
-
-dspy = pytest.importorskip("dspy")
 
 
 class Typed(dspy.Signature):  # type: ignore[misc]
