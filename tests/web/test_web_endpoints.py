@@ -20,6 +20,7 @@ from _web_helpers import (
 from fastapi import FastAPI
 
 from llm_server.core.errors import ConfigurationError
+from llm_server.core.telemetry import RequestObserver, StepTiming, observing
 from llm_server.core.tokens import count_message_tokens
 from llm_server.fastapi import add_program_endpoint, signature_models
 from llm_server.testing import LocalProvider, RecordedRequest
@@ -252,3 +253,59 @@ async def test_a_router_endpoint_with_a_manager_built_by_hand(
     assert response.status_code == 200, response.text
     assert response.json()["data"] == {"summary": "echo: by hand"}
     assert response.json()["metadata"]["model"]["id"] == "gpt-4o"
+
+
+async def test_an_open_breaker_refuses_before_any_pipeline_or_provider_work(
+    make_app: MakeApp, provider: LocalProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app()
+    steps: list[str] = []
+
+    class Steps(RequestObserver):
+        def on_step(self, timing: StepTiming) -> None:
+            steps.append(timing.step)
+
+    async with serving(app) as client:
+        manager = app.state.model_manager
+        manager.breakers["gpt-4o-mini"].force_open()
+        with observing(Steps()):
+            responses = [
+                await client.post("/programs/summarize", json={"text": "a"}) for _ in range(20)
+            ]
+        snapshot = manager.breakers["gpt-4o-mini"].snapshot()
+    assert {r.status_code for r in responses} == {503}
+    body = responses[0].json()
+    assert body["error"]["type"] == "circuit_open"
+    assert int(responses[0].headers["Retry-After"]) >= 1
+    assert steps == []  # no pipeline ran
+    assert provider.requests == []
+    assert snapshot.refused == 20
+    assert not [r for r in caplog.records if "request" in r.getMessage()]  # no line per refusal
+
+
+async def test_a_fallback_with_a_closed_breaker_keeps_the_route_open(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    models = {
+        "primary": {
+            "model_name": "openai/gpt-4o-mini",
+            "api_base": provider.openai_api_base,
+            "fallbacks": ["backup"],
+        },
+        "backup": {"model_name": "openai/gpt-4o", "api_base": provider.openai_api_base},
+    }
+    app = make_app(models=models)
+    async with serving(app) as client:
+        manager = app.state.model_manager
+        manager.breakers["primary"].force_open()
+        answered = await client.post(
+            "/programs/summarize", json={"text": "a", "model_id": "primary"}
+        )
+        manager.breakers["backup"].force_open()
+        refused = await client.post(
+            "/programs/summarize", json={"text": "a", "model_id": "primary"}
+        )
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["metadata"]["model"]["id"] == "backup"
+    assert refused.status_code == 503
+    assert "'primary'" in refused.json()["error"]["message"]

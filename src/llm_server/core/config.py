@@ -111,18 +111,33 @@ class FrameworkSettings(BaseSettings):
     """Longest provider ``Retry-After`` honoured; a longer one ends the retries."""
 
     # --- circuit breakers ---
-    breaker_failure_threshold: int = Field(
-        default=5, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_FAILURE_THRESHOLD")
+    breaker_failure_threshold: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_FAILURE_THRESHOLD")
     )
-    """Consecutive failures that open a model's breaker."""
+    """Consecutive failures that open a model's breaker; set, it replaces the failure rate."""
+    breaker_failure_rate_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        validation_alias=AliasChoices("LLM_SERVER_BREAKER_FAILURE_RATE_THRESHOLD"),
+    )
+    """Failure rate over the window that opens a model's breaker (the default policy)."""
+    breaker_window_size: int = Field(
+        default=100, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_WINDOW_SIZE")
+    )
+    """Calls in the sliding window the failure rate is taken over."""
+    breaker_minimum_calls: int = Field(
+        default=20, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_MINIMUM_CALLS")
+    )
+    """Calls the window must hold before the failure rate can open the breaker."""
     breaker_reset_timeout_s: float = Field(
         default=60.0, gt=0, validation_alias=AliasChoices("LLM_SERVER_BREAKER_RESET_TIMEOUT_S")
     )
     """Seconds an open breaker waits before letting probes through."""
     breaker_half_open_max_calls: int = Field(
-        default=1, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_HALF_OPEN_MAX_CALLS")
+        default=3, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_HALF_OPEN_MAX_CALLS")
     )
-    """Probes a half-open breaker admits at once."""
+    """Probes a half-open breaker admits at once (judged together by the failure rate)."""
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -128,6 +129,12 @@ class _Route:
 
     pipeline: Pipeline
     program_metadata: Any
+    ensure_available: Callable[[], None]
+    """Raises ``CircuitOpenError`` when every breaker the call could use would refuse it."""
+
+
+def _always_available() -> None:
+    """For model managers without ``ensure_available``: their stack refuses by itself."""
 
 
 class _ProgramRunner:
@@ -160,7 +167,9 @@ class _ProgramRunner:
                 output_type=MediaType.STRUCTURED,
                 name=self.program_id,
             )
-            route = _Route(Pipeline([step], name=self.program_id), metadata)
+            check = getattr(manager.model_manager, "ensure_available", None)
+            available = functools.partial(check, model_id) if callable(check) else _always_available
+            route = _Route(Pipeline([step], name=self.program_id), metadata, available)
             self._routes[model_id] = route
         return route
 
@@ -236,6 +245,7 @@ def add_program_endpoint(
         pm = manager if manager is not None else get_program_manager(request)
         model_id: str = body.model_id
         route = runner.route(pm, model_id)
+        route.ensure_available()  # an open breaker refuses here, before any work
         metrics = PerformanceMetrics()
         # Values as validated (not dumped), so typed inputs reach the program as their types.
         inputs = {name: getattr(body, name) for name in input_names}

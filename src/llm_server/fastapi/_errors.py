@@ -84,7 +84,11 @@ async def _framework_error(request: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, CircuitOpenError | RateLimitedError):
         headers = _retry_after(exc.retry_after_s)
-    if exc.http_status >= 500:
+    if isinstance(exc, CircuitOpenError | RateLimitedError):
+        # Refusals are expected while a breaker is open: the breaker logs its transitions and
+        # a periodic summary, never a line per refused request.
+        logger.debug("request refused: %s: %s", exc.error_type, redact(exc.message))
+    elif exc.http_status >= 500:
         logger.warning("request failed: %s: %s", exc.error_type, redact(exc.message))
     details = getattr(exc, "errors", None)
     return error_response(

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from llm_server.core.clock import Clock
 from llm_server.core.config import FrameworkSettings
+from llm_server.core.errors import CircuitOpenError
 from llm_server.core.model_config import ModelsConfig
 from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
 from llm_server.core.protocols import ModelBackend
@@ -76,6 +77,22 @@ class ReliabilityStack:
                 else None,
             )
         telemetry.observe_breakers(self.breakers)
+
+    def refusal(self, model_id: str) -> CircuitOpenError | None:
+        """The error a call to ``model_id`` would end with now, when its breaker and every
+        fallback's breaker would refuse it (counted as their refusals); else ``None``.
+
+        Costs a dictionary lookup per model while the breakers are closed.
+        """
+        chain = (model_id, *self.fallbacks[model_id])
+        breakers = [self.breakers[mid] for mid in chain]
+        if any(breaker.would_admit() for breaker in breakers):
+            return None
+        errors = [breaker.refuse() for breaker in breakers]
+        listener = self.telemetry.listener
+        for mid, error in zip(chain, errors, strict=True):
+            listener.on_breaker_refusal(mid, error.retry_after_s)
+        return errors[0]
 
     def compose(
         self,

@@ -317,6 +317,25 @@ class ModelManager:
             program_id=program_id if isinstance(program_id, str) else None,
         )
 
+    def ensure_available(self, model_id: str) -> None:
+        """Refuse at once when every breaker a call to ``model_id`` could use would refuse it.
+
+        That is ``model_id``'s breaker and each of its ``fallbacks:``. Call it first in a
+        route, before building inputs or running a pipeline: a refused request then costs a
+        few microseconds instead of the pipeline, DSPy and envelope work that the model-call
+        stack would do before its breaker refuses. The program routes of
+        :func:`llm_server.fastapi.add_program_endpoint` do. Refusals count as the breakers'
+        own (snapshot, metrics, the periodic log line).
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+            CircuitOpenError: Every breaker would refuse (``retry_after_s`` is the primary's).
+        """
+        self._check(model_id)
+        error = self._stack.refusal(model_id)
+        if error is not None:
+            raise error
+
     def backend_for(self, program: Any, model_id: str) -> ModelBackend:
         """The composed backend for ``program`` on ``model_id``, built once and cached.
 

@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from llm_server.core.config import FrameworkSettings
     from llm_server.core.model_config import BreakerConfig
 
-__all__ = ["CircuitBreaker"]
+__all__ = ["DEFAULT_FAILURE_RATE", "DEFAULT_MINIMUM_CALLS", "CircuitBreaker"]
+
+DEFAULT_FAILURE_RATE = 0.5
+"""The failure rate that trips a breaker given no policy (resilience4j's default too)."""
+DEFAULT_MINIMUM_CALLS = 20
+"""Calls a count window must hold before a rate trips it. resilience4j waits for 100 (its
+window size); 20 trips a breaker on a fresh window 5x sooner, while 5 % of transient faults
+reach 10 failures in 20 calls with probability ~1e-8."""
+_UNUSED_THRESHOLD = 5  # the consecutive count is not consulted under a rate policy
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -42,19 +50,36 @@ _entered: ContextVar[tuple[tuple[CircuitBreaker, int, float], ...]] = ContextVar
 class CircuitBreaker(BreakerMachine):
     """Stops calling a failing dependency for a while, then probes it.
 
+    Two trip policies. Given ``failure_threshold`` (and no ``failure_rate_threshold``), the
+    breaker opens after that many consecutive failures: the reference design's
+    ``CircuitBreaker(failure_threshold=5, reset_timeout=60)``. Otherwise it trips on the failure
+    rate over a sliding window, by default 50 % of the last 100 calls once it holds at least 20
+    (resilience4j's model and threshold): concurrent failures
+    settling together cannot trip it while most calls succeed, and a full outage trips it
+    after at most 100 calls (20 on a fresh window).
+
+    Half-open, up to ``half_open_max_calls`` probes run at once. With the consecutive policy one
+    failed probe re-opens the breaker and that many successful probes close it; with a rate
+    policy the probes' verdicts are judged by the same rate (it re-opens as soon as the failures
+    reach the threshold, and closes once every probe reported below it). A probe that was
+    cancelled (e.g. by a request deadline) or ended with an ignored error gives no verdict: its
+    permit goes to the next call at once.
+
+    An open breaker logs its transitions and, while it refuses, one summary line every 10 s
+    (never a line per refused call).
+
     Args:
         failure_threshold: Consecutive failures that open the breaker (consecutive policy).
         reset_timeout: Seconds an open breaker refuses calls before letting probes through.
         name: Names the breaker in errors, events and the store (default: the decorated
             function's qualified name, else ``"circuit_breaker"``).
-        half_open_max_calls: Probes admitted at once when half-open; as many successful probes
-            close the breaker.
-        failure_rate_threshold: When set (0-1], trip on the failure rate over a sliding window
-            instead of on consecutive failures.
+        half_open_max_calls: Probes admitted at once when half-open.
+        failure_rate_threshold: Trip on the failure rate (0-1] over a sliding window (default
+            0.5 unless ``failure_threshold`` is given).
         window_size: Calls (``window_type="count"``) or seconds (``"time"``) in the window.
         window_type: ``"count"`` or ``"time"``.
         minimum_calls: Calls the window must hold before a rate can trip the breaker
-            (default: 10, at most ``window_size`` for count windows).
+            (default: 20, at most ``window_size`` for count windows).
         slow_call_duration_s: When set, calls at least this long are slow.
         slow_call_rate_threshold: Slow-call rate (0-1] over the window that trips the breaker.
         is_failure: Which exceptions count as failures (default: :func:`is_transient_failure`);
@@ -71,7 +96,7 @@ class CircuitBreaker(BreakerMachine):
     def __init__(
         self,
         *,
-        failure_threshold: int = 5,
+        failure_threshold: int | None = None,
         reset_timeout: float = 60.0,
         name: str | None = None,
         half_open_max_calls: int = 1,
@@ -87,8 +112,14 @@ class CircuitBreaker(BreakerMachine):
         clock: Clock | None = None,
         store: BreakerStateStore | None = None,
     ) -> None:
+        if failure_threshold is None:
+            failure_threshold = _UNUSED_THRESHOLD
+            if failure_rate_threshold is None:
+                failure_rate_threshold = DEFAULT_FAILURE_RATE
         if minimum_calls is None:
-            minimum_calls = min(10, window_size) if window_type == "count" else 10
+            minimum_calls = DEFAULT_MINIMUM_CALLS
+            if window_type == "count":
+                minimum_calls = min(minimum_calls, window_size)
         _check(failure_threshold >= 1, "failure_threshold must be >= 1", failure_threshold)
         _check(reset_timeout > 0, "reset_timeout must be > 0", reset_timeout)
         _check(half_open_max_calls >= 1, "half_open_max_calls must be >= 1", half_open_max_calls)
@@ -156,10 +187,20 @@ class CircuitBreaker(BreakerMachine):
         """
         c = config
         options: dict[str, Any] = {
-            "failure_threshold": settings.breaker_failure_threshold,
             "reset_timeout": settings.breaker_reset_timeout_s,
             "half_open_max_calls": settings.breaker_half_open_max_calls,
+            "window_size": settings.breaker_window_size,
+            "minimum_calls": settings.breaker_minimum_calls,
         }
+        # The policy: a rate unless a consecutive threshold is what the YAML (or, without a
+        # YAML policy, the settings) asks for.
+        yaml_rate = c.failure_rate_threshold if c is not None else None
+        yaml_threshold = c.failure_threshold if c is not None else None
+        if yaml_rate is None and yaml_threshold is None:
+            if settings.breaker_failure_threshold is not None:
+                options["failure_threshold"] = settings.breaker_failure_threshold
+            else:
+                options["failure_rate_threshold"] = settings.breaker_failure_rate_threshold
         if c is not None:
             overrides = {
                 "failure_threshold": c.failure_threshold,
@@ -173,6 +214,11 @@ class CircuitBreaker(BreakerMachine):
                 "slow_call_rate_threshold": c.slow_call_rate_threshold,
             }
             options.update({k: v for k, v in overrides.items() if v is not None})
+        if options.get("window_type", "count") == "count" and (
+            c is None or c.minimum_calls is None
+        ):
+            # the settings' minimum fits the window (a minimum the YAML gives is checked)
+            options["minimum_calls"] = min(options["minimum_calls"], options["window_size"])
         try:
             return cls(name=name, listeners=listeners, clock=clock, store=store, **options)
         except ConfigurationError as exc:
@@ -295,7 +341,11 @@ class CircuitBreaker(BreakerMachine):
         return result
 
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]:
-        """Decorate an async or sync function so every call goes through the breaker."""
+        """Decorate an async or sync function so every call goes through the breaker.
+
+        The decorated function's ``breaker`` attribute is this breaker, to read, reset or
+        force it (``call_provider.breaker.snapshot()``).
+        """
         if self._name is None:
             self._name = self._key = getattr(fn, "__qualname__", self._key)
         if inspect.iscoroutinefunction(fn):
@@ -305,12 +355,14 @@ class CircuitBreaker(BreakerMachine):
             async def guarded_async(*args: P.args, **kwargs: P.kwargs) -> Any:
                 return await self.call(async_fn, *args, **kwargs)
 
+            guarded_async.breaker = self  # type: ignore[attr-defined]
             return cast("Callable[P, T]", guarded_async)
 
         @functools.wraps(fn)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
             return self.call_sync(fn, *args, **kwargs)
 
+        guarded.breaker = self  # type: ignore[attr-defined]
         return guarded
 
     async def __aenter__(self) -> CircuitBreaker:

@@ -46,6 +46,7 @@ _IGNORED = CallOutcome.IGNORED
 _REFUSED = CallOutcome.REFUSED
 
 DISABLED_PERMIT = -1
+REFUSAL_LOG_INTERVAL_S = 10.0  # an open breaker logs one summary of its refusals this often
 UNTIMED = math.nan  # the start time of a call made while no component needs durations
 Transition = tuple[BreakerState, BreakerState]
 
@@ -97,8 +98,10 @@ class BreakerMachine:
         self._seen_generation = store.get(key).generation
         self._consecutive = 0
         self._probes_in_flight = 0
-        self._probe_successes = 0
+        self._probe_successes = self._probe_failures = 0
         self._successes = self._failures = self._ignored = self._refused = 0
+        self._refused_unlogged = 0  # refusals since the last summary line
+        self._refusals_logged_at = -math.inf
 
     def _needs_timing(self) -> bool:
         # durations are only needed by listeners, slow-call checks and time windows
@@ -132,16 +135,64 @@ class BreakerMachine:
                 self._probes_in_flight += 1
                 permit = record.generation << 1 | 1
             else:
-                self._refused += 1
-                retry_after = self._retry_after(record, now, refusing=True)
-                refusal = CircuitOpenError(self._key, retry_after)
+                refusal, summary = self._refusal_locked(record, now)
         if change is not None:
             self._notify_transition(change)
         if refusal is not None:
-            if self._listeners:
-                self._notify_call(_REFUSED, 0.0)
+            self._refused_after(summary)
             raise refusal
         return permit
+
+    def would_admit(self) -> bool:
+        """Whether a call made now would be admitted (no permit is taken, nothing counted).
+
+        Lets a caller refuse before doing any work for a call that the breaker would refuse
+        anyway (see :meth:`refuse`). An open breaker whose timeout passed turns half-open here.
+        """
+        record = self._current_record(self._now())
+        state = record.state
+        if state is _CLOSED or state is _DISABLED:
+            return True
+        if state is _HALF_OPEN:
+            # counters of an older generation are stale: the next acquire resets them
+            stale = record.generation != self._seen_generation
+            return stale or self._probes_in_flight < self._half_open_max_calls
+        return False
+
+    def refuse(self) -> CircuitOpenError:
+        """Count a refusal decided before the call (after :meth:`would_admit` said no).
+
+        Returns:
+            The error to raise, as :meth:`admit` would have raised it.
+        """
+        now = self._now()
+        with self._lock:
+            record = self._get(self._key)
+            self._sync_locked(record)
+            refusal, summary = self._refusal_locked(record, now)
+        self._refused_after(summary)
+        return refusal
+
+    def _refusal_locked(self, record: BreakerRecord, now: float) -> tuple[CircuitOpenError, str]:
+        self._refused += 1
+        self._refused_unlogged += 1
+        retry_after = self._retry_after(record, now, refusing=True)
+        summary = ""
+        if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL_S:
+            summary = (
+                f"circuit breaker {self._key!r} ({record.state.value}) refused "
+                f"{self._refused_unlogged} call(s) since its last summary; "
+                f"next probe in {retry_after:.1f}s"
+            )
+            self._refused_unlogged = 0
+            self._refusals_logged_at = now
+        return CircuitOpenError(self._key, retry_after), summary
+
+    def _refused_after(self, summary: str) -> None:
+        if summary:
+            _log.warning("%s", summary)
+        if self._listeners:
+            self._notify_call(_REFUSED, 0.0)
 
     def _release(self, permit: int, exc: BaseException | None, start: float) -> None:
         if permit < 0:
@@ -193,12 +244,21 @@ class BreakerMachine:
 
     def _probe_done_locked(self, outcome: CallOutcome) -> Transition | None:
         self._probes_in_flight -= 1
-        if outcome is _FAILURE:
-            return self._transition_locked(_OPEN)[1]
+        if outcome is _IGNORED:
+            return None  # no verdict (cancelled, cut by a deadline): the next call probes
         if outcome is _SUCCESS:
             self._probe_successes += 1
-            if self._probe_successes >= self._half_open_max_calls:
-                return self._transition_locked(_CLOSED)[1]
+        else:
+            self._probe_failures += 1
+        rate = self._failure_rate
+        if rate is None:  # consecutive policy: one failed probe re-opens
+            reopen = self._probe_failures > 0
+        else:  # judged like the closed state, over the probes' verdicts
+            reopen = self._probe_failures >= rate * self._half_open_max_calls
+        if reopen:
+            return self._transition_locked(_OPEN)[1]
+        if self._probe_successes + self._probe_failures >= self._half_open_max_calls:
+            return self._transition_locked(_CLOSED)[1]
         return None
 
     def _classify(self, exc: BaseException) -> CallOutcome:
@@ -249,7 +309,7 @@ class BreakerMachine:
             self._seen_generation = record.generation
             self._consecutive = 0
             self._probes_in_flight = 0
-            self._probe_successes = 0
+            self._probe_successes = self._probe_failures = 0
             if self._window is not None:
                 self._window.clear()
 
@@ -281,7 +341,18 @@ class BreakerMachine:
 
     def _notify_transition(self, change: Transition) -> None:
         old, new = change
-        _log.info("circuit breaker %r: %s -> %s", self._key, old.value, new.value)
+        if new is _CLOSED and self._refused_unlogged:
+            _log.info(
+                "circuit breaker %r: %s -> %s (refused %d call(s) since its last summary)",
+                self._key,
+                old.value,
+                new.value,
+                self._refused_unlogged,
+            )
+            self._refused_unlogged = 0
+            self._refusals_logged_at = -math.inf
+        else:
+            _log.info("circuit breaker %r: %s -> %s", self._key, old.value, new.value)
         for listener in self._listeners:
             try:
                 listener.on_state_change(self, old, new)  # type: ignore[arg-type]
