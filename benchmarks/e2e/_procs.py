@@ -57,15 +57,19 @@ class Provider:
     base_url: str
 
     def set_latency(self, latency_ms: float) -> None:
+        self.command(f"latency {latency_ms}")
+
+    def command(self, line: str) -> None:
+        """Send one command (``latency <ms>``, ``down``, ``up``) and wait for its ``OK``."""
         stdin: IO[str] | None = self.process.stdin
         stdout: IO[str] | None = self.process.stdout
         assert stdin is not None
         assert stdout is not None
-        stdin.write(f"latency {latency_ms}\n")
+        stdin.write(f"{line}\n")
         stdin.flush()
         answer = stdout.readline().strip()
         if answer != "OK":
-            raise RuntimeError(f"provider refused the latency: {answer!r}")
+            raise RuntimeError(f"provider refused {line!r}: {answer!r}")
 
 
 @contextlib.contextmanager
@@ -136,6 +140,8 @@ def load(
     server_pid: int | None = None,
     requests: int | None = None,
     raw: bool = False,
+    path: str | None = None,
+    body: str | None = None,
 ) -> dict[str, Any]:
     """Run the load generator in its own process and return its JSON result."""
     command = [
@@ -156,6 +162,10 @@ def load(
         command += ["--requests", str(requests)]
     if raw:
         command.append("--raw")
+    if path is not None:
+        command += ["--path", path]
+    if body is not None:
+        command += ["--body", body]
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result: dict[str, Any] = json.loads(out.stdout)
     return result

@@ -3,7 +3,8 @@
     python benchmarks/e2e/provider.py [--latency-ms 0]
 
 Prints ``READY <base_url>`` once listening, then reads commands on stdin, one per line:
-``latency <ms>`` sets the latency added to every answer (answers ``OK``); end of input stops it.
+``latency <ms>`` sets the latency added to every answer, ``down`` makes every request fail with
+a 503 (an outage), ``up`` ends it (each answers ``OK``); end of input stops it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def main() -> None:
             command, _, value = line.strip().partition(" ")
             if command == "latency":
                 provider.latency_s = float(value) / 1000
+                print("OK", flush=True)
+            elif command == "down":
+                provider.add_fault("unavailable")
+                print("OK", flush=True)
+            elif command == "up":
+                provider.clear_faults()
                 print("OK", flush=True)
             elif command:
                 print(f"ERROR unknown command {command!r}", flush=True)

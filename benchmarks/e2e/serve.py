@@ -3,6 +3,7 @@
     python benchmarks/e2e/serve.py F --port 8100      # the reference app
     python benchmarks/e2e/serve.py F_otel --port 8101 # the same, OpenTelemetry SDK exporting
     python benchmarks/e2e/serve.py H|H_otel|H_freeze|D|R --port 8102
+    python benchmarks/e2e/serve.py G --port 8103       # the guarded app of the reliability runs
 
 ``LLM_SERVER_PROVIDER_URL`` must point at the local provider. The reference app runs from a
 temporary folder holding a copy of its ``config/``, so its program storage never lands in the
@@ -22,7 +23,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_APP = HERE.parent.parent / "examples" / "reference_app"
-APPS = ("F", "F_otel", "H", "H_otel", "H_freeze", "D", "R")
+APPS = ("F", "F_otel", "G", "H", "H_otel", "H_freeze", "D", "R")
 
 
 def _reference_app_folder() -> Path:
@@ -44,6 +45,10 @@ def load(name: str) -> Any:
 
             return load_app()
         return importlib.import_module("main").app
+    if name == "G":
+        from e2e.apps.g_app import load_app as load_g
+
+        return load_g()
     if name == "H_otel":
         from e2e.apps.h_otel import load_app as load_h
 

@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llm_server.core.circuit_breaker import CircuitBreaker
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import RateLimitedError
 from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
@@ -51,7 +52,10 @@ async def test_every_dashboard_metric_and_label_is_exported() -> None:
         telemetry.listener.on_retry("fast", 1, RateLimitedError("429"), 0.1)
         telemetry.listener.on_fallback("fast", "backup", RateLimitedError("429"))
         telemetry.listener.on_state_change(breaker, "closed", "open")
-        telemetry.listener.on_breaker_refusal("fast", 30.0)
+        refusing = CircuitBreaker(name="slow", failure_threshold=1)
+        telemetry.observe_breakers([refusing])
+        refusing.force_open()
+        refusing.refuse()
         text = generate_latest(registry).decode()
     finally:
         provider.shutdown()

@@ -18,7 +18,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 
-from llm_server.core.errors import ProviderUnavailableError, StepError
+from llm_server.core.circuit_breaker import CircuitBreaker
+from llm_server.core.errors import CircuitOpenError, ProviderUnavailableError, StepError
 from llm_server.core.model_interfaces import TokenCountMethod, TokenUsage
 from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
 from llm_server.core.pipeline import Pipeline
@@ -196,15 +197,18 @@ def test_breaker_gauge_reads_enum_states() -> None:
     assert state_name("HALF-OPEN") == "half_open"
 
 
-def test_the_listener_counts_transitions_and_refusals(
+def test_transitions_are_counted_and_refusals_read_from_the_breakers(
     telemetry: Telemetry, reader: InMemoryMetricReader
 ) -> None:
     listener = telemetry.listener
-    breaker = FakeBreaker("fast")
-    listener.on_state_change(breaker, "closed", "open")
-    listener.on_breaker_refusal("fast", 30.0)
-    listener.on_breaker_refusal("fast", 29.0)
-    listener.on_call(breaker, "refused", 0.0)  # the breaker's own report: counted above, once
+    listener.on_state_change(FakeBreaker("fast"), "closed", "open")
+    breaker = CircuitBreaker(name="fast", failure_threshold=1)
+    telemetry.observe_breakers([breaker])
+    breaker.force_open()
+    breaker.refuse()
+    with pytest.raises(CircuitOpenError):
+        breaker.admit()
+    listener.on_breaker_refusal("fast", 29.0)  # a span event only: the count is the breaker's
 
     points = metric_points(reader)
     transition = one(points["llm_server.circuit_breaker.transitions"])

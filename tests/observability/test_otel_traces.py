@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from _otel_helpers import CallingStep, FailingStep, FakeBackend, output, span_named
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
@@ -402,12 +403,16 @@ async def test_request_span_gives_the_whole_request_one_trace(
     assert {format(s.context.trace_id, "032x") for s in spans} == {envelope_trace_id}
 
 
-def test_request_span_under_a_host_span_is_internal(
-    telemetry: Telemetry, exporter: InMemorySpanExporter
+def test_under_a_host_span_the_request_span_is_the_hosts(
+    telemetry: Telemetry, exporter: InMemorySpanExporter, tracer_provider: TracerProvider
 ) -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-
-    host_tracer = TracerProvider().get_tracer("host")
-    with host_tracer.start_as_current_span("GET /"), telemetry.request_span("inner"):
+    host_tracer = tracer_provider.get_tracer("host")
+    with (
+        host_tracer.start_as_current_span("GET /") as host,
+        telemetry.request_span("inner"),
+        telemetry.pipeline_span("qa"),
+    ):
         pass
-    assert span_named(exporter.get_finished_spans(), "inner").kind is SpanKind.INTERNAL
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["pipeline qa", "GET /"]  # no second request span
+    assert span_named(spans, "pipeline qa").parent.span_id == host.get_span_context().span_id

@@ -18,6 +18,7 @@ from _web_helpers import (
     serving,
 )
 from fastapi import FastAPI
+from starlette.routing import BaseRoute, Match
 
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry import RequestObserver, StepTiming, observing
@@ -309,3 +310,58 @@ async def test_a_fallback_with_a_closed_breaker_keeps_the_route_open(
     assert answered.json()["metadata"]["model"]["id"] == "backup"
     assert refused.status_code == 503
     assert "'primary'" in refused.json()["error"]["message"]
+
+
+class _Spy(BaseRoute):
+    """A route that matches nothing and records the path of every request routed past it."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def matches(self, scope: Any) -> tuple[Match, dict[str, Any]]:
+        self.seen.append(scope["path"])
+        return Match.NONE, {}
+
+
+async def test_after_the_first_refusal_the_middleware_refuses_before_routing(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    app = make_app()
+    async with serving(app) as client:
+        app.state.model_manager.breakers["gpt-4o-mini"].force_open()
+        first = await client.post("/programs/summarize", json={"text": "a"})
+        gates = app.state.llm_server_gates  # registered by the route on its first request
+        assert set(gates) == {"/programs/summarize"}
+        routed: list[str] = []
+        app.router.routes.insert(0, _Spy(routed))  # sees every request FastAPI routes
+        second = await client.post(
+            "/programs/summarize", json={"text": "a"}, headers={"X-Execution-ID": "refused-1"}
+        )
+        malformed = await client.post(
+            "/programs/summarize",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        unknown = await client.post("/programs/summarize", json={"text": "a", "model_id": "nope"})
+        app.state.model_manager.breakers["gpt-4o-mini"].reset()
+        served = await client.post("/programs/summarize", json={"text": "again"})
+    assert first.status_code == second.status_code == 503
+    assert second.json()["execution_id"] == "refused-1"
+    assert second.headers["x-execution-id"] == "refused-1"
+    assert routed == ["/programs/summarize"] * 3  # malformed, unknown and served: not refused
+    assert malformed.status_code in (400, 422)
+    assert unknown.status_code == 404
+    assert served.status_code == 200, served.text
+    assert served.json()["data"]["summary"]
+
+
+async def test_without_the_middleware_the_route_still_refuses_before_the_pipeline(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    app = make_app(middleware=False)
+    async with serving(app) as client:
+        app.state.model_manager.breakers["gpt-4o-mini"].force_open()
+        body = {"count": 1, "labels": ["a"], "strict": True}
+        responses = [await client.post("/programs/tally", json=body) for _ in range(3)]
+    assert [r.status_code for r in responses] == [503, 503, 503]
+    assert provider.requests == []

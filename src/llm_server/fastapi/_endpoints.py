@@ -13,13 +13,17 @@ from typing import Any, Literal
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from llm_server.core.errors import ConfigurationError, ModelNotFoundError
+from llm_server.core.errors import (
+    ConfigurationError,
+    ModelNotFoundError,
+)
 from llm_server.core.implementations import ModelProcessor
 from llm_server.core.metadata import MetadataCollector
 from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.pipeline import Pipeline
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.types import MediaType, PipelineData
+from llm_server.fastapi._gate import gate_for, guarded_route
 from llm_server.fastapi._schemas import ErrorEnvelope
 from llm_server.fastapi._state import get_program_manager
 
@@ -245,7 +249,6 @@ def add_program_endpoint(
         pm = manager if manager is not None else get_program_manager(request)
         model_id: str = body.model_id
         route = runner.route(pm, model_id)
-        route.ensure_available()  # an open breaker refuses here, before any work
         metrics = PerformanceMetrics()
         # Values as validated (not dumped), so typed inputs reach the program as their types.
         inputs = {name: getattr(body, name) for name in input_names}
@@ -262,8 +265,10 @@ def add_program_endpoint(
         )
         return {"success": True, "data": result.content, "metadata": metadata}
 
+    gate = gate_for(runner.route, default_model_id=default_model_id, manager=manager)
     endpoint.__annotations__["body"] = request_model
-    app.add_api_route(
+    router = app.router if isinstance(app, FastAPI) else app
+    router.add_api_route(
         path or f"/programs/{program_id}",
         endpoint,
         methods=["POST"],
@@ -272,4 +277,5 @@ def add_program_endpoint(
         summary=f"Run program {program_id}",
         description=(signature.__doc__ or "").strip() or None,
         name=f"run_{program_id}",
+        route_class_override=guarded_route(gate),
     )

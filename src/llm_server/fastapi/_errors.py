@@ -81,6 +81,11 @@ def log_unexpected(exc: BaseException) -> None:
 
 async def _framework_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LLMServerError)
+    return framework_error_response(exc)
+
+
+def framework_error_response(exc: LLMServerError) -> JSONResponse:
+    """The error envelope for one of our errors (status, ``Retry-After``, details), logged."""
     headers = None
     if isinstance(exc, CircuitOpenError | RateLimitedError):
         headers = _retry_after(exc.retry_after_s)

@@ -7,7 +7,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llm_server.core.metadata import new_execution_id
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.telemetry._otel import get_telemetry
-from llm_server.fastapi._errors import error_response, log_unexpected
+from llm_server.fastapi._errors import error_response, framework_error_response, log_unexpected
+from llm_server.fastapi._gate import GATED, read_body, registered_gate, replaying
 
 __all__ = ["RequestContextMiddleware"]
 
@@ -24,7 +25,10 @@ class RequestContextMiddleware:
     ``execution_id``, success or error. With telemetry on, the request runs in one span, so
     the envelope's ``trace_id`` is the request's trace. An exception no handler turned into a
     response is answered with a 500 error envelope and logged (redacted) here, so clients
-    never see a traceback. Install with ``app.add_middleware(RequestContextMiddleware)``.
+    never see a traceback. A request to a program route whose model's breakers (and its
+    fallbacks') would all refuse it is refused here, before FastAPI routes it (see
+    :func:`~llm_server.fastapi.add_program_endpoint`). Install with
+    ``app.add_middleware(RequestContextMiddleware)``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -48,15 +52,25 @@ class RequestContextMiddleware:
         # HTTP semantic conventions: "{method}" when the route is not known yet (it is
         # matched after this middleware runs); a raw path would be high-cardinality.
         span_name = str(scope.get("method", "HTTP"))
-        with log_context(execution_id=execution_id), get_telemetry().request_span(span_name):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                if started:  # too late for an error response; let the server close it
-                    raise
-                log_unexpected(exc)
-                response = error_response(500, "internal_error", "internal server error")
-                await response(scope, receive, send_with_id)
+        with log_context(execution_id=execution_id):
+            gate = registered_gate(scope)
+            if gate is not None:  # a program route: an open breaker refuses right here,
+                body = await read_body(receive)  # with no span and no routing of ours
+                refusal = gate(body, scope["app"])
+                if refusal is not None:
+                    await framework_error_response(refusal)(scope, receive, send_with_id)
+                    return
+                scope = {**scope, GATED: True}
+                receive = replaying(body, receive)
+            with get_telemetry().request_span(span_name):
+                try:
+                    await self.app(scope, receive, send_with_id)
+                except Exception as exc:
+                    if started:  # too late for an error response; let the server close it
+                        raise
+                    log_unexpected(exc)
+                    response = error_response(500, "internal_error", "internal server error")
+                    await response(scope, receive, send_with_id)
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -80,7 +80,8 @@ class ReliabilityStack:
 
     def refusal(self, model_id: str) -> CircuitOpenError | None:
         """The error a call to ``model_id`` would end with now, when its breaker and every
-        fallback's breaker would refuse it (counted as their refusals); else ``None``.
+        fallback's breaker would refuse it (counted as their refusals, which the refusals
+        metric reads); else ``None``.
 
         Costs a dictionary lookup per model while the breakers are closed.
         """
@@ -88,10 +89,7 @@ class ReliabilityStack:
         breakers = [self.breakers[mid] for mid in chain]
         if any(breaker.would_admit() for breaker in breakers):
             return None
-        errors = [breaker.refuse() for breaker in breakers]
-        listener = self.telemetry.listener
-        for mid, error in zip(chain, errors, strict=True):
-            listener.on_breaker_refusal(mid, error.retry_after_s)
+        errors = [breaker.refuse() for breaker in breakers]  # each breaker counts its refusal
         return errors[0]
 
     def compose(

@@ -74,10 +74,11 @@ class RecordingListener(TelemetryListener):
         self._signals.count(n.METRIC_BREAKER_TRANSITIONS, attrs)
 
     def on_breaker_refusal(self, model_id: str, retry_after_s: float) -> None:
-        """``model_id``'s circuit breaker refused a call."""
-        signals = self._signals
-        signals.count(n.METRIC_BREAKER_REFUSALS, {n.BREAKER: model_id})
-        signals.event(
+        """``model_id``'s circuit breaker refused a call inside the model call: a span event.
+
+        (The refusals counter reads the breakers' own counts when metrics are collected.)
+        """
+        self._signals.event(
             n.EVENT_BREAKER_REFUSED, {n.BREAKER: model_id, n.RETRY_AFTER_S: retry_after_s}
         )
 

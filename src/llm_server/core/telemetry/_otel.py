@@ -80,11 +80,12 @@ class Telemetry:
     def request_span(
         self, name: str = "request", *, attributes: Mapping[str, Any] | None = None
     ) -> AbstractContextManager[None]:
-        """A ``with`` block traced as one incoming request (``SERVER`` span when it is a root).
+        """A ``with`` block traced as one incoming request: a ``SERVER`` span, unless one is active.
 
         Everything inside (pipelines, model calls, :func:`current_trace_id`, log lines) then
-        shares one trace. A host that already traces requests (e.g. with OpenTelemetry's
-        FastAPI instrumentation) gets an ``INTERNAL`` child instead.
+        shares one trace. When the host already traces requests (FastAPI's own instrumentation
+        once an SDK is configured, or OpenTelemetry's ASGI middleware), its span stays the
+        parent of everything inside and no second span is opened.
 
         Args:
             name: The span name, e.g. ``"POST /predict"`` (a route, never a raw URL).

@@ -236,11 +236,6 @@ class OtelSignals:
                 unit="{transition}",
                 description="Circuit breaker state transitions.",
             ),
-            n.METRIC_BREAKER_REFUSALS: meter.create_counter(
-                n.METRIC_BREAKER_REFUSALS,
-                unit="{call}",
-                description="Calls refused by an open circuit breaker.",
-            ),
             n.METRIC_RETRIES: meter.create_counter(
                 n.METRIC_RETRIES, unit="{retry}", description="Model call attempts retried."
             ),
@@ -257,13 +252,28 @@ class OtelSignals:
             unit="1",
             description="1 for the circuit breaker's current state, 0 for the others.",
         )
+        # Read from the breakers' own counts at collection time: a refusal must cost next to
+        # nothing, and an open breaker refuses thousands of calls a second.
+        meter.create_observable_counter(
+            n.METRIC_BREAKER_REFUSALS,
+            callbacks=[self._observe_breaker_refusals],
+            unit="{call}",
+            description="Calls refused by an open circuit breaker.",
+        )
 
     # --- requests and pipelines ---------------------------------------------------------
 
     def request_scope(
         self, name: str, attrs: Mapping[str, Any] | None
     ) -> AbstractContextManager[None]:
-        """A span (no metric) around one incoming request, the parent of everything in it."""
+        """A ``SERVER`` span around one incoming request, unless one is already active.
+
+        A host (or FastAPI itself, once an SDK is configured) that already traces the request
+        keeps its span as the parent of everything inside: a second, internal span per request
+        would tell nothing new and cost every request, refused ones included.
+        """
+        if trace.get_current_span().get_span_context().is_valid:
+            return _NULL_SCOPE
         return _SpanScope(name, attrs or {}, None, {}, self.tracer, server_if_root=True)
 
     def pipeline_scope(self, pipeline: str) -> AbstractContextManager[None]:
@@ -305,10 +315,24 @@ class OtelSignals:
     # --- circuit breakers ----------------------------------------------------------------
 
     def observe_breakers(self, breakers: Iterable[Any]) -> None:
-        """Report the state of ``breakers`` in the state gauge from now on."""
+        """Report the state and refusals of ``breakers`` in their metrics from now on."""
         for breaker in breakers:
             if not any(b is breaker for b in self._breakers):
                 self._breakers.append(breaker)
+
+    def _observe_breaker_refusals(
+        self, options: metrics.CallbackOptions
+    ) -> list[metrics.Observation]:
+        observations: list[metrics.Observation] = []
+        for breaker in list(self._breakers):
+            try:
+                name = breaker_name(breaker)
+                refused = int(breaker.snapshot().refused)
+            except Exception as exc:
+                guarded("observe breaker refusals", exc)
+                continue
+            observations.append(metrics.Observation(refused, {n.BREAKER: name}))
+        return observations
 
     def _observe_breaker_states(
         self, options: metrics.CallbackOptions
