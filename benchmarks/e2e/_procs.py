@@ -92,6 +92,8 @@ def provider(latency_ms: float = 0.0) -> Iterator[Provider]:
             with contextlib.suppress(OSError):
                 process.stdin.close()
         stop(process)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 @dataclass

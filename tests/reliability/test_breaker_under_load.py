@@ -163,7 +163,15 @@ async def test_probes_are_judged_together_by_the_failure_rate(clock: FakeClock) 
     await record_failures(breaker, 1)  # 1 of 3 failed: below 50 %, no verdict yet
     assert breaker.state is BreakerState.HALF_OPEN
     await breaker.call(succeed)
+    assert breaker.state is BreakerState.HALF_OPEN  # a third failure would make 2 of 3
     await breaker.call(succeed)
+    assert breaker.state is BreakerState.CLOSED
+
+
+async def test_the_verdict_comes_as_soon_as_it_is_certain(clock: FakeClock) -> None:
+    breaker = await open_rate_breaker(clock)
+    await breaker.call(succeed)
+    await breaker.call(succeed)  # 2 of 3 succeeded: the third cannot reach 50 %
     assert breaker.state is BreakerState.CLOSED
 
 

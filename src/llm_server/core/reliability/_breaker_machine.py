@@ -250,14 +250,16 @@ class BreakerMachine:
             self._probe_successes += 1
         else:
             self._probe_failures += 1
-        rate = self._failure_rate
-        if rate is None:  # consecutive policy: one failed probe re-opens
-            reopen = self._probe_failures > 0
-        else:  # judged like the closed state, over the probes' verdicts
-            reopen = self._probe_failures >= rate * self._half_open_max_calls
+        rate, probes = self._failure_rate, self._half_open_max_calls
+        if rate is None:  # consecutive policy: one failed probe re-opens, all must succeed
+            reopen, close = self._probe_failures > 0, self._probe_successes >= probes
+        else:  # judged by the rate over all the probes, decided as soon as it is certain
+            pending = probes - self._probe_successes - self._probe_failures
+            reopen = self._probe_failures >= rate * probes
+            close = self._probe_failures + pending < rate * probes
         if reopen:
             return self._transition_locked(_OPEN)[1]
-        if self._probe_successes + self._probe_failures >= self._half_open_max_calls:
+        if close:
             return self._transition_locked(_CLOSED)[1]
         return None
 
