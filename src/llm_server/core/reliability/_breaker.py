@@ -61,9 +61,9 @@ class CircuitBreaker(BreakerMachine):
     Half-open, up to ``half_open_max_calls`` probes run at once. With the consecutive policy one
     failed probe re-opens the breaker and that many successful probes close it; with a rate
     policy the probes' verdicts are judged by the same rate, decided as soon as the outcome is
-    certain (with 3 probes and 50 %: two failures re-open it, two successes close it). A probe that was
-    cancelled (e.g. by a request deadline) or ended with an ignored error gives no verdict: its
-    permit goes to the next call at once.
+    certain (with 3 probes and 50 %: two failures re-open it, two successes close it). A probe
+    that was cancelled (e.g. by a request deadline) or ended with an ignored error gives no
+    verdict: its permit goes to the next call at once.
 
     An open breaker logs its transitions and, while it refuses, one summary line every 10 s
     (never a line per refused call).
