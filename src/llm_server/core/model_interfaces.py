@@ -22,6 +22,9 @@ class TokenCountMethod(StrEnum):
     """The provider's reported usage for this request."""
     ESTIMATE = "tiktoken_estimate"
     """The provider reported no usage; counted offline with a tokenizer."""
+    CUT_ESTIMATE = "cut_input_estimate"
+    """The call was cut (request deadline, client gone) after it left for the provider: its
+    input tokens are counted offline, its output is unknown (counted as 0)."""
     CACHED = "cache_hit"
     """Served from DSPy's cache: no tokens were billed."""
     UNAVAILABLE = "unavailable"

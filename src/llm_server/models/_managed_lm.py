@@ -16,7 +16,8 @@ from llm_server._offline import ensure_offline
 
 ensure_offline()
 
-from collections.abc import Iterator, Mapping  # noqa: E402 -- after ensure_offline() on purpose
+import asyncio  # noqa: E402 -- after ensure_offline() on purpose
+from collections.abc import Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from contextvars import ContextVar  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -83,6 +84,18 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         @with_callbacks  # type: ignore[untyped-decorator]  # dspy is untyped
         async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
             """``dspy.LM.acall``, preparing text-only calls without the worker-thread hop."""
+            scope = _current_scope.get()
+            sent = scope.call_started(prompt, messages) if scope is not None else None
+            try:
+                return await self._execute(prompt, messages, kwargs)
+            except asyncio.CancelledError:
+                sent = None  # cut after it left: it stays in flight, for the books
+                raise
+            finally:
+                if sent is not None:
+                    sent.clear()
+
+        async def _execute(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> Any:
             if _EXECUTION is None or not _text_only(prompt, messages, kwargs):  # (for mypy)
                 return await _DSPY_ACALL.__wrapped__(self, prompt, messages=messages, **kwargs)
             prepare, aexecute, finalize, warn_legacy_lm, warn_openai_messages = _EXECUTION
@@ -124,10 +137,23 @@ class RequestScope:
     Attributes:
         entries: One record per LM call (cache hits included), as DSPy builds for its history.
         tracker: Usage of the calls that reached the provider.
+        in_flight: The messages of each call that started; emptied when the call finishes,
+            so a call cancelled on its way (a deadline, a client gone) keeps them.
     """
 
     entries: list[dict[str, Any]] = field(default_factory=list)
     tracker: CallTracker = field(default_factory=CallTracker)
+    in_flight: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    def call_started(self, prompt: Any, messages: Any) -> list[dict[str, Any]]:
+        """Record a call about to leave; the returned list is cleared when it finishes."""
+        sent = entry_messages({"messages": messages, "prompt": prompt})
+        self.in_flight.append(sent)
+        return sent
+
+    def cut_calls(self) -> list[list[dict[str, Any]]]:
+        """The messages of the calls that left and never finished (cancelled)."""
+        return [messages for messages in self.in_flight if messages]
 
 
 _QUIET_ADAPTER = dspy.ChatAdapter(use_json_adapter_fallback=False)

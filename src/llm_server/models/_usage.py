@@ -17,7 +17,7 @@ from typing import Any
 from llm_server.core.model_interfaces import TokenCountMethod, TokenUsage
 from llm_server.core.tokens import count_message_tokens, count_text_tokens
 
-__all__ = ["CallSummary", "summarize_calls"]
+__all__ = ["CallSummary", "cut_usage", "summarize_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,4 +165,19 @@ def summarize_calls(
         response_model=response_model,
         finish_reasons=tuple(reasons),
         calls=max(len(entries), len(billed)),
+    )
+
+
+def cut_usage(cut: Sequence[Sequence[Mapping[str, Any]]], *, model_name: str) -> TokenUsage:
+    """The usage of calls cut after they left (a deadline, a client gone): what is known.
+
+    The prompts were sent, and are billed; each is counted offline. The output is unknown
+    (counted as 0) and the usage says so (``TokenCountMethod.CUT_ESTIMATE``).
+    """
+    prompt_tokens = sum(count_message_tokens(list(messages), model_name) for messages in cut)
+    return TokenUsage(
+        input_tokens=prompt_tokens,
+        output_tokens=0,
+        total_tokens=prompt_tokens,
+        method=TokenCountMethod.CUT_ESTIMATE,
     )

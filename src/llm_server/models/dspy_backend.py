@@ -13,6 +13,7 @@ layers from :meth:`~llm_server.models.manager.ModelManager.reliable_backend`;
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import logging
@@ -30,7 +31,7 @@ from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.pricing import ModelPrice, cost_usd
 from llm_server.core.telemetry._observation import notify_model_output
 from llm_server.models._errors import translate_error
-from llm_server.models._usage import summarize_calls
+from llm_server.models._usage import cut_usage, summarize_calls
 
 if TYPE_CHECKING:
     from llm_server.models._managed_lm import RequestScope
@@ -154,6 +155,9 @@ class DSPyBackend:
                     prediction = await self._call_in_thread(input)
                 else:
                     prediction = await self.program.acall(**input)
+        except asyncio.CancelledError:
+            self._account_for_cut_calls(scope.cut_calls(), started)
+            raise
         except Exception as exc:
             translated = translate_error(exc, model_id=self.model_id)
             if translated is None or translated is exc:
@@ -188,6 +192,26 @@ class DSPyBackend:
         )
         notify_model_output(output)
         return output
+
+    def _account_for_cut_calls(self, cut: list[list[dict[str, Any]]], started: float) -> None:
+        """Report calls cut after they left to the observers: billed, so never left out.
+
+        The prompts are counted offline and the output is unknown; the telemetry listener
+        records them in the token and cost metrics and counts the cut calls.
+        """
+        if not cut:
+            return  # cancelled before anything was sent: nothing was billed
+        usage = cut_usage(cut, model_name=self.model_name)
+        notify_model_output(
+            ModelOutput(
+                content=None,
+                model_id=self.model_id,
+                usage=usage,
+                cost_usd=cost_usd(usage, self._price),
+                latency_ms=(time.perf_counter() - started) * 1000,
+                metadata={"cut": True, "lm_calls": len(cut)},
+            )
+        )
 
     async def _call_in_thread(self, input: Mapping[str, Any]) -> Any:
         _warn_sync_once(self.program)

@@ -131,7 +131,8 @@ async def retry_call(
         rng: Source of the jitter (seed one in tests).
         deadline: Clock time after which no attempt may start.
         should_stop: Checked before each retry; ``True`` ends the retries.
-        on_retry: Called before each backoff; its exceptions are logged and swallowed.
+        on_retry: Called when a retry starts, after its backoff, with the failed attempt's
+            number and error and the backoff slept; its exceptions are logged and swallowed.
         first_error: The error of a first attempt the caller already made (it counts as
             attempt 1; ``fn`` then makes attempts 2, 3, ...).
 
@@ -152,12 +153,21 @@ async def retry_call(
     if not is_retryable(first_error):
         raise first_error
     replayed = False
+    pending: tuple[int, BaseException, float] | None = None  # the retry the backoff leads to
 
     async def attempt() -> T:
-        nonlocal replayed
+        nonlocal replayed, pending
         if not replayed:
             replayed = True
             raise first_error
+        if pending is not None and on_retry is not None:
+            # Reported when the retry really starts: a backoff cut short by the deadline (or
+            # a cancellation) sends nothing and is no retry.
+            try:
+                on_retry(*pending)
+            except Exception:
+                _log.exception("retry listener failed")
+        pending = None
         return await fn()
 
     the_clock = clock or SYSTEM_CLOCK
@@ -184,12 +194,8 @@ async def retry_call(
         return should_stop is not None and should_stop()
 
     def before_sleep(state: RetryCallState) -> None:
-        if on_retry is None:
-            return
-        try:
-            on_retry(state.attempt_number, _error(state), state.upcoming_sleep)
-        except Exception:
-            _log.exception("retry listener failed")
+        nonlocal pending
+        pending = (state.attempt_number, _error(state), state.upcoming_sleep)
 
     retrying = AsyncRetrying(
         sleep=the_clock.sleep,

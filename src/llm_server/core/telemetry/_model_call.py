@@ -210,6 +210,27 @@ class ModelCallRecorder:
         finally:
             end_span(call.span, call.token)
 
+    def cut(self, output: ModelOutput) -> None:
+        """Record a call cut after it was sent: its estimated input tokens, cost and count."""
+        usage = output.usage
+        try:
+            signals = self._signals
+            attrs = dict(self._metric_attrs)
+            if usage is not None:
+                signals.token_usage.record(
+                    usage.input_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "input"}
+                )
+            if output.cost_usd:
+                signals.counters[n.METRIC_COST].add(output.cost_usd, attrs)
+            signals.counters[n.METRIC_CUT_CALLS].add(1, attrs)
+            event: dict[str, Any] = {n.MODEL_ID: output.model_id}
+            if usage is not None:
+                event[n.GEN_AI_USAGE_INPUT_TOKENS] = usage.input_tokens
+                event[n.TOKEN_METHOD] = str(usage.method)
+            signals.event(n.EVENT_CALL_CUT, event)
+        except Exception as exc:
+            guarded("record cut model call", exc)
+
     def _annotate(self, span: trace.Span, output: ModelOutput, elapsed: float) -> None:
         signals = self._signals
         usage = output.usage
@@ -280,4 +301,6 @@ class ModelCallRecorder:
 
 
 # Cache hits bill nothing and "unavailable" means unknown: neither is a token count.
-_UNCOUNTED = frozenset({TokenCountMethod.CACHED, TokenCountMethod.UNAVAILABLE})
+_UNCOUNTED = frozenset(
+    {TokenCountMethod.CACHED, TokenCountMethod.UNAVAILABLE, TokenCountMethod.CUT_ESTIMATE}
+)

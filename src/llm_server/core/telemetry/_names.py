@@ -86,6 +86,8 @@ METRIC_BREAKER_TRANSITIONS: Final = "llm_server.circuit_breaker.transitions"
 METRIC_BREAKER_REFUSALS: Final = "llm_server.circuit_breaker.refusals"
 METRIC_RETRIES: Final = "llm_server.client.retries"
 METRIC_FALLBACKS: Final = "llm_server.client.fallbacks"
+METRIC_CUT_CALLS: Final = "llm_server.client.cut_calls"
+EVENT_CALL_CUT: Final = "llm_server.call_cut"
 
 EVENT_RETRY: Final = "llm_server.retry"
 EVENT_FALLBACK: Final = "llm_server.fallback"

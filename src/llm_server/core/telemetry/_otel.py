@@ -12,13 +12,13 @@ from opentelemetry import metrics, trace
 from llm_server import __version__
 from llm_server.core._ids import random_hex128
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.model_interfaces import ModelOutput
+from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.reliability._wrapper import BackendWrapper
 from llm_server.core.telemetry._listeners import RecordingListener, TelemetryListener
 from llm_server.core.telemetry._logging import _fallback_trace_id
 from llm_server.core.telemetry._model_call import ModelCallInfo, ModelCallRecorder
-from llm_server.core.telemetry._observation import pop_observer, push_observer
+from llm_server.core.telemetry._observation import StepTiming, pop_observer, push_observer
 from llm_server.core.telemetry._signals import NoopSignals, OtelSignals
 
 __all__ = ["InstrumentedBackend", "Telemetry", "current_trace_id", "get_telemetry", "set_telemetry"]
@@ -150,20 +150,22 @@ class InstrumentedBackend(BackendWrapper):
     ) -> None:
         super().__init__(backend)
         signals = telemetry._signals
-        self._recorder: ModelCallRecorder | None = None
-        self._listener = telemetry.listener
+        self._observer: _CallObserver | None = None
         if isinstance(signals, OtelSignals):
             info = call_info or ModelCallInfo.from_model_name(backend.model_id)
-            self._recorder = ModelCallRecorder(signals, info, backend.model_id)
+            recorder = ModelCallRecorder(signals, info, backend.model_id)
+            self._observer = _CallObserver(telemetry.listener, recorder)
 
     async def predict(self, input: Any) -> ModelOutput:
         """Call the wrapped backend inside the model-call span."""
-        recorder = self._recorder
-        if recorder is None:  # disabled telemetry: decided once, at construction
+        observer = self._observer
+        if observer is None:  # disabled telemetry: decided once, at construction
             return await self._backend.predict(input)
+        recorder = observer.recorder
         call = recorder.start(input)
-        # Retries, fallbacks and refusals inside this call become events of its span.
-        token = push_observer(self._listener)
+        # Retries, fallbacks and refusals inside this call become events of its span, and
+        # calls cut after they were sent are recorded.
+        token = push_observer(observer)
         try:
             output = await self._backend.predict(input)
         except BaseException as exc:
@@ -173,6 +175,38 @@ class InstrumentedBackend(BackendWrapper):
             pop_observer(token)
         recorder.succeeded(call, output)
         return output
+
+
+class _CallObserver:
+    """What an instrumented call attaches for its duration: the telemetry's listener for
+    retries, fallbacks and refusals, and its own recorder for calls cut after they left."""
+
+    __slots__ = ("_listener", "recorder")
+
+    def __init__(self, listener: TelemetryListener, recorder: ModelCallRecorder) -> None:
+        self._listener = listener
+        self.recorder = recorder
+
+    def on_step(self, timing: StepTiming) -> None:
+        """Steps have spans of their own."""
+
+    def on_model_output(self, output: ModelOutput) -> None:
+        """Record a cut call (a finished call is recorded when the span closes)."""
+        usage = output.usage
+        if usage is not None and usage.method is TokenCountMethod.CUT_ESTIMATE:
+            self.recorder.cut(output)
+
+    def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
+        """A retry: an event of the call's span."""
+        self._listener.on_retry(model_id, attempt, error, delay_s)
+
+    def on_fallback(self, from_model_id: str, to_model_id: str, error: BaseException) -> None:
+        """A fallback: an event of the call's span."""
+        self._listener.on_fallback(from_model_id, to_model_id, error)
+
+    def on_breaker_refusal(self, model_id: str, retry_after_s: float) -> None:
+        """A refusal inside the call: an event of its span."""
+        self._listener.on_breaker_refusal(model_id, retry_after_s)
 
 
 def current_trace_id() -> str:

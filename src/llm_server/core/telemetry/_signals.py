@@ -244,6 +244,14 @@ class OtelSignals:
                 unit="{fallback}",
                 description="Model calls handed to a fallback model.",
             ),
+            n.METRIC_CUT_CALLS: meter.create_counter(
+                n.METRIC_CUT_CALLS,
+                unit="{call}",
+                description=(
+                    "Model calls cut (request deadline, client gone) after they were sent: "
+                    "billed, their input tokens estimated."
+                ),
+            ),
         }
         self._breakers: list[Any] = []
         meter.create_observable_gauge(
