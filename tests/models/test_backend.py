@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 import dspy
@@ -11,6 +13,7 @@ import pytest
 from _model_helpers import ENGINE_PROTOCOLS, MakeManager, model
 
 from llm_server.core.errors import (
+    ConfigurationError,
     ContextWindowExceededError,
     InputError,
     ModelCallError,
@@ -302,3 +305,26 @@ async def test_sync_programs_are_bounded_by_blocking_workers(
             group.start_soon(backend.predict, {"question": f"q{index}"})
 
     assert peak == 2
+
+
+async def test_max_connections_bounds_the_native_engines_pool(
+    make_manager: MakeManager, provider: LocalProvider
+) -> None:
+    provider.latency_s = 0.2
+    try:
+        manager = make_manager({"m": model("openai", "auto", max_connections=2)})
+        assert manager.model_info["m"].max_connections == 2
+        backend = manager.single_attempt_backend(qa(), "m")
+        started = time.perf_counter()
+        await asyncio.gather(*(backend.predict({"question": f"q{i}"}) for i in range(6)))
+        elapsed = time.perf_counter() - started
+    finally:
+        provider.latency_s = 0.0
+    (engine,) = manager.get_lm("m")._engine_store.values()
+    assert engine.config.max_connections == 2
+    assert elapsed >= 0.55  # six 0.2 s calls through two connections: three waves
+
+
+async def test_max_connections_on_a_litellm_model_is_refused(make_manager: MakeManager) -> None:
+    with pytest.raises(ConfigurationError, match="max_connections applies to DSPy's native"):
+        make_manager({"m": model("openai", "litellm", max_connections=2)})

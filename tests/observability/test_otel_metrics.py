@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -250,3 +252,39 @@ async def test_every_metric_attribute_is_low_cardinality(
     # five requests with different inputs still make one series per metric and token type
     assert len(points[gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION]) == 1
     assert len(points[gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE]) == 2
+
+
+@pytest.mark.anyio
+async def test_active_calls_go_up_during_a_call_and_back_down(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    seen: list[float] = []
+
+    def during() -> None:
+        seen.extend(p.value for p in metric_points(reader)["llm_server.client.active_calls"])
+
+    await telemetry.instrument(FakeBackend(before=during), INFO).predict("q")
+    failing = telemetry.instrument(FakeBackend(result=ProviderUnavailableError("503")), INFO)
+    with pytest.raises(ProviderUnavailableError):
+        await failing.predict("q")
+    assert seen == [1]
+    assert [p.value for p in metric_points(reader)["llm_server.client.active_calls"]] == [0]
+
+
+@pytest.mark.anyio
+async def test_the_event_loop_lag_is_recorded_while_watched(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    watcher = asyncio.create_task(telemetry.watch_event_loop(interval_s=0.01))
+    await asyncio.sleep(0.03)
+    time.sleep(0.05)  # noqa: ASYNC251 -- on purpose: a blocking call makes the loop late
+    await asyncio.sleep(0.03)
+    watcher.cancel()
+    (lag,) = metric_points(reader)["llm_server.event_loop.lag"]
+    assert lag.count >= 2
+    assert lag.max >= 0.03
+
+
+@pytest.mark.anyio
+async def test_watching_the_loop_with_telemetry_off_returns_at_once() -> None:
+    await asyncio.wait_for(Telemetry.disabled().watch_event_loop(interval_s=0.01), timeout=1)

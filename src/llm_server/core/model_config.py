@@ -67,6 +67,9 @@ class ModelConfig(_Strict):
     """Name of the environment variable holding the key (default: the provider's usual one)."""
     timeout_s: float | None = Field(default=None, gt=0)
     """Timeout of one HTTP attempt; ``None`` uses the settings' ``model_timeout_s``."""
+    max_connections: int | None = Field(default=None, ge=1, le=10_000)
+    """HTTP connections to the provider at once, per event loop (DSPy's native engine; ``None``:
+    its default of 100). Calls beyond it wait for a connection, inside the request deadline."""
     cache: bool = False
     """Opt in to DSPy's response cache (its key ignores the endpoint and the key)."""
     context_window: int | None = Field(default=None, gt=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -104,13 +106,19 @@ def llm_server_lifespan(
                 len(program_manager.registry),
                 (time.perf_counter() - started) * 1000,
             )
-            if lifespan is None:
-                async with _readiness(app, freeze_gc=freeze_gc):
-                    yield
-            else:
-                # A host lifespan may yield Starlette lifespan state (a mapping): pass it on.
-                async with lifespan(app) as host_state, _readiness(app, freeze_gc=freeze_gc):
-                    yield host_state
+            watcher = asyncio.create_task(model_manager.telemetry.watch_event_loop())
+            try:
+                if lifespan is None:
+                    async with _readiness(app, freeze_gc=freeze_gc):
+                        yield
+                else:
+                    # A host lifespan may yield Starlette lifespan state (a mapping): pass it on.
+                    async with lifespan(app) as host_state, _readiness(app, freeze_gc=freeze_gc):
+                        yield host_state
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
         finally:
             app.state.llm_server_ready = False
             await model_manager.aclose()

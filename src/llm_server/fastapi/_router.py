@@ -54,6 +54,7 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
         model_name=info.model_name,
         engine=info.engine,
         max_tokens=info.max_tokens,
+        max_connections=info.max_connections,
         context_window=info.context_window,
         input_cost_per_million=info.input_cost_per_million,
         output_cost_per_million=info.output_cost_per_million,

@@ -70,6 +70,9 @@ class ModelStatus(BaseModel):
     model_name: str = Field(description="provider/model as DSPy and LiteLLM name it")
     engine: str = Field(description="DSPy inference engine: lm15 or litellm")
     max_tokens: int
+    max_connections: int | None = Field(
+        description="Connections to the provider at once per worker (null: LiteLLM's own pool)"
+    )
     context_window: int | None
     input_cost_per_million: float | None = Field(description="USD; null when unknown")
     output_cost_per_million: float | None = Field(description="USD; null when unknown")

@@ -17,6 +17,7 @@ from llm_server._offline import ensure_offline
 ensure_offline()
 
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
+import dataclasses  # noqa: E402
 from collections.abc import Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from contextvars import ContextVar  # noqa: E402
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import dspy  # noqa: E402
+from dspy.lm15 import RouterConfig  # noqa: E402
 from dspy.utils.callback import with_callbacks  # noqa: E402
 from dspy.utils.exceptions import LMError  # noqa: E402
 from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
@@ -105,11 +107,45 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             warn_openai_messages(self, messages)
             return finalize(self, call, await aexecute(self, call))
 
+    def size_pool(self, max_connections: int | None) -> None:
+        """Give the native engine ``max_connections`` per event loop (``None``: its default)."""
+        self._max_connections = max_connections
+        if max_connections is not None:
+            self._engine_store = _PoolSizedEngines(max_connections)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # copies get a fresh, plain engine store
+        self.size_pool(state.get("_max_connections"))
+
     def update_history(self, entry: dict[str, Any]) -> None:
         """Hand the call's record to the current request scope; store nothing shared."""
         scope = _current_scope.get()
         if scope is not None:
             scope.entries.append(entry)
+
+
+class _PoolSizedEngines(dict[Any, Any]):
+    """DSPy's per-loop engine store, building each native (lm15) engine with a pool size.
+
+    DSPy builds an engine lazily, per event loop, with lm15's default of 100 connections and
+    no way to pass another; it stores each one here, where it is rebuilt (before it opened a
+    connection) with the model's ``max_connections``.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        super().__init__()
+        self.max_connections = max_connections
+
+    def __setitem__(self, key: Any, engine: Any) -> None:
+        config = getattr(engine, "config", None)
+        if (
+            isinstance(config, RouterConfig)
+            and config.transport is None
+            and config.max_connections != self.max_connections
+        ):
+            sized = dataclasses.replace(config, max_connections=self.max_connections)
+            engine = type(engine)(sized, model_type=engine.model_type)
+        super().__setitem__(key, engine)
 
 
 class CallTracker(UsageTracker):  # type: ignore[misc]  # dspy is untyped
@@ -240,7 +276,14 @@ def build_lm(
         base = normalise_api_base(config.provider, config.api_base, resolved)
         if base is not None:
             options["api_base"] = base
+        if resolved == "litellm" and config.max_connections is not None:
+            raise ConfigurationError(
+                f"model {model_id!r} ({config.model_name}): max_connections applies to DSPy's "
+                "native engine, and this model runs on LiteLLM (its own client pool); remove "
+                "the key or use a provider the native engine serves"
+            )
         lm = ManagedLM(config.model_name, engine=resolved, **options)
+        lm.size_pool(config.max_connections)
     except (ValueError, TypeError, LMError) as exc:
         raise ConfigurationError(
             f"model {model_id!r} ({config.model_name}): DSPy refused its settings: {exc}"

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 
 _BACKEND_CACHE_SIZE = 256
+_NATIVE_POOL = 100  # DSPy's native (lm15) engine: connections per event loop by default
 
 
 def _instantiate(program: Any) -> Any:
@@ -110,6 +111,9 @@ class ModelInfo(BaseModel):
     """USD per million prompt tokens, or ``None`` when unknown."""
     output_cost_per_million: float | None = Field(default=None, exclude=True)
     """USD per million completion tokens, or ``None`` when unknown."""
+    max_connections: int | None = Field(default=None, exclude=True)
+    """Connections to the provider at once per event loop (native engine; ``None``: LiteLLM's
+    own pool, not configured here)."""
     engine: str = Field(exclude=True)
     """The DSPy engine the model was built with: ``lm15`` (DSPy's native client) or ``litellm``."""
 
@@ -237,6 +241,7 @@ class ModelManager:
             input_cost_per_million=price.input_per_million if price else None,
             output_cost_per_million=price.output_per_million if price else None,
             engine=engine,
+            max_connections=(model.max_connections or _NATIVE_POOL) if engine == "lm15" else None,
         )
 
     def _check(self, model_id: str) -> None:

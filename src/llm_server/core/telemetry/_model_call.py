@@ -177,6 +177,7 @@ class ModelCallRecorder:
                 self._name, kind=SpanKind.CLIENT, attributes=self._start_attrs
             )
             token = otel_context.attach(trace.set_span_in_context(span))
+            signals.active_calls.add(1, self._metric_attrs)
             if signals.capture_content:
                 text = self._content(input)
                 span.set_attribute(
@@ -191,6 +192,7 @@ class ModelCallRecorder:
         """Annotate and close the span with what ``output`` reports; record the metrics."""
         elapsed = time.perf_counter() - call.started
         try:
+            self._signals.active_calls.add(-1, self._metric_attrs)
             self._annotate(call.span, output, elapsed)
         except Exception as exc:
             guarded("annotate model span", exc)
@@ -201,6 +203,7 @@ class ModelCallRecorder:
         """Mark the span failed, close it and record the duration with ``error.type``."""
         elapsed = time.perf_counter() - call.started
         try:
+            self._signals.active_calls.add(-1, self._metric_attrs)
             kind = record_error(call.span, exc)
             attrs = dict(self._metric_attrs)
             attrs[n.ERROR_TYPE] = kind

@@ -87,6 +87,9 @@ METRIC_BREAKER_REFUSALS: Final = "llm_server.circuit_breaker.refusals"
 METRIC_RETRIES: Final = "llm_server.client.retries"
 METRIC_FALLBACKS: Final = "llm_server.client.fallbacks"
 METRIC_CUT_CALLS: Final = "llm_server.client.cut_calls"
+METRIC_ACTIVE_CALLS: Final = "llm_server.client.active_calls"
+METRIC_LOOP_LAG: Final = "llm_server.event_loop.lag"
+LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 EVENT_CALL_CUT: Final = "llm_server.call_cut"
 
 EVENT_RETRY: Final = "llm_server.retry"

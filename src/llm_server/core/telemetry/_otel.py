@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -19,7 +20,7 @@ from llm_server.core.telemetry._listeners import RecordingListener, TelemetryLis
 from llm_server.core.telemetry._logging import _fallback_trace_id
 from llm_server.core.telemetry._model_call import ModelCallInfo, ModelCallRecorder
 from llm_server.core.telemetry._observation import StepTiming, pop_observer, push_observer
-from llm_server.core.telemetry._signals import NoopSignals, OtelSignals
+from llm_server.core.telemetry._signals import NoopSignals, OtelSignals, guarded
 
 __all__ = ["InstrumentedBackend", "Telemetry", "current_trace_id", "get_telemetry", "set_telemetry"]
 
@@ -105,6 +106,26 @@ class Telemetry:
     def listener(self) -> TelemetryListener:
         """The breaker listener and request observer that records into these signals."""
         return self._listener
+
+    async def watch_event_loop(self, *, interval_s: float = 0.5) -> None:
+        """Record how late the event loop runs a timer, every ``interval_s``, until cancelled.
+
+        The lag is the time every ready task waits for the loop (a busy worker, a blocking
+        call): recorded in the ``llm_server.event_loop.lag`` histogram. Run it as a task in
+        the host's lifespan (:func:`llm_server.fastapi.llm_server_lifespan` does when
+        telemetry is on); with telemetry off it returns at once.
+        """
+        signals = self._signals
+        if not isinstance(signals, OtelSignals):
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + interval_s
+            await asyncio.sleep(interval_s)
+            try:
+                signals.loop_lag.record(max(0.0, loop.time() - expected))
+            except Exception as exc:
+                guarded("record event loop lag", exc)
 
     def observe_breakers(self, breakers: Iterable[Any] | Mapping[str, Any]) -> None:
         """Report these circuit breakers' states in ``llm_server.circuit_breaker.state``.

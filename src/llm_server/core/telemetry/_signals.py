@@ -253,6 +253,21 @@ class OtelSignals:
                 ),
             ),
         }
+        self.active_calls = meter.create_up_down_counter(
+            n.METRIC_ACTIVE_CALLS,
+            unit="{call}",
+            description=(
+                "Model calls in flight, per model: near a model's max_connections, calls "
+                "queue for a connection."
+            ),
+        )
+        self.loop_lag = _histogram(
+            meter,
+            n.METRIC_LOOP_LAG,
+            "s",
+            "How late the event loop ran a timer: time every ready task waited for the loop.",
+            n.LOOP_LAG_BUCKETS,
+        )
         self._breakers: list[Any] = []
         meter.create_observable_gauge(
             n.METRIC_BREAKER_STATE,
