@@ -158,6 +158,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 verdict(not startup["import"]["imports_dspy_or_litellm"]),
             )
         )
+    reliability = results.get("reliability")
+    if reliability:
+        rows += _reliability_targets(reliability)
     profile = results.get("profile", {}).get("F")
     if profile:
         share = profile["llm_server_charged"]
@@ -181,6 +184,106 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     )
                 )
     return rows
+
+
+def _refusal_label(run: dict[str, Any]) -> str:
+    if not run["otel"]:
+        return "no SDK"
+    return "SDK exporting" + ("" if run["fastapi_telemetry"] else ", FastAPI's own telemetry off")
+
+
+def _reliability_targets(reliability: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for run in reliability["refusal"]:
+        rows.append(
+            (
+                f"refused / served CPU per request ({_refusal_label(run)})",
+                "<= 0.10",
+                fmt(run["ratio"], 3),
+                verdict(run["ratio"] <= 0.10),
+            )
+        )
+    for run in reliability["recovery"]:
+        closed, bound = run["closed_after_recovery_s"], run["close_bound_s"]
+        rows.append(
+            (
+                f"breaker closes after an outage, c={run['concurrency']} (SDK exporting)",
+                f"<= reset + probe latency + 1 s ({fmt(bound)} s)",
+                f"{fmt(closed)} s",
+                verdict(closed is not None and closed <= bound),
+            )
+        )
+        share = run["refused_share_after_settling"]
+        rows.append(
+            (
+                f"refused with a healthy provider after that, c={run['concurrency']}",
+                "0",
+                fmt(share, 3),
+                verdict(share == 0),
+            )
+        )
+    return rows
+
+
+def _render_reliability(reliability: dict[str, Any]) -> list[str]:
+    refusal_rows = [
+        (
+            _refusal_label(run),
+            fmt(run["served_cpu_ms"], 3),
+            fmt(run["refused_cpu_ms"], 3),
+            fmt(run["ratio"], 3),
+        )
+        for run in reliability["refusal"]
+    ]
+    recovery_rows = [
+        (
+            run["concurrency"],
+            run["requests"],
+            fmt(run["opened_after_outage_s"]),
+            fmt(run["closed_after_recovery_s"]),
+            fmt(run["close_bound_s"]),
+            fmt(run["served_p50_before_outage_s"]),
+            fmt(run["refused_share_after_settling"], 3),
+            ", ".join(f"{k}: {v}" for k, v in run["statuses"].items()),
+        )
+        for run in reliability["recovery"]
+    ]
+    return [
+        "## Reliability under load",
+        "",
+        "The guarded app G (`benchmarks/e2e/apps/g_app.py`: lifespan helper, a program endpoint, "
+        "error handlers, request-context middleware, health router) under uvicorn against the "
+        "local provider (`benchmarks/e2e/reliability.py`). **Refusal cost**: CPU per request of "
+        "the app process at c=16, served (breaker closed, 0 ms provider) vs refused (breaker "
+        "forced open). FastAPI instruments itself once an SDK is configured (a server span and "
+        "two metrics per request, refused ones included); the last row turns that off to show "
+        "what is the library's.",
+        "",
+        table(
+            ["OpenTelemetry", "served CPU ms", "refused CPU ms", "refused / served"], refusal_rows
+        ),
+        "",
+        "**Recovery**: closed-loop clients through a 0.3 s provider outage (503s), SDK "
+        "exporting, reset timeout 2 s, request deadline 2 s, default breaker policy (50 % of "
+        "the last 100 calls, 3 probes). Times in seconds; the close is timed from the later of "
+        "the provider's recovery and the breaker's opening, against reset timeout + a served "
+        "request's p50 at that load + 1 s.",
+        "",
+        table(
+            [
+                "c",
+                "requests",
+                "opened after outage",
+                "closed after",
+                "bound",
+                "served p50",
+                "refused share after bound",
+                "statuses",
+            ],
+            recovery_rows,
+        ),
+        "",
+    ]
 
 
 def cpu_flatness(points: list[dict[str, Any]], latency: int) -> dict[str, float]:
@@ -230,6 +333,8 @@ def render(results: dict[str, Any]) -> str:
         parts += _render_gc(results["gc"])
     if results.get("rss"):
         parts += _render_rss(results["rss"])
+    if results.get("reliability"):
+        parts += _render_reliability(results["reliability"])
     if results.get("startup"):
         parts += _render_startup(results["startup"])
     if results.get("profile"):

@@ -7,7 +7,8 @@
 Parts, in order: the component benchmarks (``bench_*.py``), start-up, the library's CPU
 per request layer by layer (in-process), end to end (F, F with an
 OpenTelemetry SDK, H, D, R at provider latency 0/200 ms and concurrency 1/64/256), cost growth
-(RSS after 1,000 and 10,000 requests) and a profile of the reference app under load.
+(RSS after 1,000 and 10,000 requests), reliability under load (what a refused request costs,
+how fast a breaker recovers under c=50/200 traffic) and a profile of the reference app.
 Everything talks to 127.0.0.1 only. Optional tools are detected, never required: uvloop and
 httptools (uvicorn picks them when installed; the report lists their versions) and py-spy
 (the profile falls back to cProfile without it).
@@ -32,9 +33,9 @@ sys.path.insert(0, str(HERE))
 import _components  # noqa: E402 -- benchmarks/ is not a package; the path is set above
 import _render  # noqa: E402
 import _report  # noqa: E402
-from e2e import gcstats, layers, profiling, rss, startup, throughput  # noqa: E402
+from e2e import gcstats, layers, profiling, reliability, rss, startup, throughput  # noqa: E402
 
-PARTS = ("components", "startup", "layers", "e2e", "gc", "rss", "profile")
+PARTS = ("components", "startup", "layers", "e2e", "gc", "rss", "reliability", "profile")
 
 
 def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
@@ -49,6 +50,7 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
         "e2e": lambda: throughput.run_matrix(quick=quick),
         "gc": lambda: gcstats.measure(quick=quick),
         "rss": lambda: rss.measure(quick=quick),
+        "reliability": lambda: reliability.measure(quick=quick),
         "profile": lambda: {
             name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel", "H")
         },
