@@ -1,7 +1,8 @@
-"""The reference README's Prometheus setup as a runnable app, with the reference /predict route.
+"""Prometheus metrics for the classic example app (its ``POST /predict`` route).
 
-Run offline with ``OTEL_ENABLED=true python examples/serve.py prometheus_app``, send a few
-requests to ``POST /predict``, then read ``GET /metrics``: the GenAI client metrics
+Run offline with ``python examples/serve.py prometheus_app`` (the app turns telemetry on
+itself), send a few requests to ``POST /predict``, then read ``GET /metrics`` (with or without
+the trailing slash): the GenAI client metrics
 (``gen_ai_client_operation_duration_seconds``, ``gen_ai_client_token_usage``), the cost
 counter, breaker state and pipeline/step durations. ``examples/grafana_dashboard.json`` charts
 them.
@@ -9,16 +10,17 @@ them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Response
 from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from llm_server.core.config import FrameworkSettings
@@ -42,10 +44,13 @@ class PredictionRequest(BaseModel):
     model_id: str = "gpt-4o-mini"
 
 
+# This app exists to show metrics: telemetry is on unless OTEL_ENABLED says otherwise.
+settings = FrameworkSettings(otel_enabled=os.environ.get("OTEL_ENABLED", "true") != "false")
+
+
 @asynccontextmanager
 async def otel_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The reference README's SDK setup (runs before the framework builds its models)."""
-    settings = FrameworkSettings()
+    """The OpenTelemetry SDK setup (runs before the framework builds its models)."""
     if settings.otel_enabled:
         resource = Resource.create(
             {
@@ -60,13 +65,15 @@ async def otel_lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 framework_lifespan = llm_server_lifespan(
-    programs=[(Predictor, "Text Completion")], config_path="config/model_config.yml"
+    programs=[(Predictor, "Text Completion")],
+    config_path="config/model_config.yml",
+    settings=settings,
 )
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """SDK first, then the framework, as the reference README orders them."""
+    """SDK first, then the framework, so its telemetry finds the meter provider."""
     async with otel_lifespan(app), framework_lifespan(app):
         yield
 
@@ -75,10 +82,13 @@ app = FastAPI(lifespan=lifespan)
 install_error_handlers(app)
 app.add_middleware(RequestContextMiddleware)
 
-settings = FrameworkSettings()
-if settings.otel_enabled:
-    metrics_app = make_asgi_app()
-    app.mount("/metrics", metrics_app)
+
+
+@app.get("/metrics", include_in_schema=False)
+@app.get("/metrics/", include_in_schema=False)  # both answer: no redirect for scrapers to follow
+def prometheus_metrics() -> Response:
+    """What the Prometheus reader collected, in Prometheus' text format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @app.post("/predict")
@@ -86,7 +96,7 @@ async def predict_text(
     request: PredictionRequest,
     program_manager: Annotated[ProgramManager, Depends(get_program_manager)],
 ) -> dict[str, Any]:
-    """The reference endpoint, with errors left to the installed envelope handlers."""
+    """The classic endpoint, with errors left to the installed envelope handlers."""
     performance = PerformanceMetrics()
     pipeline = Pipeline(
         [

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from llm_server.core.errors import ConfigurationError, MissingAPIKeyError
 from llm_server.core.model_config import ModelConfig, ModelsConfig
+from llm_server.core.telemetry import redact
 
 __all__ = ["YamlConfigProvider"]
 
@@ -38,6 +39,7 @@ class YamlConfigProvider:
     def __init__(self, path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None):
         self.path = Path(path)
         self._environ = environ
+        self._marks: dict[tuple[str, ...], tuple[int, int]] = {}
 
     def load(self) -> ModelsConfig:
         """Load, expand and validate the file."""
@@ -65,6 +67,7 @@ class YamlConfigProvider:
                 f"{self.path}: expected a mapping with a 'models' key at the top, "
                 f"got {type(raw).__name__}"
             )
+        self._marks = _key_marks(text)
         environ = os.environ if self._environ is None else self._environ
         expanded = self._expand(raw, (), environ)
         try:
@@ -95,12 +98,18 @@ class YamlConfigProvider:
 
         return _ENV_REF.sub(substitute, value)
 
-    @staticmethod
-    def _where(path: tuple[str, ...]) -> str:
+    def _where(self, path: tuple[str, ...]) -> str:
         if len(path) >= 2 and path[0] == "models":
             rest = ".".join(path[2:])
-            return f"model {path[1]!r}" + (f", key {rest!r}" if rest else "")
-        return "key " + repr(".".join(path)) if path else "top level"
+            where = f"model {path[1]!r}" + (f", key {rest!r}" if rest else "")
+        else:
+            where = "key " + repr(".".join(path)) if path else "top level"
+        # the line of the key itself, else of the nearest key around it (a missing key)
+        for end in range(len(path), 0, -1):
+            mark = self._marks.get(path[:end])
+            if mark is not None:
+                return f"{where} (line {mark[0]}, column {mark[1]})"
+        return where
 
     def _describe(self, exc: ValidationError) -> str:
         problems = []
@@ -113,12 +122,7 @@ class YamlConfigProvider:
                 problems.append(f"{where}: required key is missing")
             else:
                 message = error["msg"].removeprefix("Value error, ")
-                shown = (
-                    ""
-                    if error["type"].startswith("value_error")
-                    else (f" (got {error.get('input')!r})")
-                )
-                problems.append(f"{where}: {message}{shown}")
+                problems.append(f"{where}: {message}{_shown(loc, error)}")
         return f"{self.path}: " + "; ".join(problems)
 
     @staticmethod
@@ -142,3 +146,48 @@ class YamlConfigProvider:
 
 def _is_model(candidate: object) -> bool:
     return isinstance(candidate, type) and issubclass(candidate, BaseModel)
+
+
+_SECRET_KEYS = frozenset({"api_key", "key", "token", "password", "secret"})
+
+
+def _shown(loc: tuple[str, ...], error: Mapping[str, Any]) -> str:
+    """`` (got ...)`` for a schema error, unless the value may be a secret.
+
+    A secret field's value is never repeated, whatever its type (a key written as a list is
+    still a key), and neither is any value a key-shaped pattern or a registered secret
+    matches.
+    """
+    if str(error.get("type", "")).startswith("value_error"):
+        return ""
+    if any(part in _SECRET_KEYS or part.endswith(("_key", "_token", "_secret")) for part in loc):
+        return " (the value is not shown: it may be a secret)"
+    shown = repr(error.get("input"))
+    if redact(shown) != shown:
+        return " (the value is not shown: it looks like a secret)"
+    return f" (got {shown})"
+
+
+def _key_marks(text: str) -> dict[tuple[str, ...], tuple[int, int]]:
+    """``path -> (line, column)`` (1-based) of every key and list item in a YAML document."""
+    marks: dict[tuple[str, ...], tuple[int, int]] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return marks  # safe_load parsed it; a composer failure only costs the line numbers
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                marks[child] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, str(index))
+                marks[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
+                walk(item, child)
+
+    if root is not None:
+        walk(root, ())
+    return marks

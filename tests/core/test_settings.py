@@ -63,3 +63,10 @@ def test_invalid_values_name_the_variable(
     with pytest.raises(ConfigurationError, match=variable) as info:
         FrameworkSettings()
     assert repr(value) in str(info.value)
+
+
+def test_a_key_pasted_into_a_setting_is_not_echoed() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        FrameworkSettings(request_deadline_s="sk-proj-abcdefghijklmnop1234")
+    assert "abcdefghijklmnop" not in str(info.value)
+    assert "LLM_SERVER_REQUEST_DEADLINE_S" in str(info.value)

@@ -67,7 +67,7 @@ def test_missing_variable_elsewhere_names_file_model_and_key(tmp_path: Path) -> 
     with pytest.raises(ConfigurationError) as info:
         load(tmp_path, "models:\n  m:\n    model_name: openai/x\n    api_base: ${NOPE}\n")
     assert str(info.value) == (
-        f"{tmp_path / 'models.yml'}: model 'm', key 'api_base': "
+        f"{tmp_path / 'models.yml'}: model 'm', key 'api_base' (line 4, column 5): "
         "environment variable NOPE is not set"
     )
 
@@ -104,30 +104,36 @@ def test_python_tags_are_refused_by_safe_load(tmp_path: Path) -> None:
     [
         (
             "models:\n  m:\n    max_tokens: 10\n",
-            "model 'm', key 'model_name': required key is missing",
+            "model 'm', key 'model_name' (line 2, column 3): required key is missing",
         ),
         (
             "models:\n  m:\n    model_name: gpt-4o-mini\n",
-            "model 'm', key 'model_name': must be 'provider/model'",
+            "model 'm', key 'model_name' (line 3, column 5): must be 'provider/model'",
         ),
         ("models:\n  m:\n    model_name: /x\n", "must be 'provider/model'"),
         (
             "models:\n  m:\n    model_name: openai/x\n    max_tokens: 0\n",
-            "model 'm', key 'max_tokens': Input should be greater than 0 (got 0)",
+            "model 'm', key 'max_tokens' (line 4, column 5): "
+            "Input should be greater than 0 (got 0)",
         ),
         (
             "models:\n  m:\n    model_name: openai/x\n    max_tokens: -5\n",
-            "model 'm', key 'max_tokens': Input should be greater than 0",
+            "model 'm', key 'max_tokens' (line 4, column 5): Input should be greater than 0",
         ),
         (
             "models:\n  m:\n    model_name: openai/x\n    max_token: 10\n",
-            "model 'm', key 'max_token': unknown key; did you mean 'max_tokens'?",
+            "model 'm', key 'max_token' (line 4, column 5): unknown key; "
+            "did you mean 'max_tokens'?",
         ),
         (
             "models:\n  m:\n    model_name: openai/x\n    retry:\n      max_atempts: 2\n",
-            "model 'm', key 'retry.max_atempts': unknown key; did you mean 'max_attempts'?",
+            "model 'm', key 'retry.max_atempts' (line 5, column 7): unknown key; "
+            "did you mean 'max_attempts'?",
         ),
-        ("modles:\n  m:\n    model_name: openai/x\n", "key 'modles': unknown key"),
+        (
+            "modles:\n  m:\n    model_name: openai/x\n",
+            "key 'modles' (line 1, column 1): unknown key",
+        ),
         ("models: {}\n", "key 'models'"),
         (
             "models:\n  m:\n    model_name: openai/x\n    fallbacks: [ghost]\n",
@@ -135,7 +141,7 @@ def test_python_tags_are_refused_by_safe_load(tmp_path: Path) -> None:
         ),
         (
             "models:\n  m:\n    model_name: openai/x\n    engine: turbo\n",
-            "model 'm', key 'engine'",
+            "model 'm', key 'engine' (line 4, column 5)",
         ),
     ],
 )
@@ -145,3 +151,23 @@ def test_schema_errors_name_file_model_and_key(tmp_path: Path, body: str, expect
     message = str(info.value)
     assert message.startswith(str(tmp_path / "models.yml") + ": ")
     assert expected in message
+
+
+MODEL_HEAD = "models:\n  m:\n    model_name: openai/x\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        MODEL_HEAD + '    api_key: ["sk-proj-abcdefghijklmnop1234"]\n',
+        MODEL_HEAD + "    api_key: {nested: sk-proj-abcdefghijklmnop12}\n",
+        MODEL_HEAD + "    timeout_s: sk-proj-abcdefghijklmnop1234\n",
+    ],
+)
+def test_a_key_with_the_wrong_type_is_never_echoed(tmp_path: Path, body: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load(tmp_path, body)
+    for text in (str(info.value), repr(info.value)):
+        assert "abcdefghijklmnop" not in text
+        assert "(line 4, column 5)" in text
+        assert "not shown" in text

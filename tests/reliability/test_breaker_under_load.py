@@ -267,3 +267,18 @@ def test_a_decorated_function_exposes_its_breaker() -> None:
 
     assert call_provider.breaker is breaker  # type: ignore[attr-defined]
     assert sync_call.breaker.name.endswith("sync_call")  # type: ignore[attr-defined]
+
+
+async def test_the_snapshot_says_what_opened_the_breaker(clock: FakeClock) -> None:
+    consecutive = CircuitBreaker(name="c", failure_threshold=3, clock=clock)
+    await record_failures(consecutive, 3)
+    assert consecutive.snapshot().opened_because == "3 consecutive failures"
+    assert consecutive.snapshot().consecutive_failures == 0  # counts restart with the state
+    rate = await open_rate_breaker(clock)  # 4 of 4 failed, then half-open
+    assert rate.snapshot().opened_because == "4 of 4 calls failed (100%)"
+    await record_failures(rate, 2)
+    assert rate.snapshot().opened_because == "2 of 3 half-open probes failed"
+    rate.force_open()
+    assert rate.snapshot().opened_because == "forced open"
+    rate.reset()
+    assert rate.snapshot().opened_because is None

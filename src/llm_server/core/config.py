@@ -1,9 +1,9 @@
 """Framework settings, read from the environment and a ``.env`` file.
 
-Every setting has one environment variable. The reference design's names are kept as they are
+Every setting has one environment variable. The classic names are kept as they are
 (``LLM_CONFIG_PATH``, ``OTEL_ENABLED``, ``OTEL_SERVICE_NAME``, ``OTEL_SERVICE_VERSION``); the
-framework's own defaults use the ``LLM_SERVER_`` prefix. The README's settings reference lists
-them all.
+framework's own defaults use the ``LLM_SERVER_`` prefix. The configuration reference of the
+documentation lists them all.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_server.core.errors import ConfigurationError
+from llm_server.core.telemetry._redaction import redact
 
 __all__ = ["Engine", "FrameworkSettings"]
 
@@ -37,7 +38,7 @@ class FrameworkSettings(BaseSettings):
         frozen=True,
     )
 
-    # --- the reference design's settings ---
+    # --- the classic settings (names kept from the first releases) ---
     llm_config_path: Path = Field(
         default=Path("config/model_config.yml"), validation_alias=AliasChoices("LLM_CONFIG_PATH")
     )
@@ -155,5 +156,8 @@ def _describe(exc: ValidationError) -> str:
         env_name = key
         if field is not None and isinstance(field.validation_alias, AliasChoices):
             env_name = str(field.validation_alias.choices[0])
-        problems.append(f"{env_name}: {error['msg']} (got {error.get('input')!r})")
+        shown = repr(error.get("input"))
+        if redact(shown) != shown:  # a key pasted into the wrong variable is never repeated
+            shown = "a value that looks like a secret, not shown"
+        problems.append(f"{env_name}: {error['msg']} (got {shown})")
     return "invalid framework settings: " + "; ".join(problems)

@@ -40,7 +40,10 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
         breaker_status = BreakerStatus(
             state=str(snap.state),
             retry_after_s=round(snap.retry_after_s, 3),
+            opened_because=snap.opened_because,
             consecutive_failures=snap.consecutive_failures,
+            window_calls=snap.window_calls,
+            window_failures=snap.window_failures,
             half_open_in_flight=snap.half_open_in_flight,
             successes=snap.successes,
             failures=snap.failures,

@@ -51,7 +51,12 @@ class BreakerStatus(BaseModel):
 
     state: str = Field(description="closed, open, half_open, forced_open or disabled")
     retry_after_s: float = Field(description="Seconds until an open breaker lets a probe through")
+    opened_because: str | None = Field(
+        description="What opened the breaker (null while closed); the counts restart per state"
+    )
     consecutive_failures: int
+    window_calls: int = Field(description="Calls in the failure-rate window (this state)")
+    window_failures: int = Field(description="Failures in the failure-rate window (this state)")
     half_open_in_flight: int
     successes: int
     failures: int

@@ -265,6 +265,7 @@ class CircuitBreaker(BreakerMachine):
                 failures=self._failures,
                 ignored=self._ignored,
                 refused=self._refused,
+                opened_because=None if record.state is _CLOSED else self._opened_because,
             )
 
     def add_listener(self, listener: BreakerListener) -> None:

@@ -100,6 +100,7 @@ class BreakerMachine:
         self._probes_in_flight = 0
         self._probe_successes = self._probe_failures = 0
         self._successes = self._failures = self._ignored = self._refused = 0
+        self._opened_because: str | None = None
         self._refused_unlogged = 0  # refusals since the last summary line
         self._refusals_logged_at = -math.inf
 
@@ -230,17 +231,30 @@ class BreakerMachine:
     ) -> Transition | None:
         failed = outcome is _FAILURE
         self._consecutive = self._consecutive + 1 if failed else 0
-        trip = self._failure_rate is None and self._consecutive >= self._failure_threshold
+        reason = None
+        if self._failure_rate is None and self._consecutive >= self._failure_threshold:
+            reason = f"{self._consecutive} consecutive failures"
         window = self._window
         if window is not None:
             slow = self._slow_s is not None and duration >= self._slow_s
             window.record(now, failed=failed, slow=slow)
-            if window.calls >= self._minimum_calls:
-                if self._failure_rate is not None:
-                    trip = trip or window.failures >= self._failure_rate * window.calls
-                if self._slow_s is not None:
-                    trip = trip or window.slow >= self._slow_rate * window.calls
-        return self._transition_locked(_OPEN)[1] if trip else None
+            if reason is None and window.calls >= self._minimum_calls:
+                reason = self._window_trip(window)
+        if reason is None:
+            return None
+        change = self._transition_locked(_OPEN)[1]
+        if change is not None:
+            self._opened_because = reason
+        return change
+
+    def _window_trip(self, window: OutcomeWindow) -> str | None:
+        """Why the window's rates trip the breaker, or ``None`` when they do not."""
+        calls, rate = window.calls, self._failure_rate
+        if rate is not None and window.failures >= rate * calls:
+            return f"{window.failures} of {calls} calls failed ({window.failures / calls:.0%})"
+        if self._slow_s is not None and window.slow >= self._slow_rate * calls:
+            return f"{window.slow} of {calls} calls were slow ({window.slow / calls:.0%})"
+        return None
 
     def _probe_done_locked(self, outcome: CallOutcome) -> Transition | None:
         self._probes_in_flight -= 1
@@ -258,9 +272,16 @@ class BreakerMachine:
             reopen = self._probe_failures >= rate * probes
             close = self._probe_failures + pending < rate * probes
         if reopen:
-            return self._transition_locked(_OPEN)[1]
+            reason = f"{self._probe_failures} of {probes} half-open probes failed"
+            change = self._transition_locked(_OPEN)[1]  # (resets the probe counts)
+            if change is not None:
+                self._opened_because = reason
+            return change
         if close:
-            return self._transition_locked(_CLOSED)[1]
+            change = self._transition_locked(_CLOSED)[1]
+            if change is not None:
+                self._opened_because = None
+            return change
         return None
 
     def _classify(self, exc: BaseException) -> CallOutcome:
@@ -300,6 +321,7 @@ class BreakerMachine:
                 if self._store.compare_and_set(self._key, record, new):
                     break
             self._sync_locked(new)
+            self._opened_because = "forced open" if state is _FORCED_OPEN else None
             if record.state is not state:
                 change = (record.state, state)
         if change is not None:

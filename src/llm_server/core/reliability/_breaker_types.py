@@ -146,6 +146,9 @@ class BreakerSnapshot:
         failures: Failed calls since the breaker was made.
         ignored: Calls that ended with an ignored exception.
         refused: Calls the breaker refused.
+        opened_because: Why the breaker is open or half-open (``"5 consecutive failures"``,
+            ``"12 of 20 calls failed (60%)"``, ``"forced open"``); ``None`` while closed. The
+            counters above restart with each state, so this keeps what tripped it.
     """
 
     name: str
@@ -160,6 +163,7 @@ class BreakerSnapshot:
     failures: int
     ignored: int
     refused: int
+    opened_because: str | None = None
 
     @property
     def failure_rate(self) -> float:
