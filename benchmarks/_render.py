@@ -312,8 +312,8 @@ def render(results: dict[str, Any]) -> str:
         + f"` on {meta['machine']['date']} in {meta['elapsed_s'] / 60:.1f} min "
         f"(commit {meta['revision']}). Do not edit by hand; rerun the command. "
         "The machine is shared and noisy: every figure that is judged is a ratio against a "
-        "baseline measured in the same run. See the Performance section of README.md for how to "
-        "read it.",
+        "baseline measured in the same run. See the [Performance](performance.md) page for how "
+        "to read it.",
         "",
         "## Machine and versions",
         "",

@@ -85,7 +85,7 @@ def provider() -> Iterator[LocalProvider]:
 
 
 def test_the_docs_have_code_to_run() -> None:
-    assert len(BLOCKS) >= 40
+    assert len(BLOCKS) >= 30
     assert sum(1 for *_, output in BLOCKS if output is not None) >= 2
 
 
@@ -131,3 +131,19 @@ def test_docs_block_runs(
         assert matches(output, result.stdout), (
             f"{page} block at line {line} printed:\n{result.stdout}\nexpected:\n{output}"
         )
+
+
+def test_every_link_in_the_readme_resolves() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link for link in links if not link.startswith(("http://", "https://", "#"))]
+    assert len(local) >= 10  # the README points into the documentation
+    missing = [link for link in local if not (REPO / link.split("#")[0]).exists()]
+    assert not missing, missing
+    assert len((REPO / "README.md").read_bytes()) <= 15 * 1024
+
+
+def test_every_page_of_the_docs_is_in_the_site_navigation() -> None:
+    nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = {str(p.relative_to(REPO / "docs")) for p in (REPO / "docs").rglob("*.md")}
+    assert not {page for page in pages if page not in nav}

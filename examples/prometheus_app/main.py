@@ -83,7 +83,6 @@ install_error_handlers(app)
 app.add_middleware(RequestContextMiddleware)
 
 
-
 @app.get("/metrics", include_in_schema=False)
 @app.get("/metrics/", include_in_schema=False)  # both answer: no redirect for scrapers to follow
 def prometheus_metrics() -> Response:

@@ -90,6 +90,12 @@ class FrameworkSettings(BaseSettings):
         default=4, gt=0, le=64, validation_alias=AliasChoices("LLM_SERVER_BLOCKING_WORKERS")
     )
     """Threads of the framework's own pool for blocking work (images, sync programs)."""
+    max_request_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1,
+        validation_alias=AliasChoices("LLM_SERVER_MAX_REQUEST_BYTES"),
+    )
+    """Largest request body a program route accepts (413 beyond it, read no further)."""
     gc_freeze: bool = Field(default=True, validation_alias=AliasChoices("LLM_SERVER_GC_FREEZE"))
     """Freeze the startup heap when the process's first ``ModelManager`` is built (once)."""
 

@@ -109,7 +109,7 @@ class DefaultOutputProcessor:
 class ModelProcessor:
     """A pipeline step that sends its input to a model and passes the answer on.
 
-    Two forms, as in the reference design::
+    Two forms, as in the classic example app::
 
         ModelProcessor(model_manager=mm, model_id="gpt-4o-mini", signature_class=Predictor,
                        input_key="input", output_processor=DefaultOutputProcessor(),

@@ -2,7 +2,7 @@
 
 ``PerformanceMetrics`` is a :class:`~llm_server.core.telemetry.RequestObserver` that attaches
 itself, when created, to the current context: every model call made later in the same request
-reports its output to it, so the reference example's summary holds the call's exact tokens and
+reports its output to it, so the classic example app's summary holds the call's exact tokens and
 cost although the metrics object is never passed to the pipeline. Each ASGI request runs in its own
 task with its own copy of the context, so concurrent requests never see each other's calls.
 """

@@ -1,7 +1,7 @@
 """The schema of the YAML model configuration (validated with pydantic, strictly).
 
-Unknown keys are errors, so a typo never silently falls back to a default. The README's YAML
-reference documents every key.
+Unknown keys are errors, so a typo never silently falls back to a default. The configuration
+reference of the documentation documents every key.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """OpenTelemetry traces and metrics on the GenAI semantic conventions.
 
 The library depends on ``opentelemetry-api`` only and never configures an SDK: the host app
-does (see the README), and until it does every call is the API's no-op. With
+does (see the observability guide), and until it does every call is the API's no-op. With
 ``FrameworkSettings.otel_enabled`` false, :class:`Telemetry` hands out no-op parts chosen once,
 so hot paths pay for nothing but a method call. An exception inside telemetry never fails a
 request: it is logged once (logger ``llm_server.telemetry``) and the request goes on.

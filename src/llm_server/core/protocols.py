@@ -1,7 +1,7 @@
 """The seams of the framework: small protocols users implement or plug in.
 
 All protocols are ``runtime_checkable``, so a class that merely has the right shape is
-accepted; subclassing them explicitly (as the reference examples do) works too.
+accepted; subclassing them explicitly (as the example apps do) works too.
 """
 
 from __future__ import annotations

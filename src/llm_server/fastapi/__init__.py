@@ -28,12 +28,13 @@ from __future__ import annotations
 from llm_server.fastapi._endpoints import add_program_endpoint, signature_models
 from llm_server.fastapi._errors import error_response, install_error_handlers
 from llm_server.fastapi._lifespan import HostLifespan, ProgramSpec, llm_server_lifespan
-from llm_server.fastapi._middleware import RequestContextMiddleware
+from llm_server.fastapi._middleware import BodyLimitMiddleware, RequestContextMiddleware
 from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
 from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
 
 __all__ = [
+    "BodyLimitMiddleware",
     "ErrorBody",
     "ErrorEnvelope",
     "HostLifespan",

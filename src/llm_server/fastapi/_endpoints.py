@@ -202,6 +202,7 @@ def add_program_endpoint(
     signature: Any = None,
     path: str | None = None,
     program_manager: Any = None,
+    max_request_bytes: int | None = None,
 ) -> None:
     """Add ``POST /programs/{program_id}`` (or ``path``) running a registered program.
 
@@ -220,6 +221,15 @@ def add_program_endpoint(
             lifespan registers the programs; may be omitted when ``program_manager`` is given.
         path: The route path (default ``/programs/{program_id}``).
         program_manager: A manager to use instead of ``request.app.state.program_manager``.
+        max_request_bytes: The largest body this route accepts (default: the settings'
+            ``max_request_bytes``, ``LLM_SERVER_MAX_REQUEST_BYTES``, 2 MiB). A larger one is
+            refused with 413 and the error envelope: at once when ``Content-Length`` says so,
+            else as soon as the bytes read pass the limit (nothing more is read).
+
+    Before FastAPI parses the body, the route refuses a body over the limit and a request
+    every breaker it could use would refuse (``CircuitOpenError``, 503); with
+    :class:`~llm_server.fastapi.RequestContextMiddleware` installed, later requests are refused
+    there, before routing.
 
     Raises:
         ConfigurationError: No signature can be found, or it cannot be expressed as JSON.
@@ -277,5 +287,5 @@ def add_program_endpoint(
         summary=f"Run program {program_id}",
         description=(signature.__doc__ or "").strip() or None,
         name=f"run_{program_id}",
-        route_class_override=guarded_route(gate),
+        route_class_override=guarded_route(gate, max_request_bytes=max_request_bytes),
     )

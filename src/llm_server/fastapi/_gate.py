@@ -25,24 +25,27 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope
 
-from llm_server.core.errors import CircuitOpenError, LLMServerError
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.errors import CircuitOpenError, LLMServerError, PayloadTooLargeError
 from llm_server.fastapi._errors import framework_error_response
 
 __all__ = [
     "GATED",
     "GATES",
     "Gate",
+    "body_limit",
     "gate_for",
     "guarded_route",
     "read_body",
     "registered_gate",
     "replaying",
+    "too_large",
 ]
 
 Gate = Callable[[bytes, Any], CircuitOpenError | None]
 """``gate(body, app)``: the refusal for this request, or ``None`` to let it through."""
 GATES = "llm_server_gates"
-"""The ``app.state`` attribute holding ``{path: gate}`` for the middleware."""
+"""The ``app.state`` attribute holding ``{path: (gate, body limit)}`` for the middleware."""
 GATED = "llm_server.gated"
 """Set in the ASGI scope once a gate let the request through (not asked twice)."""
 
@@ -78,8 +81,15 @@ def gate_for(
     return gate
 
 
-def guarded_route(gate: Gate) -> type[APIRoute]:
-    """An ``APIRoute`` class that consults ``gate`` first and registers it for the middleware."""
+def guarded_route(gate: Gate, *, max_request_bytes: int | None) -> type[APIRoute]:
+    """An ``APIRoute`` class that bounds the body, consults ``gate`` first and registers both
+    for the middleware.
+
+    Args:
+        gate: The route's gate.
+        max_request_bytes: The route's body limit (``None``: the app's settings, else the
+            settings' default).
+    """
 
     class GuardedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -87,14 +97,24 @@ def guarded_route(gate: Gate) -> type[APIRoute]:
 
             async def guarded(request: Request) -> Response:
                 if not request.scope.get(GATED):
+                    limit = body_limit(request.app, max_request_bytes)
                     gates = getattr(request.app.state, GATES, None)
                     if gates is None:
                         gates = {}
                         setattr(request.app.state, GATES, gates)
-                    gates.setdefault(request.scope["path"], gate)
-                    refusal = gate(await request.body(), request.app)
-                    if refusal is not None:
-                        return framework_error_response(refusal)
+                    gates.setdefault(request.scope["path"], (gate, limit))
+                    try:
+                        refusal = too_large(request.headers, limit)
+                        if refusal is not None:
+                            raise refusal
+                        body = await read_body(request.receive, limit)
+                    except PayloadTooLargeError as exc:
+                        return framework_error_response(exc)
+                    # Starlette keeps a read body here; the endpoint's parsing reads it back.
+                    request._body = body
+                    refusal_by_breaker = gate(body, request.app)
+                    if refusal_by_breaker is not None:
+                        return framework_error_response(refusal_by_breaker)
                 return await handler(request)
 
             return guarded
@@ -102,14 +122,52 @@ def guarded_route(gate: Gate) -> type[APIRoute]:
     return GuardedRoute
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body, read from ``receive``."""
+def body_limit(app: Any, max_request_bytes: int | None) -> int:
+    """The route's own limit, else the app's settings', else the default setting's."""
+    if max_request_bytes is not None:
+        return max_request_bytes
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    limit = getattr(settings, "max_request_bytes", None)
+    if isinstance(limit, int):
+        return limit
+    return int(FrameworkSettings.model_fields["max_request_bytes"].default)
+
+
+def too_large(headers: Any, limit: int) -> PayloadTooLargeError | None:
+    """The refusal of a request whose ``Content-Length`` already says it is over ``limit``."""
+    declared = headers.get("content-length") if headers is not None else None
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _over(limit, f"{int(declared):,} bytes declared")
+    return None
+
+
+def _over(limit: int, what: str) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body too large: {what}; this endpoint accepts at most {limit:,} bytes "
+        "(LLM_SERVER_MAX_REQUEST_BYTES, or max_request_bytes= on the endpoint)"
+    )
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, read from ``receive``, refused once it passes ``limit`` bytes.
+
+    Nothing past the chunk that crossed the limit is read, so an oversized body costs at most
+    ``limit`` plus one chunk of memory.
+
+    Raises:
+        PayloadTooLargeError: The body is longer than ``limit``.
+    """
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break  # a disconnect: what was read is all there is
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _over(limit, f"more than {limit:,} bytes sent")
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
@@ -129,8 +187,8 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def registered_gate(scope: Scope) -> Gate | None:
-    """The gate registered for this request's path, if it is a POST to a program route."""
+def registered_gate(scope: Scope) -> tuple[Gate, int] | None:
+    """The gate and body limit registered for this request's path (POSTs to program routes)."""
     if scope.get("method") != "POST":
         return None
     app = scope.get("app")

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_server.core.errors import LLMServerError, PayloadTooLargeError
 from llm_server.core.metadata import new_execution_id
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.telemetry._otel import get_telemetry
 from llm_server.fastapi._errors import error_response, framework_error_response, log_unexpected
-from llm_server.fastapi._gate import GATED, read_body, registered_gate, replaying
+from llm_server.fastapi._gate import (
+    GATED,
+    body_limit,
+    read_body,
+    registered_gate,
+    replaying,
+    too_large,
+)
 
-__all__ = ["RequestContextMiddleware"]
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
 
 _HEADER = b"x-execution-id"
 
@@ -53,10 +62,16 @@ class RequestContextMiddleware:
         # matched after this middleware runs); a raw path would be high-cardinality.
         span_name = str(scope.get("method", "HTTP"))
         with log_context(execution_id=execution_id):
-            gate = registered_gate(scope)
-            if gate is not None:  # a program route: an open breaker refuses right here,
-                body = await read_body(receive)  # with no span and no routing of ours
-                refusal = gate(body, scope["app"])
+            registered = registered_gate(scope)
+            if registered is not None:  # a program route: an oversized body or an open
+                gate, limit = registered  # breaker is refused right here, before routing
+                try:
+                    refusal: LLMServerError | None = too_large(Headers(scope=scope), limit)
+                    if refusal is None:
+                        body = await read_body(receive, limit)
+                        refusal = gate(body, scope["app"])
+                except PayloadTooLargeError as exc:
+                    refusal = exc
                 if refusal is not None:
                     await framework_error_response(refusal)(scope, receive, send_with_id)
                     return
@@ -82,3 +97,67 @@ def _incoming_id(scope: Scope) -> str | None:
             ):
                 return text
     return None
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 and the error envelope, on any route.
+
+    The library's program routes bound their bodies themselves; put this around an app (or
+    mount) to bound your own routes too: ``app.add_middleware(BodyLimitMiddleware,
+    max_bytes=1_000_000)``. A ``Content-Length`` over the limit is refused before anything is
+    read; otherwise the bytes are counted as the app reads them, and the first chunk past the
+    limit ends the request with 413 (nothing more is read).
+
+    Args:
+        app: The ASGI app to wrap.
+        max_bytes: The limit (default: the ``LLM_SERVER_MAX_REQUEST_BYTES`` setting, 2 MiB).
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes if max_bytes is not None else body_limit(None, None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        refusal = too_large(Headers(scope=scope), limit)
+        if refusal is not None:
+            await framework_error_response(refusal)(scope, receive, send)
+            return
+        size = 0
+        started = responded = False
+
+        async def counting() -> Message:
+            nonlocal size, responded
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    if not started and not responded:
+                        # Answered here: the app would turn any error raised from its body
+                        # read into its own 400; what it answers afterwards is dropped.
+                        responded = True
+                        error = too_large({"content-length": str(size)}, limit)
+                        assert error is not None
+                        await framework_error_response(error)(scope, receive, send)
+                    raise _BodyOverflowError
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if responded:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting, tracking)
+        except _BodyOverflowError:
+            if not responded:
+                raise
+
+
+class _BodyOverflowError(Exception):
+    """Raised from ``receive`` once the body passed the limit and the 413 went out."""

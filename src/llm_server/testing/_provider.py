@@ -2,8 +2,8 @@
 
 The server runs on its own event loop in a background thread, so it serves sync code, async
 tests in the same process, and DSPy/LiteLLM/httpx clients alike, and a ``hang`` fault never
-blocks the caller's loop. See README.md ("Appendix: api_base conventions") for the ``api_base``
-each DSPy engine needs.
+blocks the caller's loop. The documentation's testing guide ("Appendix: api_base conventions")
+gives the ``api_base`` each DSPy engine needs.
 """
 
 from __future__ import annotations

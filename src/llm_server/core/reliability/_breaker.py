@@ -51,7 +51,7 @@ class CircuitBreaker(BreakerMachine):
     """Stops calling a failing dependency for a while, then probes it.
 
     Two trip policies. Given ``failure_threshold`` (and no ``failure_rate_threshold``), the
-    breaker opens after that many consecutive failures: the reference design's
+    breaker opens after that many consecutive failures: the classic
     ``CircuitBreaker(failure_threshold=5, reset_timeout=60)``. Otherwise it trips on the failure
     rate over a sliding window, by default 50 % of the last 100 calls once it holds at least 20
     (resilience4j's model and threshold): concurrent failures

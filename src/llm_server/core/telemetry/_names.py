@@ -3,7 +3,7 @@
 The ``gen_ai.*``, ``server.*`` and ``error.type`` names follow the OpenTelemetry GenAI semantic
 conventions v1.41; they are spelled out here because ``opentelemetry-semantic-conventions`` is
 an optional extra (the tests check every name against its constants). ``llm.*`` names are the
-legacy aliases of the reference design. ``llm_server.*`` names are our own.
+legacy aliases kept for dashboards built on them. ``llm_server.*`` names are our own.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ PIPELINE_DURATION_BUCKETS: Final = (
     120.0,
 )  # fmt: skip
 
-# --- legacy llm.* aliases (reference design) -------------------------------------------------
+# --- legacy llm.* aliases (kept for dashboards built on them) --------------------------------
 LLM_REQUEST_TYPE: Final = "llm.request.type"
 LLM_REQUEST_MODEL: Final = "llm.request.model"
 LLM_RESPONSE_MODEL: Final = "llm.response.model"

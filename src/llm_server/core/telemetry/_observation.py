@@ -1,6 +1,6 @@
 """Per-request observation of pipeline steps and model calls, carried in a contextvar.
 
-The reference example creates a ``PerformanceMetrics`` before running a pipeline and never
+The classic example app creates a ``PerformanceMetrics`` before running a pipeline and never
 passes it in, yet its summary holds the model call's tokens. That works through this module:
 an observer attached with :func:`attach_observer` receives every step timing and model output
 produced later *in the same context*. asyncio copies the context into each task, so two
