@@ -31,8 +31,21 @@ def litellm_package_dir() -> Path | None:
 
 @functools.cache
 def ensure_offline() -> None:
-    """Set the environment so that LiteLLM and tiktoken never reach the network."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    """Set the environment so that LiteLLM and tiktoken never reach the network.
+
+    LiteLLM fetches catalogs of its own unless told not to: its price map (at import), the
+    Anthropic beta-headers config (in a thread, on the first Anthropic request), its blog
+    feed. ``LITELLM_OFFLINE_MODE`` covers every fetch LiteLLM makes of its own accord (not the
+    providers the configuration names); the per-file switches are kept for older versions.
+    A value the host set is left alone.
+    """
+    for name in (
+        "LITELLM_OFFLINE_MODE",
+        "LITELLM_LOCAL_MODEL_COST_MAP",
+        "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS",
+        "LITELLM_LOCAL_BLOG_POSTS",
+    ):
+        os.environ.setdefault(name, "True")
     if "TIKTOKEN_CACHE_DIR" not in os.environ:
         package = litellm_package_dir()
         if package is not None:

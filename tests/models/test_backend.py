@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
+import traceback
 from typing import Any
 
 import dspy
@@ -23,6 +25,7 @@ from llm_server.core.errors import (
     ProviderBadRequestError,
     ProviderUnavailableError,
     RateLimitedError,
+    RedactedCause,
 )
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod
 from llm_server.core.protocols import ModelBackend
@@ -328,3 +331,63 @@ async def test_max_connections_bounds_the_native_engines_pool(
 async def test_max_connections_on_a_litellm_model_is_refused(make_manager: MakeManager) -> None:
     with pytest.raises(ConfigurationError, match="max_connections applies to DSPy's native"):
         make_manager({"m": model("openai", "litellm", max_connections=2)})
+
+
+PLANTED = "sk-proj-PLANTEDkeyABCDEFGHIJ0123456789"
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+@pytest.mark.parametrize(("fault", "raised"), [(401, ProviderAuthError), (400, ModelCallError)])
+async def test_a_provider_error_quoting_the_key_leaves_no_key_in_any_traceback(
+    make_manager: MakeManager,
+    provider: LocalProvider,
+    engine: str,
+    fault: int,
+    raised: type[Exception],
+) -> None:
+    manager = make_manager({"m": model("openai", engine, api_key=PLANTED)})
+    provider.add_fault(fault, message=f"Incorrect API key provided: {PLANTED}")
+    with pytest.raises(raised) as info:
+        await manager.single_attempt_backend(qa(), "m").predict({"question": "x"})
+    error = info.value
+    printed = "".join(traceback.format_exception(error))
+    assert "Incorrect API key provided" in printed  # the provider's words are kept...
+    for text in (str(error), repr(error), printed):
+        assert "PLANTEDkey" not in text  # ...its key is not
+    assert isinstance(error.__cause__, RedactedCause)
+    assert error.__cause__.__cause__ is None
+    assert error.__cause__.__context__ is None
+    assert error.__context__ is None or error.__suppress_context__
+
+
+async def test_a_prompt_that_cannot_fit_is_refused_before_any_request(
+    make_manager: MakeManager, provider: LocalProvider
+) -> None:
+    manager = make_manager({"m": model("openai", "auto", context_window=300, max_tokens=100)})
+    backend = manager.reliable_backend(qa(), "m")
+    assert (await backend.predict({"question": "short"})).content.answer  # fits: sent
+    sent = len(provider.requests)
+    with pytest.raises(ContextWindowExceededError) as info:
+        await backend.predict({"question": "word " * 400})
+    message = str(info.value)
+    assert "model 'm'" in message
+    assert "context window of 300 tokens" in message
+    assert "max_tokens=100" in message
+    assert re.search(r"the prompt is [\d,]+ tokens", message)
+    assert len(provider.requests) == sent  # nothing left for the provider
+    assert info.value.http_status == 413
+
+
+async def test_a_fallback_with_a_larger_window_answers_a_long_prompt(
+    make_manager: MakeManager, provider: LocalProvider
+) -> None:
+    manager = make_manager(
+        {
+            "small": model("openai", "auto", context_window=300, fallbacks=["large"]),
+            "large": model("openai", "auto", context_window=100_000),
+        }
+    )
+    output = await manager.reliable_backend(qa(), "small").predict({"question": "word " * 400})
+    assert output.model_id == "large"
+    assert output.metadata["fallback_from"] == ["small"]
+    assert len(provider.requests) == 1

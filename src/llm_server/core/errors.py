@@ -39,12 +39,19 @@ HTTP status a host app should answer with (``http_status``)::
     └── DeadlineExceededError               504 deadline_exceeded
 
 Messages never contain API keys: anything that may carry one goes through
-:func:`llm_server.core.telemetry.redact` before it becomes part of a message.
+:func:`llm_server.core.telemetry.redact` before it becomes part of a message. Neither do
+exception chains: where a dependency's exception is translated into one of ours, its
+``__cause__`` is a :class:`RedactedCause` (the original's type, HTTP status and redacted
+message, without its traceback or its own chain, where a provider's error body quoting the
+key could hide), and nothing is chained as ``__context__``, so a traceback printed or sent to
+an error tracker without the library's log filter still shows no key.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from llm_server.core.telemetry._redaction import redact
 
 __all__ = [
     "CircuitOpenError",
@@ -72,6 +79,7 @@ __all__ = [
     "ProviderBadRequestError",
     "ProviderUnavailableError",
     "RateLimitedError",
+    "RedactedCause",
     "StepError",
     "StorageError",
     "UndecodableInputError",
@@ -354,3 +362,24 @@ class DeadlineExceededError(LLMServerError):
     def __init__(self, message: str, *, deadline_s: float | None = None) -> None:
         super().__init__(message)
         self.deadline_s = deadline_s
+
+
+class RedactedCause(Exception):  # noqa: N818 -- a cause, not an error to catch
+    """What a dependency's exception leaves behind as the ``__cause__`` of one of ours.
+
+    Its message is the original's type, its HTTP status when it had one, and its redacted
+    message; the original, its traceback and its own chain (a provider SDK's exception may
+    hold the request, headers included) are not kept.
+
+    Attributes:
+        type_name: The original exception's qualified type name.
+        status_code: Its HTTP status, if it had one.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        kind = type(original)
+        self.type_name = f"{kind.__module__}.{kind.__qualname__}"
+        status = getattr(original, "status_code", None)
+        self.status_code = status if isinstance(status, int) else None
+        shown = f" (HTTP {self.status_code})" if self.status_code is not None else ""
+        super().__init__(f"{self.type_name}{shown}: {redact(str(original))}")

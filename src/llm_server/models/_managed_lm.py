@@ -30,8 +30,9 @@ from dspy.utils.callback import with_callbacks  # noqa: E402
 from dspy.utils.exceptions import LMError  # noqa: E402
 from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
 
-from llm_server.core.errors import ConfigurationError  # noqa: E402
+from llm_server.core.errors import ConfigurationError, ContextWindowExceededError  # noqa: E402
 from llm_server.core.model_config import ModelConfig  # noqa: E402
+from llm_server.core.tokens import count_message_tokens  # noqa: E402
 from llm_server.models._engine import (  # noqa: E402
     ResolvedEngine,
     ResolvedKey,
@@ -86,6 +87,8 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         @with_callbacks  # type: ignore[untyped-decorator]  # dspy is untyped
         async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
             """``dspy.LM.acall``, preparing text-only calls without the worker-thread hop."""
+            if self._window is not None:
+                self._check_fits(prompt, messages)
             scope = _current_scope.get()
             sent = scope.call_started(prompt, messages) if scope is not None else None
             try:
@@ -106,6 +109,32 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
                 warn_legacy_lm()
             warn_openai_messages(self, messages)
             return finalize(self, call, await aexecute(self, call))
+
+    _window: tuple[str, int, int] | None = None  # (model id, context window, max tokens)
+
+    def guard_context_window(self, model_id: str, window: int | None, max_tokens: int) -> None:
+        """Refuse, before sending, a prompt that cannot fit ``window`` with ``max_tokens``."""
+        self._window = (model_id, window, max_tokens) if window else None
+
+    def _check_fits(self, prompt: Any, messages: Any) -> None:
+        assert self._window is not None
+        model_id, window, max_tokens = self._window
+        room = window - max_tokens
+        sent = entry_messages({"messages": messages, "prompt": prompt})
+        # A token is at least one character: a prompt with fewer characters than the room
+        # fits, and most do; only a long one is counted (offline, like the provider bills).
+        chars = sum(len(str(m.get("content", ""))) + 8 for m in sent)
+        if chars <= room:
+            return
+        tokens = count_message_tokens(sent, self.model)
+        if tokens > room:
+            raise ContextWindowExceededError(
+                f"model {model_id!r}: the prompt is {tokens:,} tokens and the answer may take "
+                f"max_tokens={max_tokens:,}, more than its context window of {window:,} tokens "
+                "(not sent; a fallback model with a larger window is tried if one is "
+                "configured)",
+                model_id=model_id,
+            )
 
     def size_pool(self, max_connections: int | None) -> None:
         """Give the native engine ``max_connections`` per event loop (``None``: its default)."""
@@ -244,6 +273,7 @@ def build_lm(
     engine: str,
     key: ResolvedKey,
     timeout_s: float,
+    context_window: int | None = None,
 ) -> tuple[ManagedLM, ResolvedEngine]:
     """Build ``model_id``'s LM with the engine pinned, cache as configured and retries off.
 
@@ -284,6 +314,7 @@ def build_lm(
             )
         lm = ManagedLM(config.model_name, engine=resolved, **options)
         lm.size_pool(config.max_connections)
+        lm.guard_context_window(model_id, context_window, config.max_tokens)
     except (ValueError, TypeError, LMError) as exc:
         raise ConfigurationError(
             f"model {model_id!r} ({config.model_name}): DSPy refused its settings: {exc}"

@@ -19,6 +19,7 @@ import functools
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from llm_server.core.errors import InputError
+from llm_server.core.errors import InputError, LLMServerError, RedactedCause
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.pricing import ModelPrice, cost_usd
+from llm_server.core.telemetry import redact
 from llm_server.core.telemetry._observation import notify_model_output
 from llm_server.models._errors import translate_error
 from llm_server.models._usage import cut_usage, summarize_calls
@@ -149,6 +151,7 @@ class DSPyBackend:
             )
         request_scope = _request_scope()
         started = time.perf_counter()
+        failure: tuple[LLMServerError, Exception] | None = None
         try:
             with request_scope(self._lm) as scope:
                 if self._sync:
@@ -162,7 +165,14 @@ class DSPyBackend:
             translated = translate_error(exc, model_id=self.model_id)
             if translated is None or translated is exc:
                 raise
-            raise translated from exc
+            failure = (translated, exc)
+        if failure is not None:
+            # Raised here, outside the except block, so the original is not chained as
+            # __context__; its redacted summary is the cause (see core.errors).
+            error, original = failure
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s", redact("".join(traceback.format_exception(original))))
+            raise error from RedactedCause(original)
         latency_ms = (time.perf_counter() - started) * 1000
         summary = summarize_calls(scope.entries, scope.tracker.billed, model_name=self.model_name)
         usage = summary.usage

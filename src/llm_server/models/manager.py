@@ -186,6 +186,7 @@ class ModelManager:
                 engine=model.engine or self.settings.default_engine,
                 key=keys[model_id],
                 timeout_s=model.timeout_s or self.settings.model_timeout_s,
+                context_window=self._context_window(model),
             )
             self._lms[model_id] = lm
             self._prices[model_id] = resolve_price(model.model_name, override=model.pricing)
@@ -228,16 +229,21 @@ class ModelManager:
         # dspy.configure_cache(...) itself after building the manager.
         dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=any_opt_in)
 
+    @staticmethod
+    def _context_window(model: ModelConfig) -> int | None:
+        """The YAML's ``context_window``, else LiteLLM's map's, else unknown (no check)."""
+        known = lookup_model(model.model_name)
+        return model.context_window or (known.context_window if known else None)
+
     def _describe(self, model_id: str, model: ModelConfig, engine: str) -> ModelInfo:
         price = self._prices[model_id]
-        known = lookup_model(model.model_name)
         return ModelInfo(
             id=model_id,
             provider=model.provider,
             base_model=model.base_model,
             model_name=model.model_name,
             max_tokens=model.max_tokens,
-            context_window=model.context_window or (known.context_window if known else None),
+            context_window=self._context_window(model),
             input_cost_per_million=price.input_per_million if price else None,
             output_cost_per_million=price.output_per_million if price else None,
             engine=engine,

@@ -12,7 +12,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from llm_server.core.clock import SYSTEM_CLOCK, Clock
-from llm_server.core.errors import CircuitOpenError, ConfigurationError, DeadlineExceededError
+from llm_server.core.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    ContextWindowExceededError,
+    DeadlineExceededError,
+)
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.reliability._breaker import CircuitBreaker
@@ -153,8 +158,9 @@ class RetryingBackend(BackendWrapper):
 
 
 def should_fall_back(error: BaseException) -> bool:
-    """The default fallback rule: the breaker refused, or a retryable error remained."""
-    return isinstance(error, CircuitOpenError) or is_retryable(error)
+    """The default fallback rule: the breaker refused, a retryable error remained, or the
+    prompt does not fit the model's context window (a fallback may have a larger one)."""
+    return isinstance(error, CircuitOpenError | ContextWindowExceededError) or is_retryable(error)
 
 
 class FallbackBackend(BackendWrapper):
