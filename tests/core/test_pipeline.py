@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from llm_server.core.errors import (
     MediaTypeMismatchError,
     PipelineValidationError,
     RateLimitedError,
+    RedactedCause,
     StepError,
 )
 from llm_server.core.model_interfaces import ModelOutput
@@ -134,6 +136,28 @@ async def test_unexpected_exception_becomes_step_error_with_cause() -> None:
         await Pipeline([Raises(boom)]).execute(text())
     assert info.value.__cause__ is boom
     assert info.value.step == "raiser"
+
+
+class AuthenticationError(Exception):
+    """Stands for a provider SDK's exception, which may quote the key it was given."""
+
+
+AuthenticationError.__module__ = "litellm.exceptions"
+
+
+@pytest.mark.anyio
+async def test_a_dependency_exception_is_chained_as_a_redacted_summary() -> None:
+    key = "sk-proj-PLANTEDabcdefghijklmnop0123"
+    boom = AuthenticationError(f"401 Incorrect API key provided: {key}")
+    with pytest.raises(StepError) as info:
+        await Pipeline([Raises(boom)]).execute(text())
+    cause = info.value.__cause__
+    assert isinstance(cause, RedactedCause)
+    assert cause.type_name == "litellm.exceptions.AuthenticationError"
+    assert info.value.__context__ is None
+    printed = "".join(traceback.format_exception(info.value))
+    assert "Incorrect API key provided" in printed
+    assert "PLANTED" not in printed
 
 
 @pytest.mark.anyio

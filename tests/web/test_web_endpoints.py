@@ -147,10 +147,9 @@ async def test_the_backend_is_built_once_per_served_version_and_model(make_app: 
     assert response.json()["metadata"]["program"]["version"] == saved.version
 
 
-async def test_the_envelope_names_the_fallback_that_answered(
-    make_app: MakeApp, provider: LocalProvider
-) -> None:
-    models = {
+def primary_with_backup(provider: LocalProvider) -> dict[str, Any]:
+    """Two models on the provider: 'primary' (gpt-4o-mini) falls back to 'backup' (gpt-4o)."""
+    return {
         "primary": {
             "model_name": "openai/gpt-4o-mini",
             "api_base": provider.openai_api_base,
@@ -158,6 +157,12 @@ async def test_the_envelope_names_the_fallback_that_answered(
         },
         "backup": {"model_name": "openai/gpt-4o", "api_base": provider.openai_api_base},
     }
+
+
+async def test_the_envelope_names_the_fallback_that_answered(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    models = primary_with_backup(provider)
     provider.add_fault("unavailable", model="gpt-4o-mini")
     async with serving(make_app(models=models)) as client:
         response = await client.post(
@@ -287,14 +292,7 @@ async def test_an_open_breaker_refuses_before_any_pipeline_or_provider_work(
 async def test_a_fallback_with_a_closed_breaker_keeps_the_route_open(
     make_app: MakeApp, provider: LocalProvider
 ) -> None:
-    models = {
-        "primary": {
-            "model_name": "openai/gpt-4o-mini",
-            "api_base": provider.openai_api_base,
-            "fallbacks": ["backup"],
-        },
-        "backup": {"model_name": "openai/gpt-4o", "api_base": provider.openai_api_base},
-    }
+    models = primary_with_backup(provider)
     app = make_app(models=models)
     async with serving(app) as client:
         manager = app.state.model_manager

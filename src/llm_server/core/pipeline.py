@@ -12,6 +12,7 @@ from llm_server.core.errors import (
     LLMServerError,
     MediaTypeMismatchError,
     PipelineValidationError,
+    RedactedCause,
     StepError,
 )
 from llm_server.core.protocols import PipelineStep
@@ -105,7 +106,9 @@ class Pipeline:
         Raises:
             MediaTypeMismatchError: Data reached a step that does not accept its media type.
             StepError: A step raised an exception that is not an ``LLMServerError``; the
-                original is the ``__cause__``. Our own errors pass through unchanged, and
+                original is the ``__cause__`` (a :class:`~llm_server.core.errors.RedactedCause`
+                summary when it came from DSPy, LiteLLM or an HTTP client, whose exceptions may
+                quote a key). Our own errors pass through unchanged, and
                 cancellation is never caught.
         """
         return (await self.run(data)).output
@@ -131,6 +134,7 @@ class Pipeline:
             with telemetry.step_span(self.name, name, index):
                 started = time.perf_counter()
                 outcome: str = "error"
+                failure: Exception | None = None
                 try:
                     result = await step.process(current)
                     if not isinstance(result, PipelineData):
@@ -143,11 +147,7 @@ class Pipeline:
                 except LLMServerError:
                     raise
                 except Exception as exc:
-                    raise StepError(
-                        f"pipeline {self.name!r}: step {index} ({name}) failed: "
-                        f"{type(exc).__name__}: {redact(str(exc))}",
-                        step=name,
-                    ) from exc
+                    failure = exc
                 finally:
                     timing = StepTiming(
                         pipeline=self.name,
@@ -158,8 +158,28 @@ class Pipeline:
                     )
                     timings.append(timing)
                     notify_step(timing)
+                if failure is not None:  # raised outside the except block: no __context__
+                    raise StepError(
+                        f"pipeline {self.name!r}: step {index} ({name}) failed: "
+                        f"{type(failure).__name__}: {redact(str(failure))}",
+                        step=name,
+                    ) from _cause(failure)
             current = result
         return PipelineRun(output=current, steps=tuple(timings))
 
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, steps={list(self._names)!r})"
+
+
+# Exceptions of these packages may carry a request, its headers or a provider's error body
+# quoting a key: they are chained as a redacted summary. A step's own exceptions stay the
+# cause as they are, tracebacks and all, for their authors to debug.
+_DEPENDENCIES = frozenset(
+    {"dspy", "litellm", "openai", "anthropic", "httpx", "httpcore", "aiohttp", "requests"}
+)
+
+
+def _cause(error: Exception) -> BaseException:
+    if type(error).__module__.partition(".")[0] in _DEPENDENCIES:
+        return RedactedCause(error)
+    return error

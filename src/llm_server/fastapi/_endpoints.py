@@ -32,12 +32,15 @@ __all__ = ["add_program_endpoint", "signature_models"]
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in {
-        404: "Unknown model id",
-        422: "Invalid request body",
+        400: "The body is not JSON",
+        404: "Unknown model id, or the program is not registered",
+        413: "The body is over max_request_bytes, or the prompt cannot fit the context window",
+        422: "The body does not match the request schema",
         429: "The provider is rate limiting (Retry-After)",
+        500: "An error in the service itself",
         502: "The provider failed or answered unusably",
-        503: "The model's circuit breaker is open (Retry-After)",
-        504: "The request deadline passed",
+        503: "Every circuit breaker the call could use is open (Retry-After)",
+        504: "The request deadline passed, or the provider timed out",
     }.items()
 }
 
@@ -275,7 +278,12 @@ def add_program_endpoint(
         )
         return {"success": True, "data": result.content, "metadata": metadata}
 
-    gate = gate_for(runner.route, default_model_id=default_model_id, manager=manager)
+    gate = gate_for(
+        runner.route,
+        request_model=request_model,
+        default_model_id=default_model_id,
+        manager=manager,
+    )
     endpoint.__annotations__["body"] = request_model
     router = app.router if isinstance(app, FastAPI) else app
     router.add_api_route(

@@ -14,6 +14,7 @@ import http
 import logging
 import math
 import traceback
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,9 +108,14 @@ def framework_error_response(exc: LLMServerError) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    return validation_error_response(exc.errors())
+
+
+def validation_error_response(errors: Sequence[Mapping[str, Any]]) -> JSONResponse:
+    """The 422 envelope for request validation errors (the rejected values are not repeated)."""
     details = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
-        for e in exc.errors()
+        for e in errors
     ]
     fields = ", ".join(".".join(d["loc"]) for d in details) or "body"
     return error_response(422, "invalid_request", f"invalid request: {fields}", details=details)

@@ -23,11 +23,12 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.types import Message, Receive, Scope
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import CircuitOpenError, LLMServerError, PayloadTooLargeError
-from llm_server.fastapi._errors import framework_error_response
+from llm_server.fastapi._errors import framework_error_response, validation_error_response
 
 __all__ = [
     "GATED",
@@ -42,8 +43,8 @@ __all__ = [
     "too_large",
 ]
 
-Gate = Callable[[bytes, Any], CircuitOpenError | None]
-"""``gate(body, app)``: the refusal for this request, or ``None`` to let it through."""
+Gate = Callable[[bytes, Any], Response | None]
+"""``gate(body, app)``: the error response for this request, or ``None`` to let it through."""
 GATES = "llm_server_gates"
 """The ``app.state`` attribute holding ``{path: (gate, body limit)}`` for the middleware."""
 GATED = "llm_server.gated"
@@ -51,31 +52,47 @@ GATED = "llm_server.gated"
 
 
 def gate_for(
-    route: Callable[[Any, str], Any], *, default_model_id: str, manager: Any | None
+    route: Callable[[Any, str], Any],
+    *,
+    request_model: type[BaseModel],
+    default_model_id: str,
+    manager: Any | None,
 ) -> Gate:
     """The gate of one program route.
 
+    It refuses a request every breaker the call could use would refuse (503), then a body
+    its schema calls invalid: the body is validated strictly, as JSON Schema reads the
+    OpenAPI document (``false`` is no integer, ``"1"`` no number, at any depth), where
+    FastAPI's own validation is lax (422, the same envelope).
+
     Args:
         route: ``route(program_manager, model_id)``: the route's cached pipeline and checks.
+        request_model: The route's request body model.
         default_model_id: The model used when the body names none.
         manager: The program manager the route was given, else ``app.state``'s is used.
     """
 
-    def gate(body: bytes, app: Any) -> CircuitOpenError | None:
+    def gate(body: bytes, app: Any) -> Response | None:
         try:
             sent = json.loads(body)
         except ValueError:
-            return None
+            return None  # the route answers malformed JSON (400) as usual
         model_id = sent.get("model_id", default_model_id) if isinstance(sent, dict) else None
         pm = manager if manager is not None else getattr(app.state, "program_manager", None)
-        if not isinstance(model_id, str) or pm is None:
-            return None
+        if isinstance(model_id, str) and pm is not None:
+            try:
+                route(pm, model_id).ensure_available()
+            except CircuitOpenError as exc:
+                return framework_error_response(exc)
+            except LLMServerError:
+                pass  # e.g. an unknown model: the route answers it with its usual envelope
         try:
-            route(pm, model_id).ensure_available()
-        except CircuitOpenError as exc:
-            return exc
-        except LLMServerError:
-            return None  # e.g. an unknown model: the route answers it with its usual envelope
+            request_model.model_validate_json(body, strict=True)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            return validation_error_response(
+                [{**error, "loc": ("body", *error["loc"])} for error in errors]
+            )
         return None
 
     return gate
@@ -104,17 +121,17 @@ def guarded_route(gate: Gate, *, max_request_bytes: int | None) -> type[APIRoute
                         setattr(request.app.state, GATES, gates)
                     gates.setdefault(request.scope["path"], (gate, limit))
                     try:
-                        refusal = too_large(request.headers, limit)
-                        if refusal is not None:
-                            raise refusal
+                        oversized = too_large(request.headers, limit)
+                        if oversized is not None:
+                            raise oversized
                         body = await read_body(request.receive, limit)
                     except PayloadTooLargeError as exc:
                         return framework_error_response(exc)
                     # Starlette keeps a read body here; the endpoint's parsing reads it back.
                     request._body = body
-                    refusal_by_breaker = gate(body, request.app)
-                    if refusal_by_breaker is not None:
-                        return framework_error_response(refusal_by_breaker)
+                    refusal = gate(body, request.app)
+                    if refusal is not None:
+                        return refusal
                 return await handler(request)
 
             return guarded

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_server.core.errors import LLMServerError, PayloadTooLargeError
+from llm_server.core.errors import PayloadTooLargeError
 from llm_server.core.metadata import new_execution_id
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.telemetry._otel import get_telemetry
@@ -66,14 +66,16 @@ class RequestContextMiddleware:
             if registered is not None:  # a program route: an oversized body or an open
                 gate, limit = registered  # breaker is refused right here, before routing
                 try:
-                    refusal: LLMServerError | None = too_large(Headers(scope=scope), limit)
-                    if refusal is None:
-                        body = await read_body(receive, limit)
-                        refusal = gate(body, scope["app"])
+                    oversized = too_large(Headers(scope=scope), limit)
+                    if oversized is not None:
+                        raise oversized
+                    body = await read_body(receive, limit)
                 except PayloadTooLargeError as exc:
-                    refusal = exc
+                    await framework_error_response(exc)(scope, receive, send_with_id)
+                    return
+                refusal = gate(body, scope["app"])
                 if refusal is not None:
-                    await framework_error_response(refusal)(scope, receive, send_with_id)
+                    await refusal(scope, receive, send_with_id)
                     return
                 scope = {**scope, GATED: True}
                 receive = replaying(body, receive)
