@@ -82,6 +82,7 @@ __all__ = [
     "RedactedCause",
     "StepError",
     "StorageError",
+    "StreamInterruptedError",
     "UndecodableInputError",
     "UnsupportedMediaError",
     "VersionExistsError",
@@ -325,6 +326,13 @@ class ContextWindowExceededError(ProviderBadRequestError):
 
     error_type = "context_window_exceeded"
     http_status = 413
+
+
+class StreamInterruptedError(ModelCallError):
+    """A streamed call failed after its first piece was sent: it is never retried (the client
+    has part of an answer) and ends the stream with an ``error`` event."""
+
+    error_type = "stream_interrupted"
 
 
 class OutputParseError(ModelCallError):

@@ -31,6 +31,7 @@ from llm_server.fastapi._lifespan import HostLifespan, ProgramSpec, llm_server_l
 from llm_server.fastapi._middleware import BodyLimitMiddleware, RequestContextMiddleware
 from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
+from llm_server.fastapi._sse import sse_response
 from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "install_error_handlers",
     "llm_server_lifespan",
     "signature_models",
+    "sse_response",
 ]

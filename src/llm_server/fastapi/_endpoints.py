@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from llm_server.core.errors import (
@@ -21,10 +21,12 @@ from llm_server.core.implementations import ModelProcessor
 from llm_server.core.metadata import MetadataCollector
 from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.pipeline import Pipeline
+from llm_server.core.streaming import stream_events
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.types import MediaType, PipelineData
 from llm_server.fastapi._gate import gate_for, guarded_route
 from llm_server.fastapi._schemas import ErrorEnvelope
+from llm_server.fastapi._sse import sse_response
 from llm_server.fastapi._state import get_program_manager
 
 __all__ = ["add_program_endpoint", "signature_models"]
@@ -206,6 +208,7 @@ def add_program_endpoint(
     path: str | None = None,
     program_manager: Any = None,
     max_request_bytes: int | None = None,
+    stream: bool = False,
 ) -> None:
     """Add ``POST /programs/{program_id}`` (or ``path``) running a registered program.
 
@@ -228,6 +231,11 @@ def add_program_endpoint(
             ``max_request_bytes``, ``LLM_SERVER_MAX_REQUEST_BYTES``, 2 MiB). A larger one is
             refused with 413 and the error envelope: at once when ``Content-Length`` says so,
             else as soon as the bytes read pass the limit (nothing more is read).
+        stream: Also add ``POST {path}/stream``: the same request body, answered with
+            Server-Sent Events (``delta`` per piece of each string output field, then
+            ``done`` with the same envelope, its ``performance.timing`` with
+            ``first_token_ms``; ``error`` when the call fails after its first piece). A
+            failure before the first piece answers the error envelope with its status.
 
     Before FastAPI parses the body, the route refuses a body over the limit and a request
     every breaker it could use would refuse (``CircuitOpenError``, 503); with
@@ -258,17 +266,9 @@ def add_program_endpoint(
     input_names = tuple(signature.input_fields)
     runner = _ProgramRunner(program_id)
 
-    async def endpoint(request: Request, body: Any) -> Any:
-        pm = manager if manager is not None else get_program_manager(request)
-        model_id: str = body.model_id
-        route = runner.route(pm, model_id)
-        metrics = PerformanceMetrics()
-        # Values as validated (not dumped), so typed inputs reach the program as their types.
-        inputs = {name: getattr(body, name) for name in input_names}
-        with log_context(program_id=program_id, model_id=model_id):
-            result = await route.pipeline.execute(
-                PipelineData(media_type=MediaType.STRUCTURED, content=inputs)
-            )
+    def envelope(
+        pm: Any, model_id: str, route: _Route, metrics: PerformanceMetrics, result: PipelineData
+    ) -> dict[str, Any]:
         metrics.mark_checkpoint("pipeline_complete")
         metadata = MetadataCollector.collect_response_metadata(
             model_id=model_id,
@@ -277,6 +277,34 @@ def add_program_endpoint(
             model_info=_model_block(pm.model_info, model_id, result.metadata),
         )
         return {"success": True, "data": result.content, "metadata": metadata}
+
+    def prepared(request: Request, body: Any) -> tuple[Any, str, _Route, PipelineData]:
+        pm = manager if manager is not None else get_program_manager(request)
+        model_id: str = body.model_id
+        # Values as validated (not dumped), so typed inputs reach the program as their types.
+        inputs = {name: getattr(body, name) for name in input_names}
+        data = PipelineData(media_type=MediaType.STRUCTURED, content=inputs)
+        return pm, model_id, runner.route(pm, model_id), data
+
+    async def endpoint(request: Request, body: Any) -> Any:
+        pm, model_id, route, data = prepared(request, body)
+        metrics = PerformanceMetrics()
+        with log_context(program_id=program_id, model_id=model_id):
+            result = await route.pipeline.execute(data)
+        return envelope(pm, model_id, route, metrics, result)
+
+    async def stream_endpoint(request: Request, body: Any) -> Response:
+        pm, model_id, route, data = prepared(request, body)
+        metrics = PerformanceMetrics()
+
+        def done(result: PipelineData) -> dict[str, Any]:
+            return envelope(pm, model_id, route, metrics, result)
+
+        with log_context(program_id=program_id, model_id=model_id):
+            events = stream_events(lambda: route.pipeline.execute(data))
+            return await sse_response(
+                events, done=done, on_first_delta=lambda: metrics.mark_checkpoint("first_token")
+            )
 
     gate = gate_for(
         runner.route,
@@ -297,3 +325,25 @@ def add_program_endpoint(
         name=f"run_{program_id}",
         route_class_override=guarded_route(gate, max_request_bytes=max_request_bytes),
     )
+    if stream:
+        stream_endpoint.__annotations__["body"] = request_model
+        router.add_api_route(
+            (path or f"/programs/{program_id}") + "/stream",
+            stream_endpoint,
+            methods=["POST"],
+            responses={
+                200: {
+                    "description": (
+                        "Server-Sent Events: `delta` ({field, text}) per piece of a string "
+                        "output field, then `done` with the full envelope, or `error` with "
+                        "the error envelope when the call fails after its first piece"
+                    ),
+                    "content": {"text/event-stream": {}},
+                },
+                **_ERROR_RESPONSES,
+            },
+            summary=f"Run program {program_id}, streaming its output fields",
+            description=(signature.__doc__ or "").strip() or None,
+            name=f"stream_{program_id}",
+            route_class_override=guarded_route(gate, max_request_bytes=max_request_bytes),
+        )

@@ -55,17 +55,24 @@ def error_response(
         headers: Extra response headers (e.g. ``Retry-After``).
         details: Per-field problems (``error.details``).
     """
+    body = error_envelope(error_type, message, details=details)
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def error_envelope(
+    error_type: str, message: str, *, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The error envelope's body (redacted), as :func:`error_response` sends it."""
     error: dict[str, Any] = {"type": error_type, "message": redact(message)}
     if details:
         error["details"] = [
             {k: redact(v) if isinstance(v, str) else v for k, v in item.items()} for item in details
         ]
-    body = {
+    return {
         "success": False,
         "error": error,
         "execution_id": current_execution_id() or new_execution_id(),
     }
-    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:

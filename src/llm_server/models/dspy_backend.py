@@ -27,9 +27,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from llm_server.core.errors import InputError, LLMServerError, RedactedCause
+from llm_server.core.errors import (
+    InputError,
+    LLMServerError,
+    RedactedCause,
+    StreamInterruptedError,
+)
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.pricing import ModelPrice, cost_usd
+from llm_server.core.streaming import StreamSink, current_sink
 from llm_server.core.telemetry import redact
 from llm_server.core.telemetry._observation import notify_model_output
 from llm_server.models._errors import translate_error
@@ -61,6 +67,22 @@ def _needs_worker_thread(program: Any) -> bool:
     named = getattr(program, "named_sub_modules", None)
     modules = [module for _, module in named()] if callable(named) else [program]
     return not all(callable(getattr(type(module), "aforward", None)) for module in modules)
+
+
+def _streamable_fields(program: Any) -> tuple[str, ...]:
+    """The string output fields a stream can carry: each predictor's, a name once."""
+    named = getattr(program, "named_predictors", None)
+    predictors = [p for _, p in named()] if callable(named) else []
+    fields: list[str] = []
+    counted: dict[str, int] = {}
+    for predictor in predictors:
+        signature = getattr(predictor, "signature", None)
+        for name, field in getattr(signature, "output_fields", {}).items():
+            counted[name] = counted.get(name, 0) + 1
+            if field.annotation is str and name not in fields:
+                fields.append(name)
+    # A field two predictors produce cannot be told apart by a listener: not streamed.
+    return tuple(name for name in fields if counted[name] == 1)
 
 
 def _warn_sync_once(program: Any) -> None:
@@ -124,6 +146,7 @@ class DSPyBackend:
         self._price = price
         self._limiter = limiter
         self._sync = _needs_worker_thread(program)
+        self._stream_fields = _streamable_fields(program)
         # Bounded, and without prompts or answers: content is captured only on opt-in elsewhere.
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY_SIZE)
 
@@ -154,7 +177,10 @@ class DSPyBackend:
         failure: tuple[LLMServerError, Exception] | None = None
         try:
             with request_scope(self._lm) as scope:
-                if self._sync:
+                sink = current_sink()
+                if sink is not None and not self._sync:
+                    prediction = await self._streamed(input, sink)
+                elif self._sync:
                     prediction = await self._call_in_thread(input)
                 else:
                     prediction = await self.program.acall(**input)
@@ -163,6 +189,14 @@ class DSPyBackend:
             raise
         except Exception as exc:
             translated = translate_error(exc, model_id=self.model_id)
+            sink = current_sink()
+            if sink is not None and sink.started:
+                # Part of the answer is out: never retried, never handed to a fallback.
+                reason = translated.message if translated is not None else redact(str(exc))
+                translated = StreamInterruptedError(
+                    f"model {self.model_id!r}: the stream broke after its first piece: {reason}",
+                    model_id=self.model_id,
+                )
             if translated is None or translated is exc:
                 raise
             failure = (translated, exc)
@@ -222,6 +256,27 @@ class DSPyBackend:
                 metadata={"cut": True, "lm_calls": len(cut)},
             )
         )
+
+    async def _streamed(self, input: Mapping[str, Any], sink: StreamSink) -> Any:
+        """Run the program through ``dspy.streamify``, its string fields' pieces into ``sink``.
+
+        Listeners are built per call (a reused one streams nothing after its first call, DSPy
+        #8425) and the program runs on the loop (``is_async_program=True``). A cache hit
+        streams nothing: the caller sends the fields whole.
+        """
+        import dspy
+        from dspy.streaming import StreamListener, StreamResponse
+
+        listeners = [StreamListener(signature_field_name=name) for name in self._stream_fields]
+        streamer = dspy.streamify(self.program, stream_listeners=listeners, is_async_program=True)
+        prediction = None
+        async for value in streamer(**input):
+            if isinstance(value, StreamResponse):
+                if value.chunk:  # a listener's final flush may be empty
+                    sink.put(value.signature_field_name, value.chunk)
+            elif isinstance(value, dspy.Prediction):
+                prediction = value
+        return prediction
 
     async def _call_in_thread(self, input: Mapping[str, Any]) -> Any:
         _warn_sync_once(self.program)

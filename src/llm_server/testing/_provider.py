@@ -82,6 +82,13 @@ class LocalProvider:
         """Seconds added before every answer (may be changed while running)."""
         self.usage = usage
         """Whether responses carry a ``usage`` block (may be changed while running)."""
+        self.chunk_delay_s = 0.0
+        """Seconds between the events of a streamed answer (pacing, as a real model's)."""
+        self.cut_streams_after: int | None = None
+        """Close a streamed answer's connection abruptly after this many events (a fault in
+        the middle of a stream); ``None``: never."""
+        self.stream_disconnects: list[float] = []
+        """``time.monotonic()`` of each streamed answer whose client went away before its end."""
         self._requested_port = port
         self._scripts: Mapping[str | None, Reply] = {} if reply is None else {None: reply}
         self._rules = RuleBook(seed=seed)

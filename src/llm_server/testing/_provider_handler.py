@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from llm_server.core.errors import InputError
@@ -104,10 +106,28 @@ class Responder:
             body = completion_body(chat, text, usage, record.index)
             await connection.respond(200, body, keep_alive=keep_alive)
             return keep_alive
+        return await self._stream(
+            connection, stream_events(chat, text, usage, record.index), keep_alive
+        )
+
+    async def _stream(
+        self, connection: HttpConnection, events: Iterator[bytes], keep_alive: bool
+    ) -> bool:
+        """Send a streamed answer, paced and cut as the provider is told to."""
+        provider = self._provider
         await connection.start_stream()
-        for event in stream_events(chat, text, usage, record.index):
-            await connection.send_chunk(event)
-        await connection.end_stream()
+        try:
+            for sent, event in enumerate(events):
+                if provider.cut_streams_after is not None and sent >= provider.cut_streams_after:
+                    connection.reset()
+                    return False
+                if sent and provider.chunk_delay_s:
+                    await asyncio.sleep(provider.chunk_delay_s)
+                await connection.send_chunk(event)
+            await connection.end_stream()
+        except (ConnectionError, OSError):  # the client went away in the middle
+            provider.stream_disconnects.append(time.monotonic())
+            return False
         return keep_alive
 
     async def _reply_text(self, record: RecordedRequest, chat: ChatRequest) -> str:

@@ -1,0 +1,154 @@
+"""Streaming a model call's output fields as they arrive, with the model-call stack unchanged.
+
+::
+
+    async for event in stream_events(lambda: backend.predict(inputs)):
+        if isinstance(event, TextDelta):
+            print(event.field, event.text)      # a piece of a string output field
+        else:
+            output = event.result               # Finished: what the call returned
+
+:func:`stream_events` runs the call in a task with a :class:`StreamSink` in its context. The
+DSPy backend at the bottom of the stack sees the sink and runs its program through
+``dspy.streamify``, with stream listeners built for this call (a reused listener streams
+nothing after its first call: DSPy #8425), on the event loop. Everything above it works as for
+a plain call: the deadline bounds the whole stream; retries, fallbacks and the circuit breaker
+apply until the first piece, and after it a failure is a
+:class:`~llm_server.core.errors.StreamInterruptedError`, which is never retried (the client has
+part of an answer). Breaking out of the loop (a client gone) cancels the call; its usage
+stays on the books (see :mod:`llm_server.core.metrics_wrappers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = ["Finished", "StreamSink", "TextDelta", "current_sink", "stream_events", "streaming_to"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of a string output field, in the order the model produced it.
+
+    Attributes:
+        field: The output field's name (``reasoning`` for ``ChainOfThought``'s reasoning).
+        text: The piece.
+    """
+
+    field: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished(Generic[T]):
+    """The last event of a stream: what the call returned.
+
+    Attributes:
+        result: The call's return value (a ``ModelOutput``, a ``PipelineData``, ...).
+    """
+
+    result: T
+
+
+class StreamSink:
+    """Where a streamed call puts its pieces; read by :func:`stream_events`.
+
+    Attributes:
+        first_piece_at: ``time.perf_counter()`` of the first piece, ``None`` before it.
+        pieces: How many pieces were put.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[TextDelta] = asyncio.Queue()
+        self.first_piece_at: float | None = None
+        self.pieces = 0
+
+    @property
+    def started(self) -> bool:
+        """Whether a piece was put: from then on, a failure is not retried."""
+        return self.first_piece_at is not None
+
+    def put(self, field: str, text: str) -> None:
+        """Hand one piece to the reader (never blocks)."""
+        if self.first_piece_at is None:
+            self.first_piece_at = time.perf_counter()
+        self.pieces += 1
+        self._queue.put_nowait(TextDelta(field, text))
+
+    async def get(self) -> TextDelta:
+        """The next piece (waits for it)."""
+        return await self._queue.get()
+
+    def pending(self) -> list[TextDelta]:
+        """The pieces put and not read yet."""
+        pieces = []
+        while not self._queue.empty():
+            pieces.append(self._queue.get_nowait())
+        return pieces
+
+
+_sink: ContextVar[StreamSink | None] = ContextVar("llm_server_stream_sink", default=None)
+
+
+def current_sink() -> StreamSink | None:
+    """The sink of the streamed call running in this context, if any."""
+    return _sink.get()
+
+
+@contextmanager
+def streaming_to(sink: StreamSink) -> Iterator[StreamSink]:
+    """Model calls made inside the block stream their pieces into ``sink``."""
+    token = _sink.set(sink)
+    try:
+        yield sink
+    finally:
+        _sink.reset(token)
+
+
+async def stream_events(
+    call: Callable[[], Awaitable[T]],
+) -> AsyncGenerator[TextDelta | Finished[T], None]:
+    """Run ``call()`` streaming: yield its pieces as they arrive, then :class:`Finished`.
+
+    Args:
+        call: Makes the call (e.g. ``lambda: backend.predict(inputs)`` or
+            ``lambda: pipeline.execute(data)``); it runs in a task of its own, in a copy of
+            this context (the request's metrics and log context go with it).
+
+    Raises:
+        Exception: Whatever the call raised, after the pieces put before it.
+    """
+    sink = StreamSink()
+
+    async def run() -> T:
+        with streaming_to(sink):
+            return await call()
+
+    task = asyncio.ensure_future(run())
+    getter: asyncio.Future[TextDelta] | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(sink.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            for piece in sink.pending():
+                yield piece
+            yield Finished(task.result())  # raises the call's error, if it failed
+            return
+    finally:
+        if getter is not None:
+            getter.cancel()
+        if not task.done():  # the reader left (a client gone): the call is cancelled
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
