@@ -288,3 +288,25 @@ async def test_the_event_loop_lag_is_recorded_while_watched(
 @pytest.mark.anyio
 async def test_watching_the_loop_with_telemetry_off_returns_at_once() -> None:
     await asyncio.wait_for(Telemetry.disabled().watch_event_loop(interval_s=0.01), timeout=1)
+
+
+@pytest.mark.anyio
+async def test_streamed_calls_record_the_chunk_histograms(
+    telemetry: Telemetry, reader: InMemoryMetricReader
+) -> None:
+    from llm_server.core.streaming import current_sink, stream_events
+
+    def pieces() -> None:
+        sink = current_sink()
+        assert sink is not None
+        for text in ("one ", "two ", "three"):
+            sink.put("answer", text)
+            time.sleep(0.01)  # the model writing
+
+    backend = telemetry.instrument(FakeBackend(before=pieces), INFO)
+    [_ async for _ in stream_events(lambda: backend.predict("q"))]
+    points = metric_points(reader)
+    (first,) = points["gen_ai.client.operation.time_to_first_chunk"]
+    (per_chunk,) = points["gen_ai.client.operation.time_per_output_chunk"]
+    assert first.count == per_chunk.count == 1
+    assert per_chunk.sum >= 0.01

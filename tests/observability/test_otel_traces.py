@@ -416,3 +416,24 @@ def test_under_a_host_span_the_request_span_is_the_hosts(
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["pipeline qa", "GET /"]  # no second request span
     assert span_named(spans, "pipeline qa").parent.span_id == host.get_span_context().span_id
+
+
+@pytest.mark.anyio
+async def test_a_streamed_call_has_stream_attributes_events_and_chunk_timings(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    from llm_server.core.streaming import current_sink, stream_events
+
+    def pieces() -> None:
+        sink = current_sink()
+        assert sink is not None
+        for text in ("one ", "two ", "three"):
+            sink.put("answer", text)
+
+    backend = telemetry.instrument(FakeBackend(before=pieces), INFO)
+    found = [event async for event in stream_events(lambda: backend.predict("q"))]
+    assert len(found) == 4  # three pieces and the end
+    (span,) = exporter.get_finished_spans()
+    assert (span.attributes or {})["gen_ai.request.stream"] is True
+    (first,) = [e for e in span.events if e.name == "llm_server.stream.first_chunk"]
+    assert (first.attributes or {})["llm_server.stream.time_to_first_chunk_s"] >= 0

@@ -263,3 +263,28 @@ def test_a_client_leaving_cancels_the_provider_stream_promptly(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+async def test_a_slow_first_token_is_abandoned_and_retried(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = FastAPI(
+        lifespan=llm_server_lifespan(
+            programs=[Explain],
+            settings=make_settings(tmp_path, retry_max_attempts=2, retry_initial_backoff_s=0.0),
+            config_provider=StaticConfig(
+                {"m": {"model_name": NAMES["openai"], "api_base": provider.openai_api_base,
+                       "api_key": "sk-test", "first_token_timeout_s": 0.3}}
+            ),
+        )
+    )  # fmt: skip
+    install_error_handlers(app)
+    add_program_endpoint(app, "explain", signature=Explain, default_model_id="m", stream=True)
+    provider.add_latency(2.0, first=1)  # the first attempt's first token would come in 2 s
+    started = time.monotonic()
+    async with serving(app) as client:
+        streamed = await client.post("/programs/explain/stream", json={"topic": "slow start"})
+    assert streamed.status_code == 200
+    assert events(streamed.text)[-1][0] == "done"
+    assert len(provider.requests) == 2
+    assert time.monotonic() - started < 1.5

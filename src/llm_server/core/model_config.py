@@ -67,6 +67,9 @@ class ModelConfig(_Strict):
     """Name of the environment variable holding the key (default: the provider's usual one)."""
     timeout_s: float | None = Field(default=None, gt=0)
     """Timeout of one HTTP attempt; ``None`` uses the settings' ``model_timeout_s``."""
+    first_token_timeout_s: float | None = Field(default=None, gt=0)
+    """Streamed calls: an attempt whose first piece has not arrived after this many seconds is
+    abandoned as a timeout (retried or handed to a fallback); ``None``: only the deadline."""
     max_connections: int | None = Field(default=None, ge=1, le=10_000)
     """HTTP connections to the provider at once, per event loop (DSPy's native engine; ``None``:
     its default of 100). Calls beyond it wait for a connection, inside the request deadline."""

@@ -30,6 +30,7 @@ import anyio.to_thread
 from llm_server.core.errors import (
     InputError,
     LLMServerError,
+    ModelTimeoutError,
     RedactedCause,
     StreamInterruptedError,
 )
@@ -123,6 +124,7 @@ class DSPyBackend:
         price: ModelPrice | None,
         limiter: Callable[[], anyio.CapacityLimiter],
         program_metadata: Any = None,
+        first_token_timeout_s: float | None = None,
     ) -> None:
         """Create the backend (use :meth:`ModelManager.single_attempt_backend` instead).
 
@@ -135,6 +137,8 @@ class DSPyBackend:
             limiter: Returns the limiter bounding worker threads for programs without
                 ``aforward`` (called from async code).
             program_metadata: The envelope's program block, if any.
+            first_token_timeout_s: In a streamed call, give up on an attempt whose first
+                piece has not arrived after this many seconds (``ModelTimeoutError``).
         """
         self.model_id = model_id
         self.model_name = model_name
@@ -147,6 +151,7 @@ class DSPyBackend:
         self._limiter = limiter
         self._sync = _needs_worker_thread(program)
         self._stream_fields = _streamable_fields(program)
+        self._first_token_timeout_s = first_token_timeout_s
         # Bounded, and without prompts or answers: content is captured only on opt-in elsewhere.
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY_SIZE)
 
@@ -188,6 +193,8 @@ class DSPyBackend:
             self._account_for_cut_calls(scope.cut_calls(), started)
             raise
         except Exception as exc:
+            # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.
+            self._account_for_cut_calls(scope.cut_calls(), started)
             translated = translate_error(exc, model_id=self.model_id)
             sink = current_sink()
             if sink is not None and sink.started:
@@ -246,6 +253,8 @@ class DSPyBackend:
         if not cut:
             return  # cancelled before anything was sent: nothing was billed
         usage = cut_usage(cut, model_name=self.model_name)
+        for messages in cut:
+            messages.clear()  # accounted once
         notify_model_output(
             ModelOutput(
                 content=None,
@@ -270,12 +279,26 @@ class DSPyBackend:
         listeners = [StreamListener(signature_field_name=name) for name in self._stream_fields]
         streamer = dspy.streamify(self.program, stream_listeners=listeners, is_async_program=True)
         prediction = None
-        async for value in streamer(**input):
-            if isinstance(value, StreamResponse):
-                if value.chunk:  # a listener's final flush may be empty
-                    sink.put(value.signature_field_name, value.chunk)
-            elif isinstance(value, dspy.Prediction):
-                prediction = value
+        limit = self._first_token_timeout_s
+        first_token = asyncio.timeout(limit)  # None: no limit but the request deadline
+        try:
+            async with first_token:
+                async for value in streamer(**input):
+                    if isinstance(value, StreamResponse):
+                        if not value.chunk:  # a listener's final flush may be empty
+                            continue
+                        if not sink.started and limit is not None:
+                            first_token.reschedule(None)  # the rest may take its time
+                        sink.put(value.signature_field_name, value.chunk)
+                    elif isinstance(value, dspy.Prediction):
+                        prediction = value
+        except TimeoutError:
+            if not first_token.expired():
+                raise
+            raise ModelTimeoutError(
+                f"model {self.model_id!r}: no first token within first_token_timeout_s={limit:g}",
+                model_id=self.model_id,
+            ) from None
         return prediction
 
     async def _call_in_thread(self, input: Mapping[str, Any]) -> Any:

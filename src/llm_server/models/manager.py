@@ -303,6 +303,7 @@ class ModelManager:
             price=self._prices[model_id],
             limiter=self._worker_limiter,
             program_metadata=program_metadata,
+            first_token_timeout_s=model.first_token_timeout_s,
         )
 
     def reliable_backend(

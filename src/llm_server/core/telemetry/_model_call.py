@@ -6,6 +6,7 @@ attributes, metric attributes) so that a call only adds what the response tells.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
+from llm_server.core.streaming import current_sink
 from llm_server.core.telemetry import _names as n
 from llm_server.core.telemetry._redaction import redact
 from llm_server.core.telemetry._signals import (
@@ -178,6 +180,8 @@ class ModelCallRecorder:
             )
             token = otel_context.attach(trace.set_span_in_context(span))
             signals.active_calls.add(1, self._metric_attrs)
+            if current_sink() is not None:
+                span.set_attribute(n.GEN_AI_REQUEST_STREAM, True)
             if signals.capture_content:
                 text = self._content(input)
                 span.set_attribute(
@@ -193,6 +197,7 @@ class ModelCallRecorder:
         elapsed = time.perf_counter() - call.started
         try:
             self._signals.active_calls.add(-1, self._metric_attrs)
+            self._streamed(call, cancelled=False)
             self._annotate(call.span, output, elapsed)
         except Exception as exc:
             guarded("annotate model span", exc)
@@ -204,6 +209,7 @@ class ModelCallRecorder:
         elapsed = time.perf_counter() - call.started
         try:
             self._signals.active_calls.add(-1, self._metric_attrs)
+            self._streamed(call, cancelled=isinstance(exc, asyncio.CancelledError))
             kind = record_error(call.span, exc)
             attrs = dict(self._metric_attrs)
             attrs[n.ERROR_TYPE] = kind
@@ -212,6 +218,24 @@ class ModelCallRecorder:
             guarded("record model call failure", error)
         finally:
             end_span(call.span, call.token)
+
+    def _streamed(self, call: ModelCall, *, cancelled: bool) -> None:
+        """A streamed call's first-chunk event and chunk timings (nothing for a plain call)."""
+        sink = current_sink()
+        if sink is None or sink.first_piece_at is None:
+            if sink is not None and cancelled:
+                call.span.add_event(n.EVENT_STREAM_CANCELLED, {n.STREAM_CHUNKS: 0})
+            return
+        signals, now = self._signals, time.perf_counter()
+        first = sink.first_piece_at - call.started
+        signals.time_to_first_chunk.record(first, self._metric_attrs)
+        if sink.pieces > 1:
+            per_chunk = (now - sink.first_piece_at) / (sink.pieces - 1)
+            signals.time_per_output_chunk.record(per_chunk, self._metric_attrs)
+        when = time.time_ns() - int((now - sink.first_piece_at) * 1e9)
+        call.span.add_event(n.EVENT_FIRST_CHUNK, {n.TIME_TO_FIRST_CHUNK_S: first}, when)
+        if cancelled:  # the reader left (a client gone) in the middle of the stream
+            call.span.add_event(n.EVENT_STREAM_CANCELLED, {n.STREAM_CHUNKS: sink.pieces})
 
     def cut(self, output: ModelOutput) -> None:
         """Record a call cut after it was sent: its estimated input tokens, cost and count."""

@@ -17,6 +17,7 @@ GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
 GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
 GEN_AI_REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
 GEN_AI_REQUEST_TEMPERATURE: Final = "gen_ai.request.temperature"
 GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
@@ -93,6 +94,19 @@ LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 EVENT_CALL_CUT: Final = "llm_server.call_cut"
 
 EVENT_RETRY: Final = "llm_server.retry"
+EVENT_FIRST_CHUNK: Final = "llm_server.stream.first_chunk"
+EVENT_STREAM_CANCELLED: Final = "llm_server.stream.cancelled"
+TIME_TO_FIRST_CHUNK_S: Final = "llm_server.stream.time_to_first_chunk_s"
+STREAM_CHUNKS: Final = "llm_server.stream.chunks"
+METRIC_TIME_TO_FIRST_CHUNK: Final = "gen_ai.client.operation.time_to_first_chunk"
+METRIC_TIME_PER_OUTPUT_CHUNK: Final = "gen_ai.client.operation.time_per_output_chunk"
+# The GenAI conventions' advisory buckets for the two streaming histograms (seconds).
+TIME_TO_FIRST_CHUNK_BUCKETS: Final = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+TIME_PER_OUTPUT_CHUNK_BUCKETS: Final = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)  # fmt: skip
 EVENT_FALLBACK: Final = "llm_server.fallback"
 EVENT_BREAKER_REFUSED: Final = "llm_server.circuit_breaker.refused"
 EVENT_BREAKER_TRANSITION: Final = "llm_server.circuit_breaker.transition"

@@ -213,6 +213,20 @@ class OtelSignals:
             "Number of input and output tokens used.",
             n.TOKEN_USAGE_BUCKETS,
         )
+        self.time_to_first_chunk = _histogram(
+            meter,
+            n.METRIC_TIME_TO_FIRST_CHUNK,
+            "s",
+            "Time from the start of a streamed call to its first output chunk.",
+            n.TIME_TO_FIRST_CHUNK_BUCKETS,
+        )
+        self.time_per_output_chunk = _histogram(
+            meter,
+            n.METRIC_TIME_PER_OUTPUT_CHUNK,
+            "s",
+            "Time between the output chunks of a streamed call, after the first.",
+            n.TIME_PER_OUTPUT_CHUNK_BUCKETS,
+        )
         self.pipeline_duration = _histogram(
             meter,
             n.METRIC_PIPELINE_DURATION,
