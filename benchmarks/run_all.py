@@ -33,9 +33,28 @@ sys.path.insert(0, str(HERE))
 import _components  # noqa: E402 -- benchmarks/ is not a package; the path is set above
 import _render  # noqa: E402
 import _report  # noqa: E402
-from e2e import gcstats, layers, profiling, reliability, rss, startup, throughput  # noqa: E402
+from e2e import (  # noqa: E402
+    gcstats,
+    layers,
+    profiling,
+    reliability,
+    rss,
+    startup,
+    streaming,
+    throughput,
+)
 
-PARTS = ("components", "startup", "layers", "e2e", "gc", "rss", "reliability", "profile")
+PARTS = (
+    "components",
+    "startup",
+    "layers",
+    "e2e",
+    "gc",
+    "rss",
+    "reliability",
+    "streaming",
+    "profile",
+)
 
 
 def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
@@ -51,6 +70,7 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
         "gc": lambda: gcstats.measure(quick=quick),
         "rss": lambda: rss.measure(quick=quick),
         "reliability": lambda: reliability.measure(quick=quick),
+        "streaming": lambda: streaming.measure(quick=quick),
         "profile": lambda: {
             name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel", "H")
         },

@@ -3,8 +3,10 @@
     python benchmarks/e2e/provider.py [--latency-ms 0]
 
 Prints ``READY <base_url>`` once listening, then reads commands on stdin, one per line:
-``latency <ms>`` sets the latency added to every answer, ``down`` makes every request fail with
-a 503 (an outage), ``up`` ends it (each answers ``OK``); end of input stops it.
+``latency <ms>`` sets the latency added to every answer, ``chunk_delay <ms>`` the pause
+between the events of a streamed answer, ``reply <text>`` a fixed answer, ``down`` makes every
+request fail with a 503 (an outage), ``up`` ends it (each answers ``OK``); end of input stops
+it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def main() -> None:
             command, _, value = line.strip().partition(" ")
             if command == "latency":
                 provider.latency_s = float(value) / 1000
+                print("OK", flush=True)
+            elif command == "chunk_delay":
+                provider.chunk_delay_s = float(value) / 1000
+                print("OK", flush=True)
+            elif command == "reply":
+                provider.script(reply=value.replace("\\n", "\n") or None)
                 print("OK", flush=True)
             elif command == "down":
                 provider.add_fault("unavailable")

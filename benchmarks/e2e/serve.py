@@ -23,7 +23,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_APP = HERE.parent.parent / "examples" / "reference_app"
-APPS = ("F", "F_otel", "G", "H", "H_otel", "H_freeze", "D", "R")
+APPS = ("F", "F_otel", "G", "H", "HS", "H_otel", "H_freeze", "D", "R")
 
 
 def _reference_app_folder() -> Path:
@@ -33,7 +33,7 @@ def _reference_app_folder() -> Path:
     return folder
 
 
-def load(name: str) -> Any:
+def load(name: str) -> Any:  # noqa: PLR0911 -- one return per kind of app
     """Import app ``name`` and return its ASGI app."""
     sys.path.insert(0, str(HERE.parent))  # `e2e.apps...` importable
     if name in ("F", "F_otel"):
@@ -49,6 +49,10 @@ def load(name: str) -> Any:
         from e2e.apps.g_app import load_app as load_g
 
         return load_g()
+    if name == "HS":
+        from e2e.apps.hs_app import app as hs_app
+
+        return hs_app
     if name == "H_otel":
         from e2e.apps.h_otel import load_app as load_h
 

@@ -57,7 +57,9 @@ def load_app() -> Any:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health_router())
-    add_program_endpoint(app, "predictor", signature=Predictor, default_model_id="gpt-4o-mini")
+    add_program_endpoint(
+        app, "predictor", signature=Predictor, default_model_id="gpt-4o-mini", stream=True
+    )
 
     @app.post("/bench/breaker/{action}")
     async def force(action: str, request: Request) -> dict[str, str]:

@@ -67,7 +67,7 @@ class StreamSink:
     """
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[TextDelta] = asyncio.Queue()
+        self._queue: asyncio.Queue[TextDelta | None] = asyncio.Queue()
         self.first_piece_at: float | None = None
         self.pieces = 0
 
@@ -83,16 +83,13 @@ class StreamSink:
         self.pieces += 1
         self._queue.put_nowait(TextDelta(field, text))
 
-    async def get(self) -> TextDelta:
-        """The next piece (waits for it)."""
-        return await self._queue.get()
+    def close(self) -> None:
+        """No more pieces: the reader gets ``None`` once it read the ones before."""
+        self._queue.put_nowait(None)
 
-    def pending(self) -> list[TextDelta]:
-        """The pieces put and not read yet."""
-        pieces = []
-        while not self._queue.empty():
-            pieces.append(self._queue.get_nowait())
-        return pieces
+    async def get(self) -> TextDelta | None:
+        """The next piece (waits for it), or ``None`` after :meth:`close`."""
+        return await self._queue.get()
 
 
 _sink: ContextVar[StreamSink | None] = ContextVar("llm_server_stream_sink", default=None)
@@ -133,22 +130,15 @@ async def stream_events(
             return await call()
 
     task = asyncio.ensure_future(run())
-    getter: asyncio.Future[TextDelta] | None = None
+    task.add_done_callback(lambda _: sink.close())  # wakes the reader: no task per piece
     try:
         while True:
-            getter = asyncio.ensure_future(sink.get())
-            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield getter.result()
-                continue
-            getter.cancel()
-            for piece in sink.pending():
-                yield piece
-            yield Finished(task.result())  # raises the call's error, if it failed
-            return
+            piece = await sink.get()
+            if piece is None:
+                break
+            yield piece
+        yield Finished(task.result())  # raises the call's error, if it failed
     finally:
-        if getter is not None:
-            getter.cancel()
         if not task.done():  # the reader left (a client gone): the call is cancelled
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
+import anyio
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from llm_server.core.errors import LLMServerError
@@ -72,11 +73,13 @@ async def sse_response(
         streamed: set[str] = set()
         try:
             while True:
+                if not upcoming.done():
+                    await asyncio.wait({upcoming}, timeout=ping_s)
+                    if not upcoming.done():
+                        yield KEEPALIVE_COMMENT
+                        continue
                 try:
-                    event = await asyncio.wait_for(asyncio.shield(upcoming), ping_s)
-                except TimeoutError:
-                    yield KEEPALIVE_COMMENT
-                    continue
+                    event = upcoming.result()
                 except StopAsyncIteration:
                     return
                 except Exception as exc:  # after the stream started: an error event
@@ -97,9 +100,13 @@ async def sse_response(
                     return
                 upcoming = asyncio.ensure_future(anext(iterator))
         finally:
-            if not upcoming.done():
-                upcoming.cancel()
-            await iterator.aclose()  # a client gone: the call is cancelled, its usage kept
+            # Shielded: a client gone cancels this task, and the call must still be cancelled
+            # and its usage kept before the generator is closed.
+            with anyio.CancelScope(shield=True):
+                if not upcoming.done():
+                    upcoming.cancel()
+                    await asyncio.wait({upcoming})
+                await iterator.aclose()
 
     return EventSourceResponse(
         body(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -1,0 +1,159 @@
+"""Streaming: time to the first event, streams per second and memory per open stream.
+
+    python benchmarks/e2e/streaming.py [--quick]
+
+The guarded app G (``POST /programs/predictor/stream``) against HS, a hand-written
+``dspy.streamify`` endpoint (``benchmarks/e2e/apps/hs_app.py``), both under uvicorn in their own
+process against the local provider in another, on 127.0.0.1 only:
+
+* **Time to the first event** at c=1 (sequential requests): from sending the request to the
+  first ``delta`` event, minus the provider's own time to its first chunk measured the same
+  way (a streamed chat completion sent to it directly). DSPy's stream listener holds a few
+  tokens back to find where a field ends, so both apps pay that too.
+* **Streams per second** at c=64 for a few seconds, G / HS, and the p99 time to first event.
+* **Memory per open stream**: 100 streams held open at once (the provider pacing a long answer
+  at 200 ms a piece), the app's RSS growth divided by 100.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e2e import _procs
+
+PATH = "/programs/predictor/stream"
+
+
+def _request(port: int, path: str, body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+async def _stream_once(port: int, payload: bytes, first: bytes, end: bytes) -> tuple[float, float]:
+    """(seconds to the first event, seconds to the end) of one streamed request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.perf_counter()
+    writer.write(payload)
+    seen, first_at = b"", None
+    try:
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            seen += chunk
+            if first_at is None and first in seen:
+                first_at = time.perf_counter() - started
+            if end in seen:
+                break
+    finally:
+        writer.close()
+    return (first_at if first_at is not None else float("nan")), time.perf_counter() - started
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _sequential(port: int, payload: bytes, first: bytes, end: bytes, n: int) -> list[float]:
+    return [(await _stream_once(port, payload, first, end))[0] for _ in range(n)]
+
+
+async def _concurrent(
+    port: int, payload: bytes, *, concurrency: int, seconds: float
+) -> tuple[int, list[float]]:
+    stop = time.perf_counter() + seconds
+    firsts: list[float] = []
+    done = 0
+
+    async def client() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            first, _ = await _stream_once(port, payload, b"event: delta", b"event: done")
+            firsts.append(first)
+            done += 1
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return done, firsts
+
+
+async def _held_open(port: int, payload: bytes, count: int, pid: int) -> float:
+    import psutil
+
+    before = psutil.Process(pid).memory_info().rss
+    tasks = [
+        asyncio.create_task(_stream_once(port, payload, b"event: delta", b"event: done"))
+        for _ in range(count)
+    ]
+    await asyncio.sleep(2.0)  # every stream started and is waiting on the provider's pacing
+    during = psutil.Process(pid).memory_info().rss
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return (during - before) / count
+
+
+def measure(*, quick: bool = False) -> dict[str, Any]:
+    """Every measurement of this part."""
+    n, seconds = (60, 3.0) if quick else (200, 6.0)
+    body = {"input": "Question: what is streaming, in a sentence or two?"}
+    direct = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": body["input"]}],
+    }
+    results: dict[str, Any] = {"apps": {}}
+    with _procs.provider(0.0) as provider:
+        port = int(provider.base_url.rsplit(":", 1)[1])
+        provider_payload = _request(port, "/v1/chat/completions", direct)
+        provider_first = asyncio.run(
+            _sequential(port, provider_payload, b"data: {", b"data: [DONE]", n)
+        )
+        results["provider_first_ms"] = {
+            "median": 1000 * statistics.median(provider_first),
+            "p99": 1000 * _p(provider_first, 0.99),
+        }
+        for name in ("G", "HS"):
+            with _procs.app(name, provider.base_url) as app:
+                payload = _request(app.port, PATH, body)
+                asyncio.run(_sequential(app.port, payload, b"event: delta", b"event: done", 10))
+                firsts = asyncio.run(
+                    _sequential(app.port, payload, b"event: delta", b"event: done", n)
+                )
+                streams, loaded = asyncio.run(
+                    _concurrent(app.port, payload, concurrency=64, seconds=seconds)
+                )
+                provider.command("chunk_delay 200")
+                provider.command("reply " + "word " * 100)
+                per_stream = asyncio.run(_held_open(app.port, payload, 100, app.pid))
+                provider.command("chunk_delay 0")
+                provider.command("reply ")
+            results["apps"][name] = {
+                "first_ms_median_c1": 1000 * statistics.median(firsts),
+                "first_ms_p99_c1": 1000 * _p(firsts, 0.99),
+                "streams_per_s_c64": streams / seconds,
+                "first_ms_p99_c64": 1000 * _p(loaded, 0.99),
+                "rss_kib_per_open_stream": per_stream / 1024,
+            }
+    base = results["provider_first_ms"]["median"]
+    for app in results["apps"].values():
+        app["first_ms_over_provider_c1"] = app["first_ms_median_c1"] - base
+    g, hs = results["apps"]["G"], results["apps"]["HS"]
+    results["streams_ratio_g_hs"] = g["streams_per_s_c64"] / hs["streams_per_s_c64"]
+    return results
+
+
+if __name__ == "__main__":
+    _procs.measure_cli(measure, __doc__)
