@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,3 +124,19 @@ def metric_units(reader: InMemoryMetricReader) -> dict[str, str]:
             for metric in scope.metrics:
                 units[metric.name] = metric.unit
     return units
+
+
+def write_pieces(*pieces: str, pause_s: float = 0.0) -> Callable[[], None]:
+    """A ``FakeBackend(before=...)`` hook that streams ``pieces`` of the ``answer`` field, as a
+    model writing them would (``pause_s`` apart), into the streamed call's sink."""
+
+    def write() -> None:
+        from llm_server.core.streaming import current_sink
+
+        sink = current_sink()
+        assert sink is not None, "not called inside stream_events()"
+        for text in pieces:
+            sink.put("answer", text)
+            time.sleep(pause_s)  # blocking on purpose: the model writing, between pieces
+
+    return write

@@ -15,6 +15,7 @@ from _otel_helpers import (
     metric_points,
     metric_units,
     output,
+    write_pieces,
 )
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
@@ -294,15 +295,9 @@ async def test_watching_the_loop_with_telemetry_off_returns_at_once() -> None:
 async def test_streamed_calls_record_the_chunk_histograms(
     telemetry: Telemetry, reader: InMemoryMetricReader
 ) -> None:
-    from llm_server.core.streaming import current_sink, stream_events
+    from llm_server.core.streaming import stream_events
 
-    def pieces() -> None:
-        sink = current_sink()
-        assert sink is not None
-        for text in ("one ", "two ", "three"):
-            sink.put("answer", text)
-            time.sleep(0.01)  # the model writing
-
+    pieces = write_pieces("one ", "two ", "three", pause_s=0.01)
     backend = telemetry.instrument(FakeBackend(before=pieces), INFO)
     [_ async for _ in stream_events(lambda: backend.predict("q"))]
     points = metric_points(reader)

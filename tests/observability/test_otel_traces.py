@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 
 import pytest
-from _otel_helpers import CallingStep, FailingStep, FakeBackend, output, span_named
+from _otel_helpers import CallingStep, FailingStep, FakeBackend, output, span_named, write_pieces
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
@@ -422,14 +422,9 @@ def test_under_a_host_span_the_request_span_is_the_hosts(
 async def test_a_streamed_call_has_stream_attributes_events_and_chunk_timings(
     telemetry: Telemetry, exporter: InMemorySpanExporter
 ) -> None:
-    from llm_server.core.streaming import current_sink, stream_events
+    from llm_server.core.streaming import stream_events
 
-    def pieces() -> None:
-        sink = current_sink()
-        assert sink is not None
-        for text in ("one ", "two ", "three"):
-            sink.put("answer", text)
-
+    pieces = write_pieces("one ", "two ", "three")
     backend = telemetry.instrument(FakeBackend(before=pieces), INFO)
     found = [event async for event in stream_events(lambda: backend.predict("q"))]
     assert len(found) == 4  # three pieces and the end

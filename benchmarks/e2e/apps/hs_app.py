@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,14 +18,12 @@ from pydantic import BaseModel
 
 from llm_server._offline import ensure_offline
 
-from ._common import make_lm, predictor_signature
+from .h_app import _state, lifespan
 
 ensure_offline()
 
 import dspy  # noqa: E402 -- after ensure_offline() on purpose
 from dspy.streaming import StreamListener, StreamResponse  # noqa: E402
-
-_state: dict[str, Any] = {}
 
 
 class Body(BaseModel):
@@ -34,15 +31,7 @@ class Body(BaseModel):
     model_id: str = "gpt-4o-mini"
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    dspy.configure(disable_history=True)
-    _state["lm"] = make_lm()
-    _state["program"] = dspy.Predict(predictor_signature())
-    yield
-
-
-app = FastAPI(lifespan=lifespan)
+app = FastAPI(lifespan=lifespan)  # H's: one LM and one Predict, built at startup
 
 
 def _event(name: str, data: Any) -> bytes:
