@@ -86,7 +86,9 @@ class LocalProvider:
         """Seconds between the events of a streamed answer (pacing, as a real model's)."""
         self.cut_streams_after: int | None = None
         """Close a streamed answer's connection abruptly after this many events (a fault in
-        the middle of a stream); ``None``: never."""
+        the middle of a stream); ``None``: never. The reset discards whatever the client has
+        not read yet; set :attr:`chunk_delay_s` too for the events before the cut to arrive
+        (the cut comes one pacing delay after the last of them)."""
         self.stream_disconnects: list[float] = []
         """``time.monotonic()`` of each streamed answer whose client went away before its end."""
         self._requested_port = port

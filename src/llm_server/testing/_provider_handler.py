@@ -118,11 +118,13 @@ class Responder:
         await connection.start_stream()
         try:
             for sent, event in enumerate(events):
+                if sent and provider.chunk_delay_s:
+                    # Before the cut too: a reset discards what the client has not read yet,
+                    # so the pause is what lets the events before a cut arrive.
+                    await asyncio.sleep(provider.chunk_delay_s)
                 if provider.cut_streams_after is not None and sent >= provider.cut_streams_after:
                     connection.reset()
                     return False
-                if sent and provider.chunk_delay_s:
-                    await asyncio.sleep(provider.chunk_delay_s)
                 await connection.send_chunk(event)
             await connection.end_stream()
         except (ConnectionError, OSError):  # the client went away in the middle
