@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import threading
@@ -185,6 +186,7 @@ async def test_a_fault_after_the_first_piece_ends_with_an_error_event_and_no_ret
     provider: LocalProvider, tmp_path: Path
 ) -> None:
     provider.cut_streams_after = 3  # three events out, then the connection breaks
+    provider.chunk_delay_s = 0.05  # time for them to arrive: a reset discards unread data
     app = build(provider, tmp_path, retry_max_attempts=3, retry_initial_backoff_s=0.0)
     async with serving(app) as client:
         streamed = await client.post("/programs/explain/stream", json={"topic": "a long topic"})
@@ -288,3 +290,61 @@ async def test_a_slow_first_token_is_abandoned_and_retried(
     assert events(streamed.text)[-1][0] == "done"
     assert len(provider.requests) == 2
     assert time.monotonic() - started < 1.5
+
+
+# Every other warning is an error (pyproject), "coroutine ... was never awaited" included. Not
+# judged here, and an open finding of the streaming issue: after this run one socket to the
+# provider is sometimes left for the garbage collector (a ResourceWarning, not a log line);
+# not yet traced to its owner (LiteLLM opens an aiohttp session per streamed call:
+# BerriAI/litellm#13251). It is collected below, inside this test, so it is not blamed on
+# whichever test the collector happens to run in.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_log_stays_clean_through_finished_and_abandoned_streams(
+    provider: LocalProvider, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No "cancel scope in a different task", no unretrieved task errors, nothing at WARNING+.
+
+    Streams that finish and a stream the client leaves half-way, over a real socket so the
+    disconnect is a real one, with every logger captured at DEBUG.
+    """
+    caplog.set_level("DEBUG")
+    provider.chunk_delay_s = 0.005
+    app = build(provider, tmp_path)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="debug"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):  # bounded: 20 s
+            if server.started:
+                break
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/programs/explain/stream"
+        with httpx.Client(timeout=10) as client:
+            for model_id in ("auto-openai", "litellm-anthropic"):
+                body = {"topic": "finish", "model_id": model_id}
+                finished = client.post(url, json=body)
+                assert events(finished.text)[-1][0] == "done", finished.text
+            provider.script(reply="word " * 200)
+            with client.stream("POST", url, json={"topic": "leave"}) as response:
+                for line in response.iter_lines():
+                    if line.startswith("event: delta"):
+                        break
+        for _ in range(100):  # bounded: 2 s
+            if provider.stream_disconnects:
+                break
+            time.sleep(0.01)
+        assert provider.stream_disconnects, "the provider's stream was never cut"
+        time.sleep(0.3)  # let the abandoned call's cleanup (and any late log line) run
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        gc.collect()
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "cancel scope" not in text
+    assert "never retrieved" not in text
+    assert "Traceback" not in text
+    assert not any(r.exc_info for r in caplog.records)
+    loud = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= 30]
+    assert not loud, loud
