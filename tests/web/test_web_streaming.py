@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -231,14 +232,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_a_client_leaving_cancels_the_provider_stream_promptly(
-    provider: LocalProvider, tmp_path: Path
-) -> None:
-    provider.chunk_delay_s = 0.02
-    provider.script(reply="word " * 200)  # a long answer, 20 ms per piece
-    app = build(provider, tmp_path)
+@contextmanager
+def uvicorn_thread(app: FastAPI, log_level: str = "warning") -> Iterator[str]:
+    """Serve ``app`` on a real loopback socket in a thread; yields its stream URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level=log_level))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -246,7 +244,26 @@ def test_a_client_leaving_cancels_the_provider_stream_promptly(
             if server.started:
                 break
             time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}/programs/explain/stream"
+        yield f"http://127.0.0.1:{port}/programs/explain/stream"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def wait_for_disconnect(provider: LocalProvider) -> None:
+    for _ in range(100):  # bounded: 2 s
+        if provider.stream_disconnects:
+            break
+        time.sleep(0.01)
+    assert provider.stream_disconnects, "the provider's stream was never cut"
+
+
+def test_a_client_leaving_cancels_the_provider_stream_promptly(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    provider.chunk_delay_s = 0.02
+    provider.script(reply="word " * 200)  # a long answer, 20 ms per piece
+    with uvicorn_thread(build(provider, tmp_path)) as url:
         with (
             httpx.Client(timeout=10) as client,
             client.stream("POST", url, json={"topic": "go on"}) as response,
@@ -255,16 +272,9 @@ def test_a_client_leaving_cancels_the_provider_stream_promptly(
                 if line.startswith("event: delta"):
                     break
             left_at = time.monotonic()
-        for _ in range(100):  # bounded: 2 s
-            if provider.stream_disconnects:
-                break
-            time.sleep(0.01)
-        assert provider.stream_disconnects, "the provider's stream was never cut"
+        wait_for_disconnect(provider)
         # the provider notices at its next write, at most one piece's delay later
         assert provider.stream_disconnects[0] - left_at < 0.1
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 async def test_a_slow_first_token_is_abandoned_and_retried(
@@ -310,18 +320,11 @@ def test_the_log_stays_clean_through_finished_and_abandoned_streams(
     """
     caplog.set_level("DEBUG")
     provider.chunk_delay_s = 0.005
-    app = build(provider, tmp_path)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="debug"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     try:
-        for _ in range(200):  # bounded: 20 s
-            if server.started:
-                break
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}/programs/explain/stream"
-        with httpx.Client(timeout=10) as client:
+        with (
+            uvicorn_thread(build(provider, tmp_path), log_level="debug") as url,
+            httpx.Client(timeout=10) as client,
+        ):
             for model_id in ("auto-openai", "litellm-anthropic"):
                 body = {"topic": "finish", "model_id": model_id}
                 finished = client.post(url, json=body)
@@ -331,15 +334,9 @@ def test_the_log_stays_clean_through_finished_and_abandoned_streams(
                 for line in response.iter_lines():
                     if line.startswith("event: delta"):
                         break
-        for _ in range(100):  # bounded: 2 s
-            if provider.stream_disconnects:
-                break
-            time.sleep(0.01)
-        assert provider.stream_disconnects, "the provider's stream was never cut"
-        time.sleep(0.3)  # let the abandoned call's cleanup (and any late log line) run
+            wait_for_disconnect(provider)
+            time.sleep(0.3)  # let the abandoned call's cleanup (and any late log line) run
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         gc.collect()
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert "cancel scope" not in text
