@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _model_helpers import MakeManager, StaticConfig
+from _model_helpers import MakeManager
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ async def make_manager(provider: LocalProvider) -> AsyncIterator[MakeManager]:
             for model_id, spec in models.items()
         }
         manager = ModelManager(
-            config_provider=StaticConfig(filled),
+            config_provider=StaticConfigProvider(filled),
             settings=FrameworkSettings(**settings),
             environ={} if environ is None else environ,
         )

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import dspy
 import pytest
-from _model_helpers import ENGINE_PROTOCOLS, MakeManager, StaticConfig, model
+from _model_helpers import ENGINE_PROTOCOLS, MakeManager, model
 
 from llm_server.core.errors import ConfigurationError, MissingAPIKeyError, ModelNotFoundError
 from llm_server.core.model_interfaces import TokenCountMethod
 from llm_server.models._engine import LOCAL_PLACEHOLDER_KEY
 from llm_server.models.dspy_backend import DSPyBackend
 from llm_server.models.manager import ModelInfo, ModelManager
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -189,7 +189,7 @@ async def test_cache_opt_in_serves_the_second_call_from_memory(
 
 
 def test_missing_provider_key_fails_at_startup_naming_the_variable() -> None:
-    config = StaticConfig({"gpt": {"model_name": "openai/gpt-4o-mini"}})
+    config = StaticConfigProvider({"gpt": {"model_name": "openai/gpt-4o-mini"}})
 
     with pytest.raises(MissingAPIKeyError) as caught:
         ModelManager(config_provider=config, environ={})
@@ -202,7 +202,7 @@ def test_missing_provider_key_fails_at_startup_naming_the_variable() -> None:
 def test_missing_named_key_variable_fails_even_for_a_local_endpoint(
     provider: LocalProvider,
 ) -> None:
-    config = StaticConfig(
+    config = StaticConfigProvider(
         {"m": model("openai", "auto", api_base=provider.openai_api_base, api_key_env="MY_KEY")}
     )
     with pytest.raises(MissingAPIKeyError, match="MY_KEY"):
@@ -239,7 +239,7 @@ async def test_key_reaches_the_provider(
 
 
 def test_provider_default_variable_is_used(provider: LocalProvider) -> None:
-    config = StaticConfig({"m": {"model_name": "anthropic/claude-sonnet-4-5"}})
+    config = StaticConfigProvider({"m": {"model_name": "anthropic/claude-sonnet-4-5"}})
     manager = ModelManager(config_provider=config, environ={"ANTHROPIC_API_KEY": "sk-ant-xyz123"})
     assert manager.get_lm("m").kwargs["api_key"] == "sk-ant-xyz123"
 

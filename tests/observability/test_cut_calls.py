@@ -15,24 +15,15 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import DeadlineExceededError, ProviderUnavailableError
 from llm_server.core.metrics_wrappers import PerformanceMetrics
-from llm_server.core.model_config import ModelsConfig
 from llm_server.core.model_interfaces import TokenCountMethod
 from llm_server.core.opentelemetry_integration import Telemetry
 from llm_server.core.reliability import RetryPolicy
 from llm_server.core.reliability._retry import retry_call
 from llm_server.core.tokens import count_message_tokens
 from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
-
-
-class _Config:
-    def __init__(self, models: dict[str, Any]) -> None:
-        self.config = ModelsConfig.model_validate({"models": models})
-
-    def load(self) -> ModelsConfig:
-        return self.config
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +47,7 @@ async def manager(
         }
     }
     built = ModelManager(
-        config_provider=_Config(models),
+        config_provider=StaticConfigProvider(models),
         settings=FrameworkSettings(request_deadline_s=0.3),
         environ={},
         telemetry=make_telemetry(),

@@ -10,7 +10,6 @@ import logging
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import dspy
 import httpx
@@ -21,7 +20,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import ConfigurationError, LLMServerError
-from llm_server.core.model_config import ModelsConfig
 from llm_server.core.opentelemetry_integration import Telemetry
 from llm_server.core.telemetry import configure_json_logging
 from llm_server.defaults import FileSystemStorageAdapter, YamlConfigProvider
@@ -32,7 +30,7 @@ from llm_server.fastapi import (
 )
 from llm_server.models.manager import ModelManager
 from llm_server.models.program_manager import ProgramManager
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -45,14 +43,6 @@ class Ask(dspy.Signature):
 
     question: str = dspy.InputField()
     answer: str = dspy.OutputField()
-
-
-class _Config:
-    def __init__(self, models: dict[str, Any]) -> None:
-        self.config = ModelsConfig.model_validate({"models": models})
-
-    def load(self) -> ModelsConfig:
-        return self.config
 
 
 def printed(error: BaseException) -> str:
@@ -76,7 +66,7 @@ async def test_no_failure_lets_the_key_out(
             "tiny": {"model_name": "openai/gpt-4o-mini", "context_window": 200, **base},
         }
         manager = ModelManager(
-            config_provider=_Config(models),
+            config_provider=StaticConfigProvider(models),
             settings=FrameworkSettings(request_deadline_s=0.5, otel_enabled=True),
             environ={},
             telemetry=make_telemetry(otel_capture_message_content=True),

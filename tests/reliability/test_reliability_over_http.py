@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import dspy
 import pytest
@@ -17,23 +16,14 @@ import pytest
 from llm_server.core.circuit_breaker import BreakerState, CircuitBreaker
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import CircuitOpenError, DeadlineExceededError, ProviderUnavailableError
-from llm_server.core.model_config import ModelsConfig
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.reliability import ReliableModel, RetryPolicy, build_reliable_backend
 from llm_server.models.manager import ModelManager
-from llm_server.testing import FakeClock, LocalProvider
+from llm_server.testing import FakeClock, LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
 QUESTION = {"question": "is it up?"}
-
-
-class _Config:
-    def __init__(self, models: dict[str, Any]) -> None:
-        self.config = ModelsConfig.model_validate({"models": models})
-
-    def load(self) -> ModelsConfig:
-        return self.config
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +43,9 @@ async def manager(provider: LocalProvider) -> AsyncIterator[ModelManager]:
             ("backup", "openai/gpt-4o", provider.openai_api_base),
         ]
     }
-    built = ModelManager(config_provider=_Config(models), settings=FrameworkSettings(), environ={})
+    built = ModelManager(
+        config_provider=StaticConfigProvider(models), settings=FrameworkSettings(), environ={}
+    )
     yield built
     await built.aclose()
 

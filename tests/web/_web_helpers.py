@@ -12,7 +12,6 @@ import httpx
 from fastapi import FastAPI
 
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.model_config import ModelsConfig
 from llm_server.testing import LocalProvider
 
 PLANTED_KEY = "sk-planted-0123456789abcdefXYZ"
@@ -36,16 +35,6 @@ class Tally(dspy.Signature):
     total: int = dspy.OutputField()
     tags: list[str] = dspy.OutputField()
     ok: bool = dspy.OutputField()
-
-
-class StaticConfig:
-    """A ConfigProvider holding an in-memory configuration."""
-
-    def __init__(self, models: dict[str, Any]) -> None:
-        self.config = ModelsConfig.model_validate({"models": models})
-
-    def load(self) -> ModelsConfig:
-        return self.config
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> FrameworkSettings:

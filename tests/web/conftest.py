@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _web_helpers import MakeApp, StaticConfig, Summarize, Tally, make_settings, models_for
+from _web_helpers import MakeApp, Summarize, Tally, make_settings, models_for
 from fastapi import FastAPI
 
 from llm_server.fastapi import (
@@ -17,7 +17,7 @@ from llm_server.fastapi import (
     install_error_handlers,
     llm_server_lifespan,
 )
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def make_app(provider: LocalProvider, tmp_path: Path) -> MakeApp:
             lifespan=llm_server_lifespan(
                 programs=[(Summarize, "Summarizer"), Tally],
                 settings=make_settings(tmp_path, **settings),
-                config_provider=StaticConfig(models or models_for(provider)),
+                config_provider=StaticConfigProvider(models or models_for(provider)),
                 lifespan=lifespan,
             )
         )

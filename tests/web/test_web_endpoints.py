@@ -8,15 +8,7 @@ from typing import Any
 
 import dspy
 import pytest
-from _web_helpers import (
-    PLANTED_KEY,
-    MakeApp,
-    StaticConfig,
-    Summarize,
-    make_settings,
-    models_for,
-    serving,
-)
+from _web_helpers import PLANTED_KEY, MakeApp, Summarize, make_settings, models_for, serving
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Match
 
@@ -24,7 +16,7 @@ from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry import RequestObserver, StepTiming, observing
 from llm_server.core.tokens import count_message_tokens
 from llm_server.fastapi import add_program_endpoint, signature_models
-from llm_server.testing import LocalProvider, RecordedRequest
+from llm_server.testing import LocalProvider, RecordedRequest, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -239,7 +231,7 @@ async def test_a_router_endpoint_with_a_manager_built_by_hand(
     from llm_server.models.program_manager import ProgramManager
 
     models = ModelManager(
-        config_provider=StaticConfig(models_for(provider)), settings=make_settings(tmp_path)
+        config_provider=StaticConfigProvider(models_for(provider)), settings=make_settings(tmp_path)
     )
     programs = ProgramManager(
         model_manager=models, storage_adapter=FileSystemStorageAdapter(base_dir=tmp_path / "p")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import anyio
 import psutil
 import pytest
-from _web_helpers import MakeApp, StaticConfig, Summarize, make_settings, models_for, serving
+from _web_helpers import MakeApp, Summarize, make_settings, models_for, serving
 from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
@@ -27,7 +27,7 @@ from llm_server.fastapi import (
 )
 from llm_server.models.manager import ModelManager
 from llm_server.models.program_manager import ProgramManager
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -181,7 +181,7 @@ async def test_freeze_gc_freezes_the_startup_heap_once_ready(
         lifespan=llm_server_lifespan(
             programs=[Summarize],
             settings=make_settings(tmp_path),
-            config_provider=StaticConfig(models_for(provider)),
+            config_provider=StaticConfigProvider(models_for(provider)),
             freeze_gc=True,
         )
     )

@@ -12,7 +12,7 @@ import httpx
 import pydantic
 import pytest
 import schemathesis
-from _web_helpers import StaticConfig, Summarize, Tally, make_settings, models_for, serving
+from _web_helpers import Summarize, Tally, make_settings, models_for, serving
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -24,7 +24,7 @@ from llm_server.fastapi import (
     install_error_handlers,
     llm_server_lifespan,
 )
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -49,7 +49,7 @@ def build_app(provider: LocalProvider, tmp_path: Path) -> FastAPI:
         lifespan=llm_server_lifespan(
             programs=[Summarize, Tally, Deliver],
             settings=make_settings(tmp_path),
-            config_provider=StaticConfig(models_for(provider)),
+            config_provider=StaticConfigProvider(models_for(provider)),
         )
     )
     install_error_handlers(app)

@@ -17,11 +17,11 @@ import dspy
 import httpx
 import pytest
 import uvicorn
-from _web_helpers import StaticConfig, make_settings, serving
+from _web_helpers import make_settings, serving
 from fastapi import FastAPI
 
 from llm_server.fastapi import add_program_endpoint, install_error_handlers, llm_server_lifespan
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +65,7 @@ def build(provider: LocalProvider, tmp_path: Path, **settings: Any) -> FastAPI:
         lifespan=llm_server_lifespan(
             programs=[Explain, Reasoned],
             settings=make_settings(tmp_path, **settings),
-            config_provider=StaticConfig(models(provider)),
+            config_provider=StaticConfigProvider(models(provider)),
         )
     )
     install_error_handlers(app)
@@ -208,7 +208,7 @@ async def test_a_cache_hit_still_sends_every_field_and_done(
         lifespan=llm_server_lifespan(
             programs=[Explain],
             settings=make_settings(tmp_path),
-            config_provider=StaticConfig(
+            config_provider=StaticConfigProvider(
                 {"m": {"model_name": NAMES["openai"], "api_base": provider.openai_api_base,
                        "api_key": "sk-test", "cache": True}}
             ),
@@ -284,7 +284,7 @@ async def test_a_slow_first_token_is_abandoned_and_retried(
         lifespan=llm_server_lifespan(
             programs=[Explain],
             settings=make_settings(tmp_path, retry_max_attempts=2, retry_initial_backoff_s=0.0),
-            config_provider=StaticConfig(
+            config_provider=StaticConfigProvider(
                 {"m": {"model_name": NAMES["openai"], "api_base": provider.openai_api_base,
                        "api_key": "sk-test", "first_token_timeout_s": 0.3}}
             ),

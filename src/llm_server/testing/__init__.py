@@ -5,6 +5,7 @@
   faults on demand. Also runnable from a terminal: ``python -m llm_server.testing --help``.
 - ``FakeClock``: an injectable clock whose sleeps return at once and advance time.
 - ``ScriptedBackend``: a ``ModelBackend`` that answers or fails from a script.
+- ``StaticConfigProvider``: a ``ConfigProvider`` holding its models in memory.
 
 Names are loaded lazily so importing this package costs nothing until one is used.
 """
@@ -25,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "FakeClock": "llm_server.testing._clock",
     "ScriptedBackend": "llm_server.testing._backends",
     "ScriptExhaustedError": "llm_server.testing._backends",
+    "StaticConfigProvider": "llm_server.testing._config",
 }
 
 __all__ = [  # sorted; tests/test_public_api.py keeps it equal to _EXPORTS
@@ -37,6 +39,7 @@ __all__ = [  # sorted; tests/test_public_api.py keeps it equal to _EXPORTS
     "Reply",
     "ScriptExhaustedError",
     "ScriptedBackend",
+    "StaticConfigProvider",
 ]
 
 
