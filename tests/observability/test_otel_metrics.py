@@ -56,6 +56,8 @@ ALLOWED_METRIC_ATTRIBUTES = {
     "llm_server.circuit_breaker.to_state",
     "llm_server.fallback.from_model_id",
     "llm_server.fallback.to_model_id",
+    "llm_server.fleet_decision",  # a bool
+    "llm_server.rate_limit",  # a model id
 }
 
 
@@ -219,6 +221,7 @@ def test_transitions_are_counted_and_refusals_read_from_the_breakers(
         "llm_server.circuit_breaker": "fast",
         "llm_server.circuit_breaker.from_state": "closed",
         "llm_server.circuit_breaker.to_state": "open",
+        "llm_server.fleet_decision": False,  # this process's own counts decided
     }
     assert one(points["llm_server.circuit_breaker.refusals"]).value == 2
 

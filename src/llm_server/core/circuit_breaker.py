@@ -36,7 +36,9 @@ from llm_server.core.reliability._breaker_types import (
     BreakerState,
     BreakerStateStore,
     CallOutcome,
+    FleetPolicy,
     InMemoryBreakerStore,
+    SharedBreakerStore,
     is_transient_failure,
 )
 
@@ -48,6 +50,8 @@ __all__ = [
     "BreakerStateStore",
     "CallOutcome",
     "CircuitBreaker",
+    "FleetPolicy",
     "InMemoryBreakerStore",
+    "SharedBreakerStore",
     "is_transient_failure",
 ]

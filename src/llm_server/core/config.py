@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_server.core.errors import ConfigurationError
@@ -145,6 +145,33 @@ class FrameworkSettings(BaseSettings):
         default=3, ge=1, validation_alias=AliasChoices("LLM_SERVER_BREAKER_HALF_OPEN_MAX_CALLS")
     )
     """Probes a half-open breaker admits at once (judged together by the failure rate)."""
+
+    # --- a fleet (Redis) ---
+    redis_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_REDIS_URL")
+    )
+    """``redis://host:6379/0`` (``rediss://`` for TLS): share breakers and limits through Redis.
+    Unset: everything is per process. A password in the URL is never shown."""
+    redis_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_REDIS_PASSWORD")
+    )
+    """Redis password, when it is not in the URL."""
+    redis_prefix: str = Field(
+        default="llm_server",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        validation_alias=AliasChoices("LLM_SERVER_REDIS_PREFIX"),
+    )
+    """Prefix of every Redis key (one per application sharing a Redis)."""
+    redis_timeout_s: float = Field(
+        default=0.05, gt=0, le=5, validation_alias=AliasChoices("LLM_SERVER_REDIS_TIMEOUT_S")
+    )
+    """Timeout of one Redis command; past it the process falls back to local state."""
+    redis_required: bool = Field(
+        default=False, validation_alias=AliasChoices("LLM_SERVER_REDIS_REQUIRED")
+    )
+    """Fail startup when Redis cannot be reached (default: start per process, warn, and
+    share state as soon as Redis answers)."""
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -29,6 +29,7 @@ HTTP status a host app should answer with (``http_status``)::
     │       └── CorruptProgramError         500 corrupt_program
     ├── ModelCallError                      502 provider_error
     │   ├── RateLimitedError                429 rate_limited
+    │   │   └── RateLimitExceededError      429 rate_limited (our own limit; never sent)
     │   ├── ModelTimeoutError               504 model_timeout
     │   ├── ProviderUnavailableError        502 provider_unavailable
     │   ├── ProviderAuthError               502 provider_auth
@@ -78,6 +79,7 @@ __all__ = [
     "ProviderAuthError",
     "ProviderBadRequestError",
     "ProviderUnavailableError",
+    "RateLimitExceededError",
     "RateLimitedError",
     "RedactedCause",
     "StepError",
@@ -292,6 +294,33 @@ class RateLimitedError(ModelCallError):
     ) -> None:
         super().__init__(message, model_id=model_id)
         self.retry_after_s = retry_after_s
+
+
+class RateLimitExceededError(RateLimitedError):
+    """A model's own ``rate_limit:`` had no capacity in time; the call never left.
+
+    Not retried (the limiter already waited as long as allowed), not counted by the breaker;
+    a fallback model is tried when one is configured.
+
+    Attributes:
+        limit: The limit that refused (``"requests_per_minute"`` or ``"tokens_per_minute"``).
+        fleet: Whether the decision was the fleet's (Redis) or this process's alone.
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_id: str | None = None,
+        retry_after_s: float | None = None,
+        limit: str,
+        fleet: bool,
+    ) -> None:
+        super().__init__(message, model_id=model_id, retry_after_s=retry_after_s)
+        self.limit = limit
+        self.fleet = fleet
 
 
 class ModelTimeoutError(ModelCallError):

@@ -10,7 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-__all__ = ["BreakerConfig", "ModelConfig", "ModelsConfig", "PricingConfig", "RetryConfig"]
+__all__ = [
+    "BreakerConfig",
+    "ModelConfig",
+    "ModelsConfig",
+    "PricingConfig",
+    "RateLimitConfig",
+    "RetryConfig",
+]
 
 
 class _Strict(BaseModel):
@@ -46,6 +53,23 @@ class RetryConfig(_Strict):
     initial_backoff_s: float | None = Field(default=None, ge=0)
     max_backoff_s: float | None = Field(default=None, ge=0)
     retry_after_cap_s: float | None = Field(default=None, ge=0)
+
+
+class RateLimitConfig(_Strict):
+    """A model's request and token limits (per process, or fleet-wide with Redis)."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    """Calls per minute that may reach the provider."""
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Tokens per minute (prompt + ``max_tokens`` reserved before a call, settled after it)."""
+    max_wait_s: float = Field(default=0.0, ge=0)
+    """How long a call may wait for capacity (never past the request deadline)."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimitConfig:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("give requests_per_minute, tokens_per_minute or both")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -85,6 +109,8 @@ class ModelConfig(_Strict):
     """Breaker overrides for this model."""
     retry: RetryConfig | None = None
     """Retry overrides for this model."""
+    rate_limit: RateLimitConfig | None = None
+    """Requests and tokens per minute this model may use (fleet-wide with Redis)."""
 
     @field_validator("model_name")
     @classmethod

@@ -11,11 +11,13 @@ from llm_server.fastapi._errors import error_response
 from llm_server.fastapi._schemas import (
     BreakerStatus,
     ErrorEnvelope,
+    FleetStatus,
     HealthStatus,
     ModelsResponse,
     ModelStatus,
     ProgramsResponse,
     ProgramStatus,
+    RateLimitStatus,
 )
 
 __all__ = ["health_router"]
@@ -33,6 +35,7 @@ def _not_ready(what: str) -> JSONResponse:
 
 def _model_status(manager: Any, model_id: str) -> ModelStatus:
     info = manager.model_info[model_id]
+    fleet = manager.fleet
     breaker = manager.breakers.get(model_id)
     breaker_status = None
     if breaker is not None:
@@ -49,6 +52,19 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
             failures=snap.failures,
             ignored=snap.ignored,
             refused=snap.refused,
+            shared=fleet is not None and not fleet.connection.fallback,
+            last_change_by_fleet=breaker.last_change_by_fleet,
+        )
+    limiter = manager.limiters.get(model_id)
+    limit_status = None
+    if limiter is not None:
+        limit_status = RateLimitStatus(
+            requests_per_minute=limiter.requests_per_minute,
+            tokens_per_minute=limiter.tokens_per_minute,
+            max_wait_s=limiter.max_wait_s,
+            shared=fleet is not None and not fleet.connection.fallback,
+            refused_fleet=limiter.refused_fleet,
+            refused_local=limiter.refused_local,
         )
     return ModelStatus(
         id=info.model_id,
@@ -63,6 +79,7 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
         output_cost_per_million=info.output_cost_per_million,
         fallbacks=list(manager.config.models[model_id].fallbacks),
         breaker=breaker_status,
+        rate_limit=limit_status,
     )
 
 
@@ -75,7 +92,8 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
     - ``GET /health/ready``: 200 once the lifespan loaded the config and built the models
       (``app.state.llm_server_ready``), else 503 ``not_ready`` with ``Retry-After``.
     - ``GET /models``: each configured model (provider, engine, limits, prices, fallbacks)
-      with its circuit breaker's state and counts.
+      with its circuit breaker's state and counts and its rate limit, and the fleet's shared
+      state (Redis in use or fallen back, processes seen) when ``LLM_SERVER_REDIS_URL`` is set.
     - ``GET /programs``: each registered program, the version it serves and the stored
       versions.
 
@@ -100,7 +118,11 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
         manager = getattr(request.app.state, "model_manager", None)
         if manager is None:
             return _not_ready("models are not built")
-        return ModelsResponse(models=[_model_status(manager, mid) for mid in manager.model_ids])
+        fleet = manager.fleet
+        return ModelsResponse(
+            models=[_model_status(manager, mid) for mid in manager.model_ids],
+            fleet=FleetStatus(**fleet.describe()) if fleet is not None else None,
+        )
 
     @router.get("/programs", response_model=ProgramsResponse, responses=_NOT_READY)
     async def programs(request: Request) -> ProgramsResponse | JSONResponse:

@@ -62,6 +62,36 @@ class BreakerStatus(BaseModel):
     failures: int
     ignored: int
     refused: int
+    shared: bool = Field(
+        default=False,
+        description="Whether the state is the fleet's (Redis), not this process's alone",
+    )
+    last_change_by_fleet: bool = Field(
+        default=False,
+        description="Whether the latest transition was the fleet's decision (another process "
+        "or the fleet's counts)",
+    )
+
+
+class RateLimitStatus(BaseModel):
+    """A model's ``rate_limit:`` and what it refused in this process."""
+
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_wait_s: float
+    shared: bool = Field(description="Whether the counters are the fleet's (Redis)")
+    refused_fleet: int = Field(description="Calls this process refused on the fleet's counts")
+    refused_local: int = Field(description="Calls this process refused on its own counts")
+
+
+class FleetStatus(BaseModel):
+    """The fleet's shared state as this process sees it."""
+
+    redis: str = Field(description="Redis's URL, without credentials")
+    shared: bool = Field(description="False while Redis failed and state is per process")
+    fallback_since: float | None = Field(description="Unix time the current fallback began")
+    fallbacks: int = Field(description="Times this process fell back so far")
+    members: int = Field(description="Processes seen alive in the last 5 s")
 
 
 class ModelStatus(BaseModel):
@@ -83,12 +113,16 @@ class ModelStatus(BaseModel):
     output_cost_per_million: float | None = Field(description="USD; null when unknown")
     fallbacks: list[str] = Field(description="Models tried when this one is open or exhausted")
     breaker: BreakerStatus | None
+    rate_limit: RateLimitStatus | None = None
 
 
 class ModelsResponse(BaseModel):
     """Answer of ``GET /models``."""
 
     models: list[ModelStatus]
+    fleet: FleetStatus | None = Field(
+        default=None, description="Shared state (null without LLM_SERVER_REDIS_URL)"
+    )
 
 
 class ProgramStatus(BaseModel):

@@ -32,6 +32,7 @@ from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
 
 from llm_server.core.errors import ConfigurationError, ContextWindowExceededError  # noqa: E402
 from llm_server.core.model_config import ModelConfig  # noqa: E402
+from llm_server.core.reliability._rate_limit import Grant, RateLimiter  # noqa: E402
 from llm_server.core.tokens import count_message_tokens  # noqa: E402
 from llm_server.models._engine import (  # noqa: E402
     ResolvedEngine,
@@ -42,6 +43,10 @@ from llm_server.models._engine import (  # noqa: E402
 __all__ = ["CallTracker", "ManagedLM", "RequestScope", "build_lm", "request_scope"]
 
 _current_scope: ContextVar[RequestScope | None] = ContextVar("llm_server_lm_scope", default=None)
+# the records of the LM call running in this context (to settle its rate-limit grant)
+_call_entries: ContextVar[list[dict[str, Any]] | None] = ContextVar(
+    "llm_server_lm_call", default=None
+)
 
 
 def _dspy_execution() -> tuple[Any, Any, Any, Any, Any] | None:
@@ -89,6 +94,23 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             """``dspy.LM.acall``, preparing text-only calls without the worker-thread hop."""
             if self._window is not None:
                 self._check_fits(prompt, messages)
+            limiter = self._limiter
+            if limiter is None:
+                return await self._scoped(prompt, messages, kwargs)
+            grant = await limiter.acquire(self._reserve(limiter, prompt, messages))
+            entries: list[dict[str, Any]] = []
+            token = _call_entries.set(entries)
+            try:
+                result = await self._scoped(prompt, messages, kwargs)
+            except BaseException:
+                limiter.settle(grant, sent=True, tokens_used=None)  # it may have been billed
+                raise
+            finally:
+                _call_entries.reset(token)
+            _settle(limiter, grant, entries)
+            return result
+
+        async def _scoped(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> Any:
             scope = _current_scope.get()
             sent = scope.call_started(prompt, messages) if scope is not None else None
             try:
@@ -111,6 +133,50 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             return finalize(self, call, await aexecute(self, call))
 
     _window: tuple[str, int, int] | None = None  # (model id, context window, max tokens)
+    _limiter: RateLimiter | None = None
+
+    def limit_rate(self, limiter: RateLimiter | None) -> None:
+        """Take every call's requests and tokens from ``limiter`` before it is sent."""
+        self._limiter = limiter
+
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        """``dspy.LM.__call__`` (sync programs, in the framework's worker threads), limited."""
+        limiter = self._limiter
+        if limiter is None:
+            return super().__call__(prompt, messages=messages, **kwargs)
+        import anyio.from_thread
+
+        # the limiter's counters live on the event loop that started this worker thread
+        tokens = self._reserve(limiter, prompt, messages)
+        try:
+            grant = anyio.from_thread.run(limiter.acquire, tokens)
+        except RuntimeError as exc:
+            if "worker thread" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"model {limiter.key!r} has a rate_limit: call it synchronously only through "
+                "the framework (a backend or endpoint runs sync programs in its worker "
+                "threads), or await lm.acall(...)"
+            ) from None
+        entries: list[dict[str, Any]] = []
+        token = _call_entries.set(entries)
+        try:
+            result = super().__call__(prompt, messages=messages, **kwargs)
+        except BaseException:
+            limiter.settle(grant, sent=True, tokens_used=None)
+            raise
+        finally:
+            _call_entries.reset(token)
+        _settle(limiter, grant, entries)
+        return result
+
+    def _reserve(self, limiter: RateLimiter, prompt: Any, messages: Any) -> int:
+        """Tokens to reserve: the prompt's, counted here, plus ``max_tokens``."""
+        if not limiter.counts_tokens:
+            return 0
+        sent = entry_messages({"messages": messages, "prompt": prompt})
+        max_tokens = self.kwargs.get("max_tokens") or self.kwargs.get("max_completion_tokens")
+        return count_message_tokens(sent, self.model) + int(max_tokens or 0)
 
     def guard_context_window(self, model_id: str, window: int | None, max_tokens: int) -> None:
         """Refuse, before sending, a prompt that cannot fit ``window`` with ``max_tokens``."""
@@ -151,6 +217,19 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         scope = _current_scope.get()
         if scope is not None:
             scope.entries.append(entry)
+        call = _call_entries.get()
+        if call is not None:
+            call.append(entry)
+
+
+def _settle(limiter: RateLimiter, grant: Grant, entries: list[dict[str, Any]]) -> None:
+    """Settle a finished call's grant to the usage the provider reported."""
+    usage = entries[-1].get("usage") if entries else None
+    total = usage.get("total_tokens") if isinstance(usage, Mapping) else None
+    if isinstance(usage, Mapping) and not usage:
+        limiter.settle(grant, sent=False, tokens_used=0)  # a cache hit: nothing was sent
+    else:
+        limiter.settle(grant, sent=True, tokens_used=total if isinstance(total, int) else None)
 
 
 class _PoolSizedEngines(dict[Any, Any]):

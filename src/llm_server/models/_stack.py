@@ -25,7 +25,13 @@ from llm_server.core.model_config import ModelsConfig
 from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.reliability._breaker import CircuitBreaker
-from llm_server.core.reliability._layers import ReliableModel, build_reliable_backend
+from llm_server.core.reliability._breaker_types import BreakerStateStore
+from llm_server.core.reliability._layers import (
+    ReliableModel,
+    build_reliable_backend,
+    current_deadline,
+)
+from llm_server.core.reliability._rate_limit import LimitCounters, LocalLimitCounters, RateLimiter
 from llm_server.core.reliability._retry import RetryPolicy
 
 __all__ = ["ReliabilityStack"]
@@ -40,6 +46,9 @@ class ReliabilityStack:
         telemetry: Where spans, metrics and breaker events go.
         clock: Time source for breakers, retries and deadlines (inject a fake in tests).
         rng: Jitter source for the retries.
+        breaker_store: Where breakers keep their state (default: each its own, in memory;
+            a fleet's Redis store shares them).
+        limit_counters: Where rate limits count (default: this process).
     """
 
     def __init__(
@@ -50,6 +59,8 @@ class ReliabilityStack:
         telemetry: Telemetry,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        breaker_store: BreakerStateStore | None = None,
+        limit_counters: LimitCounters | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.deadline_s = settings.request_deadline_s
@@ -58,9 +69,30 @@ class ReliabilityStack:
         self.fallbacks = {mid: tuple(m.fallbacks) for mid, m in config.models.items()}
         self.breakers = {
             mid: CircuitBreaker.from_config(
-                mid, settings, m.circuit_breaker, listeners=[telemetry.listener], clock=clock
+                mid,
+                settings,
+                m.circuit_breaker,
+                listeners=[telemetry.listener],
+                clock=clock,
+                store=breaker_store,
+                # a probe's fleet permit outlives its longest attempt
+                probe_lease_s=(m.timeout_s or settings.model_timeout_s) + 1.0,
             )
             for mid, m in config.models.items()
+        }
+        counters = limit_counters or LocalLimitCounters(clock=clock)
+        self.limiters = {
+            mid: RateLimiter(
+                mid,
+                requests_per_minute=m.rate_limit.requests_per_minute,
+                tokens_per_minute=m.rate_limit.tokens_per_minute,
+                max_wait_s=m.rate_limit.max_wait_s,
+                counters=counters,
+                clock=clock,
+                deadline=current_deadline,
+            )
+            for mid, m in config.models.items()
+            if m.rate_limit is not None
         }
         self.retries = {
             mid: RetryPolicy.from_config(settings, m.retry) for mid, m in config.models.items()

@@ -29,7 +29,7 @@ import os
 import random
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.lowlevel import RunVar
@@ -45,11 +45,15 @@ from llm_server.core.model_config import ModelConfig, ModelsConfig
 from llm_server.core.pricing import ModelPrice, lookup_model, resolve_price
 from llm_server.core.protocols import ConfigProvider, ModelBackend
 from llm_server.core.reliability._breaker import CircuitBreaker
+from llm_server.core.reliability._rate_limit import RateLimiter
 from llm_server.core.telemetry._otel import Telemetry, get_telemetry, set_telemetry
 from llm_server.core.telemetry._redaction import register_secret
 from llm_server.models._engine import ResolvedKey, check_additional_params, resolve_api_key
 from llm_server.models._stack import ReliabilityStack
 from llm_server.models.dspy_backend import DSPyBackend
+
+if TYPE_CHECKING:
+    from llm_server.fleet import Fleet
 
 __all__ = ["ModelInfo", "ModelManager"]
 
@@ -194,10 +198,23 @@ class ModelManager:
         if any(info.engine == "litellm" for info in self.model_info.values()):
             _import_litellm()
         self.telemetry = telemetry or self._default_telemetry(self.settings)
+        self.fleet = self._connect_fleet(self.settings)
         self._stack = ReliabilityStack(
-            self.config, self.settings, telemetry=self.telemetry, clock=clock, rng=rng
+            self.config,
+            self.settings,
+            telemetry=self.telemetry,
+            clock=clock,
+            rng=rng,
+            breaker_store=self.fleet.breakers if self.fleet is not None else None,
+            limit_counters=self.fleet.limits if self.fleet is not None else None,
         )
         self.breakers: dict[str, CircuitBreaker] = self._stack.breakers
+        self.limiters: dict[str, RateLimiter] = self._stack.limiters
+        for model_id, limiter in self.limiters.items():
+            self._lms[model_id].limit_rate(limiter)
+        self.telemetry.observe_limits(self.limiters.values(), self.fleet)
+        if self.fleet is not None:
+            self.fleet.start()
         self._backends: OrderedDict[tuple[int, str], tuple[Any, ModelBackend]] = OrderedDict()
         self._sync_limiter: RunVar[anyio.CapacityLimiter] = RunVar(
             f"llm_server_sync_programs_{id(self)}"
@@ -209,6 +226,20 @@ class ModelManager:
         if self.settings.gc_freeze:
             # The end of a service's startup: DSPy and the models are loaded for good.
             freeze_startup_heap_once()
+
+    @staticmethod
+    def _connect_fleet(settings: FrameworkSettings) -> Fleet | None:
+        """The fleet's shared state when ``LLM_SERVER_REDIS_URL`` is set (needs redis-py)."""
+        if settings.redis_url is None:
+            return None
+        try:
+            from llm_server.fleet import Fleet
+        except ImportError as exc:
+            raise ConfigurationError(
+                "LLM_SERVER_REDIS_URL is set, but the Redis client is not installed: "
+                'pip install "llm-server-framework[fleet]"'
+            ) from exc
+        return Fleet.from_settings(settings)
 
     @staticmethod
     def _default_telemetry(settings: FrameworkSettings) -> Telemetry:
@@ -411,3 +442,6 @@ class ModelManager:
             from llm_server.models._litellm_clients import close_litellm_clients
 
             await close_litellm_clients()
+        if self.fleet is not None:
+            await self.fleet.aclose()
+            self.fleet.close()

@@ -17,6 +17,7 @@ from llm_server.core.reliability._breaker_types import (
     BreakerSnapshot,
     BreakerState,
     BreakerStateStore,
+    FleetPolicy,
     InMemoryBreakerStore,
     is_transient_failure,
 )
@@ -35,6 +36,9 @@ DEFAULT_MINIMUM_CALLS = 20
 window size); 20 trips a breaker on a fresh window 5x sooner, while 5 % of transient faults
 reach 10 failures in 20 calls with probability ~1e-8."""
 _UNUSED_THRESHOLD = 5  # the consecutive count is not consulted under a rate policy
+FLEET_COUNT_WINDOW_S = 10.0
+"""With a shared store, a count window's failure rate is taken fleet-wide over this many
+seconds (processes cannot share "the last N calls" without a round trip per call)."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -88,6 +92,10 @@ class CircuitBreaker(BreakerMachine):
         listeners: Receivers of state changes and call outcomes.
         clock: Time source (inject :class:`llm_server.testing.FakeClock` in tests).
         store: Where the state is kept (default: a private :class:`InMemoryBreakerStore`).
+            A :class:`SharedBreakerStore` (Redis: :mod:`llm_server.fleet`) also counts
+            failures and leases half-open probes fleet-wide; give the breaker a ``name``.
+        probe_lease_s: With a shared store, how long a probe's permit lasts if its process
+            never returns it (crashed, killed): at least the longest call should take.
 
     Raises:
         ConfigurationError: An option is out of range.
@@ -111,6 +119,7 @@ class CircuitBreaker(BreakerMachine):
         listeners: Iterable[BreakerListener] = (),
         clock: Clock | None = None,
         store: BreakerStateStore | None = None,
+        probe_lease_s: float = 60.0,
     ) -> None:
         if failure_threshold is None:
             failure_threshold = _UNUSED_THRESHOLD
@@ -163,6 +172,17 @@ class CircuitBreaker(BreakerMachine):
             clock=clock or SYSTEM_CLOCK,
             store=store or InMemoryBreakerStore(),
         )
+        self._join_fleet(
+            FleetPolicy(
+                failure_threshold=failure_threshold if failure_rate_threshold is None else None,
+                failure_rate=failure_rate_threshold,
+                minimum_calls=minimum_calls,
+                window_s=float(window_size) if window_type == "time" else FLEET_COUNT_WINDOW_S,
+                reset_timeout_s=float(reset_timeout),
+                half_open_max_calls=half_open_max_calls,
+                probe_lease_s=probe_lease_s,
+            )
+        )
 
     @classmethod
     def from_config(
@@ -174,6 +194,7 @@ class CircuitBreaker(BreakerMachine):
         listeners: Iterable[BreakerListener] = (),
         clock: Clock | None = None,
         store: BreakerStateStore | None = None,
+        probe_lease_s: float = 60.0,
     ) -> CircuitBreaker:
         """Build a model's breaker from the settings' defaults and its YAML overrides.
 
@@ -184,6 +205,7 @@ class CircuitBreaker(BreakerMachine):
             listeners: Receivers of the breaker's events.
             clock: Time source.
             store: State store.
+            probe_lease_s: With a shared store, the lifetime of a probe's permit.
         """
         c = config
         options: dict[str, Any] = {
@@ -220,7 +242,14 @@ class CircuitBreaker(BreakerMachine):
             # the settings' minimum fits the window (a minimum the YAML gives is checked)
             options["minimum_calls"] = min(options["minimum_calls"], options["window_size"])
         try:
-            return cls(name=name, listeners=listeners, clock=clock, store=store, **options)
+            return cls(
+                name=name,
+                listeners=listeners,
+                clock=clock,
+                store=store,
+                probe_lease_s=probe_lease_s,
+                **options,
+            )
         except ConfigurationError as exc:
             detail = exc.message.removeprefix("circuit breaker: ")
             raise ConfigurationError(f"model {name!r}: circuit_breaker: {detail}") from None

@@ -29,6 +29,8 @@ from llm_server.core.reliability._breaker_types import (
     BreakerState,
     BreakerStateStore,
     CallOutcome,
+    FleetPolicy,
+    SharedBreakerStore,
 )
 from llm_server.core.reliability._breaker_window import OutcomeWindow, TimeWindow
 
@@ -103,6 +105,17 @@ class BreakerMachine:
         self._opened_because: str | None = None
         self._refused_unlogged = 0  # refusals since the last summary line
         self._refusals_logged_at = -math.inf
+        self._fleet: SharedBreakerStore | None = None
+        self.last_change_by_fleet = False
+        """Whether the latest transition was decided by the fleet (another process, or the
+        fleet's counts) rather than by this process's own counts."""
+
+    def _join_fleet(self, policy: FleetPolicy) -> None:
+        """Share decisions through the store, when it is a :class:`SharedBreakerStore`."""
+        if isinstance(self._store, SharedBreakerStore):
+            self._fleet = self._store
+            self._store.register(self._key, policy, self._fleet_changed)
+            self._seen_generation = self._store.get(self._key).generation
 
     def _needs_timing(self) -> bool:
         # durations are only needed by listeners, slow-call checks and time windows
@@ -132,7 +145,11 @@ class BreakerMachine:
                 permit = record.generation << 1
             elif state is _DISABLED:
                 permit = DISABLED_PERMIT
-            elif state is _HALF_OPEN and self._probes_in_flight < self._half_open_max_calls:
+            elif (
+                state is _HALF_OPEN
+                and self._probes_in_flight < self._half_open_max_calls
+                and self._fleet_lease(record)
+            ):
                 self._probes_in_flight += 1
                 permit = record.generation << 1 | 1
             else:
@@ -143,6 +160,14 @@ class BreakerMachine:
             self._refused_after(summary)
             raise refusal
         return permit
+
+    def _fleet_lease(self, record: BreakerRecord) -> bool:
+        # the fleet's probes are leases in the shared store (None: it cannot say; decide here)
+        fleet = self._fleet
+        if fleet is None:
+            return True
+        leased = fleet.lease_probe(self._key, record.generation)
+        return leased is None or leased
 
     def would_admit(self) -> bool:
         """Whether a call made now would be admitted (no permit is taken, nothing counted).
@@ -219,10 +244,50 @@ class BreakerMachine:
                     self._consecutive = 0  # the hot path of the consecutive policy
                 elif outcome is not _IGNORED:
                     change = self._closed_done_locked(outcome, duration, now)
+            consecutive = self._consecutive
         if change is not None:
             self._notify_transition(change)
+        if self._fleet is not None and (change is None or permit & 1):
+            self._fleet_outcome(permit, outcome, consecutive)
         if self._listeners:
             self._notify_call(outcome, duration)
+
+    def _fleet_outcome(self, permit: int, outcome: CallOutcome, consecutive: int) -> None:
+        """Tell the shared store; adopt the fleet's decision if it made one."""
+        fleet = self._fleet
+        assert fleet is not None
+        generation = permit >> 1
+        if permit & 1:  # a probe always returns its lease, whatever the generation
+            record = fleet.probe_done(self._key, generation, outcome)
+        elif outcome is _IGNORED or generation != self._seen_generation:
+            return
+        else:
+            record = fleet.report(
+                self._key, generation, failed=outcome is _FAILURE, consecutive=consecutive
+            )
+        if record is not None and record.generation != self._seen_generation:
+            old = BreakerRecord(state=_HALF_OPEN if permit & 1 else _CLOSED, generation=generation)
+            self._fleet_changed(old, record)
+
+    def _fleet_changed(self, old: BreakerRecord, new: BreakerRecord) -> None:
+        """Adopt a record the fleet moved to (another process, or the fleet's counts)."""
+        with self._lock:
+            if new.generation != self._seen_generation or old.state is not new.state:
+                self._seen_generation = new.generation - 1  # force a fresh start below
+                self._sync_locked(new)
+            if new.state is _CLOSED:
+                self._opened_because = None
+            elif new.state is _OPEN and old.state is _CLOSED:
+                self._opened_because = self._fleet_reason()
+            elif new.state is _OPEN:
+                self._opened_because = "half-open probes failed across the fleet"
+        if old.state is not new.state:
+            self._notify_transition((old.state, new.state), by_fleet=True)
+
+    def _fleet_reason(self) -> str:
+        if self._failure_rate is None:
+            return f"{self._failure_threshold} consecutive failures across the fleet"
+        return f"a failure rate of {self._failure_rate:.0%} or more across the fleet"
 
     # --- outcomes ------------------------------------------------------------------------------
 
@@ -240,8 +305,8 @@ class BreakerMachine:
             window.record(now, failed=failed, slow=slow)
             if reason is None and window.calls >= self._minimum_calls:
                 reason = self._window_trip(window)
-        if reason is None:
-            return None
+        if reason is None or (self._fleet is not None and self._fleet.deciding()):
+            return None  # (a shared store decides on the fleet's counts while it can)
         change = self._transition_locked(_OPEN)[1]
         if change is not None:
             self._opened_because = reason
@@ -260,6 +325,8 @@ class BreakerMachine:
         self._probes_in_flight -= 1
         if outcome is _IGNORED:
             return None  # no verdict (cancelled, cut by a deadline): the next call probes
+        if self._fleet is not None and self._fleet.deciding():
+            return None  # the fleet judges every process's probes together
         if outcome is _SUCCESS:
             self._probe_successes += 1
         else:
@@ -363,20 +430,23 @@ class BreakerMachine:
 
     # --- listeners -----------------------------------------------------------------------------
 
-    def _notify_transition(self, change: Transition) -> None:
+    def _notify_transition(self, change: Transition, *, by_fleet: bool = False) -> None:
         old, new = change
+        self.last_change_by_fleet = by_fleet
+        by = " (fleet)" if by_fleet else ""
         if new is _CLOSED and self._refused_unlogged:
             _log.info(
-                "circuit breaker %r: %s -> %s (refused %d call(s) since its last summary)",
+                "circuit breaker %r: %s -> %s%s (refused %d call(s) since its last summary)",
                 self._key,
                 old.value,
                 new.value,
+                by,
                 self._refused_unlogged,
             )
             self._refused_unlogged = 0
             self._refusals_logged_at = -math.inf
         else:
-            _log.info("circuit breaker %r: %s -> %s", self._key, old.value, new.value)
+            _log.info("circuit breaker %r: %s -> %s%s", self._key, old.value, new.value, by)
         for listener in self._listeners:
             try:
                 listener.on_state_change(self, old, new)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ Public names here are re-exported from :mod:`llm_server.core.reliability._breake
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -22,7 +23,9 @@ __all__ = [
     "BreakerState",
     "BreakerStateStore",
     "CallOutcome",
+    "FleetPolicy",
     "InMemoryBreakerStore",
+    "SharedBreakerStore",
     "is_transient_failure",
 ]
 
@@ -102,6 +105,78 @@ class BreakerStateStore(Protocol):
 
     def compare_and_set(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
         """Store ``new`` if the stored record still equals ``expected``; return whether it did."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPolicy:
+    """What a shared store needs to decide for a breaker across processes.
+
+    Attributes:
+        failure_threshold: Failures since the fleet's last success that trip it (consecutive
+            policy; ``None`` under a rate policy).
+        failure_rate: Fleet failure rate that trips it (``None``: consecutive policy).
+        minimum_calls: Fleet calls in the window before a rate can trip it.
+        window_s: The time the fleet's failure rate is taken over.
+        reset_timeout_s: How long it stays open.
+        half_open_max_calls: Probes at once, fleet-wide.
+        probe_lease_s: How long a probe's permit lasts if its process never returns it.
+    """
+
+    failure_threshold: int | None
+    failure_rate: float | None
+    minimum_calls: int
+    window_s: float
+    reset_timeout_s: float
+    half_open_max_calls: int
+    probe_lease_s: float
+
+
+@runtime_checkable
+class SharedBreakerStore(BreakerStateStore, Protocol):
+    """A :class:`BreakerStateStore` shared by processes, which also decides fleet-wide.
+
+    :meth:`get` must answer from a local copy (no I/O: it is read on every call). The other
+    methods may do I/O. Each returns ``None`` when the store cannot decide now (e.g. Redis is
+    down): the breaker then decides alone, from its own counts, as a per-process one would.
+    """
+
+    def register(
+        self,
+        name: str,
+        policy: FleetPolicy,
+        on_change: Callable[[BreakerRecord, BreakerRecord], None],
+    ) -> None:
+        """Declare a breaker; ``on_change(old, new)`` is called when another process moved it."""
+        ...
+
+    def deciding(self) -> bool:
+        """Whether the store decides now (``False`` while it cannot be reached): while it
+        does, a breaker's own counts never trip it or judge its probes; the fleet's do."""
+        ...
+
+    def report(
+        self, name: str, generation: int, *, failed: bool, consecutive: int
+    ) -> BreakerRecord | None:
+        """Count a closed-state outcome fleet-wide (failures at once, successes in batches).
+
+        Args:
+            name: The breaker.
+            generation: The generation the call ran in.
+            failed: Whether it failed.
+            consecutive: This process's failures since its own last success.
+
+        Returns:
+            The record after a failure was counted (open if the fleet tripped), else ``None``.
+        """
+        ...
+
+    def lease_probe(self, name: str, generation: int) -> bool | None:
+        """Take one of the fleet's half-open probe permits (a lease that expires)."""
+        ...
+
+    def probe_done(self, name: str, generation: int, outcome: CallOutcome) -> BreakerRecord | None:
+        """Return a probe's lease with its verdict; the record after the fleet judged it."""
         ...
 
 

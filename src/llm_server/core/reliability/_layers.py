@@ -17,6 +17,7 @@ from llm_server.core.errors import (
     ConfigurationError,
     ContextWindowExceededError,
     DeadlineExceededError,
+    RateLimitExceededError,
 )
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.protocols import ModelBackend
@@ -158,9 +159,12 @@ class RetryingBackend(BackendWrapper):
 
 
 def should_fall_back(error: BaseException) -> bool:
-    """The default fallback rule: the breaker refused, a retryable error remained, or the
-    prompt does not fit the model's context window (a fallback may have a larger one)."""
-    return isinstance(error, CircuitOpenError | ContextWindowExceededError) or is_retryable(error)
+    """The default fallback rule: the breaker refused, a retryable error remained, the
+    model's own ``rate_limit:`` had no capacity in time, or the prompt does not fit the
+    model's context window (a fallback may have a larger one)."""
+    return isinstance(
+        error, CircuitOpenError | ContextWindowExceededError | RateLimitExceededError
+    ) or is_retryable(error)
 
 
 class FallbackBackend(BackendWrapper):

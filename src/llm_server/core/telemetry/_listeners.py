@@ -66,6 +66,7 @@ class RecordingListener(TelemetryListener):
                 n.BREAKER: breaker_name(breaker),
                 n.BREAKER_FROM_STATE: state_name(old),
                 n.BREAKER_TO_STATE: state_name(new),
+                n.FLEET_DECISION: bool(getattr(breaker, "last_change_by_fleet", False)),
             }
         except Exception as exc:
             guarded("breaker transition", exc)

@@ -178,6 +178,9 @@ class NoopSignals:
     def observe_breakers(self, breakers: Iterable[Any]) -> None:
         """Do nothing."""
 
+    def observe_limits(self, limiters: Iterable[Any], fleet: Any) -> None:
+        """Do nothing."""
+
 
 class OtelSignals:
     """Telemetry enabled: spans, events and instruments through the OpenTelemetry API."""
@@ -297,6 +300,20 @@ class OtelSignals:
             unit="{call}",
             description="Calls refused by an open circuit breaker.",
         )
+        self._limiters: list[Any] = []
+        self._fleet: Any = None
+        meter.create_observable_counter(
+            n.METRIC_RATE_LIMIT_REFUSALS,
+            callbacks=[self._observe_limit_refusals],
+            unit="{call}",
+            description="Calls refused by a model's rate_limit (never sent), fleet or local.",
+        )
+        meter.create_observable_gauge(
+            n.METRIC_FLEET_FALLBACK,
+            callbacks=[self._observe_fleet],
+            unit="1",
+            description="1 while this process lost Redis and keeps breakers and limits alone.",
+        )
 
     # --- requests and pipelines ---------------------------------------------------------
 
@@ -356,6 +373,27 @@ class OtelSignals:
         for breaker in breakers:
             if not any(b is breaker for b in self._breakers):
                 self._breakers.append(breaker)
+
+    def observe_limits(self, limiters: Iterable[Any], fleet: Any) -> None:
+        """Report rate-limit refusals, and the fleet's fallback mode when ``fleet`` is set."""
+        self._limiters.extend(limiters)
+        if fleet is not None:
+            self._fleet = fleet
+
+    def _observe_limit_refusals(
+        self, options: metrics.CallbackOptions
+    ) -> list[metrics.Observation]:
+        observations: list[metrics.Observation] = []
+        for limiter in list(self._limiters):
+            for fleet, count in ((True, limiter.refused_fleet), (False, limiter.refused_local)):
+                attrs = {n.RATE_LIMIT: limiter.key, n.FLEET_DECISION: fleet}
+                observations.append(metrics.Observation(int(count), attrs))
+        return observations
+
+    def _observe_fleet(self, options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        if self._fleet is None:
+            return []
+        return [metrics.Observation(1 if self._fleet.connection.fallback else 0)]
 
     def _observe_breaker_refusals(
         self, options: metrics.CallbackOptions

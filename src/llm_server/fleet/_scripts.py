@@ -1,0 +1,232 @@
+"""The Lua scripts the fleet runs in Redis (each one atomic, each one round trip).
+
+Every time is Redis's own (``TIME``, in milliseconds), so hosts with skewed clocks agree on
+when an open breaker may probe and which minute a limit counts in. A breaker is three keys:
+
+- ``<prefix>:cb:<name>``: a hash: ``s`` state, ``g`` generation, ``u`` open-until (ms),
+  ``f`` failures since the fleet's last success, ``ps``/``pf`` half-open verdicts;
+- ``<prefix>:cb:<name>:w``: the failure-rate window, a ring of time buckets;
+- ``<prefix>:cb:<name>:p``: half-open probe leases, a sorted set scored by expiry.
+
+A transition is a compare-and-set on (state, generation) and resets all three, then
+publishes the breaker's name on ``<prefix>:cb``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BREAKER_CAS",
+    "BREAKER_OUTCOMES",
+    "BREAKER_PROBE",
+    "BREAKER_READ",
+    "HEARTBEAT",
+    "LIMIT_TAKE",
+]
+
+_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function record(key, now)
+  local v = redis.call('HMGET', key, 's', 'g', 'u')
+  local s = v[1] or 'closed'
+  local g = tonumber(v[2] or '0')
+  local rem = 0
+  if s == 'open' then rem = math.max(0, tonumber(v[3] or '0') - now) end
+  return s, g, rem
+end
+local function move(key, window, probes, s, g, open_ms, now, channel, name)
+  redis.call('HSET', key, 's', s, 'g', g, 'u', now + open_ms, 'f', 0, 'ps', 0, 'pf', 0)
+  redis.call('DEL', window, probes)
+  redis.call('PUBLISH', channel, name)
+end
+"""
+
+HEARTBEAT = (
+    _COMMON
+    + """
+-- KEYS[1]: the members set. ARGV[1]: this process's id. Returns the processes seen alive in
+-- the last 5 s (each process beats every second).
+local now = now_ms()
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 5000)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+BREAKER_READ = (
+    _COMMON
+    + """
+-- KEYS: breaker hashes. Returns state, generation, ms until open ends, per breaker.
+local now = now_ms()
+local out = {}
+for i = 1, #KEYS do
+  local s, g, rem = record(KEYS[i], now)
+  table.insert(out, s); table.insert(out, g); table.insert(out, rem)
+end
+return out
+"""
+)
+
+BREAKER_CAS = (
+    _COMMON
+    + """
+-- KEYS: hash, window, probes. ARGV: expected state, expected generation, new state,
+-- new generation, open ms, channel, name. An open breaker moves to half-open only once
+-- its time is up on Redis's clock.
+local now = now_ms()
+local s, g, rem = record(KEYS[1], now)
+if s ~= ARGV[1] or g ~= tonumber(ARGV[2])
+   or (s == 'open' and ARGV[3] == 'half_open' and rem > 0) then
+  return {0, s, g, rem}
+end
+local open_ms = tonumber(ARGV[5])
+move(KEYS[1], KEYS[2], KEYS[3], ARGV[3], tonumber(ARGV[4]), open_ms, now, ARGV[6], ARGV[7])
+if ARGV[3] ~= 'open' then open_ms = 0 end
+return {1, ARGV[3], tonumber(ARGV[4]), open_ms}
+"""
+)
+
+BREAKER_OUTCOMES = (
+    _COMMON
+    + """
+-- Outcomes of closed-state calls from one process. KEYS: hash, window, probes.
+-- ARGV: generation, calls, failures, consecutive (-1: add failures to the fleet's count;
+-- else set it: the process saw a success, then this many failures), threshold (0: rate
+-- policy), rate (0: consecutive policy), minimum calls, bucket seconds, buckets, open ms,
+-- channel, name. Returns tripped, state, generation, ms open, consecutive, window calls,
+-- window failures.
+local now = now_ms()
+local s, g, rem = record(KEYS[1], now)
+if s ~= 'closed' or g ~= tonumber(ARGV[1]) then return {0, s, g, rem, 0, 0, 0} end
+local calls, failures, consecutive = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local threshold, rate, minimum = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local f
+if consecutive >= 0 then
+  redis.call('HSET', KEYS[1], 'f', consecutive); f = consecutive
+else
+  f = redis.call('HINCRBY', KEYS[1], 'f', failures)
+end
+local wc, wf = 0, 0
+local trip = threshold > 0 and failures > 0 and f >= threshold
+if rate > 0 then
+  local width, n = tonumber(ARGV[8]), tonumber(ARGV[9])
+  local bucket = math.floor(now / 1000 / width)
+  local slot = bucket % n
+  if tonumber(redis.call('HGET', KEYS[2], 't' .. slot) or '-1') ~= bucket then
+    redis.call('HSET', KEYS[2], 't' .. slot, bucket, 'c' .. slot, 0, 'f' .. slot, 0)
+  end
+  redis.call('HINCRBY', KEYS[2], 'c' .. slot, calls)
+  redis.call('HINCRBY', KEYS[2], 'f' .. slot, failures)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(width * n * 1000) + 1000)
+  for i = 0, n - 1 do
+    local v = redis.call('HMGET', KEYS[2], 't' .. i, 'c' .. i, 'f' .. i)
+    if v[1] and tonumber(v[1]) > bucket - n then
+      wc = wc + tonumber(v[2]); wf = wf + tonumber(v[3])
+    end
+  end
+  trip = failures > 0 and wc >= minimum and wf >= rate * wc
+end
+if trip then
+  move(KEYS[1], KEYS[2], KEYS[3], 'open', g + 1, tonumber(ARGV[10]), now, ARGV[11], ARGV[12])
+  return {1, 'open', g + 1, tonumber(ARGV[10]), f, wc, wf}
+end
+return {0, s, g, rem, f, wc, wf}
+"""
+)
+
+BREAKER_PROBE = (
+    _COMMON
+    + """
+-- Half-open probes. KEYS: hash, window, probes. ARGV: 'lease' or 'done', generation,
+-- lease id, then for 'lease': max probes, lease ms; for 'done': outcome, max probes,
+-- rate (0: consecutive policy), open ms, channel, name.
+-- Returns granted-or-moved, state, generation, ms open, probe successes, probe failures.
+local now = now_ms()
+local s, g, rem = record(KEYS[1], now)
+if ARGV[1] == 'lease' then
+  if s ~= 'half_open' or g ~= tonumber(ARGV[2]) then return {0, s, g, rem, 0, 0} end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) < tonumber(ARGV[4]) then
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[3])
+    return {1, s, g, 0, 0, 0}
+  end
+  return {0, s, g, 0, 0, 0}
+end
+redis.call('ZREM', KEYS[3], ARGV[3])
+if s ~= 'half_open' or g ~= tonumber(ARGV[2]) or ARGV[4] == 'ignored' then
+  return {0, s, g, rem, 0, 0}
+end
+local ps = tonumber(redis.call('HGET', KEYS[1], 'ps') or '0')
+local pf = tonumber(redis.call('HGET', KEYS[1], 'pf') or '0')
+if ARGV[4] == 'success' then
+  ps = redis.call('HINCRBY', KEYS[1], 'ps', 1)
+else
+  pf = redis.call('HINCRBY', KEYS[1], 'pf', 1)
+end
+local probes, rate = tonumber(ARGV[5]), tonumber(ARGV[6])
+local reopen, close
+if rate == 0 then
+  reopen, close = pf > 0, ps >= probes
+else
+  local pending = math.max(0, probes - ps - pf)
+  reopen, close = pf >= rate * probes, pf + pending < rate * probes
+end
+if reopen then
+  move(KEYS[1], KEYS[2], KEYS[3], 'open', g + 1, tonumber(ARGV[7]), now, ARGV[8], ARGV[9])
+  return {1, 'open', g + 1, tonumber(ARGV[7]), ps, pf}
+elseif close then
+  move(KEYS[1], KEYS[2], KEYS[3], 'closed', g + 1, 0, now, ARGV[8], ARGV[9])
+  return {1, 'closed', g + 1, 0, ps, pf}
+end
+return {0, s, g, rem, ps, pf}
+"""
+)
+
+LIMIT_TAKE = (
+    _COMMON
+    + """
+-- One limiter. KEYS[1]: its hash (fields r<window>, t<window>). ARGV: window ms, requests,
+-- tokens, requests cap (0: none), tokens cap (0: none); or, to give back: 'give', window,
+-- requests, tokens, window ms. Returns ms to wait (0: taken, -1: never) and the window.
+if ARGV[1] == 'give' then
+  local w = tonumber(ARGV[2])
+  local r, t = tonumber(ARGV[3]), tonumber(ARGV[4])
+  if r ~= 0 and redis.call('HEXISTS', KEYS[1], 'r' .. w) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'r' .. w, -r)
+  end
+  if t ~= 0 and redis.call('HEXISTS', KEYS[1], 't' .. w) == 1 then
+    redis.call('HINCRBY', KEYS[1], 't' .. w, -t)
+  end
+  return {0, w}
+end
+local now = now_ms()
+local W = tonumber(ARGV[1])
+local idx = math.floor(now / W)
+local elapsed = now - idx * W
+local function wait_for(dim, cost, cap)
+  if cap <= 0 or cost <= 0 then return 0 end
+  if cost > cap then return -1 end
+  local prev = math.max(0, tonumber(redis.call('HGET', KEYS[1], dim .. (idx - 1)) or '0'))
+  local cur = math.max(0, tonumber(redis.call('HGET', KEYS[1], dim .. idx) or '0'))
+  local carried = prev * (W - elapsed) / W
+  local need = carried + cur + cost - cap
+  if need <= 0 then return 0 end
+  if prev > 0 and need <= carried then return math.ceil(need * W / prev) end
+  return math.ceil((W - elapsed) + math.max(0, W - (cap - cost) * W / cur))
+end
+local requests, tokens = tonumber(ARGV[2]), tonumber(ARGV[3])
+local wr = wait_for('r', requests, tonumber(ARGV[4]))
+local wt = wait_for('t', tokens, tonumber(ARGV[5]))
+if wr < 0 or wt < 0 then return {-1, idx} end
+local wait = math.max(wr, wt)
+if wait > 0 then return {wait, idx} end
+if requests > 0 then redis.call('HINCRBY', KEYS[1], 'r' .. idx, requests) end
+if tokens > 0 then redis.call('HINCRBY', KEYS[1], 't' .. idx, tokens) end
+redis.call('HDEL', KEYS[1], 'r' .. (idx - 2), 't' .. (idx - 2))
+redis.call('PEXPIRE', KEYS[1], 2 * W + 1000)
+return {0, idx}
+"""
+)

@@ -1,0 +1,245 @@
+"""The fleet from a host app's side: one setting, clear startup errors, 429s and /models."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import dspy
+import httpx
+import pytest
+from _fleet_helpers import url_of
+from fastapi import FastAPI
+from pytest_redis import factories
+from pytest_redis.executor import RedisExecutor
+
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.errors import ConfigurationError
+from llm_server.fastapi import (
+    add_program_endpoint,
+    health_router,
+    install_error_handlers,
+    llm_server_lifespan,
+)
+from llm_server.models.manager import ModelManager
+from llm_server.testing import LocalProvider, StaticConfigProvider
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "fleet-secret-7f3a9c2e51"
+_locked_redis_proc = factories.redis_proc(port=None, password=PASSWORD)
+
+
+class Summarize(dspy.Signature):
+    """Summarize the text in one sentence."""
+
+    text: str = dspy.InputField()
+    summary: str = dspy.OutputField()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[LocalProvider]:
+    with LocalProvider() as local:
+        yield local
+
+
+@pytest.fixture
+def locked_redis(request: pytest.FixtureRequest, private_redis: RedisExecutor) -> RedisExecutor:
+    """A private redis-server that wants a password (``private_redis`` checked it exists)."""
+    executor: RedisExecutor = request.getfixturevalue("_locked_redis_proc")
+    return executor
+
+
+def settings(tmp_path: Path, **values: Any) -> FrameworkSettings:
+    base: dict[str, Any] = {
+        "otel_enabled": False,
+        "llm_programs_dir": tmp_path / "programs",
+        "retry_max_attempts": 1,
+        "breaker_failure_threshold": 5,
+    }
+    return FrameworkSettings(**{**base, **values})
+
+
+def models(provider: LocalProvider, **extra: Any) -> StaticConfigProvider:
+    return StaticConfigProvider(
+        {
+            "gpt-4o-mini": {
+                "model_name": "openai/gpt-4o-mini",
+                "api_base": provider.openai_api_base,
+                "api_key": "sk-test",
+                **extra,
+            }
+        }
+    )
+
+
+def test_without_a_redis_url_there_is_no_fleet(tmp_path: Path, provider: LocalProvider) -> None:
+    manager = ModelManager(config_provider=models(provider), settings=settings(tmp_path))
+    assert manager.fleet is None
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:6379/0", "the scheme must be redis://, rediss:// or unix://"),
+        ("redis://127.0.0.1:notaport/0", "is not a usable Redis URL"),
+    ],
+)
+def test_an_unusable_url_fails_startup_naming_the_variable(
+    tmp_path: Path, provider: LocalProvider, url: str, problem: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="LLM_SERVER_REDIS_URL") as caught:
+        ModelManager(config_provider=models(provider), settings=settings(tmp_path, redis_url=url))
+    assert problem in caught.value.message
+
+
+def test_a_wrong_password_fails_startup_and_is_never_shown(
+    tmp_path: Path, provider: LocalProvider, locked_redis: RedisExecutor
+) -> None:
+    url = f"redis://:wrong-{PASSWORD}@{locked_redis.host}:{locked_redis.port}/0"
+    with pytest.raises(ConfigurationError, match="refused the connection") as caught:
+        ModelManager(config_provider=models(provider), settings=settings(tmp_path, redis_url=url))
+    assert PASSWORD not in caught.value.message
+    assert f"redis://{locked_redis.host}:{locked_redis.port}/0" in caught.value.message
+    assert PASSWORD not in repr(settings(tmp_path, redis_url=url))
+
+
+async def test_the_password_setting_is_used_and_redacted(
+    tmp_path: Path, provider: LocalProvider, locked_redis: RedisExecutor
+) -> None:
+    values = settings(tmp_path, redis_url=url_of(locked_redis), redis_password=PASSWORD)
+    manager = ModelManager(config_provider=models(provider), settings=values)
+    try:
+        assert manager.fleet is not None
+        assert not manager.fleet.connection.fallback
+        assert PASSWORD not in repr(values)
+    finally:
+        await manager.aclose()
+
+
+def test_an_unreachable_redis_fails_startup_only_when_required(
+    tmp_path: Path, provider: LocalProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket_nobody_listens_on() as url:
+        with pytest.raises(ConfigurationError, match="cannot reach Redis at"):
+            ModelManager(
+                config_provider=models(provider),
+                settings=settings(tmp_path, redis_url=url, redis_required=True),
+            )
+        with caplog.at_level(logging.WARNING, logger="llm_server.fleet"):
+            manager = ModelManager(
+                config_provider=models(provider), settings=settings(tmp_path, redis_url=url)
+            )
+        assert manager.fleet is not None
+        assert manager.fleet.connection.fallback  # starts per process, shares once Redis is up
+        assert any("per process" in r.getMessage() for r in caplog.records)
+        manager.fleet.close()
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+def app_for(provider: LocalProvider, tmp_path: Path, **extra: Any) -> FastAPI:
+    app = FastAPI(
+        lifespan=llm_server_lifespan(
+            programs=[(Summarize, "Summarizer")],
+            settings=settings(tmp_path, **extra.pop("settings", {})),
+            config_provider=models(provider, **extra),
+        )
+    )
+    install_error_handlers(app)
+    app.include_router(health_router())
+    add_program_endpoint(app, "summarize", signature=Summarize, default_model_id="gpt-4o-mini")
+    return app
+
+
+async def test_a_shared_limit_answers_429_and_models_shows_the_fleet(
+    tmp_path: Path, provider: LocalProvider, redis_url: str, prefix: str
+) -> None:
+    provider.clear()
+    app = app_for(
+        provider,
+        tmp_path,
+        rate_limit={"requests_per_minute": 2},
+        settings={"redis_url": redis_url, "redis_prefix": prefix},
+    )
+    async with serving(app) as client:
+        statuses = []
+        for _ in range(3):
+            response = await client.post("/programs/summarize", json={"text": "hello"})
+            statuses.append(response.status_code)
+        assert statuses == [200, 200, 429]
+        assert int(response.headers["Retry-After"]) >= 1
+        error = response.json()["error"]
+        assert error["type"] == "rate_limited"
+        assert "the fleet's rate_limit (2 requests_per_minute)" in error["message"]
+        assert len(provider.requests) == 2  # the refused call was never sent
+
+        body = (await client.get("/models")).json()
+        model = body["models"][0]
+        assert model["rate_limit"]["shared"] is True
+        assert model["rate_limit"]["refused_fleet"] == 1
+        assert model["breaker"]["shared"] is True
+        assert body["fleet"]["shared"] is True
+        assert body["fleet"]["members"] >= 1
+        assert "@" not in body["fleet"]["redis"]
+
+
+async def test_a_limit_without_redis_is_per_process(
+    tmp_path: Path, provider: LocalProvider
+) -> None:
+    provider.clear()
+    app = app_for(provider, tmp_path, rate_limit={"requests_per_minute": 1})
+    async with serving(app) as client:
+        ok = await client.post("/programs/summarize", json={"text": "hello"})
+        refused = await client.post("/programs/summarize", json={"text": "hello"})
+        assert (ok.status_code, refused.status_code) == (200, 429)
+        assert "this process's rate_limit" in refused.json()["error"]["message"]
+        body = (await client.get("/models")).json()
+        assert body["fleet"] is None
+        assert body["models"][0]["rate_limit"]["refused_local"] == 1
+
+
+async def test_a_rate_limited_model_falls_back(tmp_path: Path, provider: LocalProvider) -> None:
+    config = StaticConfigProvider(
+        {
+            "small": {
+                "model_name": "openai/gpt-4o-mini",
+                "api_base": provider.openai_api_base,
+                "api_key": "sk-test",
+                "rate_limit": {"requests_per_minute": 1},
+                "fallbacks": ["large"],
+            },
+            "large": {
+                "model_name": "openai/gpt-4o",
+                "api_base": provider.openai_api_base,
+                "api_key": "sk-test",
+            },
+        }
+    )
+    manager = ModelManager(config_provider=config, settings=settings(tmp_path))
+    try:
+        backend = manager.reliable_backend(dspy.Predict(Summarize), "small")
+        first = await backend.predict({"text": "a"})
+        second = await backend.predict({"text": "b"})
+        assert (first.model_id, second.model_id) == ("small", "large")
+        assert second.metadata["fallback_from"] == ["small"]
+    finally:
+        await manager.aclose()
+
+
+@contextmanager
+def socket_nobody_listens_on() -> Iterator[str]:
+    """A Redis URL whose port is held (bound, never listening): connecting is refused."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"redis://127.0.0.1:{held.getsockname()[1]}/0"

@@ -1,0 +1,228 @@
+"""Circuit breakers shared through a real redis-server: several "processes" in one test, each
+with its own connection, store and breaker, as ``uvicorn --workers N`` would have them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from _fleet_helpers import Connect, url_of
+from pytest_redis.executor import RedisExecutor
+
+from llm_server.core.circuit_breaker import BreakerRecord, BreakerState, CircuitBreaker
+from llm_server.core.errors import CircuitOpenError, ProviderUnavailableError
+from llm_server.fleet import FleetConnection, RedisBreakerStore
+
+OPEN, CLOSED, HALF_OPEN = BreakerState.OPEN, BreakerState.CLOSED, BreakerState.HALF_OPEN
+
+
+def breaker_in(
+    connection: FleetConnection, *, start: bool = True, **options: Any
+) -> CircuitBreaker:
+    """One process's breaker "m" on a shared store (consecutive policy unless told)."""
+    options.setdefault("failure_threshold", 5)
+    options.setdefault("reset_timeout", 0.5)
+    breaker = CircuitBreaker(name="m", store=RedisBreakerStore(connection), **options)
+    if start:
+        connection.start()
+    return breaker
+
+
+def fail() -> None:
+    raise ProviderUnavailableError("503 from the provider")
+
+
+def call(breaker: CircuitBreaker, fn: Callable[[], None]) -> str:
+    """Call through the breaker: "ok", "failed" or "refused"."""
+    try:
+        breaker.call_sync(fn)
+    except ProviderUnavailableError:
+        return "failed"
+    except CircuitOpenError:
+        return "refused"
+    return "ok"
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_failures_of_the_whole_fleet_trip_every_process(connect: Connect) -> None:
+    breakers = [breaker_in(connect()) for _ in range(4)]
+    # 4 processes, 5 calls that fail: no process saw 5 failures of its own
+    outcomes = [call(breakers[i % 4], fail) for i in range(5)]
+    assert outcomes == ["failed"] * 5
+    for breaker in breakers:
+        eventually(lambda b=breaker: b.state is OPEN)  # type: ignore[misc]
+        assert call(breaker, fail) == "refused"
+    snapshot = breakers[3].snapshot()
+    assert snapshot.opened_because == "5 consecutive failures across the fleet"
+
+
+def test_successes_cost_no_round_trip_and_are_written_in_one_batch(
+    connect: Connect, private_redis: RedisExecutor
+) -> None:
+    connection = connect()
+    breaker = breaker_in(connection, start=False)  # no sync thread: nothing flushes but us
+    before = connection.client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    for _ in range(100):
+        assert call(breaker, lambda: None) == "ok"
+    after = connection.client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    assert after == before  # the closed-state hot path made no round trip
+    breaker._store.flush()  # type: ignore[attr-defined]  # what the sync thread does
+    flushed = connection.client.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert flushed == before + 1
+
+
+def test_a_success_anywhere_resets_the_fleets_failure_count(connect: Connect) -> None:
+    a, b = (connect() for _ in range(2))
+    first, second = breaker_in(a), breaker_in(b)
+    for _ in range(4):
+        assert call(first, fail) == "failed"
+    assert call(second, lambda: None) == "ok"
+    time.sleep(0.3)  # the sync thread writes the success within 100 ms
+    for _ in range(4):
+        assert call(first, fail) == "failed"
+    assert first.state is CLOSED  # 4 + 4 failures, but a success came between
+
+
+def test_an_open_breaker_probes_on_redis_clock_with_one_probe_for_the_fleet(
+    connect: Connect,
+) -> None:
+    breakers = [breaker_in(connect(), reset_timeout=0.3) for _ in range(3)]
+    breakers[0].force_open()
+    breakers[0].reset()
+    for _ in range(5):
+        call(breakers[0], fail)
+    for breaker in breakers:
+        eventually(lambda b=breaker: b.state is not CLOSED)  # type: ignore[misc]
+    time.sleep(0.35)
+    admitted = []
+    for breaker in breakers:
+        try:
+            admitted.append(breaker.admit())
+        except CircuitOpenError:
+            admitted.append(None)
+    assert sum(ticket is not None for ticket in admitted) == 1  # one probe, fleet-wide
+    prober = next(i for i, ticket in enumerate(admitted) if ticket is not None)
+    breakers[prober].settle(admitted[prober], None)  # type: ignore[arg-type]
+    for breaker in breakers:
+        eventually(lambda b=breaker: b.state is CLOSED)  # type: ignore[misc]
+        assert call(breaker, lambda: None) == "ok"
+
+
+def test_a_probe_whose_process_died_frees_its_lease_when_it_expires(connect: Connect) -> None:
+    crashed = breaker_in(connect(), reset_timeout=0.2, probe_lease_s=0.5)
+    survivor = breaker_in(connect(), reset_timeout=0.2, probe_lease_s=0.5)
+    crashed.force_open()
+    crashed.reset()
+    for _ in range(5):
+        call(crashed, fail)
+    time.sleep(0.25)
+    crashed.admit()  # the probe starts, and its process never says how it ended
+    with pytest.raises(CircuitOpenError):
+        survivor.admit()
+    time.sleep(0.55)  # the lease ran out
+    ticket = survivor.admit()
+    survivor.settle(ticket, None)
+    eventually(lambda: survivor.state is CLOSED)
+
+
+def test_half_open_probes_are_judged_across_the_fleet(connect: Connect) -> None:
+    breakers = [breaker_in(connect(), reset_timeout=0.2, half_open_max_calls=3) for _ in range(3)]
+    for _ in range(5):
+        call(breakers[0], fail)
+    time.sleep(0.25)
+    tickets = [breaker.admit() for breaker in breakers]  # three probes, one per process
+    for breaker, ticket in zip(breakers, tickets, strict=True):
+        assert breaker.state is HALF_OPEN  # no process saw 3 successes of its own...
+        breaker.settle(ticket, None)
+    for breaker in breakers:  # ...but the fleet did
+        eventually(lambda b=breaker: b.state is CLOSED)  # type: ignore[misc]
+
+
+def test_a_new_process_reads_the_state_and_resets_nothing(connect: Connect) -> None:
+    # pybreaker #26: creating a breaker on a shared store reset its counters and state
+    old = breaker_in(connect(), reset_timeout=30)
+    for _ in range(5):
+        call(old, fail)
+    assert old.state is OPEN
+    new = breaker_in(connect(), reset_timeout=30)
+    assert new.state is OPEN
+    assert call(new, fail) == "refused"
+    assert 29 < new.retry_after_s <= 30
+
+
+def test_a_stale_process_cannot_extend_an_open_period(connect: Connect) -> None:
+    # pybreaker #24: every worker re-wrote opened_at, so none ever reached half-open
+    connection = connect()
+    first = breaker_in(connection, reset_timeout=0.4)
+    store = first._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(first, fail)
+    opened = store.get("m")
+    stale = BreakerRecord(state=CLOSED, generation=opened.generation - 1)
+    late = BreakerRecord(state=OPEN, retry_at=time.monotonic() + 60, generation=opened.generation)
+    assert store.compare_and_set("m", stale, late) is False  # a second "open" is refused
+    time.sleep(0.45)
+    assert first.state is HALF_OPEN  # on time
+
+
+def test_half_open_waits_for_redis_clock_not_the_local_one(connect: Connect) -> None:
+    first = breaker_in(connect(), reset_timeout=30)
+    store = first._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(first, fail)
+    opened = store.get("m")
+    # a process whose clock runs ahead believes the period is over: Redis says no
+    early = BreakerRecord(state=HALF_OPEN, generation=opened.generation + 1)
+    assert store.compare_and_set("m", opened, early) is False
+    assert store.get("m").state is OPEN
+    assert 29 < store.get("m").retry_at - time.monotonic() <= 30
+
+
+def test_applications_with_different_prefixes_share_nothing(redis_url: str) -> None:
+    # pybreaker #88: breakers of different apps shared keys
+    connections = [
+        FleetConnection(redis_url, prefix=name, timeout_s=0.05) for name in ("app-a", "app-b")
+    ]
+    try:
+        a, b = (breaker_in(connection) for connection in connections)
+        a.force_open()
+        time.sleep(0.2)
+        assert a.state is BreakerState.FORCED_OPEN
+        assert b.state is CLOSED
+    finally:
+        a.reset()
+        for connection in connections:
+            connection.close()
+
+
+def test_redis_going_away_falls_back_warns_once_and_resyncs(
+    killable_redis: RedisExecutor, caplog: pytest.LogCaptureFixture, connect: Connect
+) -> None:
+    connection = connect(url_of(killable_redis))
+    breaker = breaker_in(connection)
+    with killable_redis.stopped():
+        with caplog.at_level(logging.WARNING, logger="llm_server.fleet"):
+            start = time.monotonic()
+            for _ in range(5):
+                assert call(breaker, fail) == "failed"  # one timeout, then local at once
+            assert call(breaker, fail) == "refused"  # this process's own breaker decided
+            assert time.monotonic() - start < 1.0
+        assert connection.fallback
+        warnings = [r for r in caplog.records if "per process" in r.getMessage()]
+        assert len(warnings) == 1
+        breaker.reset()
+    eventually(lambda: not connection.fallback, timeout_s=5)
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+    for _ in range(5):
+        call(breaker, fail)
+    other = breaker_in(connect(url_of(killable_redis)))
+    assert other.state is OPEN  # shared again
