@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from _fleet_helpers import Connect, url_of
 from pytest_redis.executor import RedisExecutor
 
@@ -226,3 +227,25 @@ def test_redis_going_away_falls_back_warns_once_and_resyncs(
         call(breaker, fail)
     other = breaker_in(connect(url_of(killable_redis)))
     assert other.state is OPEN  # shared again
+
+
+def test_a_slow_redis_costs_a_call_one_timeout_then_the_process_falls_back(
+    killable_redis: RedisExecutor, connect: Connect
+) -> None:
+    connection = connect(url_of(killable_redis))
+    breaker = breaker_in(connection)
+    admin = redis.Redis(host=killable_redis.host, port=killable_redis.port, protocol=2)
+    admin.client_pause(2500)  # Redis answers nobody for 2.5 s
+    try:
+        start = time.monotonic()
+        assert call(breaker, fail) == "failed"  # its report timed out: decided locally
+        assert time.monotonic() - start < 0.5
+        assert connection.timeouts == 1
+        # the sync thread's patient ping (1 s) fails too: the whole process falls back
+        eventually(lambda: connection.fallback, timeout_s=3)
+        start = time.monotonic()
+        assert call(breaker, fail) == "failed"
+        assert time.monotonic() - start < 0.05  # no Redis on the request path any more
+    finally:
+        admin.close()
+    eventually(lambda: not connection.fallback, timeout_s=6)  # shared again once it answers

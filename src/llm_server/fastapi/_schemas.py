@@ -92,6 +92,9 @@ class FleetStatus(BaseModel):
     fallback_since: float | None = Field(description="Unix time the current fallback began")
     fallbacks: int = Field(description="Times this process fell back so far")
     members: int = Field(description="Processes seen alive in the last 5 s")
+    timeouts: int = Field(
+        description="Request-path Redis commands that timed out (each call decided locally)"
+    )
 
 
 class ModelStatus(BaseModel):

@@ -95,7 +95,7 @@ class RedisBreakerStore:
                     ],
                 )
             except RedisFailure as exc:
-                self._conn.degrade(exc)
+                self._conn.failed(exc)
             else:
                 self._store(name, reply[1:4])
                 return bool(reply[0])
@@ -121,7 +121,7 @@ class RedisBreakerStore:
             try:
                 self.refresh()
             except RedisFailure as exc:
-                self._conn.degrade(exc)
+                self._conn.failed(exc)
 
     def deciding(self) -> bool:
         """Whether Redis decides (not while the process fell back to local state)."""
@@ -154,7 +154,7 @@ class RedisBreakerStore:
                 consecutive=consecutive if pending else -1,
             )
         except RedisFailure as exc:
-            self._conn.degrade(exc)
+            self._conn.failed(exc)
             return None
         return self._store(name, reply[1:4])
 
@@ -177,7 +177,7 @@ class RedisBreakerStore:
                 ],
             )
         except RedisFailure as exc:
-            self._conn.degrade(exc)
+            self._conn.failed(exc)
             return None
         self._store(name, reply[1:4])
         if reply[0]:
@@ -210,7 +210,7 @@ class RedisBreakerStore:
                 ],
             )
         except RedisFailure as exc:
-            self._conn.degrade(exc)
+            self._conn.failed(exc)
             return None
         return self._store(name, reply[1:4])
 

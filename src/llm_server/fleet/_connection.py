@@ -15,7 +15,13 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from llm_server.core.errors import ConfigurationError
@@ -104,6 +110,12 @@ class FleetConnection:
         """Times this process fell back so far."""
         self.members = 1
         """Processes seen alive in the last 5 s (this one included)."""
+        self.timeouts = 0
+        """Request-path commands that timed out (each call then decided locally)."""
+        self._suspect = threading.Event()
+        self._patient = redis.Redis.from_url(
+            url, **{**self._options, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+        )
         self._periodic: list[Callable[[], None]] = []
         self._flushers: list[Callable[[], None]] = []
         self._resyncs: list[Callable[[], None]] = []
@@ -157,6 +169,7 @@ class FleetConnection:
         if not self.fallback:
             self._flush()
         self.client.close()
+        self._patient.close()
 
     async def aclose(self) -> None:
         """Close the running loop's async client (call from the loop that used it)."""
@@ -186,6 +199,19 @@ class FleetConnection:
         self.members = max(1, int(alive))
 
     # --- fallback ---------------------------------------------------------------------------
+
+    def failed(self, exc: BaseException) -> None:
+        """A command on the request path failed; the caller decides this call locally.
+
+        A refused or broken connection falls back at once. A timeout may be a slow Redis or
+        only a busy event loop that read the answer late (under full load, loop lag alone
+        can pass 50 ms), so the sync thread checks Redis with a patient ping first.
+        """
+        if isinstance(exc, TimeoutError | RedisTimeoutError):
+            self.timeouts += 1
+            self._suspect.set()
+            return
+        self.degrade(exc)
 
     def degrade(self, exc: BaseException) -> None:
         """Fall back to local state after a failed command (warns once per outage)."""
@@ -239,6 +265,9 @@ class FleetConnection:
         for flush in self._flushers:
             try:
                 flush()
+            except (TimeoutError, RedisTimeoutError):
+                self._suspect.set()
+                return
             except RedisFailure as exc:
                 self.degrade(exc)
                 return
@@ -254,6 +283,8 @@ class FleetConnection:
                 if self._wait_for_redis():
                     next_sync = 0.0
                 continue
+            if self._suspect.is_set() and not self._verify():
+                continue
             try:
                 if pubsub is None and self._listeners:
                     pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
@@ -265,6 +296,8 @@ class FleetConnection:
                         periodic()
                 self._flush()
                 self._listen(pubsub, FLUSH_INTERVAL_S)
+            except (TimeoutError, RedisTimeoutError):
+                self._suspect.set()  # checked patiently on the next turn
             except RedisFailure as exc:
                 self.degrade(exc)
             except Exception:  # a bug here must not end the thread: log it and go on
@@ -272,6 +305,16 @@ class FleetConnection:
                 self._stop.wait(SYNC_INTERVAL_S)
         if pubsub is not None:
             pubsub.close()
+
+    def _verify(self) -> bool:
+        """After a timeout: is Redis there (a ping allowed 1 s)? Falls back if not."""
+        self._suspect.clear()
+        try:
+            self._patient.ping()
+        except RedisFailure as exc:
+            self.degrade(exc)
+            return False
+        return True
 
     def _wait_for_redis(self) -> bool:
         """In fallback: ping once a second; resync when Redis answers (returns whether)."""
@@ -314,6 +357,7 @@ class FleetConnection:
             "fallback_since": self.fallback_since,
             "fallbacks": self.fallbacks,
             "members": self.members,
+            "timeouts": self.timeouts,
         }
 
 

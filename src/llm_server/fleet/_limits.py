@@ -1,15 +1,20 @@
 """Rate-limit counters shared by a fleet through Redis (a :class:`LimitCounters`).
 
-Taking capacity is one round trip (one Lua script: both limits checked and taken at once, on
-Redis's clock). Giving back what a call did not use is queued and written by the sync thread
-every 100 ms, never on the request path. While Redis is down each process counts alone, with
-its share of every limit (the limit divided by the processes seen alive).
+Taking capacity is at most one round trip (one Lua script: both limits checked and taken at
+once, on Redis's clock), and usually none: a process takes a small *lease* of capacity
+(enough for several calls: at most 1/20 of the limit divided by the processes alive, at most
+50 calls) and serves the next calls from it, for at most a second and never past the window
+it was taken in. What a lease or a call did not use is given back by the sync thread every
+100 ms, never on the request path. While Redis is down each process counts alone, with its
+share of every limit (the limit divided by the processes seen alive).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 from redis.commands.core import AsyncScript
 
@@ -17,9 +22,22 @@ from llm_server.core.reliability._rate_limit import WINDOW_S, LocalLimitCounters
 from llm_server.fleet import _scripts
 from llm_server.fleet._connection import FleetConnection, RedisFailure
 
-__all__ = ["RedisLimitCounters"]
+__all__ = ["LEASE_CALLS_MAX", "LEASE_S", "RedisLimitCounters"]
 
 _WINDOW_MS = int(WINDOW_S * 1000)
+LEASE_S = 1.0
+"""The longest a process serves calls from capacity it took ahead."""
+LEASE_CALLS_MAX = 50
+"""The most calls one lease covers."""
+_LEASE_SHARE = 20  # a lease is at most 1/20 of a process's share of the limit
+
+
+@dataclass(slots=True)
+class _Lease:
+    window: int  # Redis's window index
+    requests: int
+    tokens: int
+    until: float  # local monotonic time
 
 
 class RedisLimitCounters:
@@ -34,34 +52,66 @@ class RedisLimitCounters:
         self.local = LocalLimitCounters(share=lambda: connection.members)
         """The fallback counters (each process gets its share of every limit)."""
         self._pending: defaultdict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+        self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._sync_script = connection.client.register_script(_scripts.LIMIT_TAKE)
         self._async_scripts: dict[int, AsyncScript] = {}
+        self.round_trips = 0
+        """Takes that went to Redis (the others were served from a lease)."""
         connection.on_sync(flush=self.flush)
 
     async def take(
         self, key: str, requests: int, tokens: int, caps: tuple[int, int]
     ) -> tuple[float, int, bool]:
-        """Take both costs from the fleet's counters (one round trip), else locally."""
+        """Take both costs from a lease, else from the fleet's counters, else locally."""
         conn = self._conn
-        if not conn.fallback:
-            client = conn.async_client()
-            script = self._async_scripts.get(id(client))
-            if script is None:
-                script = self._async_scripts[id(client)] = client.register_script(
-                    _scripts.LIMIT_TAKE
-                )
-            try:
-                wait_ms, window = await script(
-                    keys=[conn.key("rl", key)],
-                    args=[_WINDOW_MS, requests, tokens, caps[0], caps[1]],
-                )
-            except RedisFailure as exc:
-                conn.degrade(exc)
-            else:
-                wait = -1.0 if int(wait_ms) < 0 else int(wait_ms) / 1000
-                return wait, -int(window) - 1, True  # fleet windows are negative (see give_back)
-        return await self.local.take(key, requests, tokens, caps)
+        if conn.fallback:
+            return await self.local.take(key, requests, tokens, caps)
+        now = time.monotonic()
+        with self._lock:
+            lease = self._leases.get(key)
+            fits = lease is not None and lease.requests >= requests and lease.tokens >= tokens
+            if lease is not None and fits and now < lease.until:
+                lease.requests -= requests
+                lease.tokens -= tokens
+                return 0.0, -lease.window - 1, True
+            if lease is not None:  # spent, short or expired: what is left goes back
+                del self._leases[key]
+                self._queue(key, lease.window, lease.requests, lease.tokens)
+        calls = self._lease_calls(caps, tokens)
+        client = conn.async_client()
+        script = self._async_scripts.get(id(client))
+        if script is None:
+            script = self._async_scripts[id(client)] = client.register_script(_scripts.LIMIT_TAKE)
+        args = [_WINDOW_MS, requests, tokens, caps[0], caps[1], requests * calls, tokens * calls]
+        try:
+            reply = await script(keys=[conn.key("rl", key)], args=args)
+        except RedisFailure as exc:
+            conn.failed(exc)
+            return await self.local.take(key, requests, tokens, caps)
+        self.round_trips += 1
+        wait_ms, window, elapsed_ms, got_requests, got_tokens = (int(x) for x in reply)
+        if wait_ms != 0:
+            return (-1.0 if wait_ms < 0 else wait_ms / 1000), -window - 1, True
+        if got_requests > requests or got_tokens > tokens:
+            until = now + min(LEASE_S, (_WINDOW_MS - elapsed_ms) / 1000)
+            spare = _Lease(window, got_requests - requests, got_tokens - tokens, until)
+            with self._lock:
+                old = self._leases.pop(key, None)
+                self._leases[key] = spare
+                if old is not None:  # another call of this process leased meanwhile
+                    self._queue(key, old.window, old.requests, old.tokens)
+        return 0.0, -window - 1, True  # fleet windows are negative (see give_back)
+
+    def _lease_calls(self, caps: tuple[int, int], tokens: int) -> int:
+        """How many calls like this one a lease should cover (1: no lease)."""
+        share = max(1, self._conn.members) * _LEASE_SHARE
+        calls = LEASE_CALLS_MAX
+        if caps[0]:
+            calls = min(calls, caps[0] // share)
+        if caps[1] and tokens:
+            calls = min(calls, caps[1] // (share * tokens))
+        return max(1, calls)
 
     def give_back(self, key: str, window: int, requests: int, tokens: int) -> None:
         """Queue capacity to return (fleet windows) or return it locally."""
@@ -69,13 +119,22 @@ class RedisLimitCounters:
             self.local.give_back(key, window, requests, tokens)
             return
         with self._lock:
-            pending = self._pending[(key, -window - 1)]
+            self._queue(key, -window - 1, requests, tokens)
+
+    def _queue(self, key: str, window: int, requests: int, tokens: int) -> None:
+        if requests or tokens:
+            pending = self._pending[(key, window)]
             pending[0] += requests
             pending[1] += tokens
 
     def flush(self) -> None:
-        """Write the queued give-backs (called by the sync thread every 100 ms)."""
+        """Return expired leases and queued give-backs (the sync thread, every 100 ms)."""
+        now = time.monotonic()
         with self._lock:
+            for key, lease in list(self._leases.items()):
+                if now >= lease.until:
+                    del self._leases[key]
+                    self._queue(key, lease.window, lease.requests, lease.tokens)
             pending, self._pending = self._pending, defaultdict(lambda: [0, 0])
         if not pending:
             return
@@ -83,7 +142,7 @@ class RedisLimitCounters:
         for (key, window), (requests, tokens) in pending.items():
             self._sync_script(
                 keys=[self._conn.key("rl", key)],
-                args=["give", window, requests, tokens, _WINDOW_MS],
+                args=["give", window, requests, tokens],
                 client=pipe,
             )
         pipe.execute()

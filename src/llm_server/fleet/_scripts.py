@@ -189,8 +189,9 @@ LIMIT_TAKE = (
     _COMMON
     + """
 -- One limiter. KEYS[1]: its hash (fields r<window>, t<window>). ARGV: window ms, requests,
--- tokens, requests cap (0: none), tokens cap (0: none); or, to give back: 'give', window,
--- requests, tokens, window ms. Returns ms to wait (0: taken, -1: never) and the window.
+-- tokens, requests cap (0: none), tokens cap (0: none), lease requests, lease tokens (a
+-- chunk to take instead, when it fits); or, to give back: 'give', window, requests, tokens.
+-- Returns ms to wait (0: taken, -1: never), the window, ms into it, requests and tokens taken.
 if ARGV[1] == 'give' then
   local w = tonumber(ARGV[2])
   local r, t = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -218,15 +219,22 @@ local function wait_for(dim, cost, cap)
   return math.ceil((W - elapsed) + math.max(0, W - (cap - cost) * W / cur))
 end
 local requests, tokens = tonumber(ARGV[2]), tonumber(ARGV[3])
-local wr = wait_for('r', requests, tonumber(ARGV[4]))
-local wt = wait_for('t', tokens, tonumber(ARGV[5]))
-if wr < 0 or wt < 0 then return {-1, idx} end
-local wait = math.max(wr, wt)
-if wait > 0 then return {wait, idx} end
+local cap_r, cap_t = tonumber(ARGV[4]), tonumber(ARGV[5])
+local lease_r, lease_t = tonumber(ARGV[6] or '0'), tonumber(ARGV[7] or '0')
+if (lease_r > requests or lease_t > tokens)
+   and wait_for('r', lease_r, cap_r) == 0 and wait_for('t', lease_t, cap_t) == 0 then
+  requests, tokens = lease_r, lease_t
+else
+  local wr = wait_for('r', requests, cap_r)
+  local wt = wait_for('t', tokens, cap_t)
+  if wr < 0 or wt < 0 then return {-1, idx, elapsed, 0, 0} end
+  local wait = math.max(wr, wt)
+  if wait > 0 then return {wait, idx, elapsed, 0, 0} end
+end
 if requests > 0 then redis.call('HINCRBY', KEYS[1], 'r' .. idx, requests) end
 if tokens > 0 then redis.call('HINCRBY', KEYS[1], 't' .. idx, tokens) end
 redis.call('HDEL', KEYS[1], 'r' .. (idx - 2), 't' .. (idx - 2))
 redis.call('PEXPIRE', KEYS[1], 2 * W + 1000)
-return {0, idx}
+return {0, idx, elapsed, requests, tokens}
 """
 )
