@@ -162,6 +162,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:  # noqa
         rows += _reliability_targets(results["reliability"])
     if results.get("streaming"):
         rows += _streaming_targets(results["streaming"])
+    if results.get("fleet"):
+        rows += _fleet_targets(results["fleet"])
     profile = results.get("profile", {}).get("F")
     if profile:
         share = profile["llm_server_charged"]
@@ -348,6 +350,92 @@ def _render_streaming(stream: dict[str, Any]) -> list[str]:
     ]
 
 
+def _fleet_targets(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    throughput = fleet["throughput"]
+    outage = fleet["outage"]["redis"]
+    return [
+        (
+            "fleet: throughput, 2 workers with Redis / without (c=64, breakers and limits on)",
+            ">= 0.95",
+            fmt(throughput["ratio"], 3),
+            verdict(throughput["ratio"] >= 0.95),
+        ),
+        (
+            "fleet: Redis round trips per request, background included",
+            "<= 1",
+            fmt(throughput["redis_scripts_per_request"], 3),
+            verdict(throughput["redis_scripts_per_request"] <= 1),
+        ),
+        (
+            "fleet: calls reaching a failing provider, 4 workers (threshold 5)",
+            "<= threshold + workers + 3 = 12",
+            str(outage["calls_reaching_failing_provider"]),
+            verdict(outage["calls_reaching_failing_provider"] <= 12),
+        ),
+        (
+            "fleet: probes reaching it over 3 reset periods",
+            "<= 3 + 2",
+            str(outage["probes_in_3_periods"]),
+            verdict(outage["probes_in_3_periods"] <= 5),
+        ),
+    ]
+
+
+def _render_fleet(fleet: dict[str, Any]) -> list[str]:
+    throughput = fleet["throughput"]
+    apps = throughput["apps"]
+    check = fleet["limit_check"]
+    rows = [
+        (
+            {"redis": "with LLM_SERVER_REDIS_URL", "local": "without (per process)"}[name],
+            fmt(app["throughput"], 1),
+            ", ".join(fmt(r, 1) for r in app["rounds"]),
+            fmt(app["p50_ms"], 1),
+            fmt(app["p99_ms"], 1),
+            app["errors"],
+        )
+        for name, app in apps.items()
+    ]
+    outage_rows = [
+        (
+            {"redis": "with Redis", "local": "without"}[name],
+            run["calls_reaching_failing_provider"],
+            run["probes_in_3_periods"],
+        )
+        for name, run in fleet["outage"].items()
+    ]
+    return [
+        "## Fleet",
+        "",
+        "`benchmarks/e2e/fleet.py`: `examples/fleet_app` (a breaker and a rate limit on its model) "
+        "under `uvicorn --workers 2`, with a private `redis-server` and without, c=64, provider "
+        "latency 0, limits high enough never to refuse (both check them on every call); rounds "
+        "alternate. The ratio is of the median rounds (one stalled round on this shared "
+        f"machine moves a mean by several percent): {fmt(throughput['ratio'], 3)} (pooled: "
+        f"{fmt(throughput['ratio_pooled'], 3)}). Redis ran "
+        f"{fmt(throughput['redis_scripts_per_request'], 3)} scripts (round trips) per served "
+        "request, heartbeats, re-reads and batched flushes included: a rate-limited call takes "
+        "capacity from a lease (several calls' worth) and goes to Redis once per lease.",
+        "",
+        table(["fleet", "req/s", "rounds", "p50 ms", "p99 ms", "errors"], rows),
+        "",
+        f"One `RateLimiter.acquire` in process, {check['calls']} calls: on Redis counters p50 "
+        f"{fmt(check['redis']['p50_us'], 1)} us, p99 {fmt(check['redis']['p99_us'], 1)} us; on "
+        f"local ones p50 {fmt(check['local']['p50_us'], 1)} us, p99 "
+        f"{fmt(check['local']['p99_us'], 1)} us (added p99: {fmt(check['added_p99_us'], 1)} us, "
+        "the round trip that renews a lease).",
+        "",
+        "Provider down, 4 workers, one request in flight per worker (breaker: 5 failures, "
+        "3 s reset, one probe):",
+        "",
+        table(
+            ["fleet", "calls reaching the failing provider", "probes in 3 reset periods"],
+            outage_rows,
+        ),
+        "",
+    ]
+
+
 def cpu_flatness(points: list[dict[str, Any]], latency: int) -> dict[str, float]:
     """CPU per request at c=256 over c=1, per app."""
     low, high = _point(points, latency, 1), _point(points, latency, 256)
@@ -399,6 +487,8 @@ def render(results: dict[str, Any]) -> str:
         parts += _render_reliability(results["reliability"])
     if results.get("streaming"):
         parts += _render_streaming(results["streaming"])
+    if results.get("fleet"):
+        parts += _render_fleet(results["fleet"])
     if results.get("startup"):
         parts += _render_startup(results["startup"])
     if results.get("profile"):

@@ -8,7 +8,8 @@ Parts, in order: the component benchmarks (``bench_*.py``), start-up, the librar
 per request layer by layer (in-process), end to end (F, F with an
 OpenTelemetry SDK, H, D, R at provider latency 0/200 ms and concurrency 1/64/256), cost growth
 (RSS after 1,000 and 10,000 requests), reliability under load (what a refused request costs,
-how fast a breaker recovers under c=50/200 traffic) and a profile of the reference app.
+how fast a breaker recovers under c=50/200 traffic), streaming, a fleet with and without
+Redis (throughput, round trips, limit checks, outages) and a profile of the reference app.
 Everything talks to 127.0.0.1 only. Optional tools are detected, never required: uvloop and
 httptools (uvicorn picks them when installed; the report lists their versions) and py-spy
 (the profile falls back to cProfile without it).
@@ -34,6 +35,7 @@ import _components  # noqa: E402 -- benchmarks/ is not a package; the path is se
 import _render  # noqa: E402
 import _report  # noqa: E402
 from e2e import (  # noqa: E402
+    fleet,
     gcstats,
     layers,
     profiling,
@@ -53,6 +55,7 @@ PARTS = (
     "rss",
     "reliability",
     "streaming",
+    "fleet",
     "profile",
 )
 
@@ -71,6 +74,7 @@ def run(parts: tuple[str, ...], *, quick: bool) -> dict[str, Any]:
         "rss": lambda: rss.measure(quick=quick),
         "reliability": lambda: reliability.measure(quick=quick),
         "streaming": lambda: streaming.measure(quick=quick),
+        "fleet": lambda: fleet.measure(quick=quick),
         "profile": lambda: {
             name: profiling.profile_app(name, quick=quick) for name in ("F", "F_otel", "H")
         },

@@ -59,8 +59,9 @@ class Provider:
     def set_latency(self, latency_ms: float) -> None:
         self.command(f"latency {latency_ms}")
 
-    def command(self, line: str) -> None:
-        """Send one command (``latency <ms>``, ``down``, ``up``) and wait for its ``OK``."""
+    def command(self, line: str) -> str:
+        """Send one command (``latency <ms>``, ``down``, ``up``, ``fired``); its answer after
+        ``OK``."""
         stdin: IO[str] | None = self.process.stdin
         stdout: IO[str] | None = self.process.stdout
         assert stdin is not None
@@ -68,8 +69,9 @@ class Provider:
         stdin.write(f"{line}\n")
         stdin.flush()
         answer = stdout.readline().strip()
-        if answer != "OK":
+        if answer.partition(" ")[0] != "OK":
             raise RuntimeError(f"provider refused {line!r}: {answer!r}")
+        return answer.partition(" ")[2]
 
 
 @contextlib.contextmanager

@@ -5,8 +5,8 @@
 Prints ``READY <base_url>`` once listening, then reads commands on stdin, one per line:
 ``latency <ms>`` sets the latency added to every answer, ``chunk_delay <ms>`` the pause
 between the events of a streamed answer, ``reply <text>`` a fixed answer, ``down`` makes every
-request fail with a 503 (an outage), ``up`` ends it (each answers ``OK``); end of input stops
-it.
+request fail with a 503 (an outage), ``up`` ends it (each answers ``OK``), ``fired`` answers
+``OK <n>``: the requests the current outage failed; end of input stops it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main() -> None:
     # max_recorded: keep a few requests only; the benchmark never reads them.
     with LocalProvider(latency_s=args.latency_ms / 1000, max_recorded=16) as provider:
         print(f"READY {provider.base_url}", flush=True)
+        outage = None
         for line in sys.stdin:
             command, _, value = line.strip().partition(" ")
             if command == "latency":
@@ -36,11 +37,13 @@ def main() -> None:
                 provider.script(reply=value.replace("\\n", "\n") or None)
                 print("OK", flush=True)
             elif command == "down":
-                provider.add_fault("unavailable")
+                outage = provider.add_fault("unavailable")
                 print("OK", flush=True)
             elif command == "up":
                 provider.clear_faults()
                 print("OK", flush=True)
+            elif command == "fired":
+                print(f"OK {provider.fired(outage) if outage is not None else 0}", flush=True)
             elif command:
                 print(f"ERROR unknown command {command!r}", flush=True)
 

@@ -1,0 +1,251 @@
+"""A fleet with and without Redis: throughput, Redis round trips, limit checks, outages.
+
+    python benchmarks/e2e/fleet.py [--quick]
+
+Runs ``examples/fleet_app`` (breaker + rate limit on its model) under ``uvicorn --workers N``
+against the local provider, with a private ``redis-server`` on a free loopback port; all of it
+on 127.0.0.1, every loop bounded in time:
+
+* **Throughput**: 2 workers with ``LLM_SERVER_REDIS_URL`` vs 2 workers without, c=64, provider
+  latency 0, limits high enough never to refuse (so both check them on every call); rounds
+  alternate; the ratio is of the median rounds. Target: ratio >= 0.95. Redis round trips
+  per served request are the scripts Redis ran (``INFO commandstats``), background ones
+  included (heartbeats, re-reads, flushes; pipelined give-backs count one each).
+* **Limit check**: the added latency of one ``RateLimiter.acquire`` on Redis counters vs on
+  local ones, in process (p50 / p99, microseconds).
+* **Outage**: 4 workers, provider down, one request in flight per worker: calls that reached
+  the provider before every worker refused, and probes over 3 reset periods, with and
+  without Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from e2e import _procs
+
+ROOT = Path(__file__).resolve().parents[2]
+FLEET_APP = ROOT / "examples" / "fleet_app"
+PATH = "/programs/summarize"
+BODY = '{{"text": "Request {n}: a fleet acts as one."}}'
+RESET_S = 3.0  # examples/fleet_app/config/model_config.yml
+NO_LIMIT = {"FLEET_REQUESTS_PER_MINUTE": "100000000", "FLEET_TOKENS_PER_MINUTE": "10000000000"}
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server (no persistence) on a free loopback port; its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    port = _procs.free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", folder]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            _procs.wait_for_port(port, process)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            _procs.stop(process)
+
+
+@dataclass
+class Fleet:
+    """``uvicorn --workers N`` serving the fleet example."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+
+@contextlib.contextmanager
+def fleet(folder: Path, provider_url: str, *, workers: int, env: dict[str, str]) -> Iterator[Fleet]:
+    """Serve a copy of the fleet example; stop every worker at the end."""
+    app = folder / f"app-{_procs.free_port()}"
+    shutil.copytree(FLEET_APP, app, ignore=shutil.ignore_patterns("run.py", "dspy_programs"))
+    port = _procs.free_port()
+    command = [_procs.PYTHON, "-m", "uvicorn", "main:app", "--port", str(port)]
+    command += ["--workers", str(workers), "--log-level", "warning"]
+    process = subprocess.Popen(
+        command, cwd=app, env=_procs.app_env(provider_url, env), start_new_session=True
+    )
+    try:
+        _procs.wait_for_port(port, process)
+        time.sleep(2.0 * workers)  # every worker past its startup, not only the first
+        yield Fleet(process, port)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _redis_calls(url: str) -> int:
+    """Scripts run so far: every fleet round trip is one (commandstats also counts the
+    commands a script runs inside, which are no round trips)."""
+    import redis
+
+    client = redis.Redis.from_url(url, protocol=2)
+    try:
+        stats = client.info("commandstats")
+        return sum(
+            int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
+        )
+    finally:
+        client.close()
+
+
+def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
+    """2 workers with Redis vs without, c=64: throughput ratio and Redis scripts/request."""
+    window, warmup, rounds = (2.0, 1.0, 4) if quick else (4.0, 1.5, 8)
+    shared_env = {**NO_LIMIT, "LLM_SERVER_REDIS_URL": redis_url, "LLM_SERVER_REDIS_PREFIX": "bench"}
+    runs: dict[str, list[dict[str, Any]]] = {"redis": [], "local": []}
+    commands: list[float] = []
+    with (
+        fleet(folder, provider_url, workers=2, env=shared_env) as shared,
+        fleet(folder, provider_url, workers=2, env=dict(NO_LIMIT)) as local,
+    ):
+        for index in range(rounds):
+            order = (("redis", shared), ("local", local))
+            for name, app in order if index % 2 == 0 else tuple(reversed(order)):
+                before = _redis_calls(redis_url) if name == "redis" else 0
+                result = _procs.load(
+                    app.port,
+                    concurrency=64,
+                    duration_s=window,
+                    warmup_s=warmup,
+                    raw=True,
+                    path=PATH,
+                    body=BODY,
+                )
+                if name == "redis":
+                    served = result["completed"] + warmup * result["throughput"]
+                    commands.append((_redis_calls(redis_url) - before) / max(1.0, served))
+                runs[name].append(result)
+    pooled = {name: _pool(results) for name, results in runs.items()}
+    # the median round of each: one stalled round (this shared machine has them, in A/A runs
+    # too) moves a pooled mean by several percent and a median not at all
+    medians = {
+        name: statistics.median(r["throughput"] for r in results) for name, results in runs.items()
+    }
+    return {
+        "workers": 2,
+        "concurrency": 64,
+        "apps": pooled,
+        "ratio": medians["redis"] / medians["local"],
+        "ratio_pooled": pooled["redis"]["throughput"] / pooled["local"]["throughput"],
+        "redis_scripts_per_request": sum(commands) / len(commands),
+    }
+
+
+def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    completed = sum(run["completed"] for run in runs)
+    window = sum(run["window_s"] for run in runs)
+    latencies = sorted(x for run in runs for x in run["latencies_ms"])
+    errors = sum(run["errors"] for run in runs)
+    return {
+        "completed": completed,
+        "errors": errors,
+        "throughput": completed / window if window else 0.0,
+        "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
+        "rounds": [round(run["throughput"], 1) for run in runs],
+    }
+
+
+def limit_check(redis_url: str, *, quick: bool) -> dict[str, Any]:
+    """p50/p99 of one ``acquire`` on Redis counters vs local ones, in microseconds."""
+    from llm_server.core.rate_limit import LocalLimitCounters, RateLimiter
+    from llm_server.fleet import FleetConnection, RedisLimitCounters
+
+    calls = 1000 if quick else 5000
+
+    async def timed(limiter: RateLimiter) -> list[float]:
+        samples = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            await limiter.acquire(300)
+            samples.append((time.perf_counter() - start) * 1e6)
+        return sorted(samples)
+
+    async def both() -> dict[str, Any]:
+        connection = FleetConnection(redis_url, prefix="bench-limit", timeout_s=0.05)
+        try:
+            options: dict[str, Any] = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12}
+            shared = await timed(
+                RateLimiter("m", counters=RedisLimitCounters(connection), **options)
+            )
+            local = await timed(RateLimiter("m", counters=LocalLimitCounters(), **options))
+        finally:
+            await connection.aclose()
+            connection.close()
+        out: dict[str, Any] = {"calls": calls}
+        for name, samples in (("redis", shared), ("local", local)):
+            out[name] = {
+                "p50_us": samples[len(samples) // 2],
+                "p99_us": samples[int(0.99 * (len(samples) - 1))],
+            }
+        out["added_p99_us"] = out["redis"]["p99_us"] - out["local"]["p99_us"]
+        return out
+
+    return asyncio.run(both())
+
+
+def outage(folder: Path, redis_url: str | None) -> dict[str, Any]:
+    """4 workers, provider down, one request in flight per worker: what reaches the provider."""
+    env = dict(NO_LIMIT)
+    if redis_url is not None:
+        env |= {"LLM_SERVER_REDIS_URL": redis_url, "LLM_SERVER_REDIS_PREFIX": "bench-outage"}
+    with _procs.provider() as provider, fleet(folder, provider.base_url, workers=4, env=env) as app:
+        _procs.load(app.port, concurrency=4, duration_s=1.0, warmup_s=0.0, path=PATH, body=BODY)
+        provider.command("down")
+        _procs.load(app.port, concurrency=4, duration_s=1.0, warmup_s=0.0, path=PATH, body=BODY)
+        tripped = int(provider.command("fired"))
+        _procs.load(
+            app.port,
+            concurrency=4,
+            duration_s=3 * RESET_S + 0.5,
+            warmup_s=0.0,
+            path=PATH,
+            body=BODY,
+        )
+        probes = int(provider.command("fired")) - tripped
+        provider.command("up")
+    return {"workers": 4, "calls_reaching_failing_provider": tripped, "probes_in_3_periods": probes}
+
+
+def measure(*, quick: bool = False) -> dict[str, Any]:
+    """Every part of the fleet benchmark."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
+        folder = Path(tmp)
+        with _procs.provider() as provider:
+            result: dict[str, Any] = {
+                "throughput": throughput(folder, provider.base_url, redis_url, quick=quick)
+            }
+        result["limit_check"] = limit_check(redis_url, quick=quick)
+        result["outage"] = {"redis": outage(folder, redis_url), "local": outage(folder, None)}
+    result["elapsed_s"] = time.perf_counter() - started
+    return result
+
+
+if __name__ == "__main__":
+    _procs.measure_cli(measure, __doc__)
