@@ -147,3 +147,20 @@ def test_every_page_of_the_docs_is_in_the_site_navigation() -> None:
     nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
     pages = {str(p.relative_to(REPO / "docs")) for p in (REPO / "docs").rglob("*.md")}
     assert not {page for page in pages if page not in nav}
+
+
+def test_every_setting_and_yaml_key_is_in_the_configuration_reference() -> None:
+    from pydantic import AliasChoices
+
+    from llm_server.core.config import FrameworkSettings
+    from llm_server.core.model_config import ModelConfig, RateLimitConfig
+
+    reference = (REPO / "docs" / "reference" / "configuration.md").read_text()
+    for name, field in FrameworkSettings.model_fields.items():
+        alias = field.validation_alias
+        variable = str(alias.choices[0]) if isinstance(alias, AliasChoices) else name
+        assert f"`{variable}`" in reference, variable
+    for name in ModelConfig.model_fields:
+        assert f"`{name}" in reference, name
+    for name in RateLimitConfig.model_fields:
+        assert f"`rate_limit.{name}`" in reference or f"/ `{name}`" in reference, name
