@@ -85,3 +85,36 @@ async def test_without_redis_each_process_gets_its_share(
             await limiters[0].acquire()
         assert caught.value.fleet is False
     await connections[0].aclose()
+
+
+async def test_a_high_limit_is_served_from_leases_and_unused_capacity_returns(
+    connect: Connect,
+) -> None:
+    connection = connect()
+    counters = RedisLimitCounters(connection)  # no sync thread: flush by hand
+    limit = RateLimiter("m", requests_per_minute=100_000, counters=counters)
+    for _ in range(100):
+        await limit.acquire()
+    assert counters.round_trips == 2  # a lease covers 50 calls
+    key = connection.key("rl", "m")
+
+    def counted() -> int:
+        fields = connection.client.hgetall(key)
+        return sum(int(v) for k, v in fields.items() if k.startswith(b"r"))
+
+    await limit.acquire()  # the third lease: 50 counted, 1 used
+    assert counted() == 150
+    await anyio.sleep(1.05)  # the lease ran out
+    counters.flush()  # what the sync thread does every 100 ms
+    assert counted() == 101
+    await connection.aclose()
+
+
+async def test_a_small_limit_gets_no_lease(connect: Connect) -> None:
+    connection = connect()
+    counters = RedisLimitCounters(connection)
+    limit = RateLimiter("m", requests_per_minute=30, counters=counters)
+    for _ in range(5):
+        await limit.acquire()
+    assert counters.round_trips == 5  # 30/min: one call per round trip, nothing held back
+    await connection.aclose()
