@@ -153,7 +153,13 @@ def test_every_setting_and_yaml_key_is_in_the_configuration_reference() -> None:
     from pydantic import AliasChoices
 
     from llm_server.core.config import FrameworkSettings
-    from llm_server.core.model_config import ModelConfig, RateLimitConfig
+    from llm_server.core.model_config import (
+        BudgetConfig,
+        BudgetLimitsConfig,
+        ModelConfig,
+        ModelsConfig,
+        RateLimitConfig,
+    )
 
     reference = (REPO / "docs" / "reference" / "configuration.md").read_text()
     for name, field in FrameworkSettings.model_fields.items():
@@ -164,3 +170,7 @@ def test_every_setting_and_yaml_key_is_in_the_configuration_reference() -> None:
         assert f"`{name}" in reference, name
     for name in RateLimitConfig.model_fields:
         assert f"`rate_limit.{name}`" in reference or f"/ `{name}`" in reference, name
+    for name in ModelsConfig.model_fields:
+        assert f"`{name}" in reference, name
+    for name in [*BudgetConfig.model_fields, *BudgetLimitsConfig.model_fields]:
+        assert f"{name}`" in reference, name

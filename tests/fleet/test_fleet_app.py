@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import dspy
 import httpx
 import pytest
 from _fleet_helpers import url_of
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
@@ -24,6 +25,7 @@ from llm_server.fastapi import (
     health_router,
     install_error_handlers,
     llm_server_lifespan,
+    tenant_header,
 )
 from llm_server.models.manager import ModelManager
 from llm_server.testing import LocalProvider, StaticConfigProvider
@@ -243,3 +245,86 @@ def socket_nobody_listens_on() -> Iterator[str]:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         yield f"redis://127.0.0.1:{held.getsockname()[1]}/0"
+
+
+def budget_app(provider: LocalProvider, tmp_path: Path, **settings_values: Any) -> FastAPI:
+    config = StaticConfigProvider(
+        {
+            "gpt-4o-mini": {
+                "model_name": "openai/gpt-4o-mini",
+                "api_base": provider.openai_api_base,
+                "api_key": "sk-test",
+            }
+        },
+        budgets={"acme": {"per_day": {"requests": 2}}},
+    )
+    app = FastAPI(
+        lifespan=llm_server_lifespan(
+            programs=[(Summarize, "Summarizer")],
+            settings=settings(tmp_path, **settings_values),
+            config_provider=config,
+        ),
+        dependencies=[Depends(tenant_header())],
+    )
+    install_error_handlers(app)
+    app.include_router(health_router())
+    add_program_endpoint(app, "summarize", signature=Summarize, default_model_id="gpt-4o-mini")
+    return app
+
+
+async def test_a_tenant_over_budget_gets_429_budget_exceeded(
+    tmp_path: Path, provider: LocalProvider
+) -> None:
+    provider.clear()
+    async with serving(budget_app(provider, tmp_path)) as client:
+        acme = {"X-Tenant-ID": "acme"}
+        statuses = [
+            (await client.post("/programs/summarize", json={"text": "hi"}, headers=acme))
+            for _ in range(3)
+        ]
+        assert [r.status_code for r in statuses] == [200, 200, 429]
+        refused = statuses[-1]
+        assert refused.json()["error"]["type"] == "budget_exceeded"
+        assert (
+            "tenant 'acme' spent its requests budget for this day"
+            in (refused.json()["error"]["message"])
+        )
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert len(provider.requests) == 2
+        # another tenant, and a request naming none, are not limited by acme's budget
+        other = await client.post(
+            "/programs/summarize", json={"text": "hi"}, headers={"X-Tenant-ID": "b"}
+        )
+        anonymous = await client.post("/programs/summarize", json={"text": "hi"})
+        assert (other.status_code, anonymous.status_code) == (200, 200)
+        usage = (await client.get("/tenants/acme/usage")).json()
+        assert usage["periods"]["day"]["requests"] == 2
+        assert usage["periods"]["day"]["tokens"] > 0
+        assert usage["periods"]["day"]["budget_requests"] == 2
+        assert usage["shared"] is False
+        bad = await client.post(
+            "/programs/summarize", json={"text": "hi"}, headers={"X-Tenant-ID": "a\x01"}
+        )
+        assert bad.status_code == 400
+
+
+async def test_a_tenant_budget_is_shared_by_the_fleet(
+    tmp_path: Path, provider: LocalProvider, redis_url: str, prefix: str
+) -> None:
+    fleet_settings = {"redis_url": redis_url, "redis_prefix": prefix}
+    first, second = (budget_app(provider, tmp_path, **fleet_settings) for _ in range(2))
+    acme = {"X-Tenant-ID": "acme"}
+    async with serving(first) as one, serving(second) as two:
+        assert (
+            await one.post("/programs/summarize", json={"text": "a"}, headers=acme)
+        ).status_code == 200
+        assert (
+            await one.post("/programs/summarize", json={"text": "b"}, headers=acme)
+        ).status_code == 200
+        await anyio.sleep(0.3)  # the first process's charges are written within 100 ms
+        refused = await two.post("/programs/summarize", json={"text": "c"}, headers=acme)
+        assert refused.status_code == 429
+        assert "by the fleet's count" in refused.json()["error"]["message"]
+        usage = (await two.get("/tenants/acme/usage")).json()
+        assert usage["shared"] is True
+        assert usage["periods"]["day"]["requests"] == 2

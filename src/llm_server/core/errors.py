@@ -29,7 +29,8 @@ HTTP status a host app should answer with (``http_status``)::
     │       └── CorruptProgramError         500 corrupt_program
     ├── ModelCallError                      502 provider_error
     │   ├── RateLimitedError                429 rate_limited
-    │   │   └── RateLimitExceededError      429 rate_limited (our own limit; never sent)
+    │   │   ├── RateLimitExceededError      429 rate_limited (our own limit; never sent)
+    │   │   └── BudgetExceededError         429 budget_exceeded
     │   ├── ModelTimeoutError               504 model_timeout
     │   ├── ProviderUnavailableError        502 provider_unavailable
     │   ├── ProviderAuthError               502 provider_auth
@@ -55,6 +56,7 @@ from typing import ClassVar
 from llm_server.core.telemetry._redaction import redact
 
 __all__ = [
+    "BudgetExceededError",
     "CircuitOpenError",
     "ConfigurationError",
     "ContextWindowExceededError",
@@ -319,6 +321,33 @@ class RateLimitExceededError(RateLimitedError):
         fleet: bool,
     ) -> None:
         super().__init__(message, model_id=model_id, retry_after_s=retry_after_s)
+        self.limit = limit
+        self.fleet = fleet
+
+
+class BudgetExceededError(RateLimitedError):
+    """A tenant spent its budget for the period (requests, tokens or cost); nothing was sent.
+
+    Attributes:
+        tenant: The tenant id.
+        limit: What ran out (``"cost_usd_per_day"``, ``"tokens_per_month"``...).
+        fleet: Whether the decision was on the fleet's usage (Redis) or this process's.
+    """
+
+    error_type = "budget_exceeded"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant: str,
+        limit: str,
+        retry_after_s: float | None = None,
+        fleet: bool,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.tenant = tenant
         self.limit = limit
         self.fleet = fleet
 

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 __all__ = [
     "BreakerConfig",
+    "BudgetConfig",
+    "BudgetLimitsConfig",
     "ModelConfig",
     "ModelsConfig",
     "PricingConfig",
@@ -69,6 +71,30 @@ class RateLimitConfig(_Strict):
     def _some_limit(self) -> RateLimitConfig:
         if self.requests_per_minute is None and self.tokens_per_minute is None:
             raise ValueError("give requests_per_minute, tokens_per_minute or both")
+        return self
+
+
+class BudgetLimitsConfig(_Strict):
+    """What a tenant may use in one period; unset keys do not limit."""
+
+    requests: int | None = Field(default=None, ge=1)
+    """Model calls."""
+    tokens: int | None = Field(default=None, ge=1)
+    """Tokens, prompt plus completion, as reported."""
+    cost_usd: float | None = Field(default=None, gt=0)
+    """Cost in USD."""
+
+
+class BudgetConfig(_Strict):
+    """A tenant's budgets per UTC day and month."""
+
+    per_day: BudgetLimitsConfig | None = None
+    per_month: BudgetLimitsConfig | None = None
+
+    @model_validator(mode="after")
+    def _some_period(self) -> BudgetConfig:
+        if self.per_day is None and self.per_month is None:
+            raise ValueError("give per_day, per_month or both")
         return self
 
 
@@ -135,6 +161,8 @@ class ModelsConfig(_Strict):
     """The whole model configuration file."""
 
     models: dict[str, ModelConfig] = Field(min_length=1)
+    budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
+    """Spending and usage budgets per tenant id; ``"*"`` applies to every other tenant."""
 
     @model_validator(mode="after")
     def _fallbacks_exist(self) -> ModelsConfig:

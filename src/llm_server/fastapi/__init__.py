@@ -33,6 +33,7 @@ from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
 from llm_server.fastapi._sse import sse_response
 from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
+from llm_server.fastapi._tenants import tenant_header
 
 __all__ = [
     "BodyLimitMiddleware",
@@ -51,4 +52,5 @@ __all__ = [
     "llm_server_lifespan",
     "signature_models",
     "sse_response",
+    "tenant_header",
 ]

@@ -97,6 +97,25 @@ class FleetStatus(BaseModel):
     )
 
 
+class PeriodUsage(BaseModel):
+    """A tenant's usage and budget in the current UTC day or month."""
+
+    requests: int
+    tokens: int
+    cost_usd: float
+    budget_requests: int | None
+    budget_tokens: int | None
+    budget_cost_usd: float | None
+
+
+class TenantUsage(BaseModel):
+    """Answer of ``GET /tenants/{tenant_id}/usage``."""
+
+    tenant: str
+    periods: dict[str, PeriodUsage] = Field(description="day and/or month: the budgeted ones")
+    shared: bool = Field(description="Whether the usage is the fleet's (Redis)")
+
+
 class ModelStatus(BaseModel):
     """One configured model and the state of its breaker."""
 

@@ -1,7 +1,8 @@
-"""A fleet that acts as one: breakers and rate limits shared through Redis.
+"""A fleet that acts as one: breakers, rate limits and budgets shared through Redis.
 
 Set ``LLM_SERVER_REDIS_URL`` and every process of every replica shares each model's circuit
-breaker and ``rate_limit:``; unset, each process keeps its own (nothing here is imported).
+breaker and ``rate_limit:`` and each tenant's usage against its ``budgets:``; unset, each
+process keeps its own (nothing here is imported).
 Needs the ``fleet`` extra (``pip install "llm-server-framework[fleet]"``: redis-py)::
 
     request ──► breaker (local copy of the shared record: no round trip while closed)
@@ -21,7 +22,8 @@ The room holds:
 - ``_connection``: :class:`FleetConnection`: clients, timeouts, fallback, the sync thread;
 - ``_breakers``: :class:`RedisBreakerStore`, a shared :class:`~llm_server.core.circuit_breaker.
   BreakerStateStore` that also decides fleet-wide (failures, probe leases, verdicts);
-- ``_limits``: :class:`RedisLimitCounters`, shared rate-limit counters;
+- ``_limits``: :class:`RedisLimitCounters`, shared rate-limit counters (with leases);
+- ``_usage``: :class:`RedisUsageCounters`, tenants' usage for their budgets;
 - ``_scripts``: the Lua scripts (every time is Redis's own clock).
 """
 
@@ -33,8 +35,15 @@ from llm_server.core.config import FrameworkSettings
 from llm_server.fleet._breakers import RedisBreakerStore
 from llm_server.fleet._connection import FleetConnection
 from llm_server.fleet._limits import RedisLimitCounters
+from llm_server.fleet._usage import RedisUsageCounters
 
-__all__ = ["Fleet", "FleetConnection", "RedisBreakerStore", "RedisLimitCounters"]
+__all__ = [
+    "Fleet",
+    "FleetConnection",
+    "RedisBreakerStore",
+    "RedisLimitCounters",
+    "RedisUsageCounters",
+]
 
 
 class Fleet:
@@ -48,6 +57,7 @@ class Fleet:
         self.connection = connection
         self.breakers = RedisBreakerStore(connection)
         self.limits = RedisLimitCounters(connection)
+        self.usage = RedisUsageCounters(connection)
 
     @classmethod
     def from_settings(cls, settings: FrameworkSettings) -> Fleet | None:

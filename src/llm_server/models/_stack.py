@@ -3,9 +3,11 @@
 Every model call made through :class:`~llm_server.models.manager.ModelManager` runs as::
 
     model-call span (telemetry, outermost: one span per logical call; a no-op when it is off)
-      -> request deadline (cancels everything inside)
-        -> fallback chain (primary, then each ``fallbacks:`` model)
-          -> per model: retries -> the model's circuit breaker -> one HTTP attempt
+      -> the tenant's budgets (checked before, charged after: once per logical call)
+        -> request deadline (cancels everything inside)
+          -> fallback chain (primary, then each ``fallbacks:`` model)
+            -> per model: retries -> the model's circuit breaker -> one HTTP attempt
+               (which takes from the model's rate limit before it is sent)
 
 so each retry is one HTTP request that the breaker sees, and retries, breaker refusals and
 fallbacks show up as events on the model-call span. The order is drawn and explained on the
@@ -26,6 +28,12 @@ from llm_server.core.opentelemetry_integration import ModelCallInfo, Telemetry
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.reliability._breaker import CircuitBreaker
 from llm_server.core.reliability._breaker_types import BreakerStateStore
+from llm_server.core.reliability._budgets import (
+    Budget,
+    BudgetBackend,
+    TenantBudgets,
+    UsageCounters,
+)
 from llm_server.core.reliability._layers import (
     ReliableModel,
     build_reliable_backend,
@@ -49,6 +57,7 @@ class ReliabilityStack:
         breaker_store: Where breakers keep their state (default: each its own, in memory;
             a fleet's Redis store shares them).
         limit_counters: Where rate limits count (default: this process).
+        usage_counters: Where tenants' usage counts (default: this process).
     """
 
     def __init__(
@@ -61,6 +70,7 @@ class ReliabilityStack:
         rng: random.Random | None = None,
         breaker_store: BreakerStateStore | None = None,
         limit_counters: LimitCounters | None = None,
+        usage_counters: UsageCounters | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.deadline_s = settings.request_deadline_s
@@ -94,6 +104,17 @@ class ReliabilityStack:
             for mid, m in config.models.items()
             if m.rate_limit is not None
         }
+        self.budgets = TenantBudgets(
+            {
+                tenant: {
+                    period: Budget(limits.requests, limits.tokens, limits.cost_usd)
+                    for period, limits in (("day", budget.per_day), ("month", budget.per_month))
+                    if limits is not None
+                }
+                for tenant, budget in config.budgets.items()
+            },
+            counters=usage_counters,
+        )
         self.retries = {
             mid: RetryPolicy.from_config(settings, m.retry) for mid, m in config.models.items()
         }
@@ -137,6 +158,8 @@ class ReliabilityStack:
         backend = build_reliable_backend(
             models[0], models[1:], deadline_s=self.deadline_s, clock=self._clock, rng=self._rng
         )
+        # outermost but for the span: one logical call is one check and one charge
         return self.telemetry.instrument(
-            backend, replace(self.call_info[model_id], program_id=program_id)
+            BudgetBackend(backend, self.budgets),
+            replace(self.call_info[model_id], program_id=program_id),
         )

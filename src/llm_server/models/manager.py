@@ -45,6 +45,7 @@ from llm_server.core.model_config import ModelConfig, ModelsConfig
 from llm_server.core.pricing import ModelPrice, lookup_model, resolve_price
 from llm_server.core.protocols import ConfigProvider, ModelBackend
 from llm_server.core.reliability._breaker import CircuitBreaker
+from llm_server.core.reliability._budgets import TenantBudgets
 from llm_server.core.reliability._rate_limit import RateLimiter
 from llm_server.core.telemetry._otel import Telemetry, get_telemetry, set_telemetry
 from llm_server.core.telemetry._redaction import register_secret
@@ -207,12 +208,14 @@ class ModelManager:
             rng=rng,
             breaker_store=self.fleet.breakers if self.fleet is not None else None,
             limit_counters=self.fleet.limits if self.fleet is not None else None,
+            usage_counters=self.fleet.usage if self.fleet is not None else None,
         )
+        self.budgets: TenantBudgets = self._stack.budgets
         self.breakers: dict[str, CircuitBreaker] = self._stack.breakers
         self.limiters: dict[str, RateLimiter] = self._stack.limiters
         for model_id, limiter in self.limiters.items():
             self._lms[model_id].limit_rate(limiter)
-        self.telemetry.observe_limits(self.limiters.values(), self.fleet)
+        self.telemetry.observe_limits(self.limiters.values(), self.fleet, self.budgets)
         if self.fleet is not None:
             self.fleet.start()
         self._backends: OrderedDict[tuple[int, str], tuple[Any, ModelBackend]] = OrderedDict()

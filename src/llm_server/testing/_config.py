@@ -20,13 +20,16 @@ class StaticConfigProvider:
 
     Args:
         models: Model id -> the model's keys.
+        budgets: The YAML's ``budgets:`` (tenant id -> ``per_day``/``per_month`` limits).
 
     Raises:
         pydantic.ValidationError: The models do not match the schema.
     """
 
-    def __init__(self, models: Mapping[str, Any]) -> None:
-        self.config = ModelsConfig.model_validate({"models": dict(models)})
+    def __init__(self, models: Mapping[str, Any], *, budgets: Mapping[str, Any] | None = None):
+        self.config = ModelsConfig.model_validate(
+            {"models": dict(models), "budgets": dict(budgets or {})}
+        )
 
     def load(self) -> ModelsConfig:
         """Return the configuration."""

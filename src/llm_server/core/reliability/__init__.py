@@ -6,11 +6,13 @@ order. :meth:`ModelManager.reliable_backend
 <llm_server.models.manager.ModelManager.reliable_backend>` adds the telemetry span outside::
 
     InstrumentedBackend                 model-call span; attaches the telemetry observer
-      DeadlineBackend                   the request deadline; really cancels the call
-        FallbackBackend                 primary, then each ``fallbacks:`` model in turn
-          RetryingBackend   (per model) backoff with full jitter; stops if the breaker opens
-            CircuitBreakerBackend       the model's breaker sees every single attempt
-              DSPyBackend               one HTTP request (DSPy/LiteLLM retries switched off)
+      BudgetBackend                     the tenant's budgets: checked before, charged after
+        DeadlineBackend                 the request deadline; really cancels the call
+          FallbackBackend               primary, then each ``fallbacks:`` model in turn
+            RetryingBackend (per model) backoff with full jitter; stops if the breaker opens
+              CircuitBreakerBackend     the model's breaker sees every single attempt
+                DSPyBackend             one HTTP request (DSPy/LiteLLM retries switched off),
+                                        each taken from the model's rate_limit first
 
 So the breaker counts each attempt, retries never hammer an open breaker, a fallback is tried
 only after the primary's retries ran out (or its breaker refused), and the deadline bounds
@@ -25,7 +27,10 @@ The room holds (modules are private; the names are public here or at
 - ``_layers``: the four wrappers, :class:`ReliableModel` and :func:`build_reliable_backend`;
 - ``_retry``: :class:`RetryPolicy` and the one retry loop (on tenacity);
 - ``_breaker``, ``_breaker_machine``, ``_breaker_types``, ``_breaker_window``: the circuit
-  breaker (public API, state machine, values and store protocol, sliding windows).
+  breaker (public API, state machine, values and store protocols, sliding windows);
+- ``_rate_limit``: :class:`~llm_server.core.rate_limit.RateLimiter` (a model's
+  ``rate_limit:``) and its counters;
+- ``_budgets``: tenants' budgets and :class:`~llm_server.core.budgets.BudgetBackend`.
 """
 
 from llm_server.core.reliability._layers import (

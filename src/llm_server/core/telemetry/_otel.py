@@ -138,10 +138,13 @@ class Telemetry:
         values = breakers.values() if isinstance(breakers, Mapping) else breakers
         self._signals.observe_breakers(list(values))
 
-    def observe_limits(self, limiters: Iterable[Any], fleet: Any = None) -> None:
-        """Report rate-limit refusals in ``llm_server.rate_limit.refusals`` and, given a
-        :class:`~llm_server.fleet.Fleet`, its fallback mode in ``llm_server.fleet.fallback``."""
-        self._signals.observe_limits(list(limiters), fleet)
+    def observe_limits(
+        self, limiters: Iterable[Any], fleet: Any = None, budgets: Any = None
+    ) -> None:
+        """Report rate-limit refusals in ``llm_server.rate_limit.refusals``, budget refusals
+        in ``llm_server.budget.refusals`` and, given a :class:`~llm_server.fleet.Fleet`, its
+        fallback mode in ``llm_server.fleet.fallback``."""
+        self._signals.observe_limits(list(limiters), fleet, budgets)
 
     def __repr__(self) -> str:
         return f"Telemetry(enabled={self.enabled})"

@@ -178,7 +178,7 @@ class NoopSignals:
     def observe_breakers(self, breakers: Iterable[Any]) -> None:
         """Do nothing."""
 
-    def observe_limits(self, limiters: Iterable[Any], fleet: Any) -> None:
+    def observe_limits(self, limiters: Iterable[Any], fleet: Any, budgets: Any = None) -> None:
         """Do nothing."""
 
 
@@ -301,7 +301,14 @@ class OtelSignals:
             description="Calls refused by an open circuit breaker.",
         )
         self._limiters: list[Any] = []
+        self._budgets: list[Any] = []
         self._fleet: Any = None
+        meter.create_observable_counter(
+            n.METRIC_BUDGET_REFUSALS,
+            callbacks=[self._observe_budget_refusals],
+            unit="{call}",
+            description="Calls refused because the tenant spent its budget (never sent).",
+        )
         meter.create_observable_counter(
             n.METRIC_RATE_LIMIT_REFUSALS,
             callbacks=[self._observe_limit_refusals],
@@ -374,11 +381,13 @@ class OtelSignals:
             if not any(b is breaker for b in self._breakers):
                 self._breakers.append(breaker)
 
-    def observe_limits(self, limiters: Iterable[Any], fleet: Any) -> None:
-        """Report rate-limit refusals, and the fleet's fallback mode when ``fleet`` is set."""
+    def observe_limits(self, limiters: Iterable[Any], fleet: Any, budgets: Any = None) -> None:
+        """Report rate-limit and budget refusals, and the fleet's fallback mode."""
         self._limiters.extend(limiters)
         if fleet is not None:
             self._fleet = fleet
+        if budgets is not None:
+            self._budgets.append(budgets)
 
     def _observe_limit_refusals(
         self, options: metrics.CallbackOptions
@@ -389,6 +398,18 @@ class OtelSignals:
                 attrs = {n.RATE_LIMIT: limiter.key, n.FLEET_DECISION: fleet}
                 observations.append(metrics.Observation(int(count), attrs))
         return observations
+
+    def _observe_budget_refusals(
+        self, options: metrics.CallbackOptions
+    ) -> list[metrics.Observation]:
+        fleet_count = sum(b.refused_fleet for b in self._budgets)
+        local_count = sum(b.refused_local for b in self._budgets)
+        if not self._budgets:
+            return []
+        return [
+            metrics.Observation(fleet_count, {n.FLEET_DECISION: True}),
+            metrics.Observation(local_count, {n.FLEET_DECISION: False}),
+        ]
 
     def _observe_fleet(self, options: metrics.CallbackOptions) -> list[metrics.Observation]:
         if self._fleet is None:
