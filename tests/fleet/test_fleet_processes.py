@@ -4,14 +4,19 @@ and ends only the processes it started."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import httpx
+import psutil
 import pytest
-from _fleet_helpers import url_of, uvicorn_fleet
+from _fleet_helpers import FLEET_APP, free_port, url_of, uvicorn_fleet
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.testing import LocalProvider
@@ -151,3 +156,40 @@ async def test_redis_killed_mid_load_loses_no_request(
                 body = (await client.get("/models")).json()
                 shared = shared + 1 if body["fleet"]["shared"] else 0
                 await anyio.sleep(0.05)
+
+
+def test_the_fleet_example_starts_everything_with_one_command(tmp_path: Path) -> None:
+    """``python examples/fleet_app/run.py``: redis-server, the provider and the workers; Ctrl-C
+    ends all of them."""
+    port = free_port()
+    log = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_REDIS")}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, str(FLEET_APP / "run.py"), "--workers", "2", "--port", str(port)],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the whole group, as in a terminal
+        )
+    try:
+        deadline = time.monotonic() + 120
+        members = 0
+        while members < 2:  # both workers beat in Redis
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/models", timeout=2).json()
+                members = body["fleet"]["members"] if body["fleet"]["shared"] else 0
+            except (httpx.TransportError, KeyError, TypeError, ValueError):
+                pass
+            time.sleep(0.2)
+        answer = httpx.post(f"http://127.0.0.1:{port}/programs/summarize", json=BODY, timeout=30)
+        assert answer.status_code == 200, answer.text
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert any("redis-server" in " ".join(c.cmdline()) for c in children)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, [c.pid for c in alive]
