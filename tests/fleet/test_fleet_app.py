@@ -19,7 +19,7 @@ from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.errors import ConfigurationError
+from llm_server.core.errors import ConfigurationError, RateLimitExceededError
 from llm_server.fastapi import (
     add_program_endpoint,
     health_router,
@@ -328,3 +328,17 @@ async def test_a_tenant_budget_is_shared_by_the_fleet(
         usage = (await two.get("/tenants/acme/usage")).json()
         assert usage["shared"] is True
         assert usage["periods"]["day"]["requests"] == 2
+
+
+def test_synchronous_calls_take_from_the_rate_limit_too(
+    tmp_path: Path, provider: LocalProvider
+) -> None:
+    # what an optimizer does: lm(...) from a plain thread, no event loop
+    manager = ModelManager(
+        config_provider=models(provider, rate_limit={"requests_per_minute": 1}),
+        settings=settings(tmp_path),
+    )
+    lm = manager.get_lm("gpt-4o-mini")
+    assert lm("hi")
+    with pytest.raises(RateLimitExceededError, match="this process's rate_limit"):
+        lm("again")

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from redis.commands.core import AsyncScript
 
@@ -67,6 +68,44 @@ class RedisLimitCounters:
         conn = self._conn
         if conn.fallback:
             return await self.local.take(key, requests, tokens, caps)
+        leased = self._from_lease(key, requests, tokens)
+        if leased is not None:
+            return leased
+        calls = self._lease_calls(caps, tokens)
+        client = conn.async_client()
+        script = self._async_scripts.get(id(client))
+        if script is None:
+            script = self._async_scripts[id(client)] = client.register_script(_scripts.LIMIT_TAKE)
+        args = [_WINDOW_MS, requests, tokens, caps[0], caps[1], requests * calls, tokens * calls]
+        now = time.monotonic()
+        try:
+            reply = await script(keys=[conn.key("rl", key)], args=args)
+        except RedisFailure as exc:
+            conn.failed(exc)
+            return await self.local.take(key, requests, tokens, caps)
+        return self._taken(key, requests, tokens, reply, now)
+
+    def take_sync(
+        self, key: str, requests: int, tokens: int, caps: tuple[int, int]
+    ) -> tuple[float, int, bool]:
+        """:meth:`take` for a synchronous caller (the synchronous client)."""
+        conn = self._conn
+        if conn.fallback:
+            return self.local.take_sync(key, requests, tokens, caps)
+        leased = self._from_lease(key, requests, tokens)
+        if leased is not None:
+            return leased
+        calls = self._lease_calls(caps, tokens)
+        args = [_WINDOW_MS, requests, tokens, caps[0], caps[1], requests * calls, tokens * calls]
+        now = time.monotonic()
+        try:
+            reply = self._sync_script(keys=[conn.key("rl", key)], args=args)
+        except RedisFailure as exc:
+            conn.failed(exc)
+            return self.local.take_sync(key, requests, tokens, caps)
+        return self._taken(key, requests, tokens, reply, now)
+
+    def _from_lease(self, key: str, requests: int, tokens: int) -> tuple[float, int, bool] | None:
         now = time.monotonic()
         with self._lock:
             lease = self._leases.get(key)
@@ -78,17 +117,11 @@ class RedisLimitCounters:
             if lease is not None:  # spent, short or expired: what is left goes back
                 del self._leases[key]
                 self._queue(key, lease.window, lease.requests, lease.tokens)
-        calls = self._lease_calls(caps, tokens)
-        client = conn.async_client()
-        script = self._async_scripts.get(id(client))
-        if script is None:
-            script = self._async_scripts[id(client)] = client.register_script(_scripts.LIMIT_TAKE)
-        args = [_WINDOW_MS, requests, tokens, caps[0], caps[1], requests * calls, tokens * calls]
-        try:
-            reply = await script(keys=[conn.key("rl", key)], args=args)
-        except RedisFailure as exc:
-            conn.failed(exc)
-            return await self.local.take(key, requests, tokens, caps)
+        return None
+
+    def _taken(
+        self, key: str, requests: int, tokens: int, reply: Any, now: float
+    ) -> tuple[float, int, bool]:
         self.round_trips += 1
         wait_ms, window, elapsed_ms, got_requests, got_tokens = (int(x) for x in reply)
         if wait_ms != 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -105,6 +106,12 @@ class LimitCounters(Protocol):
         """
         ...
 
+    def take_sync(
+        self, key: str, requests: int, tokens: int, caps: tuple[int, int]
+    ) -> tuple[float, int, bool]:
+        """:meth:`take` for a synchronous caller (blocks its thread for a round trip)."""
+        ...
+
     def give_back(self, key: str, window: int, requests: int, tokens: int) -> None:
         """Return (or, negative, take more of) capacity taken in ``window``, without waiting."""
         ...
@@ -128,6 +135,12 @@ class LocalLimitCounters:
         self, key: str, requests: int, tokens: int, caps: tuple[int, int]
     ) -> tuple[float, int, bool]:
         """Take both costs if they fit (see :meth:`LimitCounters.take`)."""
+        return (*self.take_now(key, requests, tokens, caps), False)
+
+    def take_sync(
+        self, key: str, requests: int, tokens: int, caps: tuple[int, int]
+    ) -> tuple[float, int, bool]:
+        """Take both costs if they fit (from a synchronous caller)."""
         return (*self.take_now(key, requests, tokens, caps), False)
 
     def take_now(
@@ -238,15 +251,35 @@ class RateLimiter:
             wait, window, fleet = await self.counters.take(self.key, requests, tokens, self._caps)
             if wait == 0:
                 return Grant(window, requests, tokens, fleet)
-            now = self._clock.monotonic()
-            budget = self.max_wait_s - (now - start)
-            deadline = self._deadline()
-            if deadline is not None:
-                budget = min(budget, deadline - now)
-            if wait < 0 or wait > budget:
-                raise self._refusal(wait, tokens, fleet)
-            # a little jitter, so callers that waited together do not all come back at once
-            await self._clock.sleep(wait + self._rng.uniform(0, min(0.05, budget - wait)))
+            await self._clock.sleep(self._pause(wait, start, tokens, fleet))
+
+    def acquire_sync(self, tokens: int = 0) -> Grant:
+        """:meth:`acquire` for synchronous calls (a sync program, an optimizer): blocks the
+        calling thread while it waits.
+
+        Raises:
+            RateLimitExceededError: No capacity in time (the call must not be sent).
+        """
+        requests = 1 if self._caps[0] else 0
+        tokens = tokens if self._caps[1] else 0
+        start = self._clock.monotonic()
+        while True:
+            wait, window, fleet = self.counters.take_sync(self.key, requests, tokens, self._caps)
+            if wait == 0:
+                return Grant(window, requests, tokens, fleet)
+            time.sleep(self._pause(wait, start, tokens, fleet))
+
+    def _pause(self, wait: float, start: float, tokens: int, fleet: bool) -> float:
+        """How long to wait before trying again, or the refusal when that is too long."""
+        now = self._clock.monotonic()
+        budget = self.max_wait_s - (now - start)
+        deadline = self._deadline()
+        if deadline is not None:
+            budget = min(budget, deadline - now)
+        if wait < 0 or wait > budget:
+            raise self._refusal(wait, tokens, fleet)
+        # a little jitter, so callers that waited together do not all come back at once
+        return wait + self._rng.uniform(0, min(0.05, budget - wait))
 
     def settle(self, grant: Grant, *, sent: bool, tokens_used: int | None) -> None:
         """Settle a call: give back what it did not use.
