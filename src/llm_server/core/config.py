@@ -146,6 +146,18 @@ class FrameworkSettings(BaseSettings):
     )
     """Probes a half-open breaker admits at once (judged together by the failure rate)."""
 
+    program_store: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE")
+    )
+    """``postgresql://user:password@host:5432/db``: keep program versions and releases in
+    PostgreSQL, shared by every replica (unset: files under ``LLM_PROGRAMS_DIR``)."""
+    program_store_schema: str = Field(
+        default="llm_server",
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_SCHEMA"),
+    )
+    """The PostgreSQL schema of the program tables (created if missing)."""
+
     # --- a fleet (Redis) ---
     redis_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("LLM_SERVER_REDIS_URL")

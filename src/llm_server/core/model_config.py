@@ -123,6 +123,10 @@ class ModelConfig(_Strict):
     max_connections: int | None = Field(default=None, ge=1, le=10_000)
     """HTTP connections to the provider at once, per event loop (DSPy's native engine; ``None``:
     its default of 100). Calls beyond it wait for a connection, inside the request deadline."""
+    adapter: Literal["chat", "json", "xml"] | None = None
+    """The DSPy adapter that formats this model's prompts and parses its answers
+    (``ChatAdapter``, ``JSONAdapter``, ``XMLAdapter``); a program's own choice wins, and
+    ``None`` keeps the host's ``dspy.configure(adapter=...)`` or the library's ChatAdapter."""
     cache: bool = False
     """Opt in to DSPy's response cache (its key ignores the endpoint and the key)."""
     context_window: int | None = Field(default=None, gt=0)

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from llm_server._gc import freeze_heap
 from llm_server.core.config import FrameworkSettings
+from llm_server.core.errors import ConfigurationError
 from llm_server.core.protocols import ConfigProvider, StorageAdapter
 
 __all__ = ["HostLifespan", "ProgramSpec", "llm_server_lifespan"]
@@ -62,7 +63,9 @@ def llm_server_lifespan(
         config_path: The YAML model config (default: ``settings.llm_config_path``).
         config_provider: A config provider to use instead of the YAML file.
         storage_dir: The program storage folder (default: ``settings.llm_programs_dir``).
-        storage_adapter: A storage adapter to use instead of the file-system one.
+        storage_adapter: A storage adapter to use instead of the file-system one (default:
+            PostgreSQL when ``LLM_SERVER_PROGRAM_STORE`` is set, which the lifespan then
+            follows for releases and closes at shutdown).
         lifespan: The host app's own lifespan, run inside this one.
         freeze_gc: Once everything is started (the host's lifespan included), collect
             garbage and ``gc.freeze()`` what is alive, on every startup. The
@@ -89,14 +92,20 @@ def llm_server_lifespan(
             Path(config_path or resolved.llm_config_path)
         )
         model_manager = ModelManager(config_provider=provider, settings=resolved)
+        owned_storage: Any = None
         try:
-            storage = storage_adapter or FileSystemStorageAdapter(
-                base_dir=storage_dir or resolved.llm_programs_dir
-            )
+            storage = storage_adapter
+            if storage is None and resolved.program_store is not None:
+                storage = owned_storage = _program_store(resolved)
+            if storage is None:
+                storage = FileSystemStorageAdapter(
+                    base_dir=storage_dir or resolved.llm_programs_dir
+                )
             program_manager = ProgramManager(model_manager=model_manager, storage_adapter=storage)
             for spec in programs:
                 program_class, name = spec if isinstance(spec, tuple) else (spec, None)
                 program_manager.register_program(program_class=program_class, name=name)
+            program_manager.follow_releases()  # a fleet's store: serve what is released
             app.state.settings = resolved
             app.state.model_manager = model_manager
             app.state.program_manager = program_manager
@@ -122,10 +131,27 @@ def llm_server_lifespan(
         finally:
             app.state.llm_server_ready = False
             await model_manager.aclose()
+            if owned_storage is not None:
+                await asyncio.to_thread(owned_storage.close)
             for name in _STATE_NAMES:
                 setattr(app.state, name, None)
 
     return run
+
+
+def _program_store(settings: FrameworkSettings) -> Any:
+    """The storage ``LLM_SERVER_PROGRAM_STORE`` names (PostgreSQL; needs the extra)."""
+    assert settings.program_store is not None
+    try:
+        from llm_server.postgres import PostgresStorageAdapter
+    except ImportError as exc:
+        raise ConfigurationError(
+            "LLM_SERVER_PROGRAM_STORE is set, but the PostgreSQL driver is not installed: "
+            'pip install "llm-server-framework[postgres]"'
+        ) from exc
+    return PostgresStorageAdapter(
+        settings.program_store.get_secret_value(), schema=settings.program_store_schema
+    )
 
 
 @asynccontextmanager

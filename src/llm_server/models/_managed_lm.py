@@ -40,7 +40,14 @@ from llm_server.models._engine import (  # noqa: E402
     normalise_api_base,
 )
 
-__all__ = ["CallTracker", "ManagedLM", "RequestScope", "build_lm", "request_scope"]
+__all__ = [
+    "CallTracker",
+    "ManagedLM",
+    "RequestScope",
+    "adapter_named",
+    "build_lm",
+    "request_scope",
+]
 
 _current_scope: ContextVar[RequestScope | None] = ContextVar("llm_server_lm_scope", default=None)
 # the records of the LM call running in this context (to settle its rate-limit grant)
@@ -140,24 +147,12 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         self._limiter = limiter
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        """``dspy.LM.__call__`` (sync programs, in the framework's worker threads), limited."""
+        """``dspy.LM.__call__`` (sync programs, optimizers), taken from the rate limit first."""
         limiter = self._limiter
         if limiter is None:
             return super().__call__(prompt, messages=messages, **kwargs)
-        import anyio.from_thread
-
-        # the limiter's counters live on the event loop that started this worker thread
-        tokens = self._reserve(limiter, prompt, messages)
-        try:
-            grant = anyio.from_thread.run(limiter.acquire, tokens)
-        except RuntimeError as exc:
-            if "worker thread" not in str(exc):
-                raise
-            raise ConfigurationError(
-                f"model {limiter.key!r} has a rate_limit: call it synchronously only through "
-                "the framework (a backend or endpoint runs sync programs in its worker "
-                "threads), or await lm.acall(...)"
-            ) from None
+        # a synchronous caller (a sync program in a worker thread, an optimizer) waits here
+        grant = limiter.acquire_sync(self._reserve(limiter, prompt, messages))
         entries: list[dict[str, Any]] = []
         token = _call_entries.set(entries)
         try:
@@ -303,8 +298,24 @@ class RequestScope:
 _QUIET_ADAPTER = dspy.ChatAdapter(use_json_adapter_fallback=False)
 
 
+_ADAPTERS: dict[str, Any] = {}
+
+
+def adapter_named(name: str) -> Any:
+    """The shared DSPy adapter for ``chat``, ``json`` or ``xml`` (no silent JSON fallback)."""
+    adapter = _ADAPTERS.get(name)
+    if adapter is None:
+        factory = {
+            "chat": lambda: dspy.ChatAdapter(use_json_adapter_fallback=False),
+            "json": dspy.JSONAdapter,
+            "xml": lambda: dspy.XMLAdapter(use_json_adapter_fallback=False),
+        }[name]
+        adapter = _ADAPTERS[name] = factory()
+    return adapter
+
+
 @contextmanager
-def request_scope(lm: dspy.LM) -> Iterator[RequestScope]:
+def request_scope(lm: dspy.LM, adapter: str | None = None) -> Iterator[RequestScope]:
     """Run the body with ``lm`` as the request's model, isolated usage, and no shared history.
 
     Everything is set with ``dspy.context`` (a contextvar), never ``dspy.configure``: this is
@@ -321,7 +332,9 @@ def request_scope(lm: dspy.LM) -> Iterator[RequestScope]:
         "trace": [],
         "max_trace_size": 0,
     }
-    if dspy.settings.adapter is None:
+    if adapter is not None:  # the program's or the model's own choice
+        overrides["adapter"] = adapter_named(adapter)
+    elif dspy.settings.adapter is None:
         overrides["adapter"] = _QUIET_ADAPTER
     token = _current_scope.set(scope)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,8 @@ class ProgramMetadata(BaseModel):
     """``module.QualName`` of the registered class."""
     pinned: bool = Field(default=False, exclude=True)
     """Whether the host pinned this version at registration."""
+    adapter: Literal["chat", "json", "xml"] | None = Field(default=None, exclude=True)
+    """The DSPy adapter chosen at registration (``None``: the model's, else the default)."""
     parent_version: str | None = Field(default=None, exclude=True)
     optimizer: str | None = Field(default=None, exclude=True)
     optimizer_settings: dict[str, Any] | None = Field(default=None, exclude=True)
@@ -43,6 +45,8 @@ class ProgramMetadata(BaseModel):
     created_at: str | None = Field(default=None, exclude=True)
     """ISO-8601 UTC time the version was saved."""
     notes: str | None = Field(default=None, exclude=True)
+    evaluation: dict[str, Any] | None = Field(default=None, exclude=True)
+    """Scores before and after, the devset's fingerprint, the optimization's tokens and cost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,15 @@ class ProgramRegistry:
             if version_key(metadata.version) > version_key(current.metadata.version):
                 self._entries[program_id] = replace(current, metadata=metadata)
 
+    def serve(self, program_id: str, metadata: ProgramMetadata) -> bool:
+        """Serve ``metadata``'s version from now on (a release); whether it changed."""
+        with self._lock:
+            current = self._entries.get(program_id)
+            if current is None or current.metadata.version == metadata.version:
+                return False
+            self._entries[program_id] = replace(current, metadata=metadata)
+            return True
+
     def check_free(self, program_id: str, program_class: type) -> None:
         """Check that ``program_id`` is unused or registered for ``program_class``.
 
@@ -146,5 +159,6 @@ def metadata_for(base: ProgramMetadata, stored: StoredProgram) -> ProgramMetadat
             "dspy_version": manifest.get("dspy_version"),
             "created_at": manifest.get("created_at"),
             "notes": manifest.get("notes"),
+            "evaluation": manifest.get("evaluation"),
         }
     )

@@ -56,7 +56,7 @@ _warned_lock = threading.Lock()
 
 
 @functools.cache
-def _request_scope() -> Callable[[Any], AbstractContextManager[RequestScope]]:
+def _request_scope() -> Callable[[Any, str | None], AbstractContextManager[RequestScope]]:
     # Imported lazily (it imports dspy) and once: an import statement per call is not free.
     from llm_server.models._managed_lm import request_scope
 
@@ -125,6 +125,7 @@ class DSPyBackend:
         limiter: Callable[[], anyio.CapacityLimiter],
         program_metadata: Any = None,
         first_token_timeout_s: float | None = None,
+        adapter: str | None = None,
     ) -> None:
         """Create the backend (use :meth:`ModelManager.single_attempt_backend` instead).
 
@@ -139,6 +140,8 @@ class DSPyBackend:
             program_metadata: The envelope's program block, if any.
             first_token_timeout_s: In a streamed call, give up on an attempt whose first
                 piece has not arrived after this many seconds (``ModelTimeoutError``).
+            adapter: ``chat``, ``json`` or ``xml``: the DSPy adapter for this program on this
+                model (``None``: the host's configured one, else ChatAdapter).
         """
         self.model_id = model_id
         self.model_name = model_name
@@ -152,6 +155,7 @@ class DSPyBackend:
         self._sync = _needs_worker_thread(program)
         self._stream_fields = _streamable_fields(program)
         self._first_token_timeout_s = first_token_timeout_s
+        self.adapter = adapter
         # Bounded, and without prompts or answers: content is captured only on opt-in elsewhere.
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY_SIZE)
 
@@ -181,7 +185,7 @@ class DSPyBackend:
         started = time.perf_counter()
         failure: tuple[LLMServerError, Exception] | None = None
         try:
-            with request_scope(self._lm) as scope:
+            with request_scope(self._lm, self.adapter) as scope:
                 sink = current_sink()
                 if sink is not None and not self._sync:
                     prediction = await self._streamed(input, sink)

@@ -338,6 +338,8 @@ class ModelManager:
             limiter=self._worker_limiter,
             program_metadata=program_metadata,
             first_token_timeout_s=model.first_token_timeout_s,
+            # the program's registered adapter, else the model's, else the host's default
+            adapter=getattr(program_metadata, "adapter", None) or model.adapter,
         )
 
     def reliable_backend(

@@ -21,10 +21,11 @@ ones exist.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.to_thread
@@ -54,7 +55,16 @@ from llm_server.models._versioning import (
     validate_version,
 )
 
-__all__ = ["LATEST", "ModelManagerLike", "ProgramManager", "ProgramMetadata", "ProgramRegistry"]
+__all__ = [
+    "LATEST",
+    "ModelManagerLike",
+    "ProgramManager",
+    "ProgramMetadata",
+    "ProgramRegistry",
+    "ReleasingStorage",
+]
+
+_log = logging.getLogger("llm_server.models.program_manager")
 
 LATEST = "latest"
 """Pass as ``version`` to :meth:`ProgramManager.get_program` for the newest stored version."""
@@ -80,6 +90,36 @@ class ModelManagerLike(Protocol):
 @runtime_checkable
 class _LocatingStorage(Protocol):
     def location(self, program_id: str, version: str) -> str: ...
+
+
+@runtime_checkable
+class ReleasingStorage(Protocol):
+    """A storage adapter that also records releases and tells every process about them
+    (:class:`~llm_server.postgres.PostgresStorageAdapter`)."""
+
+    def promote(
+        self,
+        program_id: str,
+        version: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        action: str = "promote",
+    ) -> Mapping[str, Any]:
+        """Record a release; every watching process serves ``version`` soon after."""
+        ...
+
+    def releases(self, program_id: str) -> Sequence[Mapping[str, Any]]:
+        """Every release of the program, oldest first."""
+        ...
+
+    def released_version(self, program_id: str) -> str | None:
+        """The version released last, if any."""
+        ...
+
+    def watch(self, on_release: Callable[[str, str], None], *, interval_s: float = 1.0) -> None:
+        """Call ``on_release(program_id, version)`` whenever a release changes what to serve."""
+        ...
 
 
 class ProgramManager:
@@ -109,6 +149,7 @@ class ProgramManager:
         # One limiter per event loop: anyio limiters are bound to the loop that first uses them.
         self._limiter: RunVar[anyio.CapacityLimiter] = RunVar(f"llm_server_program_io_{id(self)}")
         self._verified: dict[tuple[str, str], StoredProgram] = {}
+        self._local_releases: dict[str, list[dict[str, Any]]] = {}
         self.registry = ProgramRegistry()
         """The registered programs; ``registry.get_program_metadata(id)`` for the envelope."""
 
@@ -137,6 +178,7 @@ class ProgramManager:
         version: str | None = None,
         description: str | None = None,
         program_id: str | None = None,
+        adapter: Literal["chat", "json", "xml"] | None = None,
     ) -> ProgramMetadata:
         """Register a ``dspy.Signature`` (run as ``dspy.Predict``) or ``dspy.Module`` subclass.
 
@@ -146,9 +188,12 @@ class ProgramManager:
         Args:
             program_class: The signature or module class; modules must build without arguments.
             name: Display name for the envelope (default: the class name).
-            version: Serve this stored version (pin); by default the latest stored version.
+            version: Serve this stored version (pin); by default the version released last
+                (a :class:`ReleasingStorage`), else the latest stored version.
             description: Free text kept in the metadata.
             program_id: Override the id derived from the class name.
+            adapter: The DSPy adapter for this program on every model (``chat``, ``json``,
+                ``xml``); ``None``: the model's ``adapter:``, else the host's default.
 
         Returns:
             The metadata of the served version.
@@ -175,10 +220,16 @@ class ProgramManager:
                 description=description,
                 class_path=ps.class_path(program_class),
                 pinned=version is not None,
+                adapter=adapter,
             ),
         )
+        released = (
+            self._storage.released_version(pid)
+            if version is None and isinstance(self._storage, ReleasingStorage)
+            else None
+        )
         if self._storage.list_versions(pid):
-            stored = self._storage.load(pid, version)
+            stored = self._storage.load(pid, version or released)
         else:
             initial_state = fresh.dump_state()
             manifest = self._manifest(base, initial_state, notes="initial version (registration)")
@@ -250,6 +301,7 @@ class ProgramManager:
         score: float | None = None,
         trainset: Sequence[Any] | None = None,
         notes: str | None = None,
+        evaluation: Mapping[str, Any] | None = None,
     ) -> ProgramMetadata:
         """Store ``program`` (e.g. an optimizer's result) as a new immutable version.
 
@@ -265,6 +317,9 @@ class ProgramManager:
             score: The evaluation score of the new version.
             trainset: The training examples; only their sha256 and count are stored.
             notes: Free text.
+            evaluation: JSON facts about how the version was evaluated and what its
+                optimization cost (:func:`~llm_server.models.optimization.optimize_program`
+                records scores before and after, the devset's fingerprint, tokens and cost).
 
         Returns:
             The new version's metadata.
@@ -289,12 +344,121 @@ class ProgramManager:
             trainset_sha256=hash_trainset(trainset) if trainset is not None else None,
             trainset_size=len(trainset) if trainset is not None else None,
             notes=notes,
+            **({"evaluation": dict(evaluation)} if evaluation else {}),
         )
         stored = self._storage.save(program_id, state, manifest)
         self._verified[(program_id, stored.version)] = stored
         metadata = metadata_for(entry.metadata, stored)
-        self.registry.advance(program_id, metadata)
+        if not isinstance(self._storage, ReleasingStorage):
+            self.registry.advance(program_id, metadata)  # a fleet serves what is promoted
         return metadata
+
+    # --- releases ----------------------------------------------------------------------------
+
+    def promote(
+        self,
+        program_id: str,
+        version: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> ProgramMetadata:
+        """Serve ``version`` from now on, and record who released it, when and why.
+
+        With a :class:`ReleasingStorage` (PostgreSQL) every process serving the program
+        switches within about a second; otherwise this process does, at once. Requests
+        already running finish on the version they started with.
+
+        Raises:
+            ProgramNotFoundError: Unknown program or version.
+            CorruptProgramError: The version fails its checks (nothing is released).
+        """
+        return self._release(program_id, version, actor=actor, reason=reason, action="promote")
+
+    def rollback(
+        self, program_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> ProgramMetadata:
+        """Serve again the version released before the current one (undoes a promotion).
+
+        Raises:
+            ProgramError: Nothing was released before the current version.
+        """
+        stack: list[str] = []
+        for release in self.releases(program_id):
+            if release["action"] == "rollback" and len(stack) > 1:
+                stack.pop()
+            elif release["action"] == "promote":
+                stack.append(str(release["version"]))
+        if len(stack) < 2:
+            raise ProgramError(
+                f"program {program_id!r}: nothing to roll back to (releases: "
+                f"{', '.join(stack) or 'none'})"
+            )
+        return self._release(program_id, stack[-2], actor=actor, reason=reason, action="rollback")
+
+    def releases(self, program_id: str) -> list[dict[str, Any]]:
+        """Every promotion and rollback of the program, oldest first."""
+        self.registry.entry(program_id)
+        if isinstance(self._storage, ReleasingStorage):
+            return [dict(r) for r in self._storage.releases(program_id)]
+        return list(self._local_releases.get(program_id, []))
+
+    def follow_releases(self, *, interval_s: float = 1.0) -> bool:
+        """Serve what every release says, as the storage announces it (call at startup).
+
+        Returns:
+            Whether the storage can announce releases (a :class:`ReleasingStorage`).
+        """
+        if not isinstance(self._storage, ReleasingStorage):
+            return False
+        self._storage.watch(self._released, interval_s=interval_s)
+        return True
+
+    def _release(
+        self, program_id: str, version: str, *, actor: str | None, reason: str | None, action: str
+    ) -> ProgramMetadata:
+        entry = self.registry.entry(program_id)
+        stored = self._load_verified(entry, validate_version(version))  # checked before told
+        metadata = metadata_for(entry.metadata, stored)
+        serving = entry.metadata.version
+        if action == "promote" and serving != stored.version and not self.releases(program_id):
+            # the first release: record what was served before it, so it can be rolled back
+            self._record(program_id, serving, actor, "served before the first release", action)
+        self._record(program_id, stored.version, actor, reason, action)
+        self.registry.serve(program_id, metadata)
+        _log.info(
+            "program %r: %s %s (by %s)", program_id, action, stored.version, actor or "unknown"
+        )
+        return metadata
+
+    def _record(
+        self, program_id: str, version: str, actor: str | None, reason: str | None, action: str
+    ) -> None:
+        if isinstance(self._storage, ReleasingStorage):
+            self._storage.promote(program_id, version, actor=actor, reason=reason, action=action)
+        else:
+            at = self._clock().astimezone(UTC).isoformat(timespec="microseconds")
+            self._local_releases.setdefault(program_id, []).append(
+                {
+                    "program_id": program_id,
+                    "version": version,
+                    "action": action,
+                    "actor": actor,
+                    "reason": reason,
+                    "released_at": at,
+                }
+            )
+
+    def _released(self, program_id: str, version: str) -> None:
+        """A release arrived (from the storage's watcher thread): serve its version."""
+        if program_id not in self.registry:
+            return
+        entry = self.registry.entry(program_id)
+        if entry.metadata.version == version:
+            return
+        stored = self._load_verified(entry, version)
+        if self.registry.serve(program_id, metadata_for(entry.metadata, stored)):
+            _log.info("program %r: now serving %s (released)", program_id, version)
 
     # --- async wrappers --------------------------------------------------------------------
 
@@ -327,6 +491,26 @@ class ProgramManager:
             notes=notes,
         )
         return await self._run(save)
+
+    async def apromote(
+        self,
+        program_id: str,
+        version: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> ProgramMetadata:
+        """:meth:`promote` with storage I/O in a worker thread."""
+        promote = functools.partial(self.promote, program_id, version, actor=actor, reason=reason)
+        return await self._run(promote)
+
+    async def arollback(
+        self, program_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> ProgramMetadata:
+        """:meth:`rollback` with storage I/O in a worker thread."""
+        return await self._run(
+            functools.partial(self.rollback, program_id, actor=actor, reason=reason)
+        )
 
     async def alist_versions(self, program_id: str) -> list[str]:
         """:meth:`list_versions` in a worker thread."""

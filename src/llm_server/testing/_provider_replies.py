@@ -4,8 +4,10 @@ DSPy's ChatAdapter ends the last user message with "Respond with the correspondi
 fields, starting with the field `[[ ## answer ## ]]` ..." and expects each field as
 ``[[ ## field ## ]]\\n<value>`` followed by ``[[ ## completed ## ]]``. Its JSONAdapter ends with
 "Respond with a JSON object in the following order of fields: `answer`, ..." and expects a JSON
-object. The system message lists each output field's type ("2. `n` (int): "), which we use to
-give typed fields a value that parses. Anything else gets plain text.
+object. Its XMLAdapter ends with "Respond with the corresponding output fields wrapped in XML
+tags `<answer>`, then ..." and expects ``<answer>value</answer>``. The system message lists each
+output field's type ("2. `n` (int): "), which we use to give typed fields a value that parses.
+Anything else gets plain text.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ __all__ = ["PromptShape", "RawReply", "ReplyValue", "read_prompt", "render_reply
 
 _CHAT_REQUEST: Final = "Respond with the corresponding output fields"
 _JSON_REQUEST: Final = "Respond with a JSON object in the following order of fields:"
+_XML_REQUEST: Final = "Respond with the corresponding output fields wrapped in XML tags"
+_XML_TAG: Final = re.compile(r"`<(\w+)>`")
+_XML_INPUT: Final = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.DOTALL)
 _MARKER: Final = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _BACKTICKED: Final = re.compile(r"`(\w+)`")
 _FIELD_TYPE: Final = re.compile(r"^\d+\. `(\w+)` \((.*?)\):", re.MULTILINE)
@@ -48,14 +53,15 @@ class PromptShape:
     """What a request asks for, read from its messages.
 
     Attributes:
-        style: ``"chat"`` (DSPy ChatAdapter), ``"json"`` (DSPy JSONAdapter) or ``"plain"``.
+        style: ``"chat"`` (DSPy ChatAdapter), ``"json"`` (JSONAdapter), ``"xml"``
+            (XMLAdapter) or ``"plain"``.
         output_fields: Requested output field names, in order.
         field_types: Output field name -> type as DSPy printed it (``"int"``).
         inputs: Input field name -> value text, for adapter-formatted requests.
         last_user_text: Text of the last user message.
     """
 
-    style: Literal["chat", "json", "plain"]
+    style: Literal["chat", "json", "xml", "plain"]
     output_fields: tuple[str, ...]
     last_user_text: str
     field_types: Mapping[str, str] = field(default_factory=dict)
@@ -70,6 +76,15 @@ class PromptShape:
 
 def read_prompt(system_text: str, last_user_text: str) -> PromptShape:
     """Read the adapter format (if any) of a request from its system and last user text."""
+    head, found, tail = last_user_text.partition(_XML_REQUEST)
+    if found:
+        return PromptShape(
+            style="xml",
+            output_fields=tuple(dict.fromkeys(_XML_TAG.findall(tail))),
+            last_user_text=last_user_text,
+            field_types=dict(_FIELD_TYPE.findall(system_text)),
+            inputs={name: value.strip() for name, value in _XML_INPUT.findall(head)},
+        )
     for style, phrase in (("chat", _CHAT_REQUEST), ("json", _JSON_REQUEST)):
         head, found, tail = last_user_text.partition(phrase)
         if not found:
@@ -105,8 +120,15 @@ def render_reply(shape: PromptShape, reply: ReplyValue | None) -> str:
         values = dict.fromkeys(shape.output_fields, reply)
     elif reply is not None:
         values.update(reply)
-    if shape.style == "json":
+    return _formatted(shape.style, values)
+
+
+def _formatted(style: str, values: Mapping[str, Any]) -> str:
+    """Output field values as the adapter of ``style`` expects them."""
+    if style == "json":
         return json.dumps(values)
+    if style == "xml":
+        return "\n".join(f"<{name}>\n{_as_text(v)}\n</{name}>" for name, v in values.items())
     sections = [f"[[ ## {name} ## ]]\n{_as_text(value)}" for name, value in values.items()]
     return "\n\n".join([*sections, "[[ ## completed ## ]]"])
 

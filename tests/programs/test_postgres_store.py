@@ -1,0 +1,203 @@
+"""Program versions and releases in a real (private) PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dspy
+import psycopg
+import pytest
+
+from llm_server.core.errors import (
+    ConfigurationError,
+    CorruptProgramError,
+    ProgramError,
+    ProgramNotFoundError,
+    VersionExistsError,
+)
+from llm_server.models.program_manager import ProgramManager
+from llm_server.postgres import PostgresStorageAdapter
+
+WORKER = Path(__file__).with_name("_postgres_worker.py")
+
+
+class Answer(dspy.Signature):
+    """Answer the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+class StandIn:
+    def __init__(self) -> None:
+        self.model_info: dict[str, Any] = {}
+
+    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
+        return program_metadata
+
+
+@pytest.fixture
+def stores(private_postgres: str, pg_schema: str) -> Iterator[Callable[[], PostgresStorageAdapter]]:
+    """``stores()``: a new adapter (one "process") on the test's schema; all closed at the end."""
+    made: list[PostgresStorageAdapter] = []
+
+    def make() -> PostgresStorageAdapter:
+        store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def manager_on(store: PostgresStorageAdapter) -> ProgramManager:
+    manager = ProgramManager(model_manager=StandIn(), storage_adapter=store)
+    manager.register_program(Answer)
+    return manager
+
+
+def with_demo(text: str) -> Any:
+    program = dspy.Predict(Answer)
+    program.demos = [dspy.Example(question=text, answer=text).with_inputs("question")]
+    return program
+
+
+def test_versions_round_trip_and_are_immutable(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    store = stores()
+    first = store.save("p", {"a": 1}, {"notes": "first"})
+    second = store.save("p", {"a": 2}, {})
+    assert (first.version, second.version) == ("1.0.0", "1.1.0")
+    assert store.list_versions("p") == ["1.0.0", "1.1.0"]
+    assert store.load("p").state == {"a": 2}
+    assert store.load("p", "1.0.0").manifest["notes"] == "first"
+    with pytest.raises(VersionExistsError, match="versions are immutable"):
+        store.save("p", {"a": 3}, {}, version="1.0.0")
+    with pytest.raises(ProgramNotFoundError, match=r"stored versions: 1\.0\.0, 1\.1\.0"):
+        store.load("p", "9.0.0")
+    with pytest.raises(ProgramError):
+        store.save("p", {"a": object()}, {})  # JSON only
+
+
+def test_a_row_edited_by_hand_is_refused(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    store = stores()
+    store.save("p", {"a": 1}, {})
+    with psycopg.connect(private_postgres, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{pg_schema}".program_versions SET state = %s', ('{"a":2}',))
+    with pytest.raises(CorruptProgramError, match="sha256 does not match"):
+        store.load("p", "1.0.0")
+
+
+def test_the_schema_is_created_once_and_opening_again_changes_nothing(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    stores().save("p", {"a": 1}, {})
+    assert stores().list_versions("p") == ["1.0.0"]  # a second "process" migrates nothing
+
+
+def test_an_unreachable_server_fails_startup_clearly() -> None:
+    with pytest.raises(ConfigurationError, match="LLM_SERVER_PROGRAM_STORE: cannot") as caught:
+        PostgresStorageAdapter("postgresql://app:s3cret-pw@127.0.0.1:1/db")
+    assert "s3cret-pw" not in caught.value.message
+    with pytest.raises(ConfigurationError, match="must start with postgresql://"):
+        PostgresStorageAdapter("mysql://x@127.0.0.1/db")
+
+
+def test_a_promotion_reaches_another_process_within_two_seconds_and_rolls_back(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    publisher, replica = manager_on(stores()), manager_on(stores())
+    assert replica.follow_releases(interval_s=1.0)
+    new = publisher.save_program_version("answer", with_demo("v2"), optimizer="manual")
+    assert replica.registry.get_program_metadata("answer").version == "1.0.0"  # not promoted
+    start = time.monotonic()
+    publisher.promote("answer", new.version, actor="ana", reason="better on the devset")
+    while replica.registry.get_program_metadata("answer").version != new.version:
+        assert time.monotonic() - start < 2.0, "the replica did not switch within 2 s"
+        time.sleep(0.02)
+    assert replica.get_program("answer").demos[0]["question"] == "v2"
+    start = time.monotonic()
+    publisher.rollback("answer", actor="ana", reason="regression")
+    while replica.registry.get_program_metadata("answer").version != "1.0.0":
+        assert time.monotonic() - start < 2.0, "the rollback did not reach the replica in 2 s"
+        time.sleep(0.02)
+    history = replica.releases("answer")
+    assert [(r["version"], r["action"], r["actor"]) for r in history] == [
+        ("1.0.0", "promote", "ana"),  # what was served before the first release
+        ("1.1.0", "promote", "ana"),
+        ("1.0.0", "rollback", "ana"),
+    ]
+    assert history[1]["reason"] == "better on the devset"
+    with pytest.raises(ProgramError, match="nothing to roll back to"):
+        publisher.rollback("answer")
+
+
+def test_a_new_process_serves_the_released_version(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    first = manager_on(stores())
+    v2 = first.save_program_version("answer", with_demo("v2"))
+    first.save_program_version("answer", with_demo("v3"))
+    first.promote("answer", v2.version)
+    late = manager_on(stores())
+    assert late.registry.get_program_metadata("answer").version == v2.version  # not 1.2.0
+
+
+def test_promoting_a_missing_version_is_refused(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    manager = manager_on(stores())
+    with pytest.raises(ProgramNotFoundError):
+        manager.promote("answer", "7.0.0")
+    assert manager.releases("answer") == []
+
+
+def _workers(url: str, schema: str, mode: str, count: int, processes: int) -> list[Any]:
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), url, schema, mode, str(count), str(index)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(processes)
+    ]
+
+
+def test_two_processes_saving_20_versions_each_at_once_lose_nothing(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    store = stores()
+    workers = _workers(private_postgres, pg_schema, "save", 20, 2)
+    versions: list[str] = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        versions += [json.loads(line)["version"] for line in out.splitlines()]
+    assert len(versions) == len(set(versions)) == 40
+    assert sorted(store.list_versions("p")) == sorted(versions)
+    for version in versions:
+        store.load("p", version)  # each complete and intact
+
+
+def test_a_saver_killed_mid_transaction_leaves_no_partial_version(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    store = stores()
+    store.save("p", {"a": 0}, {})
+    (worker,) = _workers(private_postgres, pg_schema, "die-before-commit", 1, 1)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == -9, err  # SIGKILL, after its row was inserted
+    assert "inserted" in out
+    assert store.list_versions("p") == ["1.0.0"]
+    assert store.save("p", {"a": 1}, {}).version == "1.1.0"  # and its lock went with it
