@@ -19,6 +19,7 @@ __all__ = [
     "PricingConfig",
     "RateLimitConfig",
     "RetryConfig",
+    "SharedCacheConfig",
 ]
 
 
@@ -72,6 +73,15 @@ class RateLimitConfig(_Strict):
         if self.requests_per_minute is None and self.tokens_per_minute is None:
             raise ValueError("give requests_per_minute, tokens_per_minute or both")
         return self
+
+
+class SharedCacheConfig(_Strict):
+    """A model's shared, tenant-safe response cache in Redis."""
+
+    ttl_s: float = Field(default=3600.0, gt=0)
+    """How long an answer is kept."""
+    max_entry_bytes: int = Field(default=262_144, gt=0)
+    """Answers larger than this are not cached."""
 
 
 class BudgetLimitsConfig(_Strict):
@@ -129,6 +139,9 @@ class ModelConfig(_Strict):
     ``None`` keeps the host's ``dspy.configure(adapter=...)`` or the library's ChatAdapter."""
     cache: bool = False
     """Opt in to DSPy's response cache (its key ignores the endpoint and the key)."""
+    shared_cache: SharedCacheConfig | None = None
+    """Opt in to the fleet's response cache in Redis, keyed by model, endpoint, key
+    fingerprint, tenant and request (needs ``LLM_SERVER_REDIS_URL``)."""
     context_window: int | None = Field(default=None, gt=0)
     """Context window in tokens, when LiteLLM's price map does not know the model."""
     pricing: PricingConfig | None = None
@@ -141,6 +154,15 @@ class ModelConfig(_Strict):
     """Retry overrides for this model."""
     rate_limit: RateLimitConfig | None = None
     """Requests and tokens per minute this model may use (fleet-wide with Redis)."""
+
+    @model_validator(mode="after")
+    def _one_cache(self) -> ModelConfig:
+        if self.cache and self.shared_cache is not None:
+            raise ValueError(
+                "choose 'cache' (DSPy's per-process cache) or 'shared_cache' (the fleet's), "
+                "not both"
+            )
+        return self
 
     @field_validator("model_name")
     @classmethod

@@ -24,6 +24,7 @@ The room holds:
   BreakerStateStore` that also decides fleet-wide (failures, probe leases, verdicts);
 - ``_limits``: :class:`RedisLimitCounters`, shared rate-limit counters (with leases);
 - ``_usage``: :class:`RedisUsageCounters`, tenants' usage for their budgets;
+- ``_cache``: :class:`SharedResponseCache`, a tenant-safe response cache per model;
 - ``_scripts``: the Lua scripts (every time is Redis's own clock).
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.fleet._breakers import RedisBreakerStore
+from llm_server.fleet._cache import SharedResponseCache
 from llm_server.fleet._connection import FleetConnection
 from llm_server.fleet._limits import RedisLimitCounters
 from llm_server.fleet._usage import RedisUsageCounters
@@ -43,6 +45,7 @@ __all__ = [
     "RedisBreakerStore",
     "RedisLimitCounters",
     "RedisUsageCounters",
+    "SharedResponseCache",
 ]
 
 

@@ -69,6 +69,19 @@ def _dspy_execution() -> tuple[Any, Any, Any, Any, Any] | None:
 
 
 _EXECUTION = _dspy_execution()
+
+
+def _call_result_class() -> Any:
+    """DSPy 3.4's ``CallResult`` (what a cached record loads into), if this DSPy has it."""
+    try:
+        from dspy.clients.execution import CallResult
+    except ImportError:  # a DSPy without it: no shared cache (the manager refuses the setting)
+        return None
+    return CallResult
+
+
+_CALL_RESULT = _call_result_class()
+SHARED_CACHE_SUPPORTED = _EXECUTION is not None and _CALL_RESULT is not None
 _DSPY_ACALL = dspy.LM.acall  # DSPy's own, callbacks included
 
 
@@ -137,10 +150,30 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             if not call.managed:
                 warn_legacy_lm()
             warn_openai_messages(self, messages)
-            return finalize(self, call, await aexecute(self, call))
+            cache = self._shared_cache
+            if cache is None:
+                return finalize(self, call, await aexecute(self, call))
+            key = cache.key(call.key(self, True))
+            record = await cache.get(key)
+            if record is not None and _CALL_RESULT is not None:
+                try:
+                    return finalize(self, call, _CALL_RESULT.load(record))  # a hit: not billed
+                except (KeyError, TypeError, ValueError):
+                    pass  # a record this DSPy cannot read: ask the provider
+            result = await aexecute(self, call)
+            if not result.cache_hit:
+                # DSPy's plain-data record of a native call (a LiteLLM response is not JSON:
+                # the cache skips it)
+                cache.put(key, result.dump() if result.responses else result.raw)
+            return finalize(self, call, result)
 
     _window: tuple[str, int, int] | None = None  # (model id, context window, max tokens)
     _limiter: RateLimiter | None = None
+    _shared_cache: Any = None  # a llm_server.fleet.SharedResponseCache
+
+    def share_cache(self, cache: Any) -> None:
+        """Answer text-only async calls from ``cache`` (a ``SharedResponseCache``) first."""
+        self._shared_cache = cache
 
     def limit_rate(self, limiter: RateLimiter | None) -> None:
         """Take every call's requests and tokens from ``limiter`` before it is sent."""

@@ -215,7 +215,9 @@ class ModelManager:
         self.limiters: dict[str, RateLimiter] = self._stack.limiters
         for model_id, limiter in self.limiters.items():
             self._lms[model_id].limit_rate(limiter)
+        self.caches = self._share_caches(keys)
         self.telemetry.observe_limits(self.limiters.values(), self.fleet, self.budgets)
+        self.telemetry.observe_caches(self.caches.values())
         if self.fleet is not None:
             self.fleet.start()
         self._backends: OrderedDict[tuple[int, str], tuple[Any, ModelBackend]] = OrderedDict()
@@ -229,6 +231,39 @@ class ModelManager:
         if self.settings.gc_freeze:
             # The end of a service's startup: DSPy and the models are loaded for good.
             freeze_startup_heap_once()
+
+    def _share_caches(self, keys: Mapping[str, ResolvedKey]) -> dict[str, Any]:
+        """Give each model with ``shared_cache:`` its cache in the fleet's Redis."""
+        wanted = {mid: m for mid, m in self.config.models.items() if m.shared_cache is not None}
+        if not wanted:
+            return {}
+        from llm_server.models._managed_lm import SHARED_CACHE_SUPPORTED
+
+        if self.fleet is None or not SHARED_CACHE_SUPPORTED:
+            why = (
+                "it lives in Redis: set LLM_SERVER_REDIS_URL"
+                if self.fleet is None
+                else "this DSPy version has no plain-data call records"
+            )
+            raise ConfigurationError(
+                f"model {next(iter(wanted))!r}: shared_cache is not available: {why}"
+            )
+        from llm_server.fleet import SharedResponseCache
+
+        caches: dict[str, Any] = {}
+        for model_id, model in wanted.items():
+            assert model.shared_cache is not None
+            cache = SharedResponseCache(
+                self.fleet.connection,
+                model_id=model_id,
+                api_base=model.api_base,
+                api_key=keys[model_id].value,
+                ttl_s=model.shared_cache.ttl_s,
+                max_entry_bytes=model.shared_cache.max_entry_bytes,
+            )
+            self._lms[model_id].share_cache(cache)
+            caches[model_id] = cache
+        return caches
 
     @staticmethod
     def _connect_fleet(settings: FrameworkSettings) -> Fleet | None:

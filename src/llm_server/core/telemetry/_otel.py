@@ -146,6 +146,10 @@ class Telemetry:
         fallback mode in ``llm_server.fleet.fallback``."""
         self._signals.observe_limits(list(limiters), fleet, budgets)
 
+    def observe_caches(self, caches: Iterable[Any]) -> None:
+        """Report shared-cache hits and misses in ``llm_server.cache.requests`` (``hit``)."""
+        self._signals.observe_caches(list(caches))
+
     def __repr__(self) -> str:
         return f"Telemetry(enabled={self.enabled})"
 

@@ -181,6 +181,9 @@ class NoopSignals:
     def observe_limits(self, limiters: Iterable[Any], fleet: Any, budgets: Any = None) -> None:
         """Do nothing."""
 
+    def observe_caches(self, caches: Iterable[Any]) -> None:
+        """Do nothing."""
+
 
 class OtelSignals:
     """Telemetry enabled: spans, events and instruments through the OpenTelemetry API."""
@@ -302,6 +305,13 @@ class OtelSignals:
         )
         self._limiters: list[Any] = []
         self._budgets: list[Any] = []
+        self._caches: list[Any] = []
+        meter.create_observable_counter(
+            n.METRIC_CACHE_REQUESTS,
+            callbacks=[self._observe_caches],
+            unit="{call}",
+            description="Lookups in a model's shared response cache, by hit (true/false).",
+        )
         self._fleet: Any = None
         meter.create_observable_counter(
             n.METRIC_BUDGET_REFUSALS,
@@ -396,6 +406,18 @@ class OtelSignals:
         for limiter in list(self._limiters):
             for fleet, count in ((True, limiter.refused_fleet), (False, limiter.refused_local)):
                 attrs = {n.RATE_LIMIT: limiter.key, n.FLEET_DECISION: fleet}
+                observations.append(metrics.Observation(int(count), attrs))
+        return observations
+
+    def observe_caches(self, caches: Iterable[Any]) -> None:
+        """Report the hits and misses of these shared caches."""
+        self._caches.extend(caches)
+
+    def _observe_caches(self, options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        observations: list[metrics.Observation] = []
+        for cache in list(self._caches):
+            for hit, count in ((True, cache.hits), (False, cache.misses)):
+                attrs = {n.MODEL_ID: cache.model_id, n.CACHE_HIT: hit}
                 observations.append(metrics.Observation(int(count), attrs))
         return observations
 
