@@ -1,0 +1,136 @@
+"""Two app processes on one PostgreSQL: a version saved and promoted elsewhere (a "notebook":
+this test process) is served by both within 2 s; a rollback likewise. Real uvicorn processes,
+the local provider, a private PostgreSQL; bounded, and ends only what it started."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import dspy
+import httpx
+import pytest
+
+from llm_server.models.program_manager import ProgramManager
+from llm_server.postgres import PostgresStorageAdapter
+from llm_server.testing import LocalProvider
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+FLEET_APP = Path(__file__).resolve().parents[2] / "examples" / "fleet_app"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def app_process(folder: Path, env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    log = folder / f"app-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port)],
+            cwd=folder,
+            env={**os.environ, **env},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def the_apps_module(folder: Path) -> ModuleType:
+    """The app's ``main`` module, imported here as the app imports it (same class path)."""
+    spec = importlib.util.spec_from_file_location("main", folder / "main.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["main"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class NoModels:
+    model_info: dict[str, object] = {}  # noqa: RUF012 -- read-only stand-in
+
+    def reliable_backend(
+        self, program: object, model_id: str, *, program_metadata: object = None
+    ) -> object:
+        return program_metadata
+
+
+def served(url: str) -> str:
+    body = httpx.post(f"{url}/programs/summarize", json={"text": "hi"}, timeout=30).json()
+    return str(body["metadata"]["program"]["version"])
+
+
+def test_two_replicas_serve_a_promotion_and_a_rollback_within_two_seconds(
+    tmp_path: Path, private_postgres: str, pg_schema: str
+) -> None:
+    shutil.copy2(FLEET_APP / "main.py", tmp_path / "main.py")
+    shutil.copytree(FLEET_APP / "config", tmp_path / "config")
+    with LocalProvider() as provider:
+        env = {
+            "LLM_SERVER_PROGRAM_STORE": private_postgres,
+            "LLM_SERVER_PROGRAM_STORE_SCHEMA": pg_schema,
+            "LLM_SERVER_PROVIDER_URL": provider.base_url,
+            "OTEL_ENABLED": "false",
+        }
+        with app_process(tmp_path, env) as one, app_process(tmp_path, env) as two:
+            assert served(one) == served(two) == "1.0.0"
+            module = the_apps_module(tmp_path)
+            store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
+            try:
+                notebook = ProgramManager(model_manager=NoModels(), storage_adapter=store)
+                notebook.register_program(module.Summarize, name="Summarizer")
+                tuned = dspy.Predict(module.Summarize)
+                tuned.demos = [dspy.Example(text="a", summary="b").with_inputs("text")]
+                saved = notebook.save_program_version("summarize", tuned, optimizer="manual")
+                assert served(one) == "1.0.0"  # saved is not served
+                for action, expected in (
+                    (
+                        lambda: notebook.promote("summarize", saved.version, actor="ana"),
+                        saved.version,
+                    ),
+                    (lambda: notebook.rollback("summarize", actor="ana"), "1.0.0"),
+                ):
+                    start = time.monotonic()
+                    action()
+                    while {served(one), served(two)} != {expected}:
+                        assert time.monotonic() - start < 2.0, (served(one), served(two))
+                        time.sleep(0.05)
+            finally:
+                store.close()
+                sys.modules.pop("main", None)
