@@ -396,6 +396,16 @@ def _render_fleet(fleet: dict[str, Any]) -> list[str]:
         )
         for name, app in apps.items()
     ]
+    cache = fleet.get("cache")
+    cache_line = (
+        f"Shared response cache (`shared_cache:`), in process, provider latency "
+        f"{cache['provider_latency_ms']} ms, {cache['concurrency']} concurrent callers, "
+        f"{cache['requests']} requests of which 90% repeat an answered one: "
+        f"{fmt(cache['cached_rps'], 1)} req/s with the cache vs {fmt(cache['plain_rps'], 1)} "
+        f"without ({fmt(cache['ratio'], 2)}x; {cache['hits']} hits, {cache['misses']} misses)."
+        if cache
+        else ""
+    )
     outage_rows = [
         (
             {"redis": "with Redis", "local": "without"}[name],
@@ -424,6 +434,8 @@ def _render_fleet(fleet: dict[str, Any]) -> list[str]:
         f"local ones p50 {fmt(check['local']['p50_us'], 1)} us, p99 "
         f"{fmt(check['local']['p99_us'], 1)} us (added p99: {fmt(check['added_p99_us'], 1)} us, "
         "the round trip that renews a lease).",
+        "",
+        cache_line,
         "",
         "Provider down, 4 workers, one request in flight per worker (breaker: 5 failures, "
         "3 s reset, one probe):",
