@@ -3,6 +3,7 @@
     python examples/serve.py                  # the reference app on http://127.0.0.1:8000
     python examples/serve.py image_app        # the image app
     python examples/serve.py prometheus_app   # the app with /metrics
+    python examples/serve.py playground_app   # the playground page: /playground
 
 It starts ``llm_server.testing.LocalProvider`` (an OpenAI/Anthropic-compatible server on
 127.0.0.1) and points the example's ``config/model_config.yml`` at it through
@@ -58,6 +59,8 @@ def main() -> None:
         )
     elif args.app == "image_app":
         print(f"try: curl -F file=@photo.jpg {url}/describe", flush=True)
+    elif args.app == "playground_app":
+        print(f"open {url}/playground in a browser", flush=True)
     os.chdir(app_dir)  # the example reads config/model_config.yml relative to its folder
     sys.path.insert(0, str(app_dir))
     try:

@@ -512,6 +512,19 @@ class ProgramManager:
             functools.partial(self.rollback, program_id, actor=actor, reason=reason)
         )
 
+    async def aget_version_metadata(
+        self, program_id: str, version: str | None = None
+    ) -> ProgramMetadata:
+        """:meth:`get_version_metadata` with storage I/O in a worker thread."""
+        return await self._run(self.get_version_metadata, program_id, version)
+
+    async def areliable_backend(
+        self, program_id: str, model_id: str, *, version: str | None = None
+    ) -> Any:
+        """:meth:`reliable_backend` with storage I/O in a worker thread."""
+        build = functools.partial(self.reliable_backend, program_id, model_id, version=version)
+        return await self._run(build)
+
     async def alist_versions(self, program_id: str) -> list[str]:
         """:meth:`list_versions` in a worker thread."""
         return await self._run(self.list_versions, program_id)
