@@ -249,3 +249,20 @@ def test_a_slow_redis_costs_a_call_one_timeout_then_the_process_falls_back(
     finally:
         admin.close()
     eventually(lambda: not connection.fallback, timeout_s=6)  # shared again once it answers
+
+
+def test_a_slow_redis_never_keeps_a_failing_provider_from_tripping_the_breaker(
+    killable_redis: RedisExecutor, connect: Connect
+) -> None:
+    connection = connect(url_of(killable_redis))
+    breaker = breaker_in(connection)
+    admin = redis.Redis(host=killable_redis.host, port=killable_redis.port, protocol=2)
+    admin.client_pause(2000)  # slower than every timeout, not yet declared down
+    try:
+        start = time.monotonic()
+        outcomes = [call(breaker, fail) for _ in range(6)]
+        assert outcomes == ["failed"] * 5 + ["refused"]  # this process's own counts decided
+        assert time.monotonic() - start < 0.5  # one 50 ms timeout, then no Redis on the path
+    finally:
+        admin.close()
+    eventually(connection.reliable, timeout_s=6)

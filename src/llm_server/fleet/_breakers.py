@@ -79,7 +79,7 @@ class RedisBreakerStore:
     def compare_and_set(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
         """Move the breaker fleet-wide if nobody moved it first (locally while Redis is down)."""
         entry = self._entries.get(name)
-        if entry is not None and not self._conn.fallback:
+        if entry is not None and self._conn.reliable():
             open_ms = max(1, math.ceil((new.retry_at - time.monotonic()) * 1000))
             try:
                 reply = self._cas(
@@ -124,15 +124,16 @@ class RedisBreakerStore:
                 self._conn.failed(exc)
 
     def deciding(self) -> bool:
-        """Whether Redis decides (not while the process fell back to local state)."""
-        return not self._conn.fallback
+        """Whether Redis decides: not while the process fell back to local state, nor for a
+        second after a request-path command timed out (its writes may be lost)."""
+        return self._conn.reliable()
 
     def report(
         self, name: str, generation: int, *, failed: bool, consecutive: int
     ) -> BreakerRecord | None:
         """Count an outcome: a failure is written now (it may trip the fleet), successes later."""
         entry = self._entries.get(name)
-        if entry is None or self._conn.fallback:
+        if entry is None or not self._conn.reliable():
             return None
         if not failed:
             with self._lock:
@@ -161,7 +162,7 @@ class RedisBreakerStore:
     def lease_probe(self, name: str, generation: int) -> bool | None:
         """Take one of the fleet's probe permits, a lease that expires by itself."""
         entry = self._entries.get(name)
-        if entry is None or self._conn.fallback:
+        if entry is None or not self._conn.reliable():
             return None
         lease = f"{self._conn.process_id}:{next(self._lease_ids)}"
         policy = entry.policy
@@ -191,7 +192,7 @@ class RedisBreakerStore:
         with self._lock:
             leases = self._leases.get(name)
             lease = leases.pop() if leases else None
-        if entry is None or lease is None or self._conn.fallback:
+        if entry is None or lease is None or not self._conn.reliable():
             return None
         policy = entry.policy
         try:

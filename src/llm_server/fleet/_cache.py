@@ -80,7 +80,7 @@ class SharedResponseCache:
     async def get(self, key: str) -> dict[str, Any] | None:
         """The stored record, or ``None`` (a miss, or Redis unavailable)."""
         conn = self._conn
-        if conn.fallback:
+        if not conn.reliable():
             self.misses += 1
             return None
         try:
@@ -111,7 +111,7 @@ class SharedResponseCache:
         except (TypeError, ValueError):
             self.skipped += 1
             return
-        if len(text.encode()) > self.max_entry_bytes or self._conn.fallback:
+        if len(text.encode()) > self.max_entry_bytes or not self._conn.reliable():
             self.skipped += 1
             return
         with self._lock:

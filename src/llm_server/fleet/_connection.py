@@ -113,6 +113,7 @@ class FleetConnection:
         self.timeouts = 0
         """Request-path commands that timed out (each call then decided locally)."""
         self._suspect = threading.Event()
+        self._last_timeout = -1e9
         self._patient = redis.Redis.from_url(
             url, **{**self._options, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
         )
@@ -209,9 +210,15 @@ class FleetConnection:
         """
         if isinstance(exc, TimeoutError | RedisTimeoutError):
             self.timeouts += 1
+            self._last_timeout = time.monotonic()
             self._suspect.set()
             return
         self.degrade(exc)
+
+    def reliable(self) -> bool:
+        """Whether shared decisions can be trusted now: not in fallback, and no request-path
+        command timed out in the last second (a slow Redis loses writes: decide locally)."""
+        return not self.fallback and time.monotonic() - self._last_timeout > SYNC_INTERVAL_S
 
     def degrade(self, exc: BaseException) -> None:
         """Fall back to local state after a failed command (warns once per outage)."""

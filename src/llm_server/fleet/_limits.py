@@ -66,7 +66,7 @@ class RedisLimitCounters:
     ) -> tuple[float, int, bool]:
         """Take both costs from a lease, else from the fleet's counters, else locally."""
         conn = self._conn
-        if conn.fallback:
+        if not conn.reliable():
             return await self.local.take(key, requests, tokens, caps)
         leased = self._from_lease(key, requests, tokens)
         if leased is not None:
@@ -90,7 +90,7 @@ class RedisLimitCounters:
     ) -> tuple[float, int, bool]:
         """:meth:`take` for a synchronous caller (the synchronous client)."""
         conn = self._conn
-        if conn.fallback:
+        if not conn.reliable():
             return self.local.take_sync(key, requests, tokens, caps)
         leased = self._from_lease(key, requests, tokens)
         if leased is not None:

@@ -50,7 +50,7 @@ class RedisUsageCounters:
         """The tenant's usage (fleet totals + unwritten charges) and whether it is shared."""
         slot = (tenant, key)
         conn = self._conn
-        if slot not in self._known and not conn.fallback:
+        if slot not in self._known and conn.reliable():
             try:  # first sight of this tenant's period here: read it once
                 values = await conn.async_client().hmget(self._key(tenant, key), _FIELDS)
             except RedisFailure as exc:
