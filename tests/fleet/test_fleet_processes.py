@@ -16,9 +16,10 @@ import anyio
 import httpx
 import psutil
 import pytest
-from _fleet_helpers import FLEET_APP, free_port, url_of, uvicorn_fleet
+from _fleet_helpers import FLEET_APP, url_of, uvicorn_fleet
 from pytest_redis.executor import RedisExecutor
 
+from _app_processes import free_port
 from llm_server.testing import LocalProvider
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(300)]

@@ -5,15 +5,8 @@ the local provider, a private PostgreSQL; bounded, and ends only what it started
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -21,54 +14,12 @@ import dspy
 import httpx
 import pytest
 
+from _app_processes import copy_example, serving_app
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 from llm_server.testing import LocalProvider
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-FLEET_APP = Path(__file__).resolve().parents[2] / "examples" / "fleet_app"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def app_process(folder: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    log = folder / f"app-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port)],
-            cwd=folder,
-            env={**os.environ, **env},
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def the_apps_module(folder: Path) -> ModuleType:
@@ -99,8 +50,7 @@ def served(url: str) -> str:
 def test_two_replicas_serve_a_promotion_and_a_rollback_within_two_seconds(
     tmp_path: Path, private_postgres: str, pg_schema: str
 ) -> None:
-    shutil.copy2(FLEET_APP / "main.py", tmp_path / "main.py")
-    shutil.copytree(FLEET_APP / "config", tmp_path / "config")
+    copy_example("fleet_app", tmp_path)
     with LocalProvider() as provider:
         env = {
             "LLM_SERVER_PROGRAM_STORE": private_postgres,
@@ -108,7 +58,7 @@ def test_two_replicas_serve_a_promotion_and_a_rollback_within_two_seconds(
             "LLM_SERVER_PROVIDER_URL": provider.base_url,
             "OTEL_ENABLED": "false",
         }
-        with app_process(tmp_path, env) as one, app_process(tmp_path, env) as two:
+        with serving_app(tmp_path, env=env) as one, serving_app(tmp_path, env=env) as two:
             assert served(one) == served(two) == "1.0.0"
             module = the_apps_module(tmp_path)
             store = PostgresStorageAdapter(private_postgres, schema=pg_schema)

@@ -10,20 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dspy
-import httpx
 import pytest
 
+from _app_processes import copy_example, serving_app
 from llm_server.defaults import FileSystemStorageAdapter
 from llm_server.models.program_manager import ProgramManager
 from llm_server.testing import LocalProvider
@@ -31,7 +25,6 @@ from llm_server.testing import LocalProvider
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "playground_app"
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = REPO / "docs" / "images" / "playground.png"
 
@@ -42,48 +35,6 @@ def _need_chromium() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serving(folder: Path, provider: LocalProvider) -> Iterator[str]:
-    port = free_port()
-    log = folder / "uvicorn.log"
-    env = {**os.environ, "LLM_SERVER_PROVIDER_URL": provider.base_url, "OTEL_ENABLED": "false"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port)],
-            cwd=folder,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class NoModels:
@@ -123,11 +74,16 @@ def test_the_playground_in_a_real_browser(tmp_path: Path) -> None:
     _need_chromium()
     from playwright.sync_api import sync_playwright
 
-    shutil.copy2(EXAMPLE / "main.py", tmp_path / "main.py")
-    shutil.copytree(EXAMPLE / "config", tmp_path / "config")
+    copy_example("playground_app", tmp_path)
     assert second_version(tmp_path) == "1.1.0"
     errors: list[str] = []
-    with LocalProvider() as provider, serving(tmp_path, provider) as url, sync_playwright() as p:
+    with (
+        LocalProvider() as provider,
+        sync_playwright() as p,
+        serving_app(
+            tmp_path, env={"LLM_SERVER_PROVIDER_URL": provider.base_url, "OTEL_ENABLED": "false"}
+        ) as url,
+    ):
         provider.chunk_delay_s = 0.01  # the answer arrives piece by piece
         browser = p.chromium.launch(
             executable_path=CHROMIUM,

@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from llm_server._fs_storage import _RESERVED_KEYS, MANIFEST_FORMAT  # one manifest format
 from llm_server.core.errors import (
     ConfigurationError,
     CorruptProgramError,
@@ -39,10 +40,6 @@ _log = logging.getLogger("llm_server.postgres")
 SCHEMA_VERSION: Final = 1
 CHANNEL: Final = "llm_server_releases"
 """The NOTIFY channel a promotion or rollback is announced on (payload: schema/program id)."""
-_RESERVED_KEYS: Final = frozenset(
-    {"format", "program_id", "version", "state_sha256", "state_bytes"}
-)
-MANIFEST_FORMAT: Final = "llm-server-program/1"
 
 _MIGRATION = """
 CREATE SCHEMA IF NOT EXISTS {schema};
