@@ -6,7 +6,10 @@ once, on Redis's clock), and usually none: a process takes a small *lease* of ca
 50 calls) and serves the next calls from it, for at most a second and never past the window
 it was taken in. What a lease or a call did not use is given back by the sync thread every
 100 ms, never on the request path. While Redis is down each process counts alone, with its
-share of every limit (the limit divided by the processes seen alive).
+share of every limit (the limit divided by the processes seen alive). A take that times out
+(Redis slow, or only this event loop late to read the answer, after Redis counted it) decides
+that one call locally; the next call asks Redis again: deciding alone for longer would let
+every process spend its share on top of what the fleet already counted.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class RedisLimitCounters:
     ) -> tuple[float, int, bool]:
         """Take both costs from a lease, else from the fleet's counters, else locally."""
         conn = self._conn
-        if not conn.reliable():
+        if conn.fallback:
             return await self.local.take(key, requests, tokens, caps)
         leased = self._from_lease(key, requests, tokens)
         if leased is not None:
@@ -90,7 +93,7 @@ class RedisLimitCounters:
     ) -> tuple[float, int, bool]:
         """:meth:`take` for a synchronous caller (the synchronous client)."""
         conn = self._conn
-        if not conn.reliable():
+        if conn.fallback:
             return self.local.take_sync(key, requests, tokens, caps)
         leased = self._from_lease(key, requests, tokens)
         if leased is not None:
