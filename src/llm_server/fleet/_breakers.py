@@ -118,8 +118,8 @@ class RedisBreakerStore:
         base = self._conn.key("cb", name)
         self._entries[name] = _Entry(policy, on_change, (base, f"{base}:w", f"{base}:p"))
         if not self._conn.fallback:
-            try:
-                self.refresh()
+            try:  # this breaker's record only: the others were read when they registered
+                self._store(name, self._read(keys=[base]))
             except RedisFailure as exc:
                 self._conn.failed(exc)
 
