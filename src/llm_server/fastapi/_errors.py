@@ -100,7 +100,8 @@ def framework_error_response(exc: LLMServerError) -> JSONResponse:
     if isinstance(exc, CircuitOpenError | RateLimitedError):
         # Refusals are expected while a breaker is open: the breaker logs its transitions and
         # a periodic summary, never a line per refused request.
-        logger.debug("request refused: %s: %s", exc.error_type, redact(exc.message))
+        if logger.isEnabledFor(logging.DEBUG):  # redacting costs more than the rest
+            logger.debug("request refused: %s: %s", exc.error_type, redact(exc.message))
     elif exc.http_status >= 500:
         logger.warning("request failed: %s: %s", exc.error_type, redact(exc.message))
     details = getattr(exc, "errors", None)
