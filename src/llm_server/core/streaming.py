@@ -22,12 +22,15 @@ stays on the books (see :mod:`llm_server.core.metrics_wrappers`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import anyio
 
 __all__ = ["Finished", "StreamSink", "TextDelta", "current_sink", "stream_events", "streaming_to"]
 
@@ -67,7 +70,9 @@ class StreamSink:
     """
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[TextDelta | None] = asyncio.Queue()
+        # a deque and one waiter: cheaper than an asyncio.Queue, and enough for one reader
+        self._pieces: collections.deque[TextDelta | None] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.first_piece_at: float | None = None
         self.pieces = 0
 
@@ -81,15 +86,27 @@ class StreamSink:
         if self.first_piece_at is None:
             self.first_piece_at = time.perf_counter()
         self.pieces += 1
-        self._queue.put_nowait(TextDelta(field, text))
+        self._push(TextDelta(field, text))
 
     def close(self) -> None:
         """No more pieces: the reader gets ``None`` once it read the ones before."""
-        self._queue.put_nowait(None)
+        self._push(None)
+
+    def _push(self, item: TextDelta | None) -> None:
+        self._pieces.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> TextDelta | None:
         """The next piece (waits for it), or ``None`` after :meth:`close`."""
-        return await self._queue.get()
+        while not self._pieces:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._pieces.popleft()
 
 
 _sink: ContextVar[StreamSink | None] = ContextVar("llm_server_stream_sink", default=None)
@@ -141,4 +158,7 @@ async def stream_events(
     finally:
         if not task.done():  # the reader left (a client gone): the call is cancelled
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # shielded: the reader may be cancelled itself, and the call's end (its usage
+            # recorded, its error retrieved) must still be awaited
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(task, return_exceptions=True)

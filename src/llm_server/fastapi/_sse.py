@@ -8,7 +8,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
-from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
+from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse
+from starlette.types import Send
 
 from llm_server.core.errors import LLMServerError
 from llm_server.core.streaming import Finished, TextDelta
@@ -23,7 +24,12 @@ PING_S = 10.0
 
 
 def _event(name: str, data: Mapping[str, Any]) -> bytes:
-    return format_sse_event(event=name, data_str=json.dumps(data, separators=(",", ":")))
+    # JSON escapes line breaks, so the data is one line: the SSE framing is written directly
+    # (what fastapi.sse.format_sse_event writes for one event name and one data line)
+    return b"event: %s\ndata: %s\n\n" % (
+        name.encode(),
+        json.dumps(data, separators=(",", ":")).encode(),
+    )
 
 
 def _error_data(exc: BaseException) -> dict[str, Any]:
@@ -31,6 +37,117 @@ def _error_data(exc: BaseException) -> dict[str, Any]:
         return error_envelope(exc.error_type, exc.message)
     log_unexpected(exc)
     return error_envelope("internal_error", "internal server error")
+
+
+class _EventStream(EventSourceResponse):
+    """The SSE response: its status line waits for the first event, then events stream.
+
+    The response's task reads the events itself, so a piece put by the call reaches the
+    client after one turn of the event loop (no task, timer or wait per event). One helper
+    task per stream does the waiting: after ``first_event_wait_s`` without an event it sends
+    the status line (200) so the client sees the stream start, and after ``ping_s`` of
+    silence a keep-alive comment. A failure before the first event is raised from here,
+    before anything was sent, where the app's exception handlers answer it (FastAPI sends a
+    response inside its exception handling).
+    """
+
+    def __init__(
+        self,
+        events: AsyncGenerator[TextDelta | Finished[Any], None],
+        *,
+        encode: Callable[[TextDelta | Finished[Any], set[str]], list[bytes]],
+        first_event_wait_s: float,
+        ping_s: float,
+    ) -> None:
+        super().__init__(_never(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._events = events
+        self._encode = encode
+        self.first_event_wait_s = first_event_wait_s
+        self.ping_s = ping_s
+
+    async def stream_response(self, send: Send) -> None:
+        writer = _Writer(send, self.status_code, self.raw_headers)
+        events = self._events
+        streamed: set[str] = set()
+        waiting = asyncio.ensure_future(writer.wait(self.first_event_wait_s, self.ping_s))
+        try:
+            while True:
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    if not writer.started:
+                        raise  # answered by the error handlers, with its status
+                    await writer.put(_event("error", _error_data(exc)))  # after it started
+                    break
+                await writer.start()
+                for chunk in self._encode(event, streamed):
+                    await writer.put(chunk)
+                if isinstance(event, Finished):
+                    break
+        finally:
+            waiting.cancel()
+            # Shielded: a client gone cancels this task, and the call must still be
+            # cancelled and its usage kept before the generator is closed.
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
+        await writer.start()  # a stream that ended without an event
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Writer:
+    """Sends one stream's status line and chunks; also waits to start it, and pings."""
+
+    def __init__(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._send = send
+        self._status = status
+        self._headers = headers
+        self.started = False
+        self._sending = False
+        self._loop = asyncio.get_running_loop()
+        self._last_sent = self._loop.time()
+
+    async def start(self) -> None:
+        """Send the status line, once."""
+        if not self.started:
+            self.started = True  # before the await: the waiter and the reader never both send
+            await self._send(
+                {"type": "http.response.start", "status": self._status, "headers": self._headers}
+            )
+
+    async def put(self, chunk: bytes) -> None:
+        """Send one chunk of the body."""
+        self._sending = True
+        try:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            self._sending = False
+            self._last_sent = self._loop.time()
+
+    async def wait(self, first_event_wait_s: float, ping_s: float) -> None:
+        """Start the stream after ``first_event_wait_s`` without an event; keep it alive with a
+        comment after each ``ping_s`` of silence once started (runs until cancelled)."""
+        loop = self._loop
+        start_at = loop.time() + first_event_wait_s
+        while True:
+            now = loop.time()
+            if not self.started:
+                if now >= start_at:
+                    await self.start()  # a slow first event: the client sees the stream start
+                    continue
+                # the reader may start it meanwhile: look again within ping_s
+                await asyncio.sleep(min(start_at - now, ping_s))
+            elif now - self._last_sent >= ping_s and not self._sending:
+                await self.put(KEEPALIVE_COMMENT)
+            else:
+                await asyncio.sleep(max(0.0, self._last_sent + ping_s - now) or ping_s)
+
+
+async def _never() -> AsyncIterator[bytes]:
+    # the body starlette's StreamingResponse asks for; _EventStream writes its own
+    return
+    yield b""  # pragma: no cover -- makes this an async generator
 
 
 async def sse_response(
@@ -43,16 +160,19 @@ async def sse_response(
 ) -> EventSourceResponse:
     """Turn a stream of events into a ``text/event-stream`` response.
 
-    Waits for the first event first: a call that fails before it (an open breaker, an unknown
-    model, a provider error after the retries) raises here, so the host's error handlers
-    answer with the error envelope and its HTTP status, not with a 200 stream. When nothing
-    came within ``first_event_wait_s``, the stream starts anyway with keep-alive comments, and
-    a later failure ends it with an ``error`` event.
+    Return the response from the endpoint. It reads ``events`` when it is sent and waits for
+    the first event before its status line: a call that fails before it (an open breaker,
+    an unknown model, a provider error after the retries) raises then, so the app's error
+    handlers answer with the error envelope and its HTTP status, not with a 200 stream. When
+    nothing came within ``first_event_wait_s``, the stream starts anyway with keep-alive
+    comments, and a later failure ends it with an ``error`` event.
 
     Events: ``delta`` (``{"field", "text"}``) per piece; then one ``done`` whose data is
     ``done(result)``, the full envelope (a string field of its ``data`` that streamed nothing,
     as on a cache hit, is first sent whole as one ``delta``); or one ``error`` with the error
-    envelope. A keep-alive comment goes out after ``ping_s`` of silence.
+    envelope. A keep-alive comment goes out after ``ping_s`` of silence. A client that leaves
+    ends the stream: ``events`` is closed (for :func:`~llm_server.core.streaming.stream_events`
+    that cancels the call, whose usage stays on the books).
 
     Args:
         events: From :func:`llm_server.core.streaming.stream_events`.
@@ -61,53 +181,20 @@ async def sse_response(
         first_event_wait_s: How long to wait for the first event before streaming.
         ping_s: Silence before a keep-alive comment.
     """
-    iterator = events
-    upcoming: asyncio.Future[TextDelta | Finished[Any]] = asyncio.ensure_future(anext(iterator))
-    await asyncio.wait({upcoming}, timeout=first_event_wait_s)
-    if upcoming.done() and upcoming.exception() is not None:
-        await iterator.aclose()
-        upcoming.result()  # raises: answered by the error handlers, with its status
 
-    async def body() -> AsyncIterator[bytes]:
-        nonlocal upcoming
-        streamed: set[str] = set()
-        try:
-            while True:
-                if not upcoming.done():
-                    await asyncio.wait({upcoming}, timeout=ping_s)
-                    if not upcoming.done():
-                        yield KEEPALIVE_COMMENT
-                        continue
-                try:
-                    event = upcoming.result()
-                except StopAsyncIteration:
-                    return
-                except Exception as exc:  # after the stream started: an error event
-                    yield _event("error", _error_data(exc))
-                    return
-                if isinstance(event, TextDelta):
-                    if not streamed and on_first_delta is not None:
-                        on_first_delta()
-                    streamed.add(event.field)
-                    yield _event("delta", {"field": event.field, "text": event.text})
-                else:
-                    envelope = done(event.result)
-                    data = envelope.get("data")
-                    for name, value in data.items() if isinstance(data, Mapping) else ():
-                        if isinstance(value, str) and name not in streamed:
-                            yield _event("delta", {"field": name, "text": value})
-                    yield _event("done", envelope)
-                    return
-                upcoming = asyncio.ensure_future(anext(iterator))
-        finally:
-            # Shielded: a client gone cancels this task, and the call must still be cancelled
-            # and its usage kept before the generator is closed.
-            with anyio.CancelScope(shield=True):
-                if not upcoming.done():
-                    upcoming.cancel()
-                    await asyncio.wait({upcoming})
-                await iterator.aclose()
+    def encode(event: TextDelta | Finished[Any], streamed: set[str]) -> list[bytes]:
+        if isinstance(event, TextDelta):
+            if not streamed and on_first_delta is not None:
+                on_first_delta()
+            streamed.add(event.field)
+            return [_event("delta", {"field": event.field, "text": event.text})]
+        envelope = done(event.result)
+        data = envelope.get("data")
+        whole = [
+            _event("delta", {"field": name, "text": value})
+            for name, value in (data.items() if isinstance(data, Mapping) else ())
+            if isinstance(value, str) and name not in streamed
+        ]
+        return [*whole, _event("done", envelope)]
 
-    return EventSourceResponse(
-        body(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return _EventStream(events, encode=encode, first_event_wait_s=first_event_wait_s, ping_s=ping_s)

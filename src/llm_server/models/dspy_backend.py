@@ -275,27 +275,37 @@ class DSPyBackend:
 
         Listeners are built per call (a reused one streams nothing after its first call, DSPy
         #8425) and the program runs on the loop (``is_async_program=True``). A cache hit
-        streams nothing: the caller sends the fields whole.
+        streams nothing: the caller sends the fields whole. The pieces are read in a task of
+        their own, so each one wakes that task's few frames rather than this call's whole
+        stack (the pipeline and the reliability layers above it); cancelling this call
+        cancels that task, and waits for it.
         """
         import dspy
         from dspy.streaming import StreamListener, StreamResponse
 
         listeners = [StreamListener(signature_field_name=name) for name in self._stream_fields]
         streamer = dspy.streamify(self.program, stream_listeners=listeners, is_async_program=True)
-        prediction = None
         limit = self._first_token_timeout_s
-        first_token = asyncio.timeout(limit)  # None: no limit but the request deadline
+        first_token = asyncio.timeout(limit) if limit is not None else None
+
+        async def read() -> Any:
+            prediction = None
+            async for value in streamer(**input):
+                if isinstance(value, StreamResponse):
+                    if not value.chunk:  # a listener's final flush may be empty
+                        continue
+                    if first_token is not None and not sink.started:
+                        first_token.reschedule(None)  # the rest may take its time
+                    sink.put(value.signature_field_name, value.chunk)
+                elif isinstance(value, dspy.Prediction):
+                    prediction = value
+            return prediction
+
+        if first_token is None:  # no limit but the request deadline
+            return await asyncio.ensure_future(read())
         try:
             async with first_token:
-                async for value in streamer(**input):
-                    if isinstance(value, StreamResponse):
-                        if not value.chunk:  # a listener's final flush may be empty
-                            continue
-                        if not sink.started and limit is not None:
-                            first_token.reschedule(None)  # the rest may take its time
-                        sink.put(value.signature_field_name, value.chunk)
-                    elif isinstance(value, dspy.Prediction):
-                        prediction = value
+                return await asyncio.ensure_future(read())
         except TimeoutError:
             if not first_token.expired():
                 raise
@@ -303,7 +313,6 @@ class DSPyBackend:
                 f"model {self.model_id!r}: no first token within first_token_timeout_s={limit:g}",
                 model_id=self.model_id,
             ) from None
-        return prediction
 
     async def _call_in_thread(self, input: Mapping[str, Any]) -> Any:
         _warn_sync_once(self.program)
