@@ -171,6 +171,17 @@ async def test_tracker_counts_each_call_once(notify: bool) -> None:
     assert tracked.model_id == "m"
 
 
+def test_connection_waits_add_up_across_calls_and_are_absent_when_unmeasured() -> None:
+    metrics = PerformanceMetrics(attach=False)
+    metrics.on_model_output(ModelOutput(content="a", model_id="m", metadata={"lm_calls": 1}))
+    assert "connection_wait_ms" not in metrics.get_summary()["timing"]  # not measured
+    for waited in (1.5, 20.25):
+        metrics.on_model_output(
+            ModelOutput(content="b", model_id="m", metadata={"connection_wait_ms": waited})
+        )
+    assert metrics.get_summary()["timing"]["connection_wait_ms"] == 21.75
+
+
 def test_envelope_metadata_has_the_reference_shape() -> None:
     metadata = MetadataCollector.collect_response_metadata(
         model_id="gpt-4o-mini",

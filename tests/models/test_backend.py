@@ -8,6 +8,7 @@ import re
 import threading
 import time
 import traceback
+import uuid
 from typing import Any
 
 import dspy
@@ -326,6 +327,40 @@ async def test_max_connections_bounds_the_native_engines_pool(
     (engine,) = manager.get_lm("m")._engine_store.values()
     assert engine.config.max_connections == 2
     assert elapsed >= 0.55  # six 0.2 s calls through two connections: three waves
+
+
+async def test_each_call_reports_its_wait_for_a_free_connection(
+    make_manager: MakeManager, provider: LocalProvider
+) -> None:
+    """Six 0.2 s calls through two connections: the second wave waits for one call, the
+    third for two."""
+    provider.latency_s = 0.2
+    run = uuid.uuid4().hex  # questions never asked before: no cache hit
+    try:
+        manager = make_manager({"m": model("openai", "auto", max_connections=2)})
+        backend = manager.single_attempt_backend(qa(), "m")
+        started = time.perf_counter()
+        outputs = await asyncio.gather(
+            *(backend.predict({"question": f"{run} q{i}"}) for i in range(6))
+        )
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    finally:
+        provider.latency_s = 0.0
+    waits = sorted(output.metadata["connection_wait_ms"] for output in outputs)
+    assert waits[1] < 100  # the first wave found free connections
+    assert waits[2] >= 180
+    assert waits[4] >= waits[2] + 150
+    assert waits[5] < elapsed_ms
+
+
+async def test_an_idle_pool_reports_no_wait_and_litellm_reports_none(
+    make_manager: MakeManager,
+) -> None:
+    manager = make_manager({"native": model("openai", "auto"), "lite": model("openai", "litellm")})
+    native = await manager.single_attempt_backend(qa(), "native").predict({"question": "q"})
+    assert native.metadata["connection_wait_ms"] < 50
+    lite = await manager.single_attempt_backend(qa(), "lite").predict({"question": "q"})
+    assert "connection_wait_ms" not in lite.metadata  # LiteLLM's own pool: not measured
 
 
 async def test_max_connections_on_a_litellm_model_is_refused(make_manager: MakeManager) -> None:

@@ -18,6 +18,7 @@ from _otel_helpers import (
     write_pieces,
 )
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 
@@ -273,6 +274,24 @@ async def test_active_calls_go_up_during_a_call_and_back_down(
         await failing.predict("q")
     assert seen == [1]
     assert [p.value for p in metric_points(reader)["llm_server.client.active_calls"]] == [0]
+
+
+@pytest.mark.anyio
+async def test_a_calls_wait_for_a_connection_is_a_histogram_and_a_span_attribute(
+    telemetry: Telemetry, reader: InMemoryMetricReader, exporter: InMemorySpanExporter
+) -> None:
+    waited = output(metadata={"lm_calls": 1, "connection_wait_ms": 250.0})
+    await telemetry.instrument(FakeBackend(result=waited), INFO).predict("q")
+    await telemetry.instrument(FakeBackend(), INFO).predict("q")  # not measured: not recorded
+    point = one(metric_points(reader)["llm_server.client.connection_wait"])
+    assert point.count == 1
+    assert point.sum == pytest.approx(0.25)
+    assert metric_units(reader)["llm_server.client.connection_wait"] == "s"
+    first, second = exporter.get_finished_spans()
+    assert first.attributes is not None
+    assert second.attributes is not None
+    assert first.attributes["llm_server.connection_wait_s"] == pytest.approx(0.25)
+    assert "llm_server.connection_wait_s" not in second.attributes
 
 
 @pytest.mark.anyio

@@ -77,6 +77,8 @@ async def test_a_registered_program_answers_with_the_full_envelope(
     assert tokens["cost_usd"] == pytest.approx(expected_cost)
     timing = metadata["performance"]["timing"]
     assert 0 < timing["model_complete_ms"] <= timing["pipeline_complete_ms"] <= timing["total_ms"]
+    # DSPy's native engine: the call's wait for a free connection (none: an idle pool)
+    assert 0 <= timing["connection_wait_ms"] < timing["model_complete_ms"]
     assert PLANTED_KEY not in response.text
 
 

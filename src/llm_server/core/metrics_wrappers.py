@@ -167,7 +167,9 @@ class PerformanceMetrics:
     def get_summary(self) -> dict[str, Any]:
         """The envelope's ``performance`` block.
 
-        ``timing`` holds ``total_ms`` and one ``<checkpoint>_ms`` per checkpoint; ``tokens``
+        ``timing`` holds ``total_ms``, one ``<checkpoint>_ms`` per checkpoint and, when the
+        model calls measured it, ``connection_wait_ms`` (their wait for a free connection of
+        the model's pool, ``max_connections``); ``tokens``
         holds ``input``, ``output``, ``total``, ``cost_usd`` and ``method`` (``None`` counts
         and method ``"unavailable"`` when no call reported usage); ``trace_id`` links to the
         request's trace when tracing is on.
@@ -175,6 +177,13 @@ class PerformanceMetrics:
         timing: dict[str, float] = {"total_ms": round(self.elapsed_ms(), 2)}
         with self._lock:
             timing.update({f"{name}_ms": value for name, value in self._checkpoints.items()})
+            waits = [
+                waited
+                for o in self._outputs
+                if isinstance(waited := o.metadata.get("connection_wait_ms"), int | float)
+            ]
+        if waits:  # measured (DSPy's native engine): the calls' wait for a free connection
+            timing["connection_wait_ms"] = round(sum(waits), 3)
         usage = self.usage()
         cost = self.cost_usd()
         tokens: dict[str, Any] = {

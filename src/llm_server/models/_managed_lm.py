@@ -18,6 +18,7 @@ ensure_offline()
 
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
 import dataclasses  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from contextvars import ContextVar  # noqa: E402
@@ -231,10 +232,10 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             )
 
     def size_pool(self, max_connections: int | None) -> None:
-        """Give the native engine ``max_connections`` per event loop (``None``: its default)."""
+        """Give the native engine ``max_connections`` per event loop (``None``: its default),
+        and time each call's wait for a connection."""
         self._max_connections = max_connections
-        if max_connections is not None:
-            self._engine_store = _PoolSizedEngines(max_connections)
+        self._engine_store = _PoolSizedEngines(max_connections)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # copies get a fresh, plain engine store
@@ -261,27 +262,70 @@ def _settle(limiter: RateLimiter, grant: Grant, entries: list[dict[str, Any]]) -
 
 
 class _PoolSizedEngines(dict[Any, Any]):
-    """DSPy's per-loop engine store, building each native (lm15) engine with a pool size.
+    """DSPy's per-loop engine store: sizes each native (lm15) engine's pool and times its waits.
 
     DSPy builds an engine lazily, per event loop, with lm15's default of 100 connections and
-    no way to pass another; it stores each one here, where it is rebuilt (before it opened a
-    connection) with the model's ``max_connections``.
+    no way to pass another; it stores each one here, where it is re-initialized (before it
+    opened a connection) with the model's ``max_connections`` when one is set. The engine's pool is
+    also instrumented: the time each call waits for a free connection is added to the
+    request's :class:`RequestScope` (``connection_wait_s``), which the backend reports.
     """
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int | None) -> None:
         super().__init__()
         self.max_connections = max_connections
 
     def __setitem__(self, key: Any, engine: Any) -> None:
         config = getattr(engine, "config", None)
-        if (
-            isinstance(config, RouterConfig)
-            and config.transport is None
-            and config.max_connections != self.max_connections
-        ):
-            sized = dataclasses.replace(config, max_connections=self.max_connections)
-            engine = type(engine)(sized, model_type=engine.model_type)
+        if isinstance(config, RouterConfig) and config.transport is None:
+            if self.max_connections is not None and (
+                config.max_connections != self.max_connections
+            ):
+                # Re-initialized in place, not replaced: DSPy makes the call that built the
+                # engine with the object it built (a replacement served later calls only).
+                sized = dataclasses.replace(config, max_connections=self.max_connections)
+                engine.__init__(sized, model_type=engine.model_type)
+            _time_connection_waits(engine)
         super().__setitem__(key, engine)
+
+
+def _time_connection_waits(engine: Any) -> None:
+    """Time the pool waits of the transport ``engine``'s router builds (lm15 has no hook).
+
+    The router builds its one transport lazily; the first one it returns gets its pool's
+    ``acquire_slot`` (the wait for one of ``max_connections``) wrapped. An lm15 without these
+    internals is left as it is: the wait is then simply not reported.
+    """
+    router = getattr(engine, "router", None)
+    shared = getattr(router, "_shared_transport", None)
+    if shared is None:
+        return
+
+    def shared_transport() -> Any:
+        transport = shared()
+        pool = getattr(transport, "_pool", None)
+        acquire = getattr(pool, "acquire_slot", None)
+        timed = getattr(acquire, "_llm_server_timed", False)
+        if acquire is not None and asyncio.iscoroutinefunction(acquire) and not timed:
+            pool.acquire_slot = _timed_acquire(acquire)  # type: ignore[union-attr]
+        return transport
+
+    router._shared_transport = shared_transport  # type: ignore[union-attr]
+
+
+def _timed_acquire(acquire: Any) -> Any:
+    async def acquire_slot(timeout: float | None = None) -> None:  # noqa: ASYNC109 -- lm15's
+        started = time.perf_counter()
+        try:
+            await acquire(timeout)
+        finally:
+            scope = _current_scope.get()
+            if scope is not None:
+                scope.connection_wait_s += time.perf_counter() - started
+                scope.connection_waits += 1
+
+    acquire_slot._llm_server_timed = True  # type: ignore[attr-defined]
+    return acquire_slot
 
 
 class CallTracker(UsageTracker):  # type: ignore[misc]  # dspy is untyped
@@ -311,11 +355,16 @@ class RequestScope:
         tracker: Usage of the calls that reached the provider.
         in_flight: The messages of each call that started; emptied when the call finishes,
             so a call cancelled on its way (a deadline, a client gone) keeps them.
+        connection_wait_s: Seconds the calls waited for a free connection of the model's
+            pool (DSPy's native engine only).
+        connection_waits: How many connection waits were timed (0: not measured).
     """
 
     entries: list[dict[str, Any]] = field(default_factory=list)
     tracker: CallTracker = field(default_factory=CallTracker)
     in_flight: list[list[dict[str, Any]]] = field(default_factory=list)
+    connection_wait_s: float = 0.0
+    connection_waits: int = 0
 
     def call_started(self, prompt: Any, messages: Any) -> list[dict[str, Any]]:
         """Record a call about to leave; the returned list is cleared when it finishes."""

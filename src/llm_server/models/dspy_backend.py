@@ -101,6 +101,15 @@ def _warn_sync_once(program: Any) -> None:
     )
 
 
+def _call_metadata(calls: int, scope: Any) -> dict[str, Any]:
+    """The output's metadata: LM calls made and, when it was timed (DSPy's native engine), the
+    time they waited for a free connection of the model's pool."""
+    metadata: dict[str, Any] = {"lm_calls": calls}
+    if scope.connection_waits:
+        metadata["connection_wait_ms"] = round(scope.connection_wait_s * 1000, 3)
+    return metadata
+
+
 class DSPyBackend:
     """Runs one DSPy program on one configured model.
 
@@ -229,7 +238,7 @@ class DSPyBackend:
             response_model=summary.response_model,
             finish_reasons=summary.finish_reasons,
             latency_ms=latency_ms,
-            metadata={"lm_calls": summary.calls},
+            metadata=_call_metadata(summary.calls, scope),
         )
         if usage is not None:
             self.last_prompt_tokens = usage.input_tokens

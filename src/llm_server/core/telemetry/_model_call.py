@@ -267,6 +267,10 @@ class ModelCallRecorder:
             metric_attrs[n.GEN_AI_RESPONSE_MODEL] = output.response_model
         span.set_attributes(self._response_attrs(output, counted))
         signals.operation_duration.record(elapsed, metric_attrs)
+        waited = output.metadata.get("connection_wait_ms")
+        if isinstance(waited, int | float):
+            signals.connection_wait.record(waited / 1000, self._metric_attrs)
+            span.set_attribute(n.CONNECTION_WAIT_S, waited / 1000)
         if counted is not None:
             # Fresh dicts: an SDK may keep a reference to the attributes it was given.
             signals.token_usage.record(

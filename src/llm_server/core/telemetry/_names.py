@@ -97,6 +97,11 @@ METRIC_FALLBACKS: Final = "llm_server.client.fallbacks"
 METRIC_CUT_CALLS: Final = "llm_server.client.cut_calls"
 METRIC_ACTIVE_CALLS: Final = "llm_server.client.active_calls"
 METRIC_LOOP_LAG: Final = "llm_server.event_loop.lag"
+METRIC_CONNECTION_WAIT: Final = "llm_server.client.connection_wait"
+CONNECTION_WAIT_S: Final = "llm_server.connection_wait_s"
+CONNECTION_WAIT_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
 LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 EVENT_CALL_CUT: Final = "llm_server.call_cut"
 

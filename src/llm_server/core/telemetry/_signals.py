@@ -219,6 +219,14 @@ class OtelSignals:
             "Number of input and output tokens used.",
             n.TOKEN_USAGE_BUCKETS,
         )
+        self.connection_wait = _histogram(
+            meter,
+            n.METRIC_CONNECTION_WAIT,
+            "s",
+            "Time a model call waited for a free connection of its model's pool "
+            "(max_connections); measured on DSPy's native engine.",
+            n.CONNECTION_WAIT_BUCKETS,
+        )
         self.time_to_first_chunk = _histogram(
             meter,
             n.METRIC_TIME_TO_FIRST_CHUNK,
