@@ -183,6 +183,29 @@ async def test_an_open_breaker_answers_503_with_the_envelope_not_a_stream(
     assert provider.requests == []
 
 
+async def test_bad_bodies_and_unknown_models_answer_their_envelope_not_a_stream(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    """The stream route skips FastAPI's second parse of a body its gate validated; what the
+    gate cannot validate still gets the usual answers."""
+    url = "/programs/explain/stream"
+    async with serving(build(provider, tmp_path)) as client:
+        malformed = await client.post(
+            url, content=b'{"topic": ', headers={"content-type": "application/json"}
+        )
+        wrong_type = await client.post(url, json={"topic": 7})
+        missing = await client.post(url, json={})
+        unknown = await client.post(url, json={"topic": "x", "model_id": "nope"})
+        fine = await client.post(url, json={"topic": "x"})
+    for response, status in ((malformed, 422), (wrong_type, 422), (missing, 422), (unknown, 404)):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["success"] is False
+    assert wrong_type.json()["error"]["details"][0]["loc"] == ["body", "topic"]
+    assert events(fine.text)[-1][0] == "done"
+    assert len(provider.requests) == 1  # only the valid request reached the provider
+
+
 async def test_a_fault_after_the_first_piece_ends_with_an_error_event_and_no_retry(
     provider: LocalProvider, tmp_path: Path
 ) -> None:

@@ -345,5 +345,7 @@ def add_program_endpoint(
             summary=f"Run program {program_id}, streaming its output fields",
             description=(signature.__doc__ or "").strip() or None,
             name=f"stream_{program_id}",
-            route_class_override=guarded_route(gate, max_request_bytes=max_request_bytes),
+            route_class_override=guarded_route(
+                gate, max_request_bytes=max_request_bytes, direct=stream_endpoint
+            ),
         )

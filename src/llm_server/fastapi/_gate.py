@@ -18,7 +18,7 @@ answers it as usual.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
@@ -33,6 +33,7 @@ from llm_server.fastapi._errors import framework_error_response, validation_erro
 __all__ = [
     "GATED",
     "GATES",
+    "VALIDATED",
     "Gate",
     "body_limit",
     "gate_for",
@@ -43,12 +44,15 @@ __all__ = [
     "too_large",
 ]
 
-Gate = Callable[[bytes, Any], Response | None]
-"""``gate(body, app)``: the error response for this request, or ``None`` to let it through."""
+Gate = Callable[[bytes, Any], Response | BaseModel | None]
+"""``gate(body, app)``: the error response for this request, or what lets it through: the body
+as validated (a model instance), or ``None`` when the route must decide (malformed JSON)."""
 GATES = "llm_server_gates"
 """The ``app.state`` attribute holding ``{path: (gate, body limit)}`` for the middleware."""
 GATED = "llm_server.gated"
 """Set in the ASGI scope once a gate let the request through (not asked twice)."""
+VALIDATED = "llm_server.validated_body"
+"""The ASGI scope key of the body a gate validated (``None`` when it could not)."""
 
 
 def gate_for(
@@ -63,7 +67,8 @@ def gate_for(
     It refuses a request every breaker the call could use would refuse (503), then a body
     its schema calls invalid: the body is validated strictly, as JSON Schema reads the
     OpenAPI document (``false`` is no integer, ``"1"`` no number, at any depth), where
-    FastAPI's own validation is lax (422, the same envelope).
+    FastAPI's own validation is lax (422, the same envelope). A request it lets through comes
+    with its validated body (``None`` for malformed JSON, which the route answers).
 
     Args:
         route: ``route(program_manager, model_id)``: the route's cached pipeline and checks.
@@ -72,7 +77,7 @@ def gate_for(
         manager: The program manager the route was given, else ``app.state``'s is used.
     """
 
-    def gate(body: bytes, app: Any) -> Response | None:
+    def gate(body: bytes, app: Any) -> Response | BaseModel | None:
         try:
             sent = json.loads(body)
         except ValueError:
@@ -87,18 +92,22 @@ def gate_for(
             except LLMServerError:
                 pass  # e.g. an unknown model: the route answers it with its usual envelope
         try:
-            request_model.model_validate_json(body, strict=True)
+            return request_model.model_validate_json(body, strict=True)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
             return validation_error_response(
                 [{**error, "loc": ("body", *error["loc"])} for error in errors]
             )
-        return None
 
     return gate
 
 
-def guarded_route(gate: Gate, *, max_request_bytes: int | None) -> type[APIRoute]:
+def guarded_route(
+    gate: Gate,
+    *,
+    max_request_bytes: int | None,
+    direct: Callable[[Request, Any], Awaitable[Response]] | None = None,
+) -> type[APIRoute]:
     """An ``APIRoute`` class that bounds the body, consults ``gate`` first and registers both
     for the middleware.
 
@@ -106,6 +115,10 @@ def guarded_route(gate: Gate, *, max_request_bytes: int | None) -> type[APIRoute
         gate: The route's gate.
         max_request_bytes: The route's body limit (``None``: the app's settings, else the
             settings' default).
+        direct: ``endpoint(request, body)`` of a route that answers with a ``Response`` and
+            needs nothing else from FastAPI: called with the body the gate validated, so
+            FastAPI does not read, parse and validate it a second time (a body the gate could
+            not validate still goes through FastAPI, which answers it as usual).
     """
 
     class GuardedRoute(APIRoute):
@@ -113,6 +126,7 @@ def guarded_route(gate: Gate, *, max_request_bytes: int | None) -> type[APIRoute
             handler = super().get_route_handler()
 
             async def guarded(request: Request) -> Response:
+                validated = request.scope.get(VALIDATED)
                 if not request.scope.get(GATED):
                     limit = body_limit(request.app, max_request_bytes)
                     gates = getattr(request.app.state, GATES, None)
@@ -129,9 +143,12 @@ def guarded_route(gate: Gate, *, max_request_bytes: int | None) -> type[APIRoute
                         return framework_error_response(exc)
                     # Starlette keeps a read body here; the endpoint's parsing reads it back.
                     request._body = body
-                    refusal = gate(body, request.app)
-                    if refusal is not None:
-                        return refusal
+                    passed = gate(body, request.app)
+                    if isinstance(passed, Response):
+                        return passed
+                    validated = passed
+                if direct is not None and validated is not None:
+                    return await direct(request, validated)
                 return await handler(request)
 
             return guarded

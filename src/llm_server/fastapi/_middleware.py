@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_server.core.errors import PayloadTooLargeError
@@ -12,6 +13,7 @@ from llm_server.core.telemetry._otel import get_telemetry
 from llm_server.fastapi._errors import error_response, framework_error_response, log_unexpected
 from llm_server.fastapi._gate import (
     GATED,
+    VALIDATED,
     body_limit,
     read_body,
     registered_gate,
@@ -73,11 +75,11 @@ class RequestContextMiddleware:
                 except PayloadTooLargeError as exc:
                     await framework_error_response(exc)(scope, receive, send_with_id)
                     return
-                refusal = gate(body, scope["app"])
-                if refusal is not None:
-                    await refusal(scope, receive, send_with_id)
+                passed = gate(body, scope["app"])
+                if isinstance(passed, Response):
+                    await passed(scope, receive, send_with_id)
                     return
-                scope = {**scope, GATED: True}
+                scope = {**scope, GATED: True, VALIDATED: passed}
                 receive = replaying(body, receive)
             with get_telemetry().request_span(span_name):
                 try:
