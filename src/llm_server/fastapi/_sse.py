@@ -104,26 +104,34 @@ class _Writer:
         self._status = status
         self._headers = headers
         self.started = False
-        self._sending = False
+        # the reader and the waiter both send: one message at a time, the status line first
+        # (uncontended, taking the lock does not suspend)
+        self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         self._last_sent = self._loop.time()
 
     async def start(self) -> None:
         """Send the status line, once."""
-        if not self.started:
-            self.started = True  # before the await: the waiter and the reader never both send
-            await self._send(
-                {"type": "http.response.start", "status": self._status, "headers": self._headers}
-            )
+        if self.started:
+            return
+        async with self._lock:
+            if not self.started:
+                self.started = True
+                await self._send(
+                    {
+                        "type": "http.response.start",
+                        "status": self._status,
+                        "headers": self._headers,
+                    }
+                )
 
     async def put(self, chunk: bytes) -> None:
         """Send one chunk of the body."""
-        self._sending = True
-        try:
-            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finally:
-            self._sending = False
-            self._last_sent = self._loop.time()
+        async with self._lock:
+            try:
+                await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                self._last_sent = self._loop.time()
 
     async def wait(self, first_event_wait_s: float, ping_s: float) -> None:
         """Start the stream after ``first_event_wait_s`` without an event; keep it alive with a
@@ -138,7 +146,7 @@ class _Writer:
                     continue
                 # the reader may start it meanwhile: look again within ping_s
                 await asyncio.sleep(min(start_at - now, ping_s))
-            elif now - self._last_sent >= ping_s and not self._sending:
+            elif now - self._last_sent >= ping_s and not self._lock.locked():
                 await self.put(KEEPALIVE_COMMENT)
             else:
                 await asyncio.sleep(max(0.0, self._last_sent + ping_s - now) or ping_s)
