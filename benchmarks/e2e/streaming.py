@@ -80,21 +80,27 @@ async def _sequential(port: int, payload: bytes, first: bytes, end: bytes, n: in
 
 
 async def _concurrent(
-    port: int, payload: bytes, *, concurrency: int, seconds: float
-) -> tuple[int, list[float]]:
-    stop = time.perf_counter() + seconds
+    port: int,
+    payload: bytes,
+    first: bytes = b"event: delta",
+    end: bytes = b"event: done",
+    *,
+    concurrency: int,
+    seconds: float,
+    spread_s: float = 0.0,
+) -> list[float]:
+    """Times to the first event of the streams ``concurrency`` closed-loop clients finished in
+    ``seconds`` (after their starts, spread evenly over ``spread_s``: arrivals, not a burst)."""
+    stop = time.perf_counter() + spread_s + seconds
     firsts: list[float] = []
-    done = 0
 
-    async def client() -> None:
-        nonlocal done
+    async def client(index: int) -> None:
+        await asyncio.sleep(spread_s * index / concurrency)
         while time.perf_counter() < stop:
-            first, _ = await _stream_once(port, payload, b"event: delta", b"event: done")
-            firsts.append(first)
-            done += 1
+            firsts.append((await _stream_once(port, payload, first, end))[0])
 
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return done, firsts
+    await asyncio.gather(*(client(index) for index in range(concurrency)))
+    return firsts
 
 
 async def _held_open(port: int, payload: bytes, count: int, pid: int) -> float:
@@ -114,24 +120,6 @@ async def _held_open(port: int, payload: bytes, count: int, pid: int) -> float:
 
 
 PACE_MS, PACED_PIECES = 50, 20  # a paced answer: 20 pieces, 50 ms apart (~1 s a stream)
-
-
-async def _paced(
-    port: int, payload: bytes, first: bytes, end: bytes, *, concurrency: int, seconds: float
-) -> list[float]:
-    """Times to the first event of ``concurrency`` closed-loop clients against a paced
-    provider, their starts spread over one stream's length (arrivals, not one burst)."""
-    spread = PACE_MS * PACED_PIECES / 1000
-    stop = time.perf_counter() + spread + seconds
-    firsts: list[float] = []
-
-    async def client(index: int) -> None:
-        await asyncio.sleep(spread * index / concurrency)
-        while time.perf_counter() < stop:
-            firsts.append((await _stream_once(port, payload, first, end))[0])
-
-    await asyncio.gather(*(client(index) for index in range(concurrency)))
-    return firsts
 
 
 def measure(*, quick: bool = False) -> dict[str, Any]:
@@ -172,28 +160,24 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
                     _sequential(app.port, payloads[name], b"event: delta", b"event: done", n)
                 )
             for name, app in apps.items():
-                streams, first_loaded = asyncio.run(
+                first_loaded = asyncio.run(
                     _concurrent(app.port, payloads[name], concurrency=64, seconds=seconds)
                 )
-                rates[name].append(streams / seconds)
+                rates[name].append(len(first_loaded) / seconds)
                 loaded[name] += first_loaded
         # 64 streams open at once, the provider pacing its answer: the worker is busy but
         # not saturated, as under chat traffic
         provider.command(f"chunk_delay {PACE_MS}")
         provider.command("reply " + "word " * PACED_PIECES)
+        spread = PACE_MS * PACED_PIECES / 1000  # one paced stream's length
         paced_provider = asyncio.run(
-            _paced(port, provider_payload, b"data: {", b"data: [DONE]", concurrency=64,
-                   seconds=seconds)
+            _concurrent(port, provider_payload, b"data: {", b"data: [DONE]", concurrency=64,
+                        seconds=seconds, spread_s=spread)
         )  # fmt: skip
         paced = {
             name: asyncio.run(
-                _paced(
-                    app.port,
-                    payloads[name],
-                    b"event: delta",
-                    b"event: done",
-                    concurrency=64,
-                    seconds=seconds,
+                _concurrent(
+                    app.port, payloads[name], concurrency=64, seconds=seconds, spread_s=spread
                 )
             )
             for name, app in apps.items()
