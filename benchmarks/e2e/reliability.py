@@ -145,8 +145,11 @@ async def _recovery_timeline(
     return timeline, down_at, up_at
 
 
-def recovery(*, concurrency: int = 200, otel: bool = True, quick: bool = False) -> dict[str, Any]:
-    """Run ``concurrency`` clients through a 0.3 s outage; report opening, closing, refusals.
+def recovery(
+    *, concurrency: int = 200, otel: bool = True, quick: bool = False, outage_s: float = 0.3
+) -> dict[str, Any]:
+    """Run ``concurrency`` clients through an outage (``outage_s``, 0.3 s by default); report
+    opening, closing, refusals.
 
     With ``otel`` (the default) an OpenTelemetry SDK exports, as in production: every request
     the app handles costs more CPU, which is what starved the probes of a half-open breaker
@@ -160,7 +163,7 @@ def recovery(*, concurrency: int = 200, otel: bool = True, quick: bool = False) 
     ):
         timeline, down_at, up_at = asyncio.run(
             _recovery_timeline(
-                g.port, provider, concurrency=concurrency, outage_s=0.3, after_s=after_s
+                g.port, provider, concurrency=concurrency, outage_s=outage_s, after_s=after_s
             )
         )
     opened = next((t for t, s in timeline.states if t >= down_at and s == "open"), None)
