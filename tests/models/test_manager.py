@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import anyio
 import dspy
 import pytest
 from _model_helpers import ENGINE_PROTOCOLS, MakeManager, model
 
 from llm_server.core.errors import ConfigurationError, MissingAPIKeyError, ModelNotFoundError
 from llm_server.core.model_interfaces import TokenCountMethod
+from llm_server.core.streaming import Finished, stream_events
 from llm_server.models._engine import LOCAL_PLACEHOLDER_KEY
 from llm_server.models.dspy_backend import DSPyBackend
 from llm_server.models.manager import ModelInfo, ModelManager
@@ -315,6 +318,28 @@ async def test_a_manager_built_after_another_was_closed_calls_litellm_on_the_sam
     output = await second.single_attempt_backend(dspy.Predict("q -> a"), "m").predict({"q": "y"})
 
     assert output.content.a == "echo: y"
+
+
+@pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
+async def test_aclose_leaves_no_connection_open_after_streamed_calls(
+    make_manager: MakeManager, provider: LocalProvider, engine: str, protocol: str
+) -> None:
+    # LiteLLM streams some providers' calls (Anthropic's) through a module-level client that
+    # lives outside its client cache: it must be closed too, on every loop
+    for question in ("first manager", "second manager"):  # a second one: a rebuilt client
+        manager = make_manager({"m": model(protocol, engine)})
+        backend = manager.single_attempt_backend(dspy.Predict("q -> a"), "m")
+        call = functools.partial(backend.predict, {"q": question})
+        events = [e async for e in stream_events(call)]
+        assert isinstance(events[-1], Finished)
+        assert events[-1].result.content.a == f"echo: {question}"
+        assert provider.open_connections >= 1  # kept alive for the next call
+
+        await manager.aclose()
+
+        with anyio.fail_after(5):
+            while provider.open_connections:  # noqa: ASYNC110 -- counted by the provider's thread
+                await anyio.sleep(0.01)
 
 
 # --- offline startup --------------------------------------------------------------------------

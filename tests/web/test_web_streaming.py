@@ -325,14 +325,10 @@ async def test_a_slow_first_token_is_abandoned_and_retried(
     assert time.monotonic() - started < 1.5
 
 
-# Every other warning is an error (pyproject), "coroutine ... was never awaited" included. Not
-# judged here, and an open finding of the streaming issue: after this run one socket to the
-# provider is sometimes left for the garbage collector (a ResourceWarning, not a log line);
-# not yet traced to its owner (LiteLLM opens an aiohttp session per streamed call:
-# BerriAI/litellm#13251). It is collected below, inside this test, so it is not blamed on
-# whichever test the collector happens to run in.
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# Every other warning is an error (pyproject), "coroutine ... was never awaited" and an
+# unclosed socket (ResourceWarning) included: the garbage collector runs below, inside this
+# test, so a connection left open by these streams (LiteLLM-Anthropic streams through a
+# module-level client, which the app's shutdown closes) fails this test, not a later one.
 def test_the_log_stays_clean_through_finished_and_abandoned_streams(
     provider: LocalProvider, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -169,6 +169,12 @@ class LocalProvider:
         return self._port is not None
 
     @property
+    def open_connections(self) -> int:
+        """How many client connections are open now (kept-alive ones included): a client that
+        closed its pool leaves none behind."""
+        return len(self._connections)
+
+    @property
     def port(self) -> int:
         """The bound port."""
         if self._port is None:
