@@ -9,9 +9,11 @@
             output = event.result               # Finished: what the call returned
 
 :func:`stream_events` runs the call in a task with a :class:`StreamSink` in its context. The
-DSPy backend at the bottom of the stack sees the sink and runs its program through
-``dspy.streamify``, with stream listeners built for this call (a reused listener streams
-nothing after its first call: DSPy #8425), on the event loop. Everything above it works as for
+DSPy backend at the bottom of the stack sees the sink and runs its program with DSPy's stream
+listeners built for this call (a reused listener streams nothing after its first call: DSPy
+#8425), on the event loop, feeding their pieces to the sink as the chunks arrive
+(:mod:`llm_server.models._listening`: what ``dspy.streamify`` does, without its extra task,
+memory stream and status callback). Everything above it works as for
 a plain call: the deadline bounds the whole stream; retries, fallbacks and the circuit breaker
 apply until the first piece, and after it a failure is a
 :class:`~llm_server.core.errors.StreamInterruptedError`, which is never retried (the client has

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,13 @@ def _request_scope() -> Callable[[Any, str | None], AbstractContextManager[Reque
     from llm_server.models._managed_lm import request_scope
 
     return request_scope
+
+
+@functools.cache
+def _run_listened() -> Callable[..., Awaitable[Any]]:
+    from llm_server.models._listening import run_listened
+
+    return run_listened
 
 
 def _needs_worker_thread(program: Any) -> bool:
@@ -280,41 +287,26 @@ class DSPyBackend:
         )
 
     async def _streamed(self, input: Mapping[str, Any], sink: StreamSink) -> Any:
-        """Run the program through ``dspy.streamify``, its string fields' pieces into ``sink``.
+        """Run the program with its string fields' pieces going into ``sink``.
 
-        Listeners are built per call (a reused one streams nothing after its first call, DSPy
-        #8425) and the program runs on the loop (``is_async_program=True``). A cache hit
-        streams nothing: the caller sends the fields whole. The pieces are read in a task of
-        their own, so each one wakes that task's few frames rather than this call's whole
-        stack (the pipeline and the reliability layers above it); cancelling this call
-        cancels that task, and waits for it.
+        DSPy's stream listeners, built per call, in the program's own task, on the loop
+        (:mod:`llm_server.models._listening`). A cache hit streams nothing: the caller sends
+        the fields whole. With ``first_token_timeout_s``, an attempt whose first piece has
+        not arrived in time ends with :class:`ModelTimeoutError` (retried like any timeout:
+        nothing was sent yet).
         """
-        import dspy
-        from dspy.streaming import StreamListener, StreamResponse
-
-        listeners = [StreamListener(signature_field_name=name) for name in self._stream_fields]
-        streamer = dspy.streamify(self.program, stream_listeners=listeners, is_async_program=True)
+        run_listened = _run_listened()
         limit = self._first_token_timeout_s
-        first_token = asyncio.timeout(limit) if limit is not None else None
+        if limit is None:  # no limit but the request deadline
+            return await run_listened(self.program, input, self._stream_fields, sink)
+        first_token = asyncio.timeout(limit)
 
-        async def read() -> Any:
-            prediction = None
-            async for value in streamer(**input):
-                if isinstance(value, StreamResponse):
-                    if not value.chunk:  # a listener's final flush may be empty
-                        continue
-                    if first_token is not None and not sink.started:
-                        first_token.reschedule(None)  # the rest may take its time
-                    sink.put(value.signature_field_name, value.chunk)
-                elif isinstance(value, dspy.Prediction):
-                    prediction = value
-            return prediction
+        def started() -> None:
+            first_token.reschedule(None)  # the rest may take its time
 
-        if first_token is None:  # no limit but the request deadline
-            return await asyncio.ensure_future(read())
         try:
             async with first_token:
-                return await asyncio.ensure_future(read())
+                return await run_listened(self.program, input, self._stream_fields, sink, started)
         except TimeoutError:
             if not first_token.expired():
                 raise
