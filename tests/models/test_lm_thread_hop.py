@@ -1,4 +1,6 @@
-"""ManagedLM prepares text-only calls on the loop; calls with media keep DSPy's worker thread."""
+"""ManagedLM's thread hops: text-only calls are prepared on the loop (media keep DSPy's worker
+thread); capability planning and the native engine's routing leave the thread after an LM's
+first call; other LMs keep DSPy's behaviour."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from _model_helpers import ENGINE_PROTOCOLS, MakeManager, model
 from dspy.utils.callback import BaseCallback
 from PIL import Image
 
-from llm_server.models._managed_lm import _text_only
+from llm_server.core.streaming import Finished, TextDelta, stream_events
+from llm_server.models._managed_lm import ManagedLM, _text_only
 from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
@@ -113,3 +116,64 @@ async def test_dspy_lm_callbacks_fire_once_per_call_on_the_inline_path(
 )
 def test_text_only_is_strict(prompt: Any, messages: Any, kwargs: Any, expected: bool) -> None:
     assert _text_only(prompt, messages, kwargs) is expected
+
+
+@pytest.mark.parametrize(("engine", "protocol"), ENGINE_PROTOCOLS)
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+async def test_only_the_first_call_plans_and_routes_in_a_thread(
+    make_manager: MakeManager, thread_jobs: list[str], engine: str, protocol: str, streamed: bool
+) -> None:
+    manager = make_manager({"m": model(protocol, engine)})
+    backend = manager.single_attempt_backend(dspy.Predict("question -> answer"), "m")
+    native = manager.model_info["m"].engine == "lm15"
+
+    async def call(question: str) -> str:
+        if not streamed:
+            return str((await backend.predict({"question": question})).content.answer)
+        events = [e async for e in stream_events(lambda: backend.predict({"question": question}))]
+        assert isinstance(events[0], TextDelta)  # it did stream
+        assert isinstance(events[-1], Finished)
+        return str(events[-1].result.content.answer)
+
+    assert await call("first") == "echo: first"
+    assert "capabilities" in thread_jobs  # DSPy's planning: may load the model catalog
+    assert ("_target" in thread_jobs) is native  # the native engine builds its provider
+    thread_jobs.clear()
+
+    assert await call("second") == "echo: second"
+    assert await call("third") == "echo: third"
+    assert "capabilities" not in thread_jobs
+    assert "_target" not in thread_jobs
+
+
+async def test_an_adapter_reading_capabilities_still_gets_them(make_manager: MakeManager) -> None:
+    manager = make_manager({"m": model("openai", "auto")})
+    backend = manager.single_attempt_backend(dspy.Predict("question -> answer"), "m")
+    await backend.predict({"question": "warm"})  # planned once, in the thread
+    lm = backend.lm
+    assert isinstance(lm, ManagedLM)
+    assert lm._planned
+
+    # what JSONAdapter reads, computed on the loop now
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        output = await backend.predict({"question": "json"})
+
+    assert "response_format" in lm.supported_params
+    assert output.content.answer
+
+
+async def test_a_plain_dspy_lm_keeps_dspys_planning_thread(
+    provider: LocalProvider, thread_jobs: list[str]
+) -> None:
+    lm = dspy.LM("openai/gpt-4o-mini", api_base=provider.openai_api_base, api_key="k", cache=False)
+    program = dspy.Predict("question -> answer")
+
+    try:
+        with dspy.context(lm=lm):
+            for question in ("one", "two"):
+                await program.acall(question=question)
+    finally:
+        await lm.aclose()  # its pool, on this test's loop
+
+    assert thread_jobs.count("capabilities") == 2
+    assert thread_jobs.count("_target") == 2

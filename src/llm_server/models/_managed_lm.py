@@ -19,7 +19,7 @@ ensure_offline()
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
 import dataclasses  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator, Mapping  # noqa: E402
+from collections.abc import AsyncIterator, Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from contextvars import ContextVar  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -105,7 +105,9 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
     thread (``asyncio.to_thread``) because preparing media may read local files. A text-only
     call reads nothing, and the hop (a thread hand-off, a future and a loop wake-up, ~0.1 ms of
     CPU per call here) buys nothing, so text-only calls are prepared on the loop, with DSPy's
-    own steps in DSPy's order; anything else goes through ``dspy.LM.acall`` unchanged.
+    own steps in DSPy's order; anything else goes through ``dspy.LM.acall`` unchanged. Two more
+    hops happen only on an LM's first call, where they may load something (see
+    :func:`_plan_in_thread_once` and :func:`_route_on_loop`).
     """
 
     if _EXECUTION is not None:
@@ -171,6 +173,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
     _window: tuple[str, int, int] | None = None  # (model id, context window, max tokens)
     _limiter: RateLimiter | None = None
     _shared_cache: Any = None  # a llm_server.fleet.SharedResponseCache
+    _planned = False  # DSPy's capability planning ran once (see _plan_in_thread_once)
 
     def share_cache(self, cache: Any) -> None:
         """Answer text-only async calls from ``cache`` (a ``SharedResponseCache``) first."""
@@ -251,6 +254,39 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             call.append(entry)
 
 
+def _plan_in_thread_once() -> None:
+    """Run DSPy's capability planning in a worker thread on a :class:`ManagedLM`'s first call only.
+
+    Before each adapter call DSPy computes the LM's capability hints (function calling,
+    response schema, ...) in a worker thread (``asyncio.to_thread``): the first computation
+    may load the model catalog or import LiteLLM. Once it ran, what it reads is loaded and
+    the hop is the cost, for hints a plain adapter call never reads: later calls of the LM
+    skip it, and an adapter that reads a hint computes it on the loop, as DSPy's synchronous
+    path always does. Other LMs keep DSPy's behaviour. A DSPy without this hook is left as it
+    is.
+    """
+    from dspy.clients import capabilities
+
+    threaded = getattr(capabilities, "prepare_async", None)
+    if not asyncio.iscoroutinefunction(threaded) or getattr(threaded, "_llm_server", False):
+        return
+
+    async def prepare_async(lm: Any) -> None:
+        if isinstance(lm, ManagedLM):
+            if lm._planned:
+                return
+            await threaded(lm)
+            lm._planned = True
+            return
+        await threaded(lm)
+
+    prepare_async._llm_server = True  # type: ignore[attr-defined]
+    capabilities.prepare_async = prepare_async
+
+
+_plan_in_thread_once()
+
+
 def _settle(limiter: RateLimiter, grant: Grant, entries: list[dict[str, Any]]) -> None:
     """Settle a finished call's grant to the usage the provider reported."""
     usage = entries[-1].get("usage") if entries else None
@@ -286,7 +322,54 @@ class _PoolSizedEngines(dict[Any, Any]):
                 sized = dataclasses.replace(config, max_connections=self.max_connections)
                 engine.__init__(sized, model_type=engine.model_type)
             _time_connection_waits(engine)
+        _route_on_loop(engine)
         super().__setitem__(key, engine)
+
+
+def _route_on_loop(engine: Any) -> None:
+    """Let a native engine route its calls on the loop once its provider is built.
+
+    DSPy's async lm15 engine routes every call in a worker thread (``asyncio.to_thread``)
+    because building a provider may load a credential synchronously. Only the first call
+    builds it (the engine keeps it); after that, routing is a few dict lookups, and the hop
+    (a thread hand-off and a loop wake-up) is most of its cost. So the first call of each
+    engine routes as DSPy does, in the thread, and the later ones on the loop, with the
+    engine's own ``_target``, stream guard and closing, in DSPy's order. An engine without
+    these internals is left as it is.
+    """
+    from dspy.clients.engines import lm15_engine
+
+    target = getattr(engine, "_target", None)
+    built = getattr(engine, "_providers", None)
+    guard = getattr(lm15_engine, "achecked_stream", None)
+    closing = getattr(lm15_engine, "aclosing_stream", None)
+    if not (
+        type(engine) is getattr(lm15_engine, "AsyncLM15Engine", None)
+        and callable(target)
+        and isinstance(built, dict)
+        and callable(guard)
+        and callable(closing)
+    ):
+        return
+    threaded_complete, threaded_stream = engine.complete, engine.stream
+
+    async def complete(request: Any) -> Any:
+        if not built:
+            return await threaded_complete(request)
+        provider, routed = target(request)
+        return await provider.complete(routed)
+
+    async def stream(request: Any) -> AsyncIterator[Any]:
+        if built:
+            provider, routed = target(request, streaming=True)
+            events = guard(provider.stream(routed), provider=provider.provider)
+        else:
+            events = threaded_stream(request)
+        async with closing(events):
+            async for event in events:
+                yield event
+
+    engine.complete, engine.stream = complete, stream
 
 
 def _time_connection_waits(engine: Any) -> None:
