@@ -6,12 +6,14 @@ Prints ``READY <base_url>`` once listening, then reads commands on stdin, one pe
 ``latency <ms>`` sets the latency added to every answer, ``chunk_delay <ms>`` the pause
 between the events of a streamed answer, ``reply <text>`` a fixed answer, ``down`` makes every
 request fail with a 503 (an outage), ``up`` ends it (each answers ``OK``), ``fired`` answers
-``OK <n>``: the requests the current outage failed; end of input stops it.
+``OK <n>``: the requests the current outage failed; ``last_body`` answers ``OK <json>``: the
+body of the last request it got, on one line; end of input stops it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from llm_server.testing import LocalProvider
@@ -44,6 +46,9 @@ def main() -> None:
                 print("OK", flush=True)
             elif command == "fired":
                 print(f"OK {provider.fired(outage) if outage is not None else 0}", flush=True)
+            elif command == "last_body":
+                body = provider.requests[-1].body if provider.requests else None
+                print(f"OK {json.dumps(body)}", flush=True)
             elif command:
                 print(f"ERROR unknown command {command!r}", flush=True)
 

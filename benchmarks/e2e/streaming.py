@@ -6,18 +6,21 @@ The guarded app G (``POST /programs/predictor/stream``) against HS, a hand-writt
 ``dspy.streamify`` endpoint (``benchmarks/e2e/apps/hs_app.py``), both under uvicorn in their own
 process against the local provider in another, on 127.0.0.1 only:
 
+* **The provider's own times**, measured the same way: the request the apps' LM sent (DSPy's
+  prompt) streamed to the provider directly, so its answer comes in the same chunks. Two
+  marks: its first chunk (the role), and its first chunk carrying a field's text (the chunks
+  before it hold DSPy's field header: nothing a stream listener could send). With 0 ms between
+  chunks they are a few microseconds apart; paced, two pieces (~100 ms).
 * **Time to the first event** at c=1 (sequential requests): from sending the request to the
-  first ``delta`` event, minus the provider's own time to its first chunk measured the same
-  way (a streamed chat completion sent to it directly). DSPy's stream listener holds a few
-  tokens back to find where a field ends, so both apps pay that too.
+  first ``delta`` event, minus the provider's own first chunk (target: < 2 ms), and minus its
+  first field text.
 * **Streams per second** at c=64, G / HS (the median of each app's rounds), and the p99 time
   to the first event.
 * **Time to the first event at c=64, paced**: 64 clients at once while the provider paces its
   answer (20 pieces, 50 ms apart), their starts spread over one stream's length: the worker is
-  busy but not saturated, as under chat traffic. DSPy's stream listener holds the first
-  piece until it has seen a few more (~100 ms at this pace, in both apps), so the p99 is
-  reported against the provider's own p99 first chunk and against the hand-written endpoint's
-  p99 (target: < 10 ms over it). The saturated c=64 run above reports its p99 too: queueing.
+  busy but not saturated, as under chat traffic. The p99 is reported over the provider's own
+  p99 first field text at that load (target: < 10 ms), over its p99 first chunk, and against
+  the hand-written endpoint's p99. The saturated c=64 run above reports its p99 too: queueing.
 * **Memory per open stream**: 100 streams held open at once (the provider pacing a long answer
   at 200 ms a piece), the app's RSS growth divided by 100.
 """
@@ -27,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +54,38 @@ def _request(port: int, path: str, body: dict[str, Any]) -> bytes:
     return head.encode() + data
 
 
-async def _stream_once(port: int, payload: bytes, first: bytes, end: bytes) -> tuple[float, float]:
+Marker = bytes | Callable[[bytes], bool]
+"""What marks the first event: bytes it contains, or a test of everything read so far."""
+
+_FIELD_TEXT = re.compile(r"\[\[ ## \w+ ## \]\]\s*\S")
+
+
+def field_text_arrived(seen: bytes) -> bool:
+    """Whether a provider's stream (OpenAI's format) read so far carries a field's first text:
+    the chunks before it hold the role and DSPy's field header, nothing a listener can send."""
+    content = []
+    for line in seen.split(b"\n"):
+        if line.startswith(b"data: {"):
+            with contextlib.suppress(ValueError):  # a line cut by the read
+                for choice in json.loads(line[6:]).get("choices", []):
+                    content.append(choice.get("delta", {}).get("content") or "")
+    return _FIELD_TEXT.search("".join(content)) is not None
+
+
+async def _stream_once(port: int, payload: bytes, first: Marker, end: bytes) -> tuple[float, float]:
     """(seconds to the first event, seconds to the end) of one streamed request."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.perf_counter()
     writer.write(payload)
     seen, first_at = b"", None
+    arrived = first if callable(first) else lambda seen: first in seen
     try:
         while True:
             chunk = await reader.read(65536)
             if not chunk:
                 break
             seen += chunk
-            if first_at is None and first in seen:
+            if first_at is None and arrived(seen):
                 first_at = time.perf_counter() - started
             if end in seen:
                 break
@@ -75,14 +99,14 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _sequential(port: int, payload: bytes, first: bytes, end: bytes, n: int) -> list[float]:
+async def _sequential(port: int, payload: bytes, first: Marker, end: bytes, n: int) -> list[float]:
     return [(await _stream_once(port, payload, first, end))[0] for _ in range(n)]
 
 
 async def _concurrent(
     port: int,
     payload: bytes,
-    first: bytes = b"event: delta",
+    first: Marker = b"event: delta",
     end: bytes = b"event: done",
     *,
     concurrency: int,
@@ -131,29 +155,31 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     """
     rounds, n, seconds = (3, 20, 1.0) if quick else (5, 40, 2.0)
     body = {"input": "Question: what is streaming, in a sentence or two?"}
-    direct = {
-        "model": "gpt-4o-mini",
-        "stream": True,
-        "messages": [{"role": "user", "content": body["input"]}],
-    }
     names = ("G", "HS")
     results: dict[str, Any] = {"apps": {}, "rounds": rounds}
     firsts: dict[str, list[float]] = {name: [] for name in names}
     loaded: dict[str, list[float]] = {name: [] for name in names}
     rates: dict[str, list[float]] = {name: [] for name in names}
     provider_first: list[float] = []
+    provider_text: list[float] = []
     with contextlib.ExitStack() as stack:
         provider = stack.enter_context(_procs.provider(0.0))
         port = int(provider.base_url.rsplit(":", 1)[1])
-        provider_payload = _request(port, "/v1/chat/completions", direct)
         apps = {name: stack.enter_context(_procs.app(name, provider.base_url)) for name in names}
         payloads = {name: _request(app.port, PATH, body) for name, app in apps.items()}
         for name, app in apps.items():  # warm up: imports, first connections, caches
             asyncio.run(_sequential(app.port, payloads[name], b"event: delta", b"event: done", 10))
             asyncio.run(_concurrent(app.port, payloads[name], concurrency=64, seconds=0.5))
+        # streamed to the provider directly: the request the apps' LM sent (DSPy's prompt), so
+        # the answer comes in the same chunks, the field header first
+        direct = {**json.loads(provider.command("last_body")), "stream": True}
+        provider_payload = _request(port, "/v1/chat/completions", direct)
         for _ in range(rounds):
             provider_first += asyncio.run(
                 _sequential(port, provider_payload, b"data: {", b"data: [DONE]", n)
+            )
+            provider_text += asyncio.run(
+                _sequential(port, provider_payload, field_text_arrived, b"data: [DONE]", n)
             )
             for name, app in apps.items():
                 firsts[name] += asyncio.run(
@@ -174,6 +200,10 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
             _concurrent(port, provider_payload, b"data: {", b"data: [DONE]", concurrency=64,
                         seconds=seconds, spread_s=spread)
         )  # fmt: skip
+        paced_provider_text = asyncio.run(
+            _concurrent(port, provider_payload, field_text_arrived, b"data: [DONE]",
+                        concurrency=64, seconds=seconds, spread_s=spread)
+        )  # fmt: skip
         paced = {
             name: asyncio.run(
                 _concurrent(
@@ -193,13 +223,18 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
         "median": 1000 * statistics.median(provider_first),
         "p99": 1000 * _p(provider_first, 0.99),
         "paced_c64_p99": 1000 * _p(paced_provider, 0.99),
+        "text_median": 1000 * statistics.median(provider_text),
+        "text_p99": 1000 * _p(provider_text, 0.99),
+        "paced_c64_text_p99": 1000 * _p(paced_provider_text, 0.99),
     }
     base = results["provider_first_ms"]["median"]
+    base_text = results["provider_first_ms"]["text_median"]
     for name in names:
         results["apps"][name] = {
             "first_ms_median_c1": 1000 * statistics.median(firsts[name]),
             "first_ms_p99_c1": 1000 * _p(firsts[name], 0.99),
             "first_ms_over_provider_c1": 1000 * statistics.median(firsts[name]) - base,
+            "first_ms_over_provider_text_c1": 1000 * statistics.median(firsts[name]) - base_text,
             "streams_per_s_c64": statistics.median(rates[name]),
             "streams_per_s_c64_rounds": rates[name],
             "first_ms_p99_c64": 1000 * _p(loaded[name], 0.99),
@@ -207,12 +242,12 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
             "paced_c64_first_ms_p99": 1000 * _p(paced[name], 0.99),
             "paced_c64_first_ms_p99_over_provider": 1000
             * (_p(paced[name], 0.99) - _p(paced_provider, 0.99)),
+            "paced_c64_first_ms_p99_over_provider_text": 1000
+            * (_p(paced[name], 0.99) - _p(paced_provider_text, 0.99)),
             "paced_c64_streams": len(paced[name]),
         }
     g, hs = results["apps"]["G"], results["apps"]["HS"]
     results["streams_ratio_g_hs"] = g["streams_per_s_c64"] / hs["streams_per_s_c64"]
-    # DSPy's stream listener waits for a few paced pieces before its first output, in both
-    # apps: against the hand-written endpoint, what is left is the library's own delay
     results["paced_c64_p99_g_minus_hs_ms"] = (
         g["paced_c64_first_ms_p99"] - hs["paced_c64_first_ms_p99"]
     )

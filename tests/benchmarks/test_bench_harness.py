@@ -374,3 +374,29 @@ def test_fastapi_telemetry_is_charged_only_for_its_own_work() -> None:
     charged = profiling.attribute_raw(raw)["charged"]
     assert charged["fastapi's own OTel instrumentation"] == pytest.approx(0.5)
     assert charged["starlette/fastapi"] == pytest.approx(0.5)
+
+
+# --- streaming marks -----------------------------------------------------------------------
+
+
+def _openai_chunk(content: str) -> bytes:
+    chunk = {"choices": [{"index": 0, "delta": {"content": content}}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def test_the_first_field_text_is_after_dspys_header_not_at_the_first_chunk() -> None:
+    from e2e.streaming import field_text_arrived
+
+    role = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+    header = _openai_chunk("[[ ## output ## ")
+    closing = _openai_chunk("]]\n")
+    text = _openai_chunk("Streaming ")
+
+    assert not field_text_arrived(role)
+    assert not field_text_arrived(role + header)
+    assert not field_text_arrived(role + header + closing)  # whitespace only so far
+    assert field_text_arrived(role + header + closing + text)
+    assert field_text_arrived(role + header + _openai_chunk("]]\nStreaming is"))
+    # a read that cut the last line in two: the part read so far is skipped, not an error
+    cut = (role + header + closing + text)[:-20]
+    assert not field_text_arrived(cut)
