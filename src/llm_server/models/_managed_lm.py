@@ -287,6 +287,33 @@ def _plan_in_thread_once() -> None:
 _plan_in_thread_once()
 
 
+def _price_in_the_manager() -> None:
+    """Skip DSPy's own per-call price estimate for a :class:`ManagedLM`'s calls.
+
+    After each call DSPy estimates its cost from its model catalog, in a worker thread
+    (resolving the model's route again and reading the catalog: ~0.1-0.2 ms of CPU, which
+    also contends with the event loop for the GIL). The manager prices every call itself, from
+    the model's YAML price or LiteLLM's map (:mod:`llm_server.core.pricing`), and never reads
+    DSPy's estimate, so for its LMs the estimate is not made: their call records carry
+    ``cost=None``. Other LMs keep DSPy's behaviour; a DSPy without this step is left as it is.
+    """
+    from dspy.clients import execution
+
+    priced = getattr(execution, "_price_result", None)
+    if not callable(priced) or getattr(priced, "_llm_server", False):
+        return
+
+    def _price_result(lm: Any, result: Any, response: Any, provider: Any, request: Any) -> None:
+        if not isinstance(lm, ManagedLM):
+            priced(lm, result, response, provider, request)
+
+    _price_result._llm_server = True  # type: ignore[attr-defined]
+    execution._price_result = _price_result
+
+
+_price_in_the_manager()
+
+
 def _settle(limiter: RateLimiter, grant: Grant, entries: list[dict[str, Any]]) -> None:
     """Settle a finished call's grant to the usage the provider reported."""
     usage = entries[-1].get("usage") if entries else None
