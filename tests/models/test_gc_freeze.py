@@ -1,4 +1,5 @@
-"""The first ModelManager of a process freezes the startup heap, once, unless turned off."""
+"""The first ModelManager of a process freezes the startup heap, once, unless turned off; a
+manager raises the young generation's threshold unless the host tuned it or turned it off."""
 
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ from llm_server.core.config import FrameworkSettings
 from llm_server.defaults import YamlConfigProvider
 from llm_server.models.manager import ModelManager
 
+if len(sys.argv) > 2:
+    gc.set_threshold(int(sys.argv[2]), 10, 10)  # a host that tuned its collector
 print("BEFORE", gc.get_freeze_count())
+print("YOUNG_BEFORE", gc.get_threshold()[0])
 first = ModelManager(config_provider=YamlConfigProvider(sys.argv[1]), settings=FrameworkSettings())
 after_first = gc.get_freeze_count()
 print("FIRST", after_first)
+print("YOUNG_AFTER", gc.get_threshold()[0])
+print("OLDER_AFTER", gc.get_threshold()[1] * 100 + gc.get_threshold()[2])
 class Node:
     pass
 node = Node()
@@ -41,13 +47,13 @@ print("COLLECTED", int(alive() is None))
 """
 
 
-def _run(tmp_path: Path, **env: str) -> dict[str, int]:
+def _run(tmp_path: Path, *args: str, **env: str) -> dict[str, int]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LLM_SERVER_")}
     environ.update(HOME=str(tmp_path), **env)
     config = tmp_path / "models.yml"
     config.write_text(_CONFIG, encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(config)],
+        [sys.executable, "-c", _SCRIPT, str(config), *args],
         capture_output=True,
         text=True,
         env=environ,
@@ -78,4 +84,30 @@ def test_the_first_manager_freezes_the_heap_and_later_ones_do_not(
 def test_the_freeze_can_be_turned_off(tmp_path: Path) -> None:
     counts = _run(tmp_path, LLM_SERVER_GC_FREEZE="false")
 
-    assert counts == {"BEFORE": 0, "FIRST": 0, "SECOND": 0, "COLLECTED": 1}
+    assert {k: counts[k] for k in ("BEFORE", "FIRST", "SECOND", "COLLECTED")} == {
+        "BEFORE": 0,
+        "FIRST": 0,
+        "SECOND": 0,
+        "COLLECTED": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"), [({}, 7000), ({"LLM_SERVER_GC_YOUNG_THRESHOLD": "20000"}, 20000)]
+)
+def test_the_young_generation_is_collected_less_often(
+    tmp_path: Path, env: dict[str, str], expected: int
+) -> None:
+    counts = _run(tmp_path, **env)
+
+    assert counts["YOUNG_BEFORE"] == 700  # Python's own
+    assert counts["YOUNG_AFTER"] == expected
+    assert counts["OLDER_AFTER"] == 10 * 100 + 10  # the older generations' are kept
+
+
+def test_the_young_threshold_can_be_kept_and_a_hosts_own_is_kept(tmp_path: Path) -> None:
+    kept = _run(tmp_path, LLM_SERVER_GC_YOUNG_THRESHOLD="0")
+    hosts = _run(tmp_path, "1500")
+
+    assert (kept["YOUNG_BEFORE"], kept["YOUNG_AFTER"]) == (700, 700)
+    assert (hosts["YOUNG_BEFORE"], hosts["YOUNG_AFTER"]) == (1500, 1500)

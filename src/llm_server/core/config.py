@@ -98,6 +98,11 @@ class FrameworkSettings(BaseSettings):
     """Largest request body a program route accepts (413 beyond it, read no further)."""
     gc_freeze: bool = Field(default=True, validation_alias=AliasChoices("LLM_SERVER_GC_FREEZE"))
     """Freeze the startup heap when the process's first ``ModelManager`` is built (once)."""
+    gc_young_threshold: int = Field(
+        default=7000, ge=0, validation_alias=AliasChoices("LLM_SERVER_GC_YOUNG_THRESHOLD")
+    )
+    """The garbage collector's young-generation threshold, set when a ``ModelManager`` is built
+    while the process still has Python's own (700); ``0`` keeps Python's."""
 
     # --- retries ---
     retry_max_attempts: int = Field(

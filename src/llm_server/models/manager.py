@@ -36,7 +36,7 @@ from anyio.lowlevel import RunVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_server._deprecation import deprecated
-from llm_server._gc import freeze_startup_heap_once
+from llm_server._gc import freeze_startup_heap_once, raise_young_threshold
 from llm_server._offline import ensure_offline
 from llm_server.core.clock import Clock
 from llm_server.core.config import FrameworkSettings
@@ -129,7 +129,9 @@ class ModelManager:
     The first manager built in a process also freezes the startup heap (``gc.freeze()``
     after a full collection; see :mod:`llm_server._gc`), so the garbage collector stops
     re-scanning DSPy and the models on every full collection. ``LLM_SERVER_GC_FREEZE=false``
-    (``FrameworkSettings(gc_freeze=False)``) turns it off.
+    (``FrameworkSettings(gc_freeze=False)``) turns it off. It also raises the young
+    generation's threshold from Python's 700 to ``LLM_SERVER_GC_YOUNG_THRESHOLD`` (7,000; ``0``
+    keeps Python's; a threshold the host set itself is kept).
 
     Args:
         config_provider: Supplies the validated model configuration.
@@ -231,6 +233,7 @@ class ModelManager:
         if self.settings.gc_freeze:
             # The end of a service's startup: DSPy and the models are loaded for good.
             freeze_startup_heap_once()
+        raise_young_threshold(self.settings.gc_young_threshold)
 
     def _share_caches(self, keys: Mapping[str, ResolvedKey]) -> dict[str, Any]:
         """Give each model with ``shared_cache:`` its cache in the fleet's Redis."""
