@@ -272,13 +272,12 @@ def _plan_in_thread_once() -> None:
         return
 
     async def prepare_async(lm: Any) -> None:
-        if isinstance(lm, ManagedLM):
-            if lm._planned:
-                return
-            await threaded(lm)
-            lm._planned = True
+        managed = isinstance(lm, ManagedLM)
+        if managed and lm._planned:
             return
         await threaded(lm)
+        if managed:
+            lm._planned = True
 
     prepare_async._llm_server = True  # type: ignore[attr-defined]
     capabilities.prepare_async = prepare_async
@@ -295,7 +294,9 @@ def _price_in_the_manager() -> None:
     also contends with the event loop for the GIL). The manager prices every call itself, from
     the model's YAML price or LiteLLM's map (:mod:`llm_server.core.pricing`), and never reads
     DSPy's estimate, so for its LMs the estimate is not made: their call records carry
-    ``cost=None``. Other LMs keep DSPy's behaviour; a DSPy without this step is left as it is.
+    ``cost=None``. DSPy still hands the (now empty) job to its worker thread: that hand-off is
+    inside ``aexecute`` and stays. Other LMs keep DSPy's behaviour; a DSPy without this step is
+    left as it is.
     """
     from dspy.clients import execution
 
