@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -87,7 +88,6 @@ class FleetConnection:
         self._options: dict[str, Any] = {
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
-            "retry": Retry(NoBackoff(), 0),
             "protocol": 2,  # RESP2: what every redis-server speaks; 8.x clients default to 3
             "health_check_interval": 0,
         }
@@ -95,7 +95,7 @@ class FleetConnection:
             self._options["password"] = password
         self._url = url
         try:
-            self.client = redis.Redis.from_url(url, **self._options)
+            self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
         except (ValueError, RedisError) as exc:
             raise ConfigurationError(
                 f"LLM_SERVER_REDIS_URL: {self.display_url} is not a usable Redis URL: "
@@ -115,7 +115,9 @@ class FleetConnection:
         self._suspect = threading.Event()
         self._last_timeout = -1e9
         self._patient = redis.Redis.from_url(
-            url, **{**self._options, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+            url,
+            **{**self._options, "socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+            retry=Retry(NoBackoff(), 0),
         )
         self._periodic: list[Callable[[], None]] = []
         self._flushers: list[Callable[[], None]] = []
@@ -186,7 +188,10 @@ class FleetConnection:
         loop = asyncio.get_running_loop()
         entry = self._async.get(id(loop))
         if entry is None or entry[0] is not loop:
-            client = redis.asyncio.Redis.from_url(self._url, **self._options)
+            # The async client takes redis-py's async retry type (a sync one warns since 8.2).
+            client = redis.asyncio.Redis.from_url(
+                self._url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **self._options
+            )
             entry = self._async[id(loop)] = (loop, client)
         return entry[1]
 
