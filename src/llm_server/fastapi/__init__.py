@@ -31,6 +31,7 @@ from __future__ import annotations
 from llm_server.fastapi._endpoints import add_program_endpoint, signature_models
 from llm_server.fastapi._errors import error_response, install_error_handlers
 from llm_server.fastapi._lifespan import HostLifespan, ProgramSpec, llm_server_lifespan
+from llm_server.fastapi._mcp import add_mcp_tools
 from llm_server.fastapi._middleware import BodyLimitMiddleware, RequestContextMiddleware
 from llm_server.fastapi._openai import add_openai_routes
 from llm_server.fastapi._playground import add_playground
@@ -47,6 +48,7 @@ __all__ = [
     "HostLifespan",
     "ProgramSpec",
     "RequestContextMiddleware",
+    "add_mcp_tools",
     "add_openai_routes",
     "add_playground",
     "add_program_endpoint",
