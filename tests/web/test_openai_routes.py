@@ -360,3 +360,40 @@ def test_without_the_middleware_the_route_sets_the_execution_id_header(
             model="summarize", messages=ask("x")
         )
     assert raw.parse().id == f"chatcmpl-{raw.headers['x-execution-id']}"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({"model": "summarize", "messages": []}, {}, 400, "invalid_request"),
+        ({"messages": [{"role": "user", "content": "x"}]}, {}, 400, "invalid_request"),
+        ({"model": "summarize", "n": 2, "messages": [{"role": "user", "content": "x"}]}, {},
+         400, "invalid_request"),
+        ({"model": "summarize", "messages": [{"role": "user", "content": "x" * 3000}]}, {},
+         413, "payload_too_large"),
+        ({"model": "summarize", "messages": [{"role": "user", "content": "x"}]},
+         {"X-Tenant-ID": "t" * 200}, 400, "bad_input"),  # the tenant dependency refused it
+    ],
+)  # fmt: skip
+def test_every_refusal_is_openais_error_object(
+    provider: LocalProvider, tmp_path: Path, case: tuple[dict[str, Any], dict[str, str], int, str]
+) -> None:
+    body, headers, status, code = case
+    app = build(provider, tmp_path)
+    add_openai_routes(
+        app,
+        programs={"summarize": Summarize},
+        default_model_id="gpt-4o-mini",
+        prefix="/small",
+        max_request_bytes=2048,
+        dependencies=[Depends(tenant_header())],
+    )
+    with uvicorn_thread(app) as url:
+        path = "/small" if status == 413 else "/v1"
+        response = httpx.post(f"{url}{path}/chat/completions", json=body, headers=headers)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert error["type"] == "invalid_request_error"
+    assert provider.requests == []
