@@ -104,6 +104,9 @@ async def test_two_programs_answer_structured_results(
         )
     assert not summary.is_error
     assert summary.structured_content == {"summary": "echo: The cat sat on the mat."}
+    assert summary.meta is not None
+    assert summary.meta["llm-server/program_version"] == "1.0.0"
+    assert len(summary.meta["llm-server/execution_id"]) >= 8
     assert not tally.is_error
     assert tally.structured_content == {"total": 3, "tags": ["x", "y"], "ok": True}
     assert [r.model for r in provider.requests] == ["gpt-4o-mini", "gpt-4o"]

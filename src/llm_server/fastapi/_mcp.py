@@ -30,6 +30,11 @@ __all__ = ["add_mcp_tools"]
 
 logger = logging.getLogger("llm_server.fastapi")
 
+META_VERSION = "llm-server/program_version"
+"""The ``_meta`` key of a tool result naming the program version that answered."""
+META_EXECUTION_ID = "llm-server/execution_id"
+"""The ``_meta`` key of a tool result holding the call's execution id (as in the logs)."""
+
 
 class _Handled(Response):
     """A response that hands the request to an ASGI callable (the MCP transport)."""
@@ -64,7 +69,9 @@ def add_mcp_tools(
     Each program becomes a tool named by its id: its input schema is the JSON schema of the
     program route's request model (the signature's inputs plus an optional ``model_id``), its
     output schema that of the route's response data (the outputs), and a call returns the
-    outputs as ``structuredContent`` (and as JSON text). A call runs exactly like a request to
+    outputs as ``structuredContent`` (and as JSON text), with the program version that
+    answered and the execution id in its ``_meta`` (``llm-server/program_version``,
+    ``llm-server/execution_id``). A call runs exactly like a request to
     the program route (the served version, the composed model stack with its breaker, retries
     and deadline, the tenant's budgets, exact tokens). Arguments that do not fit the schema and
     failed calls (an open breaker, a provider failing) come back as a tool error
@@ -185,4 +192,8 @@ async def _call(app: FastAPI, program: ServedProgram, arguments: Mapping[str, An
     return mcp_types.CallToolResult(
         content=[mcp_types.TextContent(text=json.dumps(data, ensure_ascii=False))],
         structured_content=data,
+        _meta={
+            META_VERSION: str(route.program_metadata.version),
+            META_EXECUTION_ID: execution_id,
+        },
     )
