@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from llm_server.fastapi import (
     llm_server_lifespan,
     tenant_header,
 )
-from llm_server.testing import LocalProvider, StaticConfigProvider
+from llm_server.testing import LocalProvider, RecordedRequest, StaticConfigProvider
 
 
 class Brief(dspy.Signature):
@@ -77,18 +78,24 @@ def client(url: str, **options: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, **options)
 
 
-def billed(provider: LocalProvider) -> dict[str, int]:
-    """What the provider billed for every request it received, summed: each recorded request
-    is sent again, unstreamed, and its ``usage`` read (the replies are deterministic)."""
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+def billed_each(provider: LocalProvider) -> list[tuple[RecordedRequest, dict[str, int]]]:
+    """What the provider billed for each request it received: each recorded request is sent
+    again, unstreamed, and its ``usage`` read (the replies are deterministic)."""
     recorded = list(provider.requests)
     assert recorded, "the provider received nothing"
+    found = []
     for request in recorded:
         body = {k: v for k, v in request.body.items() if k not in {"stream", "stream_options"}}
         usage = httpx.post(f"{provider.base_url}{request.path}", json=body).json()["usage"]
-        for key in total:
-            total[key] += usage[key]
-    return total
+        found.append((request, usage))
+    return found
+
+
+def billed(provider: LocalProvider) -> dict[str, int]:
+    """What the provider billed for every request it received, summed."""
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    each = [usage for _, usage in billed_each(provider)]
+    return {key: sum(usage[key] for usage in each) for key in keys}
 
 
 def ask(text: str) -> list[dict[str, Any]]:
@@ -397,3 +404,45 @@ def test_every_refusal_is_openais_error_object(
     assert error["code"] == code
     assert error["type"] == "invalid_request_error"
     assert provider.requests == []
+
+
+@pytest.mark.anyio
+async def test_concurrent_calls_each_get_their_own_answer_and_usage(
+    served: tuple[FastAPI, str], provider: LocalProvider
+) -> None:
+    import anyio
+
+    _, url = served
+    sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    answers: dict[int, Any] = {}
+
+    async def call(n: int) -> None:
+        words = " ".join(["word"] * n)  # prompts of different lengths: different usage
+        answers[n] = await sdk.chat.completions.create(
+            model="summarize", messages=ask(f"{n} {words}"), stream=n % 2 == 0,
+            **({"stream_options": {"include_usage": True}} if n % 2 == 0 else {}),
+        )  # fmt: skip
+        if n % 2 == 0:
+            chunks = [chunk async for chunk in answers[n]]
+            answers[n] = (
+                "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                chunks[-1].usage,
+            )
+        else:
+            answers[n] = (answers[n].choices[0].message.content, answers[n].usage)
+
+    async with anyio.create_task_group() as group:
+        for n in range(1, 21):
+            group.start_soon(call, n)
+    await sdk.close()
+    for n, (text, _) in answers.items():
+        assert text == "echo: " + f"{n} " + " ".join(["word"] * n)
+    assert len(provider.requests) == 20
+    for request, own in billed_each(provider):  # each call's usage: its own request's bill
+        found = re.search(r"## text ## \]\]\n(\d+) ", request.messages[-1]["content"])
+        assert found is not None
+        usage = answers[int(found[1])][1]
+        assert (usage.prompt_tokens, usage.total_tokens) == (
+            own["prompt_tokens"],
+            own["total_tokens"],
+        )
