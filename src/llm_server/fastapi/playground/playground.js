@@ -275,7 +275,7 @@ $("#form").addEventListener("submit", async (event) => {
   const button = $("#run");
   running = true;
   button.setAttribute("aria-disabled", "true");
-  $("#results").setAttribute("aria-busy", "true");
+  $("#results").setAttribute("aria-busy", "true"); // a screen reader reads the results once, at the end
   status("Running…");
   const sides = $("#compare").checked ? ["a", "b"] : ["a"];
   if (sides.length === 1) $(".result[data-side=b]").hidden = true;
