@@ -162,6 +162,11 @@ class FrameworkSettings(BaseSettings):
         validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_SCHEMA"),
     )
     """The PostgreSQL schema of the program tables (created if missing)."""
+    capture_path: Path | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_CAPTURE_PATH")
+    )
+    """SQLite file of captured traffic and feedback when ``LLM_SERVER_PROGRAM_STORE`` is unset
+    (default: ``traffic.sqlite3`` in ``LLM_PROGRAMS_DIR``); used only by programs that capture."""
 
     # --- a fleet (Redis) ---
     redis_url: SecretStr | None = Field(

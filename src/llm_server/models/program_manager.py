@@ -132,6 +132,8 @@ class ProgramManager:
             their own limiter, so slow disks never starve the event loop's default executor
             that DSPy's async calls rely on.
         clock: Returns the current time (UTC) for ``created_at``; injectable for tests.
+        traffic: A :class:`~llm_server.traffic.TrafficRecorder` for the programs that capture
+            their traffic (default: created on the first ``register_program(capture=...)``).
     """
 
     def __init__(
@@ -141,7 +143,10 @@ class ProgramManager:
         storage_adapter: StorageAdapter,
         max_io_threads: int = 4,
         clock: Callable[[], datetime] | None = None,
+        traffic: Any = None,
     ) -> None:
+        self.traffic: Any = traffic
+        """The :class:`~llm_server.traffic.TrafficRecorder` of capturing programs, or ``None``."""
         self._model_manager = model_manager
         self._storage = storage_adapter
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -179,6 +184,7 @@ class ProgramManager:
         description: str | None = None,
         program_id: str | None = None,
         adapter: Literal["chat", "json", "xml"] | None = None,
+        capture: Any = None,
     ) -> ProgramMetadata:
         """Register a ``dspy.Signature`` (run as ``dspy.Predict``) or ``dspy.Module`` subclass.
 
@@ -194,6 +200,9 @@ class ProgramManager:
             program_id: Override the id derived from the class name.
             adapter: The DSPy adapter for this program on every model (``chat``, ``json``,
                 ``xml``); ``None``: the model's ``adapter:``, else the host's default.
+            capture: :class:`~llm_server.traffic.CaptureOptions`: capture this program's
+                traffic (sample rate, retention, redaction, online evaluation); see
+                :func:`~llm_server.traffic.enable_capture`.
 
         Returns:
             The metadata of the served version.
@@ -239,6 +248,10 @@ class ProgramManager:
         self._verify(base, stored)
         entry = replace(base, metadata=metadata_for(base.metadata, stored))
         self.registry.add(pid, entry)
+        if capture is not None:
+            from llm_server.traffic import enable_capture  # imported only by capturing hosts
+
+            enable_capture(self, pid, capture)
         return entry.metadata
 
     # --- loading ---------------------------------------------------------------------------
