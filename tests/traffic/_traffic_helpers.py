@@ -54,11 +54,13 @@ def settings_for(tmp_path: Path, **overrides: Any) -> FrameworkSettings:
 
 
 def models_for(provider: LocalProvider, **extra: Any) -> dict[str, Any]:
+    price = {"input_per_million": 1.0, "output_per_million": 2.0}
     return {
         name: {
             "model_name": f"openai/{name}",
             "api_base": provider.openai_api_base,
             "api_key": PLANTED_KEY,
+            "pricing": price,
             **extra,
         }
         for name in ("gpt-4o-mini", "judge-model")
@@ -72,6 +74,7 @@ def build_app(
     *,
     models: dict[str, Any] | None = None,
     recorder: TrafficRecorder | None = None,
+    feedback_routes: bool = True,
     **settings: Any,
 ) -> FastAPI:
     """``POST /programs/answer`` (tenant header), feedback routes; capture with ``options``."""
@@ -96,7 +99,8 @@ def build_app(
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     add_program_endpoint(app, "answer", signature=Answer, default_model_id="gpt-4o-mini")
-    add_feedback_routes(app)
+    if feedback_routes:
+        add_feedback_routes(app)
     return app
 
 

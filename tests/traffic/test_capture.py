@@ -56,7 +56,8 @@ def test_captures_match_what_was_served(provider: LocalProvider, tmp_path: Path)
         assert capture.input_tokens == meta["performance"]["tokens"]["input"] > 0
         assert capture.output_tokens == meta["performance"]["tokens"]["output"] > 0
         assert capture.cost_usd == pytest.approx(meta["performance"]["tokens"]["cost_usd"])
-        assert capture.latency_ms is not None and capture.latency_ms > 0
+        assert capture.latency_ms is not None
+        assert capture.latency_ms > 0
         assert capture.tenant == ("acme" if i % 2 else "beta")
         assert capture.canary is False
         assert capture.error_type is None
