@@ -75,21 +75,23 @@ def build_app(
     models: dict[str, Any] | None = None,
     recorder: TrafficRecorder | None = None,
     feedback_routes: bool = True,
+    program: type = Answer,
     **settings: Any,
 ) -> FastAPI:
-    """``POST /programs/answer`` (tenant header), feedback routes; capture with ``options``."""
+    """``POST /programs/<id>`` (tenant header), feedback routes; capture with ``options``."""
+    program_id = program.__name__.lower()
 
     @asynccontextmanager
     async def host(app: FastAPI) -> AsyncIterator[None]:
         if recorder is not None:
             app.state.program_manager.traffic = recorder
         if options is not None:
-            enable_capture(app.state.program_manager, "answer", options)
+            enable_capture(app.state.program_manager, program_id, options)
         yield
 
     app = FastAPI(
         lifespan=llm_server_lifespan(
-            programs=[Answer],
+            programs=[program],
             settings=settings_for(tmp_path, **settings),
             config_provider=StaticConfigProvider(models or models_for(provider)),
             lifespan=host,
@@ -98,7 +100,7 @@ def build_app(
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    add_program_endpoint(app, "answer", signature=Answer, default_model_id="gpt-4o-mini")
+    add_program_endpoint(app, program_id, signature=program, default_model_id="gpt-4o-mini")
     if feedback_routes:
         add_feedback_routes(app)
     return app
