@@ -228,3 +228,22 @@ def test_a_full_queue_drops_and_counts_without_slowing_requests(
     assert requests - 3 <= dropped <= requests - 2
     assert kept == requests - dropped
     assert elapsed < 25  # the stuck store would hold a waiting request for 30 s
+
+
+def test_a_failing_redaction_hook_drops_the_capture_not_the_request(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    def broken(record: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("bug in the host's hook")
+
+    app = build_app(provider, tmp_path, CaptureOptions(redact=broken))
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        execution_id = _ask(client, "q")["metadata"]["execution_id"]
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        captures = recorder.store.captures("answer")
+        execution = recorder.store.find_execution(execution_id)
+    assert captures == []
+    assert recorder.dropped == 1
+    assert execution is not None  # feedback on it still finds its version
+    assert execution.version == "1.0.0"

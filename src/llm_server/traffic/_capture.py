@@ -163,8 +163,8 @@ class TrafficRecorder:
         self._options: dict[str, CaptureOptions] = {}
         self._evaluators: dict[str, _Evaluator] = {}
         self._pending: dict[str, Execution] = {}
-        self._dropped = 0
-        self._write_errors = 0
+        self._dropped_full = 0  # counted on the event loop's thread
+        self._dropped_writing = 0  # counted on the writer thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -208,8 +208,8 @@ class TrafficRecorder:
 
     @property
     def dropped(self) -> int:
-        """Captures dropped because the queue was full (or a redaction hook raised)."""
-        return self._dropped
+        """Captures dropped: the queue was full, a redaction hook raised, or the store failed."""
+        return self._dropped_full + self._dropped_writing
 
     # --- the request path --------------------------------------------------------------------
 
@@ -298,13 +298,13 @@ class TrafficRecorder:
             model_id,
             judge_loop,
         )
+        self._pending[execution_id] = execution  # before the writer can pop it
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self._dropped += 1
+            self._pending.pop(execution_id, None)
+            self._dropped_full += 1
             self._dropped_counter.add(1, {"program_id": program_id})
-            return
-        self._pending[execution_id] = execution
 
     # --- feedback ----------------------------------------------------------------------------
 
@@ -505,7 +505,7 @@ class TrafficRecorder:
             try:
                 capture = self._capture(item)
             except Exception:
-                self._dropped += 1
+                self._dropped_writing += 1
                 _log.warning(
                     "capture of %r dropped: its redaction failed",
                     item.execution.program_id,
@@ -522,8 +522,7 @@ class TrafficRecorder:
                 if evaluator is not None:
                     evaluator.submit(loop, capture)
         except Exception:
-            self._write_errors += 1
-            self._dropped += len(batch)
+            self._dropped_writing += len(batch)
             _log.warning("traffic batch of %d dropped: the store failed", len(batch), exc_info=True)
         finally:
             for item in batch:
