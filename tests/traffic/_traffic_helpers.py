@@ -100,7 +100,9 @@ def build_app(
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    add_program_endpoint(app, program_id, signature=program, default_model_id="gpt-4o-mini")
+    add_program_endpoint(
+        app, program_id, signature=program, default_model_id="gpt-4o-mini", stream=True
+    )
     if feedback_routes:
         add_feedback_routes(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -81,3 +82,20 @@ def test_register_program_with_capture_uses_the_capture_path_setting(
 def test_bad_options_are_refused_with_a_clear_message(make: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         make()  # type: ignore[operator]
+
+
+def test_the_streamed_program_route_is_captured_with_its_envelope(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(), program=Sentiment)
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/programs/sentiment/stream", json={"text": "good day"})
+        assert response.status_code == 200, response.text
+        done = json.loads(response.text.split("event: done\ndata: ", 1)[1].split("\n", 1)[0])
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        (capture,) = recorder.store.captures("sentiment")
+    assert capture.execution_id == done["metadata"]["execution_id"]
+    assert capture.inputs == {"text": "good day"}
+    assert capture.outputs == done["data"]
+    assert capture.input_tokens == done["metadata"]["performance"]["tokens"]["input"]
