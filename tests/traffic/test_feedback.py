@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ def test_feedback_reaches_the_per_version_figures(provider: LocalProvider, tmp_p
     with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         first = [_ask(client, f"q{i}") for i in range(3)]
         pm = app.state.program_manager
+        assert pm.traffic.flush(10)
+        released_at = time.time()
         better = dspy.Predict(Answer)
         better.demos = [dspy.Example(question="q", email="e", answer="a")]
         assert pm.save_program_version("answer", better).version == "1.1.0"
@@ -46,11 +49,14 @@ def test_feedback_reaches_the_per_version_figures(provider: LocalProvider, tmp_p
         assert _feedback(client, first[0], score=1).json()["data"]["version"] == "1.0.0"
         figures = client.get("/programs/answer/feedback").json()["data"]
         summary = feedback_summary(pm, "answer")
+        later = feedback_summary(pm, "answer", since=released_at)
     assert figures == {
         "1.0.0": {"count": 4, "scored": 3, "mean_score": 2 / 3, "labels": {"good": 2, "wrong": 1}},
         "1.1.0": {"count": 2, "scored": 2, "mean_score": 0.75, "labels": {"good": 1}},
     }
     assert {v: f.as_dict() for v, f in summary.items()} == figures
+    assert set(later) == {"1.1.0"}  # only executions served since the new version
+    assert later["1.1.0"].count == 2
 
 
 def test_feedback_on_a_request_that_was_not_captured_keeps_ids_and_version(

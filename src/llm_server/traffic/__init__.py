@@ -101,7 +101,7 @@ def enable_capture(program_manager: Any, program_id: str, options: CaptureOption
 
 
 def feedback_summary(
-    traffic: Any, program_id: str, *, kind: str | None = None
+    traffic: Any, program_id: str, *, kind: str | None = None, since: float | None = None
 ) -> dict[str, VersionFeedback]:
     """Feedback figures per version of ``program_id``: ``{version: VersionFeedback}``.
 
@@ -112,6 +112,8 @@ def feedback_summary(
         traffic: A program manager (its ``traffic``), a :class:`TrafficRecorder` or a store.
         program_id: The program.
         kind: ``"human"`` or ``"judge"`` to count one kind (default: both).
+        since: Only executions served at or after this time (epoch seconds), e.g. since a
+            canary release started.
     """
     inner = getattr(traffic, "traffic", None)
     store = getattr(inner if inner is not None else traffic, "store", inner or traffic)
@@ -120,4 +122,4 @@ def feedback_summary(
     wanted: FeedbackKind | None = (
         "judge" if kind == "judge" else "human" if kind == "human" else None
     )
-    return store.feedback_summary(program_id, kind=wanted)
+    return store.feedback_summary(program_id, kind=wanted, since=since)

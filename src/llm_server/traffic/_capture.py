@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ class CaptureOptions:
 
     sample_rate: float = 1.0
     retention_days: float = 30.0
-    redact_fields: frozenset[str] = field(default_factory=frozenset)
+    redact_fields: AbstractSet[str] = field(default_factory=frozenset)
     redact: Redactor | None = None
     evaluation: OnlineEvaluation | None = None
 
@@ -101,7 +102,7 @@ class _Item:
     """The loop to run the judge on, when this capture was sampled for online evaluation."""
 
 
-def _redact_value(value: Any, fields: frozenset[str]) -> Any:
+def _redact_value(value: Any, fields: AbstractSet[str]) -> Any:
     if isinstance(value, Mapping):
         return {
             str(k): REDACTED if k in fields else _redact_value(v, fields) for k, v in value.items()
@@ -402,17 +403,25 @@ class TrafficRecorder:
         return await anyio.to_thread.run_sync(add, limiter=self._limiter)
 
     def feedback_summary(
-        self, program_id: str, *, kind: FeedbackKind | None = None
+        self, program_id: str, *, kind: FeedbackKind | None = None, since: float | None = None
     ) -> dict[str, VersionFeedback]:
-        """Feedback figures per version of ``program_id`` (blocking I/O)."""
-        return self.store.feedback_summary(program_id, kind=kind)
+        """Feedback figures per version of ``program_id`` (blocking I/O).
+
+        Args:
+            program_id: The program.
+            kind: Count only ``"human"`` or only ``"judge"`` feedback (default: both).
+            since: Only executions served at or after this time (epoch seconds), e.g. since
+                a canary release started.
+        """
+        return self.store.feedback_summary(program_id, kind=kind, since=since)
 
     async def afeedback_summary(
-        self, program_id: str, *, kind: FeedbackKind | None = None
+        self, program_id: str, *, kind: FeedbackKind | None = None, since: float | None = None
     ) -> dict[str, VersionFeedback]:
         """:meth:`feedback_summary` in a worker thread."""
         return await anyio.to_thread.run_sync(
-            lambda: self.feedback_summary(program_id, kind=kind), limiter=self._limiter
+            lambda: self.feedback_summary(program_id, kind=kind, since=since),
+            limiter=self._limiter,
         )
 
     # --- retention and erasure ------------------------------------------------------------

@@ -133,9 +133,9 @@ class TrafficStore(Protocol):
         ...
 
     def feedback_summary(
-        self, program_id: str, *, kind: FeedbackKind | None = None
+        self, program_id: str, *, kind: FeedbackKind | None = None, since: float | None = None
     ) -> dict[str, VersionFeedback]:
-        """Feedback figures per version of the program."""
+        """Feedback figures per version of the program (on executions served since ``since``)."""
         ...
 
     def captures(

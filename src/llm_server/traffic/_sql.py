@@ -226,10 +226,10 @@ class SqlTrafficStore:
         return Execution(eid, program_id, version, tenant, float(served_at))
 
     def feedback_summary(
-        self, program_id: str, *, kind: FeedbackKind | None = None
+        self, program_id: str, *, kind: FeedbackKind | None = None, since: float | None = None
     ) -> dict[str, VersionFeedback]:
-        """Feedback figures per version."""
-        clause, params = "program_id = ?", [program_id]
+        """Feedback figures per version (on executions served since ``since``)."""
+        clause, params = where(program_id, None, since)
         if kind is not None:
             clause, params = clause + " AND kind = ?", [*params, kind]
         totals = self._query(
