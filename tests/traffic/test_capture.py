@@ -247,3 +247,23 @@ def test_a_failing_redaction_hook_drops_the_capture_not_the_request(
     assert recorder.dropped == 1
     assert execution is not None  # feedback on it still finds its version
     assert execution.version == "1.0.0"
+
+
+def test_a_canary_flag_in_the_envelope_is_kept(tmp_path: Path) -> None:
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"))
+    recorder.enable("answer", CaptureOptions())
+    for execution_id, canary in (("stable", None), ("canary", True)):
+        program = {"id": "answer", "version": "1.1.0"}
+        if canary is not None:
+            program["canary"] = canary  # what canary releases add to metadata.program
+        envelope = {
+            "data": {"answer": "a"},
+            "metadata": {"program": program, "model": {"id": "m"}, "execution_id": execution_id},
+        }
+        recorder.served("answer", {"question": "q"}, envelope)
+    try:
+        assert recorder.flush(10)
+        flags = {c.execution_id: c.canary for c in recorder.store.captures("answer")}
+    finally:
+        recorder.close()
+    assert flags == {"stable": False, "canary": True}
