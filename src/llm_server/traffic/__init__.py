@@ -28,10 +28,11 @@ from typing import Any
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import ConfigurationError
-from llm_server.traffic._capture import CaptureOptions, TrafficRecorder
+from llm_server.traffic._capture import TrafficRecorder
 from llm_server.traffic._dataset import TrafficDataset, traffic_dataset
 from llm_server.traffic._feedback import FeedbackRequest, add_feedback_routes
 from llm_server.traffic._judge import OnlineEvaluation
+from llm_server.traffic._options import CaptureOptions
 from llm_server.traffic._records import (
     CapturedRequest,
     Execution,

@@ -1,4 +1,4 @@
-"""Capture served requests off the request path: options, sampling, the bounded queue (private).
+"""Capture served requests off the request path: sampling, the bounded queue, the writer (private).
 
 The request path only samples and appends a reference to a bounded queue (a few microseconds);
 a writer thread turns the items into redacted records and stores them in batches, enforces
@@ -16,9 +16,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,9 +24,9 @@ import anyio.to_thread
 
 from llm_server.core.errors import ConfigurationError, ExecutionNotFoundError, InputError
 from llm_server.core.reliability._budgets import current_tenant
-from llm_server.core.telemetry._redaction import REDACTED, redact
+from llm_server.core.telemetry._redaction import redact
+from llm_server.traffic._options import CaptureOptions, QueuedItem, build_capture, dropped_counter
 from llm_server.traffic._records import (
-    CapturedRequest,
     Execution,
     Feedback,
     FeedbackKind,
@@ -37,90 +35,14 @@ from llm_server.traffic._records import (
 )
 
 if TYPE_CHECKING:
-    from llm_server.traffic._judge import OnlineEvaluation, _Evaluator
+    from llm_server.traffic._judge import _Evaluator
 
-__all__ = ["CaptureOptions", "TrafficRecorder"]
+__all__ = ["TrafficRecorder"]
 
 _log = logging.getLogger("llm_server.traffic")
 _DAY_S = 86400.0
 _MAX_LABEL = 64
 _MAX_COMMENT = 2000
-
-Redactor = Callable[[dict[str, Any]], dict[str, Any]]
-"""``{"inputs": {...}, "outputs": {...} | None} -> the same shape``, redacted."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CaptureOptions:
-    """How one program's traffic is captured (opt-in, per program).
-
-    Attributes:
-        sample_rate: Share of requests captured in full (0 to 1). Every request of the program
-            still leaves a small record (execution id, version, tenant, time) so feedback on
-            it can name the version that answered.
-        retention_days: Days a record is kept; older ones are deleted periodically.
-        redact_fields: Input or output field names (at any depth of their values) whose
-            values are stored as ``[REDACTED]``.
-        redact: A hook given ``{"inputs": ..., "outputs": ...}`` (after ``redact_fields``)
-            that returns it redacted; a hook that raises drops the capture (counted).
-        evaluation: Online evaluation of a sample of the captured requests (a metric or a
-            DSPy judge), run in the background.
-    """
-
-    sample_rate: float = 1.0
-    retention_days: float = 30.0
-    redact_fields: AbstractSet[str] = field(default_factory=frozenset)
-    redact: Redactor | None = None
-    evaluation: OnlineEvaluation | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sample_rate <= 1.0:
-            raise ConfigurationError(
-                f"capture sample_rate must be between 0 and 1, got {self.sample_rate!r}"
-            )
-        if not (self.retention_days > 0 and math.isfinite(self.retention_days)):
-            raise ConfigurationError(
-                f"capture retention_days must be a positive number, got {self.retention_days!r}"
-            )
-        if isinstance(self.redact_fields, str) or not isinstance(self.redact_fields, Iterable):
-            raise ConfigurationError("capture redact_fields must be a set of field names")
-        object.__setattr__(self, "redact_fields", frozenset(self.redact_fields))
-
-
-@dataclass(slots=True)
-class _Item:
-    """What the request path hands to the writer: references, converted later."""
-
-    execution: Execution
-    inputs: Mapping[str, Any] | None
-    """``None``: not sampled (only the execution is stored)."""
-    outputs: Mapping[str, Any] | None
-    metadata: Mapping[str, Any]
-    error_type: str | None
-    model_id: str
-    judge: asyncio.AbstractEventLoop | None
-    """The loop to run the judge on, when this capture was sampled for online evaluation."""
-
-
-def _redact_value(value: Any, fields: AbstractSet[str]) -> Any:
-    if isinstance(value, Mapping):
-        return {
-            str(k): REDACTED if k in fields else _redact_value(v, fields) for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_redact_value(v, fields) for v in value]
-    if isinstance(value, str):
-        return redact(value)  # never a key that reached the library
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return _redact_value(dump(mode="json"), fields)
-    return redact(str(value))
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class TrafficRecorder:
@@ -155,7 +77,7 @@ class TrafficRecorder:
         if queue_size < 1 or batch_size < 1:
             raise ConfigurationError("queue_size and batch_size must be at least 1")
         self.store = store
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[QueuedItem] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._retention_interval_s = retention_interval_s
@@ -170,7 +92,7 @@ class TrafficRecorder:
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(2)
-        self._dropped_counter = _dropped_counter()
+        self._dropped_counter = dropped_counter()
 
     def __repr__(self) -> str:
         return f"TrafficRecorder({self.store!r}, programs={sorted(self._options)})"
@@ -290,7 +212,7 @@ class TrafficRecorder:
         ):
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to judge on
                 judge_loop = asyncio.get_running_loop()
-        item = _Item(
+        item = QueuedItem(
             execution,
             inputs if sampled else None,
             outputs,
@@ -487,7 +409,7 @@ class TrafficRecorder:
         next_retention = time.monotonic()
         while True:
             stopping = self._stop.is_set()
-            batch: list[_Item] = []
+            batch: list[QueuedItem] = []
             try:
                 batch.append(self._queue.get(timeout=self._flush_interval_s))
                 while len(batch) < self._batch_size:
@@ -505,14 +427,14 @@ class TrafficRecorder:
             if stopping and not batch:
                 return
 
-    def _write(self, batch: list[_Item]) -> None:
+    def _write(self, batch: list[QueuedItem]) -> None:
         executions, captures, judged = [], [], []
         for item in batch:
             executions.append(item.execution)
             if item.inputs is None:
                 continue
             try:
-                capture = self._capture(item)
+                capture = build_capture(item, self._options[item.execution.program_id])
             except Exception:
                 self._dropped_writing += 1
                 _log.warning(
@@ -537,46 +459,3 @@ class TrafficRecorder:
             for item in batch:
                 self._pending.pop(item.execution.execution_id, None)
                 self._queue.task_done()
-
-    def _capture(self, item: _Item) -> CapturedRequest:
-        execution = item.execution
-        options = self._options[execution.program_id]
-        inputs = _redact_value(item.inputs or {}, options.redact_fields)
-        outputs = (
-            None if item.outputs is None else _redact_value(item.outputs, options.redact_fields)
-        )
-        if options.redact is not None:
-            redacted = options.redact({"inputs": inputs, "outputs": outputs})
-            inputs, outputs = redacted["inputs"], redacted.get("outputs")
-        metadata = item.metadata
-        performance = metadata.get("performance") or {}
-        tokens = performance.get("tokens") or {}
-        timing = performance.get("timing") or {}
-        program = metadata.get("program") or {}
-        input_tokens, output_tokens = _number(tokens.get("input")), _number(tokens.get("output"))
-        return CapturedRequest(
-            execution_id=execution.execution_id,
-            program_id=execution.program_id,
-            version=execution.version,
-            canary=bool(program.get("canary", False)),
-            model_id=item.model_id,
-            inputs=inputs,
-            outputs=outputs,
-            input_tokens=None if input_tokens is None else int(input_tokens),
-            output_tokens=None if output_tokens is None else int(output_tokens),
-            cost_usd=_number(tokens.get("cost_usd")),
-            latency_ms=_number(timing.get("total_ms")),
-            error_type=item.error_type,
-            tenant=execution.tenant,
-            served_at=execution.served_at,
-        )
-
-
-def _dropped_counter() -> Any:
-    from opentelemetry import metrics
-
-    return metrics.get_meter("llm_server.traffic").create_counter(
-        "llm_server.traffic.captures_dropped",
-        unit="{capture}",
-        description="Captures dropped because the capture queue was full or redaction failed",
-    )
