@@ -6,7 +6,7 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from llm_server.core.errors import (
     ConfigurationError,
+    LLMServerError,
     ModelNotFoundError,
 )
 from llm_server.core.implementations import ModelProcessor
@@ -183,6 +184,16 @@ class _ProgramRunner:
         return route
 
 
+async def _billed(call: Awaitable[PipelineData], metrics: PerformanceMetrics) -> PipelineData:
+    """Await ``call``; an error of ours leaves with what the request was billed (its
+    ``request_usage``, the error envelope's ``usage``)."""
+    try:
+        return await call
+    except LLMServerError as exc:
+        exc.request_usage = metrics.billed_usage()
+        raise
+
+
 def _model_block(
     model_info: Mapping[str, Any], requested: str, metadata: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -290,7 +301,7 @@ def add_program_endpoint(
         pm, model_id, route, data = prepared(request, body)
         metrics = PerformanceMetrics()
         with log_context(program_id=program_id, model_id=model_id):
-            result = await route.pipeline.execute(data)
+            result = await _billed(route.pipeline.execute(data), metrics)
         return envelope(pm, model_id, route, metrics, result)
 
     async def stream_endpoint(request: Request, body: Any) -> Response:
@@ -301,7 +312,7 @@ def add_program_endpoint(
             return envelope(pm, model_id, route, metrics, result)
 
         with log_context(program_id=program_id, model_id=model_id):
-            events = stream_events(lambda: route.pipeline.execute(data))
+            events = stream_events(lambda: _billed(route.pipeline.execute(data), metrics))
             return await sse_response(
                 events, done=done, on_first_delta=lambda: metrics.mark_checkpoint("first_token")
             )
