@@ -102,6 +102,8 @@ class Responder:
             await connection.respond(500, _error(f"reply callable failed: {exc!r}"))
             return keep_alive
         usage = self._usage(chat, reply.billed_text) if self._provider.usage else None
+        if usage is not None:
+            self._provider.billed.append((usage.prompt_tokens, usage.completion_tokens))
         if not chat.stream:
             body = completion_body(chat, reply, usage, record.index)
             await connection.respond(200, body, keep_alive=keep_alive)
