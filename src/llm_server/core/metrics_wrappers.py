@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final
 
 from llm_server.core._ids import random_hex128
@@ -180,11 +180,9 @@ class PerformanceMetrics:
         counts: dict[str, int] = {}
         with self._lock:
             for output in self._outputs:
-                kinds = output.metadata.get("answer_attempts")
                 outcome = output.metadata.get("outcome")
-                if isinstance(kinds, Mapping) and outcome is None:  # answered after re-asks
-                    for kind, count in kinds.items():
-                        counts[str(kind)] = counts.get(str(kind), 0) + int(count)
+                if outcome is None and "answer_attempts" in output.metadata:
+                    counts["ok"] = counts.get("ok", 0) + 1  # answered after re-asks
                 elif isinstance(outcome, str) and outcome in _ANSWER_KINDS:
                     counts[outcome] = counts.get(outcome, 0) + 1
         if set(counts) == {"ok"}:

@@ -252,6 +252,12 @@ class DSPyBackend:
             error, original = result.error, result.original
             retry = None
             if isinstance(error, OutputParseError):
+                logger.warning(
+                    "answer rejected: %s: %s",
+                    error.error_type,
+                    error.message,
+                    extra={"error_type": error.error_type, "fields": list(error.fields)},
+                )
                 if attempts is None:
                     attempts = AnswerAttempts(
                         self._parse_policy, adapter, self._max_tokens or _NO_MAX_TOKENS
