@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -26,8 +27,11 @@ from llm_server.core.errors import (
     OutputTruncatedError,
 )
 from llm_server.core.metrics_wrappers import PerformanceMetrics
+from llm_server.core.model_config import ParsePolicy
 from llm_server.core.opentelemetry_integration import Telemetry
+from llm_server.defaults import FileSystemStorageAdapter
 from llm_server.models.manager import ModelManager
+from llm_server.models.program_manager import ProgramManager
 from llm_server.testing import LocalProvider, RawReply, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
@@ -274,3 +278,38 @@ async def test_dspy_truncation_warning_is_a_log_record_of_the_request(
     assert "truncated" in records[0].getMessage()
     assert not [r for r in caplog.records if r.name == "dspy.clients.lm"]
     assert "LM response was truncated" not in capsys.readouterr().err
+
+
+class Judge(dspy.Signature):
+    """Judge the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+    confidence: float = dspy.OutputField()
+
+
+async def test_a_programs_registered_policy_wins_and_failures_are_counted_by_version(
+    make_manager: Callable[..., ModelManager],
+    provider: LocalProvider,
+    reader: InMemoryMetricReader,
+    tmp_path: Path,
+) -> None:
+    replies = iter([KINDS["bad_float"][0]])
+    provider.script(reply=lambda request: next(replies, {"answer": "ok", "confidence": 1.0}))
+    manager = make_manager("auto", None)  # the model's policy: none
+    programs = ProgramManager(
+        model_manager=manager, storage_adapter=FileSystemStorageAdapter(tmp_path / "p")
+    )
+    metadata = programs.register_program(Judge, parse_policy=ParsePolicy(reasks=1))
+    metrics = PerformanceMetrics()
+
+    output = await programs.reliable_backend("judge", "m").predict({"question": "q"})
+
+    assert output.content.confidence == 1.0
+    assert len(provider.requests) == 2
+    assert metrics.answer_attempts() == {"unparseable_output": 1, "ok": 1}
+    (failure,) = metric_points(reader)["llm_server.client.parse_failures"]
+    assert failure.attributes["llm_server.program_id"] == "judge"
+    assert failure.attributes["llm_server.program_version"] == metadata.version
+    assert failure.attributes["llm_server.answer.kind"] == "unparseable_output"
+    assert reported_tokens(reader) == provider.billed_tokens
