@@ -35,13 +35,13 @@ __all__ = ["add_program_endpoint", "signature_models"]
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in {
-        400: "The body is not JSON",
+        400: "The body is not JSON, or nests deeper than LLM_SERVER_MAX_JSON_DEPTH",
         404: "Unknown model id, or the program is not registered",
         413: "The body is over max_request_bytes, or the prompt cannot fit the context window",
-        422: "The body does not match the request schema",
+        422: "The body does not match the request schema, or the model declined to answer",
         429: "The provider is rate limiting (Retry-After)",
         500: "An error in the service itself",
-        502: "The provider failed or answered unusably",
+        502: "The provider failed, or its answer was unparseable, cut at max_tokens or empty",
         503: "Every circuit breaker the call could use is open (Retry-After)",
         504: "The request deadline passed, or the provider timed out",
     }.items()
