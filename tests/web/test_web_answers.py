@@ -151,13 +151,16 @@ async def test_dspy_truncation_warning_is_a_json_line_of_the_request(
 
 # A streamed refusal: DSPy's native stream parser drops the refusal delta (it arrives as an
 # empty answer), so it is not among these.
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("adapter", ["chat", "json"])
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
 @pytest.mark.parametrize("kind", ["no_markers", "empty"])
 async def test_a_stream_failing_before_its_first_piece_answers_the_envelope_with_usage(
-    app_for: Any, provider: LocalProvider, kind: str
+    app_for: Any, provider: LocalProvider, kind: str, engine: str, adapter: str
 ) -> None:
     reply, status, error_type = KINDS[kind]
     provider.script(reply=reply)
-    async with serving(app_for()) as client:
+    async with serving(app_for(engine, adapter=adapter)) as client:
         response = await client.post("/programs/rate/stream", json={"text": "rate me"})
 
     assert response.status_code == status, response.text
