@@ -120,7 +120,8 @@ class ParsePolicy(_Strict):
     its ``answer_attempts``. A refusal is never asked again (it is the model's decision), a
     stream whose first piece went out is never asked again, no attempt starts past the request
     deadline (it cuts the call), and none starts while the model's circuit breaker would
-    refuse it; parse failures never count against the breaker.
+    refuse it; parse failures never count against the breaker. An attempt runs the whole
+    program again (every predictor of a multi-step program).
 
     Attributes:
         reasks: How many times to ask the same question again after an unparseable or empty

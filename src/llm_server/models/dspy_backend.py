@@ -245,7 +245,7 @@ class DSPyBackend:
         attempts: AnswerAttempts | None = None
         adapter, max_tokens = self.adapter, None
         while True:
-            result = await self._attempt(input, adapter, max_tokens, started, attempts)
+            result = await self._attempt(input, adapter, max_tokens, started)
             if not isinstance(result, _Rejected):
                 prediction, scope = result
                 break
@@ -288,7 +288,6 @@ class DSPyBackend:
         adapter: str | None,
         max_tokens: int | None,
         started: float,
-        attempts: AnswerAttempts | None,
     ) -> tuple[Any, RequestScope] | _Rejected:
         """One run of the program; a failure comes back translated, its billed calls reported."""
         request_scope = _request_scope()
@@ -303,14 +302,14 @@ class DSPyBackend:
                     prediction = await self.program.acall(**input)
         except asyncio.CancelledError:
             self._account_for_cut_calls(scope.cut_calls(), started)
-            self._account_for_failed_calls(scope, started, "cancelled", attempts)
+            self._account_for_failed_calls(scope, started, "cancelled")
             raise
         except Exception as exc:
             # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.
             self._account_for_cut_calls(scope.cut_calls(), started)
             translated = self._translate(exc, scope, max_tokens)
             outcome = translated.error_type if translated is not None else "error"
-            self._account_for_failed_calls(scope, started, outcome, attempts)
+            self._account_for_failed_calls(scope, started, outcome)
             self._log_dspy_warnings(scope)
             if translated is None or translated is exc:
                 raise
@@ -382,13 +381,7 @@ class DSPyBackend:
         notify_model_output(output)
         return output
 
-    def _account_for_failed_calls(
-        self,
-        scope: RequestScope,
-        started: float,
-        outcome: str,
-        attempts: AnswerAttempts | None,
-    ) -> None:
+    def _account_for_failed_calls(self, scope: RequestScope, started: float, outcome: str) -> None:
         """Report the calls of a failed attempt that came back: billed, so never left out.
 
         Their usage (exact, or estimated when the provider sent none) goes to the observers
@@ -402,8 +395,6 @@ class DSPyBackend:
         metadata: dict[str, Any] = {"outcome": outcome, "lm_calls": summary.calls}
         if self._program_version is not None:
             metadata["program_version"] = self._program_version
-        if attempts is not None and attempts.failures:
-            metadata["answer_attempts"] = dict(attempts.failures)
         notify_model_output(
             ModelOutput(
                 content=None,
