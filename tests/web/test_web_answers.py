@@ -6,12 +6,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dspy
 import pytest
+import uvicorn
 from _web_helpers import MakeApp, make_settings, serving
 from fastapi import FastAPI
 
@@ -229,3 +234,70 @@ async def test_a_body_nested_too_deep_is_refused_before_parsing_and_the_client_g
     assert shallow.status_code == 422  # an unknown field, told by the schema
     assert served.status_code == 200
     assert len(provider.requests) == 1
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 response (Content-Length framed) from ``sock``: status and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(
+        int(v)
+        for k, _, v in (h.partition(": ") for h in lines[1:])
+        if k.lower() == "content-length"
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        body += chunk
+    return int(lines[0].split()[1]), body[:length]
+
+
+def test_over_a_real_socket_the_connection_serves_the_next_request_after_a_deep_body(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    deep = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    fine = b'{"text": "still here"}'
+
+    def post(body: bytes) -> bytes:
+        return (
+            b"POST /programs/summarize HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    with uvicorn_thread(make_app()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(20)
+        answers = []
+        for body in (deep, deep, fine):  # the route's own gate, then the middleware's
+            sock.sendall(post(body))
+            answers.append(_read_response(sock))
+
+    assert [status for status, _ in answers] == [400, 400, 200]
+    assert json.loads(answers[0][1])["error"]["type"] == "bad_input"
+    assert len(provider.requests) == 1
+
+
+@contextmanager
+def uvicorn_thread(app: FastAPI) -> Iterator[int]:
+    """Serve ``app`` on a real loopback socket in a thread; yields its port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):  # bounded: 20 s
+            if server.started:
+                break
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
