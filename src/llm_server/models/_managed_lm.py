@@ -531,10 +531,15 @@ class _KeepDSPyWarnings(logging.Filter):
         return False
 
 
+# the DSPy loggers that warn about one call (a cut answer, the JSON adapter's schema)
+_PER_CALL_LOGGERS = ("dspy.clients.lm", "dspy.adapters.json_adapter")
+
+
 def _keep_dspy_warnings() -> None:
-    logger = logging.getLogger("dspy.clients.lm")
-    if not any(isinstance(f, _KeepDSPyWarnings) for f in logger.filters):
-        logger.addFilter(_KeepDSPyWarnings())
+    for name in _PER_CALL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _KeepDSPyWarnings) for f in logger.filters):
+            logger.addFilter(_KeepDSPyWarnings())
 
 
 _keep_dspy_warnings()

@@ -4,7 +4,10 @@ Each :meth:`DSPyBackend.predict` awaits ``program.acall(**input)`` with the mode
 call only (``dspy.context``, a contextvar; never ``dspy.configure``), so any number of
 concurrent requests share one backend safely. Usage is exact per request (DSPy's shared
 history is never read), cost comes from :mod:`llm_server.core.pricing`, and provider failures
-leave as our own error types, whichever DSPy engine raised them.
+leave as our own error types, whichever DSPy engine raised them. An answer DSPy cannot parse
+leaves as its kind (unparseable, truncated, empty, refused; :mod:`._answers`), is asked again
+only as the parse policy says, and every call that came back is reported to the request's
+observers with its usage, whatever became of the request.
 
 It is the innermost layer of the model-call stack: requests get it inside the reliability
 layers from :meth:`~llm_server.models.manager.ModelManager.reliable_backend`;
