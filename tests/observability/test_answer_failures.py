@@ -313,3 +313,41 @@ async def test_a_programs_registered_policy_wins_and_failures_are_counted_by_ver
     assert failure.attributes["llm_server.program_version"] == metadata.version
     assert failure.attributes["llm_server.answer.kind"] == "unparseable_output"
     assert reported_tokens(reader) == provider.billed_tokens
+
+
+class TwoSteps(dspy.Module):
+    """Two calls per run: a failure of the second after the first answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = dspy.Predict("question -> answer")
+        self.second = dspy.Predict("answer -> verdict")
+
+    async def aforward(self, question: str) -> dspy.Prediction:
+        answer = (await self.first.acall(question=question)).answer
+        return await self.second.acall(answer=answer)
+
+
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_retried_attempt_that_had_billed_calls_is_reported_and_charged(
+    make_manager: Callable[..., ModelManager],
+    provider: LocalProvider,
+    reader: InMemoryMetricReader,
+    engine: str,
+) -> None:
+    provider.add_fault("server_error", nth=2)  # the first attempt's second call
+    manager = make_manager(engine, None, retry={"max_attempts": 2, "initial_backoff_s": 0})
+    metrics = PerformanceMetrics()
+
+    with tenant_scope("acme"):
+        await manager.reliable_backend(TwoSteps(), "m").predict({"question": "q"})
+
+    assert len(provider.billed) == 3  # 1 call of the failed attempt, 2 of the retry
+    billed_in, billed_out = provider.billed_tokens
+    usage = metrics.usage()
+    assert usage is not None
+    assert (usage.input_tokens, usage.output_tokens) == (billed_in, billed_out)
+    assert reported_tokens(reader) == (billed_in, billed_out)
+    (used, _budget) = (await manager.budgets.usage("acme"))["day"]
+    assert (used.requests, used.tokens) == (1, billed_in + billed_out)
