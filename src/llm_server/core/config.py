@@ -96,6 +96,11 @@ class FrameworkSettings(BaseSettings):
         validation_alias=AliasChoices("LLM_SERVER_MAX_REQUEST_BYTES"),
     )
     """Largest request body a program route accepts (413 beyond it, read no further)."""
+    max_json_depth: int = Field(
+        default=64, ge=1, le=1000, validation_alias=AliasChoices("LLM_SERVER_MAX_JSON_DEPTH")
+    )
+    """Deepest nesting of arrays and objects a program route's JSON body may have (400
+    beyond it, refused before the body is parsed)."""
     gc_freeze: bool = Field(default=True, validation_alias=AliasChoices("LLM_SERVER_GC_FREEZE"))
     """Freeze the startup heap when the process's first ``ModelManager`` is built (once)."""
     gc_young_threshold: int = Field(

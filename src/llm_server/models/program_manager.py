@@ -37,6 +37,7 @@ from llm_server.core.errors import (
     ProgramError,
     ProgramNotFoundError,
 )
+from llm_server.core.model_config import ParsePolicy
 from llm_server.core.protocols import StorageAdapter, StoredProgram
 from llm_server.models import _program_state as ps
 from llm_server.models._program_registry import (
@@ -179,6 +180,7 @@ class ProgramManager:
         description: str | None = None,
         program_id: str | None = None,
         adapter: Literal["chat", "json", "xml"] | None = None,
+        parse_policy: ParsePolicy | None = None,
     ) -> ProgramMetadata:
         """Register a ``dspy.Signature`` (run as ``dspy.Predict``) or ``dspy.Module`` subclass.
 
@@ -194,6 +196,9 @@ class ProgramManager:
             program_id: Override the id derived from the class name.
             adapter: The DSPy adapter for this program on every model (``chat``, ``json``,
                 ``xml``); ``None``: the model's ``adapter:``, else the host's default.
+            parse_policy: What to do with this program's answers that cannot be parsed, on
+                every model (re-asks, JSON fallback, a larger ``max_tokens`` after a cut
+                answer); ``None``: the model's ``parse_policy:``, else ask nothing more.
 
         Returns:
             The metadata of the served version.
@@ -221,6 +226,7 @@ class ProgramManager:
                 class_path=ps.class_path(program_class),
                 pinned=version is not None,
                 adapter=adapter,
+                parse_policy=parse_policy,
             ),
         )
         released = (
