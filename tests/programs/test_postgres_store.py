@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -87,13 +88,40 @@ def test_versions_round_trip_and_are_immutable(
         store.save("p", {"a": object()}, {})  # JSON only
 
 
+def test_a_version_cannot_be_updated_even_by_the_tables_owner(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    stores().save("p", {"a": 1}, {})
+    with (
+        psycopg.connect(private_postgres, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"),
+    ):
+        conn.execute(f'UPDATE "{pg_schema}".program_versions SET state = %s', ('{"a":2}',))
+
+
+def edit_by_hand(url: str, schema: str, state: str, *, rehash: bool) -> None:
+    """What an owner who switches the trigger off can do: rewrite a version's state (and,
+    with ``rehash``, both of its sha256 so the unkeyed checks pass)."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute(f'ALTER TABLE "{schema}".program_versions DISABLE TRIGGER immutable')
+        digest = hashlib.sha256(state.encode()).hexdigest()
+        if rehash:
+            conn.execute(
+                f'UPDATE "{schema}".program_versions SET state = %s, state_sha256 = %s, '
+                "manifest = jsonb_set(manifest, '{state_sha256}', to_jsonb(%s::text))",
+                (state, digest, digest),
+            )
+        else:
+            conn.execute(f'UPDATE "{schema}".program_versions SET state = %s', (state,))
+        conn.execute(f'ALTER TABLE "{schema}".program_versions ENABLE TRIGGER immutable')
+
+
 def test_a_row_edited_by_hand_is_refused(
     stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
 ) -> None:
     store = stores()
     store.save("p", {"a": 1}, {})
-    with psycopg.connect(private_postgres, autocommit=True) as conn:
-        conn.execute(f'UPDATE "{pg_schema}".program_versions SET state = %s', ('{"a":2}',))
+    edit_by_hand(private_postgres, pg_schema, '{"a":2}', rehash=False)
     with pytest.raises(CorruptProgramError, match="sha256 does not match"):
         store.load("p", "1.0.0")
 
