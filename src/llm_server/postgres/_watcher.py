@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -70,9 +71,7 @@ class ReleaseWatcher(threading.Thread):
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     while not self._stopping.is_set():
                         self.apply(self._read_bounded(conn))
-                        # a notification ends the wait early; either way, read again
-                        for _ in conn.notifies(timeout=self._interval_s, stop_after=1):
-                            pass
+                        self._wait_for_notification(conn)
             except (psycopg.Error, OSError, DeadlineExceededError) as exc:
                 _log.warning(
                     "program releases: lost PostgreSQL at %s (%s); reconnecting",
@@ -80,6 +79,14 @@ class ReleaseWatcher(threading.Thread):
                     redact(str(exc)).strip(),
                 )
                 self._stopping.wait(self._interval_s)
+
+    def _wait_for_notification(self, conn: psycopg.Connection[Any]) -> None:
+        """Until a notification, ``interval_s`` or :meth:`close` (checked every 0.5 s)."""
+        deadline = time.monotonic() + self._interval_s
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or any(conn.notifies(timeout=min(left, 0.5), stop_after=1)):
+                return
 
     def _read_bounded(self, conn: psycopg.Connection[Any]) -> dict[str, str]:
         with bounded(conn, self._timeout_s):
