@@ -162,6 +162,12 @@ class FrameworkSettings(BaseSettings):
         validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_SCHEMA"),
     )
     """The PostgreSQL schema of the program tables (created if missing)."""
+    program_store_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_KEY")
+    )
+    """A secret of at least 16 characters: each program version saved to PostgreSQL carries
+    an HMAC-SHA256 of its content, and versions without a valid one are refused at load, so
+    an edit in the database that also rewrites the hashes is caught. Never shown."""
 
     # --- a fleet (Redis) ---
     redis_url: SecretStr | None = Field(
