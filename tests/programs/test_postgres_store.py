@@ -14,6 +14,7 @@ from typing import Any
 import dspy
 import psycopg
 import pytest
+from psycopg import sql
 
 from llm_server.core.errors import (
     ConfigurationError,
@@ -24,6 +25,7 @@ from llm_server.core.errors import (
 )
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
+from llm_server.postgres._schema import _STEPS
 
 WORKER = Path(__file__).with_name("_postgres_worker.py")
 
@@ -331,3 +333,32 @@ def test_with_a_key_an_unsigned_version_is_refused_and_a_short_key_is_refused(
     with pytest.raises(ConfigurationError, match="at least 16 characters") as caught:
         PostgresStorageAdapter(private_postgres, schema=pg_schema, key="short-key1")
     assert "short-key1" not in caught.value.message
+
+
+def test_a_schema_made_by_the_previous_release_is_upgraded_and_its_versions_still_load(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    state = '{"a":1}'
+    digest = hashlib.sha256(state.encode()).hexdigest()
+    manifest = {
+        "format": "llm-server-program/1",
+        "program_id": "p",
+        "version": "1.0.0",
+        "state_sha256": digest,
+    }
+    with psycopg.connect(private_postgres, autocommit=True) as conn:  # schema version 1
+        conn.execute(sql.SQL(_STEPS[1]).format(schema=sql.Identifier(pg_schema)))
+        conn.execute(f'INSERT INTO "{pg_schema}".schema_version VALUES (1)')
+        conn.execute(
+            f'INSERT INTO "{pg_schema}".program_versions '
+            "(program_id, version, state, manifest, state_sha256) "
+            "VALUES ('p', '1.0.0', %s, %s, %s)",
+            (state, json.dumps(manifest), digest),
+        )
+    store = stores()
+    assert store.load("p", "1.0.0").state == {"a": 1}
+    with (
+        psycopg.connect(private_postgres, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"),
+    ):
+        conn.execute(f'UPDATE "{pg_schema}".program_versions SET state = state')
