@@ -14,8 +14,11 @@ from typing import Any
 import dspy
 import psycopg
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from psycopg import sql
 
+from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import (
     ConfigurationError,
     CorruptProgramError,
@@ -23,9 +26,11 @@ from llm_server.core.errors import (
     ProgramNotFoundError,
     VersionExistsError,
 )
+from llm_server.fastapi import llm_server_lifespan
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 from llm_server.postgres._schema import _STEPS
+from llm_server.testing import LocalProvider
 
 WORKER = Path(__file__).with_name("_postgres_worker.py")
 
@@ -362,3 +367,33 @@ def test_a_schema_made_by_the_previous_release_is_upgraded_and_its_versions_stil
         pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"),
     ):
         conn.execute(f'UPDATE "{pg_schema}".program_versions SET state = state')
+
+
+def test_the_key_setting_reaches_the_store_the_lifespan_opens(
+    tmp_path: Path, private_postgres: str, pg_schema: str
+) -> None:
+    with LocalProvider() as provider:
+        config = tmp_path / "models.yml"
+        config.write_text(
+            "models:\n  local:\n    model_name: openai/gpt-4o-mini\n"
+            f"    api_base: {provider.openai_api_base}\n"
+        )
+        settings = FrameworkSettings(
+            otel_enabled=False,
+            llm_config_path=config,
+            program_store=private_postgres,
+            program_store_schema=pg_schema,
+            program_store_key=KEY,
+        )
+        app = FastAPI(lifespan=llm_server_lifespan(programs=[Answer], settings=settings))
+        with TestClient(app):  # startup saves the program's first version, signed
+            pass
+    other_key = PostgresStorageAdapter(private_postgres, schema=pg_schema, key="another-key-0123")
+    right_key = PostgresStorageAdapter(private_postgres, schema=pg_schema, key=KEY)
+    try:
+        with pytest.raises(CorruptProgramError, match="HMAC does not match"):
+            other_key.load("answer", "1.0.0")
+        assert right_key.load("answer", "1.0.0").version == "1.0.0"
+    finally:
+        other_key.close()
+        right_key.close()
