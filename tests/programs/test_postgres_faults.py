@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+import psycopg
 import pytest
 from _tcp_proxy import TcpProxy
 
@@ -146,3 +147,21 @@ def test_a_fresh_schema_opened_by_four_processes_at_once_is_created_once(
     finally:
         for worker in workers:
             worker.communicate(timeout=30)  # closes its pipes; end of input ends it
+
+
+def test_a_saver_stuck_elsewhere_makes_a_save_fail_at_the_lock_timeout_not_block(
+    private_postgres: str, pg_schema: str
+) -> None:
+    store = PostgresStorageAdapter(private_postgres, schema=pg_schema, timeout_s=1.0)
+    try:
+        with psycopg.connect(private_postgres, autocommit=True) as other:
+            other.execute(  # another host's save of the program, holding its lock
+                "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"llm_server:{pg_schema}:p",)
+            )
+            start = time.monotonic()
+            with pytest.raises(StorageError, match="lock timeout"):
+                store.save("p", {"a": 1}, {})
+            assert time.monotonic() - start < 1.0  # lock_timeout is half of timeout_s
+        assert store.save("p", {"a": 1}, {}).version == "1.0.0"  # nothing was half-written
+    finally:
+        store.close()

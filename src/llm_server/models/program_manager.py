@@ -397,6 +397,8 @@ class ProgramManager:
         Raises:
             ProgramNotFoundError: Unknown program or version.
             CorruptProgramError: The version fails its checks (nothing is released).
+            StorageError: The storage failed: nothing is released, or (when raised after
+                the release was recorded) this process's watcher switches on its next round.
         """
         entry = self.registry.entry(program_id)
         stored = self._load_verified(entry, validate_version(version))  # checked before told
@@ -437,6 +439,7 @@ class ProgramManager:
 
         Raises:
             ProgramError: Nothing was released before the current version.
+            StorageError: The storage failed (as for :meth:`promote`).
         """
         entry = self.registry.entry(program_id)
 
