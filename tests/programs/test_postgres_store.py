@@ -369,7 +369,7 @@ def test_a_schema_made_by_the_previous_release_is_upgraded_and_its_versions_stil
         conn.execute(f'UPDATE "{pg_schema}".program_versions SET state = state')
 
 
-def test_the_key_setting_reaches_the_store_the_lifespan_opens(
+def test_the_key_and_timeout_settings_reach_the_store_the_lifespan_opens(
     tmp_path: Path, private_postgres: str, pg_schema: str
 ) -> None:
     with LocalProvider() as provider:
@@ -384,10 +384,11 @@ def test_the_key_setting_reaches_the_store_the_lifespan_opens(
             program_store=private_postgres,
             program_store_schema=pg_schema,
             program_store_key=KEY,
+            program_store_timeout_s=3.0,
         )
         app = FastAPI(lifespan=llm_server_lifespan(programs=[Answer], settings=settings))
         with TestClient(app):  # startup saves the program's first version, signed
-            pass
+            assert app.state.program_manager.storage_adapter.timeout_s == 3.0
     other_key = PostgresStorageAdapter(private_postgres, schema=pg_schema, key="another-key-0123")
     right_key = PostgresStorageAdapter(private_postgres, schema=pg_schema, key=KEY)
     try:

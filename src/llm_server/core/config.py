@@ -164,6 +164,10 @@ class FrameworkSettings(BaseSettings):
     )
     """The PostgreSQL schema of the program tables (created if missing; no DDL runs when it is
     current, so a role with ``SELECT`` and ``INSERT`` can serve)."""
+    program_store_timeout_s: float = Field(
+        default=10.0, gt=0, validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_TIMEOUT_S")
+    )
+    """The longest one PostgreSQL operation may take (statement, lock wait, a silent path)."""
     program_store_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_KEY")
     )

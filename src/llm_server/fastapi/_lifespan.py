@@ -153,6 +153,7 @@ def _program_store(settings: FrameworkSettings) -> Any:
     return PostgresStorageAdapter(
         settings.program_store.get_secret_value(),
         schema=settings.program_store_schema,
+        timeout_s=settings.program_store_timeout_s,
         key=key.get_secret_value() if key is not None else None,
     )
 

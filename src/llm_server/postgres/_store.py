@@ -161,6 +161,11 @@ class PostgresStorageAdapter:
     def __repr__(self) -> str:
         return f"PostgresStorageAdapter({self.display_url!r}, schema={self.schema!r})"
 
+    @property
+    def timeout_s(self) -> float:
+        """The longest any one operation may take, in seconds."""
+        return self._timeout_s
+
     def location(self, program_id: str, version: str) -> str:
         """Where a version lives, for messages (no credentials)."""
         return f"{self.display_url} {self.schema}.program_versions ({program_id}, {version})"
