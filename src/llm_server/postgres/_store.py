@@ -35,7 +35,12 @@ from llm_server.models._versioning import (
     validate_program_id,
     validate_version,
 )
-from llm_server.postgres._connections import DeadlineExceededError, bounded, connection_settings
+from llm_server.postgres._connections import (
+    DeadlineExceededError,
+    bounded,
+    connection_settings,
+    display_url,
+)
 from llm_server.postgres._schema import SCHEMA_VERSION, migrate
 from llm_server.postgres._signing import check_key, content_mac
 from llm_server.postgres._watcher import CHANNEL, ReleaseWatcher
@@ -46,15 +51,6 @@ __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStorageAdapter", "Release"]
 class Release(dict[str, Any]):
     """One promotion or rollback: ``id``, ``program_id``, ``version``, ``action``, ``actor``,
     ``reason``, ``released_at`` (ISO-8601 UTC)."""
-
-
-def _display(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-    except ValueError:
-        return "<unparseable URL>"
 
 
 class PostgresStorageAdapter:
@@ -104,7 +100,7 @@ class PostgresStorageAdapter:
         timeout_s: float = 10.0,
         key: str | None = None,
     ) -> None:
-        self.display_url = _display(url)
+        self.display_url = display_url(url)
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ConfigurationError(
