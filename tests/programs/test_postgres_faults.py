@@ -4,6 +4,7 @@ processes at once. A private server behind the tests' own TCP proxy (``_tcp_prox
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -89,8 +90,13 @@ def served(manager: ProgramManager) -> str:
 
 @pytest.mark.parametrize("fault", ["silent", "reset"])
 def test_a_replica_converges_on_the_release_made_while_its_path_was_down(
-    proxy: TcpProxy, private_postgres: str, pg_schema: str, fault: Any
+    proxy: TcpProxy,
+    private_postgres: str,
+    pg_schema: str,
+    fault: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="llm_server.postgres")
     publisher_store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
     replica_store = PostgresStorageAdapter(
         proxy.url(private_postgres), schema=pg_schema, timeout_s=2.0
@@ -110,6 +116,11 @@ def test_a_replica_converges_on_the_release_made_while_its_path_was_down(
         while served(replica) != new.version:
             assert time.monotonic() - start < 6.0, "the replica did not converge"
             time.sleep(0.05)
+        time.sleep(0.5)
+        watcher = [r for r in caplog.records if r.name == "llm_server.postgres"]
+        lost = [r for r in watcher if "lost PostgreSQL" in r.message]
+        assert [r.levelno for r in lost if r.levelno >= logging.WARNING] == [logging.WARNING]
+        assert any("is back after" in r.message for r in watcher)
     finally:
         proxy.set_mode("reset")
         replica_store.close()
