@@ -15,7 +15,7 @@ import pytest
 from _traffic_helpers import PLANTED_KEY, build_app, uvicorn_thread
 
 from llm_server.core.errors import ExecutionNotFoundError
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, RawReply
 from llm_server.traffic import (
     CapturedRequest,
     CaptureOptions,
@@ -77,6 +77,26 @@ def test_a_failed_request_is_captured_with_its_error_type(
     assert capture.execution_id == response.json()["execution_id"]
     assert capture.error_type == response.json()["error"]["type"]
     assert capture.outputs is None
+    billed = response.json().get("usage") or {}
+    assert capture.input_tokens == billed.get("input")  # a failure's billed tokens, if any
+
+
+def test_a_rejected_answer_is_captured_with_the_tokens_it_was_billed(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0))
+    provider.script(reply=RawReply("no field markers at all"))
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/programs/answer", json={"question": "q", "email": "e"})
+        assert response.status_code == 502, response.text
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        (capture,) = recorder.store.captures("answer")
+    body = response.json()
+    assert capture.error_type == body["error"]["type"]
+    assert capture.input_tokens == body["usage"]["input"] > 0
+    assert capture.output_tokens == body["usage"]["output"]
+    assert capture.cost_usd == pytest.approx(body["usage"]["cost_usd"])
 
 
 @pytest.mark.anyio

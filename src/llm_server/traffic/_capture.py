@@ -174,7 +174,9 @@ class TrafficRecorder:
         if options is None:
             return
         error_type = str(getattr(error, "error_type", "internal_error"))
-        metadata = {"performance": {"timing": {"total_ms": latency_ms}}}
+        billed = getattr(error, "request_usage", None)  # what a failed request was billed
+        tokens = billed if isinstance(billed, Mapping) else {}
+        metadata = {"performance": {"timing": {"total_ms": latency_ms}, "tokens": tokens}}
         self._put(
             options,
             program_id,
