@@ -122,9 +122,47 @@ COMPONENTS: tuple[Component, ...] = (
                 "request on_sdk/off", r"2\. request.*?\n(?:.*\n)*?\s+on_sdk\s+\S+\s+\S+\s+" + _NUM
             ),
             Figure("on_sdk extra per request (us)", r"on_sdk adds " + _NUM + " us"),
+            Figure("request on_sdk_full/off", r"\s+on_sdk_full\s+\S+\s+\S+\s+" + _NUM + r"\n\n3\."),
+            Figure(
+                "pipeline + step spans per request (us)",
+                r"pipeline \+ step spans and durations\s+" + _NUM,
+            ),
+            Figure(
+                "request span per request (us)",
+                r"request span \(host traces no request\)\s+" + _NUM,
+            ),
             # The script compares with an assumed 4 ms per Predict.acall; the end-to-end
             # F+SDK / H ratio is the measured verdict.
             Figure("on_sdk extra / assumed 4 ms acall (%)", r"us per request: " + _NUM + "%"),
+        ),
+    ),
+    Component(
+        "telemetry_levels",
+        "bench_telemetry_levels.py",
+        "the library's telemetry CPU per request around a real model call, by detail level "
+        "(the reference app's handler body in process: FastAPI's own telemetry not involved)",
+        quick_args=("--calls", "160", "--rounds", "3"),
+        figures=(
+            Figure(
+                "library telemetry per request, default level (us)",
+                r"\(genai - off\): " + _NUM + " us",
+                "<= 150",
+                lambda v: v <= 150,
+            ),
+            Figure("library telemetry per request, full level (us)", r"\(full - off\): " + _NUM),
+        ),
+    ),
+    Component(
+        "production_profile",
+        "bench_production_profile.py",
+        "what each host telemetry choice costs per request (FastAPI's spans and metrics, "
+        "exemplars, head sampling, the detail level), through ASGI, trivial backend",
+        quick_args=("--calls", "500", "--rounds", "3"),
+        figures=(
+            Figure(
+                "all on, genai: us over no SDK", r"FastAPI all on, library genai\s+\S+\s+" + _NUM
+            ),
+            Figure("production profile: us over no SDK", r"production profile\s+\S+\s+" + _NUM),
         ),
     ),
     Component(

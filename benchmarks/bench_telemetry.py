@@ -44,6 +44,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
@@ -96,9 +97,9 @@ class AskStep:
 class Sdk:
     """A production host's providers, exporting to memory, drained in the background."""
 
-    def __init__(self, *, exemplars: bool = True) -> None:
+    def __init__(self, *, exemplars: bool = True, sampler: Sampler | None = None) -> None:
         self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
+        self.tracer_provider = TracerProvider(sampler=sampler)
         self.tracer_provider.add_span_processor(BatchSpanProcessor(self.exporter))
         self.reader = InMemoryMetricReader()
         options: dict[str, Any] = (
