@@ -166,6 +166,27 @@ COMPONENTS: tuple[Component, ...] = (
         ),
     ),
     Component(
+        "memory_in_flight",
+        "bench_memory_in_flight.py",
+        "heap (tracemalloc) and RSS held per request in flight, 200 requests waiting on a "
+        "model, by source file",
+        quick_args=("--latency-ms", "1000"),
+        figures=(
+            Figure(
+                "heap per request in flight, telemetry off (KiB)",
+                r"telemetry off: heap \+" + _NUM,
+            ),
+            Figure(
+                "heap per request in flight, genai + SDK (KiB)",
+                r"telemetry genai \+ SDK: heap \+" + _NUM,
+            ),
+            Figure(
+                "RSS per request in flight, genai + SDK (KiB)",
+                r"telemetry genai \+ SDK: .*?RSS \+" + _NUM,
+            ),
+        ),
+    ),
+    Component(
         "backend",
         "bench_backend.py",
         "CPU per call: DSPyBackend.predict vs bare Predict.acall, both engines",
