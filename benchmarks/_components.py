@@ -181,6 +181,10 @@ COMPONENTS: tuple[Component, ...] = (
                 r"telemetry genai \+ SDK: heap \+" + _NUM,
             ),
             Figure(
+                "heap per request in flight, fault storm (KiB)",
+                r"fault storm: heap \+" + _NUM,
+            ),
+            Figure(
                 "RSS per request in flight, genai + SDK (KiB)",
                 r"telemetry genai \+ SDK: .*?RSS \+" + _NUM,
             ),

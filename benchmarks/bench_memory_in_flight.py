@@ -14,7 +14,10 @@ envelope are a few KiB; the rest is the stack's per-request state (tasks, corout
 DSPy's messages, the HTTP client's request, spans).
 
 Variants: telemetry off, and the default detail level with an SDK (batch processor into
-memory). Each runs in its own interpreter, so neither inherits the other's heap.
+memory); and a fault storm (every provider answer a 503 after the same latency, breakers kept
+closed so that the requests stay in flight, three attempts each): read at 1.5 latencies, when
+every request has failed once and waits on its second attempt. Each runs in its own
+interpreter, so none inherits another's heap.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ def rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-async def measure(in_flight: int, latency_s: float, telemetry_on: bool) -> dict[str, Any]:
+async def measure(
+    in_flight: int, latency_s: float, telemetry_on: bool, fault: bool
+) -> dict[str, Any]:
     from llm_server.core.config import FrameworkSettings
     from llm_server.core.implementations import DefaultOutputProcessor, ModelProcessor
     from llm_server.core.metrics_wrappers import PerformanceMetrics
@@ -56,6 +61,9 @@ async def measure(in_flight: int, latency_s: float, telemetry_on: bool) -> dict[
         from bench_telemetry import Sdk  # its folder: run as a script
 
         telemetry = Sdk().telemetry()
+    if fault:  # the breaker never opens: every request stays in flight through its retries
+        base["breaker_failure_threshold"] = 10**9  # consecutive failures: never reached
+        base["retry_initial_backoff_s"] = latency_s / 10
     manager = ModelManager(
         config_provider=YamlConfigProvider(CONFIG),
         settings=FrameworkSettings(otel_enabled=False, **base),
@@ -80,7 +88,9 @@ async def measure(in_flight: int, latency_s: float, telemetry_on: bool) -> dict[
 
     # Warm up at full concurrency: connection pools, lazy imports, caches reach their size.
     for round_ in range(2):
-        await asyncio.gather(*(request(round_ * in_flight + i) for i in range(in_flight)))
+        await asyncio.gather(
+            *(request(round_ * in_flight + i) for i in range(in_flight)), return_exceptions=True
+        )
     import gc
 
     gc.collect()
@@ -88,10 +98,11 @@ async def measure(in_flight: int, latency_s: float, telemetry_on: bool) -> dict[
     idle_rss = rss_bytes()
     idle = tracemalloc.take_snapshot()
     tasks = [asyncio.create_task(request(10_000 + i)) for i in range(in_flight)]
-    await asyncio.sleep(latency_s / 2)
+    await asyncio.sleep(latency_s * (1.5 if fault else 0.5))
     busy_rss = rss_bytes()
     busy = tracemalloc.take_snapshot()
-    await asyncio.gather(*tasks)
+    finished = sum(task.done() for task in tasks)  # 0: every request was in flight
+    await asyncio.gather(*tasks, return_exceptions=True)
     tracemalloc.stop()
     stats = busy.compare_to(idle, "filename")
     total = sum(s.size_diff for s in stats)
@@ -101,9 +112,11 @@ async def measure(in_flight: int, latency_s: float, telemetry_on: bool) -> dict[
     ]
     return {
         "in_flight": in_flight,
-        "telemetry": "genai + SDK" if telemetry_on else "off",
+        "telemetry": ("genai + SDK" if telemetry_on else "off")
+        + (", fault storm" if fault else ""),
         "heap_growth_kib_per_request": total / 1024 / in_flight,
         "rss_growth_kib_per_request": (busy_rss - idle_rss) / 1024 / in_flight,
+        "finished_at_read": finished,
         "top_files_kib": top,
     }
 
@@ -117,7 +130,9 @@ def _short(filename: str) -> str:
 
 def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
-    result = asyncio.run(measure(args.in_flight, args.latency_ms / 1000, args.telemetry))
+    result = asyncio.run(
+        measure(args.in_flight, args.latency_ms / 1000, args.telemetry, args.fault)
+    )
     json.dump(result, sys.stdout)
 
 
@@ -127,6 +142,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=2000)
     parser.add_argument("--telemetry", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fault", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -141,7 +157,9 @@ def main() -> None:
             "LLM_SERVER_PROVIDER_URL": provider.base_url,
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         }
-        for telemetry in (False, True):
+        for telemetry, fault in ((False, False), (True, False), (True, True)):
+            if fault:
+                provider.command("down")
             command = [
                 sys.executable,
                 __file__,
@@ -151,6 +169,7 @@ def main() -> None:
                 "--latency-ms",
                 str(args.latency_ms),
                 *(["--telemetry"] if telemetry else []),
+                *(["--fault"] if fault else []),
             ]
             out = subprocess.run(
                 command, env=env, capture_output=True, text=True, check=True, timeout=600
@@ -164,7 +183,8 @@ def main() -> None:
         print(
             f"\ntelemetry {result['telemetry']}: heap +{result['heap_growth_kib_per_request']:.1f}"
             f" KiB per request in flight (tracemalloc), RSS +"
-            f"{result['rss_growth_kib_per_request']:.1f} KiB per request"
+            f"{result['rss_growth_kib_per_request']:.1f} KiB per request "
+            f"({result['finished_at_read']} finished before the reading)"
         )
         for row in result["top_files_kib"]:
             print(f"  {row['kib']:>9.1f} KiB {row['blocks']:>8} blocks  {row['file']}")
