@@ -6,7 +6,7 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from llm_server.core.errors import (
     ConfigurationError,
+    LLMServerError,
     ModelNotFoundError,
 )
 from llm_server.core.implementations import ModelProcessor
@@ -34,13 +35,13 @@ __all__ = ["add_program_endpoint", "signature_models"]
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in {
-        400: "The body is not JSON",
+        400: "The body is not JSON, or nests deeper than LLM_SERVER_MAX_JSON_DEPTH",
         404: "Unknown model id, or the program is not registered",
         413: "The body is over max_request_bytes, or the prompt cannot fit the context window",
-        422: "The body does not match the request schema",
+        422: "The body does not match the request schema, or the model declined to answer",
         429: "The provider is rate limiting (Retry-After)",
         500: "An error in the service itself",
-        502: "The provider failed or answered unusably",
+        502: "The provider failed, or its answer was unparseable, cut at max_tokens or empty",
         503: "Every circuit breaker the call could use is open (Retry-After)",
         504: "The request deadline passed, or the provider timed out",
     }.items()
@@ -160,27 +161,57 @@ class _ProgramRunner:
         self._manager: Any = None
         self._version: str | None = None
         self._routes: dict[str, _Route] = {}
+        self._named: dict[tuple[str, str], _Route] = {}
 
-    def route(self, manager: Any, model_id: str) -> _Route:
+    def route(self, manager: Any, model_id: str, version: str | None = None) -> _Route:
+        """The cached route of the served version, or of a stored ``version`` by name.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+            ProgramNotFoundError: The program or the named version is unknown.
+        """
         metadata = manager.registry.get_program_metadata(self.program_id)
         if manager is not self._manager or metadata.version != self._version:
             self._manager, self._version, self._routes = manager, metadata.version, {}
+            self._named = {}
+        if version is not None and version != metadata.version:
+            # A stored version by name: immutable once saved, so cached until the app restarts
+            named = self._named.get((version, model_id))
+            if named is None:
+                named = self._build(
+                    manager, model_id, manager.get_version_metadata(self.program_id, version)
+                )
+                self._named[(version, model_id)] = named
+            return named
         route = self._routes.get(model_id)
         if route is None:
-            if model_id not in manager.model_info:
-                raise ModelNotFoundError(model_id, list(manager.model_info))
-            backend = manager.reliable_backend(self.program_id, model_id, version=metadata.version)
-            step = ModelProcessor(
-                backend,
-                accepted_types=[MediaType.STRUCTURED],
-                output_type=MediaType.STRUCTURED,
-                name=self.program_id,
-            )
-            check = getattr(manager.model_manager, "ensure_available", None)
-            available = functools.partial(check, model_id) if callable(check) else _always_available
-            route = _Route(Pipeline([step], name=self.program_id), metadata, available)
+            route = self._build(manager, model_id, metadata)
             self._routes[model_id] = route
         return route
+
+    def _build(self, manager: Any, model_id: str, metadata: Any) -> _Route:
+        if model_id not in manager.model_info:
+            raise ModelNotFoundError(model_id, list(manager.model_info))
+        backend = manager.reliable_backend(self.program_id, model_id, version=metadata.version)
+        step = ModelProcessor(
+            backend,
+            accepted_types=[MediaType.STRUCTURED],
+            output_type=MediaType.STRUCTURED,
+            name=self.program_id,
+        )
+        check = getattr(manager.model_manager, "ensure_available", None)
+        available = functools.partial(check, model_id) if callable(check) else _always_available
+        return _Route(Pipeline([step], name=self.program_id), metadata, available)
+
+
+async def _billed(call: Awaitable[PipelineData], metrics: PerformanceMetrics) -> PipelineData:
+    """Await ``call``; an error of ours leaves with what the request was billed (its
+    ``request_usage``, the error envelope's ``usage``)."""
+    try:
+        return await call
+    except LLMServerError as exc:
+        exc.request_usage = metrics.billed_usage()
+        raise
 
 
 def _model_block(
@@ -197,6 +228,20 @@ def _model_block(
 def _dump(info: Any) -> dict[str, Any]:
     dump = getattr(info, "model_dump", None)
     return dict(dump(by_alias=True)) if callable(dump) else dict(info)
+
+
+def envelope(
+    pm: Any, model_id: str, route: _Route, metrics: PerformanceMetrics, result: PipelineData
+) -> dict[str, Any]:
+    """The success envelope of one program call (shared with the OpenAI-compatible routes)."""
+    metrics.mark_checkpoint("pipeline_complete")
+    metadata = MetadataCollector.collect_response_metadata(
+        model_id=model_id,
+        program_metadata=route.program_metadata,
+        performance_metrics=metrics.get_summary(),
+        model_info=_model_block(pm.model_info, model_id, result.metadata),
+    )
+    return {"success": True, "data": result.content, "metadata": metadata}
 
 
 def add_program_endpoint(
@@ -266,18 +311,6 @@ def add_program_endpoint(
     input_names = tuple(signature.input_fields)
     runner = _ProgramRunner(program_id)
 
-    def envelope(
-        pm: Any, model_id: str, route: _Route, metrics: PerformanceMetrics, result: PipelineData
-    ) -> dict[str, Any]:
-        metrics.mark_checkpoint("pipeline_complete")
-        metadata = MetadataCollector.collect_response_metadata(
-            model_id=model_id,
-            program_metadata=route.program_metadata,
-            performance_metrics=metrics.get_summary(),
-            model_info=_model_block(pm.model_info, model_id, result.metadata),
-        )
-        return {"success": True, "data": result.content, "metadata": metadata}
-
     def prepared(request: Request, body: Any) -> tuple[Any, str, _Route, PipelineData]:
         pm = manager if manager is not None else get_program_manager(request)
         model_id: str = body.model_id
@@ -290,7 +323,7 @@ def add_program_endpoint(
         pm, model_id, route, data = prepared(request, body)
         metrics = PerformanceMetrics()
         with log_context(program_id=program_id, model_id=model_id):
-            result = await route.pipeline.execute(data)
+            result = await _billed(route.pipeline.execute(data), metrics)
         return envelope(pm, model_id, route, metrics, result)
 
     async def stream_endpoint(request: Request, body: Any) -> Response:
@@ -301,7 +334,7 @@ def add_program_endpoint(
             return envelope(pm, model_id, route, metrics, result)
 
         with log_context(program_id=program_id, model_id=model_id):
-            events = stream_events(lambda: route.pipeline.execute(data))
+            events = stream_events(lambda: _billed(route.pipeline.execute(data), metrics))
             return await sse_response(
                 events, done=done, on_first_delta=lambda: metrics.mark_checkpoint("first_token")
             )
