@@ -141,7 +141,7 @@ COMPONENTS: tuple[Component, ...] = (
         "bench_telemetry_levels.py",
         "the library's telemetry CPU per request around a real model call, by detail level "
         "(the reference app's handler body in process: FastAPI's own telemetry not involved)",
-        quick_args=("--calls", "160", "--rounds", "3"),
+        quick_args=("--calls", "32", "--rounds", "16"),
         figures=(
             Figure(
                 "library telemetry per request, default level (us)",

@@ -18,9 +18,10 @@ measures end to end. Variants, each with its own ``ModelManager`` and ``Telemetr
 - ``full``: ``LLM_SERVER_TELEMETRY_DETAIL=full`` with the same SDK.
 
 CPU is this process's (``time.process_time``: every thread, the SDK's batch thread included;
-not the provider's), per request; the variants alternate in rounds (the order reversed every
-other round) and the median round is kept, which holds up on a loaded machine where wall time
-does not.
+not the provider's), per request. On a machine shared with other work the CPU time of the same
+code drifts with the load (two runs' ``off`` differed by 15 %), so the variants alternate in
+many short rounds (the order reversed every other round) and each variant's cost is the median
+of its differences with ``off`` *in the same round*, printed with their interquartile range.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ async def cpu_per_call(call: Call, calls: int, offset: int) -> float:
     return (time.process_time() - started) / calls * 1e6
 
 
-async def measure(calls: int, rounds: int) -> dict[str, float]:
+async def measure(calls: int, rounds: int) -> dict[str, list[float]]:
+    """Each variant's CPU microseconds per request, one sample per round."""
     runs = variants()
     offset = 0
     for call in runs.values():  # warm up: connection pools, lazy imports, first spans
@@ -162,31 +164,37 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
         for name in names:
             samples[name].append(await cpu_per_call(runs[name], calls, offset))
             offset += calls
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=480)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=64, help="requests per variant and round")
+    parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     with _procs.provider() as provider:
         os.environ["LLM_SERVER_PROVIDER_URL"] = provider.base_url
-        results = asyncio.run(measure(args.calls, args.rounds))
-    base = results["off"]
+        samples = asyncio.run(measure(args.calls, args.rounds))
+    off = samples["off"]
     print(
-        f"bench_telemetry_levels: {args.calls} requests x {args.rounds} rounds, "
-        f"{IN_FLIGHT} in flight, process CPU, median round"
+        f"bench_telemetry_levels: {args.calls} requests x {args.rounds} rounds per variant, "
+        f"{IN_FLIGHT} in flight, process CPU; telemetry = median of the paired differences "
+        "with off in the same round (interquartile range)"
     )
-    print(f"\n  {'variant':<20}{'us/request':>12}{'telemetry us':>14}{'ratio':>8}")
-    for name, value in results.items():
-        print(f"  {name:<20}{value:>12.1f}{value - base:>14.1f}{value / base:>8.3f}")
+    print(f"\n  {'variant':<20}{'us/request':>12}{'telemetry us':>14}{'IQR':>18}")
+    telemetry: dict[str, float] = {}
+    for name, values in samples.items():
+        diffs = sorted(v - o for v, o in zip(values, off, strict=True))
+        q1, median, q3 = statistics.quantiles(diffs, n=4)
+        telemetry[name] = median
+        iqr = f"{q1:.0f} .. {q3:.0f}"
+        print(f"  {name:<20}{statistics.median(values):>12.1f}{median:>14.1f}{iqr:>18}")
     print(
-        f"\nlibrary telemetry per request (genai - off): {results['genai'] - base:.1f} us "
+        f"\nlibrary telemetry per request (genai - off): {telemetry['genai']:.1f} us "
         "(target <= 150)"
     )
-    print(f"library telemetry per request (full - off): {results['full'] - base:.1f} us")
+    print(f"library telemetry per request (full - off): {telemetry['full']:.1f} us")
 
 
 if __name__ == "__main__":
