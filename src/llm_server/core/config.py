@@ -17,9 +17,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry._redaction import redact
 
-__all__ = ["Engine", "FrameworkSettings"]
+__all__ = ["Engine", "FrameworkSettings", "TelemetryDetail"]
 
 Engine = Literal["auto", "litellm"]
+TelemetryDetail = Literal["genai", "full"]
+"""How much telemetry the library records: ``genai`` (the default: the GenAI conventions'
+model-call span and metrics plus the library's cost, error and refusal signals) or ``full``
+(also pipeline and step spans and durations, the legacy ``llm.*`` span attributes and per-call
+extras: model calls in flight, the wait for a connection)."""
 
 
 class FrameworkSettings(BaseSettings):
@@ -64,10 +69,17 @@ class FrameworkSettings(BaseSettings):
         default=2000, gt=0, validation_alias=AliasChoices("LLM_SERVER_OTEL_CONTENT_MAX_LENGTH")
     )
     """Characters of captured content kept per attribute."""
-    otel_llm_attributes: bool = Field(
-        default=True, validation_alias=AliasChoices("LLM_SERVER_OTEL_LLM_ATTRIBUTES")
+    telemetry_detail: TelemetryDetail = Field(
+        default="genai", validation_alias=AliasChoices("LLM_SERVER_TELEMETRY_DETAIL")
     )
-    """Also set the legacy ``llm.*`` span attributes next to the ``gen_ai.*`` ones."""
+    """``genai`` records what the GenAI conventions' dashboards and alerts need, each signal
+    once; ``full`` adds pipeline and step spans and durations, the legacy ``llm.*`` attributes,
+    the in-flight calls counter and the connection-wait histogram (see :data:`TelemetryDetail`)."""
+    otel_llm_attributes: bool | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_OTEL_LLM_ATTRIBUTES")
+    )
+    """Also set the legacy ``llm.*`` span attributes next to the ``gen_ai.*`` ones (unset: only
+    at ``telemetry_detail="full"``)."""
 
     # --- model layer ---
     llm_programs_dir: Path = Field(
