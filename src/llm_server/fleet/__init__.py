@@ -37,7 +37,7 @@ from llm_server.fleet._breakers import RedisBreakerStore
 from llm_server.fleet._cache import SharedResponseCache
 from llm_server.fleet._connection import FleetConnection
 from llm_server.fleet._limits import RedisLimitCounters
-from llm_server.fleet._usage import RedisUsageCounters
+from llm_server.fleet._usage import RedisUsageCounters, check_persistence
 
 __all__ = [
     "Fleet",
@@ -46,6 +46,7 @@ __all__ = [
     "RedisLimitCounters",
     "RedisUsageCounters",
     "SharedResponseCache",
+    "check_persistence",
 ]
 
 
@@ -68,10 +69,12 @@ class Fleet:
 
         Checks the connection once: bad credentials (or, with ``LLM_SERVER_REDIS_REQUIRED``,
         an unreachable Redis) fail startup; an unreachable Redis otherwise starts the process
-        on local state, with one warning.
+        on local state, with one warning. A Redis without persistence logs an error (fails
+        startup with ``LLM_SERVER_REDIS_PERSISTENCE_REQUIRED``): see :func:`check_persistence`.
 
         Raises:
-            ConfigurationError: The URL is unusable, or Redis refused the credentials.
+            ConfigurationError: The URL is unusable, Redis refused the credentials, or
+                (``LLM_SERVER_REDIS_PERSISTENCE_REQUIRED``) keeps no data across a restart.
         """
         if settings.redis_url is None:
             return None
@@ -83,6 +86,8 @@ class Fleet:
             timeout_s=settings.redis_timeout_s,
         )
         connection.check(required=settings.redis_required)
+        if not connection.fallback:
+            check_persistence(connection, required=settings.redis_persistence_required)
         return cls(connection)
 
     def start(self) -> None:
@@ -90,8 +95,10 @@ class Fleet:
         self.connection.start()
 
     def close(self) -> None:
-        """Stop the sync thread and close the connection."""
+        """Stop the sync thread, write what is pending, close the connection, and log the
+        charges that could not be written."""
         self.connection.close()
+        self.usage.report_unwritten()
 
     async def aclose(self) -> None:
         """Close the running loop's async client."""
