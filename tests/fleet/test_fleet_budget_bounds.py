@@ -4,6 +4,7 @@ after timeouts, the last charges written at close, a bounded view, and persisten
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -106,6 +107,16 @@ def periods(budget: Budget, key: str = "d20261130") -> tuple[PeriodLimit, ...]:
     return (PeriodLimit(key, time.time() + 3600, budget),)
 
 
+BUSY_40_MS = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+while true do
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000000 + tonumber(now[2]) - start > 40000 then return 1 end
+end
+"""
+
+
 def test_a_batch_timed_out_after_redis_applied_it_is_applied_once(
     killable_redis: RedisExecutor, connect: Connect
 ) -> None:
@@ -116,18 +127,22 @@ def test_a_batch_timed_out_after_redis_applied_it_is_applied_once(
     try:
         for _ in range(100):
             counters.settle("acme", periods(Budget()), Usage(1, 100, 0.1), Usage())
-            admin.client_pause(25)  # the batch is applied after the client gave up on it
+            # Redis is busy for 40 ms (a script): the batch waits in its socket, the client
+            # gives up after 10 ms, then Redis reads the batch and applies it anyway.
+            busy = threading.Thread(target=admin.eval, args=(BUSY_40_MS, 0))
+            busy.start()
+            time.sleep(0.005)
             try:
                 counters.flush()
             except redis.TimeoutError:
                 timed_out += 1
+            busy.join()
             while True:  # re-sent with its number until answered (as the sync thread does)
-                time.sleep(0.03)
                 try:
                     counters.flush()
                     break
                 except redis.TimeoutError:
-                    pass
+                    time.sleep(0.02)
         key = connection.key("budget", "acme", "d20261130")
         totals = admin.hgetall(key)
     finally:
