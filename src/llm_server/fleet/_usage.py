@@ -265,8 +265,8 @@ class RedisUsageCounters:
         if count:
             _log.error(
                 "fleet: %d tenant periods' charges were not written to Redis at %s before "
-                "shutdown and are lost to the fleet's budgets: %d requests, %d tokens, "
-                "$%.6f in all",
+                "shutdown (or their last write was never confirmed) and are lost to the "
+                "fleet's budgets: %d requests, %d tokens, $%.6f in all",
                 count,
                 self._conn.display_url,
                 total.requests,
