@@ -256,3 +256,32 @@ def test_fleet_settings_check_persistence_at_startup(
         admin.config_set("save", saved[0])
         admin.config_set("appendonly", saved[1])
         admin.close()
+
+
+async def test_while_redis_is_down_each_process_keeps_the_bound_on_its_own(
+    provider: LocalProvider, tmp_path: Path, killable_redis: RedisExecutor, prefix: str
+) -> None:
+    with killable_redis.stopped():
+        manager = fleet_manager(provider, tmp_path, url_of(killable_redis), prefix)
+        assert manager.fleet is not None
+        assert manager.fleet.connection.fallback
+        backend = manager.reliable_backend(dspy.Predict(Summarize), "m")
+        outcomes: list[str] = []
+
+        async def one(index: int) -> None:
+            with tenant_scope("acme"):
+                try:
+                    await backend.predict({"text": f"text number {index}"})
+                except BudgetExceededError as error:
+                    outcomes.append("local refusal" if not error.fleet else "fleet refusal")
+                else:
+                    outcomes.append("served")
+
+        try:
+            async with anyio.create_task_group() as tasks:
+                for index in range(50):
+                    tasks.start_soon(one, index)
+            assert outcomes.count("served") == len(provider.requests) == 5
+            assert outcomes.count("local refusal") == 45
+        finally:
+            await manager.aclose()
