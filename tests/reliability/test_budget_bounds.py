@@ -40,7 +40,9 @@ def provider() -> Iterator[LocalProvider]:
         yield local
 
 
-def priced_models(provider: LocalProvider, budgets: dict[str, Any]) -> StaticConfigProvider:
+def priced_models(
+    provider: LocalProvider, budgets: dict[str, Any], pricing: dict[str, float] | None = None
+) -> StaticConfigProvider:
     return StaticConfigProvider(
         {
             "m": {
@@ -48,7 +50,7 @@ def priced_models(provider: LocalProvider, budgets: dict[str, Any]) -> StaticCon
                 "api_base": provider.openai_api_base,
                 "api_key": "sk-test",
                 "max_tokens": 100,
-                "pricing": {"input_per_million": 0, "output_per_million": 10_000},
+                "pricing": pricing or {"input_per_million": 0, "output_per_million": 10_000},
             }
         },
         budgets=budgets,
@@ -154,3 +156,50 @@ async def test_a_settled_reservation_releases_what_it_held() -> None:
     limits.settle(reservation, Usage(1, 50, 0.1))  # twice: charged once
     assert limits.held("acme", "d20261130") == Usage()
     assert (await limits.usage("acme"))["day"][0] == Usage(1, 50, 0.1)
+
+
+class SyncSummarizer(dspy.Module):  # type: ignore[misc]  # dspy is untyped
+    """A program with only ``forward``: served in worker threads, its model calls synchronous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.summarize = dspy.Predict(Summarize)
+
+    def forward(self, text: str) -> Any:
+        return self.summarize(text=text)
+
+
+async def test_synchronous_programs_hold_their_model_calls_estimates_too(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    # the price is all in the prompt, so each call costs exactly its estimate (about $1.2)
+    config = priced_models(
+        provider,
+        {"acme": {"per_day": {"cost_usd": 5}}},
+        {"input_per_million": 10_000, "output_per_million": 0},
+    )
+    settings = FrameworkSettings(
+        otel_enabled=False, llm_programs_dir=tmp_path / "programs", retry_max_attempts=1
+    )
+    manager = ModelManager(config_provider=config, settings=settings)
+    backend = manager.reliable_backend(SyncSummarizer(), "m")
+    served = 0
+
+    async def one(index: int) -> None:
+        nonlocal served
+        with tenant_scope("acme"):
+            try:
+                await backend.predict({"text": f"text number {index}"})
+            except BudgetExceededError:
+                return
+            served += 1
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for index in range(20):
+                tasks.start_soon(one, index)
+        used = (await manager.budgets.usage("acme"))["day"][0]
+        assert served == len(provider.requests) <= 5
+        assert used.cost_usd < 5 + 1.5  # at most one call's estimate over the budget
+    finally:
+        await manager.aclose()

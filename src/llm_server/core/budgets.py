@@ -33,6 +33,7 @@ from llm_server.core.reliability._budgets import (
     UsageCounters,
     current_tenant,
     reserve_model_call,
+    reserve_model_call_from_thread,
     set_tenant,
     tenant_scope,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "UsageCounters",
     "current_tenant",
     "reserve_model_call",
+    "reserve_model_call_from_thread",
     "set_tenant",
     "tenant_scope",
 ]

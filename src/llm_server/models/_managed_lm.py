@@ -34,7 +34,10 @@ from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
 from llm_server.core.errors import ConfigurationError, ContextWindowExceededError  # noqa: E402
 from llm_server.core.model_config import ModelConfig  # noqa: E402
 from llm_server.core.pricing import ModelPrice  # noqa: E402
-from llm_server.core.reliability._budgets import reserve_model_call  # noqa: E402
+from llm_server.core.reliability._budgets import (  # noqa: E402
+    reserve_model_call,
+    reserve_model_call_from_thread,
+)
 from llm_server.core.reliability._rate_limit import Grant, RateLimiter  # noqa: E402
 from llm_server.core.tokens import count_message_tokens  # noqa: E402
 from llm_server.models._engine import (  # noqa: E402
@@ -221,6 +224,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         """``dspy.LM.__call__`` (sync programs, optimizers), taken from the rate limit first."""
+        reserve_model_call_from_thread(lambda: self._estimate(prompt, messages))
         limiter = self._limiter
         if limiter is None:
             return super().__call__(prompt, messages=messages, **kwargs)

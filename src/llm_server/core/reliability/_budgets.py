@@ -24,6 +24,8 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
+import anyio.from_thread
+
 from llm_server.core.errors import BudgetExceededError, ConfigurationError
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.protocols import ModelBackend
@@ -43,6 +45,7 @@ __all__ = [
     "UsageCounters",
     "current_tenant",
     "reserve_model_call",
+    "reserve_model_call_from_thread",
     "set_tenant",
     "tenant_scope",
 ]
@@ -259,6 +262,31 @@ async def reserve_model_call(estimate: Callable[[], tuple[int, float]]) -> None:
     except BudgetExceededError:
         reservation.refused = True
         raise
+    reservation.model_calls += 1
+
+
+def reserve_model_call_from_thread(estimate: Callable[[], tuple[int, float]]) -> None:
+    """:func:`reserve_model_call` for a synchronous model call in a worker thread that runs a
+    sync program (``anyio.to_thread``): the reservation is made on the event loop.
+
+    Outside such a thread (an optimizer's own thread) there is no loop to reserve on, and only
+    the call's request, held at the door, counts.
+
+    Raises:
+        BudgetExceededError: The tenant's token or cost budget has no room left.
+    """
+    reservation = _reservation.get()
+    if reservation is None or reservation.settled or not reservation.counts_tokens:
+        return
+    tokens, cost_usd = estimate()
+    amount = Usage(0, tokens, cost_usd)
+    try:
+        anyio.from_thread.run(reservation.owner.reserve_more, reservation, amount)
+    except BudgetExceededError:
+        reservation.refused = True
+        raise
+    except RuntimeError:  # not an anyio worker thread (anyio's NoEventLoopError and older)
+        return
     reservation.model_calls += 1
 
 
