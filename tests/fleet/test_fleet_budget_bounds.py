@@ -176,6 +176,7 @@ async def test_charges_unwritten_at_shutdown_are_logged_with_their_totals(
     fleet = Fleet(connect(url_of(killable_redis)))
     with killable_redis.stopped():
         fleet.usage.settle("acme", periods(Budget()), Usage(2, 300, 1.25), Usage())
+        assert fleet.describe()["charges_unwritten"] == 1  # what /models shows
         with caplog.at_level(logging.ERROR, logger="llm_server.fleet"):
             fleet.close()
     lost = [r.getMessage() for r in caplog.records if "not written to Redis" in r.getMessage()]

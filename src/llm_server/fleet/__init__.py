@@ -105,5 +105,6 @@ class Fleet:
         await self.connection.aclose()
 
     def describe(self) -> dict[str, Any]:
-        """The fleet's health (for ``/health`` and ``/models``)."""
-        return self.connection.describe()
+        """The fleet's health (for ``/health`` and ``/models``), with the tenant periods whose
+        budget charges are not yet written."""
+        return {**self.connection.describe(), "charges_unwritten": self.usage.unwritten()[0]}
