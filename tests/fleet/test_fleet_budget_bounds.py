@@ -286,3 +286,25 @@ async def test_while_redis_is_down_each_process_keeps_the_bound_on_its_own(
             assert outcomes.count("local refusal") == 45
         finally:
             await manager.aclose()
+
+
+async def test_budgets_on_a_redis_without_persistence_log_an_error_at_startup(
+    killable_redis: RedisExecutor,
+    tmp_path: Path,
+    prefix: str,
+    provider: LocalProvider,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = redis.Redis(host=killable_redis.host, port=killable_redis.port, protocol=2)
+    saved = admin.config_get("save")["save"], admin.config_get("appendonly")["appendonly"]
+    admin.config_set("save", "")
+    admin.config_set("appendonly", "no")
+    try:
+        with caplog.at_level(logging.ERROR, logger="llm_server.fleet"):
+            manager = fleet_manager(provider, tmp_path, url_of(killable_redis), prefix)
+        await manager.aclose()
+    finally:
+        admin.config_set("save", saved[0])
+        admin.config_set("appendonly", saved[1])
+        admin.close()
+    assert "resets every tenant's budget usage to zero" in caplog.text

@@ -193,7 +193,8 @@ class FrameworkSettings(BaseSettings):
         default=False, validation_alias=AliasChoices("LLM_SERVER_REDIS_PERSISTENCE_REQUIRED")
     )
     """Fail startup when Redis keeps no data across a restart (neither AOF nor RDB snapshots):
-    tenants' budget usage lives there. Default: start, and log an error that says so."""
+    tenants' budget usage lives there. Default: start, and log an error that says so when
+    budgets are configured."""
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -69,8 +69,8 @@ class Fleet:
 
         Checks the connection once: bad credentials (or, with ``LLM_SERVER_REDIS_REQUIRED``,
         an unreachable Redis) fail startup; an unreachable Redis otherwise starts the process
-        on local state, with one warning. A Redis without persistence logs an error (fails
-        startup with ``LLM_SERVER_REDIS_PERSISTENCE_REQUIRED``): see :func:`check_persistence`.
+        on local state, with one warning. With ``LLM_SERVER_REDIS_PERSISTENCE_REQUIRED``, a
+        Redis that keeps no data across a restart fails startup (:func:`check_persistence`).
 
         Raises:
             ConfigurationError: The URL is unusable, Redis refused the credentials, or
@@ -86,9 +86,15 @@ class Fleet:
             timeout_s=settings.redis_timeout_s,
         )
         connection.check(required=settings.redis_required)
-        if not connection.fallback:
-            check_persistence(connection, required=settings.redis_persistence_required)
+        if settings.redis_persistence_required and not connection.fallback:
+            check_persistence(connection, required=True)
         return cls(connection)
+
+    def check_budget_durability(self) -> None:
+        """With budgets configured: log an error when Redis keeps no data across a restart
+        (their usage lives there; see :func:`check_persistence`)."""
+        if not self.connection.fallback:
+            check_persistence(self.connection, required=False)
 
     def start(self) -> None:
         """Start the background sync thread (after every breaker registered)."""

@@ -213,6 +213,8 @@ class ModelManager:
             usage_counters=self.fleet.usage if self.fleet is not None else None,
         )
         self.budgets: TenantBudgets = self._stack.budgets
+        if self.fleet is not None and self.budgets.configured:
+            self.fleet.check_budget_durability()  # budgets' usage lives in Redis
         self.breakers: dict[str, CircuitBreaker] = self._stack.breakers
         self.limiters: dict[str, RateLimiter] = self._stack.limiters
         for model_id, limiter in self.limiters.items():
