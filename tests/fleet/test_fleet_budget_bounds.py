@@ -308,3 +308,33 @@ async def test_budgets_on_a_redis_without_persistence_log_an_error_at_startup(
         admin.config_set("appendonly", saved[1])
         admin.close()
     assert "resets every tenant's budget usage to zero" in caplog.text
+
+
+async def test_a_reservation_whose_reply_was_lost_is_released(
+    killable_redis: RedisExecutor, connect: Connect
+) -> None:
+    connection = connect(url_of(killable_redis), timeout_s=0.01)
+    counters = RedisUsageCounters(connection)
+    admin = redis.Redis(host=killable_redis.host, port=killable_redis.port, protocol=2)
+    held = connection.key("budget", "acme", "d20261130") + ":held"
+    mine = f"{connection.process_id}:r".encode()
+    try:
+        await connection.async_client().ping()  # connected: the reservation itself is late
+        busy = threading.Thread(target=admin.eval, args=(BUSY_40_MS, 0))
+        busy.start()
+        await anyio.sleep(0.005)
+        verdict = await counters.reserve("acme", periods(Budget(5)), Usage(1), ("requests",))
+        busy.join()
+        assert verdict is None  # timed out: the call is decided locally
+        await anyio.sleep(0.05)
+        assert admin.hget(held, mine) == b"1"  # but Redis did hold it
+        for _ in range(50):  # the sync thread's next batch releases it
+            try:
+                counters.flush()
+                break
+            except redis.TimeoutError:
+                await anyio.sleep(0.02)
+        assert admin.hget(held, mine) is None
+    finally:
+        admin.close()
+        await connection.aclose()
