@@ -206,7 +206,8 @@ async def test_a_dead_processs_holds_are_dropped_by_the_next_reservation(
     budget = Budget(requests=1)
     dead, alive = RedisUsageCounters(connect()), RedisUsageCounters(connect())
     assert await dead.reserve("acme", periods(budget), Usage(1), ("requests",)) is True
-    assert await alive.reserve("acme", periods(budget), Usage(1), ("requests",)) == (0, "requests")
+    refused = await alive.reserve("acme", periods(budget), Usage(1), ("requests",))
+    assert refused == (0, "requests", False)  # held by a call in flight, not spent
     dead_id = dead._conn.process_id
     dead._conn.client.zrem(dead._conn.key("members"), dead_id)  # it stopped beating
     assert await alive.reserve("acme", periods(budget), Usage(1), ("requests",)) is True

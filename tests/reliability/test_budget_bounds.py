@@ -147,6 +147,21 @@ async def test_just_under_the_limit_one_more_call_is_admitted(
     assert guarded.wrapped.calls == 2  # type: ignore[attr-defined]
 
 
+async def test_a_refusal_for_room_held_by_calls_in_flight_says_so_and_retries_soon() -> None:
+    limits = TenantBudgets({"acme": {"day": Budget(requests=1)}}, wall_clock=lambda: NOW)
+    in_flight = await limits.reserve("acme")
+    assert in_flight is not None
+    with pytest.raises(BudgetExceededError) as caught:
+        await limits.reserve("acme")
+    assert "calls in flight hold the rest" in str(caught.value)
+    assert caught.value.retry_after_s == 1.0  # not midnight: the hold may come back
+    limits.settle(in_flight, Usage(1))
+    with pytest.raises(BudgetExceededError) as spent:
+        await limits.reserve("acme")
+    assert "spent its requests budget" in str(spent.value)
+    assert spent.value.retry_after_s == pytest.approx(12 * 3600)  # noon -> midnight UTC
+
+
 async def test_a_settled_reservation_releases_what_it_held() -> None:
     limits = TenantBudgets({"acme": {"day": Budget(requests=2)}}, wall_clock=lambda: NOW)
     reservation = await limits.reserve("acme")

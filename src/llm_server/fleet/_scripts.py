@@ -253,8 +253,8 @@ BUDGET_RESERVE = (
 -- KEYS: the members set, then per period: totals, held. ARGV: process id, requests, tokens,
 -- cost to hold, then which kinds are checked ('1'/'0': requests, tokens, cost), then per
 -- period: the three limits ('' = none) and the held key's expiry (unix s). A period whose
--- totals plus holds reach a checked limit refuses: returns {period index, kind}; else all
--- periods hold the amount: returns {0, ''}.
+-- totals plus holds reach a checked limit refuses: returns {period index, kind, 1 if the
+-- totals alone reach it else 0}; else all periods hold the amount: returns {0, '', 0}.
 local now = now_ms()
 local pid = ARGV[1]
 local amount = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
@@ -265,7 +265,8 @@ local periods = (#KEYS - 1) / 2
 for p = 1, periods do
   local totals, held = KEYS[2 * p], KEYS[2 * p + 1]
   local v = redis.call('HMGET', totals, 'requests', 'tokens', 'cost_usd')
-  local sum = {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')}
+  local used = {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')}
+  local sum = {used[1], used[2], used[3]}
   local fields = redis.call('HGETALL', held)
   for i = 1, #fields, 2 do
     local owner = string.sub(fields[i], 1, -3)
@@ -285,7 +286,9 @@ for p = 1, periods do
   for k = 1, 3 do
     local limit = ARGV[base + k]
     if checked[k] and limit ~= '' and sum[k] >= tonumber(limit) then
-      return {p, kinds[k]}
+      local spent = 0
+      if used[k] >= tonumber(limit) then spent = 1 end
+      return {p, kinds[k], spent}
     end
   end
 end
@@ -296,7 +299,7 @@ for p = 1, periods do
   if amount[3] > 0 then redis.call('HINCRBYFLOAT', held, pid .. ':c', ARGV[4]) end
   redis.call('EXPIREAT', held, tonumber(ARGV[7 + (p - 1) * 4 + 4]))
 end
-return {0, ''}
+return {0, '', 0}
 """
 )
 

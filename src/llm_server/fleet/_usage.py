@@ -144,7 +144,7 @@ class RedisUsageCounters:
 
     async def reserve(
         self, tenant: str, periods: Sequence[PeriodLimit], amount: Usage, kinds: Sequence[str]
-    ) -> tuple[int, str] | Literal[True] | None:
+    ) -> tuple[int, str, bool] | Literal[True] | None:
         """Hold ``amount`` for this process in every period, if the fleet has room (one round
         trip); ``None`` when Redis cannot decide now (the caller decides locally)."""
         conn = self._conn
@@ -168,7 +168,7 @@ class RedisUsageCounters:
                 _scripts.BUDGET_RESERVE
             )
         try:
-            index, kind = await script(keys=keys, args=args)
+            index, kind, spent = await script(keys=keys, args=args)
         except RedisFailure as exc:
             conn.failed(exc)
             # Redis may have held it before the reply was lost: release it with the next batch
@@ -179,7 +179,8 @@ class RedisUsageCounters:
             return None
         if int(index) == 0:
             return True
-        return int(index) - 1, kind.decode() if isinstance(kind, bytes) else str(kind)
+        what = kind.decode() if isinstance(kind, bytes) else str(kind)
+        return int(index) - 1, what, bool(int(spent))
 
     def settle(
         self, tenant: str, periods: Sequence[PeriodLimit], usage: Usage, released: Usage

@@ -163,10 +163,11 @@ class SharedReservations(Protocol):
         periods: Sequence[PeriodLimit],
         amount: Usage,
         kinds: Sequence[str],
-    ) -> tuple[int, str] | Literal[True] | None:
+    ) -> tuple[int, str, bool] | Literal[True] | None:
         """Reserve ``amount`` in every period if the fleet's usage plus its reservations
-        leave room in each checked kind: ``True`` (reserved), ``(period index, kind)`` (no
-        room: nothing reserved), or ``None`` (the store cannot decide now: decide locally)."""
+        leave room in each checked kind: ``True`` (reserved), ``(period index, kind, spent)``
+        (no room, nothing reserved; ``spent``: usage alone reached the limit, not only what
+        calls in flight hold), or ``None`` (the store cannot decide now: decide locally)."""
         ...
 
     def settle(
@@ -401,12 +402,12 @@ class TenantBudgets:
 
     async def _take(self, reservation: Reservation, amount: Usage, kinds: Sequence[str]) -> None:
         tenant, periods = reservation.tenant, reservation.periods
-        shared_verdict: tuple[int, str] | Literal[True] | None = None
+        shared_verdict: tuple[int, str, bool] | Literal[True] | None = None
         if self._shared is not None:
             shared_verdict = await self._shared.reserve(tenant, periods, amount, kinds)
             if isinstance(shared_verdict, tuple):
-                index, what = shared_verdict
-                self._refuse(reservation, periods[index], what, fleet=True)
+                index, what, spent_alone = shared_verdict
+                self._refuse(reservation, periods[index], what, fleet=True, held=not spent_alone)
         seen = [await self.counters.usage(tenant, p.key) for p in periods]
         with self._lock:  # no await from here on: the check and the hold are one step
             if shared_verdict is None:
@@ -414,7 +415,8 @@ class TenantBudgets:
                     committed = used + self._held.get((tenant, limit.key), Usage())
                     spent = _spent(limit.budget, committed, kinds)
                     if spent is not None:
-                        self._refuse(reservation, limit, spent[0], fleet=fleet)
+                        held = _spent(limit.budget, used, kinds) is None
+                        self._refuse(reservation, limit, spent[0], fleet=fleet, held=held)
             for limit in periods:
                 slot = (tenant, limit.key)
                 self._held[slot] = self._held.get(slot, Usage()) + amount
@@ -454,8 +456,16 @@ class TenantBudgets:
             self.counters.charge(tenant, key, usage, ends)
 
     def _refuse(
-        self, reservation: Reservation, limit: PeriodLimit, what: str, *, fleet: bool
+        self,
+        reservation: Reservation,
+        limit: PeriodLimit,
+        what: str,
+        *,
+        fleet: bool,
+        held: bool,
     ) -> NoReturn:
+        """Raise the refusal; ``held``: the rest of the budget is held by calls in flight (it
+        may come back when they end: retry in a second, not at the period's end)."""
         period: Period = "day" if limit.key.startswith("d") else "month"
         raise self._refusal(
             reservation.tenant,
@@ -464,6 +474,7 @@ class TenantBudgets:
             self._now(),
             _describe(limit.budget, what),
             fleet=fleet,
+            held=held,
         )
 
     def _refusal(
@@ -475,6 +486,7 @@ class TenantBudgets:
         spent: tuple[str, str],
         *,
         fleet: bool,
+        held: bool = False,
     ) -> BudgetExceededError:
         if fleet:
             self.refused_fleet += 1
@@ -482,10 +494,20 @@ class TenantBudgets:
             self.refused_local += 1
         what, limit = spent
         scope = "the fleet's" if fleet else "this process's"
+        renews = f"{dt.datetime.fromtimestamp(ends, tz=dt.UTC):%Y-%m-%d %H:%M} UTC"
+        if held:
+            return BudgetExceededError(
+                f"tenant {tenant!r} has no room left in its {what} budget for this {period} "
+                f"({limit} per {period}, by {scope} count): calls in flight hold the rest, "
+                "and what they do not use comes back when they end",
+                tenant=tenant,
+                limit=f"{what}_per_{period}",
+                retry_after_s=1.0,
+                fleet=fleet,
+            )
         return BudgetExceededError(
             f"tenant {tenant!r} spent its {what} budget for this {period} "
-            f"({limit} per {period}, by {scope} count); it renews at "
-            f"{dt.datetime.fromtimestamp(ends, tz=dt.UTC):%Y-%m-%d %H:%M} UTC",
+            f"({limit} per {period}, by {scope} count); it renews at {renews}",
             tenant=tenant,
             limit=f"{what}_per_{period}",
             retry_after_s=max(1.0, ends - now),
