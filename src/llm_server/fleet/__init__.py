@@ -5,12 +5,15 @@ breaker and ``rate_limit:`` and each tenant's usage against its ``budgets:``; un
 process keeps its own (nothing here is imported).
 Needs the ``fleet`` extra (``pip install "llm-server-framework[fleet]"``: redis-py)::
 
-    request ──► breaker (local copy of the shared record: no round trip while closed)
-            ──► rate limit (one Lua script: requests and tokens taken at once)
+    request ──► tenant's budget (one Lua script: the call's reservation, fleet-wide)
+            ──► breaker (local copy of the shared record: no round trip while closed)
+            ──► shared cache (opt-in: a hit ends here)
+            ──► budget (the model call's estimate), rate limit (requests, tokens): a script each
             ──► provider
                   │ failure: written at once, may trip the fleet
                   │ success: summed, written every 100 ms     ┐
                   │ unused tokens: given back every 100 ms    ├ the sync thread
+                  │ budget charges: numbered batches, 100 ms  │
     pub/sub on every transition + re-read every 1 s            ┘
 
 While Redis is down or slow (each command times out after ``LLM_SERVER_REDIS_TIMEOUT_S``),
