@@ -14,7 +14,7 @@ import dspy
 import httpx
 import pytest
 from _fleet_helpers import url_of
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Header, HTTPException
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
@@ -26,6 +26,7 @@ from llm_server.fastapi import (
     install_error_handlers,
     llm_server_lifespan,
     tenant_header,
+    tenant_usage_router,
 )
 from llm_server.models.manager import ModelManager
 from llm_server.testing import LocalProvider, StaticConfigProvider
@@ -268,8 +269,18 @@ def budget_app(provider: LocalProvider, tmp_path: Path, **settings_values: Any) 
     )
     install_error_handlers(app)
     app.include_router(health_router())
+    app.include_router(tenant_usage_router(dependencies=[Depends(admin_only)]))
     add_program_endpoint(app, "summarize", signature=Summarize, default_model_id="gpt-4o-mini")
     return app
+
+
+async def admin_only(authorization: str = Header(default="")) -> None:
+    """The host's own guard (here a fixed token)."""
+    if authorization != "Bearer admin-token":
+        raise HTTPException(401, "admin credentials required")
+
+
+ADMIN = {"Authorization": "Bearer admin-token"}
 
 
 async def test_a_tenant_over_budget_gets_429_budget_exceeded(
@@ -297,7 +308,7 @@ async def test_a_tenant_over_budget_gets_429_budget_exceeded(
         )
         anonymous = await client.post("/programs/summarize", json={"text": "hi"})
         assert (other.status_code, anonymous.status_code) == (200, 200)
-        usage = (await client.get("/tenants/acme/usage")).json()
+        usage = (await client.get("/tenants/acme/usage", headers=ADMIN)).json()
         assert usage["periods"]["day"]["requests"] == 2
         assert usage["periods"]["day"]["tokens"] > 0
         assert usage["periods"]["day"]["budget_requests"] == 2
@@ -325,7 +336,7 @@ async def test_a_tenant_budget_is_shared_by_the_fleet(
         refused = await two.post("/programs/summarize", json={"text": "c"}, headers=acme)
         assert refused.status_code == 429
         assert "by the fleet's count" in refused.json()["error"]["message"]
-        usage = (await two.get("/tenants/acme/usage")).json()
+        usage = (await two.get("/tenants/acme/usage", headers=ADMIN)).json()
         assert usage["shared"] is True
         assert usage["periods"]["day"]["requests"] == 2
 
@@ -342,3 +353,35 @@ def test_synchronous_calls_take_from_the_rate_limit_too(
     assert lm("hi")
     with pytest.raises(RateLimitExceededError, match="this process's rate_limit"):
         lm("again")
+
+
+async def test_the_usage_route_needs_the_hosts_credentials(
+    tmp_path: Path, provider: LocalProvider
+) -> None:
+    async with serving(budget_app(provider, tmp_path)) as client:
+        assert (await client.get("/tenants/acme/usage")).status_code == 401
+        assert (await client.get("/tenants/acme/usage", headers=ADMIN)).status_code == 200
+        health = (await client.get("/health/live")).status_code
+        assert health == 200  # health stays open
+
+
+@pytest.mark.parametrize(
+    "tenant", ["a\x01", "a b", "../etc", "x" * 129, "-lead", "acme;drop", "t%"]
+)
+async def test_bad_tenant_ids_get_a_400_envelope(
+    tmp_path: Path, provider: LocalProvider, tenant: str
+) -> None:
+    provider.clear()
+    async with serving(budget_app(provider, tmp_path)) as client:
+        header_value = tenant.encode("utf-8").decode("latin-1")  # as a client would send it
+        refused = await client.post(
+            "/programs/summarize", json={"text": "hi"}, headers={"X-Tenant-ID": header_value}
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"]["type"] == "bad_input"
+        assert "X-Tenant-ID header" in refused.json()["error"]["message"]
+        assert provider.requests == []
+        if "/" not in tenant and "\x01" not in tenant:
+            by_path = await client.get(f"/tenants/{tenant}/usage", headers=ADMIN)
+            assert by_path.status_code == 400
+            assert by_path.json()["error"]["type"] == "bad_input"

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import dspy
 import pytest
-from _fleet_helpers import url_of
+from _fleet_helpers import Connect, url_of
 from pydantic import ValidationError
 from pytest_redis.executor import RedisExecutor
 
@@ -17,6 +17,7 @@ from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.model_config import ModelConfig
 from llm_server.core.model_interfaces import TokenCountMethod
+from llm_server.fleet import SharedResponseCache
 from llm_server.models.manager import ModelManager
 from llm_server.testing import LocalProvider, StaticConfigProvider
 
@@ -160,3 +161,62 @@ def test_a_shared_cache_needs_redis_and_excludes_dspys_cache(
         ModelManager(config_provider=config, settings=FrameworkSettings(otel_enabled=False))
     with pytest.raises(ValidationError, match="choose 'cache'"):
         ModelConfig.model_validate({"model_name": "openai/m", "cache": True, "shared_cache": {}})
+
+
+async def test_cached_answers_take_no_rate_limit_capacity(
+    redis_url: str, prefix: str, providers: tuple[LocalProvider, LocalProvider]
+) -> None:
+    a, _ = providers
+    config = StaticConfigProvider(
+        {
+            "a": {
+                "model_name": "openai/gpt-4o-mini",
+                "api_base": a.openai_api_base,
+                "api_key": "sk-tenant-a-0000000000",
+                "shared_cache": {},
+                "rate_limit": {"requests_per_minute": 3},
+            }
+        }
+    )
+    settings = FrameworkSettings(otel_enabled=False, redis_url=redis_url, redis_prefix=prefix)
+    models = ModelManager(config_provider=config, settings=settings)
+    try:
+        await ask(models, "a", "What is DSPy?")
+        await anyio.sleep(0.3)  # stored by the sync thread within 100 ms
+        answers = [await ask(models, "a", "What is DSPy?") for _ in range(10)]
+        assert [x.usage.method for x in answers] == [TokenCountMethod.CACHED] * 10  # no 429
+        assert len(a.requests) == 1
+        assert models.caches["a"].hits == 10
+    finally:
+        await models.aclose()
+
+
+async def test_an_entry_lives_as_long_as_its_ttl_in_redis(
+    redis_url: str, prefix: str, providers: tuple[LocalProvider, LocalProvider]
+) -> None:
+    models = manager(redis_url, prefix, providers, ttl_s=120)
+    try:
+        await ask(models, "a", "How long?")
+        await anyio.sleep(0.3)
+        connection = models.fleet.connection  # type: ignore[union-attr]
+        keys = connection.client.keys(connection.key("cache", "*"))
+        assert len(keys) == 1
+        assert 110_000 < connection.client.pttl(keys[0]) <= 120_000
+    finally:
+        await models.aclose()
+
+
+def test_the_key_changes_with_the_endpoint_alone(connect: Connect) -> None:
+    connection = connect()
+    common: dict[str, Any] = {
+        "model_id": "m",
+        "api_key": "sk-same",
+        "ttl_s": 60,
+        "max_entry_bytes": 1000,
+    }
+    one = SharedResponseCache(connection, api_base="http://127.0.0.1:1/v1", **common)
+    other = SharedResponseCache(connection, api_base="http://127.0.0.1:2/v1", **common)
+    same = SharedResponseCache(connection, api_base="http://127.0.0.1:1/v1", **common)
+    request = {"model": "openai/m", "messages": [{"role": "user", "content": "q"}]}
+    assert one.key(request) != other.key(request)
+    assert one.key(request) == same.key(request)

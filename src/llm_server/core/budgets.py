@@ -13,8 +13,10 @@ or in code, ``manager.budgets.set_budget("acme", "day", Budget(cost_usd=50))``. 
 who the caller is, per request: ``app = FastAPI(dependencies=[Depends(tenant_header())])``
 (the ``X-Tenant-ID`` header), or :func:`set_tenant` / :func:`tenant_scope` in its own code. A
 tenant over budget gets :class:`~llm_server.core.errors.BudgetExceededError`: HTTP 429
-``budget_exceeded`` with ``Retry-After`` until the period renews. With
-``LLM_SERVER_REDIS_URL`` the usage is the fleet's.
+``budget_exceeded`` with ``Retry-After`` until the period renews. A call is admitted only while
+the tenant's usage plus what calls in flight hold (:class:`Reservation`: one request, plus each
+model call's estimate) is below its budgets, so spending exceeds a budget by at most one model
+call's estimate. With ``LLM_SERVER_REDIS_URL`` usage and reservations are the fleet's.
 """
 
 from llm_server.core.reliability._budgets import (
@@ -23,10 +25,15 @@ from llm_server.core.reliability._budgets import (
     BudgetBackend,
     LocalUsageCounters,
     Period,
+    PeriodLimit,
+    Reservation,
+    SharedReservations,
     TenantBudgets,
     Usage,
     UsageCounters,
     current_tenant,
+    reserve_model_call,
+    reserve_model_call_from_thread,
     set_tenant,
     tenant_scope,
 )
@@ -37,10 +44,15 @@ __all__ = [
     "BudgetBackend",
     "LocalUsageCounters",
     "Period",
+    "PeriodLimit",
+    "Reservation",
+    "SharedReservations",
     "TenantBudgets",
     "Usage",
     "UsageCounters",
     "current_tenant",
+    "reserve_model_call",
+    "reserve_model_call_from_thread",
     "set_tenant",
     "tenant_scope",
 ]

@@ -223,6 +223,12 @@ class FrameworkSettings(BaseSettings):
     )
     """Fail startup when Redis cannot be reached (default: start per process, warn, and
     share state as soon as Redis answers)."""
+    redis_persistence_required: bool = Field(
+        default=False, validation_alias=AliasChoices("LLM_SERVER_REDIS_PERSISTENCE_REQUIRED")
+    )
+    """Fail startup when Redis keeps no data across a restart (neither AOF nor RDB snapshots):
+    tenants' budget usage lives there. Default: start, and log an error that says so when
+    budgets are configured."""
 
     def __init__(self, **values: Any) -> None:
         try:

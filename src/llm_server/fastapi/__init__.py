@@ -39,7 +39,7 @@ from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
 from llm_server.fastapi._sse import sse_response
 from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
-from llm_server.fastapi._tenants import tenant_header
+from llm_server.fastapi._tenants import tenant_header, tenant_usage_router, validate_tenant_id
 
 __all__ = [
     "BodyLimitMiddleware",
@@ -62,4 +62,6 @@ __all__ = [
     "signature_models",
     "sse_response",
     "tenant_header",
+    "tenant_usage_router",
+    "validate_tenant_id",
 ]

@@ -15,11 +15,9 @@ from llm_server.fastapi._schemas import (
     HealthStatus,
     ModelsResponse,
     ModelStatus,
-    PeriodUsage,
     ProgramsResponse,
     ProgramStatus,
     RateLimitStatus,
-    TenantUsage,
 )
 
 __all__ = ["health_router"]
@@ -96,9 +94,11 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
     - ``GET /models``: each configured model (provider, engine, limits, prices, fallbacks)
       with its circuit breaker's state and counts and its rate limit, and the fleet's shared
       state (Redis in use or fallen back, processes seen) when ``LLM_SERVER_REDIS_URL`` is set.
-    - ``GET /tenants/{tenant_id}/usage``: a tenant's usage and budgets this UTC day and month.
     - ``GET /programs``: each registered program, the version it serves and the stored
       versions.
+
+    A tenant's usage is not here: it is per tenant, so it needs your authentication
+    (:func:`~llm_server.fastapi.tenant_usage_router`).
 
     Args:
         prefix: A path prefix for every route (e.g. ``"/admin"``).
@@ -125,29 +125,6 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
         return ModelsResponse(
             models=[_model_status(manager, mid) for mid in manager.model_ids],
             fleet=FleetStatus(**fleet.describe()) if fleet is not None else None,
-        )
-
-    @router.get("/tenants/{tenant_id}/usage", response_model=TenantUsage, responses=_NOT_READY)
-    async def tenant_usage(tenant_id: str, request: Request) -> TenantUsage | JSONResponse:
-        manager = getattr(request.app.state, "model_manager", None)
-        if manager is None:
-            return _not_ready("models are not built")
-        periods = {
-            period: PeriodUsage(
-                requests=used.requests,
-                tokens=used.tokens,
-                cost_usd=round(used.cost_usd, 6),
-                budget_requests=budget.requests,
-                budget_tokens=budget.tokens,
-                budget_cost_usd=budget.cost_usd,
-            )
-            for period, (used, budget) in (await manager.budgets.usage(tenant_id)).items()
-        }
-        fleet = manager.fleet
-        return TenantUsage(
-            tenant=tenant_id,
-            periods=periods,
-            shared=fleet is not None and not fleet.connection.fallback,
         )
 
     @router.get("/programs", response_model=ProgramsResponse, responses=_NOT_READY)

@@ -104,6 +104,10 @@ class FleetStatus(BaseModel):
     timeouts: int = Field(
         description="Request-path Redis commands that timed out (each call decided locally)"
     )
+    charges_unwritten: int = Field(
+        default=0,
+        description="Tenant periods whose budget charges are not yet written to Redis",
+    )
 
 
 class PeriodUsage(BaseModel):

@@ -5,12 +5,15 @@ breaker and ``rate_limit:`` and each tenant's usage against its ``budgets:``; un
 process keeps its own (nothing here is imported).
 Needs the ``fleet`` extra (``pip install "llm-server-framework[fleet]"``: redis-py)::
 
-    request ──► breaker (local copy of the shared record: no round trip while closed)
-            ──► rate limit (one Lua script: requests and tokens taken at once)
+    request ──► tenant's budget (one Lua script: the call's reservation, fleet-wide)
+            ──► breaker (local copy of the shared record: no round trip while closed)
+            ──► shared cache (opt-in: a hit ends here)
+            ──► budget (the model call's estimate), rate limit (requests, tokens): a script each
             ──► provider
                   │ failure: written at once, may trip the fleet
                   │ success: summed, written every 100 ms     ┐
                   │ unused tokens: given back every 100 ms    ├ the sync thread
+                  │ budget charges: numbered batches, 100 ms  │
     pub/sub on every transition + re-read every 1 s            ┘
 
 While Redis is down or slow (each command times out after ``LLM_SERVER_REDIS_TIMEOUT_S``),
@@ -37,7 +40,7 @@ from llm_server.fleet._breakers import RedisBreakerStore
 from llm_server.fleet._cache import SharedResponseCache
 from llm_server.fleet._connection import FleetConnection
 from llm_server.fleet._limits import RedisLimitCounters
-from llm_server.fleet._usage import RedisUsageCounters
+from llm_server.fleet._usage import RedisUsageCounters, check_persistence
 
 __all__ = [
     "Fleet",
@@ -46,6 +49,7 @@ __all__ = [
     "RedisLimitCounters",
     "RedisUsageCounters",
     "SharedResponseCache",
+    "check_persistence",
 ]
 
 
@@ -68,10 +72,12 @@ class Fleet:
 
         Checks the connection once: bad credentials (or, with ``LLM_SERVER_REDIS_REQUIRED``,
         an unreachable Redis) fail startup; an unreachable Redis otherwise starts the process
-        on local state, with one warning.
+        on local state, with one warning. With ``LLM_SERVER_REDIS_PERSISTENCE_REQUIRED``, a
+        Redis that keeps no data across a restart fails startup (:func:`check_persistence`).
 
         Raises:
-            ConfigurationError: The URL is unusable, or Redis refused the credentials.
+            ConfigurationError: The URL is unusable, Redis refused the credentials, or
+                (``LLM_SERVER_REDIS_PERSISTENCE_REQUIRED``) keeps no data across a restart.
         """
         if settings.redis_url is None:
             return None
@@ -83,20 +89,31 @@ class Fleet:
             timeout_s=settings.redis_timeout_s,
         )
         connection.check(required=settings.redis_required)
+        if settings.redis_persistence_required and not connection.fallback:
+            check_persistence(connection, required=True)
         return cls(connection)
+
+    def check_budget_durability(self) -> None:
+        """With budgets configured: log an error when Redis keeps no data across a restart
+        (their usage lives there; see :func:`check_persistence`)."""
+        if not self.connection.fallback:
+            check_persistence(self.connection, required=False)
 
     def start(self) -> None:
         """Start the background sync thread (after every breaker registered)."""
         self.connection.start()
 
     def close(self) -> None:
-        """Stop the sync thread and close the connection."""
+        """Stop the sync thread, write what is pending, close the connection, and log the
+        charges that could not be written."""
         self.connection.close()
+        self.usage.report_unwritten()
 
     async def aclose(self) -> None:
         """Close the running loop's async client."""
         await self.connection.aclose()
 
     def describe(self) -> dict[str, Any]:
-        """The fleet's health (for ``/health`` and ``/models``)."""
-        return self.connection.describe()
+        """The fleet's health (for ``/health`` and ``/models``), with the tenant periods whose
+        budget charges are not yet written."""
+        return {**self.connection.describe(), "charges_unwritten": self.usage.unwritten()[0]}

@@ -19,6 +19,8 @@ __all__ = [
     "BREAKER_OUTCOMES",
     "BREAKER_PROBE",
     "BREAKER_READ",
+    "BUDGET_RESERVE",
+    "BUDGET_SETTLE",
     "HEARTBEAT",
     "LIMIT_TAKE",
 ]
@@ -238,3 +240,113 @@ redis.call('PEXPIRE', KEYS[1], 2 * W + 1000)
 return {0, idx, elapsed, requests, tokens}
 """
 )
+
+# --- budgets -------------------------------------------------------------------------------
+# A tenant's period is two keys: ``<prefix>:budget:<tenant>:<period>``, the totals (a hash:
+# requests, tokens, cost_usd), and ``...:held``, what calls in flight hold, per process (fields
+# ``<process id>:r``/``:t``/``:c``). A process that stopped beating (the members set) holds
+# nothing: its fields are dropped by the next reservation, so a crash leaks nothing for long.
+
+BUDGET_RESERVE = (
+    _COMMON
+    + """
+-- KEYS: the members set, then per period: totals, held. ARGV: process id, requests, tokens,
+-- cost to hold, then which kinds are checked ('1'/'0': requests, tokens, cost), then per
+-- period: the three limits ('' = none) and the held key's expiry (unix s). A period whose
+-- totals plus holds reach a checked limit refuses: returns {period index, kind, 1 if the
+-- totals alone reach it else 0}; else all periods hold the amount: returns {0, '', 0}.
+local now = now_ms()
+local pid = ARGV[1]
+local amount = {tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
+local checked = {ARGV[5] == '1', ARGV[6] == '1', ARGV[7] == '1'}
+local kinds = {'requests', 'tokens', 'cost_usd'}
+local index = {r = 1, t = 2, c = 3}
+local periods = (#KEYS - 1) / 2
+for p = 1, periods do
+  local totals, held = KEYS[2 * p], KEYS[2 * p + 1]
+  local v = redis.call('HMGET', totals, 'requests', 'tokens', 'cost_usd')
+  local used = {tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')}
+  local sum = {used[1], used[2], used[3]}
+  local fields = redis.call('HGETALL', held)
+  for i = 1, #fields, 2 do
+    local owner = string.sub(fields[i], 1, -3)
+    local alive = owner == pid
+    if not alive then
+      local seen = redis.call('ZSCORE', KEYS[1], owner)
+      alive = seen and tonumber(seen) > now - 5000
+    end
+    if alive then
+      local k = index[string.sub(fields[i], -1)]
+      if k then sum[k] = sum[k] + tonumber(fields[i + 1]) end
+    else
+      redis.call('HDEL', held, fields[i])
+    end
+  end
+  local base = 7 + (p - 1) * 4
+  for k = 1, 3 do
+    local limit = ARGV[base + k]
+    if checked[k] and limit ~= '' and sum[k] >= tonumber(limit) then
+      local spent = 0
+      if used[k] >= tonumber(limit) then spent = 1 end
+      return {p, kinds[k], spent}
+    end
+  end
+end
+for p = 1, periods do
+  local held = KEYS[2 * p + 1]
+  if amount[1] > 0 then redis.call('HINCRBY', held, pid .. ':r', amount[1]) end
+  if amount[2] > 0 then redis.call('HINCRBY', held, pid .. ':t', amount[2]) end
+  if amount[3] > 0 then redis.call('HINCRBYFLOAT', held, pid .. ':c', ARGV[4]) end
+  redis.call('EXPIREAT', held, tonumber(ARGV[7 + (p - 1) * 4 + 4]))
+end
+return {0, '', 0}
+"""
+)
+
+BUDGET_SETTLE = """
+-- KEYS: the applied-batches hash, then per period: totals, held. ARGV: process id, batch
+-- number, then per period: requests, tokens, cost to charge, requests, tokens, cost to
+-- release (from this process's holds, never below zero), the totals' expiry (unix s).
+-- A batch is applied once: a batch number at or below the process's last applied one is
+-- only answered (a batch re-sent after a reply that never arrived). Returns the totals.
+local pid, batch = ARGV[1], tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', KEYS[1], pid) or '0')
+local fresh = batch > last
+if fresh then
+  redis.call('HSET', KEYS[1], pid, batch)
+  redis.call('EXPIRE', KEYS[1], 172800)
+end
+local suffix = {'r', 't', 'c'}
+local out = {}
+for p = 1, (#KEYS - 1) / 2 do
+  local totals, held = KEYS[2 * p], KEYS[2 * p + 1]
+  local a = 2 + (p - 1) * 7
+  if fresh then
+    redis.call('HINCRBY', totals, 'requests', ARGV[a + 1])
+    redis.call('HINCRBY', totals, 'tokens', ARGV[a + 2])
+    redis.call('HINCRBYFLOAT', totals, 'cost_usd', ARGV[a + 3])
+    redis.call('EXPIREAT', totals, tonumber(ARGV[a + 7]))
+    for k = 1, 3 do
+      local amount = tonumber(ARGV[a + 3 + k])
+      if amount > 0 then
+        local field = pid .. ':' .. suffix[k]
+        local left = tonumber(redis.call('HGET', held, field) or '0') - amount
+        if left > 1e-9 then
+          if k == 3 then
+            redis.call('HSET', held, field, string.format('%.17g', left))
+          else
+            redis.call('HSET', held, field, string.format('%d', left))
+          end
+        else
+          redis.call('HDEL', held, field)
+        end
+      end
+    end
+  end
+  local v = redis.call('HMGET', totals, 'requests', 'tokens', 'cost_usd')
+  table.insert(out, v[1] or '0')
+  table.insert(out, v[2] or '0')
+  table.insert(out, v[3] or '0')
+end
+return out
+"""

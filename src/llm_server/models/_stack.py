@@ -3,7 +3,7 @@
 Every model call made through :class:`~llm_server.models.manager.ModelManager` runs as::
 
     model-call span (telemetry, outermost: one span per logical call; a no-op when it is off)
-      -> the tenant's budgets (checked before, charged after: once per logical call)
+      -> the tenant's budgets (reserved before, settled after: once per logical call)
         -> request deadline (cancels everything inside)
           -> fallback chain (primary, then each ``fallbacks:`` model)
             -> per model: retries -> the model's circuit breaker -> one HTTP attempt

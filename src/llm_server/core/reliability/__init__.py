@@ -6,7 +6,7 @@ order. :meth:`ModelManager.reliable_backend
 <llm_server.models.manager.ModelManager.reliable_backend>` adds the telemetry span outside::
 
     InstrumentedBackend                 model-call span; attaches the telemetry observer
-      BudgetBackend                     the tenant's budgets: checked before, charged after
+      BudgetBackend                     the tenant's budgets: reserved before, settled after
         DeadlineBackend                 the request deadline; really cancels the call
           FallbackBackend               primary, then each ``fallbacks:`` model in turn
             RetryingBackend (per model) backoff with full jitter; stops if the breaker opens
