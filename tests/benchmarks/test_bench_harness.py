@@ -224,7 +224,8 @@ COMPONENT_OUTPUT = {
     ),
     "telemetry_levels": (
         "bench_telemetry_levels: 32 requests x 16 rounds per variant, 16 in flight,"
-        " process CPU; telemetry = median of the paired differences with off in the same round (interquartile range)\n"
+        " process CPU; telemetry = median of the paired differences with off in the same"
+        " round (interquartile range)\n"
         "\n"
         "  variant               us/request  telemetry us               IQR\n"
         "  off                        948.8           0.0            0 .. 0\n"
