@@ -121,6 +121,9 @@ class FleetConnection:
         )
         self._periodic: list[Callable[[], None]] = []
         self._flushers: list[Callable[[], None]] = []
+        self._urgent: list[Callable[[], None]] = []
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
         self._resyncs: list[Callable[[], None]] = []
         self._listeners: dict[str, Callable[[str], None]] = {}
         self._stop = threading.Event()
@@ -156,20 +159,28 @@ class FleetConnection:
         _log.info("fleet: breakers and limits shared through Redis at %s", self.display_url)
 
     def start(self) -> None:
-        """Start the background sync thread (idempotent)."""
+        """Start the background sync and writer threads (idempotent)."""
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name="llm-server-fleet-sync", daemon=True
             )
             self._thread.start()
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="llm-server-fleet-writer", daemon=True
+            )
+            self._writer.start()
 
     def close(self) -> None:
-        """Stop the sync thread, flush once more, and close the synchronous client."""
+        """Stop the threads, flush once more, and close the synchronous client."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            self._thread = None
+        self._wake.set()
+        for thread in (self._thread, self._writer):
+            if thread is not None:
+                thread.join(timeout=2)
+        self._thread = self._writer = None
         if not self.fallback:
+            self._write_urgent()
             self._flush()
         self.client.close()
         self._patient.close()
@@ -250,6 +261,7 @@ class FleetConnection:
         with self._lock:
             self.fallback = False
             self.fallback_since = None
+        self._wake.set()  # what waited to be written (probe verdicts...) is written now
         _log.warning("fleet: Redis at %s answers again; state is shared again", self.display_url)
 
     # --- the sync thread --------------------------------------------------------------------
@@ -272,6 +284,35 @@ class FleetConnection:
             self._resyncs.append(resync)
         if channel is not None:
             self._listeners[channel[0]] = channel[1]
+
+    def urgent(self, write: Callable[[], None]) -> None:
+        """Register work for the writer thread: run when :meth:`wake` is called, and every
+        100 ms (so that what failed to be written is retried)."""
+        self._urgent.append(write)
+
+    def wake(self) -> None:
+        """Have the writer thread run its work now (never waits: the request path calls it)."""
+        self._wake.set()
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
+            if not self.fallback and not self._stop.is_set():
+                self._write_urgent()
+
+    def _write_urgent(self) -> None:
+        for write in self._urgent:
+            try:
+                write()
+            except (TimeoutError, RedisTimeoutError) as exc:
+                self.failed(exc)
+                return
+            except RedisFailure as exc:
+                self.degrade(exc)
+                return
+            except Exception:  # a bug here must not end the thread: log it and go on
+                _log.exception("fleet: writer thread error")
 
     def _flush(self) -> None:
         for flush in self._flushers:
@@ -371,6 +412,11 @@ class FleetConnection:
             "members": self.members,
             "timeouts": self.timeouts,
         }
+
+
+def on_event_loop() -> bool:
+    """Whether this thread runs an event loop (where nothing may wait on Redis)."""
+    return asyncio._get_running_loop() is not None
 
 
 def eval_script(client: redis.Redis, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:

@@ -59,12 +59,14 @@ return redis.call('ZCARD', KEYS[1])
 BREAKER_READ = (
     _COMMON
     + """
--- KEYS: breaker hashes. Returns state, generation, ms until open ends, per breaker.
+-- KEYS: breaker hashes. Returns state, generation, ms until open ends, and whether the
+-- record exists (0: never written, or lost with Redis's data), per breaker.
 local now = now_ms()
 local out = {}
 for i = 1, #KEYS do
   local s, g, rem = record(KEYS[i], now)
   table.insert(out, s); table.insert(out, g); table.insert(out, rem)
+  table.insert(out, redis.call('EXISTS', KEYS[i]))
 end
 return out
 """
@@ -143,7 +145,8 @@ BREAKER_PROBE = (
 -- Half-open probes. KEYS: hash, window, probes. ARGV: 'lease' or 'done', generation,
 -- lease id, then for 'lease': max probes, lease ms; for 'done': outcome, max probes,
 -- rate (0: consecutive policy), open ms, channel, name.
--- Returns granted-or-moved, state, generation, ms open, probe successes, probe failures.
+-- Returns granted-or-moved, state, generation, ms open, probe successes (a refused lease:
+-- ms until the first lease expires), probe failures.
 local now = now_ms()
 local s, g, rem = record(KEYS[1], now)
 if ARGV[1] == 'lease' then
@@ -153,7 +156,9 @@ if ARGV[1] == 'lease' then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[3])
     return {1, s, g, 0, 0, 0}
   end
-  return {0, s, g, 0, 0, 0}
+  -- refused: say when the first lease expires (the caller refuses until then, or a change)
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return {0, s, g, 0, math.max(0, tonumber(first[2]) - now), 0}
 end
 redis.call('ZREM', KEYS[3], ARGV[3])
 if s ~= 'half_open' or g ~= tonumber(ARGV[2]) or ARGV[4] == 'ignored' then
