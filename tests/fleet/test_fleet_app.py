@@ -87,7 +87,10 @@ def test_without_a_redis_url_there_is_no_fleet(tmp_path: Path, provider: LocalPr
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("http://127.0.0.1:6379/0", "the scheme must be redis://, rediss:// or unix://"),
+        (
+            "http://127.0.0.1:6379/0",
+            "the scheme must be redis://, rediss://, unix:// or redis+sentinel://",
+        ),
         ("redis://127.0.0.1:notaport/0", "is not a usable Redis URL"),
     ],
 )

@@ -95,6 +95,20 @@ class FleetStatus(BaseModel):
     timeouts: int = Field(
         description="Request-path Redis commands that timed out (each call decided locally)"
     )
+    misconfigured: str | None = Field(
+        default=None,
+        description="The configuration error (NOPERM, WRONGTYPE, OOM) keeping state per process",
+    )
+    last_error: str | None = Field(default=None, description="The latest failed command's error")
+    last_error_reason: str | None = Field(
+        default=None,
+        description="Its kind: timeout, failed, readonly, noperm, wrongtype or oom",
+    )
+    last_error_at: float | None = Field(default=None, description="Unix time of that error")
+    sync_lag_s: float | None = Field(
+        default=None,
+        description="Seconds since the background sync thread last finished a turn (~0.1 s)",
+    )
 
 
 class PeriodUsage(BaseModel):
