@@ -104,7 +104,7 @@ class RedisProxy:
         for task in tasks:
             task.cancel()
         for side in (writer, up_writer):
-            side.transport.abort()
+            side.close()  # what was written is still sent (reset() aborts instead)
             self._writers.discard(side)
 
     async def _pump(
@@ -116,6 +116,8 @@ class RedisProxy:
             assert self._speak is not None
             while True:
                 due, data = await queue.get()
+                if not data:
+                    return  # the sender closed: what it sent before was delivered (as TCP)
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -127,6 +129,9 @@ class RedisProxy:
         try:
             while data := await reader.read(65536):
                 queue.put_nowait((time.monotonic() + (self.latency_s if delay else 0.0), data))
+            queue.put_nowait((0.0, b""))
+            with suppress(OSError):
+                await sender
         except OSError:
             pass
         finally:

@@ -193,25 +193,71 @@ return {0, s, g, rem, ps, pf}
 LIMIT_TAKE = (
     _COMMON
     + """
--- One limiter. KEYS[1]: its hash (fields r<window>, t<window>). ARGV: window ms, requests,
--- tokens, requests cap (0: none), tokens cap (0: none), lease requests, lease tokens (a
--- chunk to take instead, when it fits); or, to give back: 'give', window, requests, tokens.
--- Returns ms to wait (0: taken, -1: never), the window, ms into it, requests and tokens taken.
+-- One limiter. KEYS[1]: its hash (fields r<window>, t<window>); KEYS[2]: its grants, a sorted
+-- set of grant ids scored by the time they are returned unless claimed; KEYS[3]: a hash, grant
+-- id -> 'window:requests:tokens' (or 'x': released before its take arrived).
+-- ARGV for a take: window ms, requests, tokens, requests cap (0: none), tokens cap (0: none),
+-- lease requests, lease tokens (a chunk to take instead, when it fits), grant id, claim ms.
+-- Returns ms to wait (0: taken, -1: never, -2: released already), the window, ms into it,
+-- requests and tokens taken.
+-- Or: 'give', window, requests, tokens (counters never go below zero);
+--     'claim', grant ids... (the taker got its answer: the grant stays taken);
+--     'release', claim ms, grant ids... (the taker gave up: return the grant, or refuse it
+--     when its take arrives later);
+--     'reap' (return every grant whose claim time passed: its taker never answered).
+local function give(w, r, t)
+  for dim, n in pairs({r = r, t = t}) do
+    if n ~= 0 and redis.call('HEXISTS', KEYS[1], dim .. w) == 1 then
+      if redis.call('HINCRBY', KEYS[1], dim .. w, -n) < 0 then
+        redis.call('HSET', KEYS[1], dim .. w, 0)
+      end
+    end
+  end
+end
+local function give_grant(id)
+  local v = redis.call('HGET', KEYS[3], id)
+  if v and v ~= 'x' then
+    local w, r, t = string.match(v, '^(-?%d+):(%d+):(%d+)$')
+    give(tonumber(w), tonumber(r), tonumber(t))
+  end
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[2], id)
+  return v
+end
 if ARGV[1] == 'give' then
-  local w = tonumber(ARGV[2])
-  local r, t = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if r ~= 0 and redis.call('HEXISTS', KEYS[1], 'r' .. w) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'r' .. w, -r)
+  give(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+  return {0, tonumber(ARGV[2])}
+end
+if ARGV[1] == 'claim' then
+  for i = 2, #ARGV do
+    redis.call('HDEL', KEYS[3], ARGV[i]); redis.call('ZREM', KEYS[2], ARGV[i])
   end
-  if t ~= 0 and redis.call('HEXISTS', KEYS[1], 't' .. w) == 1 then
-    redis.call('HINCRBY', KEYS[1], 't' .. w, -t)
-  end
-  return {0, w}
+  return {0}
 end
 local now = now_ms()
+if ARGV[1] == 'release' then
+  local ttl = tonumber(ARGV[2])
+  for i = 3, #ARGV do
+    if not give_grant(ARGV[i]) then  -- its take has not arrived (yet): refuse it then
+      redis.call('HSET', KEYS[3], ARGV[i], 'x')
+      redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+      redis.call('PEXPIRE', KEYS[3], ttl + 1000); redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+    end
+  end
+  return {0}
+end
+if ARGV[1] == 'reap' then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+  for _, id in ipairs(due) do give_grant(id) end
+  return {#due}
+end
 local W = tonumber(ARGV[1])
 local idx = math.floor(now / W)
 local elapsed = now - idx * W
+local grant, claim_ms = ARGV[8] or '', tonumber(ARGV[9] or '0')
+if grant ~= '' and redis.call('HEXISTS', KEYS[3], grant) == 1 then
+  return {-2, idx, elapsed, 0, 0}
+end
 local function wait_for(dim, cost, cap)
   if cap <= 0 or cost <= 0 then return 0 end
   if cost > cap then return -1 end
@@ -240,6 +286,11 @@ if requests > 0 then redis.call('HINCRBY', KEYS[1], 'r' .. idx, requests) end
 if tokens > 0 then redis.call('HINCRBY', KEYS[1], 't' .. idx, tokens) end
 redis.call('HDEL', KEYS[1], 'r' .. (idx - 2), 't' .. (idx - 2))
 redis.call('PEXPIRE', KEYS[1], 2 * W + 1000)
+if grant ~= '' then
+  redis.call('HSET', KEYS[3], grant, idx .. ':' .. requests .. ':' .. tokens)
+  redis.call('ZADD', KEYS[2], now + claim_ms, grant)
+  redis.call('PEXPIRE', KEYS[3], 2 * W + 1000); redis.call('PEXPIRE', KEYS[2], 2 * W + 1000)
+end
 return {0, idx, elapsed, requests, tokens}
 """
 )
