@@ -14,7 +14,12 @@ from _fleet_helpers import Connect, url_of
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.circuit_breaker import BreakerRecord, BreakerState, CircuitBreaker
-from llm_server.core.errors import CircuitOpenError, ProviderUnavailableError
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    ProviderUnavailableError,
+)
 from llm_server.fleet import FleetConnection, RedisBreakerStore
 
 OPEN, CLOSED, HALF_OPEN = BreakerState.OPEN, BreakerState.CLOSED, BreakerState.HALF_OPEN
@@ -270,3 +275,55 @@ def test_a_slow_redis_never_keeps_a_failing_provider_from_tripping_the_breaker(
     finally:
         admin.close()
     eventually(connection.reliable, timeout_s=6)
+
+
+@pytest.mark.parametrize("prefix", ["app:x", "app:", "a b", ""])
+def test_a_prefix_that_could_overlap_another_is_refused(redis_url: str, prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="LLM_SERVER_REDIS_PREFIX"):
+        FleetConnection(redis_url, prefix=prefix, timeout_s=0.05)
+    with pytest.raises(ConfigurationError, match="LLM_SERVER_REDIS_PREFIX"):
+        FrameworkSettings(redis_prefix=prefix)
+
+
+def test_a_transition_from_an_older_generation_of_the_same_state_is_refused(
+    connect: Connect,
+) -> None:
+    breaker = breaker_in(connect(), reset_timeout=0.2)
+    store = breaker._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(breaker, fail)
+    first_open = store.get("m")  # open, generation 1
+    time.sleep(0.25)
+    ticket = breaker.admit()  # half-open, generation 2
+    breaker.settle(ticket, ProviderUnavailableError("503"))  # open again, generation 3
+    assert store.get("m").state is OPEN
+    assert store.get("m").generation == first_open.generation + 2
+    # a process that still holds the first open record tries to close the breaker
+    closing = BreakerRecord(state=CLOSED, generation=first_open.generation + 1)
+    assert store.compare_and_set("m", first_open, closing) is False
+    assert store.get("m").state is OPEN
+
+
+def test_a_stale_read_never_lowers_the_generation(connect: Connect) -> None:
+    breaker = breaker_in(connect(), reset_timeout=30)
+    store = breaker._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(breaker, fail)
+    opened = store.get("m")
+    # the sync thread's read that left before the transition landed
+    store._store("m", [b"closed", opened.generation - 1, 0], notify=True)
+    assert store.get("m") == opened
+    assert breaker.state is OPEN
+
+
+def test_a_record_redis_lost_is_written_again_with_its_generation(connect: Connect) -> None:
+    connection = connect()
+    breaker = breaker_in(connection, reset_timeout=30)
+    for _ in range(5):
+        call(breaker, fail)
+    opened = breaker._store.get("m")  # type: ignore[attr-defined]
+    connection.client.delete(connection.key("cb", "m"))  # a restart without persistence
+    eventually(lambda: connection.client.hget(connection.key("cb", "m"), "s") == b"open")
+    assert int(connection.client.hget(connection.key("cb", "m"), "g")) == opened.generation
+    other = breaker_in(connect(), reset_timeout=30)
+    assert other.state is OPEN  # a new process does not start over at generation 0

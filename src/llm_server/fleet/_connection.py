@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -38,6 +39,7 @@ SYNC_INTERVAL_S = 1.0
 """How often every process re-reads the shared breaker states (besides pub/sub)."""
 FLUSH_INTERVAL_S = 0.1
 """How often aggregated outcomes and settled limits are written."""
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]+")  # no ':': no prefix can then start another's keys
 MISCONFIGURED_RETRY_S = 10.0
 """How often a process whose Redis refused for a configuration reason checks it again."""
 
@@ -58,13 +60,19 @@ class FleetConnection:
         url: ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL (see
             :mod:`llm_server.fleet`).
         password: Password, when not in the URL.
-        prefix: Prefix of every key.
+        prefix: Prefix of every key (letters, digits, ``_``, ``.``, ``-``: no ``:``, so that
+            no application's prefix starts another's keys).
         timeout_s: Timeout of one command (and of connecting).
     """
 
     def __init__(
         self, url: str, *, password: str | None = None, prefix: str, timeout_s: float
     ) -> None:
+        if not _PREFIX.fullmatch(prefix):
+            raise ConfigurationError(
+                f"LLM_SERVER_REDIS_PREFIX: {prefix!r} must be letters, digits, '_', '.' or '-' "
+                "(no ':': keys are '<prefix>:...', so 'app' and 'app:x' would overlap)"
+            )
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
