@@ -197,6 +197,9 @@ async def test_a_shared_limit_answers_429_and_models_shows_the_fleet(
         assert body["fleet"]["shared"] is True
         assert body["fleet"]["members"] >= 1
         assert "@" not in body["fleet"]["redis"]
+        assert body["fleet"]["misconfigured"] is None
+        assert body["fleet"]["sync_lag_s"] < 1
+        assert model["breaker"]["forced_by"] is None
 
 
 async def test_a_limit_without_redis_is_per_process(
@@ -345,3 +348,20 @@ def test_synchronous_calls_take_from_the_rate_limit_too(
     assert lm("hi")
     with pytest.raises(RateLimitExceededError, match="this process's rate_limit"):
         lm("again")
+
+
+async def test_models_shows_who_forced_a_breaker_and_until_when(
+    tmp_path: Path, provider: LocalProvider, redis_url: str, prefix: str
+) -> None:
+    app = app_for(provider, tmp_path, settings={"redis_url": redis_url, "redis_prefix": prefix})
+    async with serving(app) as client:
+        breaker = app.state.model_manager.breakers["gpt-4o-mini"]
+        breaker.force_open(ttl_s=300, by="ops", reason="provider maintenance")
+        shown = (await client.get("/models")).json()["models"][0]["breaker"]
+        assert shown["state"] == "forced_open"
+        assert (shown["forced_by"], shown["forced_reason"]) == ("ops", "provider maintenance")
+        assert shown["forced_until"] - shown["forced_at"] == 300
+        assert shown["opened_because"] == "forced open by ops: provider maintenance"
+        breaker.reset()
+        shown = (await client.get("/models")).json()["models"][0]["breaker"]
+        assert (shown["state"], shown["forced_by"]) == ("closed", None)

@@ -327,3 +327,30 @@ def test_a_record_redis_lost_is_written_again_with_its_generation(connect: Conne
     assert int(connection.client.hget(connection.key("cb", "m"), "g")) == opened.generation
     other = breaker_in(connect(), reset_timeout=30)
     assert other.state is OPEN  # a new process does not start over at generation 0
+
+
+def test_a_forced_state_is_the_fleets_with_who_why_and_its_ttl(connect: Connect) -> None:
+    forcing = breaker_in(connect())
+    other = breaker_in(connect())
+    forcing.force_open(ttl_s=0.6, by="ops", reason="provider maintenance")
+    eventually(lambda: other.state is BreakerState.FORCED_OPEN)
+    eventually(lambda: other.snapshot().forced is not None)
+    forced = other.snapshot().forced
+    assert forced is not None
+    assert (forced.by, forced.reason, forced.ttl_s) == ("ops", "provider maintenance", 0.6)
+    assert call(other, lambda: None) == "refused"
+    time.sleep(0.65)  # the TTL ran out, on Redis's clock
+    for breaker in (forcing, other):
+        eventually(lambda b=breaker: b.state is CLOSED)  # type: ignore[misc]
+        assert call(breaker, lambda: None) == "ok"
+
+
+def test_a_forced_state_without_ttl_stays_until_reset_everywhere(connect: Connect) -> None:
+    forcing = breaker_in(connect())
+    other = breaker_in(connect())
+    forcing.disable(by="ops", reason="the health check flaps")
+    eventually(lambda: other.state is BreakerState.DISABLED)
+    time.sleep(1.1)  # a re-read changes nothing
+    assert other.state is BreakerState.DISABLED
+    other.reset()  # cleared explicitly, from any process
+    eventually(lambda: forcing.state is CLOSED)

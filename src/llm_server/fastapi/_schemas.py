@@ -71,6 +71,15 @@ class BreakerStatus(BaseModel):
         description="Whether the latest transition was the fleet's decision (another process "
         "or the fleet's counts)",
     )
+    forced_by: str | None = Field(
+        default=None, description="Who forced the state (forced_open, disabled); else null"
+    )
+    forced_reason: str | None = Field(default=None, description="Why it was forced")
+    forced_at: float | None = Field(default=None, description="Unix time it was forced")
+    forced_until: float | None = Field(
+        default=None,
+        description="Unix time the forced state ends by itself (null: until reset)",
+    )
 
 
 class RateLimitStatus(BaseModel):

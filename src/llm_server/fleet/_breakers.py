@@ -37,6 +37,7 @@ from llm_server.core.reliability._breaker_types import (
     BreakerState,
     CallOutcome,
     FleetPolicy,
+    ForcedState,
 )
 from llm_server.fleet import _scripts
 from llm_server.fleet._connection import (
@@ -51,6 +52,27 @@ __all__ = ["RedisBreakerStore"]
 _log = logging.getLogger("llm_server.fleet")
 _CLOSED = BreakerRecord()
 _STATES = {state.value: state for state in BreakerState}
+_FORCED = (BreakerState.FORCED_OPEN, BreakerState.DISABLED)
+_KEEP: Any = object()  # _store: a reply without who forced the state (keep what we know)
+_READ_STRIDE = 8  # BREAKER_READ's values per breaker
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _forced(state: str, values: Any) -> ForcedState | None:
+    """Who forced a state, from BREAKER_READ's last four values (``None``: not forced)."""
+    if _STATES.get(state) not in _FORCED:
+        return None
+    by, reason, at_ms, ttl_ms = (_text(v) for v in values)
+    ttl = int(ttl_ms or 0)
+    return ForcedState(
+        by=by or "unknown",
+        reason=reason,
+        at=int(at_ms or 0) / 1000,
+        ttl_s=ttl / 1000 if ttl > 0 else None,
+    )
 
 
 @dataclass(slots=True)
@@ -137,8 +159,12 @@ class RedisBreakerStore:
             except RedisFailure as exc:
                 self._conn.failed(exc)
             else:
+                if reply[0]:  # ours: keep the record as the breaker made it (who forced it...)
+                    with self._lock:
+                        self._records[name] = new
+                    return True
                 self._store(name, reply[1:4], force=True)
-                return bool(reply[0])
+                return False
         with self._lock:
             return self._swap_locked(name, expected, new)
 
@@ -163,7 +189,7 @@ class RedisBreakerStore:
         if not self._conn.fallback:
             try:  # this breaker's record only: the others were read when they registered
                 reply = self._read(keys=[base])
-                self._store(name, reply[0:3], exists=bool(int(reply[3])))
+                self._store_read(name, reply, notify=False)
             except RedisFailure as exc:
                 self._conn.failed(exc)
 
@@ -384,10 +410,8 @@ class RedisBreakerStore:
         names = list(self._entries)
         reply = self._read(keys=[self._entries[n].keys[0] for n in names])
         for index, name in enumerate(names):
-            at = 4 * index
-            self._store(
-                name, reply[at : at + 3], notify=True, force=force, exists=bool(int(reply[at + 3]))
-            )
+            at = _READ_STRIDE * index
+            self._store_read(name, reply[at : at + _READ_STRIDE], force=force)
 
     def resync(self) -> None:
         """After Redis failed: adopt the fleet's records (local decisions were local)."""
@@ -409,17 +433,36 @@ class RedisBreakerStore:
         entry = self._entries.get(name)
         if entry is None:
             return
-        reply = self._read(keys=[entry.keys[0]])
-        self._store(name, reply[0:3], notify=True, exists=bool(int(reply[3])))
+        self._store_read(name, self._read(keys=[entry.keys[0]]))
+
+    def _store_read(
+        self, name: str, values: Any, *, notify: bool = True, force: bool = False
+    ) -> None:
+        """Adopt one breaker's values from BREAKER_READ."""
+        forced = _forced(_text(values[0]), values[4:8])
+        self._store(
+            name,
+            values[0:3],
+            notify=notify,
+            force=force,
+            exists=bool(int(values[3])),
+            forced=forced,
+        )
 
     # --- helpers -----------------------------------------------------------------------------
 
     def _cas_call(
         self, entry: _Entry, name: str, expected: BreakerRecord, new: BreakerRecord
     ) -> Any:
-        # the open period is the policy's (never a difference of two clocks: the breaker's
-        # may be an injected one); Redis's clock says when it ends
-        open_ms = math.ceil(entry.policy.reset_timeout_s * 1000)
+        # the open period is the policy's, a forced state's the TTL it was given (never a
+        # difference of two clocks: the breaker's may be an injected one); Redis's clock says
+        # when it ends
+        open_ms = 0
+        if new.state is BreakerState.OPEN:
+            open_ms = math.ceil(entry.policy.reset_timeout_s * 1000)
+        forced = new.forced
+        if forced is not None and forced.ttl_s:
+            open_ms = math.ceil(forced.ttl_s * 1000)
         return self._cas(
             keys=entry.keys,
             args=[
@@ -427,9 +470,12 @@ class RedisBreakerStore:
                 expected.generation,
                 new.state.value,
                 new.generation,
-                open_ms if new.state is BreakerState.OPEN else 0,
+                open_ms,
                 self.channel,
                 name,
+                forced.by if forced else "",
+                forced.reason if forced else "",
+                round(forced.at * 1000) if forced else 0,
             ],
         )
 
@@ -488,6 +534,7 @@ class RedisBreakerStore:
         notify: bool = False,
         force: bool = False,
         exists: bool = True,
+        forced: ForcedState | None = _KEEP,
     ) -> BreakerRecord:
         """Adopt Redis's record unless it is older than the local copy (a stale read).
 
@@ -495,17 +542,23 @@ class RedisBreakerStore:
         fallback). ``exists=False`` with a local generation above 0: Redis lost the record;
         it is written again from the local copy (generations go on, never restart at 0).
         """
-        state = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        state = _STATES.get(_text(reply[0]), BreakerState.CLOSED)
         remaining_ms = int(reply[2])
-        record = BreakerRecord(
-            state=_STATES.get(state, BreakerState.CLOSED),
-            retry_at=time.monotonic() + remaining_ms / 1000 if state == "open" else 0.0,
-            generation=int(reply[1]),
-        )
+        timed = state is BreakerState.OPEN or (state in _FORCED and remaining_ms >= 0)
         entry = self._entries.get(name)
         reseed = False
         with self._lock:
             old = self._records.get(name, _CLOSED)
+            if forced is _KEEP:  # the reply does not say who forced it: what we know, if ours
+                forced = (
+                    old.forced if (old.state, old.generation) == (state, int(reply[1])) else None
+                )
+            record = BreakerRecord(
+                state=state,
+                retry_at=time.monotonic() + remaining_ms / 1000 if timed else 0.0,
+                generation=int(reply[1]),
+                forced=forced,
+            )
             if not exists and old.generation > record.generation and entry is not None:
                 if not entry.transitions:
                     entry.transitions.append((record, old))
@@ -513,7 +566,11 @@ class RedisBreakerStore:
             elif not force and record.generation < old.generation:
                 return old  # read before a newer write of ours or a newer read landed
             else:
-                same = (old.state, old.generation) == (record.state, record.generation)
+                same = (old.state, old.generation, old.forced) == (
+                    record.state,
+                    record.generation,
+                    record.forced,
+                )
                 # an open record's end is corrected when Redis's clock says otherwise (> 50 ms)
                 if same and abs(old.retry_at - record.retry_at) < 0.05:
                     return old  # keep the copy the breaker compares with

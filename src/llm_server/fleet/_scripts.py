@@ -3,8 +3,10 @@
 Every time is Redis's own (``TIME``, in milliseconds), so hosts with skewed clocks agree on
 when an open breaker may probe and which minute a limit counts in. A breaker is three keys:
 
-- ``<prefix>:cb:<name>``: a hash: ``s`` state, ``g`` generation, ``u`` open-until (ms),
-  ``f`` failures since the fleet's last success, ``ps``/``pf`` half-open verdicts;
+- ``<prefix>:cb:<name>``: a hash: ``s`` state, ``g`` generation, ``u`` open-until (ms; for a
+  forced state with a TTL, forced-until; 0: no TTL), ``f`` failures since the fleet's last
+  success, ``ps``/``pf`` half-open verdicts, ``fb``/``fr``/``fa``/``ft`` who forced the state,
+  why, when (unix ms) and its TTL (ms, 0: none);
 - ``<prefix>:cb:<name>:w``: the failure-rate window, a ring of time buckets;
 - ``<prefix>:cb:<name>:p``: half-open probe leases, a sorted set scored by expiry.
 
@@ -28,16 +30,25 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function forced(s) return s == 'forced_open' or s == 'disabled' end
 local function record(key, now)
   local v = redis.call('HMGET', key, 's', 'g', 'u')
   local s = v[1] or 'closed'
   local g = tonumber(v[2] or '0')
+  local u = tonumber(v[3] or '0')
   local rem = 0
-  if s == 'open' then rem = math.max(0, tonumber(v[3] or '0') - now) end
+  if s == 'open' then rem = math.max(0, u - now) end
+  if forced(s) then
+    if u > 0 then rem = math.max(0, u - now) else rem = -1 end  -- -1: no TTL
+  end
   return s, g, rem
 end
-local function move(key, window, probes, s, g, open_ms, now, channel, name)
-  redis.call('HSET', key, 's', s, 'g', g, 'u', now + open_ms, 'f', 0, 'ps', 0, 'pf', 0)
+-- open_ms: how long an open state lasts, or a forced state's TTL (0: none)
+local function move(key, window, probes, s, g, open_ms, now, channel, name, by, why, at)
+  local u = now + open_ms
+  if forced(s) and open_ms == 0 then u = 0 end
+  redis.call('HSET', key, 's', s, 'g', g, 'u', u, 'f', 0, 'ps', 0, 'pf', 0,
+    'fb', by or '', 'fr', why or '', 'fa', at or 0, 'ft', forced(s) and open_ms or 0)
   redis.call('DEL', window, probes)
   redis.call('PUBLISH', channel, name)
 end
@@ -59,14 +70,17 @@ return redis.call('ZCARD', KEYS[1])
 BREAKER_READ = (
     _COMMON
     + """
--- KEYS: breaker hashes. Returns state, generation, ms until open ends, and whether the
--- record exists (0: never written, or lost with Redis's data), per breaker.
+-- KEYS: breaker hashes. Returns per breaker: state, generation, ms until open (or a forced
+-- state) ends (-1: a forced state without TTL), whether the record exists (0: never written,
+-- or lost with Redis's data), and who forced it, why, when (unix ms) and its TTL (ms).
 local now = now_ms()
 local out = {}
 for i = 1, #KEYS do
   local s, g, rem = record(KEYS[i], now)
   table.insert(out, s); table.insert(out, g); table.insert(out, rem)
   table.insert(out, redis.call('EXISTS', KEYS[i]))
+  local f = redis.call('HMGET', KEYS[i], 'fb', 'fr', 'fa', 'ft')
+  for j = 1, 4 do table.insert(out, f[j] or '') end
 end
 return out
 """
@@ -76,7 +90,8 @@ BREAKER_CAS = (
     _COMMON
     + """
 -- KEYS: hash, window, probes. ARGV: expected state, expected generation, new state,
--- new generation, open ms, channel, name. An open breaker moves to half-open only once
+-- new generation, open ms (a forced state: its TTL, 0: none), channel, name, and for a
+-- forced state who, why, when (unix ms). An open breaker moves to half-open only once
 -- its time is up on Redis's clock.
 local now = now_ms()
 local s, g, rem = record(KEYS[1], now)
@@ -85,8 +100,10 @@ if s ~= ARGV[1] or g ~= tonumber(ARGV[2])
   return {0, s, g, rem}
 end
 local open_ms = tonumber(ARGV[5])
-move(KEYS[1], KEYS[2], KEYS[3], ARGV[3], tonumber(ARGV[4]), open_ms, now, ARGV[6], ARGV[7])
-if ARGV[3] ~= 'open' then open_ms = 0 end
+move(KEYS[1], KEYS[2], KEYS[3], ARGV[3], tonumber(ARGV[4]), open_ms, now, ARGV[6], ARGV[7],
+  ARGV[8], ARGV[9], ARGV[10])
+if forced(ARGV[3]) and open_ms == 0 then open_ms = -1
+elseif ARGV[3] ~= 'open' and not forced(ARGV[3]) then open_ms = 0 end
 return {1, ARGV[3], tonumber(ARGV[4]), open_ms}
 """
 )

@@ -30,6 +30,7 @@ from llm_server.core.reliability._breaker_types import (
     BreakerStateStore,
     CallOutcome,
     FleetPolicy,
+    ForcedState,
     SharedBreakerStore,
 )
 from llm_server.core.reliability._breaker_window import OutcomeWindow, TimeWindow
@@ -138,8 +139,9 @@ class BreakerMachine:
         with self._lock:
             record = self._get(self._key)
             self._sync_locked(record)
-            if record.state is _OPEN and now >= record.retry_at:
-                record, change = self._transition_locked(_HALF_OPEN)
+            due = self._due(record, now)
+            if due is not None:
+                record, change = self._move_when_due_locked(due)
             state = record.state
             if state is _CLOSED:
                 permit = record.generation << 1
@@ -379,16 +381,31 @@ class BreakerMachine:
         self._sync_locked(new)
         return new, change
 
-    def _force_state(self, state: BreakerState) -> None:
+    def _force_state(
+        self,
+        state: BreakerState,
+        *,
+        ttl_s: float | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         change: Transition | None = None
+        forced = None
+        if state is _FORCED_OPEN or state is _DISABLED:
+            forced = ForcedState(
+                by=by or "unknown", reason=reason or "", at=time.time(), ttl_s=ttl_s
+            )
         with self._lock:
             while True:
                 record = self._get(self._key)
-                new = BreakerRecord(state=state, generation=record.generation + 1)
+                until = self._now() + ttl_s if forced is not None and ttl_s else 0.0
+                new = BreakerRecord(
+                    state=state, retry_at=until, generation=record.generation + 1, forced=forced
+                )
                 if self._store.compare_and_set(self._key, record, new):
                     break
             self._sync_locked(new)
-            self._opened_because = "forced open" if state is _FORCED_OPEN else None
+            self._opened_because = _forced_because(forced) if state is _FORCED_OPEN else None
             if record.state is not state:
                 change = (record.state, state)
         if change is not None:
@@ -407,20 +424,41 @@ class BreakerMachine:
     def _current_record(self, now: float) -> BreakerRecord:
         """The stored record, after moving an open breaker whose timeout passed to half-open."""
         record = self._get(self._key)
-        if record.state is not _OPEN or now < record.retry_at:
+        if record.state is _CLOSED or self._due(record, now) is None:
             return record
         change: Transition | None = None
         with self._lock:
             record = self._get(self._key)
             self._sync_locked(record)
-            if record.state is _OPEN and now >= record.retry_at:
-                record, change = self._transition_locked(_HALF_OPEN)
+            due = self._due(record, now)
+            if due is not None:
+                record, change = self._move_when_due_locked(due)
         if change is not None:
             self._notify_transition(change)
         return record
 
+    @staticmethod
+    def _due(record: BreakerRecord, now: float) -> BreakerState | None:
+        """Where the record moves by itself now: an open breaker's timeout passed (half-open),
+        a forced state's TTL ran out (closed); else ``None``."""
+        state = record.state
+        if state is _CLOSED or not record.retry_at or now < record.retry_at:
+            return None
+        if state is _OPEN:
+            return _HALF_OPEN
+        if state is _FORCED_OPEN or state is _DISABLED:
+            return _CLOSED
+        return None
+
+    def _move_when_due_locked(self, due: BreakerState) -> tuple[BreakerRecord, Transition | None]:
+        record, change = self._transition_locked(due)
+        if change is not None and due is _CLOSED:
+            self._opened_because = None
+            _log.warning("circuit breaker %r: the forced state's TTL ran out", self._key)
+        return record, change
+
     def _retry_after(self, record: BreakerRecord, now: float, *, refusing: bool = False) -> float:
-        if record.state is _OPEN:
+        if record.state is _OPEN or (record.state is _FORCED_OPEN and record.retry_at):
             return max(0.0, record.retry_at - now)
         if record.state is _FORCED_OPEN or refusing:
             # no probe is scheduled (forced) or the probes' verdict is pending: if they fail,
@@ -459,3 +497,10 @@ class BreakerMachine:
                 listener.on_call(self, outcome, duration)  # type: ignore[arg-type]
             except Exception:
                 _log.exception("circuit breaker %r: listener failed", self._key)
+
+
+def _forced_because(forced: ForcedState | None) -> str:
+    if forced is None:
+        return "forced open"
+    because = f"forced open by {forced.by}"
+    return f"{because}: {forced.reason}" if forced.reason else because
