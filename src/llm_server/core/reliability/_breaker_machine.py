@@ -279,6 +279,11 @@ class BreakerMachine:
                 self._sync_locked(new)
             if new.state is _CLOSED:
                 self._opened_because = None
+            elif new.state is _FORCED_OPEN:
+                forced = new.forced
+                self._opened_because = _forced_because(
+                    forced.by if forced else None, forced.reason if forced else None
+                )
             elif new.state is _OPEN and old.state is _CLOSED:
                 self._opened_because = self._fleet_reason()
             elif new.state is _OPEN:
@@ -405,7 +410,7 @@ class BreakerMachine:
                 if self._store.compare_and_set(self._key, record, new):
                     break
             self._sync_locked(new)
-            self._opened_because = _forced_because(forced) if state is _FORCED_OPEN else None
+            self._opened_because = _forced_because(by, reason) if state is _FORCED_OPEN else None
             if record.state is not state:
                 change = (record.state, state)
         if change is not None:
@@ -499,8 +504,6 @@ class BreakerMachine:
                 _log.exception("circuit breaker %r: listener failed", self._key)
 
 
-def _forced_because(forced: ForcedState | None) -> str:
-    if forced is None:
-        return "forced open"
-    because = f"forced open by {forced.by}"
-    return f"{because}: {forced.reason}" if forced.reason else because
+def _forced_because(by: str | None, reason: str | None) -> str:
+    because = f"forced open by {by}" if by else "forced open"
+    return f"{because}: {reason}" if reason else because
