@@ -21,6 +21,7 @@ from llm_server.core.errors import (
     ProviderUnavailableError,
 )
 from llm_server.fleet import FleetConnection, RedisBreakerStore
+from llm_server.testing import FakeClock
 
 OPEN, CLOSED, HALF_OPEN = BreakerState.OPEN, BreakerState.CLOSED, BreakerState.HALF_OPEN
 
@@ -354,3 +355,17 @@ def test_a_forced_state_without_ttl_stays_until_reset_everywhere(connect: Connec
     assert other.state is BreakerState.DISABLED
     other.reset()  # cleared explicitly, from any process
     eventually(lambda: forcing.state is CLOSED)
+
+
+def test_a_breaker_on_an_injected_clock_reads_the_fleets_open_period_on_it(
+    connect: Connect,
+) -> None:
+    clock = FakeClock()
+    breaker = breaker_in(connect(), reset_timeout=0.3, clock=clock)
+    for _ in range(5):
+        call(breaker, fail)
+    assert breaker.state is OPEN  # tripped in Redis, on Redis's clock
+    assert 0.2 < breaker.retry_after_s <= 0.3  # ... and told on the breaker's clock
+    time.sleep(0.35)  # Redis's clock
+    clock.advance(0.35)  # the breaker's
+    assert breaker.state is HALF_OPEN

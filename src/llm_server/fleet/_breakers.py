@@ -546,6 +546,8 @@ class RedisBreakerStore:
         remaining_ms = int(reply[2])
         timed = state is BreakerState.OPEN or (state in _FORCED and remaining_ms >= 0)
         entry = self._entries.get(name)
+        # Redis says how much time is left; the breaker compares retry_at with its own clock
+        now = entry.policy.monotonic if entry is not None else time.monotonic
         reseed = False
         with self._lock:
             old = self._records.get(name, _CLOSED)
@@ -555,7 +557,7 @@ class RedisBreakerStore:
                 )
             record = BreakerRecord(
                 state=state,
-                retry_at=time.monotonic() + remaining_ms / 1000 if timed else 0.0,
+                retry_at=now() + remaining_ms / 1000 if timed else 0.0,
                 generation=int(reply[1]),
                 forced=forced,
             )

@@ -181,6 +181,7 @@ class CircuitBreaker(BreakerMachine):
                 reset_timeout_s=float(reset_timeout),
                 half_open_max_calls=half_open_max_calls,
                 probe_lease_s=probe_lease_s,
+                monotonic=self._now,
             )
         )
 

@@ -6,6 +6,7 @@ Public names here are re-exported from :mod:`llm_server.core.reliability._breake
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -147,6 +148,8 @@ class FleetPolicy:
         reset_timeout_s: How long it stays open.
         half_open_max_calls: Probes at once, fleet-wide.
         probe_lease_s: How long a probe's permit lasts if its process never returns it.
+        monotonic: The breaker's clock (an injected one in tests): a store turns the time
+            left of an open (or forced) state into a ``retry_at`` on this clock.
     """
 
     failure_threshold: int | None
@@ -156,6 +159,7 @@ class FleetPolicy:
     reset_timeout_s: float
     half_open_max_calls: int
     probe_lease_s: float
+    monotonic: Callable[[], float] = time.monotonic
 
 
 @runtime_checkable
