@@ -8,18 +8,23 @@ Needs the ``fleet`` extra (``pip install "llm-server-framework[fleet]"``: redis-
     request ──► breaker (local copy of the shared record: no round trip while closed)
             ──► rate limit (one Lua script: requests and tokens taken at once)
             ──► provider
-                  │ failure: written at once, may trip the fleet
+                  │ failure, transition, probe lease and verdict:  ┐ the writer thread,
+                  │   queued, written at once (never awaited)      ┘ woken by the call
                   │ success: summed, written every 100 ms     ┐
                   │ unused tokens: given back every 100 ms    ├ the sync thread
     pub/sub on every transition + re-read every 1 s            ┘
 
 While Redis is down or slow (each command times out after ``LLM_SERVER_REDIS_TIMEOUT_S``),
 each process falls back to its own breakers and its share of every limit, logs one warning,
-and shares again when Redis answers.
+and shares again when Redis answers. ``READONLY`` after a failover drops the pooled
+connections; ``LLM_SERVER_REDIS_URL=redis+sentinel://host:port,.../<service>`` follows the
+primary that Redis Sentinel names. ``NOPERM``, ``WRONGTYPE`` and ``OOM`` are reported once,
+naming the setting to fix, and keep the process on local state until fixed.
 
 The room holds:
 
-- ``_connection``: :class:`FleetConnection`: clients, timeouts, fallback, the sync thread;
+- ``_connection``: :class:`FleetConnection`: timeouts, fallback, the sync and writer threads;
+- ``_clients``: the Redis clients for a URL (Sentinel included) and what an error means;
 - ``_breakers``: :class:`RedisBreakerStore`, a shared :class:`~llm_server.core.circuit_breaker.
   BreakerStateStore` that also decides fleet-wide (failures, probe leases, verdicts);
 - ``_limits``: :class:`RedisLimitCounters`, shared rate-limit counters (with leases);
