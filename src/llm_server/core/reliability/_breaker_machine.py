@@ -136,6 +136,7 @@ class BreakerMachine:
         now = self._now()
         change: Transition | None = None
         refusal: CircuitOpenError | None = None
+        lease = False
         with self._lock:
             record = self._get(self._key)
             self._sync_locked(record)
@@ -147,27 +148,29 @@ class BreakerMachine:
                 permit = record.generation << 1
             elif state is _DISABLED:
                 permit = DISABLED_PERMIT
-            elif (
-                state is _HALF_OPEN
-                and self._probes_in_flight < self._half_open_max_calls
-                and self._fleet_lease(record)
-            ):
-                self._probes_in_flight += 1
+            elif state is _HALF_OPEN and self._probes_in_flight < self._half_open_max_calls:
+                self._probes_in_flight += 1  # held while the fleet is asked, given up if refused
                 permit = record.generation << 1 | 1
+                lease = self._fleet is not None
             else:
                 refusal, summary = self._refusal_locked(record, now)
         if change is not None:
             self._notify_transition(change)
+        if lease and not self._fleet_lease(record):
+            with self._lock:
+                if record.generation == self._seen_generation:
+                    self._probes_in_flight -= 1
+                refusal, summary = self._refusal_locked(record, now)
         if refusal is not None:
             self._refused_after(summary)
             raise refusal
         return permit
 
     def _fleet_lease(self, record: BreakerRecord) -> bool:
-        # the fleet's probes are leases in the shared store (None: it cannot say; decide here)
+        """Ask the shared store for a probe lease (outside the lock: it may do I/O; ``None``
+        from the store: it cannot say, the breaker decides alone)."""
         fleet = self._fleet
-        if fleet is None:
-            return True
+        assert fleet is not None
         leased = fleet.lease_probe(self._key, record.generation)
         return leased is None or leased
 
