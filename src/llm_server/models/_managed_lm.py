@@ -19,7 +19,7 @@ ensure_offline()
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
 import dataclasses  # noqa: E402
 import time  # noqa: E402
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping  # noqa: E402
+from collections.abc import AsyncIterator, Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from contextvars import ContextVar  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -33,8 +33,6 @@ from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
 
 from llm_server.core.errors import ConfigurationError, ContextWindowExceededError  # noqa: E402
 from llm_server.core.model_config import ModelConfig  # noqa: E402
-from llm_server.core.pricing import ModelPrice  # noqa: E402
-from llm_server.core.reliability._budgets import reserve_model_call  # noqa: E402
 from llm_server.core.reliability._rate_limit import Grant, RateLimiter  # noqa: E402
 from llm_server.core.tokens import count_message_tokens  # noqa: E402
 from llm_server.models._engine import (  # noqa: E402
@@ -119,6 +117,23 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             """``dspy.LM.acall``, preparing text-only calls without the worker-thread hop."""
             if self._window is not None:
                 self._check_fits(prompt, messages)
+            limiter = self._limiter
+            if limiter is None:
+                return await self._scoped(prompt, messages, kwargs)
+            grant = await limiter.acquire(self._reserve(limiter, prompt, messages))
+            entries: list[dict[str, Any]] = []
+            token = _call_entries.set(entries)
+            try:
+                result = await self._scoped(prompt, messages, kwargs)
+            except BaseException:
+                limiter.settle(grant, sent=True, tokens_used=None)  # it may have been billed
+                raise
+            finally:
+                _call_entries.reset(token)
+            _settle(limiter, grant, entries)
+            return result
+
+        async def _scoped(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> Any:
             scope = _current_scope.get()
             sent = scope.call_started(prompt, messages) if scope is not None else None
             try:
@@ -132,11 +147,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
 
         async def _execute(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> Any:
             if _EXECUTION is None or not _text_only(prompt, messages, kwargs):  # (for mypy)
-                return await self._admitted(
-                    prompt,
-                    messages,
-                    lambda: _DSPY_ACALL.__wrapped__(self, prompt, messages=messages, **kwargs),
-                )
+                return await _DSPY_ACALL.__wrapped__(self, prompt, messages=messages, **kwargs)
             prepare, aexecute, finalize, warn_legacy_lm, warn_openai_messages = _EXECUTION
             call = prepare(self, prompt, messages, kwargs, asynchronous=True)
             if not call.managed:
@@ -144,10 +155,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             warn_openai_messages(self, messages)
             cache = self._shared_cache
             if cache is None:
-                return await self._admitted(
-                    prompt, messages, lambda: _sent(self, call, aexecute, finalize)
-                )
-            # The shared cache is asked first: a hit takes no rate-limit capacity and no budget.
+                return finalize(self, call, await aexecute(self, call))
             key = cache.key(call.key(self, True))
             record = await cache.get(key)
             if record is not None and _CALL_RESULT is not None:
@@ -155,37 +163,15 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
                     return finalize(self, call, _CALL_RESULT.load(record))  # a hit: not billed
                 except (KeyError, TypeError, ValueError):
                     pass  # a record this DSPy cannot read: ask the provider
-            return await self._admitted(
-                prompt,
-                messages,
-                lambda: _sent(self, call, aexecute, finalize, cache=cache, key=key),
-            )
-
-        async def _admitted(
-            self, prompt: Any, messages: Any, send: Callable[[], Awaitable[Any]]
-        ) -> Any:
-            """Send once the tenant's budget holds the call's estimate and the rate limit
-            granted it; settle the grant to the reported usage."""
-            await reserve_model_call(lambda: self._estimate(prompt, messages))
-            limiter = self._limiter
-            if limiter is None:
-                return await send()
-            grant = await limiter.acquire(self._reserve(limiter, prompt, messages))
-            entries: list[dict[str, Any]] = []
-            token = _call_entries.set(entries)
-            try:
-                result = await send()
-            except BaseException:
-                limiter.settle(grant, sent=True, tokens_used=None)  # it may have been billed
-                raise
-            finally:
-                _call_entries.reset(token)
-            _settle(limiter, grant, entries)
-            return result
+            result = await aexecute(self, call)
+            if not result.cache_hit:
+                # DSPy's plain-data record of a native call (a LiteLLM response is not JSON:
+                # the cache skips it)
+                cache.put(key, result.dump() if result.responses else result.raw)
+            return finalize(self, call, result)
 
     _window: tuple[str, int, int] | None = None  # (model id, context window, max tokens)
     _limiter: RateLimiter | None = None
-    _price: ModelPrice | None = None
     _shared_cache: Any = None  # a llm_server.fleet.SharedResponseCache
     _planned = False  # DSPy's capability planning ran once (see _plan_in_thread_once)
 
@@ -196,28 +182,6 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
     def limit_rate(self, limiter: RateLimiter | None) -> None:
         """Take every call's requests and tokens from ``limiter`` before it is sent."""
         self._limiter = limiter
-
-    def price_calls(self, price: ModelPrice | None) -> None:
-        """Price each call's estimate (for the tenant's cost budget) at ``price``."""
-        self._price = price
-
-    def _estimate(self, prompt: Any, messages: Any) -> tuple[int, float]:
-        """The most a call may use: its prompt's tokens, counted here, plus ``max_tokens``;
-        and what that costs at the model's price (0 when the price is unknown)."""
-        sent = entry_messages({"messages": messages, "prompt": prompt})
-        prompt_tokens = count_message_tokens(sent, self.model)
-        max_tokens = self.kwargs.get("max_tokens") or self.kwargs.get("max_completion_tokens")
-        answer_tokens = int(max_tokens or 0)
-        price = self._price
-        cost = (
-            0.0
-            if price is None
-            else (
-                prompt_tokens * price.input_per_million + answer_tokens * price.output_per_million
-            )
-            / 1_000_000
-        )
-        return prompt_tokens + answer_tokens, cost
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         """``dspy.LM.__call__`` (sync programs, optimizers), taken from the rate limit first."""
@@ -349,24 +313,6 @@ def _price_in_the_manager() -> None:
 
 
 _price_in_the_manager()
-
-
-async def _sent(
-    lm: ManagedLM,
-    call: Any,
-    aexecute: Any,
-    finalize: Any,
-    *,
-    cache: Any = None,
-    key: str | None = None,
-) -> Any:
-    """Send a prepared text-only call; queue a fresh answer for the shared cache."""
-    result = await aexecute(lm, call)
-    if cache is not None and key is not None and not result.cache_hit:
-        # DSPy's plain-data record of a native call (a LiteLLM response is not JSON: the
-        # cache skips it)
-        cache.put(key, result.dump() if result.responses else result.raw)
-    return finalize(lm, call, result)
 
 
 def _settle(limiter: RateLimiter, grant: Grant, entries: list[dict[str, Any]]) -> None:

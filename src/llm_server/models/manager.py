@@ -217,8 +217,6 @@ class ModelManager:
         self.limiters: dict[str, RateLimiter] = self._stack.limiters
         for model_id, limiter in self.limiters.items():
             self._lms[model_id].limit_rate(limiter)
-        for model_id, lm in self._lms.items():
-            lm.price_calls(self._prices[model_id])
         self.caches = self._share_caches(keys)
         self.telemetry.observe_limits(self.limiters.values(), self.fleet, self.budgets)
         self.telemetry.observe_caches(self.caches.values())

@@ -2,14 +2,11 @@
 
 The host says who the caller is (:func:`tenant_scope`, :func:`set_tenant`, or the FastAPI
 dependency :func:`llm_server.fastapi.tenant_header`); every model call made for that tenant is
-admitted only while its budgets have room, and holds a reservation until it ends: one
-request at the door (:class:`BudgetBackend`, the outermost layer of the model-call stack),
-and before each model call its estimate (the prompt's tokens counted here plus
-``max_tokens``, priced at the model's price). When the call ends the reservation is settled
-to the usage and cost the provider reported (:meth:`TenantBudgets.settle`, the one place a
-call is charged). So what a tenant spends exceeds a budget by at most one model call's
-estimate (the last one admitted while there was room), as long as calls cost no more than
-their estimate; with Redis (:mod:`llm_server.fleet`) the reservation is the fleet's.
+checked against its budgets before it starts and charged after it with its exact usage and
+cost (:class:`BudgetBackend`, the outermost layer of the model-call stack). Checking reads a
+local view (no round trip once the tenant's period is known); charges are written by the
+fleet's sync thread when Redis is configured, so a fleet may overshoot a budget by the calls
+it admitted in the last second.
 """
 
 from __future__ import annotations
@@ -18,11 +15,11 @@ import calendar
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from llm_server.core.errors import BudgetExceededError, ConfigurationError
 from llm_server.core.model_interfaces import ModelOutput
@@ -35,14 +32,10 @@ __all__ = [
     "BudgetBackend",
     "LocalUsageCounters",
     "Period",
-    "PeriodLimit",
-    "Reservation",
-    "SharedReservations",
     "TenantBudgets",
     "Usage",
     "UsageCounters",
     "current_tenant",
-    "reserve_model_call",
     "set_tenant",
     "tenant_scope",
 ]
@@ -109,13 +102,6 @@ class Usage:
             self.cost_usd + other.cost_usd,
         )
 
-    def __sub__(self, other: Usage) -> Usage:
-        return Usage(
-            self.requests - other.requests,
-            self.tokens - other.tokens,
-            self.cost_usd - other.cost_usd,
-        )
-
 
 def period_key(period: Period, now: float) -> tuple[str, float]:
     """The UTC period containing ``now`` (``"d20261130"``, ``"m202611"``) and when it ends."""
@@ -138,39 +124,6 @@ class UsageCounters(Protocol):
 
     def charge(self, tenant: str, key: str, usage: Usage, expires_at: float) -> None:
         """Add ``usage`` (never waits; kept until written when the store is remote)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodLimit:
-    """One period a reservation holds against: its key, when it ends, and its budget."""
-
-    key: str
-    ends: float
-    budget: Budget
-
-
-@runtime_checkable
-class SharedReservations(Protocol):
-    """Counters that also hold reservations for the whole fleet (Redis's do)."""
-
-    async def reserve(
-        self,
-        tenant: str,
-        periods: Sequence[PeriodLimit],
-        amount: Usage,
-        kinds: Sequence[str],
-    ) -> tuple[int, str] | Literal[True] | None:
-        """Reserve ``amount`` in every period if the fleet's usage plus its reservations
-        leave room in each checked kind: ``True`` (reserved), ``(period index, kind)`` (no
-        room: nothing reserved), or ``None`` (the store cannot decide now: decide locally)."""
-        ...
-
-    def settle(
-        self, tenant: str, periods: Sequence[PeriodLimit], usage: Usage, released: Usage
-    ) -> None:
-        """Charge ``usage`` and release ``released`` (what :meth:`reserve` reserved) in every
-        period, in one write (never waits)."""
         ...
 
 
@@ -197,77 +150,8 @@ class LocalUsageCounters:
                     del self._usage[stale]
 
 
-@dataclass(eq=False, slots=True)
-class Reservation:
-    """What one call holds against its tenant's budgets until it is settled.
-
-    Made by :meth:`TenantBudgets.reserve`, grown before each model call of the call by
-    :func:`reserve_model_call`, ended by :meth:`TenantBudgets.settle`.
-
-    Attributes:
-        owner: The budgets it was made by.
-        tenant: The tenant.
-        periods: The periods it holds against (those of the moment it was made).
-        held: What it holds in this process's view.
-        held_shared: Of that, what it holds in the fleet's store.
-        model_calls: Model calls admitted (their estimates held).
-        refused: Whether a model call was refused for lack of room.
-        settled: Whether it was settled (settling twice does nothing).
-    """
-
-    owner: TenantBudgets
-    tenant: str
-    periods: tuple[PeriodLimit, ...]
-    held: Usage = Usage()
-    held_shared: Usage = Usage()
-    model_calls: int = 0
-    refused: bool = False
-    settled: bool = False
-
-    @property
-    def counts_tokens(self) -> bool:
-        """Whether a budget it holds against limits tokens or cost (estimates are needed)."""
-        return any(
-            p.budget.tokens is not None or p.budget.cost_usd is not None for p in self.periods
-        )
-
-
-_reservation: ContextVar[Reservation | None] = ContextVar("llm_server_reservation", default=None)
-
-_AT_THE_DOOR = ("requests", "tokens", "cost_usd")
-_BEFORE_A_MODEL_CALL = ("tokens", "cost_usd")  # its request was reserved at the door
-
-
-async def reserve_model_call(estimate: Callable[[], tuple[int, float]]) -> None:
-    """Before a model call is sent: hold its estimate in the current call's reservation.
-
-    Does nothing outside a budgeted call (no tenant, or no budget for it), and calls
-    ``estimate`` only when a token or cost budget applies.
-
-    Args:
-        estimate: The most the model call may use: ``(tokens, cost in USD)``.
-
-    Raises:
-        BudgetExceededError: The tenant's token or cost budget has no room left.
-    """
-    reservation = _reservation.get()
-    if reservation is None or reservation.settled or not reservation.counts_tokens:
-        return
-    tokens, cost_usd = estimate()
-    try:
-        await reservation.owner.reserve_more(reservation, Usage(0, tokens, cost_usd))
-    except BudgetExceededError:
-        reservation.refused = True
-        raise
-    reservation.model_calls += 1
-
-
 class TenantBudgets:
-    """Budgets per tenant and period, and what each tenant used and holds.
-
-    A call is admitted while its tenant's usage plus what calls in flight hold is below every
-    budget (at the limit it is refused); it then holds one request, and before each model call
-    that model call's estimate, until :meth:`settle` charges what it really used.
+    """Budgets per tenant and period, and what each tenant used.
 
     Args:
         budgets: Tenant id (or :data:`ANY_TENANT`) -> period -> :class:`Budget`.
@@ -290,10 +174,7 @@ class TenantBudgets:
             for period, budget in periods.items():
                 self.set_budget(tenant, period, budget)
         self.counters: UsageCounters = counters or LocalUsageCounters()
-        self._shared = self.counters if isinstance(self.counters, SharedReservations) else None
         self._now = wall_clock
-        self._held: dict[tuple[str, str], Usage] = {}  # reserved by calls in flight here
-        self._lock = threading.Lock()
         self.refused_fleet = 0
         """Calls refused so far on the fleet's usage (for metrics)."""
         self.refused_local = 0
@@ -324,12 +205,8 @@ class TenantBudgets:
         """Whether any budget is set."""
         return any(self._budgets.values())
 
-    def held(self, tenant: str, key: str) -> Usage:
-        """What calls in flight in this process hold in the tenant's period ``key``."""
-        return self._held.get((tenant, key), Usage())
-
     async def check(self, tenant: str) -> None:
-        """Refuse a call the tenant's budgets have no room for (reserves nothing).
+        """Refuse a call the tenant's budgets have no room for.
 
         Raises:
             BudgetExceededError: A budget of the current period is spent.
@@ -338,131 +215,30 @@ class TenantBudgets:
         for period, budget in self.budgets_for(tenant).items():
             key, ends = period_key(period, now)
             used, fleet = await self.counters.usage(tenant, key)
-            spent = _spent(budget, used + self.held(tenant, key), _AT_THE_DOOR)
+            spent = _spent(budget, used)
             if spent is not None:
-                raise self._refusal(tenant, period, ends, now, spent, fleet=fleet)
-
-    async def reserve(self, tenant: str) -> Reservation | None:
-        """Admit one call of ``tenant`` and hold one request for it until :meth:`settle`.
-
-        Returns:
-            The call's reservation, or ``None`` when the tenant has no budget.
-
-        Raises:
-            BudgetExceededError: A budget of the current period has no room left.
-        """
-        now = self._now()
-        periods = tuple(
-            PeriodLimit(*period_key(period, now), budget)
-            for period, budget in self.budgets_for(tenant).items()
-        )
-        if not periods:
-            return None
-        reservation = Reservation(self, tenant, periods)
-        await self._take(reservation, Usage(requests=1), _AT_THE_DOOR)
-        return reservation
-
-    async def reserve_more(self, reservation: Reservation, amount: Usage) -> None:
-        """Hold ``amount`` more (a model call's estimate) if the token and cost budgets still
-        have room.
-
-        Raises:
-            BudgetExceededError: The token or cost budget has no room left.
-        """
-        await self._take(reservation, amount, _BEFORE_A_MODEL_CALL)
-
-    async def _take(self, reservation: Reservation, amount: Usage, kinds: Sequence[str]) -> None:
-        tenant, periods = reservation.tenant, reservation.periods
-        shared_verdict: tuple[int, str] | Literal[True] | None = None
-        if self._shared is not None:
-            shared_verdict = await self._shared.reserve(tenant, periods, amount, kinds)
-            if isinstance(shared_verdict, tuple):
-                index, what = shared_verdict
-                self._refuse(reservation, periods[index], what, fleet=True)
-        seen = [await self.counters.usage(tenant, p.key) for p in periods]
-        with self._lock:  # no await from here on: the check and the hold are one step
-            if shared_verdict is None:
-                for limit, (used, fleet) in zip(periods, seen, strict=True):
-                    committed = used + self._held.get((tenant, limit.key), Usage())
-                    spent = _spent(limit.budget, committed, kinds)
-                    if spent is not None:
-                        self._refuse(reservation, limit, spent[0], fleet=fleet)
-            for limit in periods:
-                slot = (tenant, limit.key)
-                self._held[slot] = self._held.get(slot, Usage()) + amount
-        reservation.held = reservation.held + amount
-        if shared_verdict is True:
-            reservation.held_shared = reservation.held_shared + amount
-
-    def settle(self, reservation: Reservation, usage: Usage) -> None:
-        """End a call: release what it held and charge what it used, once.
-
-        The one place a call is charged: its usage is what the provider reported, for a
-        failed call too when it is known.
-        """
-        if reservation.settled:
-            return
-        reservation.settled = True
-        tenant = reservation.tenant
-        with self._lock:
-            for limit in reservation.periods:
-                slot = (tenant, limit.key)
-                left = self._held.get(slot, Usage()) - reservation.held
-                if left.requests <= 0 and left.tokens <= 0 and left.cost_usd <= 1e-12:
-                    self._held.pop(slot, None)
+                if fleet:
+                    self.refused_fleet += 1
                 else:
-                    self._held[slot] = left
-        if self._shared is not None:
-            self._shared.settle(tenant, reservation.periods, usage, reservation.held_shared)
-            return
-        for limit in reservation.periods:
-            self.counters.charge(tenant, limit.key, usage, limit.ends)
+                    self.refused_local += 1
+                what, limit = spent
+                scope = "the fleet's" if fleet else "this process's"
+                raise BudgetExceededError(
+                    f"tenant {tenant!r} spent its {what} budget for this {period} "
+                    f"({limit} per {period}, by {scope} count); it renews at "
+                    f"{dt.datetime.fromtimestamp(ends, tz=dt.UTC):%Y-%m-%d %H:%M} UTC",
+                    tenant=tenant,
+                    limit=f"{what}_per_{period}",
+                    retry_after_s=max(1.0, ends - now),
+                    fleet=fleet,
+                )
 
     def charge(self, tenant: str, usage: Usage) -> None:
-        """Charge usage made outside a reservation to every period the tenant has a budget for."""
+        """Charge a finished call to every period the tenant has a budget for."""
         now = self._now()
         for period in self.budgets_for(tenant):
             key, ends = period_key(period, now)
             self.counters.charge(tenant, key, usage, ends)
-
-    def _refuse(
-        self, reservation: Reservation, limit: PeriodLimit, what: str, *, fleet: bool
-    ) -> NoReturn:
-        period: Period = "day" if limit.key.startswith("d") else "month"
-        raise self._refusal(
-            reservation.tenant,
-            period,
-            limit.ends,
-            self._now(),
-            _describe(limit.budget, what),
-            fleet=fleet,
-        )
-
-    def _refusal(
-        self,
-        tenant: str,
-        period: Period,
-        ends: float,
-        now: float,
-        spent: tuple[str, str],
-        *,
-        fleet: bool,
-    ) -> BudgetExceededError:
-        if fleet:
-            self.refused_fleet += 1
-        else:
-            self.refused_local += 1
-        what, limit = spent
-        scope = "the fleet's" if fleet else "this process's"
-        return BudgetExceededError(
-            f"tenant {tenant!r} spent its {what} budget for this {period} "
-            f"({limit} per {period}, by {scope} count); it renews at "
-            f"{dt.datetime.fromtimestamp(ends, tz=dt.UTC):%Y-%m-%d %H:%M} UTC",
-            tenant=tenant,
-            limit=f"{what}_per_{period}",
-            retry_after_s=max(1.0, ends - now),
-            fleet=fleet,
-        )
 
     async def usage(self, tenant: str) -> dict[Period, tuple[Usage, Budget]]:
         """The tenant's usage and budget in each budgeted period, as known here."""
@@ -474,32 +250,22 @@ class TenantBudgets:
         return out
 
 
-def _describe(budget: Budget, what: str) -> tuple[str, str]:
-    if what == "requests":
-        return what, f"{budget.requests:,} requests"
-    if what == "tokens":
-        return what, f"{budget.tokens:,} tokens"
-    dollars = f"{budget.cost_usd or 0:,.6f}".rstrip("0").rstrip(".")
-    return what, f"${dollars}"
-
-
-def _spent(budget: Budget, used: Usage, kinds: Sequence[str]) -> tuple[str, str] | None:
-    """The first budget of ``kinds`` that ``used`` reached (at the limit counts), if any."""
-    for what in kinds:
-        limit = getattr(budget, what)
-        if limit is not None and getattr(used, what) >= limit:
-            return _describe(budget, what)
+def _spent(budget: Budget, used: Usage) -> tuple[str, Any] | None:
+    if budget.requests is not None and used.requests >= budget.requests:
+        return "requests", f"{budget.requests:,} requests"
+    if budget.tokens is not None and used.tokens >= budget.tokens:
+        return "tokens", f"{budget.tokens:,} tokens"
+    if budget.cost_usd is not None and used.cost_usd >= budget.cost_usd:
+        dollars = f"{budget.cost_usd:,.6f}".rstrip("0").rstrip(".")
+        return "cost_usd", f"${dollars}"
     return None
 
 
 class BudgetBackend(BackendWrapper):
-    """Admits a call only while the current tenant's budgets have room, and settles it after.
+    """Checks the current tenant's budgets before a model call and charges it after.
 
     Without a tenant (:func:`current_tenant` is ``None``) or with no budget set, it only
-    forwards the call. The call holds one request from admission, and each model call it
-    makes holds its estimate (see :func:`reserve_model_call`) until the call ends; it is then
-    charged what it used. A failed call is charged one request (its tokens and cost are
-    unknown); a call refused before any model call was sent is charged nothing.
+    forwards the call. A failed call is charged one request (its tokens and cost are unknown).
 
     Args:
         backend: The backend to guard (the whole reliable stack: a call is one charge).
@@ -515,21 +281,15 @@ class BudgetBackend(BackendWrapper):
         tenant = _tenant.get()
         if tenant is None or not self.budgets.configured:
             return await self._backend.predict(input)
-        reservation = await self.budgets.reserve(tenant)
-        if reservation is None:
-            return await self._backend.predict(input)
-        token = _reservation.set(reservation)
+        await self.budgets.check(tenant)
         try:
             output = await self._backend.predict(input)
         except BaseException:
-            refused_before_sending = reservation.refused and reservation.model_calls == 0
-            self.budgets.settle(reservation, Usage() if refused_before_sending else Usage(1))
+            self.budgets.charge(tenant, Usage(requests=1))
             raise
-        finally:
-            _reservation.reset(token)
         usage = output.usage
-        self.budgets.settle(
-            reservation,
+        self.budgets.charge(
+            tenant,
             Usage(
                 requests=1,
                 tokens=usage.total_tokens if usage is not None else 0,
