@@ -1,7 +1,8 @@
 """A TCP proxy of the tests' own, in front of a private redis-server: latency, silence, resets.
 
 It runs its own event loop in a thread, so the loop a test measures carries none of its work.
-Every byte a client sends is delivered ``latency_s`` later (in order); while ``silent`` the
+Every byte a client sends is delivered ``latency_s`` later (in order), every byte Redis answers
+``reply_latency_s`` later (a reply that comes late, after Redis acted); while ``silent`` the
 proxy forwards nothing (a Redis that stopped answering, sockets still open); ``reset()``
 aborts every connection (RST); ``target`` can be switched (a promoted replica).
 """
@@ -20,6 +21,7 @@ class RedisProxy:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.latency_s = 0.0
+        self.reply_latency_s = 0.0
         self._silent = False
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -97,8 +99,8 @@ class RedisProxy:
             return
         self._writers.update((writer, up_writer))
         tasks = [
-            asyncio.ensure_future(self._pump(reader, up_writer, delay=True)),
-            asyncio.ensure_future(self._pump(up_reader, writer, delay=False)),
+            asyncio.ensure_future(self._pump(reader, up_writer, replies=False)),
+            asyncio.ensure_future(self._pump(up_reader, writer, replies=True)),
         ]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
@@ -108,7 +110,7 @@ class RedisProxy:
             self._writers.discard(side)
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, delay: bool
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, replies: bool
     ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -127,13 +129,13 @@ class RedisProxy:
 
         sender = asyncio.ensure_future(deliver())
         try:
-            while data := await reader.read(65536):
-                queue.put_nowait((time.monotonic() + (self.latency_s if delay else 0.0), data))
+            with suppress(OSError):  # a reset too: what was read was sent, it is delivered
+                while data := await reader.read(65536):
+                    late = self.reply_latency_s if replies else self.latency_s
+                    queue.put_nowait((time.monotonic() + late, data))
             queue.put_nowait((0.0, b""))
             with suppress(OSError):
                 await sender
-        except OSError:
-            pass
         finally:
             sender.cancel()
             with suppress(asyncio.CancelledError, OSError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -12,6 +13,7 @@ import pytest
 import redis
 from _fleet_helpers import Connect
 from _redis_proxy import RedisProxy
+from _redis_servers import port_of, redis_servers
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.rate_limit import RateLimiter
@@ -39,20 +41,27 @@ def counted(connection: FleetConnection, key: str = "m") -> dict[str, int]:
 
 
 async def test_no_capacity_leaks_after_100_timed_out_or_cancelled_takes(
-    proxy: RedisProxy, connect: Connect, private_redis: RedisExecutor
+    connect: Connect, tmp_path: Path
 ) -> None:
-    connection = connect(proxy.url, timeout_s=0.15)
+    with redis_servers(tmp_path, 1) as (admin,):  # a server of its own: exact command counts
+        proxy = RedisProxy("127.0.0.1", port_of(admin)).start()
+        try:
+            await _no_leak(connect(proxy.url, timeout_s=0.5), proxy, admin)
+        finally:
+            proxy.close()
+
+
+async def _no_leak(connection: FleetConnection, proxy: RedisProxy, admin: redis.Redis) -> None:
     counters = RedisLimitCounters(connection)
     connection.start()
-    # 100 open connections that know the script (a new one's handshake would time out)
+    # 100 open connections that know the script: each take below uses one (a new one's
+    # handshake would time out, and a take that timed out closes its connection)
     proxy.latency_s = 0.01
     async with anyio.create_task_group() as group:
         for _ in range(100):
-            group.start_soon(counters.take, "warm-up", 1, 0, (10_000, 0))
-    admin = redis.Redis(host=private_redis.host, port=private_redis.port, protocol=2)
+            # (a small limit: no lease, every take is a round trip on a connection of its own)
+            group.start_soon(counters.take, "warm-up", 1, 0, (20, 0))
     before = evalshas(admin)
-    released = counters.released
-    proxy.latency_s = 0.3  # every take reaches Redis after its taker gave up
     caps = (10_000, 0)
 
     async def timed_out() -> None:
@@ -63,14 +72,15 @@ async def test_no_capacity_leaks_after_100_timed_out_or_cancelled_takes(
         with anyio.move_on_after(0.01):
             await counters.take("m", 1, 0, caps)
 
+    proxy.latency_s = 0.0
+    released = counters.released
+    proxy.reply_latency_s = 1.0  # Redis counts every take; its answer comes too late
     async with anyio.create_task_group() as group:
         for index in range(100):
             group.start_soon(timed_out if index % 2 else cancelled)
     assert counters.released - released == 100
-    await anyio.sleep(0.4)
-    assert evalshas(admin) - before >= 30  # many takes reached Redis (and were counted)
-    admin.close()
-    proxy.latency_s = 0.0
+    assert evalshas(admin) - before >= 100, connection.describe()  # every take was counted
+    proxy.reply_latency_s = 0.0
     deadline = time.monotonic() + 5
     while any(counted(connection).values()):
         assert time.monotonic() < deadline, f"leaked: {counted(connection)}"

@@ -68,7 +68,7 @@ class RedisLimitCounters:
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._sync_script = connection.client.register_script(_scripts.LIMIT_TAKE)
-        self._async_scripts: dict[int, AsyncScript] = {}
+        self._async_scripts: dict[int, tuple[Any, AsyncScript]] = {}
         self._grant_ids = itertools.count()
         self._claims: defaultdict[str, list[str]] = defaultdict(list)
         self._releases: defaultdict[str, list[str]] = defaultdict(list)
@@ -104,9 +104,15 @@ class RedisLimitCounters:
             return leased
         calls = self._lease_calls(caps, tokens)
         client = conn.async_client()
-        script = self._async_scripts.get(id(client))
-        if script is None:
-            script = self._async_scripts[id(client)] = client.register_script(_scripts.LIMIT_TAKE)
+        # keyed by the client's id, checked by identity: a client made after another was
+        # closed (another event loop, or after READONLY) may reuse its id
+        entry = self._async_scripts.get(id(client))
+        if entry is None or entry[0] is not client:
+            entry = self._async_scripts[id(client)] = (
+                client,
+                client.register_script(_scripts.LIMIT_TAKE),
+            )
+        script = entry[1]
         grant = self._grant(key)
         args: list[int | str] = [_WINDOW_MS, requests, tokens, caps[0], caps[1]]
         args += [requests * calls, tokens * calls, grant, CLAIM_MS]
