@@ -369,3 +369,29 @@ def test_a_breaker_on_an_injected_clock_reads_the_fleets_open_period_on_it(
     time.sleep(0.35)  # Redis's clock
     clock.advance(0.35)  # the breaker's
     assert breaker.state is HALF_OPEN
+
+
+def test_the_fleets_failure_rate_trips_where_no_process_alone_would(connect: Connect) -> None:
+    def rate_breaker(connection: FleetConnection) -> CircuitBreaker:
+        breaker = CircuitBreaker(
+            name="m",
+            store=RedisBreakerStore(connection),
+            failure_rate_threshold=0.5,
+            minimum_calls=4,
+            window_size=10,
+            reset_timeout=30,
+        )
+        connection.start()
+        return breaker
+
+    healthy, failing = rate_breaker(connect()), rate_breaker(connect())
+    for _ in range(2):
+        assert call(healthy, lambda: None) == "ok"
+    healthy._store.flush()  # type: ignore[attr-defined]  # (what the sync thread does)
+    # 2 calls here: under minimum_calls (4) for this process alone; the fleet saw 4 calls,
+    # 2 failed (50 %): open everywhere
+    outcomes = [call(failing, fail) for _ in range(3)]
+    assert outcomes == ["failed", "failed", "refused"]
+    for breaker in (failing, healthy):
+        eventually(lambda b=breaker: b.state is OPEN)  # type: ignore[misc]
+    assert "failure rate" in (healthy.snapshot().opened_because or "")
