@@ -88,7 +88,10 @@ def test_without_a_redis_url_there_is_no_fleet(tmp_path: Path, provider: LocalPr
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("http://127.0.0.1:6379/0", "the scheme must be redis://, rediss:// or unix://"),
+        (
+            "http://127.0.0.1:6379/0",
+            "the scheme must be redis://, rediss://, unix:// or redis+sentinel://",
+        ),
         ("redis://127.0.0.1:notaport/0", "is not a usable Redis URL"),
     ],
 )
@@ -195,6 +198,9 @@ async def test_a_shared_limit_answers_429_and_models_shows_the_fleet(
         assert body["fleet"]["shared"] is True
         assert body["fleet"]["members"] >= 1
         assert "@" not in body["fleet"]["redis"]
+        assert body["fleet"]["misconfigured"] is None
+        assert body["fleet"]["sync_lag_s"] < 1
+        assert model["breaker"]["forced_by"] is None
 
 
 async def test_a_limit_without_redis_is_per_process(
@@ -385,3 +391,20 @@ async def test_bad_tenant_ids_get_a_400_envelope(
             by_path = await client.get(f"/tenants/{tenant}/usage", headers=ADMIN)
             assert by_path.status_code == 400
             assert by_path.json()["error"]["type"] == "bad_input"
+
+
+async def test_models_shows_who_forced_a_breaker_and_until_when(
+    tmp_path: Path, provider: LocalProvider, redis_url: str, prefix: str
+) -> None:
+    app = app_for(provider, tmp_path, settings={"redis_url": redis_url, "redis_prefix": prefix})
+    async with serving(app) as client:
+        breaker = app.state.model_manager.breakers["gpt-4o-mini"]
+        breaker.force_open(ttl_s=300, by="ops", reason="provider maintenance")
+        shown = (await client.get("/models")).json()["models"][0]["breaker"]
+        assert shown["state"] == "forced_open"
+        assert (shown["forced_by"], shown["forced_reason"]) == ("ops", "provider maintenance")
+        assert shown["forced_until"] - shown["forced_at"] == 300
+        assert shown["opened_because"] == "forced open by ops: provider maintenance"
+        breaker.reset()
+        shown = (await client.get("/models")).json()["models"][0]["breaker"]
+        assert (shown["state"], shown["forced_by"]) == ("closed", None)

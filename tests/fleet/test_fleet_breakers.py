@@ -14,8 +14,14 @@ from _fleet_helpers import Connect, url_of
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.circuit_breaker import BreakerRecord, BreakerState, CircuitBreaker
-from llm_server.core.errors import CircuitOpenError, ProviderUnavailableError
+from llm_server.core.config import FrameworkSettings
+from llm_server.core.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    ProviderUnavailableError,
+)
 from llm_server.fleet import FleetConnection, RedisBreakerStore
+from llm_server.testing import FakeClock
 
 OPEN, CLOSED, HALF_OPEN = BreakerState.OPEN, BreakerState.CLOSED, BreakerState.HALF_OPEN
 
@@ -270,3 +276,122 @@ def test_a_slow_redis_never_keeps_a_failing_provider_from_tripping_the_breaker(
     finally:
         admin.close()
     eventually(connection.reliable, timeout_s=6)
+
+
+@pytest.mark.parametrize("prefix", ["app:x", "app:", "a b", ""])
+def test_a_prefix_that_could_overlap_another_is_refused(redis_url: str, prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="LLM_SERVER_REDIS_PREFIX"):
+        FleetConnection(redis_url, prefix=prefix, timeout_s=0.05)
+    with pytest.raises(ConfigurationError, match="LLM_SERVER_REDIS_PREFIX"):
+        FrameworkSettings(redis_prefix=prefix)
+
+
+def test_a_transition_from_an_older_generation_of_the_same_state_is_refused(
+    connect: Connect,
+) -> None:
+    breaker = breaker_in(connect(), reset_timeout=0.2)
+    store = breaker._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(breaker, fail)
+    first_open = store.get("m")  # open, generation 1
+    time.sleep(0.25)
+    ticket = breaker.admit()  # half-open, generation 2
+    breaker.settle(ticket, ProviderUnavailableError("503"))  # open again, generation 3
+    assert store.get("m").state is OPEN
+    assert store.get("m").generation == first_open.generation + 2
+    # a process that still holds the first open record tries to close the breaker
+    closing = BreakerRecord(state=CLOSED, generation=first_open.generation + 1)
+    assert store.compare_and_set("m", first_open, closing) is False
+    assert store.get("m").state is OPEN
+
+
+def test_a_stale_read_never_lowers_the_generation(connect: Connect) -> None:
+    breaker = breaker_in(connect(), reset_timeout=30)
+    store = breaker._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(breaker, fail)
+    opened = store.get("m")
+    # the sync thread's read that left before the transition landed
+    store._store("m", [b"closed", opened.generation - 1, 0], notify=True)
+    assert store.get("m") == opened
+    assert breaker.state is OPEN
+
+
+def test_a_record_redis_lost_is_written_again_with_its_generation(connect: Connect) -> None:
+    connection = connect()
+    breaker = breaker_in(connection, reset_timeout=30)
+    for _ in range(5):
+        call(breaker, fail)
+    opened = breaker._store.get("m")  # type: ignore[attr-defined]
+    connection.client.delete(connection.key("cb", "m"))  # a restart without persistence
+    eventually(lambda: connection.client.hget(connection.key("cb", "m"), "s") == b"open")
+    assert int(connection.client.hget(connection.key("cb", "m"), "g")) == opened.generation
+    other = breaker_in(connect(), reset_timeout=30)
+    assert other.state is OPEN  # a new process does not start over at generation 0
+
+
+def test_a_forced_state_is_the_fleets_with_who_why_and_its_ttl(connect: Connect) -> None:
+    forcing = breaker_in(connect())
+    other = breaker_in(connect())
+    forcing.force_open(ttl_s=0.6, by="ops", reason="provider maintenance")
+    eventually(lambda: other.state is BreakerState.FORCED_OPEN)
+    eventually(lambda: other.snapshot().forced is not None)
+    forced = other.snapshot().forced
+    assert forced is not None
+    assert (forced.by, forced.reason, forced.ttl_s) == ("ops", "provider maintenance", 0.6)
+    assert call(other, lambda: None) == "refused"
+    time.sleep(0.65)  # the TTL ran out, on Redis's clock
+    for breaker in (forcing, other):
+        eventually(lambda b=breaker: b.state is CLOSED)  # type: ignore[misc]
+        assert call(breaker, lambda: None) == "ok"
+
+
+def test_a_forced_state_without_ttl_stays_until_reset_everywhere(connect: Connect) -> None:
+    forcing = breaker_in(connect())
+    other = breaker_in(connect())
+    forcing.disable(by="ops", reason="the health check flaps")
+    eventually(lambda: other.state is BreakerState.DISABLED)
+    time.sleep(1.1)  # a re-read changes nothing
+    assert other.state is BreakerState.DISABLED
+    other.reset()  # cleared explicitly, from any process
+    eventually(lambda: forcing.state is CLOSED)
+
+
+def test_a_breaker_on_an_injected_clock_reads_the_fleets_open_period_on_it(
+    connect: Connect,
+) -> None:
+    clock = FakeClock()
+    breaker = breaker_in(connect(), reset_timeout=0.3, clock=clock)
+    for _ in range(5):
+        call(breaker, fail)
+    assert breaker.state is OPEN  # tripped in Redis, on Redis's clock
+    assert 0.2 < breaker.retry_after_s <= 0.3  # ... and told on the breaker's clock
+    time.sleep(0.35)  # Redis's clock
+    clock.advance(0.35)  # the breaker's
+    assert breaker.state is HALF_OPEN
+
+
+def test_the_fleets_failure_rate_trips_where_no_process_alone_would(connect: Connect) -> None:
+    def rate_breaker(connection: FleetConnection) -> CircuitBreaker:
+        breaker = CircuitBreaker(
+            name="m",
+            store=RedisBreakerStore(connection),
+            failure_rate_threshold=0.5,
+            minimum_calls=4,
+            window_size=10,
+            reset_timeout=30,
+        )
+        connection.start()
+        return breaker
+
+    healthy, failing = rate_breaker(connect()), rate_breaker(connect())
+    for _ in range(2):
+        assert call(healthy, lambda: None) == "ok"
+    healthy._store.flush()  # type: ignore[attr-defined]  # (what the sync thread does)
+    # 2 calls here: under minimum_calls (4) for this process alone; the fleet saw 4 calls,
+    # 2 failed (50 %): open everywhere
+    outcomes = [call(failing, fail) for _ in range(3)]
+    assert outcomes == ["failed", "failed", "refused"]
+    for breaker in (failing, healthy):
+        eventually(lambda b=breaker: b.state is OPEN)  # type: ignore[misc]
+    assert "failure rate" in (healthy.snapshot().opened_because or "")

@@ -609,3 +609,35 @@ async def test_a_listener_added_mid_call_sees_a_zero_duration_for_that_call() ->
 
     await breaker.call(three_seconds)
     assert durations == [0.0, 3.0]
+
+
+async def test_a_forced_state_records_who_and_why_and_ends_with_its_ttl(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(clock=clock)
+    breaker.force_open(ttl_s=30, by="ops", reason="provider maintenance")
+    with pytest.raises(CircuitOpenError):
+        await breaker.call(succeed)
+    snapshot = breaker.snapshot()
+    assert snapshot.state is BreakerState.FORCED_OPEN
+    assert snapshot.forced is not None
+    assert (snapshot.forced.by, snapshot.forced.reason, snapshot.forced.ttl_s) == (
+        "ops",
+        "provider maintenance",
+        30,
+    )
+    assert snapshot.opened_because == "forced open by ops: provider maintenance"
+    assert breaker.retry_after_s == 30
+    clock.advance(29)
+    assert breaker.state is BreakerState.FORCED_OPEN
+    clock.advance(2)
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.snapshot().forced is None
+    assert await breaker.call(succeed) == "ok"
+
+
+async def test_a_forced_state_without_ttl_lasts_until_reset(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(clock=clock)
+    breaker.disable(by="ops", reason="flapping provider health check")
+    clock.advance(1e6)
+    assert breaker.state is BreakerState.DISABLED
+    breaker.reset()
+    assert breaker.state is BreakerState.CLOSED

@@ -201,7 +201,8 @@ class FrameworkSettings(BaseSettings):
     redis_url: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("LLM_SERVER_REDIS_URL")
     )
-    """``redis://host:6379/0`` (``rediss://`` for TLS): share breakers and limits through Redis.
+    """``redis://host:6379/0`` (``rediss://`` for TLS, or ``redis+sentinel://host:port,.../name``
+    for the primary Redis Sentinel names): share breakers and limits through Redis.
     Unset: everything is per process. A password in the URL is never shown."""
     redis_password: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("LLM_SERVER_REDIS_PASSWORD")
@@ -210,10 +211,11 @@ class FrameworkSettings(BaseSettings):
     redis_prefix: str = Field(
         default="llm_server",
         min_length=1,
-        pattern=r"^[A-Za-z0-9_.:-]+$",
+        pattern=r"^[A-Za-z0-9_.-]+$",
         validation_alias=AliasChoices("LLM_SERVER_REDIS_PREFIX"),
     )
-    """Prefix of every Redis key (one per application sharing a Redis)."""
+    """Prefix of every Redis key (one per application sharing a Redis). No ``:``: keys are
+    ``<prefix>:...``, so ``app`` and ``app:x`` would overlap."""
     redis_timeout_s: float = Field(
         default=0.05, gt=0, le=5, validation_alias=AliasChoices("LLM_SERVER_REDIS_TIMEOUT_S")
     )

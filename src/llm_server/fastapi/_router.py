@@ -54,6 +54,10 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
             refused=snap.refused,
             shared=fleet is not None and not fleet.connection.fallback,
             last_change_by_fleet=breaker.last_change_by_fleet,
+            forced_by=snap.forced.by if snap.forced else None,
+            forced_reason=snap.forced.reason if snap.forced else None,
+            forced_at=snap.forced.at if snap.forced else None,
+            forced_until=snap.forced.until if snap.forced else None,
         )
     limiter = manager.limiters.get(model_id)
     limit_status = None

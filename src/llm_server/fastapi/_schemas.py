@@ -80,6 +80,15 @@ class BreakerStatus(BaseModel):
         description="Whether the latest transition was the fleet's decision (another process "
         "or the fleet's counts)",
     )
+    forced_by: str | None = Field(
+        default=None, description="Who forced the state (forced_open, disabled); else null"
+    )
+    forced_reason: str | None = Field(default=None, description="Why it was forced")
+    forced_at: float | None = Field(default=None, description="Unix time it was forced")
+    forced_until: float | None = Field(
+        default=None,
+        description="Unix time the forced state ends by itself (null: until reset)",
+    )
 
 
 class RateLimitStatus(BaseModel):
@@ -107,6 +116,20 @@ class FleetStatus(BaseModel):
     charges_unwritten: int = Field(
         default=0,
         description="Tenant periods whose budget charges are not yet written to Redis",
+    )
+    misconfigured: str | None = Field(
+        default=None,
+        description="The configuration error (NOPERM, WRONGTYPE, OOM) keeping state per process",
+    )
+    last_error: str | None = Field(default=None, description="The latest failed command's error")
+    last_error_reason: str | None = Field(
+        default=None,
+        description="Its kind: timeout, failed, readonly, noperm, wrongtype or oom",
+    )
+    last_error_at: float | None = Field(default=None, description="Unix time of that error")
+    sync_lag_s: float | None = Field(
+        default=None,
+        description="Seconds since the background sync thread last finished a turn (~0.1 s)",
     )
 
 

@@ -10,7 +10,8 @@ Needs the ``fleet`` extra (``pip install "llm-server-framework[fleet]"``: redis-
             ──► shared cache (opt-in: a hit ends here)
             ──► budget (the model call's estimate), rate limit (requests, tokens): a script each
             ──► provider
-                  │ failure: written at once, may trip the fleet
+                  │ failure, transition, probe lease and verdict:  ┐ the writer thread,
+                  │   queued, written at once (never awaited)      ┘ woken by the call
                   │ success: summed, written every 100 ms     ┐
                   │ unused tokens: given back every 100 ms    ├ the sync thread
                   │ budget charges: numbered batches, 100 ms  │
@@ -18,11 +19,15 @@ Needs the ``fleet`` extra (``pip install "llm-server-framework[fleet]"``: redis-
 
 While Redis is down or slow (each command times out after ``LLM_SERVER_REDIS_TIMEOUT_S``),
 each process falls back to its own breakers and its share of every limit, logs one warning,
-and shares again when Redis answers.
+and shares again when Redis answers. ``READONLY`` after a failover drops the pooled
+connections; ``LLM_SERVER_REDIS_URL=redis+sentinel://host:port,.../<service>`` follows the
+primary that Redis Sentinel names. ``NOPERM``, ``WRONGTYPE`` and ``OOM`` are reported once,
+naming the setting to fix, and keep the process on local state until fixed.
 
 The room holds:
 
-- ``_connection``: :class:`FleetConnection`: clients, timeouts, fallback, the sync thread;
+- ``_connection``: :class:`FleetConnection`: timeouts, fallback, the sync and writer threads;
+- ``_clients``: the Redis clients for a URL (Sentinel included) and what an error means;
 - ``_breakers``: :class:`RedisBreakerStore`, a shared :class:`~llm_server.core.circuit_breaker.
   BreakerStateStore` that also decides fleet-wide (failures, probe leases, verdicts);
 - ``_limits``: :class:`RedisLimitCounters`, shared rate-limit counters (with leases);

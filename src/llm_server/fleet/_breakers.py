@@ -3,8 +3,22 @@
 Each process keeps a local copy of every breaker's record: the closed-state hot path reads it
 and makes no round trip. The copy is refreshed by pub/sub (every transition publishes) and
 re-read every second. Writes are rare and atomic (one Lua script each): transitions
-(compare-and-set on state and generation), failures (at once: they may trip the fleet),
-successes (summed and written every 100 ms), half-open probe leases and verdicts.
+(compare-and-set on state and generation), failures (they may trip the fleet), successes
+(summed and written every 100 ms), half-open probe leases and verdicts.
+
+Nothing on an event loop waits for Redis: there, failures, transitions, lease requests and
+verdicts are queued for the connection's writer thread, which writes them at once (woken by
+the call) and adopts what Redis answers. A transition is applied to the local copy first and
+undone if Redis refuses it; a half-open call that has no lease yet is refused while the
+writer asks for one (the next call uses it). A refused lease is remembered for its
+generation (until the first lease expires, at most a second), so refusals cost no round trip.
+A probe's verdict is retried until Redis takes it or the lease expired. In a thread without
+an event loop (a synchronous program) the same writes are made at once, outside the
+breaker's lock for outcomes and verdicts.
+
+Generations never go back: a read older than the local copy is ignored, and a record Redis
+lost (a restart without persistence) is written again from the local copy, so a generation
+number is never reused for another state.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llm_server.core.reliability._breaker_types import (
@@ -23,15 +37,50 @@ from llm_server.core.reliability._breaker_types import (
     BreakerState,
     CallOutcome,
     FleetPolicy,
+    ForcedState,
 )
 from llm_server.fleet import _scripts
-from llm_server.fleet._connection import FleetConnection, RedisFailure
+from llm_server.fleet._connection import (
+    SYNC_INTERVAL_S,
+    FleetConnection,
+    RedisFailure,
+    on_event_loop,
+)
 
 __all__ = ["RedisBreakerStore"]
 
 _log = logging.getLogger("llm_server.fleet")
 _CLOSED = BreakerRecord()
 _STATES = {state.value: state for state in BreakerState}
+_FORCED = (BreakerState.FORCED_OPEN, BreakerState.DISABLED)
+_KEEP: Any = object()  # _store: a reply without who forced the state (keep what we know)
+_READ_STRIDE = 8  # BREAKER_READ's values per breaker
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _forced(state: str, values: Any) -> ForcedState | None:
+    """Who forced a state, from BREAKER_READ's last four values (``None``: not forced)."""
+    if _STATES.get(state) not in _FORCED:
+        return None
+    by, reason, at_ms, ttl_ms = (_text(v) for v in values)
+    ttl = int(ttl_ms or 0)
+    return ForcedState(
+        by=by or "unknown",
+        reason=reason,
+        at=int(at_ms or 0) / 1000,
+        ttl_s=ttl / 1000 if ttl > 0 else None,
+    )
+
+
+@dataclass(slots=True)
+class _Verdict:
+    generation: int
+    lease: str
+    outcome: CallOutcome
+    until: float  # local monotonic time the lease expires (Redis then dropped it anyway)
 
 
 @dataclass(slots=True)
@@ -41,6 +90,16 @@ class _Entry:
     keys: tuple[str, str, str]  # hash, window, probes
     successes: int = 0  # closed-state successes not yet written
     generation: int = 0  # ... in this generation
+    # failures counted on an event loop, for the writer thread
+    failures: int = 0
+    failure_calls: int = 0  # (successes before them included)
+    failure_generation: int = 0
+    consecutive: int = -1  # -1: no success of this process among them
+    transitions: list[tuple[BreakerRecord, BreakerRecord]] = field(default_factory=list)
+    verdicts: list[_Verdict] = field(default_factory=list)
+    lease_wanted: int | None = None  # a generation the writer should ask a lease for
+    lease_ready: tuple[int, str, float] | None = None  # generation, lease id, expiry
+    denied: tuple[int, float] | None = None  # generation, refused until (monotonic)
 
 
 class RedisBreakerStore:
@@ -55,8 +114,11 @@ class RedisBreakerStore:
         self._records: dict[str, BreakerRecord] = {}
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._leases: dict[str, list[str]] = {}
+        self._leases: dict[str, list[tuple[str, float]]] = {}
         self._lease_ids = itertools.count()
+        self._unwritten = 0  # failures queued and not yet written
+        self.remembered_refusals = 0
+        """Half-open calls refused from a remembered lease refusal (no round trip)."""
         client = connection.client
         self._read = client.register_script(_scripts.BREAKER_READ)
         self._cas = client.register_script(_scripts.BREAKER_CAS)
@@ -66,9 +128,10 @@ class RedisBreakerStore:
         connection.on_sync(
             periodic=self.refresh,
             flush=self.flush,
-            resync=self.refresh,
+            resync=self.resync,
             channel=(self.channel, self._changed),
         )
+        connection.urgent(self.write)
 
     # --- BreakerStateStore -------------------------------------------------------------------
 
@@ -77,34 +140,40 @@ class RedisBreakerStore:
         return self._records.get(name, _CLOSED)
 
     def compare_and_set(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
-        """Move the breaker fleet-wide if nobody moved it first (locally while Redis is down)."""
+        """Move the breaker fleet-wide if nobody moved it first (locally while Redis is down).
+
+        On an event loop the local copy moves now and the writer thread tells Redis; if
+        Redis refuses (another process moved first), its record replaces the local one.
+        """
         entry = self._entries.get(name)
         if entry is not None and self._conn.reliable():
-            open_ms = max(1, math.ceil((new.retry_at - time.monotonic()) * 1000))
+            if on_event_loop():
+                with self._lock:
+                    if not self._swap_locked(name, expected, new):
+                        return False
+                    entry.transitions.append((expected, new))
+                self._conn.wake()
+                return True
             try:
-                reply = self._cas(
-                    keys=entry.keys,
-                    args=[
-                        expected.state.value,
-                        expected.generation,
-                        new.state.value,
-                        new.generation,
-                        open_ms if new.state is BreakerState.OPEN else 0,
-                        self.channel,
-                        name,
-                    ],
-                )
+                reply = self._cas_call(entry, name, expected, new)
             except RedisFailure as exc:
                 self._conn.failed(exc)
             else:
-                self._store(name, reply[1:4])
-                return bool(reply[0])
-        with self._lock:
-            current = self._records.get(name, _CLOSED)
-            if (current.state, current.generation) != (expected.state, expected.generation):
+                if reply[0]:  # ours: keep the record as the breaker made it (who forced it...)
+                    with self._lock:
+                        self._records[name] = new
+                    return True
+                self._store(name, reply[1:4], force=True)
                 return False
-            self._records[name] = new
-            return True
+        with self._lock:
+            return self._swap_locked(name, expected, new)
+
+    def _swap_locked(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
+        current = self._records.get(name, _CLOSED)
+        if (current.state, current.generation) != (expected.state, expected.generation):
+            return False
+        self._records[name] = new
+        return True
 
     # --- SharedBreakerStore ------------------------------------------------------------------
 
@@ -119,19 +188,24 @@ class RedisBreakerStore:
         self._entries[name] = _Entry(policy, on_change, (base, f"{base}:w", f"{base}:p"))
         if not self._conn.fallback:
             try:  # this breaker's record only: the others were read when they registered
-                self._store(name, self._read(keys=[base]))
+                reply = self._read(keys=[base])
+                self._store_read(name, reply, notify=False)
             except RedisFailure as exc:
                 self._conn.failed(exc)
 
     def deciding(self) -> bool:
         """Whether Redis decides: not while the process fell back to local state, nor for a
-        second after a request-path command timed out (its writes may be lost)."""
-        return self._conn.reliable()
+        second after a request-path command timed out (its writes may be lost), nor while
+        failures of this process wait to be written (the fleet has not counted them yet)."""
+        return self._conn.reliable() and not self._unwritten
 
     def report(
         self, name: str, generation: int, *, failed: bool, consecutive: int
     ) -> BreakerRecord | None:
-        """Count an outcome: a failure is written now (it may trip the fleet), successes later."""
+        """Count an outcome: a failure is written now (it may trip the fleet), successes later.
+
+        On an event loop the failure is queued for the writer thread and ``None`` returned.
+        """
         entry = self._entries.get(name)
         if entry is None or not self._conn.reliable():
             return None
@@ -144,6 +218,21 @@ class RedisBreakerStore:
         with self._lock:
             pending = entry.successes if entry.generation == generation else 0
             entry.successes = 0
+            if on_event_loop():
+                if entry.failure_generation != generation or not entry.failures:
+                    entry.failure_generation, entry.consecutive = generation, -1
+                    entry.failures = entry.failure_calls = 0
+                entry.failures += 1
+                entry.failure_calls += pending + 1
+                if pending or entry.consecutive >= 0:
+                    entry.consecutive = consecutive
+                self._unwritten += 1
+                queued = True
+            else:
+                queued = False
+        if queued:
+            self._conn.wake()
+            return None
         # after a success of its own, the process says how many failures followed it
         try:
             reply = self._write_outcomes(
@@ -160,71 +249,173 @@ class RedisBreakerStore:
         return self._store(name, reply[1:4])
 
     def lease_probe(self, name: str, generation: int) -> bool | None:
-        """Take one of the fleet's probe permits, a lease that expires by itself."""
+        """Take one of the fleet's probe permits, a lease that expires by itself.
+
+        A refusal is remembered for the generation; on an event loop a call without a lease
+        is refused while the writer thread asks for one.
+        """
         entry = self._entries.get(name)
         if entry is None or not self._conn.reliable():
             return None
-        lease = f"{self._conn.process_id}:{next(self._lease_ids)}"
-        policy = entry.policy
+        now = time.monotonic()
+        with self._lock:
+            ready = entry.lease_ready
+            if ready is not None and ready[0] == generation and now < ready[2]:
+                entry.lease_ready = None
+                self._leases.setdefault(name, []).append((ready[1], ready[2]))
+                return True
+            denied = entry.denied
+            if denied is not None and denied[0] == generation and now < denied[1]:
+                self.remembered_refusals += 1
+                return False
+            if on_event_loop():
+                entry.lease_wanted = generation
+                queued = True
+            else:
+                queued = False
+        if queued:
+            self._conn.wake()
+            return False
         try:
-            reply = self._probe(
-                keys=entry.keys,
-                args=[
-                    "lease",
-                    generation,
-                    lease,
-                    policy.half_open_max_calls,
-                    math.ceil(policy.probe_lease_s * 1000),
-                ],
-            )
+            granted = self._take_lease(entry, name, generation, notify=False)
         except RedisFailure as exc:
             self._conn.failed(exc)
             return None
-        self._store(name, reply[1:4])
-        if reply[0]:
+        if granted is not None:
             with self._lock:
-                self._leases.setdefault(name, []).append(lease)
-        return bool(reply[0])
+                self._leases.setdefault(name, []).append(granted)
+        return granted is not None
 
     def probe_done(self, name: str, generation: int, outcome: CallOutcome) -> BreakerRecord | None:
-        """Return the lease with the probe's verdict; the fleet closes or re-opens."""
+        """Return the lease with the probe's verdict; the fleet closes or re-opens.
+
+        A verdict that cannot be written now (an event loop, or Redis failed) is queued and
+        retried until Redis takes it or its lease expired.
+        """
         entry = self._entries.get(name)
         with self._lock:
             leases = self._leases.get(name)
             lease = leases.pop() if leases else None
-        if entry is None or lease is None or not self._conn.reliable():
+        if entry is None or lease is None:
             return None
-        policy = entry.policy
+        verdict = _Verdict(generation, lease[0], outcome, lease[1])
+        reliable = self._conn.reliable()
+        if not reliable or on_event_loop():
+            with self._lock:
+                entry.verdicts.append(verdict)
+            if reliable:
+                self._conn.wake()
+            return None
         try:
-            reply = self._probe(
-                keys=entry.keys,
-                args=[
-                    "done",
-                    generation,
-                    lease,
-                    outcome.value,
-                    policy.half_open_max_calls,
-                    policy.failure_rate or 0,
-                    math.ceil(policy.reset_timeout_s * 1000),
-                    self.channel,
-                    name,
-                ],
-            )
+            reply = self._verdict_call(entry, name, verdict)
         except RedisFailure as exc:
+            with self._lock:
+                entry.verdicts.append(verdict)
             self._conn.failed(exc)
             return None
         return self._store(name, reply[1:4])
 
+    # --- the writer thread -------------------------------------------------------------------
+
+    def write(self) -> None:
+        """Write what calls on an event loop queued (the writer thread, when woken)."""
+        for name, entry in list(self._entries.items()):
+            with self._lock:
+                transitions, entry.transitions = entry.transitions, []
+                verdicts, entry.verdicts = entry.verdicts, []
+                wanted, entry.lease_wanted = entry.lease_wanted, None
+                failures = (entry.failure_generation, entry.failure_calls, entry.failures)
+                consecutive = entry.consecutive
+                self._unwritten -= entry.failures
+                entry.failures = entry.failure_calls = 0
+            try:
+                self._write_transitions(entry, name, transitions)
+                if failures[2]:
+                    reply = self._write_outcomes(
+                        entry,
+                        name,
+                        failures[0],
+                        calls=failures[1],
+                        failures=failures[2],
+                        consecutive=consecutive,
+                    )
+                    self._store(name, reply[1:4], notify=True)
+                now = time.monotonic()
+                while verdicts:
+                    if now < verdicts[0].until:  # else Redis dropped the lease already
+                        reply = self._verdict_call(entry, name, verdicts[0])
+                        self._store(name, reply[1:4], notify=True)
+                    verdicts.pop(0)
+                if wanted is not None and not self._lease_known(entry, wanted):
+                    granted = self._take_lease(entry, name, wanted, notify=True)
+                    if granted is not None:
+                        with self._lock:
+                            entry.lease_ready = (wanted, *granted)
+            except RedisFailure:
+                # transitions and counts were decided locally already; verdicts are retried
+                with self._lock:
+                    entry.verdicts[:0] = verdicts
+                raise
+
+    def _write_transitions(
+        self, entry: _Entry, name: str, transitions: list[tuple[BreakerRecord, BreakerRecord]]
+    ) -> None:
+        for expected, new in transitions:
+            reply = self._cas_call(entry, name, expected, new)
+            if not reply[0]:  # another process moved first: its record wins
+                self._store(name, reply[1:4], notify=True, force=True)
+                return
+
+    def _lease_known(self, entry: _Entry, generation: int) -> bool:
+        """Whether a lease for ``generation`` is ready, or its refusal still remembered."""
+        now = time.monotonic()
+        with self._lock:
+            ready, denied = entry.lease_ready, entry.denied
+        return (ready is not None and ready[0] == generation and now < ready[2]) or (
+            denied is not None and denied[0] == generation and now < denied[1]
+        )
+
+    def _take_lease(
+        self, entry: _Entry, name: str, generation: int, *, notify: bool
+    ) -> tuple[str, float] | None:
+        """Ask Redis for a lease: ``(lease id, expiry)`` when granted; a refusal is kept."""
+        lease = f"{self._conn.process_id}:{next(self._lease_ids)}"
+        policy = entry.policy
+        asked = time.monotonic()
+        reply = self._probe(
+            keys=entry.keys,
+            args=[
+                "lease",
+                generation,
+                lease,
+                policy.half_open_max_calls,
+                math.ceil(policy.probe_lease_s * 1000),
+            ],
+        )
+        self._store(name, reply[1:4], notify=notify)
+        if reply[0]:
+            return lease, asked + policy.probe_lease_s
+        if int(reply[2]) == generation:
+            wait = min(SYNC_INTERVAL_S, int(reply[4]) / 1000)
+            with self._lock:
+                entry.denied = (generation, time.monotonic() + wait)
+        return None
+
     # --- the sync thread ---------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Re-read every breaker's record."""
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read every breaker's record (``force``: adopt it even if older than ours)."""
         if not self._entries:
             return
         names = list(self._entries)
         reply = self._read(keys=[self._entries[n].keys[0] for n in names])
         for index, name in enumerate(names):
-            self._store(name, reply[3 * index : 3 * index + 3], notify=True)
+            at = _READ_STRIDE * index
+            self._store_read(name, reply[at : at + _READ_STRIDE], force=force)
+
+    def resync(self) -> None:
+        """After Redis failed: adopt the fleet's records (local decisions were local)."""
+        self.refresh(force=True)
 
     def flush(self) -> None:
         """Write the successes counted since the last flush (one script per breaker)."""
@@ -242,9 +433,68 @@ class RedisBreakerStore:
         entry = self._entries.get(name)
         if entry is None:
             return
-        self._store(name, self._read(keys=[entry.keys[0]]), notify=True)
+        self._store_read(name, self._read(keys=[entry.keys[0]]))
+
+    def _store_read(
+        self, name: str, values: Any, *, notify: bool = True, force: bool = False
+    ) -> None:
+        """Adopt one breaker's values from BREAKER_READ."""
+        forced = _forced(_text(values[0]), values[4:8])
+        self._store(
+            name,
+            values[0:3],
+            notify=notify,
+            force=force,
+            exists=bool(int(values[3])),
+            forced=forced,
+        )
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _cas_call(
+        self, entry: _Entry, name: str, expected: BreakerRecord, new: BreakerRecord
+    ) -> Any:
+        # the open period is the policy's, a forced state's the TTL it was given (never a
+        # difference of two clocks: the breaker's may be an injected one); Redis's clock says
+        # when it ends
+        open_ms = 0
+        if new.state is BreakerState.OPEN:
+            open_ms = math.ceil(entry.policy.reset_timeout_s * 1000)
+        forced = new.forced
+        if forced is not None and forced.ttl_s:
+            open_ms = math.ceil(forced.ttl_s * 1000)
+        return self._cas(
+            keys=entry.keys,
+            args=[
+                expected.state.value,
+                expected.generation,
+                new.state.value,
+                new.generation,
+                open_ms,
+                self.channel,
+                name,
+                forced.by if forced else "",
+                forced.reason if forced else "",
+                round(forced.at * 1000) if forced else 0,
+            ],
+        )
+
+    def _verdict_call(self, entry: _Entry, name: str, verdict: _Verdict) -> Any:
+        policy = entry.policy
+        return self._probe(
+            keys=entry.keys,
+            args=[
+                "done",
+                verdict.generation,
+                verdict.lease,
+                verdict.outcome.value,
+                policy.half_open_max_calls,
+                policy.failure_rate or 0,
+                math.ceil(policy.reset_timeout_s * 1000),
+                self.channel,
+                name,
+            ],
+        )
 
     def _write_outcomes(
         self,
@@ -276,30 +526,69 @@ class RedisBreakerStore:
             ],
         )
 
-    def _store(self, name: str, reply: Any, *, notify: bool = False) -> BreakerRecord:
-        state = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    def _store(
+        self,
+        name: str,
+        reply: Any,
+        *,
+        notify: bool = False,
+        force: bool = False,
+        exists: bool = True,
+        forced: ForcedState | None = _KEEP,
+    ) -> BreakerRecord:
+        """Adopt Redis's record unless it is older than the local copy (a stale read).
+
+        ``force``: adopt it anyway (Redis refused our transition, or we resync after a
+        fallback). ``exists=False`` with a local generation above 0: Redis lost the record;
+        it is written again from the local copy (generations go on, never restart at 0).
+        """
+        state = _STATES.get(_text(reply[0]), BreakerState.CLOSED)
         remaining_ms = int(reply[2])
-        record = BreakerRecord(
-            state=_STATES.get(state, BreakerState.CLOSED),
-            retry_at=time.monotonic() + remaining_ms / 1000 if state == "open" else 0.0,
-            generation=int(reply[1]),
-        )
+        timed = state is BreakerState.OPEN or (state in _FORCED and remaining_ms >= 0)
+        entry = self._entries.get(name)
+        # Redis says how much time is left; the breaker compares retry_at with its own clock
+        now = entry.policy.monotonic if entry is not None else time.monotonic
+        reseed = False
         with self._lock:
             old = self._records.get(name, _CLOSED)
-            same = (old.state, old.generation) == (record.state, record.generation)
-            # an open record's end is corrected when Redis's clock says otherwise (> 50 ms)
-            if same and abs(old.retry_at - record.retry_at) < 0.05:
-                return old  # keep the copy the breaker compares with
-            self._records[name] = record
-        entry = self._entries.get(name)
+            if forced is _KEEP:  # the reply does not say who forced it: what we know, if ours
+                forced = (
+                    old.forced if (old.state, old.generation) == (state, int(reply[1])) else None
+                )
+            record = BreakerRecord(
+                state=state,
+                retry_at=now() + remaining_ms / 1000 if timed else 0.0,
+                generation=int(reply[1]),
+                forced=forced,
+            )
+            if not exists and old.generation > record.generation and entry is not None:
+                if not entry.transitions:
+                    entry.transitions.append((record, old))
+                reseed = True
+            elif not force and record.generation < old.generation:
+                return old  # read before a newer write of ours or a newer read landed
+            else:
+                same = (old.state, old.generation, old.forced) == (
+                    record.state,
+                    record.generation,
+                    record.forced,
+                )
+                # an open record's end is corrected when Redis's clock says otherwise (> 50 ms)
+                if same and abs(old.retry_at - record.retry_at) < 0.05:
+                    return old  # keep the copy the breaker compares with
+                self._records[name] = record
+        if reseed:
+            _log.warning(
+                "fleet: breaker %r: Redis lost its record (generation %d here); writing it again",
+                name,
+                old.generation,
+            )
+            self._conn.wake()
+            return old
         if (
             notify
             and entry is not None
-            and (old.state, old.generation)
-            != (
-                record.state,
-                record.generation,
-            )
+            and (old.state, old.generation) != (record.state, record.generation)
         ):
             try:
                 entry.on_change(old, record)

@@ -10,10 +10,17 @@ share of every limit (the limit divided by the processes seen alive). A take tha
 (Redis slow, or only this event loop late to read the answer, after Redis counted it) decides
 that one call locally; the next call asks Redis again: deciding alone for longer would let
 every process spend its share on top of what the fleet already counted.
+
+Capacity cannot leak: every take carries a *grant id*. A taker that got its answer claims the
+grant (batched, by the sync thread); one that gave up (a timeout, a cancelled request)
+releases it, which returns the capacity, or, when the take has not reached Redis yet, makes
+Redis refuse it when it does. A grant nobody claimed (its process died waiting) is returned by
+any process's sync thread once its claim time (10 s) passed. Counters never go below zero.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -34,6 +41,8 @@ LEASE_S = 1.0
 LEASE_CALLS_MAX = 50
 """The most calls one lease covers."""
 _LEASE_SHARE = 20  # a lease is at most 1/20 of a process's share of the limit
+CLAIM_MS = 10_000
+"""How long Redis keeps a grant for its taker to claim before returning it."""
 
 
 @dataclass(slots=True)
@@ -59,10 +68,29 @@ class RedisLimitCounters:
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._sync_script = connection.client.register_script(_scripts.LIMIT_TAKE)
-        self._async_scripts: dict[int, AsyncScript] = {}
+        self._async_scripts: dict[int, tuple[Any, AsyncScript]] = {}
+        self._grant_ids = itertools.count()
+        self._claims: defaultdict[str, list[str]] = defaultdict(list)
+        self._releases: defaultdict[str, list[str]] = defaultdict(list)
+        self._keys: set[str] = set()  # limiters this process used (their grants are reaped)
         self.round_trips = 0
         """Takes that went to Redis (the others were served from a lease)."""
-        connection.on_sync(flush=self.flush)
+        self.released = 0
+        """Takes this process gave up on (timed out or cancelled) and released."""
+        connection.on_sync(flush=self.flush, periodic=self.reap)
+
+    def _keys_of(self, key: str) -> list[str]:
+        base = self._conn.key("rl", key)
+        return [base, f"{base}:g", f"{base}:gd"]
+
+    def _grant(self, key: str) -> str:
+        self._keys.add(key)
+        return f"{self._conn.process_id}:{next(self._grant_ids)}"
+
+    def _release(self, key: str, grant: str) -> None:
+        with self._lock:
+            self._releases[key].append(grant)
+            self.released += 1
 
     async def take(
         self, key: str, requests: int, tokens: int, caps: tuple[int, int]
@@ -76,17 +104,29 @@ class RedisLimitCounters:
             return leased
         calls = self._lease_calls(caps, tokens)
         client = conn.async_client()
-        script = self._async_scripts.get(id(client))
-        if script is None:
-            script = self._async_scripts[id(client)] = client.register_script(_scripts.LIMIT_TAKE)
-        args = [_WINDOW_MS, requests, tokens, caps[0], caps[1], requests * calls, tokens * calls]
+        # keyed by the client's id, checked by identity: a client made after another was
+        # closed (another event loop, or after READONLY) may reuse its id
+        entry = self._async_scripts.get(id(client))
+        if entry is None or entry[0] is not client:
+            entry = self._async_scripts[id(client)] = (
+                client,
+                client.register_script(_scripts.LIMIT_TAKE),
+            )
+        script = entry[1]
+        grant = self._grant(key)
+        args: list[int | str] = [_WINDOW_MS, requests, tokens, caps[0], caps[1]]
+        args += [requests * calls, tokens * calls, grant, CLAIM_MS]
         now = time.monotonic()
         try:
-            reply = await script(keys=[conn.key("rl", key)], args=args)
+            reply = await script(keys=self._keys_of(key), args=args)
         except RedisFailure as exc:
+            self._release(key, grant)  # Redis may have counted it: give it back
             conn.failed(exc)
             return await self.local.take(key, requests, tokens, caps)
-        return self._taken(key, requests, tokens, reply, now)
+        except BaseException:  # cancelled while Redis answered: the same
+            self._release(key, grant)
+            raise
+        return self._taken(key, requests, tokens, reply, now, grant=grant)
 
     def take_sync(
         self, key: str, requests: int, tokens: int, caps: tuple[int, int]
@@ -99,14 +139,17 @@ class RedisLimitCounters:
         if leased is not None:
             return leased
         calls = self._lease_calls(caps, tokens)
-        args = [_WINDOW_MS, requests, tokens, caps[0], caps[1], requests * calls, tokens * calls]
+        grant = self._grant(key)
+        args: list[int | str] = [_WINDOW_MS, requests, tokens, caps[0], caps[1]]
+        args += [requests * calls, tokens * calls, grant, CLAIM_MS]
         now = time.monotonic()
         try:
-            reply = self._sync_script(keys=[conn.key("rl", key)], args=args)
+            reply = self._sync_script(keys=self._keys_of(key), args=args)
         except RedisFailure as exc:
+            self._release(key, grant)
             conn.failed(exc)
             return self.local.take_sync(key, requests, tokens, caps)
-        return self._taken(key, requests, tokens, reply, now)
+        return self._taken(key, requests, tokens, reply, now, grant=grant)
 
     def _from_lease(self, key: str, requests: int, tokens: int) -> tuple[float, int, bool] | None:
         now = time.monotonic()
@@ -123,12 +166,16 @@ class RedisLimitCounters:
         return None
 
     def _taken(
-        self, key: str, requests: int, tokens: int, reply: Any, now: float
+        self, key: str, requests: int, tokens: int, reply: Any, now: float, *, grant: str
     ) -> tuple[float, int, bool]:
         self.round_trips += 1
         wait_ms, window, elapsed_ms, got_requests, got_tokens = (int(x) for x in reply)
+        if wait_ms == -2:  # this grant was released before its take arrived: ask again soon
+            return 0.05, -window - 1, True
         if wait_ms != 0:
-            return (-1.0 if wait_ms < 0 else wait_ms / 1000), -window - 1, True
+            return (-1.0 if wait_ms == -1 else wait_ms / 1000), -window - 1, True
+        with self._lock:
+            self._claims[key].append(grant)
         if got_requests > requests or got_tokens > tokens:
             until = now + min(LEASE_S, (_WINDOW_MS - elapsed_ms) / 1000)
             spare = _Lease(window, got_requests - requests, got_tokens - tokens, until)
@@ -172,13 +219,33 @@ class RedisLimitCounters:
                     del self._leases[key]
                     self._queue(key, lease.window, lease.requests, lease.tokens)
             pending, self._pending = self._pending, defaultdict(lambda: [0, 0])
-        if not pending:
+            claims, self._claims = self._claims, defaultdict(list)
+            releases, self._releases = self._releases, defaultdict(list)
+        if not (pending or claims or releases):
             return
         pipe = self._conn.client.pipeline(transaction=False)
+        for key, grants in releases.items():
+            args: list[int | str] = ["release", CLAIM_MS, *grants]
+            self._sync_script(keys=self._keys_of(key), args=args, client=pipe)
+        for key, grants in claims.items():
+            self._sync_script(keys=self._keys_of(key), args=["claim", *grants], client=pipe)
         for (key, window), (requests, tokens) in pending.items():
             self._sync_script(
-                keys=[self._conn.key("rl", key)],
-                args=["give", window, requests, tokens],
-                client=pipe,
+                keys=self._keys_of(key), args=["give", window, requests, tokens], client=pipe
             )
-        pipe.execute()
+        try:
+            pipe.execute()
+        except RedisFailure:
+            # releases and claims are idempotent: sent again next time (a give-back is not:
+            # one that may be lost leaves capacity unused until its window passes, never more)
+            with self._lock:
+                for key, grants in releases.items():
+                    self._releases[key][:0] = grants
+                for key, grants in claims.items():
+                    self._claims[key][:0] = grants
+            raise
+
+    def reap(self) -> None:
+        """Return the grants whose takers never claimed them (the sync thread, every second)."""
+        for key in list(self._keys):
+            self._sync_script(keys=self._keys_of(key), args=["reap"])

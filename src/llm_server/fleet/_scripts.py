@@ -3,8 +3,10 @@
 Every time is Redis's own (``TIME``, in milliseconds), so hosts with skewed clocks agree on
 when an open breaker may probe and which minute a limit counts in. A breaker is three keys:
 
-- ``<prefix>:cb:<name>``: a hash: ``s`` state, ``g`` generation, ``u`` open-until (ms),
-  ``f`` failures since the fleet's last success, ``ps``/``pf`` half-open verdicts;
+- ``<prefix>:cb:<name>``: a hash: ``s`` state, ``g`` generation, ``u`` open-until (ms; for a
+  forced state with a TTL, forced-until; 0: no TTL), ``f`` failures since the fleet's last
+  success, ``ps``/``pf`` half-open verdicts, ``fb``/``fr``/``fa``/``ft`` who forced the state,
+  why, when (unix ms) and its TTL (ms, 0: none);
 - ``<prefix>:cb:<name>:w``: the failure-rate window, a ring of time buckets;
 - ``<prefix>:cb:<name>:p``: half-open probe leases, a sorted set scored by expiry.
 
@@ -30,16 +32,25 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function forced(s) return s == 'forced_open' or s == 'disabled' end
 local function record(key, now)
   local v = redis.call('HMGET', key, 's', 'g', 'u')
   local s = v[1] or 'closed'
   local g = tonumber(v[2] or '0')
+  local u = tonumber(v[3] or '0')
   local rem = 0
-  if s == 'open' then rem = math.max(0, tonumber(v[3] or '0') - now) end
+  if s == 'open' then rem = math.max(0, u - now) end
+  if forced(s) then
+    if u > 0 then rem = math.max(0, u - now) else rem = -1 end  -- -1: no TTL
+  end
   return s, g, rem
 end
-local function move(key, window, probes, s, g, open_ms, now, channel, name)
-  redis.call('HSET', key, 's', s, 'g', g, 'u', now + open_ms, 'f', 0, 'ps', 0, 'pf', 0)
+-- open_ms: how long an open state lasts, or a forced state's TTL (0: none)
+local function move(key, window, probes, s, g, open_ms, now, channel, name, by, why, at)
+  local u = now + open_ms
+  if forced(s) and open_ms == 0 then u = 0 end
+  redis.call('HSET', key, 's', s, 'g', g, 'u', u, 'f', 0, 'ps', 0, 'pf', 0,
+    'fb', by or '', 'fr', why or '', 'fa', at or 0, 'ft', forced(s) and open_ms or 0)
   redis.call('DEL', window, probes)
   redis.call('PUBLISH', channel, name)
 end
@@ -61,12 +72,17 @@ return redis.call('ZCARD', KEYS[1])
 BREAKER_READ = (
     _COMMON
     + """
--- KEYS: breaker hashes. Returns state, generation, ms until open ends, per breaker.
+-- KEYS: breaker hashes. Returns per breaker: state, generation, ms until open (or a forced
+-- state) ends (-1: a forced state without TTL), whether the record exists (0: never written,
+-- or lost with Redis's data), and who forced it, why, when (unix ms) and its TTL (ms).
 local now = now_ms()
 local out = {}
 for i = 1, #KEYS do
   local s, g, rem = record(KEYS[i], now)
   table.insert(out, s); table.insert(out, g); table.insert(out, rem)
+  table.insert(out, redis.call('EXISTS', KEYS[i]))
+  local f = redis.call('HMGET', KEYS[i], 'fb', 'fr', 'fa', 'ft')
+  for j = 1, 4 do table.insert(out, f[j] or '') end
 end
 return out
 """
@@ -76,7 +92,8 @@ BREAKER_CAS = (
     _COMMON
     + """
 -- KEYS: hash, window, probes. ARGV: expected state, expected generation, new state,
--- new generation, open ms, channel, name. An open breaker moves to half-open only once
+-- new generation, open ms (a forced state: its TTL, 0: none), channel, name, and for a
+-- forced state who, why, when (unix ms). An open breaker moves to half-open only once
 -- its time is up on Redis's clock.
 local now = now_ms()
 local s, g, rem = record(KEYS[1], now)
@@ -85,8 +102,10 @@ if s ~= ARGV[1] or g ~= tonumber(ARGV[2])
   return {0, s, g, rem}
 end
 local open_ms = tonumber(ARGV[5])
-move(KEYS[1], KEYS[2], KEYS[3], ARGV[3], tonumber(ARGV[4]), open_ms, now, ARGV[6], ARGV[7])
-if ARGV[3] ~= 'open' then open_ms = 0 end
+move(KEYS[1], KEYS[2], KEYS[3], ARGV[3], tonumber(ARGV[4]), open_ms, now, ARGV[6], ARGV[7],
+  ARGV[8], ARGV[9], ARGV[10])
+if forced(ARGV[3]) and open_ms == 0 then open_ms = -1
+elseif ARGV[3] ~= 'open' and not forced(ARGV[3]) then open_ms = 0 end
 return {1, ARGV[3], tonumber(ARGV[4]), open_ms}
 """
 )
@@ -145,7 +164,8 @@ BREAKER_PROBE = (
 -- Half-open probes. KEYS: hash, window, probes. ARGV: 'lease' or 'done', generation,
 -- lease id, then for 'lease': max probes, lease ms; for 'done': outcome, max probes,
 -- rate (0: consecutive policy), open ms, channel, name.
--- Returns granted-or-moved, state, generation, ms open, probe successes, probe failures.
+-- Returns granted-or-moved, state, generation, ms open, probe successes (a refused lease:
+-- ms until the first lease expires), probe failures.
 local now = now_ms()
 local s, g, rem = record(KEYS[1], now)
 if ARGV[1] == 'lease' then
@@ -155,7 +175,9 @@ if ARGV[1] == 'lease' then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[3])
     return {1, s, g, 0, 0, 0}
   end
-  return {0, s, g, 0, 0, 0}
+  -- refused: say when the first lease expires (the caller refuses until then, or a change)
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return {0, s, g, 0, math.max(0, tonumber(first[2]) - now), 0}
 end
 redis.call('ZREM', KEYS[3], ARGV[3])
 if s ~= 'half_open' or g ~= tonumber(ARGV[2]) or ARGV[4] == 'ignored' then
@@ -190,25 +212,71 @@ return {0, s, g, rem, ps, pf}
 LIMIT_TAKE = (
     _COMMON
     + """
--- One limiter. KEYS[1]: its hash (fields r<window>, t<window>). ARGV: window ms, requests,
--- tokens, requests cap (0: none), tokens cap (0: none), lease requests, lease tokens (a
--- chunk to take instead, when it fits); or, to give back: 'give', window, requests, tokens.
--- Returns ms to wait (0: taken, -1: never), the window, ms into it, requests and tokens taken.
+-- One limiter. KEYS[1]: its hash (fields r<window>, t<window>); KEYS[2]: its grants, a sorted
+-- set of grant ids scored by the time they are returned unless claimed; KEYS[3]: a hash, grant
+-- id -> 'window:requests:tokens' (or 'x': released before its take arrived).
+-- ARGV for a take: window ms, requests, tokens, requests cap (0: none), tokens cap (0: none),
+-- lease requests, lease tokens (a chunk to take instead, when it fits), grant id, claim ms.
+-- Returns ms to wait (0: taken, -1: never, -2: released already), the window, ms into it,
+-- requests and tokens taken.
+-- Or: 'give', window, requests, tokens (counters never go below zero);
+--     'claim', grant ids... (the taker got its answer: the grant stays taken);
+--     'release', claim ms, grant ids... (the taker gave up: return the grant, or refuse it
+--     when its take arrives later);
+--     'reap' (return every grant whose claim time passed: its taker never answered).
+local function give(w, r, t)
+  for dim, n in pairs({r = r, t = t}) do
+    if n ~= 0 and redis.call('HEXISTS', KEYS[1], dim .. w) == 1 then
+      if redis.call('HINCRBY', KEYS[1], dim .. w, -n) < 0 then
+        redis.call('HSET', KEYS[1], dim .. w, 0)
+      end
+    end
+  end
+end
+local function give_grant(id)
+  local v = redis.call('HGET', KEYS[3], id)
+  if v and v ~= 'x' then
+    local w, r, t = string.match(v, '^(-?%d+):(%d+):(%d+)$')
+    give(tonumber(w), tonumber(r), tonumber(t))
+  end
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[2], id)
+  return v
+end
 if ARGV[1] == 'give' then
-  local w = tonumber(ARGV[2])
-  local r, t = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if r ~= 0 and redis.call('HEXISTS', KEYS[1], 'r' .. w) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'r' .. w, -r)
+  give(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+  return {0, tonumber(ARGV[2])}
+end
+if ARGV[1] == 'claim' then
+  for i = 2, #ARGV do
+    redis.call('HDEL', KEYS[3], ARGV[i]); redis.call('ZREM', KEYS[2], ARGV[i])
   end
-  if t ~= 0 and redis.call('HEXISTS', KEYS[1], 't' .. w) == 1 then
-    redis.call('HINCRBY', KEYS[1], 't' .. w, -t)
-  end
-  return {0, w}
+  return {0}
 end
 local now = now_ms()
+if ARGV[1] == 'release' then
+  local ttl = tonumber(ARGV[2])
+  for i = 3, #ARGV do
+    if not give_grant(ARGV[i]) then  -- its take has not arrived (yet): refuse it then
+      redis.call('HSET', KEYS[3], ARGV[i], 'x')
+      redis.call('ZADD', KEYS[2], now + ttl, ARGV[i])
+      redis.call('PEXPIRE', KEYS[3], ttl + 1000); redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+    end
+  end
+  return {0}
+end
+if ARGV[1] == 'reap' then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+  for _, id in ipairs(due) do give_grant(id) end
+  return {#due}
+end
 local W = tonumber(ARGV[1])
 local idx = math.floor(now / W)
 local elapsed = now - idx * W
+local grant, claim_ms = ARGV[8] or '', tonumber(ARGV[9] or '0')
+if grant ~= '' and redis.call('HEXISTS', KEYS[3], grant) == 1 then
+  return {-2, idx, elapsed, 0, 0}
+end
 local function wait_for(dim, cost, cap)
   if cap <= 0 or cost <= 0 then return 0 end
   if cost > cap then return -1 end
@@ -237,6 +305,11 @@ if requests > 0 then redis.call('HINCRBY', KEYS[1], 'r' .. idx, requests) end
 if tokens > 0 then redis.call('HINCRBY', KEYS[1], 't' .. idx, tokens) end
 redis.call('HDEL', KEYS[1], 'r' .. (idx - 2), 't' .. (idx - 2))
 redis.call('PEXPIRE', KEYS[1], 2 * W + 1000)
+if grant ~= '' then
+  redis.call('HSET', KEYS[3], grant, idx .. ':' .. requests .. ':' .. tokens)
+  redis.call('ZADD', KEYS[2], now + claim_ms, grant)
+  redis.call('PEXPIRE', KEYS[3], 2 * W + 1000); redis.call('PEXPIRE', KEYS[2], 2 * W + 1000)
+end
 return {0, idx, elapsed, requests, tokens}
 """
 )

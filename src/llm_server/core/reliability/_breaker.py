@@ -181,6 +181,7 @@ class CircuitBreaker(BreakerMachine):
                 reset_timeout_s=float(reset_timeout),
                 half_open_max_calls=half_open_max_calls,
                 probe_lease_s=probe_lease_s,
+                monotonic=self._now,
             )
         )
 
@@ -295,6 +296,7 @@ class CircuitBreaker(BreakerMachine):
                 ignored=self._ignored,
                 refused=self._refused,
                 opened_because=None if record.state is _CLOSED else self._opened_because,
+                forced=record.forced,
             )
 
     def add_listener(self, listener: BreakerListener) -> None:
@@ -304,13 +306,34 @@ class CircuitBreaker(BreakerMachine):
 
     # --- manual control ----------------------------------------------------------------------
 
-    def force_open(self) -> None:
-        """Refuse every call until :meth:`reset`."""
-        self._force_state(BreakerState.FORCED_OPEN)
+    def force_open(
+        self, *, ttl_s: float | None = None, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Refuse every call until :meth:`reset`, or until ``ttl_s`` passed.
 
-    def disable(self) -> None:
-        """Let every call through and count nothing until :meth:`reset`."""
-        self._force_state(BreakerState.DISABLED)
+        With a shared store the whole fleet refuses; who, why and until when are recorded
+        (:attr:`BreakerSnapshot.forced`, shown on ``/models``).
+
+        Args:
+            ttl_s: Seconds after which the breaker closes by itself (``None``: never).
+            by: Who forces it (a user, a runbook).
+            reason: Why.
+        """
+        _check(ttl_s is None or ttl_s > 0, "ttl_s must be > 0", ttl_s)
+        self._force_state(BreakerState.FORCED_OPEN, ttl_s=ttl_s, by=by, reason=reason)
+
+    def disable(
+        self, *, ttl_s: float | None = None, by: str | None = None, reason: str | None = None
+    ) -> None:
+        """Let every call through and count nothing until :meth:`reset` (or ``ttl_s``).
+
+        Args:
+            ttl_s: Seconds after which the breaker closes by itself (``None``: never).
+            by: Who disables it.
+            reason: Why.
+        """
+        _check(ttl_s is None or ttl_s > 0, "ttl_s must be > 0", ttl_s)
+        self._force_state(BreakerState.DISABLED, ttl_s=ttl_s, by=by, reason=reason)
 
     def reset(self) -> None:
         """Close the breaker and forget all counts of the current period."""

@@ -30,6 +30,7 @@ from llm_server.core.reliability._breaker_types import (
     BreakerStateStore,
     CallOutcome,
     FleetPolicy,
+    ForcedState,
     SharedBreakerStore,
 )
 from llm_server.core.reliability._breaker_window import OutcomeWindow, TimeWindow
@@ -135,37 +136,41 @@ class BreakerMachine:
         now = self._now()
         change: Transition | None = None
         refusal: CircuitOpenError | None = None
+        lease = False
         with self._lock:
             record = self._get(self._key)
             self._sync_locked(record)
-            if record.state is _OPEN and now >= record.retry_at:
-                record, change = self._transition_locked(_HALF_OPEN)
+            due = self._due(record, now)
+            if due is not None:
+                record, change = self._move_when_due_locked(due)
             state = record.state
             if state is _CLOSED:
                 permit = record.generation << 1
             elif state is _DISABLED:
                 permit = DISABLED_PERMIT
-            elif (
-                state is _HALF_OPEN
-                and self._probes_in_flight < self._half_open_max_calls
-                and self._fleet_lease(record)
-            ):
-                self._probes_in_flight += 1
+            elif state is _HALF_OPEN and self._probes_in_flight < self._half_open_max_calls:
+                self._probes_in_flight += 1  # held while the fleet is asked, given up if refused
                 permit = record.generation << 1 | 1
+                lease = self._fleet is not None
             else:
                 refusal, summary = self._refusal_locked(record, now)
         if change is not None:
             self._notify_transition(change)
+        if lease and not self._fleet_lease(record):
+            with self._lock:
+                if record.generation == self._seen_generation:
+                    self._probes_in_flight -= 1
+                refusal, summary = self._refusal_locked(record, now)
         if refusal is not None:
             self._refused_after(summary)
             raise refusal
         return permit
 
     def _fleet_lease(self, record: BreakerRecord) -> bool:
-        # the fleet's probes are leases in the shared store (None: it cannot say; decide here)
+        """Ask the shared store for a probe lease (outside the lock: it may do I/O; ``None``
+        from the store: it cannot say, the breaker decides alone)."""
         fleet = self._fleet
-        if fleet is None:
-            return True
+        assert fleet is not None
         leased = fleet.lease_probe(self._key, record.generation)
         return leased is None or leased
 
@@ -277,6 +282,11 @@ class BreakerMachine:
                 self._sync_locked(new)
             if new.state is _CLOSED:
                 self._opened_because = None
+            elif new.state is _FORCED_OPEN:
+                forced = new.forced
+                self._opened_because = _forced_because(
+                    forced.by if forced else None, forced.reason if forced else None
+                )
             elif new.state is _OPEN and old.state is _CLOSED:
                 self._opened_because = self._fleet_reason()
             elif new.state is _OPEN:
@@ -379,16 +389,31 @@ class BreakerMachine:
         self._sync_locked(new)
         return new, change
 
-    def _force_state(self, state: BreakerState) -> None:
+    def _force_state(
+        self,
+        state: BreakerState,
+        *,
+        ttl_s: float | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         change: Transition | None = None
+        forced = None
+        if state is _FORCED_OPEN or state is _DISABLED:
+            forced = ForcedState(
+                by=by or "unknown", reason=reason or "", at=time.time(), ttl_s=ttl_s
+            )
         with self._lock:
             while True:
                 record = self._get(self._key)
-                new = BreakerRecord(state=state, generation=record.generation + 1)
+                until = self._now() + ttl_s if forced is not None and ttl_s else 0.0
+                new = BreakerRecord(
+                    state=state, retry_at=until, generation=record.generation + 1, forced=forced
+                )
                 if self._store.compare_and_set(self._key, record, new):
                     break
             self._sync_locked(new)
-            self._opened_because = "forced open" if state is _FORCED_OPEN else None
+            self._opened_because = _forced_because(by, reason) if state is _FORCED_OPEN else None
             if record.state is not state:
                 change = (record.state, state)
         if change is not None:
@@ -407,20 +432,41 @@ class BreakerMachine:
     def _current_record(self, now: float) -> BreakerRecord:
         """The stored record, after moving an open breaker whose timeout passed to half-open."""
         record = self._get(self._key)
-        if record.state is not _OPEN or now < record.retry_at:
+        if record.state is _CLOSED or self._due(record, now) is None:
             return record
         change: Transition | None = None
         with self._lock:
             record = self._get(self._key)
             self._sync_locked(record)
-            if record.state is _OPEN and now >= record.retry_at:
-                record, change = self._transition_locked(_HALF_OPEN)
+            due = self._due(record, now)
+            if due is not None:
+                record, change = self._move_when_due_locked(due)
         if change is not None:
             self._notify_transition(change)
         return record
 
+    @staticmethod
+    def _due(record: BreakerRecord, now: float) -> BreakerState | None:
+        """Where the record moves by itself now: an open breaker's timeout passed (half-open),
+        a forced state's TTL ran out (closed); else ``None``."""
+        state = record.state
+        if state is _CLOSED or not record.retry_at or now < record.retry_at:
+            return None
+        if state is _OPEN:
+            return _HALF_OPEN
+        if state is _FORCED_OPEN or state is _DISABLED:
+            return _CLOSED
+        return None
+
+    def _move_when_due_locked(self, due: BreakerState) -> tuple[BreakerRecord, Transition | None]:
+        record, change = self._transition_locked(due)
+        if change is not None and due is _CLOSED:
+            self._opened_because = None
+            _log.warning("circuit breaker %r: the forced state's TTL ran out", self._key)
+        return record, change
+
     def _retry_after(self, record: BreakerRecord, now: float, *, refusing: bool = False) -> float:
-        if record.state is _OPEN:
+        if record.state is _OPEN or (record.state is _FORCED_OPEN and record.retry_at):
             return max(0.0, record.retry_at - now)
         if record.state is _FORCED_OPEN or refusing:
             # no probe is scheduled (forced) or the probes' verdict is pending: if they fail,
@@ -459,3 +505,8 @@ class BreakerMachine:
                 listener.on_call(self, outcome, duration)  # type: ignore[arg-type]
             except Exception:
                 _log.exception("circuit breaker %r: listener failed", self._key)
+
+
+def _forced_because(by: str | None, reason: str | None) -> str:
+    because = f"forced open by {by}" if by else "forced open"
+    return f"{because}: {reason}" if reason else because

@@ -6,6 +6,7 @@ Public names here are re-exported from :mod:`llm_server.core.reliability._breake
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -74,19 +75,45 @@ class BreakerListener(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ForcedState:
+    """Who forced a breaker open (or disabled it), when, why, and for how long.
+
+    Attributes:
+        by: Who did it (a user, a runbook, a script).
+        reason: Why.
+        at: Unix time it was done.
+        ttl_s: Seconds it lasts before the breaker closes by itself (``None``: until
+            :meth:`~llm_server.core.circuit_breaker.CircuitBreaker.reset`).
+    """
+
+    by: str
+    reason: str
+    at: float
+    ttl_s: float | None = None
+
+    @property
+    def until(self) -> float | None:
+        """Unix time the forced state ends by itself (``None``: never)."""
+        return None if self.ttl_s is None else self.at + self.ttl_s
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerRecord:
     """The part of a breaker's state kept in a :class:`BreakerStateStore`.
 
     Attributes:
         state: The current state.
-        retry_at: Clock time from which an open breaker lets probes through.
+        retry_at: Clock time from which an open breaker lets probes through; for a forced
+            state with a TTL, the clock time it ends (``0``: never).
         generation: Incremented on every transition; outcomes of calls started in an
             earlier generation are not counted.
+        forced: Who forced the state, why and for how long (forced states only).
     """
 
     state: BreakerState = BreakerState.CLOSED
     retry_at: float = 0.0
     generation: int = 0
+    forced: ForcedState | None = None
 
 
 @runtime_checkable
@@ -121,6 +148,8 @@ class FleetPolicy:
         reset_timeout_s: How long it stays open.
         half_open_max_calls: Probes at once, fleet-wide.
         probe_lease_s: How long a probe's permit lasts if its process never returns it.
+        monotonic: The breaker's clock (an injected one in tests): a store turns the time
+            left of an open (or forced) state into a ``retry_at`` on this clock.
     """
 
     failure_threshold: int | None
@@ -130,6 +159,7 @@ class FleetPolicy:
     reset_timeout_s: float
     half_open_max_calls: int
     probe_lease_s: float
+    monotonic: Callable[[], float] = time.monotonic
 
 
 @runtime_checkable
@@ -224,6 +254,7 @@ class BreakerSnapshot:
         opened_because: Why the breaker is open or half-open (``"5 consecutive failures"``,
             ``"12 of 20 calls failed (60%)"``, ``"forced open"``); ``None`` while closed. The
             counters above restart with each state, so this keeps what tripped it.
+        forced: Who forced the state, when, why and until when (forced states only).
     """
 
     name: str
@@ -239,6 +270,7 @@ class BreakerSnapshot:
     ignored: int
     refused: int
     opened_because: str | None = None
+    forced: ForcedState | None = None
 
     @property
     def failure_rate(self) -> float:
