@@ -1,6 +1,6 @@
 """A custom pipeline step and a custom model backend, as in the reference README.
 
-Run: ``python examples/custom_components.py`` (no model provider needed).
+Run: ``.venv/bin/python examples/custom_components.py`` (no model provider needed).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The reference README's "Basic Usage Example", with only its missing imports added.
 
-Run it offline against the local test provider with ``python examples/serve.py``
+Run it offline against the local test provider with ``.venv/bin/python examples/serve.py``
 (see README.md); ``config/model_config.yml`` beside this file points ``gpt-4o-mini`` there.
 """
 
