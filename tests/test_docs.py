@@ -1,4 +1,4 @@
-"""Every runnable block of README.md and of every page in docs/ runs, so the documentation cannot rot.
+"""Every runnable block of README.md and of the docs/ pages runs: the documentation cannot rot.
 
 A page is read like a tutorial, top to bottom, in one session: a temporary copy of a fresh
 clone's root (``examples/``, ``config/``, the lock; ``.venv`` links to this checkout's), with
@@ -67,7 +67,8 @@ SETUP_STEP = re.compile(
     r"^(python3 -m venv \.venv|\.venv/bin/pip install .*|\.venv/bin/uv pip install .*)$"
 )
 PORT_IN_TEXT = re.compile(
-    r"(?:(?<=127\.0\.0\.1:)|(?<=localhost:)|(?<=--port )|(?<=--port=)|(?<=PORT=))(\d{4,5})\b"
+    r"(?:(?<=127\.0\.0\.1:)|(?<=localhost:)|(?<=--port )|(?<=--port=)|(?<=PORT=)|(?<= -p ))"
+    r"(\d{4,5})\b"
 )
 VOLATILE = {"timing", "trace_id", "execution_id", "timestamp"}  # checked by type only
 
@@ -153,7 +154,7 @@ def _json_pattern(text: str) -> Any:
     return json.loads(text)
 
 
-def _json_matches(want: Any, got: Any, key: str = "") -> bool:
+def _json_matches(want: Any, got: Any, key: str = "") -> bool:  # noqa: PLR0911 - one per case
     if want == "__ANY__" or key in VOLATILE:
         return want == "__ANY__" or type(want) is type(got) or key == "timing"
     if isinstance(want, dict):
@@ -224,9 +225,10 @@ _docs_redis_proc = factories.redis_proc(port=None)
 
 
 def _pg_binary(name: str) -> str:
-    found = shutil.which(name) or (sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")) or [""])[-1]
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    found = shutil.which(name) or (str(candidates[-1]) if candidates else None)
     assert found, f"PostgreSQL is not installed ({name}): apt-get install postgresql"
-    return str(found)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -248,9 +250,9 @@ def docs_postgres() -> Iterator[int]:
         capture_output=True,
     )
     options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    log = str(folder / "log")
     subprocess.run(
-        [*as_postgres, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w"]
-        + ["start"],
+        [*as_postgres, pg_ctl, "-D", str(data), "-o", options, "-l", log, "-w", "start"],
         check=True,
         capture_output=True,
     )
@@ -368,11 +370,13 @@ class Session:
         return [(c, "\n".join(o) if o else None) for c, o in result]
 
     def run_shell(self, block: Block) -> None:
-        for command, expected in self.commands(block):
+        for written, expected in self.commands(block):
+            command = written
             if block.setup_not_run is not None:
-                steps = [step.strip() for step in command.split("&&")]
+                steps = [step.strip() for step in written.split("&&")]
                 left_out = steps[:-1]
-                assert left_out and all(SETUP_STEP.match(step) for step in left_out), (
+                assert left_out, f"{self.where(block)}: 'set-up not run' but no set-up steps"
+                assert all(SETUP_STEP.match(step) for step in left_out), (
                     f"{self.where(block)}: 'set-up not run' may leave out install steps only: "
                     f"{left_out}"
                 )
@@ -546,7 +550,7 @@ def test_output_matching() -> None:
     assert not matches('{"a":1}', '{"a": 1, "z": true}')
     assert matches('{"timing":{"total_ms":5.1},"trace_id":"66d4"}', '{"timing":{},"trace_id":"x"}')
     assert not matches('{"trace_id":"66d4"}', '{"trace_id":7}')
-    assert matches("x{...,a=\"b\",...} 1.0", 'x{c="d",a="b",e="f"} 1.0')
+    assert matches('x{...,a="b",...} 1.0', 'x{c="d",a="b",e="f"} 1.0')
 
 
 def test_every_link_in_the_readme_resolves() -> None:
