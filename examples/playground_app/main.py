@@ -5,6 +5,8 @@ http://127.0.0.1:8000/playground. Keep the page out of production (or behind you
 ``add_playground(app, dependencies=[Depends(your_auth)])``).
 """
 
+from typing import Literal
+
 import dspy
 from fastapi import FastAPI
 
@@ -24,6 +26,7 @@ class Brief(dspy.Signature):
     topic: str = dspy.InputField(desc="What the brief is about")
     words: int = dspy.InputField(desc="About how many words")
     keywords: list[str] = dspy.InputField(desc="Words the brief should use")
+    tone: Literal["plain", "formal", "playful"] = dspy.InputField(desc="How it should sound")
     brief: str = dspy.OutputField(desc="The brief")
 
 

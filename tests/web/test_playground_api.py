@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import enum
+import json
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import dspy
 import pytest
@@ -24,12 +27,41 @@ class Brief(dspy.Signature):
     brief: str = dspy.OutputField()
 
 
-def app_for(provider: LocalProvider, tmp_path: Path, **options: object) -> FastAPI:
+class Mood(enum.Enum):
+    CALM = "calm"
+    URGENT = "urgent"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Memo(dspy.Signature):
+    """Write a memo."""
+
+    topic: str = dspy.InputField()
+    tone: Literal["plain", "formal"] = dspy.InputField()
+    mood: Mood = dspy.InputField()
+    level: Level = dspy.InputField()
+    audience: Literal["team", "board"] | None = dspy.InputField()
+    length: Annotated[Literal[1, 2, 3], "paragraphs"] = dspy.InputField()
+    memo: str = dspy.OutputField()
+
+
+def app_for(
+    provider: LocalProvider,
+    tmp_path: Path,
+    *,
+    programs: list[Any] | None = None,
+    models: dict[str, Any] | None = None,
+    **options: object,
+) -> FastAPI:
     app = FastAPI(
         lifespan=llm_server_lifespan(
-            programs=[Brief],
+            programs=programs or [Brief],
             settings=make_settings(tmp_path),
-            config_provider=StaticConfigProvider(models_for(provider)),
+            config_provider=StaticConfigProvider(models or models_for(provider)),
         )
     )
     install_error_handlers(app)
@@ -68,6 +100,7 @@ async def test_the_catalog_lists_programs_versions_schemas_and_models(
         "type": "array",
     }
     assert "model_id" not in properties
+    assert program["choices"] == {}
     assert program["outputs"] == ["brief"]
     assert {m["id"]: m["breaker"] for m in catalog["models"]} == {
         "gpt-4o-mini": "closed",
@@ -115,3 +148,64 @@ async def test_the_hosts_dependencies_guard_every_route(
         for path in ("/playground", "/playground/api/catalog", "/playground/static/playground.js"):
             assert (await client.get(path)).status_code == 401
         assert (await client.get("/playground", headers={"X-Staff": "yes"})).status_code == 200
+
+
+async def test_literal_and_enum_inputs_come_with_their_choices(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    async with serving(app_for(provider, tmp_path, programs=[Memo])) as client:
+        (program,) = (await client.get("/playground/api/catalog")).json()["programs"]
+        assert program["choices"] == {
+            "tone": ["plain", "formal"],
+            "mood": ["calm", "urgent"],
+            "level": [1, 2],
+            "audience": ["team", "board"],  # optional: the page adds an empty choice
+            "length": [1, 2, 3],
+        }
+        assert program["schema"]["required"] == ["topic", "tone", "mood", "level", "length"]
+        inputs = {"topic": "t", "tone": "formal", "mood": "urgent", "level": 2, "length": 3}
+        body = {"inputs": inputs, "model_id": "gpt-4o"}
+        answer = await client.post("/playground/api/run/memo", json=body)
+        assert answer.status_code == 200, answer.text
+        prompt = str(provider.requests[-1].messages)
+        assert "formal" in prompt
+        assert "urgent" in prompt
+        wrong = {**body, "inputs": {**inputs, "tone": "loud"}}
+        refused = await client.post("/playground/api/run/memo", json=wrong)
+        assert refused.status_code == 422
+        assert "tone" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_run_names_the_model_that_answered_after_a_fallback(
+    provider: LocalProvider, tmp_path: Path, stream: bool
+) -> None:
+    models = {
+        "primary": {
+            "model_name": "openai/gpt-4o-mini",
+            "api_base": provider.openai_api_base,
+            "fallbacks": ["backup"],
+        },
+        "backup": {"model_name": "openai/gpt-4o", "api_base": provider.openai_api_base},
+    }
+    provider.add_fault("unavailable", model="gpt-4o-mini")
+    body = {
+        "inputs": {"topic": "t", "words": 3, "keywords": ["a"]},
+        "model_id": "primary",
+        "stream": stream,
+    }
+    async with serving(app_for(provider, tmp_path, models=models)) as client:
+        answer = await client.post("/playground/api/run/brief", json=body)
+    assert answer.status_code == 200, answer.text
+    if stream:
+        done = answer.text.split("event: done\ndata: ", 1)[1].split("\n\n", 1)[0]
+        envelope = json.loads(done)
+    else:
+        envelope = answer.json()
+    assert [r.model for r in provider.requests if r.api] == ["gpt-4o-mini", "gpt-4o"]
+    assert envelope["metadata"]["model"] == {
+        "id": "backup",
+        "provider": "openai",
+        "base_model": "gpt-4o",
+        "requested_id": "primary",
+    }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+import types
+import typing
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -38,6 +41,32 @@ class RunRequest(BaseModel):
     stream: bool = False
 
 
+def _choices(annotation: Any) -> list[Any] | None:
+    """The JSON values a ``Literal`` or ``Enum`` field accepts (``None`` aside), else ``None``.
+
+    ``Optional``/``| None`` and ``Annotated`` are looked through; a union of such types offers
+    all their values. An enum whose values are not plain JSON scalars offers none.
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _choices(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        parts = [_choices(a) for a in typing.get_args(annotation) if a is not types.NoneType]
+        if not parts or any(part is None for part in parts):
+            return None
+        return [value for part in parts if part is not None for value in part]
+    if origin is typing.Literal:
+        values = [v.value if isinstance(v, enum.Enum) else v for v in typing.get_args(annotation)]
+    elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        values = [member.value for member in annotation]
+    else:
+        return None
+    values = [value for value in values if value is not None]
+    if not all(isinstance(value, str | int | float | bool) for value in values):
+        return None
+    return values
+
+
 def _asset(name: str) -> str:
     return resources.files("llm_server.fastapi").joinpath("playground", name).read_text()
 
@@ -55,8 +84,8 @@ def add_playground(
     package (no CDN); the page talks only to the routes added here:
 
     - ``GET {path}``: the page;
-    - ``GET {path}/api/catalog``: programs (versions, the served one, input schema) and
-      models (breaker state);
+    - ``GET {path}/api/catalog``: programs (versions, the served one, input schema, the
+      choices of each ``Literal`` or ``Enum`` input) and models (breaker state);
     - ``POST {path}/api/run/{program_id}``: run a program on a model at a version, as JSON
       (the response envelope) or as Server-Sent Events (``stream``).
 
@@ -107,6 +136,11 @@ def add_playground(
                 schema = request_model.model_json_schema()
                 schema["properties"].pop("model_id", None)
                 entry["schema"] = schema
+                entry["choices"] = {
+                    name: values
+                    for name, info in signature.input_fields.items()
+                    if (values := _choices(info.annotation)) is not None
+                }
                 entry["outputs"] = list(signature.output_fields)
                 entry["description"] = (signature.__doc__ or "").strip()
             except ConfigurationError as exc:

@@ -299,7 +299,7 @@ class FleetConnection:
                 continue
             try:
                 if pubsub is None and self._listeners:
-                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(*self._listeners)
                 now = time.monotonic()
                 if now >= next_sync:

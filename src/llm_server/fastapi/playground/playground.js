@@ -56,11 +56,14 @@ function showProgram() {
   fields.replaceChildren(element("legend", { textContent: "Inputs" }));
   const required = new Set(program.schema.required || []);
   for (const [name, spec] of Object.entries(program.schema.properties)) {
-    fields.append(fieldFor(name, spec, required.has(name)));
+    fields.append(fieldFor(name, spec, required.has(name), choicesOf(program, name)));
   }
 }
 
-function kindOf(spec) {
+function choicesOf(program, name) { return (program.choices || {})[name]; }
+
+function kindOf(spec, choices) {
+  if (choices) return "choice";
   const options = spec.anyOf ? spec.anyOf.filter((s) => s.type !== "null") : [spec];
   const main = options[0] || {};
   if (main.type === "array" && (main.items || {}).type === "string") return "lines";
@@ -68,14 +71,19 @@ function kindOf(spec) {
   return "json";
 }
 
-function fieldFor(name, spec, required) {
-  const kind = kindOf(spec);
+function fieldFor(name, spec, required, choices) {
+  const kind = kindOf(spec, choices);
   const id = `input-${name}`;
   const hint = { lines: "one item per line", json: "JSON", integer: "a whole number" }[kind];
   const label = element("label", { htmlFor: id, textContent: spec.title || name });
   let control;
   if (kind === "boolean") {
     control = element("input", { type: "checkbox", id, name });
+  } else if (kind === "choice") {
+    // Option values are indexes into the choices, so each is sent as its JSON type.
+    control = element("select", { id, name, required });
+    if (!required) control.append(element("option", { value: "", textContent: "(none)" }));
+    choices.forEach((choice, index) => control.append(element("option", { value: String(index), textContent: String(choice) })));
   } else if (kind === "integer" || kind === "number") {
     control = element("input", { type: "number", id, name, step: kind === "integer" ? "1" : "any", required });
   } else {
@@ -99,6 +107,7 @@ function collectInputs() {
     else if (kind === "number") inputs[control.name] = Number(value);
     else if (kind === "lines") inputs[control.name] = value.split("\n").map((s) => s.trim()).filter(Boolean);
     else if (kind === "json") inputs[control.name] = JSON.parse(value);
+    else if (kind === "choice") inputs[control.name] = choicesOf(currentProgram(), control.name)[Number(value)];
     else inputs[control.name] = control.value;
   }
   return inputs;
@@ -119,7 +128,6 @@ function resultCard(side, title) {
   const outputs = {};
   for (const name of currentProgram().outputs) {
     outputs[name] = element("pre");
-    outputs[name].setAttribute("aria-label", name);
     card.append(element("h3", { textContent: name }), outputs[name]);
   }
   return { card, outputs };
@@ -129,6 +137,11 @@ function showError(card, message) {
   card.append(element("p", { className: "error", role: "alert", textContent: message }));
 }
 
+function answeredBy(envelope) {
+  const model = (envelope.metadata || {}).model || {};
+  return model.requested_id ? `${model.id} (fallback from ${model.requested_id})` : model.id;
+}
+
 function showEnvelope(card, outputs, envelope, timing) {
   for (const [name, value] of Object.entries(envelope.data || {})) {
     if (outputs[name]) outputs[name].textContent = typeof value === "string" ? value : JSON.stringify(value, null, 1);
@@ -136,10 +149,9 @@ function showEnvelope(card, outputs, envelope, timing) {
   const meta = envelope.metadata || {};
   const perf = meta.performance || {};
   const tokens = perf.tokens || {};
-  const model = meta.model || {};
   const rows = [
     ["version", (meta.program || {}).version],
-    ["model", model.requested_id ? `${model.id} (fallback from ${model.requested_id})` : model.id],
+    ["model", answeredBy(envelope)],
     ["tokens", tokens.total === undefined ? "—" : `${tokens.input} in + ${tokens.output} out = ${tokens.total} (${tokens.method})`],
     ["cost", tokens.cost_usd === null || tokens.cost_usd === undefined ? "unknown" : `$${Number(tokens.cost_usd).toFixed(6)}`],
     ["first token", timing.first === null ? "—" : `${timing.first.toFixed(0)} ms`],
@@ -159,7 +171,8 @@ async function runSide(side, inputs, stream) {
   const version = $("select[name=version]", fieldset).value;
   const model = $("select[name=model]", fieldset).value;
   const program = currentProgram();
-  const { card, outputs } = resultCard(side, `${program.name} ${version} on ${model}`);
+  const title = (on) => `${program.name} ${version} on ${on}`;
+  const { card, outputs } = resultCard(side, title(model));
   const started = performance.now();
   let first = null;
   const record = { at: new Date().toISOString(), program: program.id, version, model, inputs, ok: false };
@@ -201,6 +214,8 @@ async function runSide(side, inputs, stream) {
     }
     if (!envelope) throw new Error("the stream ended without an answer");
     showEnvelope(card, outputs, envelope, { first, total: performance.now() - started });
+    record.answered = answeredBy(envelope) || model;
+    $("h2", card).textContent = title(record.answered);
     record.ok = true;
     record.tokens = ((envelope.metadata || {}).performance || {}).tokens || null;
   } catch (error) {
@@ -223,7 +238,7 @@ function remember(record) {
 function showHistory() {
   const list = $("#history");
   list.replaceChildren(...history().map((item) => {
-    const label = `${item.at.slice(11, 19)} ${item.program} ${item.version} on ${item.model}: ${item.ok ? "ok" : item.error}`;
+    const label = `${item.at.slice(11, 19)} ${item.program} ${item.version} on ${item.answered || item.model}: ${item.ok ? "ok" : item.error}`;
     const button = element("button", { type: "button", textContent: label, title: "Put these inputs back in the form" });
     button.addEventListener("click", () => restore(item));
     return element("li", {}, button);
@@ -237,6 +252,7 @@ function restore(item) {
     const value = item.inputs[control.name];
     if (value === undefined) continue;
     if (control.dataset.kind === "boolean") control.checked = Boolean(value);
+    else if (control.dataset.kind === "choice") control.value = String(choicesOf(currentProgram(), control.name).indexOf(value));
     else if (Array.isArray(value) && control.dataset.kind === "lines") control.value = value.join("\n");
     else control.value = typeof value === "string" || typeof value === "number" ? value : JSON.stringify(value);
   }
@@ -248,17 +264,28 @@ $("#compare").addEventListener("change", (event) => {
   if (!event.target.checked) $(".result[data-side=b]").hidden = true;
 });
 $("#clear-history").addEventListener("click", () => { localStorage.removeItem(HISTORY_KEY); showHistory(); });
+let running = false;
 $("#form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  if (running) return;
   let inputs;
   try { inputs = collectInputs(); } catch (error) { status(`Inputs: ${error.message}`); return; }
+  // aria-disabled, not disabled: a disabled button loses the focus (it falls to <body>), so
+  // keyboard and screen-reader users would have to find their way back after every run.
   const button = $("#run");
-  button.disabled = true;
+  running = true;
+  button.setAttribute("aria-disabled", "true");
+  $("#results").setAttribute("aria-busy", "true"); // a screen reader reads the results once, at the end
   status("Running…");
   const sides = $("#compare").checked ? ["a", "b"] : ["a"];
   if (sides.length === 1) $(".result[data-side=b]").hidden = true;
-  await Promise.all(sides.map((side) => runSide(side, inputs, $("#stream").checked)));
-  button.disabled = false;
+  try {
+    await Promise.all(sides.map((side) => runSide(side, inputs, $("#stream").checked)));
+  } finally {
+    running = false;
+    button.removeAttribute("aria-disabled");
+    $("#results").setAttribute("aria-busy", "false");
+  }
   status("Done.");
 });
 
