@@ -20,6 +20,8 @@ from llm_server.core.telemetry._redaction import redact
 __all__ = ["Engine", "FrameworkSettings"]
 
 Engine = Literal["auto", "litellm"]
+"""Which client calls a model: ``"auto"`` (DSPy's own where it supports the provider, else
+LiteLLM) or ``"litellm"`` (always LiteLLM)."""
 
 
 class FrameworkSettings(BaseSettings):

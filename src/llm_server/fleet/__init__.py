@@ -17,7 +17,7 @@ While Redis is down or slow (each command times out after ``LLM_SERVER_REDIS_TIM
 each process falls back to its own breakers and its share of every limit, logs one warning,
 and shares again when Redis answers.
 
-The room holds:
+Its modules (private; the names are public here):
 
 - ``_connection``: :class:`FleetConnection`: clients, timeouts, fallback, the sync thread;
 - ``_breakers``: :class:`RedisBreakerStore`, a shared :class:`~llm_server.core.circuit_breaker.

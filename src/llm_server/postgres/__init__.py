@@ -13,7 +13,8 @@ Why psycopg 3 and not asyncpg: the storage protocol is synchronous (the program 
 in its worker threads, beside the file-system adapter), and psycopg has a synchronous API, a
 pool, and ``LISTEN``/``NOTIFY`` as a generator with a timeout; asyncpg is async only.
 
-The room holds ``_store``: :class:`PostgresStorageAdapter` (versions, releases, the watcher).
+The code is in the private module ``_store``: :class:`PostgresStorageAdapter` (versions,
+releases, the watcher).
 """
 
 from llm_server.postgres._store import CHANNEL, SCHEMA_VERSION, PostgresStorageAdapter, Release
