@@ -17,8 +17,8 @@ Two measurements, each variant timed alternately for several rounds, best round 
    with the library's telemetry disabled.
 
 The trivial backend makes these worst-case ratios: against a real model call (DSPy's
-``Predict.acall`` costs ~4 ms of CPU here, measured with DSPy 3.4) the absolute overhead per
-call, also printed, is what matters.
+``Predict.acall`` costs ~4 ms of CPU here, see FACTS.md) the absolute overhead per call, also
+printed, is what matters.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ async def main(calls: int, rounds: int) -> None:
     extra = request["on_sdk"] - request["off"]
     print(
         f"\n  on_sdk adds {extra * 1e6:.1f} us per request: {extra / dspy_cpu_s:.1%} of the "
-        "~4 ms CPU of one DSPy Predict.acall (DSPy 3.4, measured here)"
+        "~4 ms CPU of one DSPy Predict.acall (FACTS.md)"
     )
 
 

@@ -595,3 +595,22 @@ def test_every_setting_and_yaml_key_is_in_the_configuration_reference() -> None:
         assert f"`{name}" in reference, name
     for name in [*BudgetConfig.model_fields, *BudgetLimitsConfig.model_fields]:
         assert f"{name}`" in reference, name
+
+
+INSIDER = re.compile(
+    r"FACTS\.md|[Tt]he room holds|\b(?:[Ee]ach|every|per|a|three) rooms?\b"
+    r"|the issue that asked|reference README"
+)
+
+
+def test_public_text_has_no_words_only_the_team_knows() -> None:
+    """README, docs, examples and the library's docstrings use words a user knows."""
+    files = [REPO / "README.md", *(REPO / "docs").rglob("*.md")]
+    files += [*(REPO / "examples").rglob("*.py"), *(REPO / "src").rglob("*.py")]
+    found = [
+        f"{path.relative_to(REPO)}:{text.count(chr(10), 0, match.start()) + 1}: {match.group(0)}"
+        for path in files
+        for text in [path.read_text(encoding="utf-8")]
+        for match in INSIDER.finditer(text)
+    ]
+    assert not found, found

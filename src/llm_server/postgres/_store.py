@@ -38,7 +38,6 @@ __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStorageAdapter", "Release"]
 _log = logging.getLogger("llm_server.postgres")
 
 SCHEMA_VERSION: Final = 1
-"""The version of the tables' layout this library creates and upgrades to at startup."""
 CHANNEL: Final = "llm_server_releases"
 """The NOTIFY channel a promotion or rollback is announced on (payload: schema/program id)."""
 
