@@ -19,6 +19,9 @@ A whole service in a few lines::
     app.include_router(health_router())
     add_program_endpoint(app, "summarize", signature=Summarize, default_model_id="gpt-4o-mini")
 
+The same programs can also be reached by any OpenAI chat-completions client
+(``add_openai_routes``) and by MCP clients as tools (``add_mcp_tools``, the ``mcp`` extra).
+
 Hosts can still write their routes by hand, reading the managers with
 ``Depends(get_program_manager)`` / ``Depends(get_model_manager)``.
 """
@@ -28,7 +31,9 @@ from __future__ import annotations
 from llm_server.fastapi._endpoints import add_program_endpoint, signature_models
 from llm_server.fastapi._errors import error_response, install_error_handlers
 from llm_server.fastapi._lifespan import HostLifespan, ProgramSpec, llm_server_lifespan
+from llm_server.fastapi._mcp import add_mcp_tools
 from llm_server.fastapi._middleware import BodyLimitMiddleware, RequestContextMiddleware
+from llm_server.fastapi._openai import add_openai_routes
 from llm_server.fastapi._playground import add_playground
 from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
@@ -43,6 +48,8 @@ __all__ = [
     "HostLifespan",
     "ProgramSpec",
     "RequestContextMiddleware",
+    "add_mcp_tools",
+    "add_openai_routes",
     "add_playground",
     "add_program_endpoint",
     "error_response",

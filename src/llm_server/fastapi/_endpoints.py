@@ -160,27 +160,47 @@ class _ProgramRunner:
         self._manager: Any = None
         self._version: str | None = None
         self._routes: dict[str, _Route] = {}
+        self._named: dict[tuple[str, str], _Route] = {}
 
-    def route(self, manager: Any, model_id: str) -> _Route:
+    def route(self, manager: Any, model_id: str, version: str | None = None) -> _Route:
+        """The cached route of the served version, or of a stored ``version`` by name.
+
+        Raises:
+            ModelNotFoundError: ``model_id`` is not configured.
+            ProgramNotFoundError: The program or the named version is unknown.
+        """
         metadata = manager.registry.get_program_metadata(self.program_id)
         if manager is not self._manager or metadata.version != self._version:
             self._manager, self._version, self._routes = manager, metadata.version, {}
+            self._named = {}
+        if version is not None and version != metadata.version:
+            # A stored version by name: immutable once saved, so cached until the app restarts
+            named = self._named.get((version, model_id))
+            if named is None:
+                named = self._build(
+                    manager, model_id, manager.get_version_metadata(self.program_id, version)
+                )
+                self._named[(version, model_id)] = named
+            return named
         route = self._routes.get(model_id)
         if route is None:
-            if model_id not in manager.model_info:
-                raise ModelNotFoundError(model_id, list(manager.model_info))
-            backend = manager.reliable_backend(self.program_id, model_id, version=metadata.version)
-            step = ModelProcessor(
-                backend,
-                accepted_types=[MediaType.STRUCTURED],
-                output_type=MediaType.STRUCTURED,
-                name=self.program_id,
-            )
-            check = getattr(manager.model_manager, "ensure_available", None)
-            available = functools.partial(check, model_id) if callable(check) else _always_available
-            route = _Route(Pipeline([step], name=self.program_id), metadata, available)
+            route = self._build(manager, model_id, metadata)
             self._routes[model_id] = route
         return route
+
+    def _build(self, manager: Any, model_id: str, metadata: Any) -> _Route:
+        if model_id not in manager.model_info:
+            raise ModelNotFoundError(model_id, list(manager.model_info))
+        backend = manager.reliable_backend(self.program_id, model_id, version=metadata.version)
+        step = ModelProcessor(
+            backend,
+            accepted_types=[MediaType.STRUCTURED],
+            output_type=MediaType.STRUCTURED,
+            name=self.program_id,
+        )
+        check = getattr(manager.model_manager, "ensure_available", None)
+        available = functools.partial(check, model_id) if callable(check) else _always_available
+        return _Route(Pipeline([step], name=self.program_id), metadata, available)
 
 
 def _model_block(
@@ -197,6 +217,20 @@ def _model_block(
 def _dump(info: Any) -> dict[str, Any]:
     dump = getattr(info, "model_dump", None)
     return dict(dump(by_alias=True)) if callable(dump) else dict(info)
+
+
+def envelope(
+    pm: Any, model_id: str, route: _Route, metrics: PerformanceMetrics, result: PipelineData
+) -> dict[str, Any]:
+    """The success envelope of one program call (shared with the OpenAI-compatible routes)."""
+    metrics.mark_checkpoint("pipeline_complete")
+    metadata = MetadataCollector.collect_response_metadata(
+        model_id=model_id,
+        program_metadata=route.program_metadata,
+        performance_metrics=metrics.get_summary(),
+        model_info=_model_block(pm.model_info, model_id, result.metadata),
+    )
+    return {"success": True, "data": result.content, "metadata": metadata}
 
 
 def add_program_endpoint(
@@ -265,18 +299,6 @@ def add_program_endpoint(
     )
     input_names = tuple(signature.input_fields)
     runner = _ProgramRunner(program_id)
-
-    def envelope(
-        pm: Any, model_id: str, route: _Route, metrics: PerformanceMetrics, result: PipelineData
-    ) -> dict[str, Any]:
-        metrics.mark_checkpoint("pipeline_complete")
-        metadata = MetadataCollector.collect_response_metadata(
-            model_id=model_id,
-            program_metadata=route.program_metadata,
-            performance_metrics=metrics.get_summary(),
-            model_info=_model_block(pm.model_info, model_id, result.metadata),
-        )
-        return {"success": True, "data": result.content, "metadata": metadata}
 
     def prepared(request: Request, body: Any) -> tuple[Any, str, _Route, PipelineData]:
         pm = manager if manager is not None else get_program_manager(request)
