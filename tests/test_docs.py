@@ -53,8 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 RUNNABLE = {"python", "bash", "sh", "console", "shell"}
 CONTINUES = "<!-- continues the block above -->"
-NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\s*$", re.S)
-SETUP_NOT_RUN = re.compile(r"<!-- set-up not run: (.+?) -->\s*$", re.S)
+NOT_RUN = re.compile(r"<!-- not run: ([^>]+?) -->\s*$")  # right before the block
+SETUP_NOT_RUN = re.compile(r"<!-- set-up not run: ([^>]+?) -->\s*$")
 SAVE_AS = re.compile(r"[Ss]ave (?:[\w ]{0,20} )?as `([\w./-]+\.py)`")
 FENCE = re.compile(r"^( *)```(\w*)[^\n]*\n(.*?)^\1```[ \t]*$", re.S | re.M)
 OUTPUT = re.compile(r"\s*<!-- output -->\n```text\n(.*?)^```", re.S | re.M)
@@ -116,7 +116,7 @@ class Block:
 def read_blocks(page: Path) -> list[Block]:
     """Every fenced block of ``page``, with its markers."""
     text = page.read_text(encoding="utf-8")
-    name = str(page.relative_to(REPO))
+    name = str(page.relative_to(REPO)) if page.is_relative_to(REPO) else page.name
     blocks: list[Block] = []
     fences = list(FENCE.finditer(text))
     for index, match in enumerate(fences):
@@ -552,6 +552,34 @@ def test_output_matching() -> None:
     assert matches('{"timing":{"total_ms":5.1},"trace_id":"66d4"}', '{"timing":{},"trace_id":"x"}')
     assert not matches('{"trace_id":"66d4"}', '{"trace_id":7}')
     assert matches('x{...,a="b",...} 1.0', 'x{c="d",a="b",e="f"} 1.0')
+
+
+def test_markers_are_read(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Save this as `app.py`:\n\n```python\nx = 1\n```\n\n"
+        "<!-- not run: it needs the internet -->\n```bash\ncurl https://example.org\n```\n\n"
+        "Then:\n\n<!-- continues the block above -->\n```python\nprint(x)\n```\n\n"
+        "<!-- output -->\n```text\n1\n```\n\n"
+        "- a list:\n\n  ```console\n  $ echo a \\\n      b\n  a b\n  ```\n\n"
+        "<!-- set-up not run: the venv exists -->\n```bash\npython3 -m venv .venv && ls\n```\n"
+    )
+    first, curl, second, output, listed, setup = read_blocks(page)
+    assert (first.lang, first.save_as, first.not_run) == ("python", "app.py", None)
+    assert curl.not_run == "it needs the internet"
+    assert second.not_run is None
+    assert second.continues
+    assert second.output == "1\n"
+    assert output.lang == "text"
+    assert not output.runnable
+    session = Session(tmp_path, {}, {})
+    assert session.commands(listed) == [("echo a b", "a b")]
+    assert setup.setup_not_run == "the venv exists"
+    assert (
+        session.rewrite("curl http://127.0.0.1:8000/x --port 8001")
+        != "curl http://127.0.0.1:8000/x --port 8001"
+    )
+    assert session.rewrite("port 8000 of 1") == "port 8000 of 1"
 
 
 def test_every_link_in_the_readme_resolves() -> None:
