@@ -6,7 +6,8 @@ Usage::
 
 MODE ``save``: save COUNT versions from COUNT threads at once, printing each assigned version
 as a JSON line. MODE ``die-before-commit``: start one save, and SIGKILL itself once its row is
-inserted, before the transaction commits.
+inserted, before the transaction commits. MODE ``open``: print ``ready``, then for each schema
+name read from stdin open an adapter on it at once and print ``ok`` or the error, as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ from llm_server.postgres import PostgresStorageAdapter
 
 def main() -> None:
     url, schema, mode, count, writer = sys.argv[1:6]
+    if mode == "open":
+        print("ready", flush=True)
+        for line in sys.stdin:
+            try:
+                PostgresStorageAdapter(url, schema=line.strip()).close()
+                print(json.dumps({"ok": True}), flush=True)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                print(json.dumps({"ok": False, "error": error}), flush=True)
+        return
     store = PostgresStorageAdapter(url, schema=schema, max_connections=int(count))
     if mode == "die-before-commit":
         real_insert = store._insert

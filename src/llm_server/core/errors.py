@@ -37,6 +37,9 @@ HTTP status a host app should answer with (``http_status``)::
     │   ├── ProviderBadRequestError         502 provider_bad_request
     │   │   └── ContextWindowExceededError  413 context_window_exceeded
     │   └── OutputParseError                502 unparseable_output
+    │       ├── OutputTruncatedError        502 output_truncated
+    │       ├── EmptyOutputError            502 empty_output
+    │       └── ModelRefusedError           422 model_refused
     ├── CircuitOpenError                    503 circuit_open
     └── DeadlineExceededError               504 deadline_exceeded
 
@@ -47,11 +50,15 @@ exception chains: where a dependency's exception is translated into one of ours,
 message, without its traceback or its own chain, where a provider's error body quoting the
 key could hide), and nothing is chained as ``__context__``, so a traceback printed or sent to
 an error tracker without the library's log filter still shows no key.
+
+What a request was billed before it failed travels with the error: the HTTP layer sets
+:attr:`LLMServerError.request_usage` (the error envelope's ``usage``), so a client and an
+operator see the tokens and cost of every call that came back, whatever the outcome.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from llm_server.core.telemetry._redaction import redact
 
@@ -63,6 +70,7 @@ __all__ = [
     "CorruptProgramError",
     "DataValidationError",
     "DeadlineExceededError",
+    "EmptyOutputError",
     "InputError",
     "InvalidIdentifierError",
     "LLMServerError",
@@ -70,8 +78,10 @@ __all__ = [
     "MissingAPIKeyError",
     "ModelCallError",
     "ModelNotFoundError",
+    "ModelRefusedError",
     "ModelTimeoutError",
     "OutputParseError",
+    "OutputTruncatedError",
     "PayloadTooLargeError",
     "PipelineError",
     "PipelineValidationError",
@@ -98,6 +108,9 @@ class LLMServerError(Exception):
 
     error_type: ClassVar[str] = "internal_error"
     http_status: ClassVar[int] = 500
+    request_usage: dict[str, Any] | None = None
+    """What the request was billed before this error (tokens by call, cost, method), or
+    ``None`` when nothing was billed; set by the HTTP layer, sent as the envelope's ``usage``."""
 
     @property
     def message(self) -> str:
@@ -394,9 +407,79 @@ class StreamInterruptedError(ModelCallError):
 
 
 class OutputParseError(ModelCallError):
-    """The model answered, but its output could not be parsed into the signature's fields."""
+    """The model answered, but its output could not be parsed into the signature's fields.
+
+    Not retried, and not counted by the circuit breaker (the provider answered). A model's or
+    program's ``parse_policy`` may ask again. The message names the fields that were missing
+    or invalid; the model's raw answer is in it only when message content capture is on
+    (``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
+
+    Attributes:
+        fields: The output fields that were missing or could not be read, by name.
+    """
 
     error_type = "unparseable_output"
+
+    def __init__(
+        self, message: str, *, model_id: str | None = None, fields: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, model_id=model_id)
+        self.fields = fields
+
+
+class OutputTruncatedError(OutputParseError):
+    """The answer was cut at the model's ``max_tokens`` (``finish_reason: "length"``).
+
+    Raise the model's ``max_tokens`` (YAML), or let its ``parse_policy`` re-ask with a larger
+    one (``truncation_max_tokens``).
+
+    Attributes:
+        max_tokens: The ``max_tokens`` in force for the call, when known.
+    """
+
+    error_type = "output_truncated"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_id: str | None = None,
+        fields: tuple[str, ...] = (),
+        max_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message, model_id=model_id, fields=fields)
+        self.max_tokens = max_tokens
+
+
+class EmptyOutputError(OutputParseError):
+    """The model answered with empty (or null) content and no refusal."""
+
+    error_type = "empty_output"
+
+
+class ModelRefusedError(OutputParseError):
+    """The model declined to answer (an OpenAI ``refusal``, an Anthropic ``refusal`` stop).
+
+    Answered with 422: the request was understood and the model will not answer it as asked.
+    The refusal text is the model's message to the user, so it is part of the message.
+
+    Attributes:
+        refusal: The provider's refusal text (redacted), ``""`` when it sent none.
+    """
+
+    error_type = "model_refused"
+    http_status = 422
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_id: str | None = None,
+        fields: tuple[str, ...] = (),
+        refusal: str = "",
+    ) -> None:
+        super().__init__(message, model_id=model_id, fields=fields)
+        self.refusal = refusal
 
 
 # --- reliability -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from llm_server.core._ids import random_hex128
 from llm_server.core.model_interfaces import ModelOutput, TokenCountMethod, TokenUsage
@@ -22,6 +22,13 @@ from llm_server.core.reliability._wrapper import BackendWrapper
 from llm_server.core.telemetry._observation import StepTiming, attach_observer, observing
 
 __all__ = ["ModelBackendTracker", "PerformanceMetrics"]
+
+_ANSWER_KINDS: Final = frozenset(
+    {"unparseable_output", "output_truncated", "empty_output", "model_refused"}
+)
+_BILLED: Final = frozenset(
+    {TokenCountMethod.EXACT, TokenCountMethod.ESTIMATE, TokenCountMethod.CUT_ESTIMATE}
+)
 
 
 @functools.cache
@@ -130,6 +137,8 @@ class PerformanceMetrics:
                 if seen is output:
                     return
             self._outputs.append(output)
+            if "outcome" in output.metadata:  # a failed attempt's billed calls: counted only
+                return
             self._checkpoints["model_complete"] = round(self.elapsed_ms(), 2)
             falling_back = self._falling_back
             if falling_back is not None and falling_back[1] == output.model_id:
@@ -164,6 +173,70 @@ class PerformanceMetrics:
             return None
         return sum(o.cost_usd or 0.0 for o in self._outputs)
 
+    def answer_attempts(self) -> dict[str, int]:
+        """Attempts whose answer was rejected, by kind (``unparseable_output``,
+        ``output_truncated``, ...), plus ``ok`` when one of them was then answered; empty
+        when every answer was used at once."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for output in self._outputs:
+                outcome = output.metadata.get("outcome")
+                if outcome is None and "answer_attempts" in output.metadata:
+                    counts["ok"] = counts.get("ok", 0) + 1  # answered after re-asks
+                elif isinstance(outcome, str) and outcome in _ANSWER_KINDS:
+                    counts[outcome] = counts.get(outcome, 0) + 1
+        if set(counts) == {"ok"}:
+            return {}
+        return counts
+
+    def billed_usage(self) -> dict[str, Any] | None:
+        """What the request was billed so far, for an error envelope's ``usage``.
+
+        ``input``, ``output``, ``total``, ``cost_usd`` and ``method`` summed over every call
+        that came back (failed attempts included; calls cut in flight are estimated), and
+        ``calls``: one item per reported output with its ``model_id``, tokens, cost and
+        ``outcome`` (an error type, or ``ok``). ``None`` when nothing was billed.
+        """
+        with self._lock:
+            outputs = [o for o in self._outputs if o.usage is not None]
+        billed = [o for o in outputs if o.usage is not None and o.usage.method in _BILLED]
+        if not billed:
+            return None
+        usage = self.usage()
+        assert usage is not None
+        cost = self.cost_usd()
+        calls = []
+        for output in billed:
+            item = output.usage
+            assert item is not None
+            outcome = output.metadata.get("outcome")
+            if output.metadata.get("cut"):
+                outcome = "cut"
+            calls.append(
+                {
+                    "model_id": output.model_id,
+                    "input": item.input_tokens,
+                    "output": item.output_tokens,
+                    "total": item.total_tokens,
+                    "cost_usd": round(output.cost_usd, 10) if output.cost_usd is not None else None,
+                    "method": str(item.method),
+                    "outcome": outcome if isinstance(outcome, str) else "ok",
+                    "lm_calls": output.metadata.get("lm_calls", 1),
+                }
+            )
+        block: dict[str, Any] = {
+            "input": usage.input_tokens,
+            "output": usage.output_tokens,
+            "total": usage.total_tokens,
+            "cost_usd": round(cost, 10) if cost is not None else None,
+            "method": str(usage.method),
+            "calls": calls,
+        }
+        attempts = self.answer_attempts()
+        if attempts:
+            block["answer_attempts"] = attempts
+        return block
+
     def get_summary(self) -> dict[str, Any]:
         """The envelope's ``performance`` block.
 
@@ -194,6 +267,9 @@ class PerformanceMetrics:
             "method": str(usage.method if usage else TokenCountMethod.UNAVAILABLE),
         }
         summary: dict[str, Any] = {"timing": timing, "tokens": tokens, "trace_id": self.trace_id}
+        attempts = self.answer_attempts()
+        if attempts:
+            summary["answer_attempts"] = attempts
         if self._fallback is not None:
             tried, answered_by = self._fallback
             summary["fallback"] = {"answered_by": answered_by, "tried": list(tried)}

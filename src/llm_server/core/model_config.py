@@ -16,6 +16,7 @@ __all__ = [
     "BudgetLimitsConfig",
     "ModelConfig",
     "ModelsConfig",
+    "ParsePolicy",
     "PricingConfig",
     "RateLimitConfig",
     "RetryConfig",
@@ -108,6 +109,35 @@ class BudgetConfig(_Strict):
         return self
 
 
+class ParsePolicy(_Strict):
+    """What to do when a model's answer cannot be read into the output fields.
+
+    The default asks nothing more: a failed answer is reported at once with its kind
+    (``unparseable_output``, ``empty_output``, ``output_truncated``, ``model_refused``) and
+    its billed tokens, and the cost of a request never doubles without the operator asking for
+    it. Every extra attempt is a billed call: it is logged, counted in
+    ``llm_server.client.parse_failures``, added to the envelope's tokens and listed by kind in
+    its ``answer_attempts``. A refusal is never asked again (it is the model's decision), a
+    stream whose first piece went out is never asked again, no attempt starts past the request
+    deadline (it cuts the call), and none starts while the model's circuit breaker would
+    refuse it; parse failures never count against the breaker. An attempt runs the whole
+    program again (every predictor of a multi-step program).
+
+    Attributes:
+        reasks: How many times to ask the same question again after an unparseable or empty
+            answer.
+        json_fallback: After an unparseable or empty answer from the chat or XML adapter, ask
+            once with DSPy's JSON adapter first (an attempt of its own, before any re-ask).
+        truncation_max_tokens: After an answer cut at ``max_tokens``, ask again with twice the
+            ``max_tokens``, up to this cap (``None``: never; must exceed the model's
+            ``max_tokens``).
+    """
+
+    reasks: int = Field(default=0, ge=0, le=5)
+    json_fallback: bool = False
+    truncation_max_tokens: int | None = Field(default=None, gt=0)
+
+
 class ModelConfig(_Strict):
     """One configured model."""
 
@@ -137,6 +167,9 @@ class ModelConfig(_Strict):
     """The DSPy adapter that formats this model's prompts and parses its answers
     (``ChatAdapter``, ``JSONAdapter``, ``XMLAdapter``); a program's own choice wins, and
     ``None`` keeps the host's ``dspy.configure(adapter=...)`` or the library's ChatAdapter."""
+    parse_policy: ParsePolicy | None = None
+    """What to do with an answer that cannot be parsed (re-asks, JSON fallback, a larger
+    ``max_tokens`` after truncation); a program's own policy wins; ``None``: ask nothing more."""
     cache: bool = False
     """Opt in to DSPy's response cache (its key ignores the endpoint and the key)."""
     shared_cache: SharedCacheConfig | None = None
@@ -161,6 +194,12 @@ class ModelConfig(_Strict):
             raise ValueError(
                 "choose 'cache' (DSPy's per-process cache) or 'shared_cache' (the fleet's), "
                 "not both"
+            )
+        cap = self.parse_policy.truncation_max_tokens if self.parse_policy else None
+        if cap is not None and cap <= self.max_tokens:
+            raise ValueError(
+                f"parse_policy.truncation_max_tokens ({cap}) must be larger than max_tokens "
+                f"({self.max_tokens}): it is the cap of the re-ask after a cut answer"
             )
         return self
 

@@ -6,7 +6,7 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from llm_server.core.errors import (
     ConfigurationError,
+    LLMServerError,
     ModelNotFoundError,
 )
 from llm_server.core.implementations import ModelProcessor
@@ -34,13 +35,13 @@ __all__ = ["add_program_endpoint", "signature_models"]
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in {
-        400: "The body is not JSON",
+        400: "The body is not JSON, or nests deeper than LLM_SERVER_MAX_JSON_DEPTH",
         404: "Unknown model id, or the program is not registered",
         413: "The body is over max_request_bytes, or the prompt cannot fit the context window",
-        422: "The body does not match the request schema",
+        422: "The body does not match the request schema, or the model declined to answer",
         429: "The provider is rate limiting (Retry-After)",
         500: "An error in the service itself",
-        502: "The provider failed or answered unusably",
+        502: "The provider failed, or its answer was unparseable, cut at max_tokens or empty",
         503: "Every circuit breaker the call could use is open (Retry-After)",
         504: "The request deadline passed, or the provider timed out",
     }.items()
@@ -203,6 +204,16 @@ class _ProgramRunner:
         return _Route(Pipeline([step], name=self.program_id), metadata, available)
 
 
+async def _billed(call: Awaitable[PipelineData], metrics: PerformanceMetrics) -> PipelineData:
+    """Await ``call``; an error of ours leaves with what the request was billed (its
+    ``request_usage``, the error envelope's ``usage``)."""
+    try:
+        return await call
+    except LLMServerError as exc:
+        exc.request_usage = metrics.billed_usage()
+        raise
+
+
 def _model_block(
     model_info: Mapping[str, Any], requested: str, metadata: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -312,7 +323,7 @@ def add_program_endpoint(
         pm, model_id, route, data = prepared(request, body)
         metrics = PerformanceMetrics()
         with log_context(program_id=program_id, model_id=model_id):
-            result = await route.pipeline.execute(data)
+            result = await _billed(route.pipeline.execute(data), metrics)
         return envelope(pm, model_id, route, metrics, result)
 
     async def stream_endpoint(request: Request, body: Any) -> Response:
@@ -323,7 +334,7 @@ def add_program_endpoint(
             return envelope(pm, model_id, route, metrics, result)
 
         with log_context(program_id=program_id, model_id=model_id):
-            events = stream_events(lambda: route.pipeline.execute(data))
+            events = stream_events(lambda: _billed(route.pipeline.execute(data), metrics))
             return await sse_response(
                 events, done=done, on_first_delta=lambda: metrics.mark_checkpoint("first_token")
             )

@@ -1,10 +1,11 @@
 """Exception handlers turning errors into the error envelope.
 
-``{"success": false, "error": {"type": ..., "message": ...}, "execution_id": ...}`` with the
-status each :class:`~llm_server.core.errors.LLMServerError` subclass declares (its
-``http_status``) and ``Retry-After`` on 503 (open circuit) and 429 (rate limited). Request
-validation errors become 422 envelopes listing the fields, Starlette/FastAPI HTTP errors keep
-their status, and anything unexpected becomes a 500 envelope without a traceback. Messages
+``{"success": false, "error": {"type": ..., "message": ...}, "execution_id": ...}`` (plus
+``usage`` when the request was billed before it failed) with the status each
+:class:`~llm_server.core.errors.LLMServerError` subclass declares (its ``http_status``) and
+``Retry-After`` on 503 (open circuit) and 429 (rate limited). Request validation errors become
+422 envelopes listing the fields, Starlette/FastAPI HTTP errors keep their status, and
+anything unexpected becomes a 500 envelope without a traceback. Messages
 are redacted, so no provider key ever reaches a client.
 """
 
@@ -42,6 +43,7 @@ def error_response(
     *,
     headers: dict[str, str] | None = None,
     details: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> JSONResponse:
     """Build an error envelope response (the message and details are redacted).
 
@@ -54,13 +56,19 @@ def error_response(
         message: The ``error.message``.
         headers: Extra response headers (e.g. ``Retry-After``).
         details: Per-field problems (``error.details``).
+        usage: What the request was billed before it failed (the envelope's ``usage``:
+            tokens, cost, method, ``calls`` and ``answer_attempts``), when anything was.
     """
-    body = error_envelope(error_type, message, details=details)
+    body = error_envelope(error_type, message, details=details, usage=usage)
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def error_envelope(
-    error_type: str, message: str, *, details: list[dict[str, Any]] | None = None
+    error_type: str,
+    message: str,
+    *,
+    details: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The error envelope's body (redacted), as :func:`error_response` sends it."""
     error: dict[str, Any] = {"type": error_type, "message": redact(message)}
@@ -68,11 +76,14 @@ def error_envelope(
         error["details"] = [
             {k: redact(v) if isinstance(v, str) else v for k, v in item.items()} for item in details
         ]
-    return {
+    body: dict[str, Any] = {
         "success": False,
         "error": error,
         "execution_id": current_execution_id() or new_execution_id(),
     }
+    if usage:
+        body["usage"] = usage
+    return body
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:
@@ -111,6 +122,7 @@ def framework_error_response(exc: LLMServerError) -> JSONResponse:
         exc.message,
         headers=headers,
         details=details if isinstance(details, list) else None,
+        usage=exc.request_usage,
     )
 
 

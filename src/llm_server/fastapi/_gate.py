@@ -27,7 +27,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Message, Receive, Scope
 
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.errors import CircuitOpenError, LLMServerError, PayloadTooLargeError
+from llm_server.core.errors import (
+    CircuitOpenError,
+    InputError,
+    LLMServerError,
+    PayloadTooLargeError,
+)
 from llm_server.fastapi._errors import framework_error_response, validation_error_response
 
 __all__ = [
@@ -38,9 +43,11 @@ __all__ = [
     "body_limit",
     "gate_for",
     "guarded_route",
+    "json_depth_limit",
     "read_body",
     "registered_gate",
     "replaying",
+    "too_deep",
     "too_large",
 ]
 
@@ -78,6 +85,9 @@ def gate_for(
     """
 
     def gate(body: bytes, app: Any) -> Response | BaseModel | None:
+        deep = too_deep(body, json_depth_limit(app))
+        if deep is not None:
+            return framework_error_response(deep)
         try:
             sent = json.loads(body)
         except ValueError:
@@ -165,6 +175,50 @@ def body_limit(app: Any, max_request_bytes: int | None) -> int:
     if isinstance(limit, int):
         return limit
     return int(FrameworkSettings.model_fields["max_request_bytes"].default)
+
+
+def json_depth_limit(app: Any) -> int:
+    """The app's settings' ``max_json_depth``, else the default setting's."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    limit = getattr(settings, "max_json_depth", None)
+    if isinstance(limit, int):
+        return limit
+    return int(FrameworkSettings.model_fields["max_json_depth"].default)
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")  # one kind of pair: one level per round
+
+
+def too_deep(body: bytes, limit: int) -> InputError | None:
+    """The refusal of a JSON body whose arrays and objects nest deeper than ``limit``.
+
+    Checked on the bytes, before any parser recurses into them (Python's ``json`` raises
+    ``RecursionError`` on a 100,000-deep array), in linear time: a body with no more than
+    ``limit`` opening brackets cannot be too deep and is not scanned; otherwise escapes are
+    dropped, strings cut out (between unescaped quotes), and ``limit`` rounds each remove the
+    innermost empty pairs of what is left: anything left over nests deeper than ``limit`` (or
+    its brackets do not match, which is no JSON either).
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return None
+    # Backslash pairs first (left to right pairs them as JSON does), then escaped quotes:
+    # every quote left opens or closes a string.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside_strings = b"".join(unescaped.split(b'"')[::2])
+    brackets = outside_strings.translate(_AS_SQUARE, _NOT_BRACKETS)
+    for _ in range(limit):
+        inner = brackets.replace(b"[]", b"")
+        if not inner:
+            return None
+        if inner == brackets:
+            break  # nothing to remove: brackets that do not match
+        brackets = inner
+    return InputError(
+        f"request body nested more than {limit} levels deep (arrays and objects), or its "
+        f"brackets do not match; at most {limit} levels are accepted "
+        "(LLM_SERVER_MAX_JSON_DEPTH)"
+    )
 
 
 def too_large(headers: Any, limit: int) -> PayloadTooLargeError | None:

@@ -33,11 +33,20 @@ class ErrorBody(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    """``{"success": false, "error": {...}, "execution_id": ...}``: every error response."""
+    """``{"success": false, "error": {...}, "execution_id": ...}``: every error response
+    (``usage`` too when the request was billed before it failed)."""
 
     success: Literal[False] = False
     error: ErrorBody
     execution_id: str = Field(description="The request's id (also the X-Execution-ID header)")
+    usage: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "What the request was billed before it failed, when anything was: input, output, "
+            "total, cost_usd, method, calls (model_id, tokens, cost, outcome per reported "
+            "attempt) and answer_attempts (rejected answers by kind)"
+        ),
+    )
 
 
 class HealthStatus(BaseModel):

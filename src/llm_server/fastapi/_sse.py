@@ -34,7 +34,7 @@ def _event(name: str, data: Mapping[str, Any]) -> bytes:
 
 def _error_data(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, LLMServerError):
-        return error_envelope(exc.error_type, exc.message)
+        return error_envelope(exc.error_type, exc.message, usage=exc.request_usage)
     log_unexpected(exc)
     return error_envelope("internal_error", "internal server error")
 

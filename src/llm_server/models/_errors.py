@@ -207,6 +207,9 @@ def translate_error(exc: BaseException, *, model_id: str) -> LLMServerError | No
     error_class = _classify(exc)
     if error_class is None:
         return None
+    if error_class is OutputParseError:  # its text quotes the model's answer: not repeated
+        # (the backend tells the kinds apart with models._answers; this is the fallback)
+        return OutputParseError(f"model {model_id!r}: {_SUMMARY[error_class]}", model_id=model_id)
     detail = " ".join(redact(str(exc) or type(exc).__name__).split())
     if len(detail) > _MAX_MESSAGE:
         detail = detail[:_MAX_MESSAGE] + "..."

@@ -18,6 +18,7 @@ ensure_offline()
 
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
 import dataclasses  # noqa: E402
+import logging  # noqa: E402
 import time  # noqa: E402
 from collections.abc import AsyncIterator, Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -135,6 +136,8 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
 
         async def _scoped(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> Any:
             scope = _current_scope.get()
+            if scope is not None and scope.max_tokens is not None:  # a re-ask after a cut
+                kwargs = {**kwargs, "max_tokens": scope.max_tokens}
             sent = scope.call_started(prompt, messages) if scope is not None else None
             try:
                 return await self._execute(prompt, messages, kwargs)
@@ -185,6 +188,9 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         """``dspy.LM.__call__`` (sync programs, optimizers), taken from the rate limit first."""
+        scope = _current_scope.get()
+        if scope is not None and scope.max_tokens is not None:  # a re-ask after a cut
+            kwargs = {**kwargs, "max_tokens": scope.max_tokens}
         limiter = self._limiter
         if limiter is None:
             return super().__call__(prompt, messages=messages, **kwargs)
@@ -469,6 +475,9 @@ class RequestScope:
         connection_wait_s: Seconds the calls waited for a free connection of the model's
             pool (DSPy's native engine only).
         connection_waits: How many connection waits were timed (0: not measured).
+        max_tokens: The ``max_tokens`` of this request's calls, when a re-ask raised it.
+        dspy_warnings: What DSPy warned about this request's calls (its truncation warning),
+            kept here instead of printed: the backend logs it with the request's ids.
     """
 
     entries: list[dict[str, Any]] = field(default_factory=list)
@@ -476,6 +485,8 @@ class RequestScope:
     in_flight: list[list[dict[str, Any]]] = field(default_factory=list)
     connection_wait_s: float = 0.0
     connection_waits: int = 0
+    max_tokens: int | None = None
+    dspy_warnings: list[str] = field(default_factory=list)
 
     def call_started(self, prompt: Any, messages: Any) -> list[dict[str, Any]]:
         """Record a call about to leave; the returned list is cleared when it finishes."""
@@ -507,15 +518,45 @@ def adapter_named(name: str) -> Any:
     return adapter
 
 
+class _KeepDSPyWarnings(logging.Filter):
+    """Keeps DSPy's per-call warnings (``LM response was truncated ...``) of a request's calls
+    in its :class:`RequestScope` instead of DSPy's plain-text handler: the backend logs them
+    with the request's ids. Records outside a request scope pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        scope = _current_scope.get()
+        if scope is None or record.levelno < logging.WARNING:
+            return True
+        scope.dspy_warnings.append(record.getMessage())
+        return False
+
+
+# the DSPy loggers that warn about one call (a cut answer, the JSON adapter's schema)
+_PER_CALL_LOGGERS = ("dspy.clients.lm", "dspy.adapters.json_adapter")
+
+
+def _keep_dspy_warnings() -> None:
+    for name in _PER_CALL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _KeepDSPyWarnings) for f in logger.filters):
+            logger.addFilter(_KeepDSPyWarnings())
+
+
+_keep_dspy_warnings()
+
+
 @contextmanager
-def request_scope(lm: dspy.LM, adapter: str | None = None) -> Iterator[RequestScope]:
+def request_scope(
+    lm: dspy.LM, adapter: str | None = None, *, max_tokens: int | None = None
+) -> Iterator[RequestScope]:
     """Run the body with ``lm`` as the request's model, isolated usage, and no shared history.
 
     Everything is set with ``dspy.context`` (a contextvar), never ``dspy.configure``: this is
     safe from any task or thread. DSPy's adapter fallback (a silent second, billed call with
     JSONAdapter after a parse failure) is turned off unless the host configured an adapter.
+    ``max_tokens`` overrides the LM's for the calls made inside (a re-ask after a cut answer).
     """
-    scope = RequestScope()
+    scope = RequestScope(max_tokens=max_tokens)
     parent = dspy.settings.usage_tracker
     overrides: dict[str, Any] = {
         "lm": lm,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_server.core.errors import ProgramAlreadyRegisteredError, ProgramNotFoundError
+from llm_server.core.model_config import ParsePolicy
 from llm_server.core.protocols import StoredProgram
 from llm_server.models import _program_state as ps
 from llm_server.models._versioning import version_key
@@ -35,6 +36,9 @@ class ProgramMetadata(BaseModel):
     """Whether the host pinned this version at registration."""
     adapter: Literal["chat", "json", "xml"] | None = Field(default=None, exclude=True)
     """The DSPy adapter chosen at registration (``None``: the model's, else the default)."""
+    parse_policy: ParsePolicy | None = Field(default=None, exclude=True)
+    """What to do with an answer that cannot be parsed, chosen at registration (``None``: the
+    model's ``parse_policy:``, else ask nothing more)."""
     parent_version: str | None = Field(default=None, exclude=True)
     optimizer: str | None = Field(default=None, exclude=True)
     optimizer_settings: dict[str, Any] | None = Field(default=None, exclude=True)

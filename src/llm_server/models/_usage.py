@@ -17,7 +17,7 @@ from typing import Any
 from llm_server.core.model_interfaces import TokenCountMethod, TokenUsage
 from llm_server.core.tokens import count_message_tokens, count_text_tokens
 
-__all__ = ["CallSummary", "cut_usage", "summarize_calls"]
+__all__ = ["CallSummary", "cut_usage", "finish_reasons", "output_text", "summarize_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,8 @@ def _exact(usage: Mapping[str, Any]) -> TokenUsage:
     )
 
 
-def _output_text(outputs: Any) -> str:
+def output_text(outputs: Any) -> str:
+    """The text of a call record's ``outputs`` (``""`` for none or null content)."""
     if not isinstance(outputs, list):
         return ""
     texts = []
@@ -92,7 +93,7 @@ def _estimate(entry: Mapping[str, Any], model_name: str) -> TokenUsage:
     prompt_tokens = count_message_tokens(
         [m for m in messages if isinstance(m, Mapping)], model_name
     )
-    completion_tokens = count_text_tokens(_output_text(entry.get("outputs")), model_name)
+    completion_tokens = count_text_tokens(output_text(entry.get("outputs")), model_name)
     return TokenUsage(
         input_tokens=prompt_tokens,
         output_tokens=completion_tokens,
@@ -101,7 +102,8 @@ def _estimate(entry: Mapping[str, Any], model_name: str) -> TokenUsage:
     )
 
 
-def _finish_reasons(response: Any) -> list[str]:
+def finish_reasons(response: Any) -> list[str]:
+    """The finish reasons of one call's response, on either engine."""
     reason = _get(response, "finish_reason")
     if reason is not None:
         return [str(getattr(reason, "value", reason))]
@@ -138,10 +140,10 @@ def summarize_calls(
         return CallSummary(
             usage=_exact(billed[0]),
             response_model=str(model) if model else None,
-            finish_reasons=tuple(_finish_reasons(entry.get("response"))),
+            finish_reasons=tuple(finish_reasons(entry.get("response"))),
             calls=1,
         )
-    reasons = [reason for entry in entries for reason in _finish_reasons(entry.get("response"))]
+    reasons = [reason for entry in entries for reason in finish_reasons(entry.get("response"))]
     response_model = next(
         (str(e["response_model"]) for e in reversed(entries) if e.get("response_model")), None
     )

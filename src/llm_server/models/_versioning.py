@@ -4,7 +4,8 @@
   checked against a strict allow-list before any path is built from them;
 - version numbering: versions are ``MAJOR.MINOR.PATCH`` strings; new versions bump MINOR of
   the highest stored version (``1.0.0``, ``1.1.0``, ``1.2.0``, ...);
-- canonical JSON and sha256 hashing of program state and training data.
+- canonical JSON and sha256 hashing of program state and training data;
+- releases: which version a rollback returns to (the same rule for every storage).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "hash_trainset",
     "is_version",
     "next_version",
+    "release_stack",
     "sha256_hex",
     "sort_versions",
     "validate_program_id",
@@ -110,6 +112,22 @@ def next_version(existing: Iterable[str]) -> str:
         return FIRST_VERSION
     major, minor, _ = max(keys)
     return f"{major}.{minor + 1}.0"
+
+
+def release_stack(releases: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The versions a rollback can return to, oldest first; the last one is served.
+
+    A promotion pushes its version; a rollback pops one, so rolling back twice after
+    ``A -> B -> C`` serves ``B``, then ``A``. ``releases`` is the history oldest first, each
+    with ``action`` (``promote`` or ``rollback``) and ``version``.
+    """
+    stack: list[str] = []
+    for release in releases:
+        if release["action"] == "rollback" and len(stack) > 1:
+            stack.pop()
+        elif release["action"] == "promote":
+            stack.append(str(release["version"]))
+    return stack
 
 
 def derive_program_id(class_name: str) -> str:

@@ -4,7 +4,10 @@ Each :meth:`DSPyBackend.predict` awaits ``program.acall(**input)`` with the mode
 call only (``dspy.context``, a contextvar; never ``dspy.configure``), so any number of
 concurrent requests share one backend safely. Usage is exact per request (DSPy's shared
 history is never read), cost comes from :mod:`llm_server.core.pricing`, and provider failures
-leave as our own error types, whichever DSPy engine raised them.
+leave as our own error types, whichever DSPy engine raised them. An answer DSPy cannot parse
+leaves as its kind (unparseable, truncated, empty, refused; :mod:`._answers`), is asked again
+only as the parse policy says, and every call that came back is reported to the request's
+observers with its usage, whatever became of the request.
 
 It is the innermost layer of the model-call stack: requests get it inside the reliability
 layers from :meth:`~llm_server.models.manager.ModelManager.reliable_backend`;
@@ -22,6 +25,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -31,14 +35,17 @@ from llm_server.core.errors import (
     InputError,
     LLMServerError,
     ModelTimeoutError,
+    OutputParseError,
     RedactedCause,
     StreamInterruptedError,
 )
+from llm_server.core.model_config import ParsePolicy
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.pricing import ModelPrice, cost_usd
 from llm_server.core.streaming import StreamSink, current_sink
 from llm_server.core.telemetry import redact
 from llm_server.core.telemetry._observation import notify_model_output
+from llm_server.models._answers import AnswerAttempts, answer_error, is_parse_failure
 from llm_server.models._errors import translate_error
 from llm_server.models._usage import cut_usage, summarize_calls
 
@@ -50,13 +57,27 @@ __all__ = ["DSPyBackend"]
 logger = logging.getLogger(__name__)
 
 _HISTORY_SIZE = 100
+_NO_MAX_TOKENS = 1024  # DSPy's own default, when the backend was not told the model's
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    """An attempt that failed: our error and what DSPy or the provider raised."""
+
+    error: LLMServerError
+    original: Exception
+
+
+def _admit_all() -> bool:
+    return True
+
 
 _warned_sync_classes: set[type[Any]] = set()
 _warned_lock = threading.Lock()
 
 
 @functools.cache
-def _request_scope() -> Callable[[Any, str | None], AbstractContextManager[RequestScope]]:
+def _request_scope() -> Callable[..., AbstractContextManager[RequestScope]]:
     # Imported lazily (it imports dspy) and once: an import statement per call is not free.
     from llm_server.models._managed_lm import request_scope
 
@@ -142,6 +163,11 @@ class DSPyBackend:
         program_metadata: Any = None,
         first_token_timeout_s: float | None = None,
         adapter: str | None = None,
+        parse_policy: ParsePolicy | None = None,
+        max_tokens: int | None = None,
+        show_answers: bool = False,
+        content_max_length: int = 500,
+        admit: Callable[[], bool] | None = None,
     ) -> None:
         """Create the backend (use :meth:`ModelManager.single_attempt_backend` instead).
 
@@ -158,6 +184,15 @@ class DSPyBackend:
                 piece has not arrived after this many seconds (``ModelTimeoutError``).
             adapter: ``chat``, ``json`` or ``xml``: the DSPy adapter for this program on this
                 model (``None``: the host's configured one, else ChatAdapter).
+            parse_policy: What to do with an answer that cannot be parsed (default: report
+                it at once, ask nothing more).
+            max_tokens: The model's ``max_tokens`` (named in a truncation error, doubled by
+                the policy's truncation re-ask).
+            show_answers: Quote the model's raw answer in a parse error's message (only when
+                message content capture is on).
+            content_max_length: At most this many characters of it.
+            admit: Whether the model's breaker would admit a call now; a re-ask is made
+                only when it would.
         """
         self.model_id = model_id
         self.model_name = model_name
@@ -172,6 +207,13 @@ class DSPyBackend:
         self._stream_fields = _streamable_fields(program)
         self._first_token_timeout_s = first_token_timeout_s
         self.adapter = adapter
+        self._parse_policy = parse_policy or ParsePolicy()
+        self._max_tokens = max_tokens
+        self._show_answers = show_answers
+        self._content_max_length = content_max_length
+        self._admit = admit or _admit_all
+        version = getattr(program_metadata, "version", None)
+        self._program_version = version if isinstance(version, str) else None
         # Bounded, and without prompts or answers: content is captured only on opt-in elsewhere.
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY_SIZE)
 
@@ -183,25 +225,77 @@ class DSPyBackend:
     async def predict(self, input: Mapping[str, Any]) -> ModelOutput:
         """Run the program once on ``input`` (its input fields by name).
 
+        An answer that cannot be parsed is asked again only as the parse policy says (by
+        default never); every call that came back is reported to the observers with its
+        usage, whether the request then succeeds or fails.
+
         Returns:
             The prediction with this request's usage, cost, response model, finish reasons and
-            latency.
+            latency (of the attempt that answered; rejected attempts were reported apart).
 
         Raises:
             InputError: ``input`` is not a mapping of input field names to values.
             ModelCallError: The provider failed (a subclass says how: rate limited, timeout,
-                unavailable, auth, bad request, context window exceeded, unparseable output).
+                unavailable, auth, bad request, context window exceeded), or the answer was
+                unusable (``OutputParseError`` and its kinds: truncated, empty, refused).
         """
         if not isinstance(input, Mapping):
             raise InputError(
                 f"model {self.model_id!r}: expected a mapping of the program's input fields to "
                 f"values, got {type(input).__name__}"
             )
-        request_scope = _request_scope()
         started = time.perf_counter()
-        failure: tuple[LLMServerError, Exception] | None = None
+        attempts: AnswerAttempts | None = None
+        adapter, max_tokens = self.adapter, None
+        while True:
+            result = await self._attempt(input, adapter, max_tokens, started)
+            if not isinstance(result, _Rejected):
+                prediction, scope = result
+                break
+            error, original = result.error, result.original
+            retry = None
+            if isinstance(error, OutputParseError):
+                logger.warning(
+                    "answer rejected: %s: %s",
+                    error.error_type,
+                    error.message,
+                    extra={"error_type": error.error_type, "fields": list(error.fields)},
+                )
+                if attempts is None:
+                    attempts = AnswerAttempts(
+                        self._parse_policy, adapter, self._max_tokens or _NO_MAX_TOKENS
+                    )
+                retry = attempts.next(error)
+                sink = current_sink()
+                if retry is not None and ((sink is not None and sink.started) or not self._admit()):
+                    retry = None  # part of the answer is out, or the breaker would refuse
+            if retry is None:
+                # Raised here, outside an except block, so the original is not chained as
+                # __context__; its redacted summary is the cause (see core.errors).
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%s", redact("".join(traceback.format_exception(original))))
+                raise error from RedactedCause(original)
+            logger.warning(
+                "model %r: asking again (%s) after a rejected answer: %s",
+                self.model_id,
+                retry.why,
+                error.error_type,
+                extra={"parse_retry": retry.why, "error_type": error.error_type},
+            )
+            adapter, max_tokens = retry.adapter, retry.max_tokens
+        return self._succeeded(prediction, scope, started, attempts)
+
+    async def _attempt(
+        self,
+        input: Mapping[str, Any],
+        adapter: str | None,
+        max_tokens: int | None,
+        started: float,
+    ) -> tuple[Any, RequestScope] | _Rejected:
+        """One run of the program; a failure comes back translated, its billed calls reported."""
+        request_scope = _request_scope()
         try:
-            with request_scope(self._lm, self.adapter) as scope:
+            with request_scope(self._lm, adapter, max_tokens=max_tokens) as scope:
                 sink = current_sink()
                 if sink is not None and not self._sync:
                     prediction = await self._streamed(input, sink)
@@ -211,32 +305,58 @@ class DSPyBackend:
                     prediction = await self.program.acall(**input)
         except asyncio.CancelledError:
             self._account_for_cut_calls(scope.cut_calls(), started)
+            self._account_for_failed_calls(scope, started, "cancelled")
             raise
         except Exception as exc:
             # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.
             self._account_for_cut_calls(scope.cut_calls(), started)
-            translated = translate_error(exc, model_id=self.model_id)
-            sink = current_sink()
-            if sink is not None and sink.started:
-                # Part of the answer is out: never retried, never handed to a fallback.
-                reason = translated.message if translated is not None else redact(str(exc))
-                translated = StreamInterruptedError(
-                    f"model {self.model_id!r}: the stream broke after its first piece: {reason}",
-                    model_id=self.model_id,
-                )
+            translated = self._translate(exc, scope, max_tokens)
+            outcome = translated.error_type if translated is not None else "error"
+            self._account_for_failed_calls(scope, started, outcome)
+            self._log_dspy_warnings(scope)
             if translated is None or translated is exc:
                 raise
-            failure = (translated, exc)
-        if failure is not None:
-            # Raised here, outside the except block, so the original is not chained as
-            # __context__; its redacted summary is the cause (see core.errors).
-            error, original = failure
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s", redact("".join(traceback.format_exception(original))))
-            raise error from RedactedCause(original)
+            return _Rejected(translated, exc)
+        self._log_dspy_warnings(scope)
+        return prediction, scope
+
+    def _translate(
+        self, exc: Exception, scope: RequestScope, max_tokens: int | None
+    ) -> LLMServerError | None:
+        if is_parse_failure(exc):
+            translated: LLMServerError | None = answer_error(
+                exc,
+                scope.entries,
+                model_id=self.model_id,
+                max_tokens=max_tokens or self._max_tokens,
+                show_answer=self._show_answers,
+                content_max_length=self._content_max_length,
+            )
+        else:
+            translated = translate_error(exc, model_id=self.model_id)
+        sink = current_sink()
+        if sink is not None and sink.started:
+            # Part of the answer is out: never retried, never handed to a fallback.
+            reason = translated.message if translated is not None else redact(str(exc))
+            translated = StreamInterruptedError(
+                f"model {self.model_id!r}: the stream broke after its first piece: {reason}",
+                model_id=self.model_id,
+            )
+        return translated
+
+    def _succeeded(
+        self,
+        prediction: Any,
+        scope: RequestScope,
+        started: float,
+        attempts: AnswerAttempts | None,
+    ) -> ModelOutput:
         latency_ms = (time.perf_counter() - started) * 1000
         summary = summarize_calls(scope.entries, scope.tracker.billed, model_name=self.model_name)
         usage = summary.usage
+        metadata = _call_metadata(summary.calls, scope)
+        if attempts is not None:
+            metadata["answer_attempts"] = {**attempts.failures, "ok": 1}
         output = ModelOutput(
             content=prediction,
             model_id=self.model_id,
@@ -245,7 +365,7 @@ class DSPyBackend:
             response_model=summary.response_model,
             finish_reasons=summary.finish_reasons,
             latency_ms=latency_ms,
-            metadata=_call_metadata(summary.calls, scope),
+            metadata=metadata,
         )
         if usage is not None:
             self.last_prompt_tokens = usage.input_tokens
@@ -263,6 +383,41 @@ class DSPyBackend:
         )
         notify_model_output(output)
         return output
+
+    def _account_for_failed_calls(self, scope: RequestScope, started: float, outcome: str) -> None:
+        """Report the calls of a failed attempt that came back: billed, so never left out.
+
+        Their usage (exact, or estimated when the provider sent none) goes to the observers
+        as an output without content whose ``metadata["outcome"]`` is the error type: the
+        envelope's tokens, the token and cost metrics and the tenant's budget all count it.
+        """
+        summary = summarize_calls(scope.entries, scope.tracker.billed, model_name=self.model_name)
+        usage = summary.usage
+        if usage is None or summary.calls == 0:
+            return  # nothing came back: nothing billed (cut calls are reported apart)
+        metadata: dict[str, Any] = {"outcome": outcome, "lm_calls": summary.calls}
+        if self._program_version is not None:
+            metadata["program_version"] = self._program_version
+        notify_model_output(
+            ModelOutput(
+                content=None,
+                model_id=self.model_id,
+                usage=usage,
+                cost_usd=cost_usd(usage, self._price),
+                response_model=summary.response_model,
+                finish_reasons=summary.finish_reasons,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                metadata=metadata,
+            )
+        )
+
+    def _log_dspy_warnings(self, scope: RequestScope) -> None:
+        """Log what DSPy warned about this attempt's calls, with the request's ids."""
+        for warning in scope.dspy_warnings:
+            logger.warning(
+                "model %r: DSPy: %s", self.model_id, warning, extra={"dspy_warning": warning}
+            )
+        scope.dspy_warnings.clear()
 
     def _account_for_cut_calls(self, cut: list[list[dict[str, Any]]], started: float) -> None:
         """Report calls cut after they left to the observers: billed, so never left out.

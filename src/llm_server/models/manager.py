@@ -378,6 +378,12 @@ class ModelManager:
             first_token_timeout_s=model.first_token_timeout_s,
             # the program's registered adapter, else the model's, else the host's default
             adapter=getattr(program_metadata, "adapter", None) or model.adapter,
+            # the program's registered parse policy, else the model's, else none
+            parse_policy=getattr(program_metadata, "parse_policy", None) or model.parse_policy,
+            max_tokens=model.max_tokens,
+            show_answers=self.settings.otel_capture_message_content,
+            content_max_length=self.settings.otel_content_max_length,
+            admit=self.breakers[model_id].would_admit,
         )
 
     def reliable_backend(

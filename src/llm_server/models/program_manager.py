@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from llm_server.core.errors import (
     ProgramError,
     ProgramNotFoundError,
 )
+from llm_server.core.model_config import ParsePolicy
 from llm_server.core.protocols import StorageAdapter, StoredProgram
 from llm_server.models import _program_state as ps
 from llm_server.models._program_registry import (
@@ -45,6 +47,7 @@ from llm_server.models._program_registry import (
     ProgramRegistry,
     metadata_for,
 )
+from llm_server.models._releases import LocalReleases, ReleasingStorage
 from llm_server.models._versioning import (
     canonical_json,
     check_score,
@@ -92,36 +95,6 @@ class _LocatingStorage(Protocol):
     def location(self, program_id: str, version: str) -> str: ...
 
 
-@runtime_checkable
-class ReleasingStorage(Protocol):
-    """A storage adapter that also records releases and tells every process about them
-    (:class:`~llm_server.postgres.PostgresStorageAdapter`)."""
-
-    def promote(
-        self,
-        program_id: str,
-        version: str,
-        *,
-        actor: str | None = None,
-        reason: str | None = None,
-        action: str = "promote",
-    ) -> Mapping[str, Any]:
-        """Record a release; every watching process serves ``version`` soon after."""
-        ...
-
-    def releases(self, program_id: str) -> Sequence[Mapping[str, Any]]:
-        """Every release of the program, oldest first."""
-        ...
-
-    def released_version(self, program_id: str) -> str | None:
-        """The version released last, if any."""
-        ...
-
-    def watch(self, on_release: Callable[[str, str], None], *, interval_s: float = 1.0) -> None:
-        """Call ``on_release(program_id, version)`` whenever a release changes what to serve."""
-        ...
-
-
 class ProgramManager:
     """Registers DSPy programs and keeps their immutable, versioned state.
 
@@ -149,7 +122,9 @@ class ProgramManager:
         # One limiter per event loop: anyio limiters are bound to the loop that first uses them.
         self._limiter: RunVar[anyio.CapacityLimiter] = RunVar(f"llm_server_program_io_{id(self)}")
         self._verified: dict[tuple[str, str], StoredProgram] = {}
-        self._local_releases: dict[str, list[dict[str, Any]]] = {}
+        self._local = LocalReleases(clock=self._clock)
+        self._locks_lock = threading.Lock()
+        self._program_locks: dict[str, threading.Lock] = {}
         self.registry = ProgramRegistry()
         """The registered programs; ``registry.get_program_metadata(id)`` for the envelope."""
 
@@ -179,6 +154,7 @@ class ProgramManager:
         description: str | None = None,
         program_id: str | None = None,
         adapter: Literal["chat", "json", "xml"] | None = None,
+        parse_policy: ParsePolicy | None = None,
     ) -> ProgramMetadata:
         """Register a ``dspy.Signature`` (run as ``dspy.Predict``) or ``dspy.Module`` subclass.
 
@@ -194,6 +170,9 @@ class ProgramManager:
             program_id: Override the id derived from the class name.
             adapter: The DSPy adapter for this program on every model (``chat``, ``json``,
                 ``xml``); ``None``: the model's ``adapter:``, else the host's default.
+            parse_policy: What to do with this program's answers that cannot be parsed, on
+                every model (re-asks, JSON fallback, a larger ``max_tokens`` after a cut
+                answer); ``None``: the model's ``parse_policy:``, else ask nothing more.
 
         Returns:
             The metadata of the served version.
@@ -221,6 +200,7 @@ class ProgramManager:
                 class_path=ps.class_path(program_class),
                 pinned=version is not None,
                 adapter=adapter,
+                parse_policy=parse_policy,
             ),
         )
         released = (
@@ -367,44 +347,90 @@ class ProgramManager:
 
         With a :class:`ReleasingStorage` (PostgreSQL) every process serving the program
         switches within about a second; otherwise this process does, at once. Requests
-        already running finish on the version they started with.
+        already running finish on the version they started with. This process then serves
+        what is released last (another release made meanwhile wins).
+
+        Returns:
+            The released version's metadata.
 
         Raises:
             ProgramNotFoundError: Unknown program or version.
             CorruptProgramError: The version fails its checks (nothing is released).
+            StorageError: The storage failed: nothing is released, or (when raised after
+                the release was recorded) this process's watcher switches on its next round.
         """
-        return self._release(program_id, version, actor=actor, reason=reason, action="promote")
+        entry = self.registry.entry(program_id)
+        stored = self._load_verified(entry, validate_version(version))  # checked before told
+        if isinstance(self._storage, ReleasingStorage):
+            self._storage.promote(
+                program_id,
+                stored.version,
+                actor=actor,
+                reason=reason,
+                served_before=entry.metadata.version,
+            )
+            self._serve_released(program_id)
+        else:
+            self._local.promote(
+                program_id,
+                stored.version,
+                serving=self.registry.entry(program_id).metadata.version,
+                actor=actor,
+                reason=reason,
+                apply=lambda: self.registry.serve(program_id, metadata_for(entry.metadata, stored)),
+            )
+        _log.info("program %r: promote %s (by %s)", program_id, stored.version, actor or "unknown")
+        return metadata_for(entry.metadata, stored)
 
     def rollback(
         self, program_id: str, *, actor: str | None = None, reason: str | None = None
     ) -> ProgramMetadata:
         """Serve again the version released before the current one (undoes a promotion).
 
+        After ``A -> B -> C``, a rollback serves ``B`` and another one ``A``. The target is
+        computed and recorded atomically (with PostgreSQL: in one transaction under the
+        program's lock), so two rollbacks at once take two steps back, never the same one.
+
+        Returns:
+            The metadata of the version rolled back to.
+
         Raises:
             ProgramError: Nothing was released before the current version.
+            StorageError: The storage failed (as for :meth:`promote`).
         """
-        stack: list[str] = []
-        for release in self.releases(program_id):
-            if release["action"] == "rollback" and len(stack) > 1:
-                stack.pop()
-            elif release["action"] == "promote":
-                stack.append(str(release["version"]))
-        if len(stack) < 2:
-            raise ProgramError(
-                f"program {program_id!r}: nothing to roll back to (releases: "
-                f"{', '.join(stack) or 'none'})"
-            )
-        return self._release(program_id, stack[-2], actor=actor, reason=reason, action="rollback")
+        entry = self.registry.entry(program_id)
+
+        def check(version: str) -> StoredProgram:
+            return self._load_verified(entry, version)
+
+        if isinstance(self._storage, ReleasingStorage):
+            release = self._storage.rollback(program_id, actor=actor, reason=reason, check=check)
+            stored = check(str(release["version"]))
+            self._serve_released(program_id)
+        else:
+
+            def apply(version: str) -> StoredProgram:
+                target = check(version)
+                self.registry.serve(program_id, metadata_for(entry.metadata, target))
+                return target
+
+            stored = self._local.rollback(program_id, actor=actor, reason=reason, apply=apply)
+        _log.info("program %r: rollback to %s (by %s)", program_id, stored.version, actor or "?")
+        return metadata_for(entry.metadata, stored)
 
     def releases(self, program_id: str) -> list[dict[str, Any]]:
         """Every promotion and rollback of the program, oldest first."""
         self.registry.entry(program_id)
         if isinstance(self._storage, ReleasingStorage):
             return [dict(r) for r in self._storage.releases(program_id)]
-        return list(self._local_releases.get(program_id, []))
+        return self._local.history(program_id)
 
     def follow_releases(self, *, interval_s: float = 1.0) -> bool:
         """Serve what every release says, as the storage announces it (call at startup).
+
+        Every announcement, and every ``interval_s`` anyway, compares what this process
+        serves with what is released and switches when they differ; a switch that failed
+        (the version could not be loaded) is tried again on the next round.
 
         Returns:
             Whether the storage can announce releases (a :class:`ReleasingStorage`).
@@ -414,51 +440,32 @@ class ProgramManager:
         self._storage.watch(self._released, interval_s=interval_s)
         return True
 
-    def _release(
-        self, program_id: str, version: str, *, actor: str | None, reason: str | None, action: str
-    ) -> ProgramMetadata:
-        entry = self.registry.entry(program_id)
-        stored = self._load_verified(entry, validate_version(version))  # checked before told
-        metadata = metadata_for(entry.metadata, stored)
-        serving = entry.metadata.version
-        if action == "promote" and serving != stored.version and not self.releases(program_id):
-            # the first release: record what was served before it, so it can be rolled back
-            self._record(program_id, serving, actor, "served before the first release", action)
-        self._record(program_id, stored.version, actor, reason, action)
-        self.registry.serve(program_id, metadata)
-        _log.info(
-            "program %r: %s %s (by %s)", program_id, action, stored.version, actor or "unknown"
-        )
-        return metadata
-
-    def _record(
-        self, program_id: str, version: str, actor: str | None, reason: str | None, action: str
-    ) -> None:
-        if isinstance(self._storage, ReleasingStorage):
-            self._storage.promote(program_id, version, actor=actor, reason=reason, action=action)
-        else:
-            at = self._clock().astimezone(UTC).isoformat(timespec="microseconds")
-            self._local_releases.setdefault(program_id, []).append(
-                {
-                    "program_id": program_id,
-                    "version": version,
-                    "action": action,
-                    "actor": actor,
-                    "reason": reason,
-                    "released_at": at,
-                }
-            )
-
     def _released(self, program_id: str, version: str) -> None:
-        """A release arrived (from the storage's watcher thread): serve its version."""
+        """The watcher read what is released: serve it, if this process serves another."""
         if program_id not in self.registry:
-            return
-        entry = self.registry.entry(program_id)
-        if entry.metadata.version == version:
-            return
-        stored = self._load_verified(entry, version)
-        if self.registry.serve(program_id, metadata_for(entry.metadata, stored)):
-            _log.info("program %r: now serving %s (released)", program_id, version)
+            return  # released, but not served by this process
+        if self.registry.entry(program_id).metadata.version != version:
+            self._serve_released(program_id)
+
+    def _serve_released(self, program_id: str) -> None:
+        """Serve the version released last, read afresh under the program's lock.
+
+        Every switch to a release goes through here (the watcher, :meth:`promote`,
+        :meth:`rollback`), each reading the storage while holding the lock, so the last
+        switch is always to the newest release read: a promotion returning late cannot put
+        back an older version after the watcher applied a newer one.
+        """
+        assert isinstance(self._storage, ReleasingStorage)
+        with self._locks_lock:
+            lock = self._program_locks.setdefault(program_id, threading.Lock())
+        with lock:
+            version = self._storage.released_version(program_id)
+            entry = self.registry.entry(program_id)
+            if version is None or entry.metadata.version == version:
+                return
+            stored = self._load_verified(entry, version)
+            if self.registry.serve(program_id, metadata_for(entry.metadata, stored)):
+                _log.info("program %r: now serving %s (released)", program_id, version)
 
     # --- async wrappers --------------------------------------------------------------------
 

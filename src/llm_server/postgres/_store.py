@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
-import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from llm_server._fs_storage import _RESERVED_KEYS, MANIFEST_FORMAT  # one manifest format
 from llm_server.core.errors import (
@@ -27,59 +29,28 @@ from llm_server.core.telemetry._redaction import redact, register_secret
 from llm_server.models._versioning import (
     canonical_json,
     next_version,
+    release_stack,
     sha256_hex,
     sort_versions,
     validate_program_id,
     validate_version,
 )
+from llm_server.postgres._connections import (
+    DeadlineExceededError,
+    bounded,
+    connection_settings,
+    display_url,
+)
+from llm_server.postgres._schema import SCHEMA_VERSION, migrate
+from llm_server.postgres._signing import check_key, content_mac
+from llm_server.postgres._watcher import CHANNEL, ReleaseWatcher
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStorageAdapter", "Release"]
-
-_log = logging.getLogger("llm_server.postgres")
-
-SCHEMA_VERSION: Final = 1
-CHANNEL: Final = "llm_server_releases"
-"""The NOTIFY channel a promotion or rollback is announced on (payload: schema/program id)."""
-
-_MIGRATION = """
-CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {schema}.program_versions (
-    program_id   text        NOT NULL,
-    version      text        NOT NULL,
-    state        text        NOT NULL,
-    manifest     jsonb       NOT NULL,
-    state_sha256 text        NOT NULL,
-    saved_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (program_id, version)
-);
-CREATE TABLE IF NOT EXISTS {schema}.program_releases (
-    id          bigserial   PRIMARY KEY,
-    program_id  text        NOT NULL,
-    version     text        NOT NULL,
-    action      text        NOT NULL CHECK (action IN ('promote', 'rollback')),
-    actor       text,
-    reason      text,
-    released_at timestamptz NOT NULL DEFAULT now(),
-    FOREIGN KEY (program_id, version) REFERENCES {schema}.program_versions
-);
-CREATE INDEX IF NOT EXISTS program_releases_by_program
-    ON {schema}.program_releases (program_id, id);
-CREATE TABLE IF NOT EXISTS {schema}.schema_version (version integer NOT NULL);
-"""
 
 
 class Release(dict[str, Any]):
     """One promotion or rollback: ``id``, ``program_id``, ``version``, ``action``, ``actor``,
     ``reason``, ``released_at`` (ISO-8601 UTC)."""
-
-
-def _display(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-    except ValueError:
-        return "<unparseable URL>"
 
 
 class PostgresStorageAdapter:
@@ -88,22 +59,35 @@ class PostgresStorageAdapter:
     A version is one row (the state as canonical JSON text, hashed; the manifest as JSON),
     inserted in one transaction under a per-program advisory lock, so concurrent savers on
     any number of hosts get distinct versions and a saver killed mid-transaction leaves
-    nothing. The primary key makes versions immutable; the library never updates a row.
-    Loading checks the state's sha256, so a row edited by hand is refused. Only JSON is
-    stored: loading cannot run code.
+    nothing. A trigger refuses any ``UPDATE`` of a version or a release, even by the tables'
+    owner. Loading checks the state's sha256, so a row edited by hand is refused; with
+    ``key`` (``LLM_SERVER_PROGRAM_STORE_KEY``) each version also carries an HMAC of its
+    content, so an edit that rewrites the hashes too is refused. Only JSON is stored:
+    loading cannot run code.
 
-    Releases (:meth:`promote`, :meth:`rollback`) are rows of their own, each announced with
-    ``NOTIFY`` in its transaction; :meth:`watch` listens, so every process serving the
-    program switches within a second (a re-read every second is the safety net).
+    Releases (:meth:`promote`, :meth:`rollback`) are rows of their own, computed and written
+    in one transaction under the program's lock and announced with ``NOTIFY``; :meth:`watch`
+    listens, so every process serving the program switches within a second (a re-read every
+    second is the safety net, and retries what failed).
+
+    No operation waits longer than ``timeout_s``: the server ends slow statements
+    (``statement_timeout``, ``lock_timeout``), TCP keepalives and ``tcp_user_timeout`` notice a
+    dead peer, and a deadline of the client's own cuts a connection that goes silent.
 
     Args:
-        url: ``postgresql://user:password@host:5432/db`` (the password is never shown).
-        schema: The PostgreSQL schema holding the tables (created if missing).
+        url: ``postgresql://user:password@host:5432/db?sslmode=verify-full`` (the password is
+            never shown; libpq parameters in the URL win over the defaults here).
+        schema: The PostgreSQL schema holding the tables (created if missing; no DDL runs
+            when it is current, so a role with ``SELECT`` and ``INSERT`` can serve).
         min_connections: Connections kept open.
         max_connections: Connections at most (saves and loads run in worker threads).
+        timeout_s: The longest any one operation (including getting a connection) may take.
+        key: A secret of at least 16 characters: sign each saved version's content with
+            HMAC-SHA256 and refuse to load versions without a valid signature.
 
     Raises:
-        ConfigurationError: The URL is unusable, or the server refused or cannot be reached.
+        ConfigurationError: The URL or key is unusable, the server refused or cannot be
+            reached, or the schema must be created and the role may not.
     """
 
     def __init__(
@@ -113,8 +97,10 @@ class PostgresStorageAdapter:
         schema: str = "llm_server",
         min_connections: int = 1,
         max_connections: int = 4,
+        timeout_s: float = 10.0,
+        key: str | None = None,
     ) -> None:
-        self.display_url = _display(url)
+        self.display_url = display_url(url)
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ConfigurationError(
@@ -123,35 +109,58 @@ class PostgresStorageAdapter:
             )
         if parts.password:
             register_secret(parts.password)
+        if not timeout_s > 0:
+            raise ConfigurationError(f"timeout_s must be positive, not {timeout_s!r}")
         validate_program_id(schema.replace("-", "_"))
         self.schema = schema
-        self._url = url
+        self._key = check_key(key) if key is not None else None
+        self._timeout_s = timeout_s
         self._ident = sql.Identifier(schema)
         try:
-            self._pool = ConnectionPool(
-                url,
-                min_size=min_connections,
-                max_size=max_connections,
-                kwargs={"autocommit": True, "connect_timeout": 5},
-                open=False,
-            )
-            self._pool.open(wait=True, timeout=10)
-        except (psycopg.Error, OSError) as exc:
+            self._params = connection_settings(url, timeout_s=timeout_s)
+        except psycopg.Error as exc:
             raise ConfigurationError(
-                f"LLM_SERVER_PROGRAM_STORE: cannot use PostgreSQL at {self.display_url}: "
+                f"LLM_SERVER_PROGRAM_STORE: unusable URL {self.display_url}: "
                 f"{redact(str(exc)).strip()}"
             ) from None
-        except Exception as exc:  # psycopg_pool.PoolTimeout
+        self._session_deadline = threading.local()
+        self._pool = ConnectionPool(
+            kwargs={**self._params, "autocommit": True},
+            min_size=min_connections,
+            max_size=max_connections,
+            check=self._check,
+            timeout=timeout_s,
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=max(timeout_s, 10.0))
+            with self._session("preparing the schema") as conn:
+                migrate(conn, schema, where=self.display_url)
+        except StorageError as exc:
+            self._pool.close()
+            raise ConfigurationError(
+                f"LLM_SERVER_PROGRAM_STORE: cannot use PostgreSQL at {self.display_url}: "
+                f"{exc.message}"
+            ) from None
+        except ConfigurationError:
+            self._pool.close()
+            raise
+        except (psycopg.Error, OSError) as exc:  # psycopg_pool.PoolTimeout included
+            self._pool.close()
             raise ConfigurationError(
                 f"LLM_SERVER_PROGRAM_STORE: cannot reach PostgreSQL at {self.display_url}: "
                 f"{type(exc).__name__}: {redact(str(exc)).strip()}"
             ) from None
-        self._migrate()
-        self._watchers: list[threading.Thread] = []
+        self._watchers: list[ReleaseWatcher] = []
         self._stop = threading.Event()
 
     def __repr__(self) -> str:
         return f"PostgresStorageAdapter({self.display_url!r}, schema={self.schema!r})"
+
+    @property
+    def timeout_s(self) -> float:
+        """The longest any one operation may take, in seconds."""
+        return self._timeout_s
 
     def location(self, program_id: str, version: str) -> str:
         """Where a version lives, for messages (no credentials)."""
@@ -160,23 +169,56 @@ class PostgresStorageAdapter:
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(schema=self._ident)
 
-    def _migrate(self) -> None:
-        """Create or upgrade the tables, once, in one transaction (idempotent)."""
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('llm_server:migrate', 0))")
-            conn.execute(self._q(_MIGRATION))
-            row = conn.execute(
-                self._q("SELECT max(version) FROM {schema}.schema_version")
-            ).fetchone()
-            if row is None or row[0] is None:
-                conn.execute(
-                    self._q("INSERT INTO {schema}.schema_version VALUES (%s)"), (SCHEMA_VERSION,)
-                )
-            elif row[0] > SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"PostgreSQL schema {self.schema!r} is at version {row[0]}, newer than this "
-                    f"library's {SCHEMA_VERSION}: upgrade llm-server"
-                )
+    # --- connections -------------------------------------------------------------------------
+
+    def _remaining(self) -> float:
+        deadline = getattr(self._session_deadline, "at", None)
+        return self._timeout_s if deadline is None else deadline - time.monotonic()
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection before lending it (a dead one is replaced)."""
+        with bounded(conn, self._remaining()):
+            conn.execute("")
+
+    @contextlib.contextmanager
+    def _session(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for one operation, all of it within ``timeout_s``.
+
+        Raises:
+            StorageError: PostgreSQL failed or did not answer in time (the message names
+                ``what`` and the server, never a password).
+        """
+        outer = getattr(self._session_deadline, "at", None)  # a check() may load a version
+        self._session_deadline.at = time.monotonic() + self._timeout_s
+        try:
+            with (
+                self._pool.connection(timeout=self._timeout_s) as conn,
+                bounded(conn, self._remaining()),
+            ):
+                yield conn
+        except (DeadlineExceededError, PoolTimeout) as exc:
+            raise StorageError(
+                f"{what} at {self.display_url}: no answer from PostgreSQL within "
+                f"{self._timeout_s:g} s ({redact(str(exc)).strip()})"
+            ) from None
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"{what} at {self.display_url} failed: {redact(str(exc)).strip()}"
+            ) from None
+        finally:
+            self._session_deadline.at = outer
+
+    def _lock_program(self, conn: psycopg.Connection[Any], program_id: str) -> None:
+        """One saver or releaser per program at a time, on every host (until commit/abort)."""
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"llm_server:{self.schema}:{program_id}",),
+        )
+
+    def _mac(self, program_id: str, version: str, state_text: str, manifest: Any) -> str | None:
+        if self._key is None:
+            return None
+        return content_mac(self._key, program_id, version, state_text, manifest)
 
     # --- the StorageAdapter protocol ---------------------------------------------------------
 
@@ -193,7 +235,7 @@ class PostgresStorageAdapter:
         Raises:
             VersionExistsError: The explicit ``version`` exists.
             ProgramError: ``state`` or ``manifest`` is not JSON-serialisable.
-            StorageError: PostgreSQL failed (nothing was stored).
+            StorageError: PostgreSQL failed or did not answer in time (nothing was stored).
         """
         validate_program_id(program_id)
         if version is not None:
@@ -203,42 +245,30 @@ class PostgresStorageAdapter:
         state_text = canonical_json(dict(state)).decode()
         lineage = {k: v for k, v in manifest.items() if k not in _RESERVED_KEYS}
         canonical_json(lineage)  # refuse unserialisable lineage before touching the database
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                # one saver per program at a time, on every host; released at commit or abort
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                    (f"llm_server:{self.schema}:{program_id}",),
+        with self._session(f"saving program {program_id!r}") as conn, conn.transaction():
+            self._lock_program(conn, program_id)
+            existing = [
+                row[0]
+                for row in conn.execute(
+                    self._q("SELECT version FROM {schema}.program_versions WHERE program_id = %s"),
+                    (program_id,),
                 )
-                existing = [
-                    row[0]
-                    for row in conn.execute(
-                        self._q(
-                            "SELECT version FROM {schema}.program_versions WHERE program_id = %s"
-                        ),
-                        (program_id,),
-                    )
-                ]
-                if version is not None and version in existing:
-                    raise VersionExistsError(
-                        f"program {program_id!r} already has version {version!r} in "
-                        f"{self.display_url}; versions are immutable"
-                    )
-                chosen = version or next_version(existing)
-                full = {
-                    **lineage,
-                    "format": MANIFEST_FORMAT,
-                    "program_id": program_id,
-                    "version": chosen,
-                    "state_sha256": sha256_hex(state_text.encode()),
-                    "state_bytes": len(state_text.encode()),
-                }
-                self._insert(conn, program_id, chosen, state_text, full)
-        except psycopg.Error as exc:
-            raise StorageError(
-                f"saving program {program_id!r} to {self.display_url} failed: "
-                f"{redact(str(exc)).strip()}"
-            ) from None
+            ]
+            if version is not None and version in existing:
+                raise VersionExistsError(
+                    f"program {program_id!r} already has version {version!r} in "
+                    f"{self.display_url}; versions are immutable"
+                )
+            chosen = version or next_version(existing)
+            full = {
+                **lineage,
+                "format": MANIFEST_FORMAT,
+                "program_id": program_id,
+                "version": chosen,
+                "state_sha256": sha256_hex(state_text.encode()),
+                "state_bytes": len(state_text.encode()),
+            }
+            self._insert(conn, program_id, chosen, state_text, full)
         return StoredProgram(program_id, chosen, json.loads(state_text), full)
 
     def _insert(
@@ -249,12 +279,21 @@ class PostgresStorageAdapter:
         state_text: str,
         manifest: dict[str, Any],
     ) -> None:
+        manifest_text = json.dumps(manifest)
         conn.execute(
             self._q(
-                "INSERT INTO {schema}.program_versions "
-                "(program_id, version, state, manifest, state_sha256) VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO {schema}.program_versions (program_id, version, state, manifest, "
+                "state_sha256, state_hmac) VALUES (%s, %s, %s, %s, %s, %s)"
             ),
-            (program_id, version, state_text, json.dumps(manifest), manifest["state_sha256"]),
+            (
+                program_id,
+                version,
+                state_text,
+                manifest_text,
+                manifest["state_sha256"],
+                # signed as it will be read back (jsonb keeps values, not their spelling)
+                self._mac(program_id, version, state_text, json.loads(manifest_text)),
+            ),
         )
 
     def load(self, program_id: str, version: str | None = None) -> StoredProgram:
@@ -262,8 +301,9 @@ class PostgresStorageAdapter:
 
         Raises:
             ProgramNotFoundError: The program or the version does not exist.
-            CorruptProgramError: The row was edited (its hash or manifest does not match).
-            StorageError: PostgreSQL failed.
+            CorruptProgramError: The row was edited (its hash, HMAC or manifest does not
+                match), or a key is set and the version carries no signature.
+            StorageError: PostgreSQL failed or did not answer in time.
         """
         validate_program_id(program_id)
         if version is None:
@@ -272,32 +312,38 @@ class PostgresStorageAdapter:
                 raise ProgramNotFoundError(f"program {program_id!r} has no stored versions")
             version = versions[-1]
         validate_version(version)
-        try:
-            with self._pool.connection() as conn:
-                row = conn.execute(
-                    self._q(
-                        "SELECT state, manifest, state_sha256 FROM {schema}.program_versions "
-                        "WHERE program_id = %s AND version = %s"
-                    ),
-                    (program_id, version),
-                ).fetchone()
-        except psycopg.Error as exc:
-            raise StorageError(
-                f"loading program {program_id!r} from {self.display_url} failed: "
-                f"{redact(str(exc)).strip()}"
-            ) from None
+        with self._session(f"loading program {program_id!r}") as conn:
+            row = conn.execute(
+                self._q(
+                    "SELECT state, manifest, state_sha256, state_hmac "
+                    "FROM {schema}.program_versions WHERE program_id = %s AND version = %s"
+                ),
+                (program_id, version),
+            ).fetchone()
         if row is None:
             known = ", ".join(self.list_versions(program_id)) or "(none)"
             raise ProgramNotFoundError(
                 f"program {program_id!r} has no version {version!r}; stored versions: {known}"
             )
-        state_text, manifest, state_sha = row
+        state_text, manifest, state_sha, state_mac = row
         where = self.location(program_id, version)
         if not isinstance(manifest, dict):
             raise CorruptProgramError(f"{where}: the manifest is not a JSON object")
         digest = sha256_hex(state_text.encode())
         if digest != state_sha or digest != manifest.get("state_sha256"):
             raise CorruptProgramError(f"{where}: the state's sha256 does not match (edited?)")
+        expected_mac = self._mac(program_id, version, state_text, manifest)
+        if expected_mac is not None:
+            if state_mac is None:
+                raise CorruptProgramError(
+                    f"{where}: not signed, and LLM_SERVER_PROGRAM_STORE_KEY is set (saved "
+                    "without the key, or its signature was removed)"
+                )
+            if not hmac.compare_digest(expected_mac, state_mac):
+                raise CorruptProgramError(
+                    f"{where}: the HMAC does not match LLM_SERVER_PROGRAM_STORE_KEY (edited, "
+                    "or saved with another key)"
+                )
         if manifest.get("program_id") != program_id or manifest.get("version") != version:
             raise CorruptProgramError(f"{where}: the manifest names another program or version")
         try:
@@ -307,9 +353,13 @@ class PostgresStorageAdapter:
         return StoredProgram(program_id, version, state, manifest)
 
     def list_versions(self, program_id: str) -> list[str]:
-        """The program's versions, oldest first (empty for an unknown program)."""
+        """The program's versions, oldest first (empty for an unknown program).
+
+        Raises:
+            StorageError: PostgreSQL failed or did not answer in time.
+        """
         validate_program_id(program_id)
-        with self._pool.connection() as conn:
+        with self._session(f"listing the versions of {program_id!r}") as conn:
             rows = conn.execute(
                 self._q("SELECT version FROM {schema}.program_versions WHERE program_id = %s"),
                 (program_id,),
@@ -326,31 +376,124 @@ class PostgresStorageAdapter:
         actor: str | None = None,
         reason: str | None = None,
         action: str = "promote",
+        served_before: str | None = None,
     ) -> Release:
         """Record that ``version`` is served from now on, and tell every process.
 
+        Args:
+            program_id: The program.
+            version: The version to serve.
+            actor: Who released it.
+            reason: Why.
+            action: ``promote`` (``rollback`` is :meth:`rollback`'s).
+            served_before: The version served until now; recorded first when the program
+                was never released, so the first release can be rolled back.
+
         Raises:
             ProgramNotFoundError: The version is not stored.
+            StorageError: PostgreSQL failed or did not answer in time (nothing was released).
         """
         validate_program_id(program_id)
         validate_version(version)
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                row = conn.execute(
-                    self._q(
-                        "INSERT INTO {schema}.program_releases "
-                        "(program_id, version, action, actor, reason) VALUES (%s, %s, %s, %s, %s) "
-                        "RETURNING id, released_at"
-                    ),
-                    (program_id, version, action, actor, reason),
-                ).fetchone()
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.schema}/{program_id}"))
-        except psycopg.errors.ForeignKeyViolation:
-            known = ", ".join(self.list_versions(program_id)) or "(none)"
-            raise ProgramNotFoundError(
-                f"program {program_id!r} has no version {version!r} to {action}; "
-                f"stored versions: {known}"
-            ) from None
+        if action not in ("promote", "rollback"):
+            raise ProgramError(f"release action must be 'promote' or 'rollback', not {action!r}")
+        with self._session(f"releasing program {program_id!r}") as conn:
+            try:
+                with conn.transaction():
+                    self._lock_program(conn, program_id)
+                    if served_before is not None and served_before != version:
+                        self._record_first(conn, program_id, validate_version(served_before), actor)
+                    return self._record(
+                        conn, program_id, version, action, actor=actor, reason=reason
+                    )
+            except psycopg.errors.ForeignKeyViolation:
+                pass  # the version is not stored (the transaction is rolled back)
+        known = ", ".join(self.list_versions(program_id)) or "(none)"
+        raise ProgramNotFoundError(
+            f"program {program_id!r} has no version {version!r} to {action}; "
+            f"stored versions: {known}"
+        )
+
+    def _record_first(
+        self, conn: psycopg.Connection[Any], program_id: str, served: str, actor: str | None
+    ) -> None:
+        """Record what was served before a program's first release, so it can be rolled back."""
+        released = conn.execute(
+            self._q("SELECT 1 FROM {schema}.program_releases WHERE program_id = %s LIMIT 1"),
+            (program_id,),
+        ).fetchone()
+        if released is None:
+            self._record(
+                conn,
+                program_id,
+                served,
+                "promote",
+                actor=actor,
+                reason="served before the first release",
+            )
+
+    def rollback(
+        self,
+        program_id: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        check: Callable[[str], object] | None = None,
+    ) -> Release:
+        """Serve again the version released before the current one, and tell every process.
+
+        The target is computed from the history and written in one transaction under the
+        program's lock, so concurrent rollbacks take one step back each.
+
+        Args:
+            program_id: The program.
+            actor: Who rolled back.
+            reason: Why.
+            check: Called with the target version before it is recorded; raising aborts.
+
+        Raises:
+            ProgramError: Nothing was released before the current version.
+            StorageError: PostgreSQL failed or did not answer in time (nothing was released).
+        """
+        validate_program_id(program_id)
+        with self._session(f"rolling back program {program_id!r}") as conn, conn.transaction():
+            self._lock_program(conn, program_id)
+            history = conn.execute(
+                self._q(
+                    "SELECT action, version FROM {schema}.program_releases "
+                    "WHERE program_id = %s ORDER BY id"
+                ),
+                (program_id,),
+            ).fetchall()
+            stack = release_stack({"action": a, "version": v} for a, v in history)
+            if len(stack) < 2:
+                raise ProgramError(
+                    f"program {program_id!r}: nothing to roll back to (releases: "
+                    f"{', '.join(stack) or 'none'})"
+                )
+            if check is not None:
+                check(stack[-2])
+            return self._record(conn, program_id, stack[-2], "rollback", actor=actor, reason=reason)
+
+    def _record(
+        self,
+        conn: psycopg.Connection[Any],
+        program_id: str,
+        version: str,
+        action: str,
+        *,
+        actor: str | None,
+        reason: str | None,
+    ) -> Release:
+        row = conn.execute(
+            self._q(
+                "INSERT INTO {schema}.program_releases "
+                "(program_id, version, action, actor, reason) VALUES (%s, %s, %s, %s, %s) "
+                "RETURNING id, released_at"
+            ),
+            (program_id, version, action, actor, reason),
+        ).fetchone()
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.schema}/{program_id}"))
         assert row is not None
         return Release(
             id=row[0],
@@ -363,9 +506,13 @@ class PostgresStorageAdapter:
         )
 
     def releases(self, program_id: str) -> list[Release]:
-        """Every promotion and rollback of the program, oldest first."""
+        """Every promotion and rollback of the program, oldest first.
+
+        Raises:
+            StorageError: PostgreSQL failed or did not answer in time.
+        """
         validate_program_id(program_id)
-        with self._pool.connection() as conn:
+        with self._session(f"reading the releases of {program_id!r}") as conn:
             rows = conn.execute(
                 self._q(
                     "SELECT id, version, action, actor, reason, released_at "
@@ -387,9 +534,13 @@ class PostgresStorageAdapter:
         ]
 
     def released_version(self, program_id: str) -> str | None:
-        """The version promoted last (``None``: never promoted)."""
+        """The version released last (``None``: never released).
+
+        Raises:
+            StorageError: PostgreSQL failed or did not answer in time.
+        """
         validate_program_id(program_id)
-        with self._pool.connection() as conn:
+        with self._session(f"reading the release of {program_id!r}") as conn:
             row = conn.execute(
                 self._q(
                     "SELECT version FROM {schema}.program_releases WHERE program_id = %s "
@@ -400,66 +551,47 @@ class PostgresStorageAdapter:
         return row[0] if row else None
 
     def released_versions(self) -> dict[str, str]:
-        """The version promoted last, for every program ever promoted."""
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                self._q(
-                    "SELECT DISTINCT ON (program_id) program_id, version "
-                    "FROM {schema}.program_releases ORDER BY program_id, id DESC"
-                )
-            ).fetchall()
+        """The version released last, for every program ever released.
+
+        Raises:
+            StorageError: PostgreSQL failed or did not answer in time.
+        """
+        with self._session("reading the releases") as conn:
+            return self._read_released(conn)
+
+    def _read_released(self, conn: psycopg.Connection[Any]) -> dict[str, str]:
+        rows = conn.execute(
+            self._q(
+                "SELECT DISTINCT ON (program_id) program_id, version "
+                "FROM {schema}.program_releases ORDER BY program_id, id DESC"
+            )
+        ).fetchall()
         return {r[0]: r[1] for r in rows}
 
     def watch(self, on_release: Callable[[str, str], None], *, interval_s: float = 1.0) -> None:
-        """Call ``on_release(program_id, version)`` when a release changes what to serve.
+        """Call ``on_release(program_id, version)`` with what is released, to serve it.
 
-        A thread LISTENs on :data:`CHANNEL` and also re-reads every ``interval_s`` (a lost
-        notification, a restarted server), so a change is seen within about a second.
+        A thread LISTENs on :data:`CHANNEL` and, on each notification and every
+        ``interval_s`` anyway, reads what is released and calls ``on_release`` for every
+        released program: the callback compares with what it serves, and one that raised is
+        called again on the next round, until it succeeds. Its reads are bounded by
+        ``min(timeout_s, max(2, 3 x interval_s))``; a lost connection is reopened.
         """
-        thread = threading.Thread(
-            target=self._watch,
-            args=(on_release, interval_s),
-            name="llm-server-releases",
-            daemon=True,
+        watcher = ReleaseWatcher(
+            params={**self._params, "autocommit": True},
+            read=self._read_released,
+            on_release=on_release,
+            interval_s=interval_s,
+            timeout_s=min(self._timeout_s, max(2.0, 3 * interval_s)),
+            stop=self._stop,
+            where=self.display_url,
         )
-        self._watchers.append(thread)
-        thread.start()
-
-    def _watch(self, on_release: Callable[[str, str], None], interval_s: float) -> None:
-        seen: dict[str, str] = {}
-
-        def sync() -> None:
-            for program_id, version in self.released_versions().items():
-                if seen.get(program_id) != version:
-                    seen[program_id] = version
-                    try:
-                        on_release(program_id, version)
-                    except Exception:
-                        _log.exception("applying release %s %s failed", program_id, version)
-
-        while not self._stop.is_set():
-            try:
-                with psycopg.Connection.connect(
-                    self._url, autocommit=True, connect_timeout=5
-                ) as conn:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                    sync()
-                    while not self._stop.is_set():
-                        # a notification ends the wait early; either way, read what is released
-                        for _ in conn.notifies(timeout=interval_s, stop_after=1):
-                            pass
-                        sync()
-            except (psycopg.Error, OSError) as exc:
-                _log.warning(
-                    "program releases: lost PostgreSQL at %s (%s); retrying",
-                    self.display_url,
-                    redact(str(exc)).strip(),
-                )
-                self._stop.wait(interval_s)
+        self._watchers.append(watcher)
+        watcher.start()
 
     def close(self) -> None:
         """Stop watching and close the pool."""
         self._stop.set()
-        for thread in self._watchers:
-            thread.join(timeout=5)
+        for watcher in self._watchers:
+            watcher.join(timeout=5)
         self._pool.close()

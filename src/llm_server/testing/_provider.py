@@ -89,6 +89,9 @@ class LocalProvider:
         the middle of a stream); ``None``: never. The reset discards whatever the client has
         not read yet; set :attr:`chunk_delay_s` too for the events before the cut to arrive
         (the cut comes one pacing delay after the last of them)."""
+        self.billed: list[tuple[int, int]] = []
+        """``(prompt_tokens, completion_tokens)`` of every answer sent with a ``usage`` block,
+        in order: what the provider billed (cleared by :meth:`clear`)."""
         self.stream_disconnects: list[float] = []
         """``time.monotonic()`` of each streamed answer whose client went away before its end."""
         self._requested_port = port
@@ -315,8 +318,15 @@ class LocalProvider:
         return list(self._records)
 
     def clear(self) -> None:
-        """Forget the recorded requests."""
+        """Forget the recorded requests and what was billed."""
         self._records.clear()
+        self.billed.clear()
+
+    @property
+    def billed_tokens(self) -> tuple[int, int]:
+        """Prompt and completion tokens billed so far (the sums of :attr:`billed`)."""
+        billed = list(self.billed)
+        return sum(p for p, _ in billed), sum(c for _, c in billed)
 
     def _record(self, request: HttpRequest) -> RecordedRequest:
         """Record ``request`` (called by the server for every request it reads)."""

@@ -14,7 +14,7 @@ from llm_server.core.tokens import count_message_tokens, count_text_tokens
 from llm_server.testing._provider_faults import FaultRule, error_response
 from llm_server.testing._provider_http import HttpConnection, HttpRequest
 from llm_server.testing._provider_records import RecordedRequest
-from llm_server.testing._provider_replies import read_prompt, render_reply
+from llm_server.testing._provider_replies import RenderedReply, read_prompt, render_full_reply
 from llm_server.testing._provider_wire import (
     ChatRequest,
     Usage,
@@ -97,17 +97,19 @@ class Responder:
             await connection.respond(status, body, headers=headers, keep_alive=keep_alive)
             return keep_alive
         try:
-            text = await self._reply_text(record, chat)
+            reply = await self._reply(record, chat)
         except Exception as exc:  # a failing user callable becomes a visible 500
             await connection.respond(500, _error(f"reply callable failed: {exc!r}"))
             return keep_alive
-        usage = self._usage(chat, text) if self._provider.usage else None
+        usage = self._usage(chat, reply.billed_text) if self._provider.usage else None
+        if usage is not None:
+            self._provider.billed.append((usage.prompt_tokens, usage.completion_tokens))
         if not chat.stream:
-            body = completion_body(chat, text, usage, record.index)
+            body = completion_body(chat, reply, usage, record.index)
             await connection.respond(200, body, keep_alive=keep_alive)
             return keep_alive
         return await self._stream(
-            connection, stream_events(chat, text, usage, record.index), keep_alive
+            connection, stream_events(chat, reply, usage, record.index), keep_alive
         )
 
     async def _stream(
@@ -132,13 +134,13 @@ class Responder:
             return False
         return keep_alive
 
-    async def _reply_text(self, record: RecordedRequest, chat: ChatRequest) -> str:
+    async def _reply(self, record: RecordedRequest, chat: ChatRequest) -> RenderedReply:
         reply: Any = self._provider.reply_for(chat.model or None)
         if callable(reply):
             reply = reply(record)
             if inspect.isawaitable(reply):
                 reply = await reply
-        return render_reply(read_prompt(chat.system_text, chat.last_user_text), reply)
+        return render_full_reply(read_prompt(chat.system_text, chat.last_user_text), reply)
 
     @staticmethod
     def _usage(chat: ChatRequest, text: str) -> Usage:

@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
-__all__ = ["PromptShape", "RawReply", "ReplyValue", "read_prompt", "render_reply"]
+__all__ = [
+    "PromptShape",
+    "RawReply",
+    "RenderedReply",
+    "ReplyValue",
+    "read_prompt",
+    "render_full_reply",
+    "render_reply",
+]
 
 _CHAT_REQUEST: Final = "Respond with the corresponding output fields"
 _JSON_REQUEST: Final = "Respond with a JSON object in the following order of fields:"
@@ -34,13 +42,41 @@ _ECHO_LIMIT: Final = 400
 
 @dataclass(frozen=True, slots=True)
 class RawReply:
-    """Reply text sent verbatim, without adapter formatting (e.g. to provoke a parse error).
+    """Reply text sent verbatim, without adapter formatting: the answers real models give.
+
+    The reply is billed like any other (``usage`` counts the text and the refusal), so a test
+    can check that a failed call's tokens are reported. Examples::
+
+        RawReply("no field markers at all")                   # unparseable
+        RawReply("[[ ## answer ## ]]\nThe begin", finish_reason="length")  # cut at max_tokens
+        RawReply("")                                          # empty content
+        RawReply(None, refusal="I can't help with that.")     # an OpenAI refusal
 
     Attributes:
-        text: The exact assistant message content.
+        text: The exact assistant message content; ``None`` sends ``"content": null``.
+        finish_reason: The OpenAI ``finish_reason`` (``"stop"``, ``"length"``,
+            ``"content_filter"``...); on the Anthropic API ``"stop"`` is ``end_turn``,
+            ``"length"`` is ``max_tokens`` and a refusal is ``refusal``.
+        refusal: An OpenAI ``message.refusal`` (the model declined; its message to the user).
     """
 
-    text: str
+    text: str | None
+    finish_reason: str = "stop"
+    refusal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedReply:
+    """What the provider sends for one request: content, finish reason and refusal."""
+
+    text: str | None
+    finish_reason: str = "stop"
+    refusal: str | None = None
+
+    @property
+    def billed_text(self) -> str:
+        """The text whose tokens the reply's ``completion_tokens`` count."""
+        return (self.text or "") + (self.refusal or "")
 
 
 ReplyValue: TypeAlias = str | Mapping[str, Any] | RawReply
@@ -108,7 +144,18 @@ def read_prompt(system_text: str, last_user_text: str) -> PromptShape:
 def render_reply(shape: PromptShape, reply: ReplyValue | None) -> str:
     """The assistant message text for ``shape``, from a scripted ``reply`` or the default."""
     if isinstance(reply, RawReply):
-        return reply.text
+        return reply.text or ""
+    return _rendered_text(shape, reply)
+
+
+def render_full_reply(shape: PromptShape, reply: ReplyValue | None) -> RenderedReply:
+    """What to send for ``shape``: the text, and a :class:`RawReply`'s finish reason and refusal."""
+    if isinstance(reply, RawReply):
+        return RenderedReply(reply.text, reply.finish_reason, reply.refusal)
+    return RenderedReply(_rendered_text(shape, reply))
+
+
+def _rendered_text(shape: PromptShape, reply: str | Mapping[str, Any] | None) -> str:
     if shape.style == "plain" or not shape.output_fields:
         if reply is None:
             return shape.echo

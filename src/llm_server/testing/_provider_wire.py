@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from llm_server.core.errors import InputError
+from llm_server.testing._provider_replies import RenderedReply
 
 __all__ = ["ChatRequest", "Usage", "completion_body", "parse_chat_request", "stream_events"]
 
@@ -84,22 +85,31 @@ def _text(content: Any) -> str:
     return ""
 
 
-def completion_body(request: ChatRequest, text: str, usage: Usage | None, index: int) -> bytes:
+_ANTHROPIC_STOP: Final = {"stop": "end_turn", "length": "max_tokens"}
+
+
+def _anthropic_stop(reply: RenderedReply) -> str:
+    if reply.refusal is not None:
+        return "refusal"
+    return _ANTHROPIC_STOP.get(reply.finish_reason, reply.finish_reason)
+
+
+def completion_body(
+    request: ChatRequest, reply: RenderedReply, usage: Usage | None, index: int
+) -> bytes:
     """A non-streamed response body."""
     body: dict[str, Any]
+    text = reply.text
     if request.api == "openai":
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if reply.refusal is not None:
+            message["refusal"] = reply.refusal
         body = {
             "id": f"chatcmpl-local-{index}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
         }
         if usage is not None:
             body["usage"] = _openai_usage(usage)
@@ -109,8 +119,8 @@ def completion_body(request: ChatRequest, text: str, usage: Usage | None, index:
             "type": "message",
             "role": "assistant",
             "model": request.model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
+            "content": [{"type": "text", "text": text}] if text is not None else [],
+            "stop_reason": _anthropic_stop(reply),
             "stop_sequence": None,
         }
         if usage is not None:
@@ -136,13 +146,13 @@ def _pieces(text: str) -> Iterator[str]:
 
 
 def stream_events(
-    request: ChatRequest, text: str, usage: Usage | None, index: int
+    request: ChatRequest, reply: RenderedReply, usage: Usage | None, index: int
 ) -> Iterator[bytes]:
     """The Server-Sent Events of a streamed response, one ``bytes`` per event."""
     if request.api == "openai":
-        yield from _openai_events(request, text, usage, index)
+        yield from _openai_events(request, reply, usage, index)
     else:
-        yield from _anthropic_events(request, text, usage, index)
+        yield from _anthropic_events(request, reply, usage, index)
 
 
 def _sse(data: Mapping[str, Any], event: str | None = None) -> bytes:
@@ -151,7 +161,7 @@ def _sse(data: Mapping[str, Any], event: str | None = None) -> bytes:
 
 
 def _openai_events(
-    request: ChatRequest, text: str, usage: Usage | None, index: int
+    request: ChatRequest, reply: RenderedReply, usage: Usage | None, index: int
 ) -> Iterator[bytes]:
     frame = {
         "id": f"chatcmpl-local-{index}",
@@ -165,16 +175,18 @@ def _openai_events(
         return _sse({**frame, "choices": [choice]})
 
     yield chunk({"role": "assistant", "content": ""})
-    for piece in _pieces(text):
+    for piece in _pieces(reply.text or ""):
         yield chunk({"content": piece})
-    yield chunk({}, "stop")
+    if reply.refusal is not None:
+        yield chunk({"refusal": reply.refusal})
+    yield chunk({}, reply.finish_reason)
     if usage is not None and request.include_usage:
         yield _sse({**frame, "choices": [], "usage": _openai_usage(usage)})
     yield b"data: [DONE]\n\n"
 
 
 def _anthropic_events(
-    request: ChatRequest, text: str, usage: Usage | None, index: int
+    request: ChatRequest, reply: RenderedReply, usage: Usage | None, index: int
 ) -> Iterator[bytes]:
     message: dict[str, Any] = {
         "id": f"msg_local_{index}",
@@ -194,7 +206,7 @@ def _anthropic_events(
         "content_block": {"type": "text", "text": ""},
     }
     yield _sse(block, "content_block_start")
-    for piece in _pieces(text):
+    for piece in _pieces(reply.text or ""):
         delta = {
             "type": "content_block_delta",
             "index": 0,
@@ -204,7 +216,7 @@ def _anthropic_events(
     yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
     end: dict[str, Any] = {
         "type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "delta": {"stop_reason": _anthropic_stop(reply), "stop_sequence": None},
     }
     if usage is not None:
         # Current Anthropic API versions repeat input_tokens here; some clients read only this.

@@ -25,6 +25,7 @@ from llm_server.core.errors import BudgetExceededError, ConfigurationError
 from llm_server.core.model_interfaces import ModelOutput
 from llm_server.core.protocols import ModelBackend
 from llm_server.core.reliability._wrapper import BackendWrapper
+from llm_server.core.telemetry._observation import pop_observer, push_observer
 
 __all__ = [
     "ANY_TENANT",
@@ -266,7 +267,9 @@ class BudgetBackend(BackendWrapper):
     """Checks the current tenant's budgets before a model call and charges it after.
 
     Without a tenant (:func:`current_tenant` is ``None``) or with no budget set, it only
-    forwards the call. A failed call is charged one request (its tokens and cost are unknown).
+    forwards the call. Attempts that failed after their calls came back (an unparseable
+    answer, a rejected attempt before a retry or a fallback) are charged their reported
+    tokens and cost too, whether the call then succeeds or fails (:class:`_FailedAttempts`).
 
     Args:
         backend: The backend to guard (the whole reliable stack: a call is one charge).
@@ -283,18 +286,51 @@ class BudgetBackend(BackendWrapper):
         if tenant is None or not self.budgets.configured:
             return await self._backend.predict(input)
         await self.budgets.check(tenant)
+        failed = _FailedAttempts()
+        token = push_observer(failed)
         try:
             output = await self._backend.predict(input)
         except BaseException:
-            self.budgets.charge(tenant, Usage(requests=1))
+            self.budgets.charge(tenant, failed.billed)
             raise
+        finally:
+            pop_observer(token)
         usage = output.usage
         self.budgets.charge(
             tenant,
-            Usage(
-                requests=1,
+            failed.billed
+            + Usage(
+                requests=0,
                 tokens=usage.total_tokens if usage is not None else 0,
                 cost_usd=output.cost_usd or 0.0,
             ),
         )
         return output
+
+
+class _FailedAttempts:
+    """What one budgeted call's failed attempts were billed: one request plus the tokens and
+    cost of every attempt reported with an ``outcome`` (its calls came back, then it failed)."""
+
+    __slots__ = ("billed",)
+
+    def __init__(self) -> None:
+        self.billed = Usage(requests=1)
+
+    def on_step(self, timing: Any) -> None:
+        """Not needed."""
+
+    def on_model_output(self, output: ModelOutput) -> None:
+        """Add a failed attempt's reported tokens and cost."""
+        usage = output.usage
+        if "outcome" in output.metadata and usage is not None:
+            self.billed = self.billed + Usage(0, usage.total_tokens, output.cost_usd or 0.0)
+
+    def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
+        """Not needed."""
+
+    def on_fallback(self, from_model_id: str, to_model_id: str, error: BaseException) -> None:
+        """Not needed."""
+
+    def on_breaker_refusal(self, model_id: str, retry_after_s: float) -> None:
+        """Not needed."""

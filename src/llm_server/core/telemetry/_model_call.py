@@ -258,6 +258,40 @@ class ModelCallRecorder:
         except Exception as exc:
             guarded("record cut model call", exc)
 
+    def rejected(self, output: ModelOutput) -> None:
+        """Record the billed calls of an attempt that failed after they came back.
+
+        Their tokens and cost go into the token and cost metrics (with ``error.type``, the
+        outcome), and an unusable answer is counted by program, version, model and kind.
+        """
+        usage = output.usage
+        outcome = str(output.metadata.get("outcome", "error"))
+        try:
+            signals = self._signals
+            attrs = dict(self._metric_attrs)
+            if output.response_model:
+                attrs[n.GEN_AI_RESPONSE_MODEL] = output.response_model
+            attrs[n.ERROR_TYPE] = outcome
+            if usage is not None and usage.method not in _UNCOUNTED:
+                signals.token_usage.record(
+                    usage.input_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "input"}
+                )
+                signals.token_usage.record(
+                    usage.output_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "output"}
+                )
+            if output.cost_usd:
+                signals.counters[n.METRIC_COST].add(output.cost_usd, dict(self._metric_attrs))
+            if outcome in n.PARSE_FAILURE_KINDS:
+                failure = dict(self._metric_attrs)
+                failure[n.MODEL_ID] = output.model_id
+                failure[n.ANSWER_KIND] = outcome
+                version = output.metadata.get("program_version")
+                if isinstance(version, str):
+                    failure[n.PROGRAM_VERSION] = version
+                signals.counters[n.METRIC_PARSE_FAILURES].add(1, failure)
+        except Exception as exc:
+            guarded("record rejected model call", exc)
+
     def _annotate(self, span: trace.Span, output: ModelOutput, elapsed: float) -> None:
         signals = self._signals
         usage = output.usage

@@ -95,6 +95,12 @@ METRIC_FLEET_FALLBACK: Final = "llm_server.fleet.fallback"
 METRIC_RETRIES: Final = "llm_server.client.retries"
 METRIC_FALLBACKS: Final = "llm_server.client.fallbacks"
 METRIC_CUT_CALLS: Final = "llm_server.client.cut_calls"
+METRIC_PARSE_FAILURES: Final = "llm_server.client.parse_failures"
+PROGRAM_VERSION: Final = "llm_server.program_version"
+ANSWER_KIND: Final = "llm_server.answer.kind"
+PARSE_FAILURE_KINDS: Final = frozenset(
+    {"unparseable_output", "output_truncated", "empty_output", "model_refused"}
+)
 METRIC_ACTIVE_CALLS: Final = "llm_server.client.active_calls"
 METRIC_LOOP_LAG: Final = "llm_server.event_loop.lag"
 METRIC_CONNECTION_WAIT: Final = "llm_server.client.connection_wait"

@@ -71,7 +71,13 @@ class RequestObserver(Protocol):
         """A pipeline step finished."""
 
     def on_model_output(self, output: ModelOutput) -> None:
-        """A model call (one model, after its retries) answered with ``output``."""
+        """A model call (one model, after its retries) answered with ``output``.
+
+        Billed calls that did not answer come here too, so every billed token is seen once:
+        an attempt that failed after its calls came back (an unparseable answer, an attempt
+        before a retry) as an output without content whose ``metadata["outcome"]`` is the
+        error type, and a call cut in flight with ``TokenCountMethod.CUT_ESTIMATE`` usage.
+        """
 
     def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
         """Attempt ``attempt`` (1-based) to ``model_id`` failed; the next starts in ``delay_s``."""

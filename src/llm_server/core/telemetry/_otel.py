@@ -224,10 +224,13 @@ class _CallObserver:
         """Steps have spans of their own."""
 
     def on_model_output(self, output: ModelOutput) -> None:
-        """Record a cut call (a finished call is recorded when the span closes)."""
+        """Record a cut call, or the billed calls of a failed attempt (a call that answered
+        is recorded when the span closes)."""
         usage = output.usage
         if usage is not None and usage.method is TokenCountMethod.CUT_ESTIMATE:
             self.recorder.cut(output)
+        elif "outcome" in output.metadata:
+            self.recorder.rejected(output)
 
     def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
         """A retry: an event of the call's span."""

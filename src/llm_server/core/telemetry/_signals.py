@@ -272,6 +272,14 @@ class OtelSignals:
                 unit="{fallback}",
                 description="Model calls handed to a fallback model.",
             ),
+            n.METRIC_PARSE_FAILURES: meter.create_counter(
+                n.METRIC_PARSE_FAILURES,
+                unit="{answer}",
+                description=(
+                    "Model answers that could not be used (unparseable, truncated, empty, "
+                    "refused), by program, version, model and kind: each one billed."
+                ),
+            ),
             n.METRIC_CUT_CALLS: meter.create_counter(
                 n.METRIC_CUT_CALLS,
                 unit="{call}",

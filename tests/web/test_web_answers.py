@@ -1,0 +1,303 @@
+"""Unusable answers over HTTP: their own error types, the billed usage in the error envelope,
+JSON log lines with the execution id, streams, and bodies nested too deep refused at the door."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+import uvicorn
+from _web_helpers import MakeApp, make_settings, serving
+from fastapi import FastAPI
+
+from llm_server.core.telemetry import configure_json_logging
+from llm_server.fastapi import (
+    RequestContextMiddleware,
+    add_program_endpoint,
+    install_error_handlers,
+    llm_server_lifespan,
+)
+from llm_server.testing import LocalProvider, RawReply, StaticConfigProvider
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "raw-answer-4b1d"
+
+
+class Rate(dspy.Signature):
+    """Rate the text."""
+
+    text: str = dspy.InputField()
+    verdict: str = dspy.OutputField()
+    confidence: float = dspy.OutputField()
+
+
+# kind -> (reply, HTTP status, error type)
+KINDS: dict[str, tuple[RawReply, int, str]] = {
+    "no_markers": (RawReply(f"no markers {SECRET}"), 502, "unparseable_output"),
+    "missing_field": (
+        RawReply(f"[[ ## verdict ## ]]\n{SECRET}\n\n[[ ## completed ## ]]"),
+        502,
+        "unparseable_output",
+    ),
+    "bad_float": (
+        RawReply(
+            f"[[ ## verdict ## ]]\n{SECRET}\n\n[[ ## confidence ## ]]\nseven\n\n"
+            "[[ ## completed ## ]]"
+        ),
+        502,
+        "unparseable_output",
+    ),
+    "truncated": (
+        RawReply(f"[[ ## verdict ## ]]\n{SECRET} and", finish_reason="length"),
+        502,
+        "output_truncated",
+    ),
+    "empty": (RawReply(""), 502, "empty_output"),
+    "refused": (RawReply(None, refusal="I won't rate that."), 422, "model_refused"),
+}
+
+
+@pytest.fixture
+def app_for(provider: LocalProvider, tmp_path: Path) -> Any:
+    def build(engine: str = "auto", **model: Any) -> FastAPI:
+        models = {
+            "m": {
+                "model_name": "openai/gpt-4o-mini",
+                "engine": engine,
+                "api_base": provider.openai_api_base,
+                "api_key": "sk-test",
+                **model,
+            }
+        }
+        app = FastAPI(
+            lifespan=llm_server_lifespan(
+                programs=[Rate],
+                settings=make_settings(tmp_path),
+                config_provider=StaticConfigProvider(models),
+            )
+        )
+        install_error_handlers(app)
+        app.add_middleware(RequestContextMiddleware)
+        add_program_endpoint(app, "rate", signature=Rate, default_model_id="m", stream=True)
+        return app
+
+    return build
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = configure_json_logging(stream=stream, level=logging.INFO)
+    library = logging.getLogger("llm_server")
+    try:
+        yield stream
+    finally:
+        library.removeHandler(handler)
+        library.propagate = True
+        library.setLevel(logging.NOTSET)
+
+
+def billed(provider: LocalProvider) -> tuple[int, int]:
+    return provider.billed_tokens
+
+
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+@pytest.mark.parametrize("kind", list(KINDS))
+async def test_each_kind_answers_its_type_with_the_billed_usage(
+    app_for: Any, provider: LocalProvider, json_logs: io.StringIO, kind: str, engine: str
+) -> None:
+    reply, status, error_type = KINDS[kind]
+    provider.script(reply=reply)
+    async with serving(app_for(engine)) as client:
+        response = await client.post("/programs/rate", json={"text": "rate me"})
+
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["type"] == error_type
+    assert SECRET not in response.text  # the raw answer is not echoed without the opt-in
+    usage = body["usage"]
+    assert (usage["input"], usage["output"]) == billed(provider)
+    assert usage["method"] == "dspy_history_exact"
+    assert usage["cost_usd"] > 0
+    assert [(c["model_id"], c["outcome"]) for c in usage["calls"]] == [("m", error_type)]
+    assert usage["answer_attempts"] == {error_type: 1}
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    failed = [line for line in lines if error_type in line["message"]]
+    assert failed, lines
+    assert all(line["execution_id"] == body["execution_id"] for line in failed)
+    assert SECRET not in json_logs.getvalue()
+
+
+async def test_dspy_truncation_warning_is_a_json_line_of_the_request(
+    app_for: Any, provider: LocalProvider, json_logs: io.StringIO
+) -> None:
+    provider.script(reply=KINDS["truncated"][0])
+    async with serving(app_for()) as client:
+        response = await client.post("/programs/rate", json={"text": "rate me"})
+
+    lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
+    (warning,) = [line for line in lines if "dspy_warning" in line]
+    assert "truncated" in warning["dspy_warning"]
+    assert warning["execution_id"] == response.json()["execution_id"]
+    assert warning["model_id"] == "m"
+
+
+# A streamed refusal: DSPy's native stream parser drops the refusal delta (it arrives as an
+# empty answer), so it is not among these.
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("adapter", ["chat", "json"])
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+@pytest.mark.parametrize("kind", ["no_markers", "empty"])
+async def test_a_stream_failing_before_its_first_piece_answers_the_envelope_with_usage(
+    app_for: Any, provider: LocalProvider, kind: str, engine: str, adapter: str
+) -> None:
+    reply, status, error_type = KINDS[kind]
+    provider.script(reply=reply)
+    async with serving(app_for(engine, adapter=adapter)) as client:
+        response = await client.post("/programs/rate/stream", json={"text": "rate me"})
+
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["type"] == error_type
+    assert SECRET not in response.text
+    assert (body["usage"]["input"], body["usage"]["output"]) == billed(provider)
+
+
+async def test_a_stream_cut_at_max_tokens_after_its_first_piece_ends_with_usage(
+    app_for: Any, provider: LocalProvider
+) -> None:
+    provider.script(reply=KINDS["truncated"][0])
+    async with serving(app_for()) as client:
+        response = await client.post("/programs/rate/stream", json={"text": "rate me"})
+
+    assert response.status_code == 200
+    events = response.text.split("\n\n")
+    assert events[0].startswith("event: delta")
+    (error,) = [e for e in events if e.startswith("event: error")]
+    envelope = json.loads(error.partition("data: ")[2])
+    assert envelope["error"]["type"] == "stream_interrupted"
+    assert "cut at max_tokens=1,024" in envelope["error"]["message"]
+    assert (envelope["usage"]["input"], envelope["usage"]["output"]) == billed(provider)
+
+
+async def test_an_answer_after_a_parse_reask_reports_both_attempts(
+    app_for: Any, provider: LocalProvider
+) -> None:
+    replies = iter([KINDS["missing_field"][0], None])  # None: a valid answer
+    provider.script(reply=lambda request: next(replies) or {"confidence": 0.5})
+    async with serving(app_for(parse_policy={"reasks": 1})) as client:
+        response = await client.post("/programs/rate", json={"text": "rate me"})
+
+    assert response.status_code == 200, response.text
+    performance = response.json()["metadata"]["performance"]
+    assert performance["answer_attempts"] == {"unparseable_output": 1, "ok": 1}
+    tokens = performance["tokens"]
+    assert (tokens["input"], tokens["output"]) == billed(provider)
+    assert len(provider.requests) == 2
+
+
+async def test_a_body_nested_too_deep_is_refused_before_parsing_and_the_client_goes_on(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    deep = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    fine = b'{"text": "x", "labels": ' + b"[" * 10 + b"]" * 10 + b"}"
+    async with serving(make_app(), raise_app_exceptions=False) as client:
+        refused = await client.post(
+            "/programs/summarize", content=deep, headers={"content-type": "application/json"}
+        )
+        at_limit = await client.post(
+            "/programs/summarize",
+            content=b'{"text": ' + b"[" * 63 + b"]" * 63 + b"}",  # 64 levels with the object
+            headers={"content-type": "application/json"},
+        )
+        shallow = await client.post(
+            "/programs/summarize", content=fine, headers={"content-type": "application/json"}
+        )
+        served = await client.post("/programs/summarize", json={"text": "still here"})
+
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["type"] == "bad_input"
+    assert "LLM_SERVER_MAX_JSON_DEPTH" in refused.json()["error"]["message"]
+    assert at_limit.status_code == 422  # parsed (64 levels are allowed), then not a string
+    assert shallow.status_code == 422  # an unknown field, told by the schema
+    assert served.status_code == 200
+    assert len(provider.requests) == 1
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 response (Content-Length framed) from ``sock``: status and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(
+        int(v)
+        for k, _, v in (h.partition(": ") for h in lines[1:])
+        if k.lower() == "content-length"
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        body += chunk
+    return int(lines[0].split()[1]), body[:length]
+
+
+def test_over_a_real_socket_the_connection_serves_the_next_request_after_a_deep_body(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    deep = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    fine = b'{"text": "still here"}'
+
+    def post(body: bytes) -> bytes:
+        return (
+            b"POST /programs/summarize HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    with uvicorn_thread(make_app()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(20)
+        answers = []
+        for body in (deep, deep, fine):  # the route's own gate, then the middleware's
+            sock.sendall(post(body))
+            answers.append(_read_response(sock))
+
+    assert [status for status, _ in answers] == [400, 400, 200]
+    assert json.loads(answers[0][1])["error"]["type"] == "bad_input"
+    assert len(provider.requests) == 1
+
+
+@contextmanager
+def uvicorn_thread(app: FastAPI) -> Iterator[int]:
+    """Serve ``app`` on a real loopback socket in a thread; yields its port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):  # bounded: 20 s
+            if server.started:
+                break
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
