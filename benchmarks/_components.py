@@ -122,9 +122,72 @@ COMPONENTS: tuple[Component, ...] = (
                 "request on_sdk/off", r"2\. request.*?\n(?:.*\n)*?\s+on_sdk\s+\S+\s+\S+\s+" + _NUM
             ),
             Figure("on_sdk extra per request (us)", r"on_sdk adds " + _NUM + " us"),
+            Figure("request on_sdk_full/off", r"\s+on_sdk_full\s+\S+\s+\S+\s+" + _NUM + r"\n\n3\."),
+            Figure(
+                "pipeline + step spans per request (us)",
+                r"pipeline \+ step spans and durations\s+" + _NUM,
+            ),
+            Figure(
+                "request span per request (us)",
+                r"request span \(host traces no request\)\s+" + _NUM,
+            ),
             # The script compares with an assumed 4 ms per Predict.acall; the end-to-end
             # F+SDK / H ratio is the measured verdict.
             Figure("on_sdk extra / assumed 4 ms acall (%)", r"us per request: " + _NUM + "%"),
+        ),
+    ),
+    Component(
+        "telemetry_levels",
+        "bench_telemetry_levels.py",
+        "the library's telemetry CPU per request around a real model call, by detail level "
+        "(the reference app's handler body in process: FastAPI's own telemetry not involved)",
+        quick_args=("--calls", "32", "--rounds", "16"),
+        figures=(
+            Figure(
+                "library telemetry per request, default level (us)",
+                r"\(genai - off\): " + _NUM + " us",
+                "<= 150",
+                lambda v: v <= 150,
+            ),
+            Figure("library telemetry per request, full level (us)", r"\(full - off\): " + _NUM),
+        ),
+    ),
+    Component(
+        "production_profile",
+        "bench_production_profile.py",
+        "what each host telemetry choice costs per request (FastAPI's spans and metrics, "
+        "exemplars, head sampling, the detail level), through ASGI, trivial backend",
+        quick_args=("--calls", "500", "--rounds", "3"),
+        figures=(
+            Figure(
+                "all on, genai: us over no SDK", r"FastAPI all on, library genai\s+\S+\s+" + _NUM
+            ),
+            Figure("production profile: us over no SDK", r"production profile\s+\S+\s+" + _NUM),
+        ),
+    ),
+    Component(
+        "memory_in_flight",
+        "bench_memory_in_flight.py",
+        "heap (tracemalloc) and RSS held per request in flight, 200 requests waiting on a "
+        "model, by source file",
+        quick_args=("--latency-ms", "1000"),
+        figures=(
+            Figure(
+                "heap per request in flight, telemetry off (KiB)",
+                r"telemetry off: heap \+" + _NUM,
+            ),
+            Figure(
+                "heap per request in flight, genai + SDK (KiB)",
+                r"telemetry genai \+ SDK: heap \+" + _NUM,
+            ),
+            Figure(
+                "heap per request in flight, fault storm (KiB)",
+                r"fault storm: heap \+" + _NUM,
+            ),
+            Figure(
+                "RSS per request in flight, genai + SDK (KiB)",
+                r"telemetry genai \+ SDK: .*?RSS \+" + _NUM,
+            ),
         ),
     ),
     Component(

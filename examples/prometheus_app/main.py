@@ -4,8 +4,9 @@ Run offline with ``.venv/bin/python examples/serve.py prometheus_app`` (the app 
 itself), send a few requests to ``POST /predict``, then read ``GET /metrics`` (with or without
 the trailing slash): the GenAI client metrics
 (``gen_ai_client_operation_duration_seconds``, ``gen_ai_client_token_usage``), the cost
-counter, breaker state and pipeline/step durations. ``examples/grafana_dashboard.json`` charts
-them.
+counter and breaker state, at the default telemetry detail level. With
+``LLM_SERVER_TELEMETRY_DETAIL=full`` the pipeline and step durations are there too.
+``examples/grafana_dashboard.json`` charts them (its Pipelines row needs ``full``).
 """
 
 from __future__ import annotations

@@ -42,6 +42,30 @@ def test_reads_a_dotenv_file(tmp_path: Path) -> None:
     assert settings.otel_service_name == "FromDotenv"
 
 
+@pytest.mark.parametrize(
+    ("environment", "detail", "legacy"),
+    [
+        ({}, "genai", None),
+        ({"LLM_SERVER_TELEMETRY_DETAIL": "full"}, "full", None),
+        ({"LLM_SERVER_OTEL_LLM_ATTRIBUTES": "true"}, "genai", True),
+        (
+            {"LLM_SERVER_TELEMETRY_DETAIL": "full", "LLM_SERVER_OTEL_LLM_ATTRIBUTES": "0"},
+            "full",
+            False,
+        ),
+    ],
+)
+def test_the_telemetry_detail_level_and_its_legacy_override_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], detail: str, legacy: bool | None
+) -> None:
+    for name in ("LLM_SERVER_TELEMETRY_DETAIL", "LLM_SERVER_OTEL_LLM_ATTRIBUTES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = FrameworkSettings()
+    assert (settings.telemetry_detail, settings.otel_llm_attributes) == (detail, legacy)
+
+
 def test_keyword_arguments_override_by_field_name() -> None:
     assert FrameworkSettings(otel_enabled=True, retry_max_attempts=1).retry_max_attempts == 1
 
@@ -54,6 +78,7 @@ def test_keyword_arguments_override_by_field_name() -> None:
         ("LLM_SERVER_BREAKER_RESET_TIMEOUT_S", "-1"),
         ("LLM_SERVER_DEFAULT_ENGINE", "turbo"),
         ("LLM_SERVER_REQUEST_DEADLINE_S", "soon"),
+        ("LLM_SERVER_TELEMETRY_DETAIL", "verbose"),
     ],
 )
 def test_invalid_values_name_the_variable(

@@ -22,7 +22,8 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "otel_enabled": True,
     "otel_capture_message_content": False,
     "otel_content_max_length": 2000,
-    "otel_llm_attributes": True,
+    "otel_llm_attributes": None,
+    "telemetry_detail": "genai",
 }
 
 

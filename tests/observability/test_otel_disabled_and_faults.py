@@ -67,12 +67,18 @@ async def test_disabled_telemetry_emits_nothing_even_with_an_sdk(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("detail", "spans"), [("genai", 2), ("full", 4)])
 async def test_enabled_telemetry_emits_through_the_same_exercise(
-    telemetry: Telemetry, exporter: InMemorySpanExporter, reader: InMemoryMetricReader
+    make_telemetry: Callable[..., Telemetry],
+    exporter: InMemorySpanExporter,
+    reader: InMemoryMetricReader,
+    detail: str,
+    spans: int,
 ) -> None:
-    # The control for the test above: the same calls do emit when enabled.
-    await exercise(telemetry)
-    assert len(exporter.get_finished_spans()) == 4
+    # The control for the test above: the same calls do emit when enabled (two model-call
+    # spans; the pipeline and step spans at the full detail level only).
+    await exercise(make_telemetry(telemetry_detail=detail))
+    assert len(exporter.get_finished_spans()) == spans
     assert "llm_server.circuit_breaker.state" in metric_points(reader)
 
 
@@ -86,8 +92,9 @@ async def test_disabled_instrumented_backend_forwards_untouched() -> None:
 
 @pytest.mark.anyio
 async def test_pipelines_use_the_process_wide_telemetry(
-    telemetry: Telemetry, exporter: InMemorySpanExporter
+    make_telemetry: Callable[..., Telemetry], exporter: InMemorySpanExporter
 ) -> None:
+    telemetry = make_telemetry(telemetry_detail="full")
     pipeline = Pipeline([CallingStep(FakeBackend())], name="global")
     assert get_telemetry().enabled is False
     await pipeline.execute(text())

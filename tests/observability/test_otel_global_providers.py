@@ -64,6 +64,5 @@ def test_telemetry_made_before_the_sdk_uses_the_global_providers_set_later() -> 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        "['chat gpt-4o-mini'] ['gen_ai.client.operation.duration', "
-        "'llm_server.client.active_calls', 'llm_server.client.cost_usd']"
+        "['chat gpt-4o-mini'] ['gen_ai.client.operation.duration', 'llm_server.client.cost_usd']"
     )

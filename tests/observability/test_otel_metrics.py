@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -147,9 +148,10 @@ async def test_failed_call_duration_carries_error_type(
 
 
 @pytest.mark.anyio
-async def test_pipeline_and_step_durations_by_outcome(
-    telemetry: Telemetry, reader: InMemoryMetricReader
+async def test_pipeline_and_step_durations_by_outcome_at_the_full_detail(
+    make_telemetry: Callable[..., Telemetry], reader: InMemoryMetricReader
 ) -> None:
+    telemetry = make_telemetry(telemetry_detail="full")
     good = Pipeline(
         [CallingStep(telemetry.instrument(FakeBackend(), INFO))], name="qa", telemetry=telemetry
     )
@@ -260,9 +262,46 @@ async def test_every_metric_attribute_is_low_cardinality(
 
 
 @pytest.mark.anyio
-async def test_active_calls_go_up_during_a_call_and_back_down(
-    telemetry: Telemetry, reader: InMemoryMetricReader
+async def test_default_detail_records_the_genai_metrics_and_cost_once_each(
+    telemetry: Telemetry, reader: InMemoryMetricReader, exporter: InMemorySpanExporter
 ) -> None:
+    waited = output(metadata={"lm_calls": 1, "connection_wait_ms": 250.0})
+    backend = telemetry.instrument(FakeBackend(result=waited), INFO)
+    await Pipeline([CallingStep(backend)], name="qa", telemetry=telemetry).execute(text())
+
+    points = metric_points(reader)
+    assert set(points) == {
+        "gen_ai.client.operation.duration",
+        "gen_ai.client.token.usage",
+        "llm_server.client.cost_usd",
+    }
+    assert one(points["gen_ai.client.operation.duration"]).count == 1
+    assert sorted(p.sum for p in points["gen_ai.client.token.usage"]) == [50, 150]
+    assert [s.name for s in exporter.get_finished_spans()] == ["chat gpt-4o-mini"]
+
+
+@pytest.mark.anyio
+async def test_only_the_call_duration_carries_an_exemplar_of_its_trace(
+    telemetry: Telemetry, reader: InMemoryMetricReader, exporter: InMemorySpanExporter
+) -> None:
+    # The SDK's default filter (trace_based) samples an exemplar for a measurement made in a
+    # sampled span: the duration links a slow bucket to its trace; tokens and cost, also on
+    # the span, are recorded without one.
+    await telemetry.instrument(FakeBackend(), INFO).predict("q")
+
+    points = metric_points(reader)
+    (span,) = exporter.get_finished_spans()
+    (exemplar,) = one(points["gen_ai.client.operation.duration"]).exemplars
+    assert exemplar.span_id == span.context.span_id
+    assert [p.exemplars for p in points["gen_ai.client.token.usage"]] == [[], []]
+    assert one(points["llm_server.client.cost_usd"]).exemplars == []
+
+
+@pytest.mark.anyio
+async def test_active_calls_go_up_during_a_call_and_back_down_at_the_full_detail(
+    make_telemetry: Callable[..., Telemetry], reader: InMemoryMetricReader
+) -> None:
+    telemetry = make_telemetry(telemetry_detail="full")
     seen: list[float] = []
 
     def during() -> None:
@@ -277,9 +316,12 @@ async def test_active_calls_go_up_during_a_call_and_back_down(
 
 
 @pytest.mark.anyio
-async def test_a_calls_wait_for_a_connection_is_a_histogram_and_a_span_attribute(
-    telemetry: Telemetry, reader: InMemoryMetricReader, exporter: InMemorySpanExporter
+async def test_a_calls_wait_for_a_connection_is_a_histogram_and_a_span_attribute_at_full(
+    make_telemetry: Callable[..., Telemetry],
+    reader: InMemoryMetricReader,
+    exporter: InMemorySpanExporter,
 ) -> None:
+    telemetry = make_telemetry(telemetry_detail="full")
     waited = output(metadata={"lm_calls": 1, "connection_wait_ms": 250.0})
     await telemetry.instrument(FakeBackend(result=waited), INFO).predict("q")
     await telemetry.instrument(FakeBackend(), INFO).predict("q")  # not measured: not recorded

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from _otel_helpers import CallingStep, FailingStep, FakeBackend, output, span_named, write_pieces
@@ -110,9 +111,17 @@ async def test_usage_unknown_or_cached_sets_no_token_attributes(
 
 
 @pytest.mark.anyio
-async def test_legacy_llm_attributes_are_on_by_default(
-    telemetry: Telemetry, exporter: InMemorySpanExporter
+@pytest.mark.parametrize(
+    "settings",
+    [{"telemetry_detail": "full"}, {"otel_llm_attributes": True}],
+    ids=["full-detail", "asked-for-at-the-default-detail"],
+)
+async def test_legacy_llm_attributes_come_with_the_full_detail_or_on_request(
+    make_telemetry: Callable[..., Telemetry],
+    exporter: InMemorySpanExporter,
+    settings: dict[str, Any],
 ) -> None:
+    telemetry = make_telemetry(**settings)
     await telemetry.instrument(FakeBackend(), INFO).predict("hi")
 
     attributes = exporter.get_finished_spans()[0].attributes or {}
@@ -124,10 +133,17 @@ async def test_legacy_llm_attributes_are_on_by_default(
 
 
 @pytest.mark.anyio
-async def test_legacy_llm_attributes_can_be_turned_off(
-    make_telemetry: Callable[..., Telemetry], exporter: InMemorySpanExporter
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"telemetry_detail": "full", "otel_llm_attributes": False}],
+    ids=["default-detail", "turned-off-at-full-detail"],
+)
+async def test_legacy_llm_attributes_are_left_out_by_default_or_on_request(
+    make_telemetry: Callable[..., Telemetry],
+    exporter: InMemorySpanExporter,
+    settings: dict[str, Any],
 ) -> None:
-    telemetry = make_telemetry(otel_llm_attributes=False)
+    telemetry = make_telemetry(**settings)
     await telemetry.instrument(FakeBackend(), INFO).predict("hi")
 
     attributes = exporter.get_finished_spans()[0].attributes or {}
@@ -188,9 +204,10 @@ async def test_cancelled_call_ends_its_span_and_stays_cancelled(
 
 
 @pytest.mark.anyio
-async def test_pipeline_step_and_model_spans_nest(
-    telemetry: Telemetry, exporter: InMemorySpanExporter
+async def test_pipeline_step_and_model_spans_nest_at_the_full_detail(
+    make_telemetry: Callable[..., Telemetry], exporter: InMemorySpanExporter
 ) -> None:
+    telemetry = make_telemetry(telemetry_detail="full")
     backend = telemetry.instrument(FakeBackend(), INFO)
     pipeline = Pipeline([CallingStep(backend)], name="qa", telemetry=telemetry)
     await pipeline.execute(text())
@@ -210,9 +227,29 @@ async def test_pipeline_step_and_model_spans_nest(
 
 
 @pytest.mark.anyio
-async def test_failing_step_marks_step_and_pipeline_spans_and_keeps_step_error(
+async def test_at_the_default_detail_a_pipeline_records_only_its_model_call_span(
     telemetry: Telemetry, exporter: InMemorySpanExporter
 ) -> None:
+    backend = telemetry.instrument(FakeBackend(), INFO)
+    await Pipeline([CallingStep(backend)], name="qa", telemetry=telemetry).execute(text())
+    with pytest.raises(StepError, match="bad row"):
+        await Pipeline(
+            [FailingStep(ValueError("bad row"))], name="etl", telemetry=telemetry
+        ).execute(text())
+
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["chat gpt-4o-mini"]
+    attributes = spans[0].attributes or {}
+    assert attributes[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
+    assert attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == 150
+    assert "llm_server.connection_wait_s" not in attributes
+
+
+@pytest.mark.anyio
+async def test_failing_step_marks_step_and_pipeline_spans_and_keeps_step_error(
+    make_telemetry: Callable[..., Telemetry], exporter: InMemorySpanExporter
+) -> None:
+    telemetry = make_telemetry(telemetry_detail="full")
     pipeline = Pipeline([FailingStep(ValueError("bad row"))], name="etl", telemetry=telemetry)
 
     with pytest.raises(StepError, match="bad row") as caught:
@@ -383,9 +420,16 @@ class _Breaker:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("detail", "child"), [("genai", "chat gpt-4o-mini"), ("full", "pipeline qa")]
+)
 async def test_request_span_gives_the_whole_request_one_trace(
-    telemetry: Telemetry, exporter: InMemorySpanExporter
+    make_telemetry: Callable[..., Telemetry],
+    exporter: InMemorySpanExporter,
+    detail: str,
+    child: str,
 ) -> None:
+    telemetry = make_telemetry(telemetry_detail=detail)
     backend = telemetry.instrument(FakeBackend(), INFO)
     pipeline = Pipeline([CallingStep(backend)], name="qa", telemetry=telemetry)
 
@@ -397,15 +441,18 @@ async def test_request_span_gives_the_whole_request_one_trace(
     request = span_named(spans, "POST /predict")
     assert request.kind is SpanKind.SERVER
     assert (request.attributes or {})["http.route"] == "/predict"
-    parent = span_named(spans, "pipeline qa").parent
+    parent = span_named(spans, child).parent
     assert parent is not None
     assert parent.span_id == request.context.span_id
     assert {format(s.context.trace_id, "032x") for s in spans} == {envelope_trace_id}
 
 
 def test_under_a_host_span_the_request_span_is_the_hosts(
-    telemetry: Telemetry, exporter: InMemorySpanExporter, tracer_provider: TracerProvider
+    make_telemetry: Callable[..., Telemetry],
+    exporter: InMemorySpanExporter,
+    tracer_provider: TracerProvider,
 ) -> None:
+    telemetry = make_telemetry(telemetry_detail="full")
     host_tracer = tracer_provider.get_tracer("host")
     with (
         host_tracer.start_as_current_span("GET /") as host,

@@ -17,11 +17,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry._redaction import redact
 
-__all__ = ["Engine", "FrameworkSettings"]
+__all__ = ["Engine", "FrameworkSettings", "TelemetryDetail"]
 
 Engine = Literal["auto", "litellm"]
 """Which client calls a model: ``"auto"`` (DSPy's own where it supports the provider, else
 LiteLLM) or ``"litellm"`` (always LiteLLM)."""
+TelemetryDetail = Literal["genai", "full"]
+"""How much telemetry the library records: ``genai`` (the default: the GenAI conventions'
+model-call span and metrics plus the library's cost, error and refusal signals) or ``full``
+(also pipeline and step spans and durations, the legacy ``llm.*`` span attributes and per-call
+extras: model calls in flight, the wait for a connection)."""
 
 
 class FrameworkSettings(BaseSettings):
@@ -66,10 +71,17 @@ class FrameworkSettings(BaseSettings):
         default=2000, gt=0, validation_alias=AliasChoices("LLM_SERVER_OTEL_CONTENT_MAX_LENGTH")
     )
     """Characters of captured content kept per attribute."""
-    otel_llm_attributes: bool = Field(
-        default=True, validation_alias=AliasChoices("LLM_SERVER_OTEL_LLM_ATTRIBUTES")
+    telemetry_detail: TelemetryDetail = Field(
+        default="genai", validation_alias=AliasChoices("LLM_SERVER_TELEMETRY_DETAIL")
     )
-    """Also set the legacy ``llm.*`` span attributes next to the ``gen_ai.*`` ones."""
+    """``genai`` records what the GenAI conventions' dashboards and alerts need, each signal
+    once; ``full`` adds pipeline and step spans and durations, the legacy ``llm.*`` attributes,
+    the in-flight calls counter and the connection-wait histogram (see :data:`TelemetryDetail`)."""
+    otel_llm_attributes: bool | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_OTEL_LLM_ATTRIBUTES")
+    )
+    """Also set the legacy ``llm.*`` span attributes next to the ``gen_ai.*`` ones (unset: only
+    at ``telemetry_detail="full"``)."""
 
     # --- model layer ---
     llm_programs_dir: Path = Field(
@@ -181,6 +193,11 @@ class FrameworkSettings(BaseSettings):
     """A secret of at least 16 characters: each program version saved to PostgreSQL carries
     an HMAC-SHA256 of its content, and versions without a valid one are refused at load, so
     an edit in the database that also rewrites the hashes is caught. Never shown."""
+    capture_path: Path | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_CAPTURE_PATH")
+    )
+    """SQLite file of captured traffic and feedback when ``LLM_SERVER_PROGRAM_STORE`` is unset
+    (default: ``traffic.sqlite3`` in ``LLM_PROGRAMS_DIR``); used only by programs that capture."""
 
     # --- a fleet (Redis) ---
     redis_url: SecretStr | None = Field(

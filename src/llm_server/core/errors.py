@@ -22,6 +22,7 @@ HTTP status a host app should answer with (``http_status``)::
     ├── ModelNotFoundError                  404 model_not_found
     ├── ProgramError                        500 program_error
     │   ├── ProgramNotFoundError            404 program_not_found
+    │   ├── ExecutionNotFoundError          404 execution_not_found
     │   ├── ProgramAlreadyRegisteredError   409 program_conflict
     │   └── StorageError                    500 storage_error
     │       ├── InvalidIdentifierError      400 invalid_identifier
@@ -71,6 +72,7 @@ __all__ = [
     "DataValidationError",
     "DeadlineExceededError",
     "EmptyOutputError",
+    "ExecutionNotFoundError",
     "InputError",
     "InvalidIdentifierError",
     "LLMServerError",
@@ -241,6 +243,13 @@ class ProgramNotFoundError(ProgramError):
     """An unknown program id or version was asked for."""
 
     error_type = "program_not_found"
+    http_status = 404
+
+
+class ExecutionNotFoundError(ProgramError):
+    """Feedback named an execution id that is unknown, of another program, or past retention."""
+
+    error_type = "execution_not_found"
     http_status = 404
 
 

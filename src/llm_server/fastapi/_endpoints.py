@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import types
 import typing
@@ -23,7 +24,7 @@ from llm_server.core.metadata import MetadataCollector
 from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.pipeline import Pipeline
 from llm_server.core.streaming import stream_events
-from llm_server.core.telemetry._logging import log_context
+from llm_server.core.telemetry._logging import current_execution_id, log_context
 from llm_server.core.types import MediaType, PipelineData
 from llm_server.fastapi._gate import gate_for, guarded_route
 from llm_server.fastapi._schemas import ErrorEnvelope
@@ -244,6 +245,48 @@ def envelope(
     return {"success": True, "data": result.content, "metadata": metadata}
 
 
+def record_served(
+    pm: Any, program_id: str, inputs: Mapping[str, Any], response: Mapping[str, Any]
+) -> None:
+    """Hand a served request to the program's traffic capture, if it captures (never raises)."""
+    traffic = getattr(pm, "traffic", None)
+    if traffic is None:
+        return
+    try:
+        traffic.served(program_id, inputs, response)
+    except Exception:  # capture never breaks a request
+        logging.getLogger("llm_server.traffic").warning("capture failed", exc_info=True)
+
+
+def record_failed(
+    pm: Any,
+    program_id: str,
+    route: _Route,
+    *,
+    model_id: str,
+    inputs: Mapping[str, Any],
+    error: Exception,
+    metrics: PerformanceMetrics,
+) -> None:
+    """Hand a failed request to the program's traffic capture, if it captures (never raises)."""
+    traffic = getattr(pm, "traffic", None)
+    execution_id = current_execution_id()
+    if traffic is None or execution_id is None:  # without the middleware no id reaches a client
+        return
+    try:
+        traffic.failed(
+            program_id,
+            execution_id=execution_id,
+            version=str(getattr(route.program_metadata, "version", "")),
+            model_id=model_id,
+            inputs=inputs,
+            error=error,
+            latency_ms=metrics.elapsed_ms(),
+        )
+    except Exception:  # capture never breaks a request
+        logging.getLogger("llm_server.traffic").warning("capture failed", exc_info=True)
+
+
 def add_program_endpoint(
     app: FastAPI | APIRouter,
     program_id: str,
@@ -323,15 +366,31 @@ def add_program_endpoint(
         pm, model_id, route, data = prepared(request, body)
         metrics = PerformanceMetrics()
         with log_context(program_id=program_id, model_id=model_id):
-            result = await _billed(route.pipeline.execute(data), metrics)
-        return envelope(pm, model_id, route, metrics, result)
+            try:
+                result = await _billed(route.pipeline.execute(data), metrics)
+            except Exception as exc:
+                record_failed(
+                    pm,
+                    program_id,
+                    route,
+                    model_id=model_id,
+                    inputs=data.content,
+                    error=exc,
+                    metrics=metrics,
+                )
+                raise
+        response = envelope(pm, model_id, route, metrics, result)
+        record_served(pm, program_id, data.content, response)
+        return response
 
     async def stream_endpoint(request: Request, body: Any) -> Response:
         pm, model_id, route, data = prepared(request, body)
         metrics = PerformanceMetrics()
 
         def done(result: PipelineData) -> dict[str, Any]:
-            return envelope(pm, model_id, route, metrics, result)
+            response = envelope(pm, model_id, route, metrics, result)
+            record_served(pm, program_id, data.content, response)
+            return response
 
         with log_context(program_id=program_id, model_id=model_id):
             events = stream_events(lambda: _billed(route.pipeline.execute(data), metrics))

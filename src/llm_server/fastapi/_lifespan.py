@@ -130,6 +130,9 @@ def llm_server_lifespan(
                     await watcher
         finally:
             app.state.llm_server_ready = False
+            traffic = getattr(getattr(app.state, "program_manager", None), "traffic", None)
+            if traffic is not None:  # write the captures still queued, stop the writer
+                await traffic.aclose()
             await model_manager.aclose()
             if owned_storage is not None:
                 await asyncio.to_thread(owned_storage.close)

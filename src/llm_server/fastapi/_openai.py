@@ -34,7 +34,7 @@ from llm_server.core.streaming import Finished, TextDelta, stream_events
 from llm_server.core.telemetry._logging import current_execution_id, log_context
 from llm_server.core.telemetry._redaction import redact
 from llm_server.core.types import MediaType, PipelineData
-from llm_server.fastapi._endpoints import envelope
+from llm_server.fastapi._endpoints import envelope, record_served
 from llm_server.fastapi._errors import _retry_after, log_unexpected
 from llm_server.fastapi._gate import body_limit, read_body, too_large
 from llm_server.fastapi._served import ServedProgram, served_programs
@@ -509,6 +509,7 @@ async def _stream(call: _Call) -> Response:
             exc = _translated(event.result.error)
             return [_chunk(_error_body(exc.status, exc.message, code=exc.code, param=exc.param))]
         env = envelope(call.manager, model_id, route, metrics, event.result)
+        record_served(call.manager, program.program_id, data.content, env)
         out: list[bytes] = []
         if not state["streamed"]:  # several outputs, or nothing streamed (a cache hit)
             out.append(chunk({"content": _answer(program, env["data"])}))

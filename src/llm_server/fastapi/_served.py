@@ -23,6 +23,8 @@ from llm_server.fastapi._endpoints import (
     _Route,
     _signature_of,
     envelope,
+    record_failed,
+    record_served,
     signature_models,
 )
 
@@ -65,8 +67,22 @@ class ServedProgram:
         )
         metrics = PerformanceMetrics()
         with log_context(program_id=self.program_id, model_id=model_id):
-            result = await route.pipeline.execute(data)
-        return envelope(manager, model_id, route, metrics, result)
+            try:
+                result = await route.pipeline.execute(data)
+            except Exception as exc:
+                record_failed(
+                    manager,
+                    self.program_id,
+                    route,
+                    model_id=model_id,
+                    inputs=data.content,
+                    error=exc,
+                    metrics=metrics,
+                )
+                raise
+        response = envelope(manager, model_id, route, metrics, result)
+        record_served(manager, self.program_id, data.content, response)
+        return response
 
 
 def served_programs(

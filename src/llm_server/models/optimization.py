@@ -150,6 +150,10 @@ def optimize_program(
         "cost_usd": cost,
         "duration_s": round(duration, 3),
     }
+    for name, examples in (("trainset", trainset), ("devset", devset)):
+        source = getattr(examples, "provenance", None)  # a TrafficDataset: its query, fingerprint
+        if isinstance(source, Mapping):
+            evaluation[f"{name}_source"] = dict(source)
     saved = programs.save_program_version(
         program_id,
         optimized,

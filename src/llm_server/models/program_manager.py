@@ -105,6 +105,8 @@ class ProgramManager:
             their own limiter, so slow disks never starve the event loop's default executor
             that DSPy's async calls rely on.
         clock: Returns the current time (UTC) for ``created_at``; injectable for tests.
+        traffic: A :class:`~llm_server.traffic.TrafficRecorder` for the programs that capture
+            their traffic (default: created on the first ``register_program(capture=...)``).
     """
 
     def __init__(
@@ -114,7 +116,10 @@ class ProgramManager:
         storage_adapter: StorageAdapter,
         max_io_threads: int = 4,
         clock: Callable[[], datetime] | None = None,
+        traffic: Any = None,
     ) -> None:
+        self.traffic: Any = traffic
+        """The :class:`~llm_server.traffic.TrafficRecorder` of capturing programs, or ``None``."""
         self._model_manager = model_manager
         self._storage = storage_adapter
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -155,6 +160,7 @@ class ProgramManager:
         program_id: str | None = None,
         adapter: Literal["chat", "json", "xml"] | None = None,
         parse_policy: ParsePolicy | None = None,
+        capture: Any = None,
     ) -> ProgramMetadata:
         """Register a ``dspy.Signature`` (run as ``dspy.Predict``) or ``dspy.Module`` subclass.
 
@@ -173,6 +179,9 @@ class ProgramManager:
             parse_policy: What to do with this program's answers that cannot be parsed, on
                 every model (re-asks, JSON fallback, a larger ``max_tokens`` after a cut
                 answer); ``None``: the model's ``parse_policy:``, else ask nothing more.
+            capture: :class:`~llm_server.traffic.CaptureOptions`: capture this program's
+                traffic (sample rate, retention, redaction, online evaluation); see
+                :func:`~llm_server.traffic.enable_capture`.
 
         Returns:
             The metadata of the served version.
@@ -219,6 +228,10 @@ class ProgramManager:
         self._verify(base, stored)
         entry = replace(base, metadata=metadata_for(base.metadata, stored))
         self.registry.add(pid, entry)
+        if capture is not None:
+            from llm_server.traffic import enable_capture  # imported only by capturing hosts
+
+            enable_capture(self, pid, capture)
         return entry.metadata
 
     # --- loading ---------------------------------------------------------------------------

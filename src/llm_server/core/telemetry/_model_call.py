@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from llm_server.core.telemetry import _names as n
 from llm_server.core.telemetry._redaction import redact
 from llm_server.core.telemetry._signals import (
     INVALID_SPAN,
+    NO_EXEMPLAR,
     OtelSignals,
     end_span,
     guarded,
@@ -133,10 +135,29 @@ class ModelCall:
     started: float
 
 
-class ModelCallRecorder:
-    """Opens, annotates and closes the span of each model call, and records its metrics."""
+@dataclass(frozen=True, slots=True)
+class _ResponseAttrs:
+    """The metric attribute sets of the calls answered by one response model, built once."""
 
-    __slots__ = ("_metric_attrs", "_name", "_signals", "_start_attrs")
+    duration: Mapping[str, Any]
+    input_tokens: Mapping[str, Any]
+    output_tokens: Mapping[str, Any]
+
+
+# Distinct response models remembered per backend; past it (a provider naming each answer
+# differently) the sets are built per call rather than growing without bound.
+_MAX_RESPONSE_MODELS = 32
+
+
+class ModelCallRecorder:
+    """Opens, annotates and closes the span of each model call, and records its metrics.
+
+    Everything fixed per backend is built once, here: the span name, the start attributes
+    and the metric attribute sets (frozen, per response model), so that a call only adds what
+    its response tells.
+    """
+
+    __slots__ = ("_by_response_model", "_metric_attrs", "_name", "_signals", "_start_attrs")
 
     def __init__(self, signals: OtelSignals, info: ModelCallInfo, model_id: str) -> None:
         self._signals = signals
@@ -153,7 +174,8 @@ class ModelCallRecorder:
         common[n.MODEL_ID] = model_id
         if info.program_id is not None:
             common[n.PROGRAM_ID] = info.program_id
-        self._metric_attrs: Mapping[str, Any] = dict(common)
+        self._metric_attrs: Mapping[str, Any] = MappingProxyType(dict(common))
+        self._by_response_model: dict[str | None, _ResponseAttrs] = {}
         start = dict(common)
         if info.max_tokens is not None:
             start[n.GEN_AI_REQUEST_MAX_TOKENS] = info.max_tokens
@@ -167,7 +189,7 @@ class ModelCallRecorder:
                 start[n.LLM_REQUEST_MAX_TOKENS] = info.max_tokens
             if info.temperature is not None:
                 start[n.LLM_REQUEST_TEMPERATURE] = info.temperature
-        self._start_attrs: Mapping[str, Any] = start
+        self._start_attrs: Mapping[str, Any] = MappingProxyType(start)
 
     def start(self, input: Any) -> ModelCall:
         """Open the call's span and make it current."""
@@ -248,7 +270,7 @@ class ModelCallRecorder:
                     usage.input_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "input"}
                 )
             if output.cost_usd:
-                signals.counters[n.METRIC_COST].add(output.cost_usd, attrs)
+                signals.cost.add(output.cost_usd, attrs)
             signals.counters[n.METRIC_CUT_CALLS].add(1, attrs)
             event: dict[str, Any] = {n.MODEL_ID: output.model_id}
             if usage is not None:
@@ -274,13 +296,13 @@ class ModelCallRecorder:
             attrs[n.ERROR_TYPE] = outcome
             if usage is not None and usage.method not in _UNCOUNTED:
                 signals.token_usage.record(
-                    usage.input_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "input"}
+                    usage.input_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "input"}, NO_EXEMPLAR
                 )
                 signals.token_usage.record(
-                    usage.output_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "output"}
+                    usage.output_tokens, {**attrs, n.GEN_AI_TOKEN_TYPE: "output"}, NO_EXEMPLAR
                 )
             if output.cost_usd:
-                signals.counters[n.METRIC_COST].add(output.cost_usd, dict(self._metric_attrs))
+                signals.cost.add(output.cost_usd, self._metric_attrs, NO_EXEMPLAR)
             if outcome in n.PARSE_FAILURE_KINDS:
                 failure = dict(self._metric_attrs)
                 failure[n.MODEL_ID] = output.model_id
@@ -296,25 +318,38 @@ class ModelCallRecorder:
         signals = self._signals
         usage = output.usage
         counted = usage if usage is not None and usage.method not in _UNCOUNTED else None
-        metric_attrs = dict(self._metric_attrs)
-        if output.response_model:
-            metric_attrs[n.GEN_AI_RESPONSE_MODEL] = output.response_model
+        attrs = self._response_metric_attrs(output.response_model)
         span.set_attributes(self._response_attrs(output, counted))
-        signals.operation_duration.record(elapsed, metric_attrs)
-        waited = output.metadata.get("connection_wait_ms")
-        if isinstance(waited, int | float):
-            signals.connection_wait.record(waited / 1000, self._metric_attrs)
-            span.set_attribute(n.CONNECTION_WAIT_S, waited / 1000)
+        # The duration keeps its exemplar (a slow bucket links to a trace); tokens and cost
+        # are recorded without one: the same call's span already carries both.
+        signals.operation_duration.record(elapsed, attrs.duration)
+        if signals.full:
+            waited = output.metadata.get("connection_wait_ms")
+            if isinstance(waited, int | float):
+                signals.connection_wait.record(waited / 1000, self._metric_attrs)
+                span.set_attribute(n.CONNECTION_WAIT_S, waited / 1000)
         if counted is not None:
-            # Fresh dicts: an SDK may keep a reference to the attributes it was given.
-            signals.token_usage.record(
-                counted.input_tokens, {**metric_attrs, n.GEN_AI_TOKEN_TYPE: "input"}
-            )
-            signals.token_usage.record(
-                counted.output_tokens, {**metric_attrs, n.GEN_AI_TOKEN_TYPE: "output"}
-            )
+            signals.token_usage.record(counted.input_tokens, attrs.input_tokens, NO_EXEMPLAR)
+            signals.token_usage.record(counted.output_tokens, attrs.output_tokens, NO_EXEMPLAR)
         if output.cost_usd:
-            signals.counters[n.METRIC_COST].add(output.cost_usd, self._metric_attrs)
+            signals.cost.add(output.cost_usd, self._metric_attrs, NO_EXEMPLAR)
+
+    def _response_metric_attrs(self, response_model: str | None) -> _ResponseAttrs:
+        """The frozen attribute sets of calls answered by ``response_model`` (built once)."""
+        found = self._by_response_model.get(response_model)
+        if found is not None:
+            return found
+        duration = dict(self._metric_attrs)
+        if response_model:
+            duration[n.GEN_AI_RESPONSE_MODEL] = response_model
+        found = _ResponseAttrs(
+            duration=MappingProxyType(duration),
+            input_tokens=MappingProxyType({**duration, n.GEN_AI_TOKEN_TYPE: "input"}),
+            output_tokens=MappingProxyType({**duration, n.GEN_AI_TOKEN_TYPE: "output"}),
+        )
+        if len(self._by_response_model) < _MAX_RESPONSE_MODELS:
+            self._by_response_model[response_model] = found
+        return found
 
     def _response_attrs(self, output: ModelOutput, counted: TokenUsage | None) -> dict[str, Any]:
         legacy = self._signals.llm_attributes

@@ -32,7 +32,10 @@ class Telemetry:
     """The library's handle on OpenTelemetry, built once at startup from the settings.
 
     Args:
-        settings: ``otel_enabled`` switches everything on or off;
+        settings: ``otel_enabled`` switches everything on or off; ``telemetry_detail``
+            chooses ``genai`` (the GenAI conventions' model-call span and metrics, cost, errors
+            and refusals) or ``full`` (also pipeline and step spans and durations, the legacy
+            ``llm.*`` attributes, calls in flight and the wait for a connection);
             ``otel_capture_message_content``, ``otel_content_max_length`` and
             ``otel_llm_attributes`` shape the model-call spans.
         tracer_provider: Where spans go (default: the global provider).
@@ -57,7 +60,12 @@ class Telemetry:
                 version=__version__,
                 capture_content=settings.otel_capture_message_content,
                 content_max_length=settings.otel_content_max_length,
-                llm_attributes=settings.otel_llm_attributes,
+                llm_attributes=(
+                    settings.otel_llm_attributes
+                    if settings.otel_llm_attributes is not None
+                    else settings.telemetry_detail == "full"
+                ),
+                full=settings.telemetry_detail == "full",
             )
             self._signals = signals
             self._listener = RecordingListener(signals)

@@ -25,6 +25,7 @@ from llm_server.core.telemetry._redaction import redact
 
 __all__ = [
     "INVALID_SPAN",
+    "NO_EXEMPLAR",
     "NoopSignals",
     "OtelSignals",
     "breaker_name",
@@ -37,8 +38,15 @@ __all__ = [
 _log = logging.getLogger("llm_server.telemetry")
 _reported: set[str] = set()
 _NULL_SCOPE: AbstractContextManager[None] = contextlib.nullcontext()
+# What the default detail level holds instead of the per-call extras' instruments.
+_NOOP_HISTOGRAM: metrics.Histogram = metrics.NoOpHistogram("llm_server.disabled")
+_NOOP_UP_DOWN_COUNTER: metrics.UpDownCounter = metrics.NoOpUpDownCounter("llm_server.disabled")
 # A span we can always call methods on when starting the real one failed.
 INVALID_SPAN = trace.INVALID_SPAN
+# Recording a measurement in this context offers no exemplar to the SDK's default
+# (trace-based) exemplar filter: its span is the invalid one. Used where an exemplar would add
+# nothing. (Not an empty Context: the SDK reads an empty, falsy one as "the current context".)
+NO_EXEMPLAR: otel_context.Context = trace.set_span_in_context(INVALID_SPAN, otel_context.Context())
 
 
 def guarded(site: str, exc: BaseException) -> None:
@@ -199,10 +207,14 @@ class OtelSignals:
         capture_content: bool,
         content_max_length: int,
         llm_attributes: bool,
+        full: bool = False,
     ) -> None:
         self.capture_content = capture_content
         self.content_max_length = content_max_length
         self.llm_attributes = llm_attributes
+        # Decided once: at the default detail level the per-call extras are the API's no-op
+        # instruments and pipelines and steps get the null scope, so no hot path tests a flag.
+        self.full = full
         self.tracer = trace.get_tracer("llm_server", version, tracer_provider=tracer_provider)
         meter = metrics.get_meter("llm_server", version, meter_provider=meter_provider)
         self.operation_duration = _histogram(
@@ -219,14 +231,16 @@ class OtelSignals:
             "Number of input and output tokens used.",
             n.TOKEN_USAGE_BUCKETS,
         )
-        self.connection_wait = _histogram(
-            meter,
-            n.METRIC_CONNECTION_WAIT,
-            "s",
-            "Time a model call waited for a free connection of its model's pool "
-            "(max_connections); measured on DSPy's native engine.",
-            n.CONNECTION_WAIT_BUCKETS,
-        )
+        self.connection_wait: metrics.Histogram = _NOOP_HISTOGRAM
+        if full:
+            self.connection_wait = _histogram(
+                meter,
+                n.METRIC_CONNECTION_WAIT,
+                "s",
+                "Time a model call waited for a free connection of its model's pool "
+                "(max_connections); measured on DSPy's native engine.",
+                n.CONNECTION_WAIT_BUCKETS,
+            )
         self.time_to_first_chunk = _histogram(
             meter,
             n.METRIC_TIME_TO_FIRST_CHUNK,
@@ -241,20 +255,23 @@ class OtelSignals:
             "Time between the output chunks of a streamed call, after the first.",
             n.TIME_PER_OUTPUT_CHUNK_BUCKETS,
         )
-        self.pipeline_duration = _histogram(
-            meter,
-            n.METRIC_PIPELINE_DURATION,
-            "s",
-            "Duration of one pipeline execution.",
-            n.PIPELINE_DURATION_BUCKETS,
-        )
-        self.step_duration = _histogram(
-            meter,
-            n.METRIC_STEP_DURATION,
-            "s",
-            "Duration of one pipeline step.",
-            n.PIPELINE_DURATION_BUCKETS,
-        )
+        self.pipeline_duration: metrics.Histogram = _NOOP_HISTOGRAM
+        self.step_duration: metrics.Histogram = _NOOP_HISTOGRAM
+        if full:
+            self.pipeline_duration = _histogram(
+                meter,
+                n.METRIC_PIPELINE_DURATION,
+                "s",
+                "Duration of one pipeline execution.",
+                n.PIPELINE_DURATION_BUCKETS,
+            )
+            self.step_duration = _histogram(
+                meter,
+                n.METRIC_STEP_DURATION,
+                "s",
+                "Duration of one pipeline step.",
+                n.PIPELINE_DURATION_BUCKETS,
+            )
         self.counters: dict[str, metrics.Counter] = {
             n.METRIC_COST: meter.create_counter(
                 n.METRIC_COST, unit="{USD}", description="Cost of model calls in US dollars."
@@ -289,14 +306,17 @@ class OtelSignals:
                 ),
             ),
         }
-        self.active_calls = meter.create_up_down_counter(
-            n.METRIC_ACTIVE_CALLS,
-            unit="{call}",
-            description=(
-                "Model calls in flight, per model: near a model's max_connections, calls "
-                "queue for a connection."
-            ),
-        )
+        self.cost = self.counters[n.METRIC_COST]  # looked up once, used on every call
+        self.active_calls: metrics.UpDownCounter = _NOOP_UP_DOWN_COUNTER
+        if full:
+            self.active_calls = meter.create_up_down_counter(
+                n.METRIC_ACTIVE_CALLS,
+                unit="{call}",
+                description=(
+                    "Model calls in flight, per model: near a model's max_connections, calls "
+                    "queue for a connection."
+                ),
+            )
         self.loop_lag = _histogram(
             meter,
             n.METRIC_LOOP_LAG,
@@ -364,7 +384,10 @@ class OtelSignals:
         return _SpanScope(name, attrs or {}, None, {}, self.tracer, server_if_root=True)
 
     def pipeline_scope(self, pipeline: str) -> AbstractContextManager[None]:
-        """A span and duration measurement for one pipeline execution."""
+        """A span and duration measurement for one pipeline execution (``full`` detail only:
+        the request's server span and the model-call span already time it)."""
+        if not self.full:
+            return _NULL_SCOPE
         return _SpanScope(
             f"pipeline {pipeline}",
             {n.PIPELINE: pipeline},
@@ -374,7 +397,9 @@ class OtelSignals:
         )
 
     def step_scope(self, pipeline: str, step: str, index: int) -> AbstractContextManager[None]:
-        """A child span and duration measurement for one pipeline step."""
+        """A child span and duration measurement for one pipeline step (``full`` detail only)."""
+        if not self.full:
+            return _NULL_SCOPE
         return _SpanScope(
             f"step {step}",
             {n.PIPELINE: pipeline, n.STEP: step, n.STEP_INDEX: index},

@@ -1,0 +1,205 @@
+"""Online evaluation: score a sample of captured requests in the background (private).
+
+A sampled capture is handed from the recorder's writer thread to the event loop that served
+it; one worker task per program scores the captures one at a time, with a metric function
+(in a worker thread) or a DSPy judge program run through the model manager's reliable
+backend (its breaker, rate limit, deadline and price apply) inside ``tenant_scope`` of the
+evaluation's own budget tenant. Scores are stored as feedback of kind ``judge``. Nothing
+here runs on a request's path: a full evaluation queue drops the capture (counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from llm_server.core.errors import ConfigurationError
+from llm_server.core.reliability._budgets import tenant_scope
+from llm_server.traffic._records import CapturedRequest
+
+if TYPE_CHECKING:
+    from llm_server.traffic._capture import TrafficRecorder
+
+__all__ = ["OnlineEvaluation"]
+
+_log = logging.getLogger("llm_server.traffic")
+
+Metric = Callable[[Mapping[str, Any], Mapping[str, Any]], float]
+"""``metric(inputs, outputs) -> score``: the captured request's (redacted) fields."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OnlineEvaluation:
+    """Score a sample of a program's captured requests in the background.
+
+    Give either ``metric`` or ``judge`` (with ``model_id``).
+
+    Attributes:
+        sample_rate: Share of captured (successful) requests scored, 0 to 1.
+        metric: ``metric(inputs, outputs) -> float``, run in a worker thread.
+        judge: A DSPy signature or module class (or module instance) whose input fields are
+            named like the program's inputs and outputs and whose outputs include ``score``
+            (a number) and optionally ``label``.
+        model_id: The configured model the judge runs on.
+        tenant: The budget tenant the judge's model calls are checked against and charged to.
+        queue_size: Captures that may wait to be scored; beyond it they are skipped (counted).
+    """
+
+    sample_rate: float = 1.0
+    metric: Metric | None = None
+    judge: Any = None
+    model_id: str | None = None
+    tenant: str = "llm-server-judge"
+    queue_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ConfigurationError(
+                f"evaluation sample_rate must be between 0 and 1, got {self.sample_rate!r}"
+            )
+        if (self.metric is None) == (self.judge is None):
+            raise ConfigurationError("an online evaluation needs exactly one of metric= or judge=")
+        if self.judge is not None and not self.model_id:
+            raise ConfigurationError("a judge program needs model_id= (the model it runs on)")
+        if self.queue_size < 1:
+            raise ConfigurationError("evaluation queue_size must be at least 1")
+
+
+def _judge_program(judge: Any) -> Any:
+    import dspy
+
+    if isinstance(judge, type) and issubclass(judge, dspy.Signature):
+        return dspy.Predict(judge)
+    if isinstance(judge, type) and issubclass(judge, dspy.Module):
+        return judge()
+    if isinstance(judge, dspy.Module):
+        return judge
+    raise ConfigurationError(
+        f"judge must be a dspy.Signature or dspy.Module, got {type(judge).__name__}"
+    )
+
+
+def _input_names(program: Any) -> tuple[str, ...]:
+    signature = getattr(program, "signature", None)
+    if signature is None:
+        predictors = program.predictors()
+        signature = predictors[0].signature
+    return tuple(signature.input_fields)
+
+
+class _Evaluator:
+    """One program's online evaluation: a bounded queue and one worker task per event loop."""
+
+    def __init__(
+        self,
+        recorder: TrafficRecorder,
+        program_id: str,
+        options: OnlineEvaluation,
+        model_manager: Any,
+    ) -> None:
+        if options.judge is not None and model_manager is None:
+            raise ConfigurationError(
+                f"program {program_id!r}: a judge needs the model manager (enable capture "
+                "through the program manager)"
+            )
+        self._recorder = recorder
+        self._program_id = program_id
+        self._options = options
+        self._model_manager = model_manager
+        self._backend: Any = None
+        self._names: tuple[str, ...] = ()
+        self._queue: asyncio.Queue[CapturedRequest] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self.skipped = 0
+        """Captures not scored: the queue was full, or the judge failed."""
+        self.scored = 0
+        """Captures scored and stored as ``judge`` feedback."""
+
+    def submit(self, loop: asyncio.AbstractEventLoop, capture: CapturedRequest) -> None:
+        """Hand a capture to the loop that served it (from the writer thread)."""
+        try:
+            loop.call_soon_threadsafe(self._enqueue, capture)
+        except RuntimeError:  # the loop closed meanwhile (shutdown)
+            self.skipped += 1
+
+    def _enqueue(self, capture: CapturedRequest) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue(self._options.queue_size)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._work(self._queue))
+        try:
+            self._queue.put_nowait(capture)
+        except asyncio.QueueFull:
+            self.skipped += 1
+
+    async def _work(self, pending: asyncio.Queue[CapturedRequest]) -> None:
+        while True:
+            capture = await pending.get()
+            try:
+                score, label = await self._score(capture)
+                await self._recorder.afeedback(
+                    capture.program_id,
+                    capture.execution_id,
+                    score=score,
+                    label=label,
+                    kind="judge",
+                )
+                self.scored += 1
+            except Exception as exc:
+                self.skipped += 1
+                _log.warning(
+                    "online evaluation of %r skipped one capture: %s",
+                    self._program_id,
+                    type(exc).__name__,
+                    exc_info=True,
+                )
+            finally:
+                pending.task_done()
+
+    async def _score(self, capture: CapturedRequest) -> tuple[float, str | None]:
+        outputs = dict(capture.outputs or {})
+        metric = self._options.metric
+        if metric is not None:
+            inputs = dict(capture.inputs)
+            value = await anyio.to_thread.run_sync(
+                lambda: metric(inputs, outputs), limiter=self._limiter
+            )
+            return float(value), None
+        if self._backend is None:
+            program = _judge_program(self._options.judge)
+            self._names = _input_names(program)
+            self._backend = self._model_manager.reliable_backend(
+                program, str(self._options.model_id)
+            )
+        fields = {**capture.inputs, **outputs}
+        missing = [name for name in self._names if name not in fields]
+        if missing:
+            raise ConfigurationError(
+                f"judge of {self._program_id!r}: no program field named {', '.join(missing)}"
+            )
+        with tenant_scope(self._options.tenant):
+            output = await self._backend.predict({name: fields[name] for name in self._names})
+        prediction = output.content
+        label = getattr(prediction, "label", None)
+        return float(prediction.score), None if label is None else str(label)
+
+    async def drain(self) -> None:
+        """Wait until every queued capture of the running loop is scored."""
+        if self._queue is not None and self._task is not None and not self._task.done():
+            await self._queue.join()
+
+    async def aclose(self) -> None:
+        """Stop the worker task (queued captures are not scored)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await task

@@ -1,0 +1,289 @@
+"""Capture over real HTTP: what is stored is what was served, sampled, redacted, bounded."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from _traffic_helpers import PLANTED_KEY, build_app, uvicorn_thread
+
+from llm_server.core.errors import ExecutionNotFoundError
+from llm_server.testing import LocalProvider, RawReply
+from llm_server.traffic import (
+    CapturedRequest,
+    CaptureOptions,
+    Execution,
+    Feedback,
+    SqliteTrafficStore,
+    TrafficRecorder,
+)
+
+
+def _ask(client: httpx.Client, question: str, tenant: str | None = None) -> dict[str, Any]:
+    headers = {"X-Tenant-ID": tenant} if tenant else {}
+    response = client.post(
+        "/programs/answer",
+        json={"question": question, "email": f"{question}@example.com"},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_captures_match_what_was_served(provider: LocalProvider, tmp_path: Path) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0))
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        served = [_ask(client, f"q{i}", tenant=("acme" if i % 2 else "beta")) for i in range(12)]
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        stored = {c.execution_id: c for c in recorder.store.captures("answer")}
+    assert len(stored) == 12
+    for i, body in enumerate(served):
+        meta = body["metadata"]
+        capture = stored[meta["execution_id"]]
+        assert capture.inputs == {"question": f"q{i}", "email": f"q{i}@example.com"}
+        assert capture.outputs == body["data"]
+        assert capture.version == meta["program"]["version"] == "1.0.0"
+        assert capture.model_id == meta["model"]["id"]
+        assert capture.input_tokens == meta["performance"]["tokens"]["input"] > 0
+        assert capture.output_tokens == meta["performance"]["tokens"]["output"] > 0
+        assert capture.cost_usd == pytest.approx(meta["performance"]["tokens"]["cost_usd"])
+        assert capture.latency_ms is not None
+        assert capture.latency_ms > 0
+        assert capture.tenant == ("acme" if i % 2 else "beta")
+        assert capture.canary is False
+        assert capture.error_type is None
+
+
+def test_a_failed_request_is_captured_with_its_error_type(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0))
+    provider.add_fault("server_error", model="gpt-4o-mini")
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/programs/answer", json={"question": "q", "email": "e"})
+        assert response.status_code >= 500
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        (capture,) = recorder.store.captures("answer")
+    assert capture.execution_id == response.json()["execution_id"]
+    assert capture.error_type == response.json()["error"]["type"]
+    assert capture.outputs is None
+    billed = response.json().get("usage") or {}
+    assert capture.input_tokens == billed.get("input")  # a failure's billed tokens, if any
+
+
+def test_a_rejected_answer_is_captured_with_the_tokens_it_was_billed(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0))
+    provider.script(reply=RawReply("no field markers at all"))
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/programs/answer", json={"question": "q", "email": "e"})
+        assert response.status_code == 502, response.text
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        (capture,) = recorder.store.captures("answer")
+    body = response.json()
+    assert capture.error_type == body["error"]["type"]
+    assert capture.input_tokens == body["usage"]["input"] > 0
+    assert capture.output_tokens == body["usage"]["output"]
+    assert capture.cost_usd == pytest.approx(body["usage"]["cost_usd"])
+
+
+@pytest.mark.anyio
+async def test_a_sample_rate_of_a_tenth_captures_about_a_tenth(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=0.1))
+    requests = 1000
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        limiter = anyio.Semaphore(16)
+
+        async def ask(i: int) -> None:
+            async with limiter:
+                response = await client.post(
+                    "/programs/answer", json={"question": f"q{i}", "email": "e"}
+                )
+                assert response.status_code == 200
+
+        async with anyio.create_task_group() as tg:
+            for i in range(requests):
+                tg.start_soon(ask, i)
+        recorder = app.state.program_manager.traffic
+        assert await recorder.aflush(20)
+        captured = len(recorder.store.captures("answer"))
+        executions = recorder.store._query("SELECT COUNT(*) FROM executions")[0][0]
+    # Binomial(1000, 0.1): sd 9.5; 5 sd either side fails about once in 3.5 million runs.
+    bound = 5 * math.sqrt(requests * 0.1 * 0.9)
+    assert abs(captured - 100) <= bound, captured
+    assert executions == requests  # every request's version stays findable for feedback
+
+
+def test_redaction_hides_named_fields_and_keys_in_storage(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    def no_digits(record: dict[str, Any]) -> dict[str, Any]:
+        question = record["inputs"]["question"]
+        record["inputs"]["question"] = "".join("#" if c.isdigit() else c for c in question)
+        return record
+
+    options = CaptureOptions(redact_fields=frozenset({"email"}), redact=no_digits)
+    app = build_app(provider, tmp_path, options)
+    provider.script(reply="no echo here")  # the echo would copy the inputs into the output
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post(
+            "/programs/answer",
+            json={"question": f"call 5551234 key {PLANTED_KEY}", "email": "ann@secret.example"},
+        )
+        assert response.status_code == 200
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        (capture,) = recorder.store.captures("answer")
+    assert capture.inputs["email"] == "[REDACTED]"
+    assert "5551234" not in capture.inputs["question"]
+    assert PLANTED_KEY not in str(capture.inputs) + str(capture.outputs)
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "programs").glob("traffic.sqlite3*"))
+    assert raw, "the capture file is where the settings say"
+    for secret in (b"ann@secret.example", b"5551234", PLANTED_KEY.encode()):
+        assert secret not in raw
+
+
+def _capture(execution_id: str, tenant: str, served_at: float) -> CapturedRequest:
+    return CapturedRequest(
+        execution_id, "answer", "1.0.0", False, "m", {"question": "q"}, {"answer": "a"},
+        1, 1, None, 1.0, None, tenant, served_at,
+    )  # fmt: skip
+
+
+def test_retention_deletes_old_records_periodically(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    store = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    recorder = TrafficRecorder(store, clock=lambda: now[0], retention_interval_s=0.02)
+    recorder.enable("answer", CaptureOptions(retention_days=1))
+    day = 86400.0
+    store.write(
+        [Execution(f"e{i}", "answer", "1.0.0", "acme", now[0] - i * day / 2) for i in range(4)],
+        [_capture(f"e{i}", "acme", now[0] - i * day / 2) for i in range(4)],
+    )
+    store.add_feedback(
+        Feedback("e3", "answer", "1.0.0", "human", 1.0, None, None, "acme", now[0] - 1.5 * day, 0)
+    )
+    with pytest.raises(ExecutionNotFoundError, match="e3"):  # 1.5 days old: past retention
+        recorder.add_feedback("answer", "e3", score=1.0)
+    deadline = time.monotonic() + 5
+    while len(store.captures("answer")) > 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        assert [c.execution_id for c in store.captures("answer")] == ["e2", "e1", "e0"]
+        assert store.feedback("answer") == []
+        assert store.find_execution("e3") is None
+        now[0] += day  # a day later only e0 (served "now") is within a day... and not e1, e2
+        deadline = time.monotonic() + 5
+        while len(store.captures("answer")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [c.execution_id for c in store.captures("answer")] == ["e0"]
+    finally:
+        recorder.close()
+
+
+def test_forget_deletes_a_tenants_records(provider: LocalProvider, tmp_path: Path) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0))
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        acme = [_ask(client, f"a{i}", tenant="acme") for i in range(3)]
+        _ask(client, "b", tenant="beta")
+        recorder = app.state.program_manager.traffic
+        recorder.add_feedback("answer", acme[0]["metadata"]["execution_id"], score=1)
+        deleted = recorder.forget("acme")
+        remaining = recorder.store.captures("answer")
+        feedback = recorder.store.feedback("answer")
+        found = recorder.store.find_execution(acme[1]["metadata"]["execution_id"])
+    assert deleted == 3 + 3 + 1  # executions, captures, feedback
+    assert [c.tenant for c in remaining] == ["beta"]
+    assert feedback == []
+    assert found is None
+
+
+class _StuckStore(SqliteTrafficStore):
+    """A store whose writes wait until released: the writer thread is stuck in it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+
+    def write(self, executions: Sequence[Execution], captures: Sequence[CapturedRequest]) -> None:
+        self.release.wait(30)
+        super().write(executions, captures)
+
+
+def test_a_full_queue_drops_and_counts_without_slowing_requests(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    store = _StuckStore(tmp_path / "stuck.sqlite3")
+    recorder = TrafficRecorder(store, queue_size=2, batch_size=1)
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0), recorder=recorder)
+    requests = 30
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        started = time.perf_counter()
+        for i in range(requests):
+            _ask(client, f"q{i}")
+        elapsed = time.perf_counter() - started
+        dropped = recorder.dropped
+        store.release.set()
+        assert recorder.flush(10)
+        kept = len(store.captures("answer"))
+    # The writer holds one item in the stuck write, the queue two: every other one is dropped.
+    assert requests - 3 <= dropped <= requests - 2
+    assert kept == requests - dropped
+    assert elapsed < 25  # the stuck store would hold a waiting request for 30 s
+
+
+def test_a_failing_redaction_hook_drops_the_capture_not_the_request(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    def broken(record: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("bug in the host's hook")
+
+    app = build_app(provider, tmp_path, CaptureOptions(redact=broken))
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        execution_id = _ask(client, "q")["metadata"]["execution_id"]
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        captures = recorder.store.captures("answer")
+        execution = recorder.store.find_execution(execution_id)
+    assert captures == []
+    assert recorder.dropped == 1
+    assert execution is not None  # feedback on it still finds its version
+    assert execution.version == "1.0.0"
+
+
+def test_a_canary_flag_in_the_envelope_is_kept(tmp_path: Path) -> None:
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"))
+    recorder.enable("answer", CaptureOptions())
+    for execution_id, canary in (("stable", None), ("canary", True)):
+        program = {"id": "answer", "version": "1.1.0"}
+        if canary is not None:
+            program["canary"] = canary  # what canary releases add to metadata.program
+        envelope = {
+            "data": {"answer": "a"},
+            "metadata": {"program": program, "model": {"id": "m"}, "execution_id": execution_id},
+        }
+        recorder.served("answer", {"question": "q"}, envelope)
+    try:
+        assert recorder.flush(10)
+        flags = {c.execution_id: c.canary for c in recorder.store.captures("answer")}
+    finally:
+        recorder.close()
+    assert flags == {"stable": False, "canary": True}
