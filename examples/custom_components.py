@@ -1,6 +1,6 @@
-"""A custom pipeline step and a custom model backend, as in the reference README.
+"""A custom pipeline step and a custom model backend: the library's two extension points.
 
-Run: ``python examples/custom_components.py`` (no model provider needed).
+Run: ``.venv/bin/python examples/custom_components.py`` (no model provider needed).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from llm_server.core.types import MediaType, PipelineData
 
 
 class TextSummarizerStep(PipelineStep):
-    """The reference README's custom step: truncates long text."""
+    """A custom step: truncates long text."""
 
     def __init__(self, max_length: int = 100):
         self.max_length = max_length
@@ -42,7 +42,7 @@ async def your_model_call(input: Any) -> ModelOutput:
 
 
 class CustomModelBackend(ModelBackend):
-    """The reference README's custom backend."""
+    """A custom backend: answers without calling a model."""
 
     def __init__(self, model_id: str):
         self.model_id = model_id

@@ -1,14 +1,17 @@
 """Serve an example app offline: the local test provider and the app, in one command.
 
-    python examples/serve.py                  # the reference app on http://127.0.0.1:8000
-    python examples/serve.py image_app        # the image app
-    python examples/serve.py prometheus_app   # the app with /metrics
-    python examples/serve.py playground_app   # the playground page: /playground
+    .venv/bin/python examples/serve.py                 # the reference app, http://127.0.0.1:8000
+    .venv/bin/python examples/serve.py image_app       # the image app
+    .venv/bin/python examples/serve.py prometheus_app  # the app with /metrics
+    .venv/bin/python examples/serve.py playground_app  # the playground page: /playground
+
+(from the repository's root; no virtualenv needs to be activated.)
 
 It starts ``llm_server.testing.LocalProvider`` (an OpenAI/Anthropic-compatible server on
 127.0.0.1) and points the example's ``config/model_config.yml`` at it through
 ``LLM_SERVER_PROVIDER_URL``, so no API key and no internet are needed. Pass
-``--provider-url URL`` to use a provider you started yourself (``python -m llm_server.testing``).
+``--provider-url URL`` to use a provider you started yourself
+(``.venv/bin/python -m llm_server.testing``).
 The port is ``--port``, else the ``PORT`` environment variable, else 8000.
 """
 

@@ -6,6 +6,7 @@ import ast
 import importlib
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,3 +156,46 @@ def test_reference_names_import_from_their_path_and_from_the_package(
     for name in names:
         value = getattr(importlib.import_module(module), name)
         assert getattr(llm_server, name) is value, name
+
+
+def _reference_ids(site: Path) -> set[str]:
+    """The anchors of every documented object on the built API reference pages."""
+    ids: set[str] = set()
+    for page in (site / "reference" / "api").rglob("*.html"):
+        ids |= set(re.findall(r'id="(llm_server[\w.]*)"', page.read_text(encoding="utf-8")))
+    return ids
+
+
+@pytest.mark.timeout(300)
+def test_every_public_name_has_an_api_reference_entry(tmp_path: Path) -> None:
+    """Builds the site (strict) in ``tmp_path``; each ``__all__`` name needs its own entry.
+
+    An entry is what mkdocstrings renders for the name in its home module: a ``:::`` directive
+    on an API page reaching it, and a docstring (objects without one are not shown).
+    """
+    # built in tmp_path: the site's configuration and pages copied, the code read in place
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert "paths: [src]" in config
+    config = config.replace("paths: [src]", f"paths: [{ROOT / 'src'}]")
+    (tmp_path / "mkdocs.yml").write_text(config, encoding="utf-8")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copytree(ROOT / "tools", tmp_path / "tools")
+    zensical = Path(sys.executable).parent / "zensical"
+    result = subprocess.run(
+        [str(zensical), "build", "--strict", "--clean", "-f", str(tmp_path / "mkdocs.yml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ids = _reference_ids(tmp_path / "site")
+    missing = [
+        f"{home}.{name}" for name, home in sorted(HOMES.items()) if f"{home}.{name}" not in ids
+    ]
+    assert not missing, (
+        "public names without an API reference entry (add a docstring, or a ::: directive "
+        f"for the module on a page of docs/reference/api/): {missing}"
+    )
+    assert len(HOMES) >= 150  # the check saw the whole public surface

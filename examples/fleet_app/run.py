@@ -1,8 +1,8 @@
 """Start a whole fleet offline: redis-server, the local provider and 4 uvicorn workers.
 
-    python examples/fleet_app/run.py                      # http://127.0.0.1:8000
-    python examples/fleet_app/run.py --workers 2 --port 9000
-    python examples/fleet_app/run.py --redis-url redis://127.0.0.1:6379/0   # your Redis
+    .venv/bin/python examples/fleet_app/run.py                      # http://127.0.0.1:8000
+    .venv/bin/python examples/fleet_app/run.py --workers 2 --port 9000
+    .venv/bin/python examples/fleet_app/run.py --redis-url redis://127.0.0.1:6379/0   # your Redis
 
 Without ``--redis-url`` (or ``LLM_SERVER_REDIS_URL``) it starts a private ``redis-server`` on a
 free port in a temporary folder (Debian: ``apt-get install redis-server``). Ctrl-C stops

@@ -1,6 +1,6 @@
 """An image app: upload an image, a vision model describes it.
 
-Run offline with ``python examples/serve.py image_app``, then::
+Run offline with ``.venv/bin/python examples/serve.py image_app``, then::
 
     curl -F "file=@photo.jpg" http://127.0.0.1:8000/describe
 

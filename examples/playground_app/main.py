@@ -1,6 +1,6 @@
 """The playground: try every program, version and model from the browser.
 
-Run it offline with ``python examples/serve.py playground_app`` and open
+Run it offline with ``.venv/bin/python examples/serve.py playground_app`` and open
 http://127.0.0.1:8000/playground. Keep the page out of production (or behind your auth:
 ``add_playground(app, dependencies=[Depends(your_auth)])``).
 """

@@ -1,6 +1,6 @@
 """Prometheus metrics for the classic example app (its ``POST /predict`` route).
 
-Run offline with ``python examples/serve.py prometheus_app`` (the app turns telemetry on
+Run offline with ``.venv/bin/python examples/serve.py prometheus_app`` (the app turns telemetry on
 itself), send a few requests to ``POST /predict``, then read ``GET /metrics`` (with or without
 the trailing slash): the GenAI client metrics
 (``gen_ai_client_operation_duration_seconds``, ``gen_ai_client_token_usage``), the cost

@@ -1,8 +1,14 @@
 """The shortest way to a served, observable program: the FastAPI integration.
 
-Run offline with ``python examples/serve.py quickstart_app``, then open
-http://127.0.0.1:8000/docs: ``POST /programs/summarize`` takes the signature's fields.
+Run offline from the repository's root with ``.venv/bin/python examples/serve.py
+quickstart_app``, then open http://127.0.0.1:8000/docs: ``POST /programs/summarize`` takes the
+signature's fields. With a real provider: delete ``api_base`` in ``config/model_config.yml``
+beside this file, export the key and serve it from any folder::
+
+    OPENAI_API_KEY=sk-... .venv/bin/uvicorn --app-dir examples/quickstart_app main:app
 """
+
+from pathlib import Path
 
 import dspy
 from fastapi import FastAPI
@@ -26,7 +32,8 @@ class Summarize(dspy.Signature):
 app = FastAPI(
     title="Quickstart",
     lifespan=llm_server_lifespan(
-        programs=[(Summarize, "Summarizer")], config_path="config/model_config.yml"
+        programs=[(Summarize, "Summarizer")],
+        config_path=Path(__file__).resolve().parent / "config" / "model_config.yml",
     ),
 )
 install_error_handlers(app)  # errors become {"success": false, "error": {...}} with 4xx/5xx

@@ -1,6 +1,10 @@
-"""The reference README's "Basic Usage Example", with only its missing imports added.
+"""The library's first "basic usage" example, kept as it was written (imports added).
 
-Run it offline against the local test provider with ``python examples/serve.py``
+The managers are built by hand in the lifespan and every error is a 500 ``{"detail": ...}``;
+``examples/quickstart_app`` is the same service with typed endpoints, error envelopes and
+health routes.
+
+Run it offline against the local test provider with ``.venv/bin/python examples/serve.py``
 (see README.md); ``config/model_config.yml`` beside this file points ``gpt-4o-mini`` there.
 """
 

@@ -1,4 +1,4 @@
-"""The core: the pipeline kernel, the shared vocabulary, and three rooms.
+"""The core: the pipeline kernel, the shared vocabulary, and three subpackages.
 
 ::
 
@@ -15,6 +15,6 @@
     ├── telemetry/                           observers, spans and metrics, JSON logs, redaction
     └── media/                               images, structured data, blocking work
 
-Modules whose name starts with ``_`` are private, in every room. Each public name has one
+Modules whose name starts with ``_`` are private, in every package. Each public name has one
 documented home: the module whose ``__all__`` lists it.
 """

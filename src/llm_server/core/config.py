@@ -20,6 +20,8 @@ from llm_server.core.telemetry._redaction import redact
 __all__ = ["Engine", "FrameworkSettings", "TelemetryDetail"]
 
 Engine = Literal["auto", "litellm"]
+"""Which client calls a model: ``"auto"`` (DSPy's own where it supports the provider, else
+LiteLLM) or ``"litellm"`` (always LiteLLM)."""
 TelemetryDetail = Literal["genai", "full"]
 """How much telemetry the library records: ``genai`` (the default: the GenAI conventions'
 model-call span and metrics plus the library's cost, error and refusal signals) or ``full``

@@ -24,7 +24,7 @@ connections; ``LLM_SERVER_REDIS_URL=redis+sentinel://host:port,.../<service>`` f
 primary that Redis Sentinel names. ``NOPERM``, ``WRONGTYPE`` and ``OOM`` are reported once,
 naming the setting to fix, and keep the process on local state until fixed.
 
-The room holds:
+Its modules (private; the names are public here):
 
 - ``_connection``: :class:`FleetConnection`: timeouts, fallback, the sync and writer threads;
 - ``_clients``: the Redis clients for a URL (Sentinel included) and what an error means;

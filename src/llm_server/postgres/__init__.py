@@ -16,7 +16,7 @@ Why psycopg 3 and not asyncpg: the storage protocol is synchronous (the program 
 in its worker threads, beside the file-system adapter), and psycopg has a synchronous API, a
 pool, and ``LISTEN``/``NOTIFY`` as a generator with a timeout; asyncpg is async only.
 
-The package holds ``_store`` (:class:`PostgresStorageAdapter`: versions and releases),
+Its modules (private): ``_store`` (:class:`PostgresStorageAdapter`: versions and releases),
 ``_watcher`` (the thread that keeps what a process serves equal to what is released),
 ``_schema`` (the tables; DDL only when missing or older), ``_connections`` (timeouts and the
 client's own deadline, so no call blocks on a silent path) and ``_signing`` (the optional

@@ -13,7 +13,7 @@ Names are loaded lazily so importing this package costs nothing until one is use
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # public name -> private module defining it (filled in as the doubles land)
 _EXPORTS: dict[str, str] = {
@@ -54,3 +54,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+# The same names for type checkers and the API reference (import-time loading is lazy, above).
+if TYPE_CHECKING:
+    from llm_server.testing._backends import ScriptedBackend as ScriptedBackend
+    from llm_server.testing._backends import ScriptExhaustedError as ScriptExhaustedError
+    from llm_server.testing._clock import FakeClock as FakeClock
+    from llm_server.testing._config import StaticConfigProvider as StaticConfigProvider
+    from llm_server.testing._provider import FaultKind as FaultKind
+    from llm_server.testing._provider import FaultRule as FaultRule
+    from llm_server.testing._provider import LocalProvider as LocalProvider
+    from llm_server.testing._provider import RawReply as RawReply
+    from llm_server.testing._provider import RecordedRequest as RecordedRequest
+    from llm_server.testing._provider import Reply as Reply

@@ -10,7 +10,7 @@
     Pillow and file I/O ──> run_blocking: anyio worker threads behind the library's own
         limiter, never the loop's default executor that DSPy's calls hop through
 
-The room holds (modules are private; the step classes are public at
+Its modules (private; the step classes are public at
 :mod:`llm_server.core.implementations`, the rest here):
 
 - ``_images``, ``_image_input``, ``_image_ops``: the image step, safe opening, the transform;

@@ -2,7 +2,7 @@
 
 Why a limiter of our own: DSPy's async calls hop through ``asyncio.to_thread`` several times
 per call, i.e. through the loop's *default executor*. Blocking work that fills that executor
-stalls every model call (FACTS.md measured 8 ms becoming 1012 ms). :func:`run_blocking`
+stalls every model call (measured: 8 ms became 1012 ms). :func:`run_blocking`
 therefore runs work in anyio's worker threads, bounded by a :class:`anyio.CapacityLimiter`
 that belongs to the framework (one per event loop), never by the default executor.
 

@@ -20,7 +20,7 @@ everything, sleeps included: the retry loop reads it (:func:`current_deadline`) 
 start an attempt that could not finish in time. Retries, fallbacks and breaker refusals are
 reported to the request's observers (:class:`~llm_server.core.telemetry.RequestObserver`).
 
-The room holds (modules are private; the names are public here or at
+Its modules (private; the names are public here or at
 :mod:`llm_server.core.circuit_breaker`):
 
 - ``_wrapper``: :class:`BackendWrapper`, the base of every layer;

@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 Period = Literal["day", "month"]
+"""The period a budget limit counts over: a UTC calendar day or month."""
 PERIODS: tuple[Period, ...] = ("day", "month")
 ANY_TENANT = "*"
 """The budget key that applies to every tenant without a budget of its own."""

@@ -14,7 +14,7 @@
     log records ──> RedactingFilter ──> JsonFormatter (with log_context ids)
     spans/metrics ──> opentelemetry-api only (the host app configures an SDK, or nothing)
 
-The room holds (modules are private; the names are public here or at
+Its modules (private; the names are public here or at
 :mod:`llm_server.core.opentelemetry_integration`):
 
 - ``_observation``: :class:`RequestObserver`, the one observer protocol, and its contextvar;
