@@ -301,3 +301,39 @@ def uvicorn_thread(app: FastAPI) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+async def test_a_deep_body_in_another_json_encoding_is_refused_too(
+    make_app: MakeApp, provider: LocalProvider, encoding: str
+) -> None:
+    # Python's json reads UTF-16 and UTF-32 bodies too; there a backslash is not next to the
+    # quote it escapes, so an escaped quote must not be taken for the end of a string.
+    deep = "[" * 100_000 + "]" * 100_000
+    text = '{"text": "\\"", "labels": ' + deep + ', "note": "\\""}'
+    async with serving(make_app(), raise_app_exceptions=False) as client:
+        refused = await client.post(
+            "/programs/summarize",
+            content=text.encode(encoding),
+            headers={"content-type": "application/json"},
+        )
+        served = await client.post("/programs/summarize", json={"text": "still here"})
+
+    assert refused.status_code == 400, refused.text  # was 500: json's RecursionError
+    assert "LLM_SERVER_MAX_JSON_DEPTH" in refused.json()["error"]["message"]
+    assert served.status_code == 200
+
+
+async def test_a_shallow_body_with_many_brackets_and_escapes_in_its_strings_is_served(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    text = '[{"a\\": "\\"' * 100 + "x \\ \\\\ } ] end"
+    body = json.dumps({"text": text}).encode()
+    assert body.count(b"[") + body.count(b"{") > 64  # past the count: the scan decides
+    async with serving(make_app(), raise_app_exceptions=False) as client:
+        response = await client.post(
+            "/programs/summarize", content=body, headers={"content-type": "application/json"}
+        )
+
+    assert response.status_code == 200, response.text
+    assert text in provider.requests[-1].messages[-1]["content"]

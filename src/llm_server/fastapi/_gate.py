@@ -195,13 +195,22 @@ def too_deep(body: bytes, limit: int) -> InputError | None:
 
     Checked on the bytes, before any parser recurses into them (Python's ``json`` raises
     ``RecursionError`` on a 100,000-deep array), in linear time: a body with no more than
-    ``limit`` opening brackets cannot be too deep and is not scanned; otherwise escapes are
-    dropped, strings cut out (between unescaped quotes), and ``limit`` rounds each remove the
-    innermost empty pairs of what is left: anything left over nests deeper than ``limit`` (or
-    its brackets do not match, which is no JSON either).
+    ``limit`` opening brackets cannot be too deep and is not scanned; otherwise (a UTF-16 or
+    UTF-32 body, which ``json`` reads too, re-encoded as UTF-8 first) escapes are dropped,
+    strings cut out (between unescaped quotes), and ``limit`` rounds each remove the innermost
+    empty pairs of what is left: anything left over nests deeper than ``limit`` (or its
+    brackets do not match, which is no JSON either).
     """
     if body.count(b"[") + body.count(b"{") <= limit:
         return None
+    encoding = json.detect_encoding(body)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        # json reads UTF-16 and UTF-32 bodies too, where a backslash is not next to the
+        # quote it escapes: scan the text json will read, as UTF-8.
+        try:
+            body = body.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
+        except UnicodeError:
+            return None  # json cannot decode it either: refused as malformed, unparsed
     # Backslash pairs first (left to right pairs them as JSON does), then escaped quotes:
     # every quote left opens or closes a string.
     unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
