@@ -272,9 +272,14 @@ class DSPyBackend:
             if retry is None:
                 # Raised here, outside an except block, so the original is not chained as
                 # __context__; its redacted summary is the cause (see core.errors).
-                if logger.isEnabledFor(logging.DEBUG):
+                cause = RedactedCause(original)
+                if isinstance(error, OutputParseError) and not self._show_answers:
+                    # DSPy's message quotes the model's answer: kept only with content capture
+                    # (a span's exception event and a printed traceback show the cause).
+                    cause.args = (f"{cause.type_name}: the model's answer was not parsed",)
+                elif logger.isEnabledFor(logging.DEBUG):
                     logger.debug("%s", redact("".join(traceback.format_exception(original))))
-                raise error from RedactedCause(original)
+                raise error from cause
             logger.warning(
                 "model %r: asking again (%s) after a rejected answer: %s",
                 self.model_id,
