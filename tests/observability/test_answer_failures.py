@@ -27,10 +27,12 @@ from llm_server.core.errors import (
     ModelRefusedError,
     OutputParseError,
     OutputTruncatedError,
+    StreamInterruptedError,
 )
 from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.model_config import ParsePolicy
 from llm_server.core.opentelemetry_integration import Telemetry
+from llm_server.core.streaming import stream_events
 from llm_server.defaults import FileSystemStorageAdapter
 from llm_server.models.manager import ModelManager
 from llm_server.models.program_manager import ProgramManager
@@ -396,3 +398,23 @@ async def test_without_content_capture_the_raw_answer_is_in_no_span_log_or_trace
         for event in span.events:
             seen.extend(map(str, (event.attributes or {}).values()))
         assert not [text for text in seen if SECRET_ANSWER in text], span.name
+
+
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_stream_broken_by_a_cut_answer_quotes_it_nowhere_without_content_capture(
+    make_manager: Callable[..., ModelManager],
+    provider: LocalProvider,
+    exporter: InMemorySpanExporter,
+    engine: str,
+) -> None:
+    provider.script(reply=KINDS["truncated"][0])  # its first piece is out before the cut
+    backend = make_manager(engine, "chat").reliable_backend(dspy.Predict(PROGRAM), "m")
+
+    with pytest.raises(StreamInterruptedError) as caught:
+        [_ async for _ in stream_events(lambda: backend.predict({"question": "q"}))]
+
+    assert SECRET_ANSWER not in "".join(traceback.format_exception(caught.value))
+    for span in exporter.get_finished_spans():
+        for event in span.events:
+            assert SECRET_ANSWER not in str(dict(event.attributes or {})), span.name

@@ -273,7 +273,7 @@ class DSPyBackend:
                 # Raised here, outside an except block, so the original is not chained as
                 # __context__; its redacted summary is the cause (see core.errors).
                 cause = RedactedCause(original)
-                if isinstance(error, OutputParseError) and not self._show_answers:
+                if is_parse_failure(original) and not self._show_answers:
                     # DSPy's message quotes the model's answer: kept only with content capture
                     # (a span's exception event and a printed traceback show the cause).
                     cause.args = (f"{cause.type_name}: the model's answer was not parsed",)
