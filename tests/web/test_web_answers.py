@@ -3,6 +3,7 @@ JSON log lines with the execution id, streams, and bodies nested too deep refuse
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -18,14 +19,16 @@ import dspy
 import pytest
 import uvicorn
 from _web_helpers import MakeApp, make_settings, serving
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from llm_server.core.budgets import Budget
 from llm_server.core.telemetry import configure_json_logging
 from llm_server.fastapi import (
     RequestContextMiddleware,
     add_program_endpoint,
     install_error_handlers,
     llm_server_lifespan,
+    tenant_header,
 )
 from llm_server.testing import LocalProvider, RawReply, StaticConfigProvider
 
@@ -70,7 +73,7 @@ KINDS: dict[str, tuple[RawReply, int, str]] = {
 
 @pytest.fixture
 def app_for(provider: LocalProvider, tmp_path: Path) -> Any:
-    def build(engine: str = "auto", **model: Any) -> FastAPI:
+    def build(engine: str = "auto", deadline_s: float = 30.0, **model: Any) -> FastAPI:
         models = {
             "m": {
                 "model_name": "openai/gpt-4o-mini",
@@ -81,11 +84,12 @@ def app_for(provider: LocalProvider, tmp_path: Path) -> Any:
             }
         }
         app = FastAPI(
+            dependencies=[Depends(tenant_header())],  # budgets apply to X-Tenant-ID's tenant
             lifespan=llm_server_lifespan(
                 programs=[Rate],
-                settings=make_settings(tmp_path),
+                settings=make_settings(tmp_path, request_deadline_s=deadline_s),
                 config_provider=StaticConfigProvider(models),
-            )
+            ),
         )
         install_error_handlers(app)
         app.add_middleware(RequestContextMiddleware)
@@ -206,6 +210,48 @@ async def test_an_answer_after_a_parse_reask_reports_both_attempts(
     tokens = performance["tokens"]
     assert (tokens["input"], tokens["output"]) == billed(provider)
     assert len(provider.requests) == 2
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+async def test_a_reask_cut_by_the_deadline_is_charged_to_the_budget_as_the_envelope_reports_it(
+    app_for: Any, provider: LocalProvider, engine: str
+) -> None:
+    asked: dict[str, int] = {}
+
+    async def reply(request: Any) -> Any:
+        text = request.messages[-1]["content"]
+        asked[text] = asked.get(text, 0) + 1
+        if asked[text] == 1:
+            return KINDS["missing_field"][0]
+        await asyncio.sleep(1.5)  # the re-ask is still in flight at the deadline
+        return {"confidence": 0.5}
+
+    provider.script(reply=reply)
+    app = app_for(engine, deadline_s=1.0, parse_policy={"reasks": 1})
+    async with serving(app) as client:
+        app.state.model_manager.budgets.set_budget("acme", "day", Budget(tokens=10**9))
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/programs/rate", json={"text": f"rate {i}"}, headers={"X-Tenant-ID": "acme"}
+                )
+                for i in range(4)
+            )
+        )
+        (used, _) = (await app.state.model_manager.budgets.usage("acme"))["day"]
+
+    for _ in range(50):  # the provider bills the cut calls when they end (bounded: 5 s)
+        if len(provider.billed) == 8:
+            break
+        await asyncio.sleep(0.1)
+    assert {r.status_code for r in responses} == {504}
+    usages = [r.json()["usage"] for r in responses]
+    for usage in usages:
+        assert [c["outcome"] for c in usage["calls"]] == ["unparseable_output", "cut"]
+    # every prompt sent was billed and is reported (the cut call's answer is unknown)
+    assert sum(u["input"] for u in usages) == sum(p for p, _ in provider.billed)
+    assert used.tokens == sum(u["total"] for u in usages)  # the budget: what was reported
+    assert used.cost_usd == pytest.approx(sum(u["cost_usd"] for u in usages))
 
 
 async def test_a_body_nested_too_deep_is_refused_before_parsing_and_the_client_goes_on(

@@ -267,7 +267,8 @@ class BudgetBackend(BackendWrapper):
 
     Without a tenant (:func:`current_tenant` is ``None``) or with no budget set, it only
     forwards the call. Attempts that failed after their calls came back (an unparseable
-    answer, a rejected attempt before a retry or a fallback) are charged their reported
+    answer, a rejected attempt before a retry or a fallback) and calls cut in flight (a
+    deadline, a first-token timeout: their prompt, estimated) are charged their reported
     tokens and cost too, whether the call then succeeds or fails (:class:`_FailedAttempts`).
 
     Args:
@@ -309,7 +310,9 @@ class BudgetBackend(BackendWrapper):
 
 class _FailedAttempts:
     """What one budgeted call's failed attempts were billed: one request plus the tokens and
-    cost of every attempt reported with an ``outcome`` (its calls came back, then it failed)."""
+    cost of every attempt reported with an ``outcome`` (its calls came back, then it failed)
+    and of every call cut in flight (its prompt, estimated, as the envelope and metrics
+    count it)."""
 
     __slots__ = ("billed",)
 
@@ -320,9 +323,10 @@ class _FailedAttempts:
         """Not needed."""
 
     def on_model_output(self, output: ModelOutput) -> None:
-        """Add a failed attempt's reported tokens and cost."""
+        """Add a failed attempt's or a cut call's reported tokens and cost."""
         usage = output.usage
-        if "outcome" in output.metadata and usage is not None:
+        failed = "outcome" in output.metadata or output.metadata.get("cut")
+        if failed and usage is not None:
             self.billed = self.billed + Usage(0, usage.total_tokens, output.cost_usd or 0.0)
 
     def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
