@@ -73,7 +73,9 @@ KINDS: dict[str, tuple[RawReply, int, str]] = {
 
 @pytest.fixture
 def app_for(provider: LocalProvider, tmp_path: Path) -> Any:
-    def build(engine: str = "auto", deadline_s: float = 30.0, **model: Any) -> FastAPI:
+    def build(
+        engine: str = "auto", deadline_s: float = 30.0, tenant_required: bool = False, **model: Any
+    ) -> FastAPI:
         models = {
             "m": {
                 "model_name": "openai/gpt-4o-mini",
@@ -84,7 +86,8 @@ def app_for(provider: LocalProvider, tmp_path: Path) -> Any:
             }
         }
         app = FastAPI(
-            dependencies=[Depends(tenant_header())],  # budgets apply to X-Tenant-ID's tenant
+            # budgets apply to X-Tenant-ID's tenant
+            dependencies=[Depends(tenant_header(required=tenant_required))],
             lifespan=llm_server_lifespan(
                 programs=[Rate],
                 settings=make_settings(tmp_path, request_deadline_s=deadline_s),
@@ -252,6 +255,40 @@ async def test_a_reask_cut_by_the_deadline_is_charged_to_the_budget_as_the_envel
     assert sum(u["input"] for u in usages) == sum(p for p, _ in provider.billed)
     assert used.tokens == sum(u["total"] for u in usages)  # the budget: what was reported
     assert used.cost_usd == pytest.approx(sum(u["cost_usd"] for u in usages))
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+@pytest.mark.parametrize("kind", ["valid", "truncated"])
+async def test_a_streamed_request_is_charged_to_its_tenant_as_its_events_report_it(
+    app_for: Any, provider: LocalProvider, engine: str, kind: str
+) -> None:
+    # The tenant comes from an app-wide dependency: the stream route must run it too.
+    provider.script(reply={"confidence": 0.5} if kind == "valid" else KINDS[kind][0])
+    app = app_for(engine)
+    async with serving(app) as client:
+        app.state.model_manager.budgets.set_budget("acme", "day", Budget(tokens=10**9))
+        response = await client.post(
+            "/programs/rate/stream", json={"text": "rate me"}, headers={"X-Tenant-ID": "acme"}
+        )
+        (used, _) = (await app.state.model_manager.budgets.usage("acme"))["day"]
+
+    assert response.status_code == 200, response.text
+    last = [e for e in response.text.split("\n\n") if e.startswith("event:")][-1]
+    sent = json.loads(last.partition("data: ")[2])
+    tokens = sent["metadata"]["performance"]["tokens"] if kind == "valid" else sent["usage"]
+    assert (tokens["input"], tokens["output"]) == billed(provider)
+    assert (used.requests, used.tokens) == (1, sum(billed(provider)))  # was (0, 0)
+
+
+async def test_the_stream_route_runs_the_apps_dependencies_before_any_call(
+    app_for: Any, provider: LocalProvider
+) -> None:
+    async with serving(app_for(tenant_required=True)) as client:
+        refused = await client.post("/programs/rate/stream", json={"text": "rate me"})
+
+    assert refused.status_code == 400, refused.text  # was 200: the dependency never ran
+    assert "X-Tenant-ID" in refused.json()["error"]["message"]
+    assert provider.requests == []
 
 
 async def test_a_body_nested_too_deep_is_refused_before_parsing_and_the_client_goes_on(

@@ -128,12 +128,15 @@ def guarded_route(
         direct: ``endpoint(request, body)`` of a route that answers with a ``Response`` and
             needs nothing else from FastAPI: called with the body the gate validated, so
             FastAPI does not read, parse and validate it a second time (a body the gate could
-            not validate still goes through FastAPI, which answers it as usual).
+            not validate, or a route with dependencies, still goes through FastAPI).
     """
 
     class GuardedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
+            # A route with dependencies (the app's, a router's or its own: authentication,
+            # the tenant whose budget is charged) always goes through FastAPI, which runs them.
+            bypass = direct if not self.dependant.dependencies else None
 
             async def guarded(request: Request) -> Response:
                 validated = request.scope.get(VALIDATED)
@@ -157,8 +160,8 @@ def guarded_route(
                     if isinstance(passed, Response):
                         return passed
                     validated = passed
-                if direct is not None and validated is not None:
-                    return await direct(request, validated)
+                if bypass is not None and validated is not None:
+                    return await bypass(request, validated)
                 return await handler(request)
 
             return guarded
