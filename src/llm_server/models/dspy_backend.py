@@ -309,8 +309,11 @@ class DSPyBackend:
                 else:
                     prediction = await self.program.acall(**input)
         except asyncio.CancelledError:
-            self._account_for_cut_calls(scope.cut_calls(), started)
-            self._account_for_failed_calls(scope, started, "cancelled")
+            # A worker thread's call may end meanwhile: stock is taken once, under the lock.
+            with scope.tracker.lock:
+                scope.tracker.close()
+                self._account_for_cut_calls(scope.cut_calls(), started)
+                self._account_for_failed_calls(scope, started, "cancelled")
             raise
         except Exception as exc:
             # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.
