@@ -9,6 +9,7 @@ metrics and in the tenant's budget, on both engines and with both adapters.
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import dspy
 import pytest
 from _otel_helpers import metric_points
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from llm_server.core.budgets import Budget, tenant_scope
 from llm_server.core.config import FrameworkSettings
@@ -25,10 +27,12 @@ from llm_server.core.errors import (
     ModelRefusedError,
     OutputParseError,
     OutputTruncatedError,
+    StreamInterruptedError,
 )
 from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.model_config import ParsePolicy
 from llm_server.core.opentelemetry_integration import Telemetry
+from llm_server.core.streaming import stream_events
 from llm_server.defaults import FileSystemStorageAdapter
 from llm_server.models.manager import ModelManager
 from llm_server.models.program_manager import ProgramManager
@@ -351,3 +355,66 @@ async def test_a_retried_attempt_that_had_billed_calls_is_reported_and_charged(
     assert reported_tokens(reader) == (billed_in, billed_out)
     (used, _budget) = (await manager.budgets.usage("acme"))["day"]
     assert (used.requests, used.tokens) == (1, billed_in + billed_out)
+
+
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize(
+    "case",
+    [
+        (k, e, a)
+        for k in ("no_markers", "missing_field", "bad_float")
+        for e in ENGINES
+        for a in ADAPTERS
+    ],
+    ids=str,
+)
+async def test_without_content_capture_the_raw_answer_is_in_no_span_log_or_traceback(
+    make_manager: Callable[..., ModelManager],
+    provider: LocalProvider,
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+    case: tuple[str, str, str],
+) -> None:
+    kind, engine, adapter = case
+    chat_reply, json_reply, _error_class, _error_type = KINDS[kind]
+    provider.script(reply=chat_reply if adapter == "chat" else json_reply)
+    backend = make_manager(engine, adapter).reliable_backend(dspy.Predict(PROGRAM), "m")
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(OutputParseError) as caught:
+        await backend.predict({"question": "q"})
+
+    # the error's whole chain, as an error tracker or a log's exc_info would print it
+    printed = "".join(traceback.format_exception(caught.value))
+    assert SECRET_ANSWER not in printed
+    assert "AdapterParseError" in printed  # the cause is still named
+    # (LiteLLM's own DEBUG lines print every response, parsed or not: not ours to govern)
+    ours = [r for r in caplog.records if r.name.startswith(("llm_server", "dspy"))]
+    logged = "\n".join(record.getMessage() for record in ours)
+    assert SECRET_ANSWER not in logged
+    spans = exporter.get_finished_spans()
+    assert spans
+    for span in spans:
+        seen = [str(span.status.description), *map(str, (span.attributes or {}).values())]
+        for event in span.events:
+            seen.extend(map(str, (event.attributes or {}).values()))
+        assert not [text for text in seen if SECRET_ANSWER in text], span.name
+
+
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_stream_broken_by_a_cut_answer_quotes_it_nowhere_without_content_capture(
+    make_manager: Callable[..., ModelManager],
+    provider: LocalProvider,
+    exporter: InMemorySpanExporter,
+    engine: str,
+) -> None:
+    provider.script(reply=KINDS["truncated"][0])  # its first piece is out before the cut
+    backend = make_manager(engine, "chat").reliable_backend(dspy.Predict(PROGRAM), "m")
+
+    with pytest.raises(StreamInterruptedError) as caught:
+        [_ async for _ in stream_events(lambda: backend.predict({"question": "q"}))]
+
+    assert SECRET_ANSWER not in "".join(traceback.format_exception(caught.value))
+    for span in exporter.get_finished_spans():
+        for event in span.events:
+            assert SECRET_ANSWER not in str(dict(event.attributes or {})), span.name

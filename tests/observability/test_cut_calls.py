@@ -12,6 +12,7 @@ import pytest
 from _otel_helpers import metric_points
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from llm_server.core.budgets import Budget, tenant_scope
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import DeadlineExceededError, ProviderUnavailableError
 from llm_server.core.metrics_wrappers import PerformanceMetrics
@@ -164,3 +165,48 @@ async def test_a_retry_is_reported_when_it_is_sent() -> None:
     )
     assert result == "ok"
     assert reported == [(1, 0.0)]
+
+
+class _SyncOnly(dspy.Module):
+    """A program without aforward: it runs in a worker thread, which a deadline abandons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        return self.answer(question=question)
+
+
+async def test_a_sync_programs_call_cut_by_the_deadline_is_on_the_books_once(
+    manager: ModelManager, provider: LocalProvider, reader: InMemoryMetricReader
+) -> None:
+    async def late(request: Any) -> str:
+        await asyncio.sleep(0.8)  # past the 0.3 s deadline; then answered (and billed)
+        return "too late"
+
+    provider.script(reply=late)
+    manager.budgets.set_budget("acme", "day", Budget(tokens=10**9))
+    backend = manager.reliable_backend(_SyncOnly(), "m")
+    metrics = PerformanceMetrics()
+    try:
+        with tenant_scope("acme"), pytest.raises(DeadlineExceededError):
+            await backend.predict({"question": "will this be billed?"})
+        for _ in range(40):  # the abandoned thread's call ends (bounded: 2 s)
+            if provider.billed:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # and records what it got, if it still may
+    finally:
+        provider.script(reply=None)
+
+    (sent,) = provider.requests
+    expected = count_message_tokens(sent.body["messages"], "openai/gpt-4o-mini")
+    (cut,) = metrics.model_outputs  # was (): the call in the thread was on no books
+    assert cut.usage is not None
+    assert cut.usage.method is TokenCountMethod.CUT_ESTIMATE
+    assert (cut.usage.input_tokens, cut.usage.output_tokens) == (expected, 0)
+    (tokens,) = metric_points(reader)["gen_ai.client.token.usage"]
+    assert tokens.sum == expected
+    (used, _) = (await manager.budgets.usage("acme"))["day"]
+    assert used.tokens == expected

@@ -24,7 +24,7 @@ from llm_server.fastapi import (
     signature_models,
     tenant_header,
 )
-from llm_server.testing import LocalProvider, StaticConfigProvider
+from llm_server.testing import LocalProvider, RawReply, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -168,3 +168,22 @@ async def test_the_hosts_dependencies_guard_the_tools(
     assert results[1].is_error
     assert results[1].content[0].text.startswith("budget_exceeded:")
     assert len(provider.requests) == 1
+
+
+async def test_an_unusable_answer_is_a_tool_error_carrying_what_was_billed(
+    served: tuple[FastAPI, str], provider: LocalProvider
+) -> None:
+    _, url = served
+    provider.script(reply=RawReply("no field markers at all"))
+    async with http() as client, Client(streamable_http_client(url, http_client=client)) as mcp:
+        failed = await mcp.call_tool("summarize", {"text": "x"})
+        second = await mcp.call_tool("tally", {"count": 1, "labels": [], "strict": True})
+
+    assert failed.is_error
+    assert failed.content[0].text.startswith("unparseable_output:")  # type: ignore[union-attr]
+    assert failed.meta is not None
+    usage = failed.meta["llm-server/usage"]
+    assert (usage["input"], usage["output"]) == provider.billed[0]
+    assert [c["outcome"] for c in usage["calls"]] == ["unparseable_output"]
+    assert second.meta is not None  # unparseable too: its usage is its own call's
+    assert second.meta["llm-server/usage"]["input"] == provider.billed[1][0]

@@ -156,6 +156,8 @@ def test_several_inputs_take_a_json_object_and_answer_the_outputs_as_json(
         ("tally", '{"count": "3", "labels": [], "strict": true}', "messages"),  # strict types
         ("tally", '{"count": 3, "labels": [], "strict": true, "colour": 1}', "messages"),
         ("summarize", [{"type": "image_url", "image_url": {"url": "x"}}], "messages"),
+        # a JSON input nested past LLM_SERVER_MAX_JSON_DEPTH (was 500: json's RecursionError)
+        ("tally", '{"labels": ' + "[" * 100_000 + "]" * 100_000 + "}", "messages"),
     ],
 )
 def test_a_message_the_program_cannot_take_is_refused_with_400(

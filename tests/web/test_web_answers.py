@@ -3,6 +3,7 @@ JSON log lines with the execution id, streams, and bodies nested too deep refuse
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -18,14 +19,16 @@ import dspy
 import pytest
 import uvicorn
 from _web_helpers import MakeApp, make_settings, serving
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from llm_server.core.budgets import Budget
 from llm_server.core.telemetry import configure_json_logging
 from llm_server.fastapi import (
     RequestContextMiddleware,
     add_program_endpoint,
     install_error_handlers,
     llm_server_lifespan,
+    tenant_header,
 )
 from llm_server.testing import LocalProvider, RawReply, StaticConfigProvider
 
@@ -70,7 +73,9 @@ KINDS: dict[str, tuple[RawReply, int, str]] = {
 
 @pytest.fixture
 def app_for(provider: LocalProvider, tmp_path: Path) -> Any:
-    def build(engine: str = "auto", **model: Any) -> FastAPI:
+    def build(
+        engine: str = "auto", deadline_s: float = 30.0, tenant_required: bool = False, **model: Any
+    ) -> FastAPI:
         models = {
             "m": {
                 "model_name": "openai/gpt-4o-mini",
@@ -81,11 +86,13 @@ def app_for(provider: LocalProvider, tmp_path: Path) -> Any:
             }
         }
         app = FastAPI(
+            # budgets apply to X-Tenant-ID's tenant
+            dependencies=[Depends(tenant_header(required=tenant_required))],
             lifespan=llm_server_lifespan(
                 programs=[Rate],
-                settings=make_settings(tmp_path),
+                settings=make_settings(tmp_path, request_deadline_s=deadline_s),
                 config_provider=StaticConfigProvider(models),
-            )
+            ),
         )
         install_error_handlers(app)
         app.add_middleware(RequestContextMiddleware)
@@ -208,6 +215,82 @@ async def test_an_answer_after_a_parse_reask_reports_both_attempts(
     assert len(provider.requests) == 2
 
 
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+async def test_a_reask_cut_by_the_deadline_is_charged_to_the_budget_as_the_envelope_reports_it(
+    app_for: Any, provider: LocalProvider, engine: str
+) -> None:
+    asked: dict[str, int] = {}
+
+    async def reply(request: Any) -> Any:
+        text = request.messages[-1]["content"]
+        asked[text] = asked.get(text, 0) + 1
+        if asked[text] == 1:
+            return KINDS["missing_field"][0]
+        await asyncio.sleep(1.5)  # the re-ask is still in flight at the deadline
+        return {"confidence": 0.5}
+
+    provider.script(reply=reply)
+    app = app_for(engine, deadline_s=1.0, parse_policy={"reasks": 1})
+    async with serving(app) as client:
+        app.state.model_manager.budgets.set_budget("acme", "day", Budget(tokens=10**9))
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/programs/rate", json={"text": f"rate {i}"}, headers={"X-Tenant-ID": "acme"}
+                )
+                for i in range(4)
+            )
+        )
+        (used, _) = (await app.state.model_manager.budgets.usage("acme"))["day"]
+
+    for _ in range(50):  # the provider bills the cut calls when they end (bounded: 5 s)
+        if len(provider.billed) == 8:
+            break
+        await asyncio.sleep(0.1)
+    assert {r.status_code for r in responses} == {504}
+    usages = [r.json()["usage"] for r in responses]
+    for usage in usages:
+        assert [c["outcome"] for c in usage["calls"]] == ["unparseable_output", "cut"]
+    # every prompt sent was billed and is reported (the cut call's answer is unknown)
+    assert sum(u["input"] for u in usages) == sum(p for p, _ in provider.billed)
+    assert used.tokens == sum(u["total"] for u in usages)  # the budget: what was reported
+    assert used.cost_usd == pytest.approx(sum(u["cost_usd"] for u in usages))
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+@pytest.mark.parametrize("kind", ["valid", "truncated"])
+async def test_a_streamed_request_is_charged_to_its_tenant_as_its_events_report_it(
+    app_for: Any, provider: LocalProvider, engine: str, kind: str
+) -> None:
+    # The tenant comes from an app-wide dependency: the stream route must run it too.
+    provider.script(reply={"confidence": 0.5} if kind == "valid" else KINDS[kind][0])
+    app = app_for(engine)
+    async with serving(app) as client:
+        app.state.model_manager.budgets.set_budget("acme", "day", Budget(tokens=10**9))
+        response = await client.post(
+            "/programs/rate/stream", json={"text": "rate me"}, headers={"X-Tenant-ID": "acme"}
+        )
+        (used, _) = (await app.state.model_manager.budgets.usage("acme"))["day"]
+
+    assert response.status_code == 200, response.text
+    last = [e for e in response.text.split("\n\n") if e.startswith("event:")][-1]
+    sent = json.loads(last.partition("data: ")[2])
+    tokens = sent["metadata"]["performance"]["tokens"] if kind == "valid" else sent["usage"]
+    assert (tokens["input"], tokens["output"]) == billed(provider)
+    assert (used.requests, used.tokens) == (1, sum(billed(provider)))  # was (0, 0)
+
+
+async def test_the_stream_route_runs_the_apps_dependencies_before_any_call(
+    app_for: Any, provider: LocalProvider
+) -> None:
+    async with serving(app_for(tenant_required=True)) as client:
+        refused = await client.post("/programs/rate/stream", json={"text": "rate me"})
+
+    assert refused.status_code == 400, refused.text  # was 200: the dependency never ran
+    assert "X-Tenant-ID" in refused.json()["error"]["message"]
+    assert provider.requests == []
+
+
 async def test_a_body_nested_too_deep_is_refused_before_parsing_and_the_client_goes_on(
     make_app: MakeApp, provider: LocalProvider
 ) -> None:
@@ -301,3 +384,39 @@ def uvicorn_thread(app: FastAPI) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+async def test_a_deep_body_in_another_json_encoding_is_refused_too(
+    make_app: MakeApp, provider: LocalProvider, encoding: str
+) -> None:
+    # Python's json reads UTF-16 and UTF-32 bodies too; there a backslash is not next to the
+    # quote it escapes, so an escaped quote must not be taken for the end of a string.
+    deep = "[" * 100_000 + "]" * 100_000
+    text = '{"text": "\\"", "labels": ' + deep + ', "note": "\\""}'
+    async with serving(make_app(), raise_app_exceptions=False) as client:
+        refused = await client.post(
+            "/programs/summarize",
+            content=text.encode(encoding),
+            headers={"content-type": "application/json"},
+        )
+        served = await client.post("/programs/summarize", json={"text": "still here"})
+
+    assert refused.status_code == 400, refused.text  # was 500: json's RecursionError
+    assert "LLM_SERVER_MAX_JSON_DEPTH" in refused.json()["error"]["message"]
+    assert served.status_code == 200
+
+
+async def test_a_shallow_body_with_many_brackets_and_escapes_in_its_strings_is_served(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    text = '[{"a\\": "\\"' * 100 + "x \\ \\\\ } ] end"
+    body = json.dumps({"text": text}).encode()
+    assert body.count(b"[") + body.count(b"{") > 64  # past the count: the scan decides
+    async with serving(make_app(), raise_app_exceptions=False) as client:
+        response = await client.post(
+            "/programs/summarize", content=body, headers={"content-type": "application/json"}
+        )
+
+    assert response.status_code == 200, response.text
+    assert text in provider.requests[-1].messages[-1]["content"]

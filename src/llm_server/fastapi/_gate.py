@@ -128,12 +128,15 @@ def guarded_route(
         direct: ``endpoint(request, body)`` of a route that answers with a ``Response`` and
             needs nothing else from FastAPI: called with the body the gate validated, so
             FastAPI does not read, parse and validate it a second time (a body the gate could
-            not validate still goes through FastAPI, which answers it as usual).
+            not validate, or a route with dependencies, still goes through FastAPI).
     """
 
     class GuardedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
+            # A route with dependencies (the app's, a router's or its own: authentication,
+            # the tenant whose budget is charged) always goes through FastAPI, which runs them.
+            bypass = direct if not self.dependant.dependencies else None
 
             async def guarded(request: Request) -> Response:
                 validated = request.scope.get(VALIDATED)
@@ -157,8 +160,8 @@ def guarded_route(
                     if isinstance(passed, Response):
                         return passed
                     validated = passed
-                if direct is not None and validated is not None:
-                    return await direct(request, validated)
+                if bypass is not None and validated is not None:
+                    return await bypass(request, validated)
                 return await handler(request)
 
             return guarded
@@ -195,13 +198,22 @@ def too_deep(body: bytes, limit: int) -> InputError | None:
 
     Checked on the bytes, before any parser recurses into them (Python's ``json`` raises
     ``RecursionError`` on a 100,000-deep array), in linear time: a body with no more than
-    ``limit`` opening brackets cannot be too deep and is not scanned; otherwise escapes are
-    dropped, strings cut out (between unescaped quotes), and ``limit`` rounds each remove the
-    innermost empty pairs of what is left: anything left over nests deeper than ``limit`` (or
-    its brackets do not match, which is no JSON either).
+    ``limit`` opening brackets cannot be too deep and is not scanned; otherwise (a UTF-16 or
+    UTF-32 body, which ``json`` reads too, re-encoded as UTF-8 first) escapes are dropped,
+    strings cut out (between unescaped quotes), and ``limit`` rounds each remove the innermost
+    empty pairs of what is left: anything left over nests deeper than ``limit`` (or its
+    brackets do not match, which is no JSON either).
     """
     if body.count(b"[") + body.count(b"{") <= limit:
         return None
+    encoding = json.detect_encoding(body)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        # json reads UTF-16 and UTF-32 bodies too, where a backslash is not next to the
+        # quote it escapes: scan the text json will read, as UTF-8.
+        try:
+            body = body.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
+        except UnicodeError:
+            return None  # json cannot decode it either: refused as malformed, unparsed
     # Backslash pairs first (left to right pairs them as JSON does), then escaped quotes:
     # every quote left opens or closes a string.
     unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")

@@ -34,6 +34,9 @@ META_VERSION = "llm-server/program_version"
 """The ``_meta`` key of a tool result naming the program version that answered."""
 META_EXECUTION_ID = "llm-server/execution_id"
 """The ``_meta`` key of a tool result holding the call's execution id (as in the logs)."""
+META_USAGE = "llm-server/usage"
+"""The ``_meta`` key of a tool error holding what the call was billed before it failed (the
+error envelope's ``usage``), when anything was."""
 
 
 class _Handled(Response):
@@ -47,11 +50,13 @@ class _Handled(Response):
         await self._handle(scope, receive, send)
 
 
-def _tool_error(text: str) -> Any:
+def _tool_error(text: str, usage: dict[str, Any] | None = None) -> Any:
     import mcp_types
 
     return mcp_types.CallToolResult(
-        content=[mcp_types.TextContent(text=redact(text))], is_error=True
+        content=[mcp_types.TextContent(text=redact(text))],
+        is_error=True,
+        _meta={META_USAGE: usage} if usage else None,
     )
 
 
@@ -75,7 +80,8 @@ def add_mcp_tools(
     the program route (the served version, the composed model stack with its breaker, retries
     and deadline, the tenant's budgets, exact tokens). Arguments that do not fit the schema and
     failed calls (an open breaker, a provider failing) come back as a tool error
-    (``isError``) naming the problem, so the calling agent can see it.
+    (``isError``) naming the problem, so the calling agent can see it; one billed before it
+    failed carries that usage in its ``_meta`` (``llm-server/usage``).
 
     The server is stateless (every HTTP request stands alone, so any worker can answer it) and
     answers in JSON; its session manager runs inside the app's lifespan. Dependencies run for
@@ -184,7 +190,7 @@ async def _call(app: FastAPI, program: ServedProgram, arguments: Mapping[str, An
     except LLMServerError as exc:
         if exc.http_status >= 500:
             logger.warning("tool call failed: %s: %s", exc.error_type, redact(exc.message))
-        return _tool_error(f"{exc.error_type}: {exc.message}")
+        return _tool_error(f"{exc.error_type}: {exc.message}", exc.request_usage)
     except Exception as exc:
         log_unexpected(exc)
         return _tool_error("internal_error: internal server error")

@@ -36,7 +36,7 @@ from llm_server.core.telemetry._redaction import redact
 from llm_server.core.types import MediaType, PipelineData
 from llm_server.fastapi._endpoints import envelope, record_served
 from llm_server.fastapi._errors import _retry_after, log_unexpected
-from llm_server.fastapi._gate import body_limit, read_body, too_large
+from llm_server.fastapi._gate import body_limit, json_depth_limit, read_body, too_deep, too_large
 from llm_server.fastapi._served import ServedProgram, served_programs
 from llm_server.fastapi._sse import FIRST_EVENT_WAIT_S, PING_S, _EventStream
 from llm_server.fastapi._state import get_program_manager
@@ -184,14 +184,23 @@ def _last_user_text(messages: Sequence[_Message]) -> str:
                        code="invalid_message", param="messages")  # fmt: skip
 
 
-def _request_body(program: ServedProgram, text: str, model_id: str) -> BaseModel:
+def _request_body(
+    program: ServedProgram, text: str, model_id: str, max_json_depth: int
+) -> BaseModel:
     """The program route's request body from a message: its text for a program with one
-    string input; a JSON object of the input fields otherwise."""
+    string input; a JSON object of the input fields otherwise (nested at most
+    ``max_json_depth`` levels, checked before it is parsed)."""
     try:
         if program.text_input is not None:
             return program.request_model.model_validate(
                 {program.text_input: text, "model_id": model_id}
             )
+        deep = too_deep(text.encode("utf-8", "surrogatepass"), max_json_depth)
+        if deep is not None:
+            raise _OpenAIError(
+                400, f"the last user message: {deep.message}", code="invalid_message",
+                param="messages",
+            )  # fmt: skip
         try:
             fields = json.loads(text)
         except ValueError:
@@ -373,7 +382,8 @@ def add_openai_routes(
                 code="model_not_found",
                 param="model",
             )
-        body = _request_body(program, _last_user_text(chat.messages), default_model_id)
+        depth = json_depth_limit(request.app)
+        body = _request_body(program, _last_user_text(chat.messages), default_model_id, depth)
         manager = get_program_manager(request)
         model_id: str = getattr(body, "model_id")  # noqa: B009 -- a field of the built model
         route = program.route(manager, model_id, version or None)

@@ -19,6 +19,7 @@ from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.types import MediaType, PipelineData
 from llm_server.fastapi._endpoints import (
+    _billed,
     _ProgramRunner,
     _Route,
     _signature_of,
@@ -68,7 +69,9 @@ class ServedProgram:
         metrics = PerformanceMetrics()
         with log_context(program_id=self.program_id, model_id=model_id):
             try:
-                result = await route.pipeline.execute(data)
+                # an error leaves with what was billed (its request_usage), as on the program
+                # route
+                result = await _billed(route.pipeline.execute(data), metrics)
             except Exception as exc:
                 record_failed(
                     manager,

@@ -19,6 +19,7 @@ ensure_offline()
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -60,6 +61,10 @@ _current_scope: ContextVar[RequestScope | None] = ContextVar("llm_server_lm_scop
 # the records of the LM call running in this context (to settle its rate-limit grant)
 _call_entries: ContextVar[list[dict[str, Any]] | None] = ContextVar(
     "llm_server_lm_call", default=None
+)
+# the in-flight record of the synchronous LM call running in this thread (see CallTracker)
+_sync_call: ContextVar[list[dict[str, Any]] | None] = ContextVar(
+    "llm_server_lm_sync_call", default=None
 )
 
 
@@ -227,8 +232,22 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         """``dspy.LM.__call__`` (sync programs, optimizers), taken from the rate limit first."""
         scope = _current_scope.get()
-        if scope is not None and scope.max_tokens is not None:  # a re-ask after a cut
+        if scope is None:
+            return self._sync_call(prompt, messages, kwargs)
+        if scope.max_tokens is not None:  # a re-ask after a cut
             kwargs = {**kwargs, "max_tokens": scope.max_tokens}
+        # In a worker thread the request may give up (a deadline) while the call goes on: the
+        # call stays in flight, for the books, until its usage is recorded (CallTracker).
+        sent = scope.call_started(prompt, messages)
+        token = _sync_call.set(sent)
+        try:
+            return self._sync_call(prompt, messages, kwargs)
+        finally:
+            _sync_call.reset(token)
+            with scope.tracker.lock:
+                sent.clear()  # it ended (a failure bills nothing; an answer was recorded)
+
+    def _sync_call(self, prompt: Any, messages: Any, kwargs: dict[str, Any]) -> Any:
         reserve_model_call_from_thread(lambda: self._estimate(prompt, messages))
         limiter = self._limiter
         if limiter is None:
@@ -520,11 +539,25 @@ class CallTracker(UsageTracker):  # type: ignore[misc]  # dspy is untyped
     def __init__(self) -> None:
         super().__init__()
         self.billed: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        """Held while a synchronous call's usage is recorded, and while a request that gave up
+        takes stock (:meth:`close`): each call is counted once, exact or cut."""
+        self.closed = False
 
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
         """Record one billed call's usage (possibly empty)."""
-        self.billed.append(self._flatten_usage_entry(dict(usage_entry or {})))
+        with self.lock:
+            if self.closed:
+                return  # the request gave up: this call was counted as cut
+            self.billed.append(self._flatten_usage_entry(dict(usage_entry or {})))
+            in_flight = _sync_call.get()
+            if in_flight is not None:
+                in_flight.clear()  # no longer cut: its usage is here
         super().add_usage(lm, usage_entry)
+
+    def close(self) -> None:
+        """Ignore the usage of calls that end from now on (call with :attr:`lock` held)."""
+        self.closed = True
 
 
 @dataclass(slots=True)

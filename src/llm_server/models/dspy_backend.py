@@ -272,9 +272,14 @@ class DSPyBackend:
             if retry is None:
                 # Raised here, outside an except block, so the original is not chained as
                 # __context__; its redacted summary is the cause (see core.errors).
-                if logger.isEnabledFor(logging.DEBUG):
+                cause = RedactedCause(original)
+                if is_parse_failure(original) and not self._show_answers:
+                    # DSPy's message quotes the model's answer: kept only with content capture
+                    # (a span's exception event and a printed traceback show the cause).
+                    cause.args = (f"{cause.type_name}: the model's answer was not parsed",)
+                elif logger.isEnabledFor(logging.DEBUG):
                     logger.debug("%s", redact("".join(traceback.format_exception(original))))
-                raise error from RedactedCause(original)
+                raise error from cause
             logger.warning(
                 "model %r: asking again (%s) after a rejected answer: %s",
                 self.model_id,
@@ -304,8 +309,11 @@ class DSPyBackend:
                 else:
                     prediction = await self.program.acall(**input)
         except asyncio.CancelledError:
-            self._account_for_cut_calls(scope.cut_calls(), started)
-            self._account_for_failed_calls(scope, started, "cancelled")
+            # A worker thread's call may end meanwhile: stock is taken once, under the lock.
+            with scope.tracker.lock:
+                scope.tracker.close()
+                self._account_for_cut_calls(scope.cut_calls(), started)
+                self._account_for_failed_calls(scope, started, "cancelled")
             raise
         except Exception as exc:
             # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.

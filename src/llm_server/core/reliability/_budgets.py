@@ -552,7 +552,8 @@ class BudgetBackend(BackendWrapper):
     makes holds its estimate (see :func:`reserve_model_call`) until the call ends; it is then
     charged what it used: its reported tokens and cost, including those of attempts that
     failed after their calls came back (an unparseable answer, a rejected attempt before a
-    retry or a fallback), whether the call then succeeds or fails (:class:`_FailedAttempts`).
+    retry or a fallback) and of calls cut in flight (a deadline, a first-token timeout: their
+    prompt, estimated), whether the call then succeeds or fails (:class:`_FailedAttempts`).
     A call refused before any model call was sent is charged nothing.
 
     Args:
@@ -599,7 +600,9 @@ class BudgetBackend(BackendWrapper):
 
 class _FailedAttempts:
     """What one budgeted call's failed attempts were billed: one request plus the tokens and
-    cost of every attempt reported with an ``outcome`` (its calls came back, then it failed)."""
+    cost of every attempt reported with an ``outcome`` (its calls came back, then it failed)
+    and of every call cut in flight (its prompt, estimated, as the envelope and metrics
+    count it)."""
 
     __slots__ = ("billed",)
 
@@ -610,9 +613,10 @@ class _FailedAttempts:
         """Not needed."""
 
     def on_model_output(self, output: ModelOutput) -> None:
-        """Add a failed attempt's reported tokens and cost."""
+        """Add a failed attempt's or a cut call's reported tokens and cost."""
         usage = output.usage
-        if "outcome" in output.metadata and usage is not None:
+        failed = "outcome" in output.metadata or output.metadata.get("cut")
+        if failed and usage is not None:
             self.billed = self.billed + Usage(0, usage.total_tokens, output.cost_usd or 0.0)
 
     def on_retry(self, model_id: str, attempt: int, error: BaseException, delay_s: float) -> None:
