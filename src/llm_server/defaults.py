@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from llm_server._fs_storage import FileSystemStorageAdapter
 from llm_server._yaml_config import YamlConfigProvider
+from llm_server.programs._fs_storage import FileSystemStorageAdapter
 
 __all__ = ["FileSystemStorageAdapter", "YamlConfigProvider"]

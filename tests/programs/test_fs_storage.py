@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from llm_server._fs_storage import MANIFEST_FORMAT
 from llm_server.core.errors import (
     CorruptProgramError,
     InvalidIdentifierError,
@@ -21,7 +20,8 @@ from llm_server.core.errors import (
 )
 from llm_server.core.protocols import StorageAdapter
 from llm_server.defaults import FileSystemStorageAdapter
-from llm_server.models._versioning import canonical_json, sha256_hex
+from llm_server.programs._fs_storage import MANIFEST_FORMAT
+from llm_server.programs._versioning import canonical_json, sha256_hex
 
 STATE: dict[str, Any] = {"demos": [{"input": "a", "output": "b"}], "signature": {"x": 1}}
 
@@ -328,7 +328,7 @@ def test_temporary_folders_are_invisible(adapter: FileSystemStorageAdapter) -> N
 def test_cleanup_removes_folders_of_dead_local_writers_only(
     adapter: FileSystemStorageAdapter,
 ) -> None:
-    from llm_server._fs_storage import _HOST
+    from llm_server.programs._fs_storage import _HOST
 
     dead = _leftover(adapter, f".tmp-{_HOST}-{2**22 + 12345}-dead")  # above pid_max default
     alive = _leftover(adapter, f".tmp-{_HOST}-{os.getpid()}-alive")
@@ -351,7 +351,7 @@ def test_cleanup_removes_old_folders_it_cannot_check(tmp_path: Path) -> None:
 
 
 def test_cleanup_removes_old_folders_even_when_their_pid_runs_again(tmp_path: Path) -> None:
-    from llm_server._fs_storage import _HOST
+    from llm_server.programs._fs_storage import _HOST
 
     now = [1_000_000.0]
     adapter = FileSystemStorageAdapter(tmp_path, stale_temp_after_s=60, clock=lambda: now[0])
@@ -361,7 +361,7 @@ def test_cleanup_removes_old_folders_even_when_their_pid_runs_again(tmp_path: Pa
 
 
 def test_saving_cleans_up_stale_leftovers(adapter: FileSystemStorageAdapter) -> None:
-    from llm_server._fs_storage import _HOST
+    from llm_server.programs._fs_storage import _HOST
 
     dead = _leftover(adapter, f".tmp-{_HOST}-{2**22 + 7}-dead")
     adapter.save("prog", {}, {})

@@ -29,7 +29,7 @@ from llm_server.core.errors import (
 from llm_server.fastapi import llm_server_lifespan
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
-from llm_server.postgres._schema import _STEPS
+from llm_server.programs._postgres_schema import _STEPS
 from llm_server.testing import LocalProvider
 
 WORKER = Path(__file__).with_name("_postgres_worker.py")

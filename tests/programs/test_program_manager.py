@@ -24,7 +24,6 @@ from llm_server.core.errors import (
 )
 from llm_server.core.protocols import StoredProgram
 from llm_server.defaults import FileSystemStorageAdapter
-from llm_server.models._versioning import canonical_json, hash_trainset, sha256_hex
 from llm_server.models.predictor import Predictor
 from llm_server.models.program_manager import (
     LATEST,
@@ -32,6 +31,7 @@ from llm_server.models.program_manager import (
     ProgramManager,
     ProgramMetadata,
 )
+from llm_server.programs._versioning import canonical_json, hash_trainset, sha256_hex
 
 NOW = datetime(2025, 8, 1, 10, 30, 0, 123456, tzinfo=UTC)
 
@@ -530,7 +530,7 @@ async def test_concurrent_saves_leave_the_newest_version_served(manager: Program
 
 def test_importing_the_program_manager_does_not_import_dspy() -> None:
     code = (
-        "import sys, llm_server.models.program_manager, llm_server._fs_storage;"
+        "import sys, llm_server.models.program_manager, llm_server.programs._fs_storage;"
         "print(sorted(m for m in ('dspy', 'litellm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -17,21 +17,13 @@ from llm_server._offline import ensure_offline
 ensure_offline()
 
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
-import dataclasses  # noqa: E402
-import logging  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from collections.abc import Awaitable, Callable, Mapping  # noqa: E402
 from contextvars import ContextVar  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import dspy  # noqa: E402
-from dspy.lm15 import RouterConfig  # noqa: E402
 from dspy.utils.callback import with_callbacks  # noqa: E402
 from dspy.utils.exceptions import LMError  # noqa: E402
-from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
 
 from llm_server.core.errors import ConfigurationError, ContextWindowExceededError  # noqa: E402
 from llm_server.core.model_config import ModelConfig  # noqa: E402
@@ -47,24 +39,18 @@ from llm_server.models._engine import (  # noqa: E402
     ResolvedKey,
     normalise_api_base,
 )
+from llm_server.models._lm_engines import PoolSizedEngines  # noqa: E402
+from llm_server.models._request_scope import (  # noqa: E402
+    current_scope,
+    entry_messages,
+    sync_call,
+)
 
-__all__ = [
-    "CallTracker",
-    "ManagedLM",
-    "RequestScope",
-    "adapter_named",
-    "build_lm",
-    "request_scope",
-]
+__all__ = ["SHARED_CACHE_SUPPORTED", "ManagedLM", "build_lm"]
 
-_current_scope: ContextVar[RequestScope | None] = ContextVar("llm_server_lm_scope", default=None)
 # the records of the LM call running in this context (to settle its rate-limit grant)
 _call_entries: ContextVar[list[dict[str, Any]] | None] = ContextVar(
     "llm_server_lm_call", default=None
-)
-# the in-flight record of the synchronous LM call running in this thread (see CallTracker)
-_sync_call: ContextVar[list[dict[str, Any]] | None] = ContextVar(
-    "llm_server_lm_sync_call", default=None
 )
 
 
@@ -118,7 +104,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
     CPU per call here) buys nothing, so text-only calls are prepared on the loop, with DSPy's
     own steps in DSPy's order; anything else goes through ``dspy.LM.acall`` unchanged. Two more
     hops happen only on an LM's first call, where they may load something (see
-    :func:`_plan_in_thread_once` and :func:`_route_on_loop`).
+    :func:`_plan_in_thread_once` and ``_lm_engines.route_on_loop``).
     """
 
     if _EXECUTION is not None:
@@ -128,7 +114,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             """``dspy.LM.acall``, preparing text-only calls without the worker-thread hop."""
             if self._window is not None:
                 self._check_fits(prompt, messages)
-            scope = _current_scope.get()
+            scope = current_scope.get()
             if scope is not None and scope.max_tokens is not None:  # a re-ask after a cut
                 kwargs = {**kwargs, "max_tokens": scope.max_tokens}
             sent = scope.call_started(prompt, messages) if scope is not None else None
@@ -231,7 +217,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         """``dspy.LM.__call__`` (sync programs, optimizers), taken from the rate limit first."""
-        scope = _current_scope.get()
+        scope = current_scope.get()
         if scope is None:
             return self._sync_call(prompt, messages, kwargs)
         if scope.max_tokens is not None:  # a re-ask after a cut
@@ -239,11 +225,11 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         # In a worker thread the request may give up (a deadline) while the call goes on: the
         # call stays in flight, for the books, until its usage is recorded (CallTracker).
         sent = scope.call_started(prompt, messages)
-        token = _sync_call.set(sent)
+        token = sync_call.set(sent)
         try:
             return self._sync_call(prompt, messages, kwargs)
         finally:
-            _sync_call.reset(token)
+            sync_call.reset(token)
             with scope.tracker.lock:
                 sent.clear()  # it ended (a failure bills nothing; an answer was recorded)
 
@@ -275,7 +261,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
 
     def _max_answer_tokens(self) -> int:
         """The ``max_tokens`` of this call: a re-ask's raised one, else the model's."""
-        scope = _current_scope.get()
+        scope = current_scope.get()
         if scope is not None and scope.max_tokens is not None:
             return scope.max_tokens
         max_tokens = self.kwargs.get("max_tokens") or self.kwargs.get("max_completion_tokens")
@@ -309,7 +295,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         """Give the native engine ``max_connections`` per event loop (``None``: its default),
         and time each call's wait for a connection."""
         self._max_connections = max_connections
-        self._engine_store = _PoolSizedEngines(max_connections)
+        self._engine_store = PoolSizedEngines(max_connections)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # copies get a fresh, plain engine store
@@ -317,7 +303,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
 
     def update_history(self, entry: dict[str, Any]) -> None:
         """Hand the call's record to the current request scope; store nothing shared."""
-        scope = _current_scope.get()
+        scope = current_scope.get()
         if scope is not None:
             scope.entries.append(entry)
         call = _call_entries.get()
@@ -414,270 +400,6 @@ def _settle(limiter: RateLimiter, grant: Grant, entries: list[dict[str, Any]]) -
         limiter.settle(grant, sent=True, tokens_used=total if isinstance(total, int) else None)
 
 
-class _PoolSizedEngines(dict[Any, Any]):
-    """DSPy's per-loop engine store: sizes each native (lm15) engine's pool and times its waits.
-
-    DSPy builds an engine lazily, per event loop, with lm15's default of 100 connections and
-    no way to pass another; it stores each one here, where it is re-initialized (before it
-    opened a connection) with the model's ``max_connections`` when one is set. The engine's pool is
-    also instrumented: the time each call waits for a free connection is added to the
-    request's :class:`RequestScope` (``connection_wait_s``), which the backend reports.
-    """
-
-    def __init__(self, max_connections: int | None) -> None:
-        super().__init__()
-        self.max_connections = max_connections
-
-    def __setitem__(self, key: Any, engine: Any) -> None:
-        config = getattr(engine, "config", None)
-        if isinstance(config, RouterConfig) and config.transport is None:
-            if self.max_connections is not None and (
-                config.max_connections != self.max_connections
-            ):
-                # Re-initialized in place, not replaced: DSPy makes the call that built the
-                # engine with the object it built (a replacement served later calls only).
-                sized = dataclasses.replace(config, max_connections=self.max_connections)
-                engine.__init__(sized, model_type=engine.model_type)
-            _time_connection_waits(engine)
-        _route_on_loop(engine)
-        super().__setitem__(key, engine)
-
-
-def _route_on_loop(engine: Any) -> None:
-    """Let a native engine route its calls on the loop once its provider is built.
-
-    DSPy's async lm15 engine routes every call in a worker thread (``asyncio.to_thread``)
-    because building a provider may load a credential synchronously. Only the first call
-    builds it (the engine keeps it); after that, routing is a few dict lookups, and the hop
-    (a thread hand-off and a loop wake-up) is most of its cost. So the first call of each
-    engine routes as DSPy does, in the thread, and the later ones on the loop, with the
-    engine's own ``_target``, stream guard and closing, in DSPy's order. An engine without
-    these internals is left as it is.
-    """
-    from dspy.clients.engines import lm15_engine
-
-    target = getattr(engine, "_target", None)
-    built = getattr(engine, "_providers", None)
-    guard = getattr(lm15_engine, "achecked_stream", None)
-    closing = getattr(lm15_engine, "aclosing_stream", None)
-    if not (
-        type(engine) is getattr(lm15_engine, "AsyncLM15Engine", None)
-        and callable(target)
-        and isinstance(built, dict)
-        and callable(guard)
-        and callable(closing)
-    ):
-        return
-    threaded_complete, threaded_stream = engine.complete, engine.stream
-
-    async def complete(request: Any) -> Any:
-        if not built:
-            return await threaded_complete(request)
-        provider, routed = target(request)
-        return await provider.complete(routed)
-
-    async def stream(request: Any) -> AsyncIterator[Any]:
-        if built:
-            provider, routed = target(request, streaming=True)
-            events = guard(provider.stream(routed), provider=provider.provider)
-        else:
-            events = threaded_stream(request)
-        async with closing(events):
-            async for event in events:
-                yield event
-
-    engine.complete, engine.stream = complete, stream
-
-
-def _time_connection_waits(engine: Any) -> None:
-    """Time the pool waits of the transport ``engine``'s router builds (lm15 has no hook).
-
-    The router builds its one transport lazily; the first one it returns gets its pool's
-    ``acquire_slot`` (the wait for one of ``max_connections``) wrapped. An lm15 without these
-    internals is left as it is: the wait is then simply not reported.
-    """
-    router = getattr(engine, "router", None)
-    shared = getattr(router, "_shared_transport", None)
-    if shared is None:
-        return
-
-    def shared_transport() -> Any:
-        transport = shared()
-        pool = getattr(transport, "_pool", None)
-        acquire = getattr(pool, "acquire_slot", None)
-        timed = getattr(acquire, "_llm_server_timed", False)
-        if acquire is not None and asyncio.iscoroutinefunction(acquire) and not timed:
-            pool.acquire_slot = _timed_acquire(acquire)  # type: ignore[union-attr]
-        return transport
-
-    router._shared_transport = shared_transport  # type: ignore[union-attr]
-
-
-def _timed_acquire(acquire: Any) -> Any:
-    async def acquire_slot(timeout: float | None = None) -> None:  # noqa: ASYNC109 -- lm15's
-        started = time.perf_counter()
-        try:
-            await acquire(timeout)
-        finally:
-            scope = _current_scope.get()
-            if scope is not None:
-                scope.connection_wait_s += time.perf_counter() - started
-                scope.connection_waits += 1
-
-    acquire_slot._llm_server_timed = True  # type: ignore[attr-defined]
-    return acquire_slot
-
-
-class CallTracker(UsageTracker):  # type: ignore[misc]  # dspy is untyped
-    """A usage tracker that also remembers calls whose usage was empty.
-
-    DSPy's tracker drops empty usage, so "the provider reported none" would look like "no call
-    was made". DSPy calls ``add_usage`` for every call that reached the provider (never for a
-    cache hit), so ``billed`` has one item per billed call.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.billed: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        """Held while a synchronous call's usage is recorded, and while a request that gave up
-        takes stock (:meth:`close`): each call is counted once, exact or cut."""
-        self.closed = False
-
-    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
-        """Record one billed call's usage (possibly empty)."""
-        with self.lock:
-            if self.closed:
-                return  # the request gave up: this call was counted as cut
-            self.billed.append(self._flatten_usage_entry(dict(usage_entry or {})))
-            in_flight = _sync_call.get()
-            if in_flight is not None:
-                in_flight.clear()  # no longer cut: its usage is here
-        super().add_usage(lm, usage_entry)
-
-    def close(self) -> None:
-        """Ignore the usage of calls that end from now on (call with :attr:`lock` held)."""
-        self.closed = True
-
-
-@dataclass(slots=True)
-class RequestScope:
-    """What one request's LM calls reported.
-
-    Attributes:
-        entries: One record per LM call (cache hits included), as DSPy builds for its history.
-        tracker: Usage of the calls that reached the provider.
-        in_flight: The messages of each call that started; emptied when the call finishes,
-            so a call cancelled on its way (a deadline, a client gone) keeps them.
-        connection_wait_s: Seconds the calls waited for a free connection of the model's
-            pool (DSPy's native engine only).
-        connection_waits: How many connection waits were timed (0: not measured).
-        max_tokens: The ``max_tokens`` of this request's calls, when a re-ask raised it.
-        dspy_warnings: What DSPy warned about this request's calls (its truncation warning),
-            kept here instead of printed: the backend logs it with the request's ids.
-    """
-
-    entries: list[dict[str, Any]] = field(default_factory=list)
-    tracker: CallTracker = field(default_factory=CallTracker)
-    in_flight: list[list[dict[str, Any]]] = field(default_factory=list)
-    connection_wait_s: float = 0.0
-    connection_waits: int = 0
-    max_tokens: int | None = None
-    dspy_warnings: list[str] = field(default_factory=list)
-
-    def call_started(self, prompt: Any, messages: Any) -> list[dict[str, Any]]:
-        """Record a call about to leave; the returned list is cleared when it finishes."""
-        sent = entry_messages({"messages": messages, "prompt": prompt})
-        self.in_flight.append(sent)
-        return sent
-
-    def cut_calls(self) -> list[list[dict[str, Any]]]:
-        """The messages of the calls that left and never finished (cancelled)."""
-        return [messages for messages in self.in_flight if messages]
-
-
-_QUIET_ADAPTER = dspy.ChatAdapter(use_json_adapter_fallback=False)
-
-
-_ADAPTERS: dict[str, Any] = {}
-
-
-def adapter_named(name: str) -> Any:
-    """The shared DSPy adapter for ``chat``, ``json`` or ``xml`` (no silent JSON fallback)."""
-    adapter = _ADAPTERS.get(name)
-    if adapter is None:
-        factory = {
-            "chat": lambda: dspy.ChatAdapter(use_json_adapter_fallback=False),
-            "json": dspy.JSONAdapter,
-            "xml": lambda: dspy.XMLAdapter(use_json_adapter_fallback=False),
-        }[name]
-        adapter = _ADAPTERS[name] = factory()
-    return adapter
-
-
-class _KeepDSPyWarnings(logging.Filter):
-    """Keeps DSPy's per-call warnings (``LM response was truncated ...``) of a request's calls
-    in its :class:`RequestScope` instead of DSPy's plain-text handler: the backend logs them
-    with the request's ids. Records outside a request scope pass unchanged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        scope = _current_scope.get()
-        if scope is None or record.levelno < logging.WARNING:
-            return True
-        scope.dspy_warnings.append(record.getMessage())
-        return False
-
-
-# the DSPy loggers that warn about one call (a cut answer, the JSON adapter's schema)
-_PER_CALL_LOGGERS = ("dspy.clients.lm", "dspy.adapters.json_adapter")
-
-
-def _keep_dspy_warnings() -> None:
-    for name in _PER_CALL_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _KeepDSPyWarnings) for f in logger.filters):
-            logger.addFilter(_KeepDSPyWarnings())
-
-
-_keep_dspy_warnings()
-
-
-@contextmanager
-def request_scope(
-    lm: dspy.LM, adapter: str | None = None, *, max_tokens: int | None = None
-) -> Iterator[RequestScope]:
-    """Run the body with ``lm`` as the request's model, isolated usage, and no shared history.
-
-    Everything is set with ``dspy.context`` (a contextvar), never ``dspy.configure``: this is
-    safe from any task or thread. DSPy's adapter fallback (a silent second, billed call with
-    JSONAdapter after a parse failure) is turned off unless the host configured an adapter.
-    ``max_tokens`` overrides the LM's for the calls made inside (a re-ask after a cut answer).
-    """
-    scope = RequestScope(max_tokens=max_tokens)
-    parent = dspy.settings.usage_tracker
-    overrides: dict[str, Any] = {
-        "lm": lm,
-        "usage_tracker": scope.tracker,
-        # finalize() only calls lm.update_history when history is on; ManagedLM stores nothing.
-        "disable_history": False,
-        "trace": [],
-        "max_trace_size": 0,
-    }
-    if adapter is not None:  # the program's or the model's own choice
-        overrides["adapter"] = adapter_named(adapter)
-    elif dspy.settings.adapter is None:
-        overrides["adapter"] = _QUIET_ADAPTER
-    token = _current_scope.set(scope)
-    try:
-        with dspy.context(**overrides):
-            yield scope
-    finally:
-        _current_scope.reset(token)
-        if parent is not None:  # as dspy.track_usage() does when nested
-            for name, entries in scope.tracker.usage_data.items():
-                parent.usage_data[name].extend(entries)
-
-
 def _native_possible(probe: dspy.LM) -> bool:
     try:
         from dspy.clients.backend_selection import select_backend
@@ -743,12 +465,3 @@ def build_lm(
             f"model {model_id!r} ({config.model_name}): DSPy refused its settings: {exc}"
         ) from exc
     return lm, resolved
-
-
-def entry_messages(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The chat messages of one call record (empty when DSPy recorded none)."""
-    messages = entry.get("messages")
-    if isinstance(messages, list):
-        return [m for m in messages if isinstance(m, dict)]
-    prompt = entry.get("prompt")
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else []

@@ -46,11 +46,12 @@ from llm_server.core.streaming import StreamSink, current_sink
 from llm_server.core.telemetry import redact
 from llm_server.core.telemetry._observation import notify_model_output
 from llm_server.models._answers import AnswerAttempts, answer_error, is_parse_failure
+from llm_server.models._billed_calls import BilledCalls
 from llm_server.models._errors import translate_error
-from llm_server.models._usage import cut_usage, summarize_calls
+from llm_server.models._usage import summarize_calls
 
 if TYPE_CHECKING:
-    from llm_server.models._managed_lm import RequestScope
+    from llm_server.models._request_scope import RequestScope
 
 __all__ = ["DSPyBackend"]
 
@@ -79,7 +80,7 @@ _warned_lock = threading.Lock()
 @functools.cache
 def _request_scope() -> Callable[..., AbstractContextManager[RequestScope]]:
     # Imported lazily (it imports dspy) and once: an import statement per call is not free.
-    from llm_server.models._managed_lm import request_scope
+    from llm_server.models._request_scope import request_scope
 
     return request_scope
 
@@ -214,6 +215,7 @@ class DSPyBackend:
         self._admit = admit or _admit_all
         version = getattr(program_metadata, "version", None)
         self._program_version = version if isinstance(version, str) else None
+        self._billed = BilledCalls(model_id, model_name, price, self._program_version)
         # Bounded, and without prompts or answers: content is captured only on opt-in elsewhere.
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY_SIZE)
 
@@ -312,15 +314,15 @@ class DSPyBackend:
             # A worker thread's call may end meanwhile: stock is taken once, under the lock.
             with scope.tracker.lock:
                 scope.tracker.close()
-                self._account_for_cut_calls(scope.cut_calls(), started)
-                self._account_for_failed_calls(scope, started, "cancelled")
+                self._billed.cut(scope.cut_calls(), started)
+                self._billed.failed(scope, started, "cancelled")
             raise
         except Exception as exc:
             # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.
-            self._account_for_cut_calls(scope.cut_calls(), started)
+            self._billed.cut(scope.cut_calls(), started)
             translated = self._translate(exc, scope, max_tokens)
             outcome = translated.error_type if translated is not None else "error"
-            self._account_for_failed_calls(scope, started, outcome)
+            self._billed.failed(scope, started, outcome)
             self._log_dspy_warnings(scope)
             if translated is None or translated is exc:
                 raise
@@ -392,33 +394,6 @@ class DSPyBackend:
         notify_model_output(output)
         return output
 
-    def _account_for_failed_calls(self, scope: RequestScope, started: float, outcome: str) -> None:
-        """Report the calls of a failed attempt that came back: billed, so never left out.
-
-        Their usage (exact, or estimated when the provider sent none) goes to the observers
-        as an output without content whose ``metadata["outcome"]`` is the error type: the
-        envelope's tokens, the token and cost metrics and the tenant's budget all count it.
-        """
-        summary = summarize_calls(scope.entries, scope.tracker.billed, model_name=self.model_name)
-        usage = summary.usage
-        if usage is None or summary.calls == 0:
-            return  # nothing came back: nothing billed (cut calls are reported apart)
-        metadata: dict[str, Any] = {"outcome": outcome, "lm_calls": summary.calls}
-        if self._program_version is not None:
-            metadata["program_version"] = self._program_version
-        notify_model_output(
-            ModelOutput(
-                content=None,
-                model_id=self.model_id,
-                usage=usage,
-                cost_usd=cost_usd(usage, self._price),
-                response_model=summary.response_model,
-                finish_reasons=summary.finish_reasons,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                metadata=metadata,
-            )
-        )
-
     def _log_dspy_warnings(self, scope: RequestScope) -> None:
         """Log what DSPy warned about this attempt's calls, with the request's ids."""
         for warning in scope.dspy_warnings:
@@ -426,28 +401,6 @@ class DSPyBackend:
                 "model %r: DSPy: %s", self.model_id, warning, extra={"dspy_warning": warning}
             )
         scope.dspy_warnings.clear()
-
-    def _account_for_cut_calls(self, cut: list[list[dict[str, Any]]], started: float) -> None:
-        """Report calls cut after they left to the observers: billed, so never left out.
-
-        The prompts are counted offline and the output is unknown; the telemetry listener
-        records them in the token and cost metrics and counts the cut calls.
-        """
-        if not cut:
-            return  # cancelled before anything was sent: nothing was billed
-        usage = cut_usage(cut, model_name=self.model_name)
-        for messages in cut:
-            messages.clear()  # accounted once
-        notify_model_output(
-            ModelOutput(
-                content=None,
-                model_id=self.model_id,
-                usage=usage,
-                cost_usd=cost_usd(usage, self._price),
-                latency_ms=(time.perf_counter() - started) * 1000,
-                metadata={"cut": True, "lm_calls": len(cut)},
-            )
-        )
 
     async def _streamed(self, input: Mapping[str, Any], sink: StreamSink) -> Any:
         """Run the program with its string fields' pieces going into ``sink``.

@@ -29,7 +29,7 @@ import os
 import random
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.lowlevel import RunVar
@@ -42,19 +42,24 @@ from llm_server.core.clock import Clock
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import ConfigurationError, ModelNotFoundError
 from llm_server.core.model_config import ModelConfig, ModelsConfig
-from llm_server.core.pricing import ModelPrice, lookup_model, resolve_price
+from llm_server.core.pricing import ModelPrice, resolve_price
 from llm_server.core.protocols import ConfigProvider, ModelBackend
 from llm_server.core.reliability._breaker import CircuitBreaker
 from llm_server.core.reliability._budgets import TenantBudgets
 from llm_server.core.reliability._rate_limit import RateLimiter
-from llm_server.core.telemetry._otel import Telemetry, get_telemetry, set_telemetry
+from llm_server.core.telemetry._otel import Telemetry
 from llm_server.core.telemetry._redaction import register_secret
 from llm_server.models._engine import ResolvedKey, check_additional_params, resolve_api_key
 from llm_server.models._stack import ReliabilityStack
+from llm_server.models._startup import (
+    configure_dspy_cache,
+    connect_fleet,
+    context_window,
+    default_telemetry,
+    import_litellm,
+    share_caches,
+)
 from llm_server.models.dspy_backend import DSPyBackend
-
-if TYPE_CHECKING:
-    from llm_server.fleet import Fleet
 
 __all__ = ["ModelInfo", "ModelManager"]
 
@@ -78,16 +83,6 @@ def _instantiate(program: Any) -> Any:
             f"{program.__name__} is neither a dspy.Signature nor a dspy.Module subclass"
         )
     return program
-
-
-def _import_litellm() -> None:
-    import importlib
-    import warnings
-
-    with warnings.catch_warnings():
-        # LiteLLM's own import-time noise (pydantic "ReadOnly" notices); nothing a host can fix.
-        warnings.simplefilter("ignore", UserWarning)
-        importlib.import_module("litellm")  # ~3 s: paid at startup, not by the first request
 
 
 class ModelInfo(BaseModel):
@@ -182,7 +177,7 @@ class ModelManager:
 
         from llm_server.models import _managed_lm
 
-        self._configure_dspy_cache(any(model.cache for model in self.config.models.values()))
+        configure_dspy_cache(any(model.cache for model in self.config.models.values()))
         self._lms: dict[str, Any] = {}
         self._prices: dict[str, ModelPrice | None] = {}
         self.model_info: dict[str, ModelInfo] = {}
@@ -193,15 +188,15 @@ class ModelManager:
                 engine=model.engine or self.settings.default_engine,
                 key=keys[model_id],
                 timeout_s=model.timeout_s or self.settings.model_timeout_s,
-                context_window=self._context_window(model),
+                context_window=context_window(model),
             )
             self._lms[model_id] = lm
             self._prices[model_id] = resolve_price(model.model_name, override=model.pricing)
             self.model_info[model_id] = self._describe(model_id, model, engine)
         if any(info.engine == "litellm" for info in self.model_info.values()):
-            _import_litellm()
-        self.telemetry = telemetry or self._default_telemetry(self.settings)
-        self.fleet = self._connect_fleet(self.settings)
+            import_litellm()
+        self.telemetry = telemetry or default_telemetry(self.settings)
+        self.fleet = connect_fleet(self.settings)
         self._stack = ReliabilityStack(
             self.config,
             self.settings,
@@ -221,7 +216,7 @@ class ModelManager:
             self._lms[model_id].limit_rate(limiter)
         for model_id, lm in self._lms.items():
             lm.price_calls(self._prices[model_id])
-        self.caches = self._share_caches(keys)
+        self.caches = share_caches(self.config, self.fleet, self._lms, keys)
         self.telemetry.observe_limits(self.limiters.values(), self.fleet, self.budgets)
         self.telemetry.observe_caches(self.caches.values())
         if self.fleet is not None:
@@ -239,78 +234,6 @@ class ModelManager:
             freeze_startup_heap_once()
         raise_young_threshold(self.settings.gc_young_threshold)
 
-    def _share_caches(self, keys: Mapping[str, ResolvedKey]) -> dict[str, Any]:
-        """Give each model with ``shared_cache:`` its cache in the fleet's Redis."""
-        wanted = {mid: m for mid, m in self.config.models.items() if m.shared_cache is not None}
-        if not wanted:
-            return {}
-        from llm_server.models._managed_lm import SHARED_CACHE_SUPPORTED
-
-        if self.fleet is None or not SHARED_CACHE_SUPPORTED:
-            why = (
-                "it lives in Redis: set LLM_SERVER_REDIS_URL"
-                if self.fleet is None
-                else "this DSPy version has no plain-data call records"
-            )
-            raise ConfigurationError(
-                f"model {next(iter(wanted))!r}: shared_cache is not available: {why}"
-            )
-        from llm_server.fleet import SharedResponseCache
-
-        caches: dict[str, Any] = {}
-        for model_id, model in wanted.items():
-            assert model.shared_cache is not None
-            cache = SharedResponseCache(
-                self.fleet.connection,
-                model_id=model_id,
-                api_base=model.api_base,
-                api_key=keys[model_id].value,
-                ttl_s=model.shared_cache.ttl_s,
-                max_entry_bytes=model.shared_cache.max_entry_bytes,
-            )
-            self._lms[model_id].share_cache(cache)
-            caches[model_id] = cache
-        return caches
-
-    @staticmethod
-    def _connect_fleet(settings: FrameworkSettings) -> Fleet | None:
-        """The fleet's shared state when ``LLM_SERVER_REDIS_URL`` is set (needs redis-py)."""
-        if settings.redis_url is None:
-            return None
-        try:
-            from llm_server.fleet import Fleet
-        except ImportError as exc:
-            raise ConfigurationError(
-                "LLM_SERVER_REDIS_URL is set, but the Redis client is not installed: "
-                'pip install "llm-server-framework[fleet]"'
-            ) from exc
-        return Fleet.from_settings(settings)
-
-    @staticmethod
-    def _default_telemetry(settings: FrameworkSettings) -> Telemetry:
-        current = get_telemetry()
-        if current.enabled:
-            return current
-        telemetry = Telemetry(settings)
-        if telemetry.enabled:
-            set_telemetry(telemetry)
-        return telemetry
-
-    @staticmethod
-    def _configure_dspy_cache(any_opt_in: bool) -> None:
-        import dspy
-
-        # Off entirely unless a model opts in: no memory held and no ~/.dspy_cache folder. An
-        # opted-in model gets an in-memory cache; a host that wants DSPy's disk cache calls
-        # dspy.configure_cache(...) itself after building the manager.
-        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=any_opt_in)
-
-    @staticmethod
-    def _context_window(model: ModelConfig) -> int | None:
-        """The YAML's ``context_window``, else LiteLLM's map's, else unknown (no check)."""
-        known = lookup_model(model.model_name)
-        return model.context_window or (known.context_window if known else None)
-
     def _describe(self, model_id: str, model: ModelConfig, engine: str) -> ModelInfo:
         price = self._prices[model_id]
         return ModelInfo(
@@ -319,7 +242,7 @@ class ModelManager:
             base_model=model.base_model,
             model_name=model.model_name,
             max_tokens=model.max_tokens,
-            context_window=self._context_window(model),
+            context_window=context_window(model),
             input_cost_per_million=price.input_per_million if price else None,
             output_cost_per_million=price.output_per_million if price else None,
             engine=engine,

@@ -16,13 +16,20 @@ Why psycopg 3 and not asyncpg: the storage protocol is synchronous (the program 
 in its worker threads, beside the file-system adapter), and psycopg has a synchronous API, a
 pool, and ``LISTEN``/``NOTIFY`` as a generator with a timeout; asyncpg is async only.
 
-Its modules (private): ``_store`` (:class:`PostgresStorageAdapter`: versions and releases),
-``_watcher`` (the thread that keeps what a process serves equal to what is released),
-``_schema`` (the tables; DDL only when missing or older), ``_connections`` (timeouts and the
-client's own deadline, so no call blocks on a silent path) and ``_signing`` (the optional
-keyed content hash).
+This module is the entry point; the adapter lives with the rest of the program side in
+:mod:`llm_server.programs`: ``_postgres_store`` (:class:`PostgresStorageAdapter`: versions),
+``_postgres_releases`` (releases: promote, rollback, history, what is released),
+``_postgres_watcher`` (the thread that keeps what a process serves equal to what is
+released), ``_postgres_schema`` (the tables; DDL only when missing or older),
+``_postgres_connections`` (timeouts and the client's own deadline, so no call blocks on a
+silent path) and ``_postgres_signing`` (the optional keyed content hash).
 """
 
-from llm_server.postgres._store import CHANNEL, SCHEMA_VERSION, PostgresStorageAdapter, Release
+from llm_server.programs._postgres_store import (
+    CHANNEL,
+    SCHEMA_VERSION,
+    PostgresStorageAdapter,
+    Release,
+)
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStorageAdapter", "Release"]

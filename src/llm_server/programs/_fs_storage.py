@@ -50,7 +50,7 @@ from llm_server.core.errors import (
     VersionExistsError,
 )
 from llm_server.core.protocols import StoredProgram
-from llm_server.models._versioning import (
+from llm_server.programs._versioning import (
     canonical_json,
     is_version,
     next_version,

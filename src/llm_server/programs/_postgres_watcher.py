@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from llm_server.core.telemetry._redaction import redact
-from llm_server.postgres._connections import DeadlineExceededError, bounded
+from llm_server.programs._postgres_connections import DeadlineExceededError, bounded
 
 __all__ = ["CHANNEL", "ReleaseWatcher"]
 

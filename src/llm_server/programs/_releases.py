@@ -3,7 +3,7 @@
 A storage that records releases itself and tells every process about them implements
 :class:`ReleasingStorage` (PostgreSQL). For any other storage, :class:`LocalReleases` keeps
 the history in memory, for this process alone. Both use one rule for rollbacks
-(:func:`~llm_server.models._versioning.release_stack`).
+(:func:`~llm_server.programs._versioning.release_stack`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from llm_server.core.errors import ProgramError
 from llm_server.core.protocols import StoredProgram
-from llm_server.models._versioning import release_stack
+from llm_server.programs._versioning import release_stack
 
 __all__ = ["LocalReleases", "ReleasingStorage"]
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm_server.core.errors import ProgramAlreadyRegisteredError, ProgramNotFoundError
 from llm_server.core.model_config import ParsePolicy
 from llm_server.core.protocols import StoredProgram
-from llm_server.models import _program_state as ps
-from llm_server.models._versioning import version_key
+from llm_server.programs import _state as ps
+from llm_server.programs._versioning import version_key
 
 __all__ = ["ProgramMetadata", "ProgramRegistry", "metadata_for"]
 

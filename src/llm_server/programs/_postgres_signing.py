@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry._redaction import register_secret
-from llm_server.models._versioning import canonical_json, sha256_hex
+from llm_server.programs._versioning import canonical_json, sha256_hex
 
 __all__ = ["MIN_KEY_LENGTH", "check_key", "content_mac"]
 
