@@ -418,3 +418,66 @@ async def test_a_stream_broken_by_a_cut_answer_quotes_it_nowhere_without_content
     for span in exporter.get_finished_spans():
         for event in span.events:
             assert SECRET_ANSWER not in str(dict(event.attributes or {})), span.name
+
+
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_streamed_refusal_is_a_refusal_with_every_billed_token_reported(
+    make_manager: Callable[..., ModelManager],
+    provider: LocalProvider,
+    reader: InMemoryMetricReader,
+    engine: str,
+) -> None:
+    # OpenAI streams a refusal as delta.refusal chunks; neither engine's stream parser keeps them.
+    provider.script(reply=KINDS["refused"][0])
+    manager = make_manager(engine, "chat")
+    backend = manager.reliable_backend(dspy.Predict(PROGRAM), "m")
+    metrics = PerformanceMetrics()
+
+    with tenant_scope("acme"), pytest.raises(ModelRefusedError) as caught:
+        [_ async for _ in stream_events(lambda: backend.predict({"question": "q"}))]
+
+    assert caught.value.refusal == "I can't help with that."  # was EmptyOutputError
+    assert provider.requests[-1].stream
+    billed_in, billed_out = provider.billed_tokens
+    assert billed_out > 0
+    block = metrics.billed_usage()
+    assert block is not None
+    assert (block["input"], block["output"]) == (billed_in, billed_out)  # LiteLLM: output was 0
+    assert reported_tokens(reader) == (billed_in, billed_out)
+    (failure,) = metric_points(reader)["llm_server.client.parse_failures"]
+    assert failure.attributes["llm_server.answer.kind"] == "model_refused"
+    (used, _budget) = (await manager.budgets.usage("acme"))["day"]
+    assert (used.requests, used.tokens) == (1, billed_in + billed_out)
+
+
+@pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_cut_answer_that_parses_is_truncated_with_every_billed_token_reported(
+    make_manager: Callable[..., ModelManager],
+    provider: LocalProvider,
+    reader: InMemoryMetricReader,
+    engine: str,
+) -> None:
+    # Every field written, the last one cut: DSPy parses it, the answer is still incomplete.
+    cut = "[[ ## answer ## ]]\nParis\n\n[[ ## confidence ## ]]\n0.5"
+    provider.script(reply=RawReply(cut, finish_reason="length"))
+    manager = make_manager(engine, "chat")
+    backend = manager.reliable_backend(dspy.Predict(PROGRAM), "m")
+    metrics = PerformanceMetrics()
+
+    with tenant_scope("acme"), pytest.raises(OutputTruncatedError) as caught:
+        await backend.predict({"question": "q"})
+
+    assert caught.value.max_tokens == 256
+    assert "it parsed, but its last output field is incomplete" in caught.value.message
+    billed_in, billed_out = provider.billed_tokens
+    block = metrics.billed_usage()
+    assert block is not None
+    assert (block["input"], block["output"]) == (billed_in, billed_out)
+    assert [call["outcome"] for call in block["calls"]] == ["output_truncated"]
+    assert reported_tokens(reader) == (billed_in, billed_out)
+    (failure,) = metric_points(reader)["llm_server.client.parse_failures"]
+    assert failure.attributes["llm_server.answer.kind"] == "output_truncated"
+    (used, _budget) = (await manager.budgets.usage("acme"))["day"]
+    assert (used.requests, used.tokens) == (1, billed_in + billed_out)

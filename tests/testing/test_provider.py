@@ -200,6 +200,19 @@ def test_openai_stream(provider: LocalProvider, include_usage: bool) -> None:
     assert len(usage) == int(include_usage)
 
 
+def test_openai_stream_of_a_refusal(provider: LocalProvider) -> None:
+    # As OpenAI streams one: delta.refusal, no content, finish_reason "stop", usage last.
+    provider.script(reply=RawReply(None, refusal="I can't help with that."))
+    body = openai_body("x", stream=True, stream_options={"include_usage": True})
+    chunks = [json.loads(data) for _, data in sse_events(chat(provider, body))[:-1]]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("refusal") or "" for d in deltas) == "I can't help with that."
+    assert not "".join(d.get("content") or "" for d in deltas)
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert [f for f in finishes if f] == ["stop"]
+    assert chunks[-1]["usage"]["completion_tokens"] == provider.billed_tokens[1] > 0
+
+
 def test_anthropic_stream(provider: LocalProvider) -> None:
     body = {
         "model": "c",

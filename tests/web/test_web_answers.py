@@ -161,12 +161,10 @@ async def test_dspy_truncation_warning_is_a_json_line_of_the_request(
     assert warning["model_id"] == "m"
 
 
-# A streamed refusal: DSPy's native stream parser drops the refusal delta (it arrives as an
-# empty answer), so it is not among these.
 @pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
 @pytest.mark.parametrize("adapter", ["chat", "json"])
 @pytest.mark.parametrize("engine", ["auto", "litellm"])
-@pytest.mark.parametrize("kind", ["no_markers", "empty"])
+@pytest.mark.parametrize("kind", ["no_markers", "empty", "refused"])
 async def test_a_stream_failing_before_its_first_piece_answers_the_envelope_with_usage(
     app_for: Any, provider: LocalProvider, kind: str, engine: str, adapter: str
 ) -> None:
@@ -180,6 +178,8 @@ async def test_a_stream_failing_before_its_first_piece_answers_the_envelope_with
     assert body["error"]["type"] == error_type
     assert SECRET not in response.text
     assert (body["usage"]["input"], body["usage"]["output"]) == billed(provider)
+    if kind == "refused":  # the model's message to the user, as in an unstreamed call
+        assert "I won't rate that." in body["error"]["message"]
 
 
 async def test_a_stream_cut_at_max_tokens_after_its_first_piece_ends_with_usage(
@@ -420,3 +420,60 @@ async def test_a_shallow_body_with_many_brackets_and_escapes_in_its_strings_is_s
 
     assert response.status_code == 200, response.text
     assert text in provider.requests[-1].messages[-1]["content"]
+
+
+# Every field written, the last one cut: DSPy parses it (confidence reads 0.5 of "0.55").
+CUT_BUT_PARSED = RawReply(
+    "[[ ## verdict ## ]]\nfair\n\n[[ ## confidence ## ]]\n0.5", finish_reason="length"
+)
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+async def test_a_cut_answer_that_parses_is_refused_as_truncated_with_its_usage(
+    app_for: Any, provider: LocalProvider, engine: str
+) -> None:
+    provider.script(reply=CUT_BUT_PARSED)
+    async with serving(app_for(engine)) as client:
+        response = await client.post("/programs/rate", json={"text": "rate me"})
+        streamed = await client.post("/programs/rate/stream", json={"text": "rate me"})
+
+    assert response.status_code == 502, response.text  # was 200 with the cut answer
+    body = response.json()
+    assert body["error"]["type"] == "output_truncated"
+    assert "max_tokens=1,024" in body["error"]["message"]
+    assert body["usage"]["answer_attempts"] == {"output_truncated": 1}
+    assert [c["outcome"] for c in body["usage"]["calls"]] == ["output_truncated"]
+    # A stream whose pieces went out ends with an error event instead of the cut answer.
+    assert streamed.status_code == 200
+    events = streamed.text.split("\n\n")
+    (error,) = [e for e in events if e.startswith("event: error")]
+    envelope = json.loads(error.partition("data: ")[2])
+    assert envelope["error"]["type"] == "stream_interrupted"
+    assert "it parsed, but its last output field is incomplete" in envelope["error"]["message"]
+    assert not any(e.startswith("event: done") for e in events)
+    totals = (
+        body["usage"]["input"] + envelope["usage"]["input"],
+        body["usage"]["output"] + envelope["usage"]["output"],
+    )
+    assert totals == billed(provider)
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+async def test_a_cut_answer_that_parses_is_asked_again_with_more_tokens_by_the_policy(
+    app_for: Any, provider: LocalProvider, engine: str
+) -> None:
+    replies = iter([CUT_BUT_PARSED, None])  # None: a valid answer
+    provider.script(reply=lambda request: next(replies) or {"confidence": 0.55})
+    policy = {"truncation_max_tokens": 4096}
+    async with serving(app_for(engine, parse_policy=policy)) as client:
+        response = await client.post("/programs/rate", json={"text": "rate me"})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["confidence"] == 0.55
+    performance = response.json()["metadata"]["performance"]
+    assert performance["answer_attempts"] == {"output_truncated": 1, "ok": 1}
+    assert (performance["tokens"]["input"], performance["tokens"]["output"]) == billed(provider)
+    sent = [
+        r.body.get("max_tokens") or r.body.get("max_completion_tokens") for r in provider.requests
+    ]
+    assert sent == [1024, 2048]

@@ -25,7 +25,14 @@ from llm_server.core.model_config import ParsePolicy
 from llm_server.core.telemetry._redaction import redact
 from llm_server.models._usage import finish_reasons, output_text
 
-__all__ = ["AnswerAttempts", "NextAttempt", "answer_error", "is_parse_failure", "refusal_text"]
+__all__ = [
+    "AnswerAttempts",
+    "NextAttempt",
+    "answer_error",
+    "cut_answer_error",
+    "is_parse_failure",
+    "refusal_text",
+]
 
 _TRUNCATED: Final = frozenset({"length", "max_tokens", "model_length_limit"})
 _REFUSED: Final = frozenset({"refusal", "content_filter", "safety"})
@@ -77,6 +84,7 @@ def answer_error(
     max_tokens: int | None,
     show_answer: bool,
     content_max_length: int = _SHOWN_ANSWER,
+    streamed_refusal: str | None = None,
 ) -> OutputParseError:
     """Our error for DSPy's parse failure ``exc``, from the failed call's record.
 
@@ -87,6 +95,8 @@ def answer_error(
         max_tokens: The model's ``max_tokens`` in force for the call.
         show_answer: Whether the raw answer may be quoted (content capture is on).
         content_max_length: At most this many characters of it.
+        streamed_refusal: The refusal the failed call's stream carried (a streamed answer's
+            record has none: :mod:`._refusals`).
     """
     entry = entries[-1] if entries else {}
     response = entry.get("response")
@@ -95,7 +105,7 @@ def answer_error(
     fields = _fields(exc)
     named = ", ".join(fields) if fields else "(none named)"
     prefix = f"model {model_id!r}:"
-    refusal = refusal_text(response)
+    refusal = refusal_text(response) or streamed_refusal
     if refusal is not None or reasons & _REFUSED:
         said = " ".join(redact(refusal or "").split())
         return ModelRefusedError(
@@ -127,6 +137,29 @@ def answer_error(
         shown = " ".join(redact(text).split())[:content_max_length]
         message += f" (answer: {shown})"
     return OutputParseError(message, model_id=model_id, fields=fields)
+
+
+def cut_answer_error(
+    entries: Sequence[Mapping[str, Any]], *, model_id: str, max_tokens: int | None
+) -> OutputTruncatedError | None:
+    """The error for an answer DSPy parsed although a call of it was cut (``None``: none was).
+
+    A call that stopped at ``max_tokens`` (``finish_reason: "length"``) left its last field
+    unfinished even when every field marker was written: a one-field answer cut mid-sentence
+    parses. It is rejected like a cut answer that does not parse (the parse policy's
+    truncation re-ask may then ask again with a larger ``max_tokens``), never served as if
+    it were whole.
+    """
+    if not any(_TRUNCATED.intersection(finish_reasons(entry.get("response"))) for entry in entries):
+        return None
+    limit = f"max_tokens={max_tokens:,}" if max_tokens else "its max_tokens"
+    return OutputTruncatedError(
+        f"model {model_id!r}: the answer was cut at {limit}: it parsed, but its last output "
+        "field is incomplete; raise the model's max_tokens or set "
+        "parse_policy.truncation_max_tokens",
+        model_id=model_id,
+        max_tokens=max_tokens,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,10 @@ async def run_listened(
     listeners = [StreamListener(signature_field_name=name) for name in fields]
     by_predictor = find_predictor_for_stream_listeners(program, listeners)
     feed = ListenerFeed(by_predictor, sink, on_first_piece)
-    with dspy.context(send_stream=feed, stream_listeners=listeners):
+    # track_usage: DSPy's LiteLLM stream asks the provider for its usage chunk only with it on
+    # (without it LiteLLM counts the streamed content itself: a refusal's tokens as 0). The
+    # request scope's tracker is set, so DSPy's modules start no tracker of their own.
+    with dspy.context(send_stream=feed, stream_listeners=listeners, track_usage=True):
         prediction = await program.acall(**input)
     feed.flush(listeners)
     return prediction

@@ -40,6 +40,7 @@ from llm_server.models._engine import (  # noqa: E402
     normalise_api_base,
 )
 from llm_server.models._lm_engines import PoolSizedEngines  # noqa: E402
+from llm_server.models._refusals import capture_lm15_refusals  # noqa: E402
 from llm_server.models._request_scope import (  # noqa: E402
     current_scope,
     entry_messages,
@@ -370,6 +371,7 @@ def _price_in_the_manager() -> None:
 
 
 _price_in_the_manager()
+capture_lm15_refusals()
 
 
 async def _sent(

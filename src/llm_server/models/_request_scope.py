@@ -87,6 +87,8 @@ class RequestScope:
         max_tokens: The ``max_tokens`` of this request's calls, when a re-ask raised it.
         dspy_warnings: What DSPy warned about this request's calls (its truncation warning),
             kept here instead of printed: the backend logs it with the request's ids.
+        stream_refusals: The refusal text a streamed call's chunks carried, by the call's
+            index in ``entries`` (neither engine keeps it: :mod:`._refusals`).
     """
 
     entries: list[dict[str, Any]] = field(default_factory=list)
@@ -96,6 +98,7 @@ class RequestScope:
     connection_waits: int = 0
     max_tokens: int | None = None
     dspy_warnings: list[str] = field(default_factory=list)
+    stream_refusals: dict[int, str] = field(default_factory=dict)
 
     def call_started(self, prompt: Any, messages: Any) -> list[dict[str, Any]]:
         """Record a call about to leave; the returned list is cleared when it finishes."""

@@ -38,6 +38,9 @@ def import_litellm() -> None:
         # LiteLLM's own import-time noise (pydantic "ReadOnly" notices); nothing a host can fix.
         warnings.simplefilter("ignore", UserWarning)
         importlib.import_module("litellm")  # ~3 s: paid at startup, not by the first request
+    from llm_server.models._refusals import capture_litellm_refusals
+
+    capture_litellm_refusals()
 
 
 def share_caches(

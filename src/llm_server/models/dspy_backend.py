@@ -5,7 +5,8 @@ call only (``dspy.context``, a contextvar; never ``dspy.configure``), so any num
 concurrent requests share one backend safely. Usage is exact per request (DSPy's shared
 history is never read), cost comes from :mod:`llm_server.core.pricing`, and provider failures
 leave as our own error types, whichever DSPy engine raised them. An answer DSPy cannot parse
-leaves as its kind (unparseable, truncated, empty, refused; :mod:`._answers`), is asked again
+leaves as its kind (unparseable, truncated, empty, refused; :mod:`._answers`), as does an
+answer that parsed although a call of it was cut at ``max_tokens`` (truncated), is asked again
 only as the parse policy says, and every call that came back is reported to the request's
 observers with its usage, whatever became of the request.
 
@@ -45,7 +46,12 @@ from llm_server.core.pricing import ModelPrice, cost_usd
 from llm_server.core.streaming import StreamSink, current_sink
 from llm_server.core.telemetry import redact
 from llm_server.core.telemetry._observation import notify_model_output
-from llm_server.models._answers import AnswerAttempts, answer_error, is_parse_failure
+from llm_server.models._answers import (
+    AnswerAttempts,
+    answer_error,
+    cut_answer_error,
+    is_parse_failure,
+)
 from llm_server.models._billed_calls import BilledCalls
 from llm_server.models._errors import translate_error
 from llm_server.models._usage import summarize_calls
@@ -328,6 +334,12 @@ class DSPyBackend:
                 raise
             return _Rejected(translated, exc)
         self._log_dspy_warnings(scope)
+        cut = cut_answer_error(
+            scope.entries, model_id=self.model_id, max_tokens=max_tokens or self._max_tokens
+        )
+        if cut is not None:  # parsed, but cut at max_tokens: incomplete, not served as whole
+            self._billed.failed(scope, started, cut.error_type)
+            return _Rejected(self._interrupted(cut) or cut, cut)
         return prediction, scope
 
     def _translate(
@@ -341,18 +353,29 @@ class DSPyBackend:
                 max_tokens=max_tokens or self._max_tokens,
                 show_answer=self._show_answers,
                 content_max_length=self._content_max_length,
+                streamed_refusal=scope.stream_refusals.get(len(scope.entries) - 1),
             )
         else:
             translated = translate_error(exc, model_id=self.model_id)
-        sink = current_sink()
-        if sink is not None and sink.started:
-            # Part of the answer is out: never retried, never handed to a fallback.
-            reason = translated.message if translated is not None else redact(str(exc))
-            translated = StreamInterruptedError(
-                f"model {self.model_id!r}: the stream broke after its first piece: {reason}",
-                model_id=self.model_id,
-            )
+        if translated is None:
+            translated = self._interrupted(None, redact(str(exc)))
+        else:
+            translated = self._interrupted(translated)
         return translated
+
+    def _interrupted(
+        self, error: LLMServerError | None, reason: str | None = None
+    ) -> LLMServerError | None:
+        """``error`` as a stream broken after its first piece, when part of the answer is out."""
+        sink = current_sink()
+        if sink is None or not sink.started:
+            return error
+        # Part of the answer is out: never retried, never handed to a fallback.
+        return StreamInterruptedError(
+            f"model {self.model_id!r}: the stream broke after its first piece: "
+            f"{error.message if error is not None else reason}",
+            model_id=self.model_id,
+        )
 
     def _succeeded(
         self,
