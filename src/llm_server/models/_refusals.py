@@ -16,6 +16,7 @@ as it is (a streamed refusal is then reported as an empty answer, as before).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -50,9 +51,12 @@ def _keep(chunk: Any) -> None:
 def capture_lm15_refusals() -> None:
     """Wrap lm15's Chat Completions stream parser (DSPy's native engine) once."""
     try:
-        from dspy._vendor.lm15.providers.openai_chat import OpenAIChatLM
+        # imported by name: the vendored lm15 ships type information, and a static import
+        # would make mypy read the untyped dspy package as a bare namespace
+        chat = importlib.import_module("dspy._vendor.lm15.providers.openai_chat")
     except ImportError:  # a DSPy without it
         return
+    OpenAIChatLM = chat.OpenAIChatLM  # noqa: N806 -- the class, under its own name
     parse = getattr(OpenAIChatLM, "parse_stream_events", None)
     if not callable(parse) or getattr(parse, _MARK, False):
         return
