@@ -24,6 +24,7 @@ from llm_server.core.pipeline import Pipeline
 from llm_server.core.streaming import stream_events
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.types import MediaType, PipelineData
+from llm_server.fastapi._canary_serving import Picked, count_outcome, pick_version
 from llm_server.fastapi._gate import gate_for, guarded_route
 from llm_server.fastapi._schemas import ErrorEnvelope
 from llm_server.fastapi._sse import sse_response
@@ -158,15 +159,18 @@ class _ProgramRunner:
     def __init__(self, program_id: str) -> None:
         self.program_id = program_id
         self._manager: Any = None
-        self._version: str | None = None
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[tuple[str, str], _Route] = {}
 
-    def route(self, manager: Any, model_id: str) -> _Route:
-        metadata = manager.registry.get_program_metadata(self.program_id)
-        if manager is not self._manager or metadata.version != self._version:
-            self._manager, self._version, self._routes = manager, metadata.version, {}
-        route = self._routes.get(model_id)
+    def route(self, manager: Any, model_id: str, metadata: Any = None) -> _Route:
+        """The route of ``metadata``'s version (default: the served one) on ``model_id``."""
+        if metadata is None:
+            metadata = manager.registry.get_program_metadata(self.program_id)
+        if manager is not self._manager:
+            self._manager, self._routes = manager, {}
+        route = self._routes.get((metadata.version, model_id))
         if route is None:
+            if len({version for version, _ in self._routes}) >= 3:
+                self._routes = {}  # a stable and a canary at most: drop versions left behind
             if model_id not in manager.model_info:
                 raise ModelNotFoundError(model_id, list(manager.model_info))
             backend = manager.reliable_backend(self.program_id, model_id, version=metadata.version)
@@ -179,7 +183,7 @@ class _ProgramRunner:
             check = getattr(manager.model_manager, "ensure_available", None)
             available = functools.partial(check, model_id) if callable(check) else _always_available
             route = _Route(Pipeline([step], name=self.program_id), metadata, available)
-            self._routes[model_id] = route
+            self._routes[(metadata.version, model_id)] = route
         return route
 
 
@@ -267,7 +271,13 @@ def add_program_endpoint(
     runner = _ProgramRunner(program_id)
 
     def envelope(
-        pm: Any, model_id: str, route: _Route, metrics: PerformanceMetrics, result: PipelineData
+        pm: Any,
+        model_id: str,
+        route: _Route,
+        metrics: PerformanceMetrics,
+        result: PipelineData,
+        *,
+        picked: Picked,
     ) -> dict[str, Any]:
         metrics.mark_checkpoint("pipeline_complete")
         metadata = MetadataCollector.collect_response_metadata(
@@ -276,29 +286,39 @@ def add_program_endpoint(
             performance_metrics=metrics.get_summary(),
             model_info=_model_block(pm.model_info, model_id, result.metadata),
         )
+        metadata["program"] = picked.program_block(metadata["program"])
         return {"success": True, "data": result.content, "metadata": metadata}
 
-    def prepared(request: Request, body: Any) -> tuple[Any, str, _Route, PipelineData]:
+    def prepared(request: Request, body: Any) -> tuple[Any, str, _Route, PipelineData, Picked]:
         pm = manager if manager is not None else get_program_manager(request)
         model_id: str = body.model_id
         # Values as validated (not dumped), so typed inputs reach the program as their types.
         inputs = {name: getattr(body, name) for name in input_names}
         data = PipelineData(media_type=MediaType.STRUCTURED, content=inputs)
-        return pm, model_id, runner.route(pm, model_id), data
+        picked = pick_version(pm, program_id, request)  # once: in flight stays on its version
+        return pm, model_id, runner.route(pm, model_id, picked.metadata), data, picked
 
     async def endpoint(request: Request, body: Any) -> Any:
-        pm, model_id, route, data = prepared(request, body)
+        pm, model_id, route, data, picked = prepared(request, body)
         metrics = PerformanceMetrics()
-        with log_context(program_id=program_id, model_id=model_id):
-            result = await route.pipeline.execute(data)
-        return envelope(pm, model_id, route, metrics, result)
+        error: BaseException | None = None
+        try:
+            with log_context(program_id=program_id, model_id=model_id):
+                result = await route.pipeline.execute(data)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            count_outcome(pm, program_id, picked, error, metrics)
+        return envelope(pm, model_id, route, metrics, result, picked=picked)
 
     async def stream_endpoint(request: Request, body: Any) -> Response:
-        pm, model_id, route, data = prepared(request, body)
+        pm, model_id, route, data, picked = prepared(request, body)
         metrics = PerformanceMetrics()
 
         def done(result: PipelineData) -> dict[str, Any]:
-            return envelope(pm, model_id, route, metrics, result)
+            count_outcome(pm, program_id, picked, None, metrics)
+            return envelope(pm, model_id, route, metrics, result, picked=picked)
 
         with log_context(program_id=program_id, model_id=model_id):
             events = stream_events(lambda: route.pipeline.execute(data))

@@ -40,6 +40,7 @@ from llm_server.core.errors import (
 )
 from llm_server.core.protocols import StorageAdapter, StoredProgram
 from llm_server.models import _program_state as ps
+from llm_server.models._canary_control import CanaryController, CanaryMethods
 from llm_server.models._program_registry import (
     Entry,
     ProgramMetadata,
@@ -141,7 +142,7 @@ class ReleasingStorage(Protocol):
         ...
 
 
-class ProgramManager:
+class ProgramManager(CanaryMethods):
     """Registers DSPy programs and keeps their immutable, versioned state.
 
     Args:
@@ -173,6 +174,7 @@ class ProgramManager:
         self._program_locks: dict[str, threading.Lock] = {}
         self.registry = ProgramRegistry()
         """The registered programs; ``registry.get_program_metadata(id)`` for the envelope."""
+        self._canary_control = CanaryController(self)  # canaries: models/_canary_control.py
 
     @property
     def model_manager(self) -> ModelManagerLike:
@@ -474,11 +476,13 @@ class ProgramManager:
 
         Every announcement, and every ``interval_s`` anyway, compares what this process
         serves with what is released and switches when they differ; a switch that failed
-        (the version could not be loaded) is tried again on the next round.
+        (the version could not be loaded) is tried again on the next round. Canaries are
+        followed and judged from now on too (:meth:`start_canary`); :meth:`close` stops that.
 
         Returns:
             Whether the storage can announce releases (a :class:`ReleasingStorage`).
         """
+        self._canary_control.follow()  # canaries: followed and judged in the background
         if not isinstance(self._storage, ReleasingStorage):
             return False
         self._storage.watch(self._released, interval_s=interval_s)

@@ -36,6 +36,7 @@ from llm_server.models._versioning import (
     validate_program_id,
     validate_version,
 )
+from llm_server.postgres._canaries import PostgresCanaries
 from llm_server.postgres._connections import DeadlineExceededError, bounded, connection_settings
 from llm_server.postgres._schema import SCHEMA_VERSION, migrate
 from llm_server.postgres._watcher import CHANNEL, ReleaseWatcher
@@ -60,7 +61,7 @@ def _display(url: str) -> str:
         return "<unparseable URL>"
 
 
-class PostgresStorageAdapter:
+class PostgresStorageAdapter(PostgresCanaries):
     """Immutable program versions, and who released which, in PostgreSQL.
 
     A version is one row (the state as canonical JSON text, hashed; the manifest as JSON),

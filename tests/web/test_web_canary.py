@@ -1,0 +1,102 @@
+"""Canaries through a program endpoint (in-process, file-system storage: process-local)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anyio
+import dspy
+import pytest
+from _web_helpers import MakeApp, Summarize, serving
+
+from llm_server.models.canary import CanaryGuard
+from llm_server.testing import LocalProvider, RawReply, RecordedRequest
+
+pytestmark = pytest.mark.anyio
+
+MARK = "canary-demo-marker"
+
+
+def _broken_for_the_canary(request: RecordedRequest) -> Any:
+    """Unparseable answers to prompts carrying the canary version's demo; echo otherwise."""
+    if MARK in json.dumps(request.body):
+        return RawReply("I cannot answer in that format.")
+    text = request.body["messages"][-1]["content"]
+    return {"summary": "ok: " + text[-20:]}
+
+
+def _save_canary_version(app: Any) -> str:
+    """Save a version with a demo (the canary) and serve 1.0.0 again; its version."""
+    pm = app.state.program_manager
+    tuned = dspy.Predict(Summarize)
+    tuned.demos = [dspy.Example(text=MARK, summary="short").with_inputs("text")]
+    saved = pm.save_program_version("summarize", tuned, optimizer="manual")
+    pm.promote("summarize", "1.0.0", actor="test", reason="serve the first version again")
+    return str(saved.version)
+
+
+async def test_a_sticky_header_keeps_a_caller_on_one_side_and_the_envelope_says_which(
+    make_app: MakeApp,
+) -> None:
+    app = make_app()
+    async with serving(app) as client:
+        version = _save_canary_version(app)
+        pm = app.state.program_manager
+        pm.start_canary("summarize", version, weight=0.5, sticky="header:X-Session", actor="ana")
+        seen: dict[str, set[tuple[str, bool]]] = {}
+        for session in range(40):
+            for _ in range(3):
+                response = await client.post(
+                    "/programs/summarize",
+                    json={"text": "hello"},
+                    headers={"X-Session": f"s{session}"},
+                )
+                assert response.status_code == 200, response.text
+                block = response.json()["metadata"]["program"]
+                seen.setdefault(f"s{session}", set()).add((block["version"], block["canary"]))
+        assert all(len(sides) == 1 for sides in seen.values())
+        sides = {next(iter(s)) for s in seen.values()}
+        assert sides == {("1.0.0", False), (version, True)}
+        figures = pm.canary_figures("summarize")
+        assert figures["stable"]["requests"] + figures["canary"]["requests"] == 120
+        assert figures["canary"]["version"] == version
+        pm.end_canary("summarize", "rollback", actor="ana", reason="enough")
+        block = (await client.post("/programs/summarize", json={"text": "x"})).json()
+        assert block["metadata"]["program"] == {
+            "id": "summarize",
+            "version": "1.0.0",
+            "name": "Summarizer",
+        }
+
+
+async def test_an_unparseable_canary_is_rolled_back_by_the_guard_with_the_reason(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    provider.script(reply=_broken_for_the_canary)
+    app = make_app()
+    ended: list[Any] = []
+    async with serving(app) as client:
+        version = _save_canary_version(app)
+        pm = app.state.program_manager
+        pm.on_canary_end(ended.append)
+        guard = CanaryGuard(min_requests=10)
+        pm.start_canary("summarize", version, weight=0.3, guard=guard, actor="ana")
+        start = time.monotonic()
+        statuses: set[int] = set()
+        while pm.canaries("summarize")[-1].active:
+            assert time.monotonic() - start < 30, pm.canary_figures("summarize")
+            response = await client.post("/programs/summarize", json={"text": "t"})
+            statuses.add(response.status_code)
+            await anyio.sleep(0.01)
+        assert statuses == {200, 502}
+        last = pm.canaries("summarize")[-1]
+        assert (last.outcome, last.ended_by) == ("rollback", "canary-guard")
+        assert last.end_reason is not None
+        assert last.end_reason.startswith("parse failures")
+        assert [c.id for c in ended] == [last.id]
+        for _ in range(20):  # the stable version serves everyone again
+            response = await client.post("/programs/summarize", json={"text": "t"})
+            assert response.status_code == 200
+            assert response.json()["metadata"]["program"]["version"] == "1.0.0"
