@@ -30,6 +30,7 @@ from llm_server.fastapi._errors import error_response, install_error_handlers
 from llm_server.fastapi._lifespan import HostLifespan, ProgramSpec, llm_server_lifespan
 from llm_server.fastapi._middleware import BodyLimitMiddleware, RequestContextMiddleware
 from llm_server.fastapi._playground import add_playground
+from llm_server.fastapi._release_routes import add_release_routes
 from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
 from llm_server.fastapi._sse import sse_response
@@ -45,6 +46,7 @@ __all__ = [
     "RequestContextMiddleware",
     "add_playground",
     "add_program_endpoint",
+    "add_release_routes",
     "error_response",
     "get_model_manager",
     "get_program_manager",

@@ -85,6 +85,12 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
     )
 
 
+def _figures(manager: Any, program_id: str) -> dict[str, Any] | None:
+    """Stable and canary figures (``None`` for a program manager without them)."""
+    figures = getattr(manager, "canary_figures", None)
+    return figures(program_id) if callable(figures) else None
+
+
 def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRouter:
     """Build the router; include it with ``app.include_router(health_router())``.
 
@@ -97,8 +103,8 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
       with its circuit breaker's state and counts and its rate limit, and the fleet's shared
       state (Redis in use or fallen back, processes seen) when ``LLM_SERVER_REDIS_URL`` is set.
     - ``GET /tenants/{tenant_id}/usage``: a tenant's usage and budgets this UTC day and month.
-    - ``GET /programs``: each registered program, the version it serves and the stored
-      versions.
+    - ``GET /programs``: each registered program, the version it serves, the stored
+      versions, and live figures of the served version and a running canary side by side.
 
     Args:
         prefix: A path prefix for every route (e.g. ``"/admin"``).
@@ -166,6 +172,7 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
                     pinned=meta.pinned,
                     versions=versions,
                     description=meta.description,
+                    figures=_figures(manager, meta.id),
                 )
             )
         return ProgramsResponse(programs=found)
