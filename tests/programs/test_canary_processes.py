@@ -25,10 +25,10 @@ from typing import Any
 import dspy
 import httpx
 import pytest
-from _app_processes import EXAMPLES, serving_app
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
+from _app_processes import EXAMPLES, serving_app
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 from llm_server.testing import LocalProvider, RawReply, RecordedRequest
@@ -78,12 +78,15 @@ class Fleet:
         self.env = env
         self.canary_version = canary_version
         self._client = httpx.Client(timeout=30)
+        self.asked = 0
+        """Program requests sent so far."""
 
     def close(self) -> None:
         self._client.close()
 
     def ask(self, url: str, session: str | None = None) -> dict[str, Any]:
         headers = {"X-Session": session} if session is not None else {}
+        self.asked += 1
         response = self._client.post(
             f"{url}/programs/summarize", json={"text": "hello"}, headers=headers
         )
@@ -124,6 +127,7 @@ def fleet(
             "LLM_SERVER_REDIS_TIMEOUT_S": "0.5",
             "LLM_SERVER_PROVIDER_URL": provider.base_url,
             "FLEET_REQUESTS_PER_MINUTE": "1000000",
+            "FLEET_TOKENS_PER_MINUTE": "1000000000",
             "OTEL_ENABLED": "false",
             "ADMIN_TOKEN": TOKEN,
         }
@@ -176,9 +180,8 @@ def test_a_ten_percent_canary_gets_ten_percent_and_a_key_the_same_version_everyw
     )
     assert response.status_code == 200, response.text
     started = time.monotonic()
-    print(
-        f"started in {started - asked:.2f} s; both replicas split {wait_until_both_split(apps, started):.2f} s later"
-    )
+    split = wait_until_both_split(apps, started)
+    print(f"started in {started - asked:.2f} s; both replicas split {split:.2f} s later")
 
     def one(index: int) -> tuple[str, dict[str, Any]]:
         session = f"user-{index}"
@@ -286,24 +289,49 @@ def test_an_identical_canary_is_not_rolled_back_over_5000_requests_and_is_promot
     fleet: tuple[Fleet, LocalProvider],
 ) -> None:
     apps, _ = fleet
-    guard = {"promote_after_requests": 2300}
-    body = {"version": apps.canary_version, "weight": 0.5, "guard": guard, "actor": "ana"}
+    body = {"version": apps.canary_version, "weight": 0.5, "guard": {}, "actor": "ana"}
     assert apps.admin("POST", "/canary", json=body).status_code == 200
     started = time.monotonic()
+    wait_until_both_split(apps, started)  # from here on every request is counted in the canary
+    expected = 5000 + len(apps.urls)  # and the last ask to each process above
     with Load(apps, rate=0, total=5000) as load:
         wait_for(lambda: load.sent >= 5000, 240)
-    took = time.monotonic() - started
-    history = apps.admin("GET", "/canary").json()["canaries"]
-    print(f"5,000 requests in {took:.0f} s: {load.statuses}; canary: {history[-1]}")
+    time.sleep(1.5)  # the guard's last looks at the fleet's figures
+    watched = apps.admin("GET", "/canary").json()
+    print(
+        f"5,000 requests in {time.monotonic() - started:.0f} s: {load.statuses}; "
+        f"figures: {json.dumps(watched['figures'])}"
+    )
     assert load.statuses == {200: 5000}
-    assert [c["outcome"] for c in history] == ["promote"]
+    assert watched["running"] is not None, watched["canaries"][-1]  # no false alarm
+
+    def counted() -> int:
+        figures = apps.admin("GET", "/canary").json()["figures"]
+        return int(figures["stable"]["requests"] + figures["canary"]["requests"])
+
+    assert wait_for(lambda: counted() == expected, 5) < 5, counted()  # the fleet's figures: all
+    assert apps.admin("POST", "/canary/end", json={"outcome": "rollback"}).status_code == 200
+    # the same version again, now promoted on its own after 300 clean canary requests
+    guard = {"promote_after_requests": 300}
+    body = {"version": apps.canary_version, "weight": 0.5, "guard": guard, "actor": "ana"}
+    assert apps.admin("POST", "/canary", json=body).status_code == 200
+    with Load(apps, rate=50) as load:
+        wait_for(lambda: apps.admin("GET", "/canary").json()["running"] is None, 60)
+    history = apps.admin("GET", "/canary").json()["canaries"]
+    print(f"auto-promoted after {load.sent} requests: {history[-1]['end_reason']}")
+    assert [c["outcome"] for c in history] == ["rollback", "promote"]
     assert history[-1]["ended_by"] == "canary-guard"
     releases = apps.admin("GET", "/releases").json()["releases"]
     assert releases[-1]["version"] == apps.canary_version
     for url in apps.urls:
-        wait_for(
-            lambda url=url: apps.ask(url)["metadata"]["program"]["version"] == apps.canary_version,
-            2,
+        assert (
+            wait_for(
+                lambda url=url: (
+                    apps.ask(url)["metadata"]["program"]["version"] == apps.canary_version
+                ),
+                2,
+            )
+            < 2
         )
 
 
@@ -376,7 +404,8 @@ def test_the_admin_routes_and_the_console_do_each_operation_and_refuse_strangers
     )
     report = json.loads(watch.stdout)
     figures = report["figures"]
-    assert figures["stable"]["requests"] + figures["canary"]["requests"] == 60
+    # every request since the start, less the ones a replica served before it followed
+    assert figures["stable"]["requests"] + figures["canary"]["requests"] == 60 + len(apps.urls)
     ended = apps.console("canary", "end", "summarize", "--outcome", "promote", "--reason", "good")
     assert ended["outcome"] == "promote"
     assert [c["outcome"] for c in apps.console("canary", "list", "summarize")] == [
