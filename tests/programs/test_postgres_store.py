@@ -14,7 +14,11 @@ from typing import Any
 import dspy
 import psycopg
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from psycopg import sql
 
+from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import (
     ConfigurationError,
     CorruptProgramError,
@@ -22,8 +26,11 @@ from llm_server.core.errors import (
     ProgramNotFoundError,
     VersionExistsError,
 )
+from llm_server.fastapi import llm_server_lifespan
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
+from llm_server.postgres._schema import _STEPS
+from llm_server.testing import LocalProvider
 
 WORKER = Path(__file__).with_name("_postgres_worker.py")
 
@@ -229,3 +236,165 @@ def test_a_saver_killed_mid_transaction_leaves_no_partial_version(
     assert "inserted" in out
     assert store.list_versions("p") == ["1.0.0"]
     assert store.save("p", {"a": 1}, {}).version == "1.1.0"  # and its lock went with it
+
+
+DOCS = Path(__file__).parents[2] / "docs" / "how-to" / "programs.md"
+
+
+def documented_role_sql(role: str, schema: str) -> str:
+    """The least-privilege role's SQL exactly as docs/how-to/programs.md shows it."""
+    text = DOCS.read_text().split("### A least-privilege role", 1)[1]
+    block = text.split("```sql\n", 1)[1].split("```", 1)[0]
+    return (
+        block.replace("llm_server_app", role)
+        .replace("DATABASE llm ", "DATABASE postgres ")
+        .replace("SCHEMA llm_server ", f'SCHEMA "{schema}" ')
+        .replace("llm_server.", f'"{schema}".')
+    )
+
+
+def test_the_documented_least_privilege_role_starts_serves_and_cannot_update(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    owner = manager_on(stores())  # the first start, as the owner, creates the schema
+    role = f"app_{pg_schema}"
+    with psycopg.connect(private_postgres, autocommit=True) as conn:
+        conn.execute(documented_role_sql(role, pg_schema))
+    as_role = private_postgres.replace("postgres@", f"{role}@", 1)
+    replica_store = PostgresStorageAdapter(as_role, schema=pg_schema)
+    try:
+        replica = manager_on(replica_store)  # no DDL: starts
+        replica.follow_releases(interval_s=0.3)
+        tuned = replica.save_program_version("answer", with_demo("v2"))  # INSERT is granted
+        owner.promote("answer", tuned.version)
+        start = time.monotonic()
+        while replica.registry.get_program_metadata("answer").version != tuned.version:
+            assert time.monotonic() - start < 2.0
+            time.sleep(0.02)
+        replica.rollback("answer")
+        assert replica.get_program("answer").demos == []
+        with psycopg.connect(as_role, autocommit=True) as conn:
+            for statement in (
+                f'UPDATE "{pg_schema}".program_versions SET state = state',
+                f'DELETE FROM "{pg_schema}".program_releases',
+                f'CREATE TABLE "{pg_schema}".x (a int)',
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+    finally:
+        replica_store.close()
+
+
+def test_a_role_that_may_not_create_a_missing_schema_fails_startup_naming_it(
+    private_postgres: str, pg_schema: str
+) -> None:
+    role = f"app_{pg_schema}"
+    with psycopg.connect(private_postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"REVOKE CREATE ON DATABASE postgres FROM {role}")
+    as_role = private_postgres.replace("postgres@", f"{role}@", 1)
+    with pytest.raises(ConfigurationError, match=f"role '{role}' may not create") as caught:
+        PostgresStorageAdapter(as_role, schema=pg_schema)
+    assert "least-privilege" in caught.value.message
+
+
+KEY = "k3y-0f-at-least-16-chars"
+
+
+def test_without_a_key_an_edit_that_rewrites_the_hashes_passes(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    store = stores()
+    store.save("p", {"a": 1}, {})
+    edit_by_hand(private_postgres, pg_schema, '{"a":2}', rehash=True)
+    assert store.load("p", "1.0.0").state == {"a": 2}  # what the key is for
+
+
+def test_with_a_key_an_edit_that_rewrites_the_hashes_is_refused(
+    private_postgres: str, pg_schema: str
+) -> None:
+    store = PostgresStorageAdapter(private_postgres, schema=pg_schema, key=KEY)
+    try:
+        store.save("p", {"a": 1}, {"score": 0.1 + 0.2, "notes": "é"})
+        assert store.load("p", "1.0.0").state == {"a": 1}  # signed as read back
+        edit_by_hand(private_postgres, pg_schema, '{"a":2}', rehash=True)
+        with pytest.raises(CorruptProgramError, match="HMAC does not match") as caught:
+            store.load("p", "1.0.0")
+        assert KEY not in str(caught.value)
+    finally:
+        store.close()
+
+
+def test_with_a_key_an_unsigned_version_is_refused_and_a_short_key_is_refused(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    stores().save("p", {"a": 1}, {})  # saved without the key
+    keyed = PostgresStorageAdapter(private_postgres, schema=pg_schema, key=KEY)
+    try:
+        with pytest.raises(CorruptProgramError, match="not signed"):
+            keyed.load("p", "1.0.0")
+    finally:
+        keyed.close()
+    with pytest.raises(ConfigurationError, match="at least 16 characters") as caught:
+        PostgresStorageAdapter(private_postgres, schema=pg_schema, key="short-key1")
+    assert "short-key1" not in caught.value.message
+
+
+def test_a_schema_made_by_the_previous_release_is_upgraded_and_its_versions_still_load(
+    stores: Callable[[], PostgresStorageAdapter], private_postgres: str, pg_schema: str
+) -> None:
+    state = '{"a":1}'
+    digest = hashlib.sha256(state.encode()).hexdigest()
+    manifest = {
+        "format": "llm-server-program/1",
+        "program_id": "p",
+        "version": "1.0.0",
+        "state_sha256": digest,
+    }
+    with psycopg.connect(private_postgres, autocommit=True) as conn:  # schema version 1
+        conn.execute(sql.SQL(_STEPS[1]).format(schema=sql.Identifier(pg_schema)))
+        conn.execute(f'INSERT INTO "{pg_schema}".schema_version VALUES (1)')
+        conn.execute(
+            f'INSERT INTO "{pg_schema}".program_versions '
+            "(program_id, version, state, manifest, state_sha256) "
+            "VALUES ('p', '1.0.0', %s, %s, %s)",
+            (state, json.dumps(manifest), digest),
+        )
+    store = stores()
+    assert store.load("p", "1.0.0").state == {"a": 1}
+    with (
+        psycopg.connect(private_postgres, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="immutable"),
+    ):
+        conn.execute(f'UPDATE "{pg_schema}".program_versions SET state = state')
+
+
+def test_the_key_and_timeout_settings_reach_the_store_the_lifespan_opens(
+    tmp_path: Path, private_postgres: str, pg_schema: str
+) -> None:
+    with LocalProvider() as provider:
+        config = tmp_path / "models.yml"
+        config.write_text(
+            "models:\n  local:\n    model_name: openai/gpt-4o-mini\n"
+            f"    api_base: {provider.openai_api_base}\n"
+        )
+        settings = FrameworkSettings(
+            otel_enabled=False,
+            llm_config_path=config,
+            program_store=private_postgres,
+            program_store_schema=pg_schema,
+            program_store_key=KEY,
+            program_store_timeout_s=3.0,
+        )
+        app = FastAPI(lifespan=llm_server_lifespan(programs=[Answer], settings=settings))
+        with TestClient(app):  # startup saves the program's first version, signed
+            assert app.state.program_manager.storage_adapter.timeout_s == 3.0
+    other_key = PostgresStorageAdapter(private_postgres, schema=pg_schema, key="another-key-0123")
+    right_key = PostgresStorageAdapter(private_postgres, schema=pg_schema, key=KEY)
+    try:
+        with pytest.raises(CorruptProgramError, match="HMAC does not match"):
+            other_key.load("answer", "1.0.0")
+        assert right_key.load("answer", "1.0.0").version == "1.0.0"
+    finally:
+        other_key.close()
+        right_key.close()

@@ -541,3 +541,26 @@ def test_program_metadata_is_frozen() -> None:
     metadata = ProgramMetadata(id="p", version="1.0.0", name="P")
     with pytest.raises(ValueError, match="frozen"):
         metadata.version = "2.0.0"  # type: ignore[misc]
+
+
+def test_a_local_rollback_after_three_releases_returns_to_the_previous_one_each_time(
+    manager: ProgramManager,
+) -> None:
+    manager.register_program(Summarize)
+    b = manager.save_program_version("summarize", _with_demos(dspy.Predict(Summarize), ("b", "b")))
+    c = manager.save_program_version("summarize", _with_demos(dspy.Predict(Summarize), ("c", "c")))
+    manager.register_program(Summarize, version="1.0.0")  # serve A = 1.0.0 again
+    manager.promote("summarize", b.version)  # records A (served before), then B
+    manager.promote("summarize", c.version)
+    assert manager.rollback("summarize").version == b.version
+    assert manager.registry.get_program_metadata("summarize").version == b.version
+    assert manager.rollback("summarize").version == "1.0.0"
+    with pytest.raises(ProgramError, match="nothing to roll back to"):
+        manager.rollback("summarize")
+    assert [r["version"] for r in manager.releases("summarize")] == [
+        "1.0.0",
+        b.version,
+        c.version,
+        b.version,
+        "1.0.0",
+    ]

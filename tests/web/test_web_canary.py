@@ -59,9 +59,13 @@ async def test_a_sticky_header_keeps_a_caller_on_one_side_and_the_envelope_says_
         assert all(len(sides) == 1 for sides in seen.values())
         sides = {next(iter(s)) for s in seen.values()}
         assert sides == {("1.0.0", False), (version, True)}
-        figures = pm.canary_figures("summarize")
+        listed = (await client.get("/programs")).json()["programs"]
+        figures = next(p for p in listed if p["id"] == "summarize")["figures"]
+        assert figures == pm.canary_figures("summarize")
         assert figures["stable"]["requests"] + figures["canary"]["requests"] == 120
-        assert figures["canary"]["version"] == version
+        assert (figures["stable"]["version"], figures["canary"]["version"]) == ("1.0.0", version)
+        assert figures["canary"]["latency_ms"]["p95"] > 0
+        assert figures["canary"]["tokens_per_request"] > figures["stable"]["tokens_per_request"]
         pm.end_canary("summarize", "rollback", actor="ana", reason="enough")
         block = (await client.post("/programs/summarize", json={"text": "x"})).json()
         assert block["metadata"]["program"] == {

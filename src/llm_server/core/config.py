@@ -154,14 +154,26 @@ class FrameworkSettings(BaseSettings):
     program_store: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE")
     )
-    """``postgresql://user:password@host:5432/db``: keep program versions and releases in
-    PostgreSQL, shared by every replica (unset: files under ``LLM_PROGRAMS_DIR``)."""
+    """``postgresql://user:password@host:5432/db?sslmode=verify-full``: keep program versions
+    and releases in PostgreSQL, shared by every replica (unset: files under
+    ``LLM_PROGRAMS_DIR``)."""
     program_store_schema: str = Field(
         default="llm_server",
         pattern=r"^[a-z_][a-z0-9_]*$",
         validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_SCHEMA"),
     )
-    """The PostgreSQL schema of the program tables (created if missing)."""
+    """The PostgreSQL schema of the program tables (created if missing; no DDL runs when it is
+    current, so a role with ``SELECT`` and ``INSERT`` can serve)."""
+    program_store_timeout_s: float = Field(
+        default=10.0, gt=0, validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_TIMEOUT_S")
+    )
+    """The longest one PostgreSQL operation may take (statement, lock wait, a silent path)."""
+    program_store_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SERVER_PROGRAM_STORE_KEY")
+    )
+    """A secret of at least 16 characters: each program version saved to PostgreSQL carries
+    an HMAC-SHA256 of its content, and versions without a valid one are refused at load, so
+    an edit in the database that also rewrites the hashes is caught. Never shown."""
 
     # --- a fleet (Redis) ---
     redis_url: SecretStr | None = Field(

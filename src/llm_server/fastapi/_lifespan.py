@@ -150,8 +150,12 @@ def _program_store(settings: FrameworkSettings) -> Any:
             "LLM_SERVER_PROGRAM_STORE is set, but the PostgreSQL driver is not installed: "
             'pip install "llm-server-framework[postgres]"'
         ) from exc
+    key = settings.program_store_key
     return PostgresStorageAdapter(
-        settings.program_store.get_secret_value(), schema=settings.program_store_schema
+        settings.program_store.get_secret_value(),
+        schema=settings.program_store_schema,
+        timeout_s=settings.program_store_timeout_s,
+        key=key.get_secret_value() if key is not None else None,
     )
 
 

@@ -47,12 +47,12 @@ from llm_server.models._program_registry import (
     ProgramRegistry,
     metadata_for,
 )
+from llm_server.models._releases import LocalReleases, ReleasingStorage
 from llm_server.models._versioning import (
     canonical_json,
     check_score,
     derive_program_id,
     hash_trainset,
-    release_stack,
     sha256_hex,
     validate_program_id,
     validate_version,
@@ -95,53 +95,6 @@ class _LocatingStorage(Protocol):
     def location(self, program_id: str, version: str) -> str: ...
 
 
-@runtime_checkable
-class ReleasingStorage(Protocol):
-    """A storage adapter that also records releases and tells every process about them
-    (:class:`~llm_server.postgres.PostgresStorageAdapter`)."""
-
-    def promote(
-        self,
-        program_id: str,
-        version: str,
-        *,
-        actor: str | None = None,
-        reason: str | None = None,
-        action: str = "promote",
-        served_before: str | None = None,
-    ) -> Mapping[str, Any]:
-        """Record a release; every watching process serves ``version`` soon after.
-
-        ``served_before`` is recorded first when the program was never released."""
-        ...
-
-    def rollback(
-        self,
-        program_id: str,
-        *,
-        actor: str | None = None,
-        reason: str | None = None,
-        check: Callable[[str], object] | None = None,
-    ) -> Mapping[str, Any]:
-        """Record a release of the version released before the current one, computed and
-        written atomically (``check`` is called with it first); raise
-        :class:`~llm_server.core.errors.ProgramError` when there is none."""
-        ...
-
-    def releases(self, program_id: str) -> Sequence[Mapping[str, Any]]:
-        """Every release of the program, oldest first."""
-        ...
-
-    def released_version(self, program_id: str) -> str | None:
-        """The version released last, if any."""
-        ...
-
-    def watch(self, on_release: Callable[[str, str], None], *, interval_s: float = 1.0) -> None:
-        """Call ``on_release(program_id, version)`` with what is released: on every
-        announcement and every ``interval_s``, again after the callback raised."""
-        ...
-
-
 class ProgramManager(CanaryMethods):
     """Registers DSPy programs and keeps their immutable, versioned state.
 
@@ -169,8 +122,8 @@ class ProgramManager(CanaryMethods):
         # One limiter per event loop: anyio limiters are bound to the loop that first uses them.
         self._limiter: RunVar[anyio.CapacityLimiter] = RunVar(f"llm_server_program_io_{id(self)}")
         self._verified: dict[tuple[str, str], StoredProgram] = {}
-        self._local_releases: dict[str, list[dict[str, Any]]] = {}
-        self._release_lock = threading.Lock()
+        self._local = LocalReleases(clock=self._clock)
+        self._locks_lock = threading.Lock()
         self._program_locks: dict[str, threading.Lock] = {}
         self.registry = ProgramRegistry()
         """The registered programs; ``registry.get_program_metadata(id)`` for the envelope."""
@@ -399,6 +352,8 @@ class ProgramManager(CanaryMethods):
         Raises:
             ProgramNotFoundError: Unknown program or version.
             CorruptProgramError: The version fails its checks (nothing is released).
+            StorageError: The storage failed: nothing is released, or (when raised after
+                the release was recorded) this process's watcher switches on its next round.
         """
         entry = self.registry.entry(program_id)
         stored = self._load_verified(entry, validate_version(version))  # checked before told
@@ -412,16 +367,14 @@ class ProgramManager(CanaryMethods):
             )
             self._serve_released(program_id)
         else:
-            with self._release_lock:
-                local = self._local_releases.setdefault(program_id, [])
-                serving = self.registry.entry(program_id).metadata.version
-                if not local and serving != stored.version:
-                    note = "served before the first release"
-                    local.append(self._local_release(program_id, serving, actor, note, "promote"))
-                local.append(
-                    self._local_release(program_id, stored.version, actor, reason, "promote")
-                )
-                self.registry.serve(program_id, metadata_for(entry.metadata, stored))
+            self._local.promote(
+                program_id,
+                stored.version,
+                serving=self.registry.entry(program_id).metadata.version,
+                actor=actor,
+                reason=reason,
+                apply=lambda: self.registry.serve(program_id, metadata_for(entry.metadata, stored)),
+            )
         _log.info("program %r: promote %s (by %s)", program_id, stored.version, actor or "unknown")
         return metadata_for(entry.metadata, stored)
 
@@ -439,6 +392,7 @@ class ProgramManager(CanaryMethods):
 
         Raises:
             ProgramError: Nothing was released before the current version.
+            StorageError: The storage failed (as for :meth:`promote`).
         """
         entry = self.registry.entry(program_id)
 
@@ -450,17 +404,13 @@ class ProgramManager(CanaryMethods):
             stored = check(str(release["version"]))
             self._serve_released(program_id)
         else:
-            with self._release_lock:
-                local = self._local_releases.setdefault(program_id, [])
-                stack = release_stack(local)
-                if len(stack) < 2:
-                    raise ProgramError(
-                        f"program {program_id!r}: nothing to roll back to (releases: "
-                        f"{', '.join(stack) or 'none'})"
-                    )
-                stored = check(stack[-2])
-                local.append(self._local_release(program_id, stack[-2], actor, reason, "rollback"))
-                self.registry.serve(program_id, metadata_for(entry.metadata, stored))
+
+            def apply(version: str) -> StoredProgram:
+                target = check(version)
+                self.registry.serve(program_id, metadata_for(entry.metadata, target))
+                return target
+
+            stored = self._local.rollback(program_id, actor=actor, reason=reason, apply=apply)
         _log.info("program %r: rollback to %s (by %s)", program_id, stored.version, actor or "?")
         return metadata_for(entry.metadata, stored)
 
@@ -469,7 +419,7 @@ class ProgramManager(CanaryMethods):
         self.registry.entry(program_id)
         if isinstance(self._storage, ReleasingStorage):
             return [dict(r) for r in self._storage.releases(program_id)]
-        return list(self._local_releases.get(program_id, []))
+        return self._local.history(program_id)
 
     def follow_releases(self, *, interval_s: float = 1.0) -> bool:
         """Serve what every release says, as the storage announces it (call at startup).
@@ -488,24 +438,11 @@ class ProgramManager(CanaryMethods):
         self._storage.watch(self._released, interval_s=interval_s)
         return True
 
-    def _local_release(
-        self, program_id: str, version: str, actor: str | None, reason: str | None, action: str
-    ) -> dict[str, Any]:
-        at = self._clock().astimezone(UTC).isoformat(timespec="microseconds")
-        return {
-            "program_id": program_id,
-            "version": version,
-            "action": action,
-            "actor": actor,
-            "reason": reason,
-            "released_at": at,
-        }
-
     def _released(self, program_id: str, version: str) -> None:
         """The watcher read what is released: serve it, if this process serves another."""
-        if program_id in self.registry and self.registry.entry(program_id).metadata.version != (
-            version
-        ):
+        if program_id not in self.registry:
+            return  # released, but not served by this process
+        if self.registry.entry(program_id).metadata.version != version:
             self._serve_released(program_id)
 
     def _serve_released(self, program_id: str) -> None:
@@ -517,7 +454,7 @@ class ProgramManager(CanaryMethods):
         back an older version after the watcher applied a newer one.
         """
         assert isinstance(self._storage, ReleasingStorage)
-        with self._release_lock:
+        with self._locks_lock:
             lock = self._program_locks.setdefault(program_id, threading.Lock())
         with lock:
             version = self._storage.released_version(program_id)

@@ -20,15 +20,26 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["DeadlineExceededError", "bounded", "connection_settings"]
+__all__ = ["DeadlineExceededError", "bounded", "connection_settings", "display_url"]
 
 
 class DeadlineExceededError(Exception):
     """An operation on PostgreSQL had no answer within its time (the connection was cut)."""
+
+
+def display_url(url: str) -> str:
+    """``scheme://host:port/db`` of a URL, for messages: no user, password or parameters."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+    except ValueError:
+        return "<unparseable URL>"
 
 
 def connection_settings(url: str, *, timeout_s: float) -> dict[str, Any]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -37,28 +36,22 @@ from llm_server.models._versioning import (
     validate_version,
 )
 from llm_server.postgres._canaries import PostgresCanaries
-from llm_server.postgres._connections import DeadlineExceededError, bounded, connection_settings
+from llm_server.postgres._connections import (
+    DeadlineExceededError,
+    bounded,
+    connection_settings,
+    display_url,
+)
 from llm_server.postgres._schema import SCHEMA_VERSION, migrate
+from llm_server.postgres._signing import check_key, content_mac
 from llm_server.postgres._watcher import CHANNEL, ReleaseWatcher
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStorageAdapter", "Release"]
-
-MIN_KEY_LENGTH: Final = 16
-"""``LLM_SERVER_PROGRAM_STORE_KEY`` must have at least this many characters."""
 
 
 class Release(dict[str, Any]):
     """One promotion or rollback: ``id``, ``program_id``, ``version``, ``action``, ``actor``,
     ``reason``, ``released_at`` (ISO-8601 UTC)."""
-
-
-def _display(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-    except ValueError:
-        return "<unparseable URL>"
 
 
 class PostgresStorageAdapter(PostgresCanaries):
@@ -108,7 +101,7 @@ class PostgresStorageAdapter(PostgresCanaries):
         timeout_s: float = 10.0,
         key: str | None = None,
     ) -> None:
-        self.display_url = _display(url)
+        self.display_url = display_url(url)
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ConfigurationError(
@@ -117,18 +110,11 @@ class PostgresStorageAdapter(PostgresCanaries):
             )
         if parts.password:
             register_secret(parts.password)
-        if key is not None:
-            register_secret(key)
-            if len(key) < MIN_KEY_LENGTH:
-                raise ConfigurationError(
-                    f"LLM_SERVER_PROGRAM_STORE_KEY must have at least {MIN_KEY_LENGTH} "
-                    f"characters (got {len(key)})"
-                )
         if not timeout_s > 0:
             raise ConfigurationError(f"timeout_s must be positive, not {timeout_s!r}")
         validate_program_id(schema.replace("-", "_"))
         self.schema = schema
-        self._key = key.encode() if key is not None else None
+        self._key = check_key(key) if key is not None else None
         self._timeout_s = timeout_s
         self._ident = sql.Identifier(schema)
         try:
@@ -171,6 +157,11 @@ class PostgresStorageAdapter(PostgresCanaries):
 
     def __repr__(self) -> str:
         return f"PostgresStorageAdapter({self.display_url!r}, schema={self.schema!r})"
+
+    @property
+    def timeout_s(self) -> float:
+        """The longest any one operation may take, in seconds."""
+        return self._timeout_s
 
     def location(self, program_id: str, version: str) -> str:
         """Where a version lives, for messages (no credentials)."""
@@ -228,15 +219,7 @@ class PostgresStorageAdapter(PostgresCanaries):
     def _mac(self, program_id: str, version: str, state_text: str, manifest: Any) -> str | None:
         if self._key is None:
             return None
-        signed = canonical_json(
-            {
-                "program_id": program_id,
-                "version": version,
-                "state_sha256": sha256_hex(state_text.encode()),
-                "manifest": manifest,
-            }
-        )
-        return hmac.new(self._key, signed, hashlib.sha256).hexdigest()
+        return content_mac(self._key, program_id, version, state_text, manifest)
 
     # --- the StorageAdapter protocol ---------------------------------------------------------
 

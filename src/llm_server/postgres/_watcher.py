@@ -64,6 +64,7 @@ class ReleaseWatcher(threading.Thread):
         self._failing: dict[str, str] = {}  # program id -> the error last logged
 
     def run(self) -> None:
+        lost_since: float | None = None
         while not self._stopping.is_set():
             try:
                 with psycopg.Connection.connect(**self._params) as conn:
@@ -71,13 +72,24 @@ class ReleaseWatcher(threading.Thread):
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     while not self._stopping.is_set():
                         self.apply(self._read_bounded(conn))
+                        if lost_since is not None:
+                            _log.info(
+                                "program releases: PostgreSQL at %s is back after %.1f s",
+                                self._where,
+                                time.monotonic() - lost_since,
+                            )
+                            lost_since = None
                         self._wait_for_notification(conn)
             except (psycopg.Error, OSError, DeadlineExceededError) as exc:
-                _log.warning(
-                    "program releases: lost PostgreSQL at %s (%s); reconnecting",
+                # once per outage at WARNING: a long one would otherwise log every interval
+                _log.log(
+                    logging.WARNING if lost_since is None else logging.DEBUG,
+                    "program releases: lost PostgreSQL at %s (%s); reconnecting every %g s",
                     self._where,
                     redact(str(exc)).strip(),
+                    self._interval_s,
                 )
+                lost_since = lost_since if lost_since is not None else time.monotonic()
                 self._stopping.wait(self._interval_s)
 
     def _wait_for_notification(self, conn: psycopg.Connection[Any]) -> None:
