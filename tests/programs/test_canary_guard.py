@@ -8,9 +8,10 @@ import random
 import pytest
 
 from llm_server.core.errors import ProgramError
-from llm_server.models._canary import Canary, on_canary
+from llm_server.models._canary import on_canary
 from llm_server.models._canary_guard import look_index
 from llm_server.models.canary import (
+    Canary,
     CanaryGuard,
     LocalCanaryBook,
     VersionFigures,
