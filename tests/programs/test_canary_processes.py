@@ -7,6 +7,7 @@ and the operator's surface (admin routes behind a token, the console command) en
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import itertools
 import json
@@ -254,11 +255,32 @@ def _unparseable_for_the_canary(request: RecordedRequest) -> Any:
     return {"summary": "a fine summary"}
 
 
-def test_an_unparseable_canary_is_rolled_back_within_60_s_at_20_requests_a_second(
-    fleet: tuple[Fleet, LocalProvider],
+async def _slow_for_the_canary(request: RecordedRequest) -> Any:
+    if MARK in json.dumps(request.body):
+        await asyncio.sleep(0.4)
+    return {"summary": "a fine summary"}
+
+
+def _wordy_for_the_canary(request: RecordedRequest) -> Any:
+    if MARK in json.dumps(request.body):  # about 3x the tokens of a stable request
+        return {"summary": "a fine summary " + "and more " * 150}
+    return {"summary": "a fine summary"}
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (_unparseable_for_the_canary, "parse failures"),
+        (_slow_for_the_canary, "p95 latency"),
+        (_wordy_for_the_canary, "cost per request"),
+    ],
+    ids=["unparseable", "slow", "three-times-the-tokens"],
+)
+def test_a_bad_canary_is_rolled_back_within_60_s_at_20_requests_a_second(
+    fleet: tuple[Fleet, LocalProvider], reply: Callable[[RecordedRequest], Any], reason: str
 ) -> None:
     apps, provider = fleet
-    provider.script(reply=_unparseable_for_the_canary)
+    provider.script(reply=reply)
     guard = {"min_requests": 20}
     body = {
         "version": apps.canary_version,
@@ -274,13 +296,16 @@ def test_an_unparseable_canary_is_rolled_back_within_60_s_at_20_requests_a_secon
             return apps.admin("GET", "/canary").json()["running"] is None
 
         took = wait_for(ended, 60)
-    print(f"rolled back {took:.1f} s after the start, {load.sent} requests sent: {load.statuses}")
     last = apps.admin("GET", "/canary").json()["canaries"][-1]
+    print(
+        f"rolled back {took:.1f} s after the start, {load.sent} requests sent: "
+        f"{load.statuses}: {last['end_reason']}"
+    )
     assert (last["outcome"], last["ended_by"]) == ("rollback", "canary-guard")
-    assert last["end_reason"].startswith("parse failures"), last["end_reason"]
+    assert last["end_reason"].startswith(reason), last["end_reason"]
     assert set(load.statuses) <= {200, 502}
     for url in apps.urls:  # everyone is on the stable version again
-        assert wait_for(lambda url=url: "canary" not in apps.ask(url)["metadata"]["program"], 2)
+        wait_for(lambda url=url: "canary" not in apps.ask(url)["metadata"]["program"], 2)
         assert apps.ask(url)["metadata"]["program"]["version"] == "1.0.0"
 
 

@@ -74,6 +74,7 @@ class CanaryController:
         self.stats = VersionStats()
         self._active: dict[str, tuple[Canary, ProgramMetadata]] = {}
         self._looks: dict[str, int] = {}
+        self._unusable: set[str] = set()  # canaries whose version failed its checks here
         self._listeners: list[CanaryListener] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -239,10 +240,21 @@ class CanaryController:
             if current is not None and current[0].id == canary.id:
                 applied[program_id] = current
                 continue
-            applied[program_id] = (
-                canary,
-                self._pm.get_version_metadata(program_id, canary.version),
-            )
+            try:  # the version is loaded and checked here, never on a request
+                metadata = self._pm.get_version_metadata(program_id, canary.version)
+            except ProgramError as exc:
+                if canary.id not in self._unusable:
+                    self._unusable.add(canary.id)
+                    _log.error(
+                        "program %r: canary %s of %s not applied here (served: the stable "
+                        "version): %s",
+                        program_id,
+                        canary.id,
+                        canary.version,
+                        exc,
+                    )
+                continue
+            applied[program_id] = (canary, metadata)
         with self._lock:
             self._active = applied
 
