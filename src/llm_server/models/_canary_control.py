@@ -258,10 +258,13 @@ class CanaryController:
         with self._lock:
             self._active = applied
 
-    def follow(self) -> None:
-        """Start the background thread (idempotent)."""
+    def follow(self, *, shared_only: bool = False) -> None:
+        """Start the background thread (idempotent); ``shared_only``: only if the storage is
+        shared (a local book has nothing to read until a canary starts here)."""
+        if shared_only and not self.shared:
+            return
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name="llm-server-canaries", daemon=True
                 )
@@ -274,14 +277,33 @@ class CanaryController:
         if thread is not None:
             thread.join(timeout=5)
 
+    def _done(self) -> bool:
+        """Whether the thread should end: closed, the storage closed, or (local) idle."""
+        with self._lock:
+            finished = (
+                self._stop.is_set()
+                or bool(getattr(self.storage, "closed", False))
+                or (not self.shared and not self._active)
+            )
+            if finished:
+                self._thread = None  # follow() starts another when needed
+            return finished
+
     def _run(self) -> None:
-        while not self._stop.wait(TICK_S):
+        failing = False
+        while not self._stop.wait(TICK_S) and not self._done():
             try:
                 if self.shared:
                     self.refresh()
                 self.judge()
-            except Exception:  # a storage hiccup: logged, tried again next tick
-                _log.exception("canaries: following or judging failed; retrying")
+            except Exception as exc:  # a storage hiccup: tried again next tick
+                if not failing:
+                    _log.warning("canaries: following or judging failed (retrying): %s", exc)
+                failing = True
+            else:
+                if failing:
+                    _log.warning("canaries: following and judging again")
+                failing = False
 
     def judge(self) -> None:
         """One guard pass over the running guarded canaries (if this process decides)."""

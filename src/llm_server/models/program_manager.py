@@ -432,7 +432,7 @@ class ProgramManager(CanaryMethods):
         Returns:
             Whether the storage can announce releases (a :class:`ReleasingStorage`).
         """
-        self._canary_control.follow()  # canaries: followed and judged in the background
+        self._canary_control.follow(shared_only=True)  # canaries of a shared storage
         if not isinstance(self._storage, ReleasingStorage):
             return False
         self._storage.watch(self._released, interval_s=interval_s)

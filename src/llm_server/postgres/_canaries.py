@@ -11,6 +11,7 @@ reads the running canaries every 0.5 s.
 from __future__ import annotations
 
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -67,6 +68,7 @@ class PostgresCanaries:
 
     if TYPE_CHECKING:  # what the adapter provides
         schema: str
+        _stop: threading.Event
 
         def _session(self, what: str) -> AbstractContextManager[psycopg.Connection[Any]]: ...
         def _q(self, text: str) -> sql.Composed: ...
@@ -84,6 +86,11 @@ class PostgresCanaries:
             actor: str | None,
             reason: str | None,
         ) -> Any: ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (followers stop reading)."""
+        return self._stop.is_set()
 
     def _has_canary_table(self, conn: psycopg.Connection[Any]) -> bool:
         table = sql.Identifier(self.schema, "program_canaries").as_string(conn)
