@@ -10,7 +10,10 @@ import anyio
 import dspy
 import pytest
 from _web_helpers import MakeApp, Summarize, serving
+from starlette.requests import Request
 
+from llm_server.core.budgets import tenant_scope
+from llm_server.fastapi._canary_serving import pick_version
 from llm_server.models.canary import CanaryGuard
 from llm_server.testing import LocalProvider, RawReply, RecordedRequest
 
@@ -104,3 +107,20 @@ async def test_an_unparseable_canary_is_rolled_back_by_the_guard_with_the_reason
             response = await client.post("/programs/summarize", json={"text": "t"})
             assert response.status_code == 200
             assert response.json()["metadata"]["program"]["version"] == "1.0.0"
+
+
+async def test_sticky_by_tenant_keeps_each_tenant_on_one_side(make_app: MakeApp) -> None:
+    app = make_app()
+    async with serving(app) as client:
+        version = _save_canary_version(app)
+        pm = app.state.program_manager
+        pm.start_canary("summarize", version, weight=0.5, sticky="tenant")
+        sides: dict[str, set[bool]] = {}
+        for tenant in [f"tenant-{i}" for i in range(30)] * 3:
+            with tenant_scope(tenant):
+                picked = pick_version(pm, "summarize", Request({"type": "http", "headers": []}))
+            sides.setdefault(tenant, set()).add(bool(picked.canary))
+        assert all(len(side) == 1 for side in sides.values())
+        assert {next(iter(side)) for side in sides.values()} == {True, False}
+        response = await client.post("/programs/summarize", json={"text": "no tenant"})
+        assert "canary" in response.json()["metadata"]["program"]  # placed on its own
