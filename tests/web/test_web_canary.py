@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import dspy
 import pytest
 from _web_helpers import MakeApp, Summarize, serving
@@ -14,6 +15,7 @@ from starlette.requests import Request
 
 from llm_server.core.budgets import tenant_scope
 from llm_server.fastapi._canary_serving import pick_version
+from llm_server.models._canary import on_canary
 from llm_server.models.canary import CanaryGuard
 from llm_server.testing import LocalProvider, RawReply, RecordedRequest
 
@@ -124,3 +126,37 @@ async def test_sticky_by_tenant_keeps_each_tenant_on_one_side(make_app: MakeApp)
         assert {next(iter(side)) for side in sides.values()} == {True, False}
         response = await client.post("/programs/summarize", json={"text": "no tenant"})
         assert "canary" in response.json()["metadata"]["program"]  # placed on its own
+
+
+async def test_a_request_in_flight_finishes_on_the_version_it_started_on(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    app = make_app()
+    async with serving(app) as client:
+        version = _save_canary_version(app)
+        pm = app.state.program_manager
+        canary = pm.start_canary("summarize", version, weight=0.5, sticky="header:X-Session")
+        key = next(k for k in (f"s{i}" for i in range(100)) if on_canary(canary, k))
+        provider.add_latency(0.8)
+        async with anyio.create_task_group() as group:
+            answers: list[Any] = []
+
+            async def ask() -> None:
+                response = await client.post(
+                    "/programs/summarize", json={"text": "slow"}, headers={"X-Session": key}
+                )
+                answers.append(response.json()["metadata"]["program"])
+
+            group.start_soon(ask)
+            await anyio.sleep(0.3)
+            await anyio.to_thread.run_sync(
+                lambda: pm.end_canary("summarize", "rollback", reason="mid-request")
+            )
+        assert answers == [
+            {"id": "summarize", "version": version, "name": "Summarizer", "canary": True}
+        ]
+        provider.clear_faults()
+        after = await client.post(
+            "/programs/summarize", json={"text": "x"}, headers={"X-Session": key}
+        )
+        assert after.json()["metadata"]["program"]["version"] == "1.0.0"
