@@ -40,7 +40,8 @@ from llm_server.core.errors import (
 )
 from llm_server.core.protocols import StorageAdapter, StoredProgram
 from llm_server.models import _program_state as ps
-from llm_server.models._canary_control import CanaryController, CanaryMethods
+from llm_server.models._canary_control import CanaryController
+from llm_server.models._canary_methods import CanaryMethods
 from llm_server.models._program_registry import (
     Entry,
     ProgramMetadata,
