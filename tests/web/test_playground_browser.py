@@ -95,6 +95,11 @@ def test_the_playground_in_a_real_browser(tmp_path: Path) -> None:
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{url}/playground")
         page.wait_for_selector("#input-topic")
+        figures = page.locator("#figures")  # live figures of the served version (no canary)
+        assert figures.is_visible()
+        assert "Served" in figures.inner_text()
+        assert "1.1.0" in figures.inner_text()
+        assert "Canary" not in figures.inner_text()
 
         # the form from Brief's typed inputs: str, int, list[str]
         assert page.get_attribute("#input-topic", "data-kind") == "string"

@@ -14,6 +14,7 @@ from _web_helpers import MakeApp, Summarize, serving
 from starlette.requests import Request
 
 from llm_server.core.budgets import tenant_scope
+from llm_server.fastapi import add_playground
 from llm_server.fastapi._canary_serving import pick_version
 from llm_server.models._canary import on_canary
 from llm_server.models.canary import CanaryGuard
@@ -160,3 +161,22 @@ async def test_a_request_in_flight_finishes_on_the_version_it_started_on(
             "/programs/summarize", json={"text": "x"}, headers={"X-Session": key}
         )
         assert after.json()["metadata"]["program"]["version"] == "1.0.0"
+
+
+async def test_the_playground_catalog_shows_the_served_version_and_the_canary(
+    make_app: MakeApp,
+) -> None:
+    app = make_app()
+    add_playground(app)
+    async with serving(app) as client:
+        version = _save_canary_version(app)
+        pm = app.state.program_manager
+        pm.start_canary("summarize", version, weight=0.5)
+        for _ in range(10):
+            await client.post("/programs/summarize", json={"text": "hi"})
+        catalog = (await client.get("/playground/api/catalog")).json()
+        page = (await client.get("/playground")).text
+    figures = next(p for p in catalog["programs"] if p["id"] == "summarize")["figures"]
+    assert (figures["stable"]["version"], figures["canary"]["version"]) == ("1.0.0", version)
+    assert figures["stable"]["requests"] + figures["canary"]["requests"] == 10
+    assert 'id="figures"' in page

@@ -42,6 +42,12 @@ def _asset(name: str) -> str:
     return resources.files("llm_server.fastapi").joinpath("playground", name).read_text()
 
 
+def _live_figures(pm: Any, program_id: str) -> dict[str, Any] | None:
+    """The served version's and a running canary's figures (if the manager keeps them)."""
+    figures = getattr(pm, "canary_figures", None)
+    return figures(program_id) if callable(figures) else None
+
+
 def add_playground(
     app: FastAPI,
     *,
@@ -55,7 +61,8 @@ def add_playground(
     package (no CDN); the page talks only to the routes added here:
 
     - ``GET {path}``: the page;
-    - ``GET {path}/api/catalog``: programs (versions, the served one, input schema) and
+    - ``GET {path}/api/catalog``: programs (versions, the served one, input schema, live
+      figures of the served version and a running canary) and
       models (breaker state);
     - ``POST {path}/api/run/{program_id}``: run a program on a model at a version, as JSON
       (the response envelope) or as Server-Sent Events (``stream``).
@@ -99,6 +106,7 @@ def add_playground(
                 "version": meta.version,
                 "versions": await pm.alist_versions(meta.id),
             }
+            entry["figures"] = _live_figures(pm, meta.id)
             try:
                 signature = _signature_of(pm.registry.get_program_class(meta.id))
                 request_model, _ = signature_models(
