@@ -142,20 +142,54 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _one(
-    latency_s: float, error: BaseException | None, tokens: int | None, cost: float | None
-) -> VersionFigures:
-    buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
-    buckets[bisect.bisect_left(LATENCY_BOUNDS_MS, latency_s * 1000.0)] += 1
-    return VersionFigures(
-        requests=1,
-        errors={type(error).__name__: 1} if error is not None else {},
-        parse_failures=1 if isinstance(error, OutputParseError) else 0,
-        latency_buckets=tuple(buckets),
-        tokens=tokens or 0,
-        cost_usd=cost or 0.0,
-        priced=1 if cost is not None else 0,
-    )
+class _Counts:
+    """Counts being added to (under the stats' lock): no allocation per request."""
+
+    __slots__ = ("buckets", "cost_usd", "errors", "parse_failures", "priced", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors: dict[str, int] = {}
+        self.parse_failures = 0
+        self.buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        self.tokens = 0
+        self.cost_usd = 0.0
+        self.priced = 0
+
+    def count(
+        self, bucket: int, error: str | None, parse: bool, tokens: int | None, cost: float | None
+    ) -> None:
+        self.requests += 1
+        if error is not None:
+            self.errors[error] = self.errors.get(error, 0) + 1
+        self.parse_failures += parse
+        self.buckets[bucket] += 1
+        self.tokens += tokens or 0
+        if cost is not None:
+            self.cost_usd += cost
+            self.priced += 1
+
+    def add(self, figures: VersionFigures) -> None:
+        self.requests += figures.requests
+        for name, value in figures.errors.items():
+            self.errors[name] = self.errors.get(name, 0) + value
+        self.parse_failures += figures.parse_failures
+        for index, value in enumerate(figures.latency_buckets[: len(self.buckets)]):
+            self.buckets[index] += value
+        self.tokens += figures.tokens
+        self.cost_usd += figures.cost_usd
+        self.priced += figures.priced
+
+    def frozen(self) -> VersionFigures:
+        return VersionFigures(
+            requests=self.requests,
+            errors=dict(self.errors),
+            parse_failures=self.parse_failures,
+            latency_buckets=tuple(self.buckets),
+            tokens=self.tokens,
+            cost_usd=self.cost_usd,
+            priced=self.priced,
+        )
 
 
 class VersionStats:
@@ -168,8 +202,8 @@ class VersionStats:
 
     def __init__(self, *, meter_provider: metrics.MeterProvider | None = None) -> None:
         self._lock = threading.Lock()
-        self._local: dict[StatsKey, VersionFigures] = {}
-        self._pending: dict[StatsKey, VersionFigures] = {}
+        self._local: dict[StatsKey, _Counts] = {}
+        self._pending: dict[StatsKey, _Counts] = {}
         self._fleet: dict[StatsKey, VersionFigures] = {}
         self._shared: Callable[[], bool] | None = None
         meter = metrics.get_meter("llm_server.programs", meter_provider=meter_provider)
@@ -197,12 +231,20 @@ class VersionStats:
         cost_usd: float | None = None,
     ) -> None:
         """Count one request (called once per request, after it ended)."""
-        one = _one(latency_s, error, tokens, cost_usd)
+        bucket = bisect.bisect_left(LATENCY_BOUNDS_MS, latency_s * 1000.0)
+        name = type(error).__name__ if error is not None else None
+        parse = isinstance(error, OutputParseError)
         key = (program_id, scope, version)
         with self._lock:
-            self._local[key] = self._local.get(key, VersionFigures()) + one
+            local = self._local.get(key)
+            if local is None:
+                local = self._local[key] = _Counts()
+            local.count(bucket, name, parse, tokens, cost_usd)
             if self._shared is not None:
-                self._pending[key] = self._pending.get(key, VersionFigures()) + one
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = _Counts()
+                pending.count(bucket, name, parse, tokens, cost_usd)
         attributes: dict[str, str | bool] = {
             "program": program_id,
             "version": version,
@@ -215,7 +257,8 @@ class VersionStats:
     def local(self, program_id: str, version: str, *, scope: str = "") -> VersionFigures:
         """This process's figures for a version."""
         with self._lock:
-            return self._local.get((program_id, scope, version), VersionFigures())
+            found = self._local.get((program_id, scope, version))
+            return found.frozen() if found is not None else VersionFigures()
 
     def figures(self, program_id: str, version: str, *, scope: str = "") -> VersionFigures:
         """The fleet's figures when shared (its totals as last read + this process's unwritten
@@ -223,8 +266,11 @@ class VersionStats:
         key = (program_id, scope, version)
         with self._lock:
             if self._shared is None or not self._shared():
-                return self._local.get(key, VersionFigures())
-            return self._fleet.get(key, VersionFigures()) + self._pending.get(key, VersionFigures())
+                local = self._local.get(key)
+                return local.frozen() if local is not None else VersionFigures()
+            pending = self._pending.get(key)
+            fleet = self._fleet.get(key, VersionFigures())
+            return fleet + pending.frozen() if pending is not None else fleet
 
     @property
     def shared(self) -> bool:
@@ -242,13 +288,13 @@ class VersionStats:
         """The counts not yet written (the caller writes them or gives them back)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        return pending
+        return {key: counts.frozen() for key, counts in pending.items()}
 
     def give_back(self, pending: Mapping[StatsKey, VersionFigures]) -> None:
         """Counts that could not be written, kept for the next flush."""
         with self._lock:
             for key, figures in pending.items():
-                self._pending[key] = figures + self._pending.get(key, VersionFigures())
+                self._pending.setdefault(key, _Counts()).add(figures)
 
     def keys(self) -> list[StatsKey]:
         """Every (program, scope, version) seen here or in the fleet."""
