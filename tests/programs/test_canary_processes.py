@@ -209,7 +209,7 @@ class Load:
     def __init__(self, fleet: Fleet, rate: float, total: int | None = None) -> None:
         self.fleet, self.rate, self.total = fleet, rate, total
         self.sent = 0
-        self.statuses: dict[int, int] = {}
+        self.statuses: dict[int | str, int] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -223,7 +223,11 @@ class Load:
         self._thread.join(timeout=60)
 
     def _one(self, index: int) -> None:
-        status = self.fleet.ask(self.fleet.urls[index % 2])["status"]
+        status: int | str
+        try:
+            status = self.fleet.ask(self.fleet.urls[index % 2])["status"]
+        except Exception as exc:  # counted, so a test sees it
+            status = f"{type(exc).__name__}: {exc}"
         with self._lock:
             self.statuses[status] = self.statuses.get(status, 0) + 1
 
