@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 
@@ -10,6 +11,7 @@ import pytest
 from llm_server.core.errors import ProgramError
 from llm_server.models._canary import on_canary
 from llm_server.models._canary_guard import look_index
+from llm_server.models._version_stats import LATENCY_BOUNDS_MS
 from llm_server.models.canary import (
     Canary,
     CanaryGuard,
@@ -123,20 +125,61 @@ def latency(requests: int, bucket: int) -> VersionFigures:
     return VersionFigures(requests=requests, latency_buckets=tuple(buckets))
 
 
-def test_p95_and_cost_ratios_roll_back_over_their_thresholds() -> None:
-    slow = decide(CanaryGuard(), latency(500, 40), latency(60, 44), look=0, running_s=1)
+def test_p95_and_cost_roll_back_over_their_thresholds_at_a_look() -> None:
+    slow = decide(CanaryGuard(), latency(500, 40), latency(60, 44), look=1, running_s=1)
     assert slow is not None
     assert slow.reason.startswith("p95 latency")  # 1.15^4 = x1.75 > x1.5
-    assert decide(CanaryGuard(), latency(500, 40), latency(60, 42), look=0, running_s=1) is None
+    assert "60/60 canary requests slower than" in slow.reason
+    assert decide(CanaryGuard(), latency(500, 40), latency(60, 42), look=1, running_s=1) is None
+    assert decide(CanaryGuard(), latency(500, 40), latency(60, 44), look=0, running_s=1) is None
     dear = decide(
         CanaryGuard(),
         VersionFigures(requests=500, tokens=500 * 100),
         VersionFigures(requests=60, tokens=60 * 300),
-        look=0,
+        look=1,
         running_s=1,
     )
     assert dear is not None
     assert dear.reason.startswith("tokens per request x3.00")
+
+
+def latencies(rng: random.Random, requests: int, median_ms: float) -> VersionFigures:
+    """``requests`` latencies spread like a loaded server's (log-normal, sigma 0.8)."""
+    buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    for _ in range(requests):
+        ms = rng.lognormvariate(math.log(median_ms), 0.8)
+        buckets[bisect.bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
+    return VersionFigures(requests=requests, latency_buckets=tuple(buckets))
+
+
+def latency_verdicts(slowdown: float, *, runs: int) -> list[int | None]:
+    """Canary requests at the rollback of 50 % canaries ``slowdown`` times slower (or None)."""
+    rng = random.Random(11)
+    guard = CanaryGuard()
+    found: list[int | None] = []
+    for _ in range(runs):
+        stable = canary = VersionFigures()
+        at = None
+        for look in range(1, 30):
+            target = math.ceil(guard.min_requests * 1.25 ** (look - 1))
+            if target > 3000:
+                break
+            grow = target - canary.requests
+            stable = stable + latencies(rng, grow, 30.0)
+            canary = canary + latencies(rng, grow, 30.0 * slowdown)
+            if decide(guard, stable, canary, look=look, running_s=0) is not None:
+                at = canary.requests
+                break
+        found.append(at)
+    return found
+
+
+def test_latency_has_no_false_alarm_and_catches_a_slower_version() -> None:
+    same = latency_verdicts(1.0, runs=100)
+    assert sum(at is not None for at in same) <= 1  # measured: 0 of 100
+    doubled = sorted(at for at in latency_verdicts(2.0, runs=50) if at is not None)
+    assert len(doubled) == 50  # every run that was twice as slow
+    assert doubled[24] <= 600  # measured: half within 466 canary requests, all within 2,221
 
 
 def test_auto_promote_waits_for_both_thresholds() -> None:
