@@ -52,8 +52,8 @@ class CanaryGuard:
         max_cost_ratio: Allowed canary cost (or tokens, when unpriced) per request over stable.
         min_requests: Requests each version needs before anything is decided.
         alpha: The false-alarm budget of the rate tests over the whole canary.
-        promote_after_requests: Promote once the canary served this many requests without a
-            breach (``None``: never promote on its own).
+        promote_after_requests: Promote at the first look (requests x1.25) after the canary
+            served this many requests without a breach (``None``: never on its own).
         promote_after_s: ... and ran at least this long.
     """
 
