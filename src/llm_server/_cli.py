@@ -28,7 +28,7 @@ from typing import Any
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import LLMServerError
-from llm_server.core.telemetry._redaction import redact
+from llm_server.core.telemetry._redaction import redact, register_secret
 from llm_server.models._canary import Canary, check_sticky, check_weight
 from llm_server.models._canary_guard import CanaryGuard
 from llm_server.models._version_stats import VersionFigures
@@ -127,26 +127,44 @@ def _figures(settings: FrameworkSettings, canary: Canary) -> dict[str, Any] | No
     """The fleet's live figures of a canary's two versions (``None`` without Redis)."""
     if settings.redis_url is None:
         return None
-    import redis
+    try:
+        import redis
+    except ImportError:
+        raise CommandError(
+            "LLM_SERVER_REDIS_URL is set but redis-py is missing: "
+            'pip install "llm-server-framework[fleet]"'
+        ) from None
 
     from llm_server.fleet._version_stats import _figures as parse
 
-    password = settings.redis_password
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        password=password.get_secret_value() if password is not None else None,
-        socket_timeout=5.0,
-        protocol=2,
-    )
+    url, password = settings.redis_url.get_secret_value(), settings.redis_password
+    register_secret(url)
+    if password is not None:
+        register_secret(password.get_secret_value())
     try:
-        found: dict[str, Any] = {}
-        for side, version in (("stable", canary.stable_version), ("canary", canary.version)):
-            key = ":".join((settings.redis_prefix, "vstats", canary.program_id, canary.id, version))
-            figures: VersionFigures = parse(client.hgetall(key) or {})
-            found[side] = {"version": version, **figures.summary()}
-        return found
-    finally:
-        client.close()
+        client = redis.Redis.from_url(
+            url,
+            password=password.get_secret_value() if password is not None else None,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            protocol=2,
+        )
+        try:
+            found: dict[str, Any] = {}
+            for side, version in (("stable", canary.stable_version), ("canary", canary.version)):
+                key = ":".join(
+                    (settings.redis_prefix, "vstats", canary.program_id, canary.id, version)
+                )
+                figures: VersionFigures = parse(client.hgetall(key) or {})
+                found[side] = {"version": version, **figures.summary()}
+            return found
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise CommandError(
+            f"cannot read the live figures from Redis (LLM_SERVER_REDIS_URL): "
+            f"{type(exc).__name__}: {redact(str(exc))}"
+        ) from None
 
 
 def _canary_command(args: argparse.Namespace, settings: FrameworkSettings, store: Any) -> Any:
