@@ -9,7 +9,7 @@
 - one background thread per process reads the running canaries from a shared storage every
   0.5 s (PostgreSQL: every replica splits within a second of the start) and, every 0.5 s, runs
   the guard on each guarded canary, if this process is the fleet's decider (a Redis lease
-  with a fleet; without one each process judges its own figures).
+  with a fleet; else a PostgreSQL session lock; with files this process).
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ class CanaryController:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._decider: Callable[[], bool] = lambda: True
+        # The guard's decider: one per fleet (a Redis lease; else a PostgreSQL session lock,
+        # judging that process's own figures), else this process.
+        self._decider: Callable[[], bool] = getattr(self.storage, "hold_decider_lock", lambda: True)
         fleet = getattr(manager.model_manager, "fleet", None)
         if fleet is not None:
             from llm_server.fleet._version_stats import FleetLock, RedisVersionStats
@@ -98,17 +100,16 @@ class CanaryController:
 
     def choose(self, program_id: str, key_of: Callable[[str], str | None]) -> Choice:
         """The version a request runs; ``key_of(sticky)`` gives its sticky key (or ``None``)."""
+        served = self._pm.registry.get_program_metadata(program_id)
         running = self._active.get(program_id)
-        if running is None:
-            return Choice(
-                self._pm.registry.get_program_metadata(program_id), canary=False, scope=""
-            )
+        if running is None or running[0].version == served.version:
+            # no canary, or its promotion is served already (read before the canary's end)
+            return Choice(served, canary=False, scope="")
         canary, metadata = running
         key = key_of(canary.sticky)
         if key is not None and on_canary(canary, key):
             return Choice(metadata, canary=True, scope=canary.id)
-        stable = self._pm.registry.get_program_metadata(program_id)
-        return Choice(stable, canary=False, scope=canary.id)
+        return Choice(served, canary=False, scope=canary.id)
 
     def running(self, program_id: str) -> Canary | None:
         """The canary this process applies to ``program_id`` now."""
@@ -291,6 +292,14 @@ class CanaryController:
             return finished
 
     def _run(self) -> None:
+        try:
+            self._follow_and_judge()
+        finally:
+            release = getattr(self.storage, "release_decider_lock", None)
+            if callable(release):
+                release()
+
+    def _follow_and_judge(self) -> None:
         failing = False
         while not self._stop.wait(TICK_S) and not self._done():
             try:

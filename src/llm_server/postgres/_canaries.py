@@ -20,6 +20,7 @@ from psycopg import sql
 from llm_server.core.errors import ProgramError, ProgramNotFoundError
 from llm_server.models._canary import Canary
 from llm_server.models._versioning import validate_program_id, validate_version
+from llm_server.postgres._connections import DeadlineExceededError, bounded
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -69,6 +70,10 @@ class PostgresCanaries:
     if TYPE_CHECKING:  # what the adapter provides
         schema: str
         _stop: threading.Event
+        _params: dict[str, Any]
+        _timeout_s: float
+        _decider_conn: psycopg.Connection[Any] | None
+        _decider_held: bool
 
         def _session(self, what: str) -> AbstractContextManager[psycopg.Connection[Any]]: ...
         def _q(self, text: str) -> sql.Composed: ...
@@ -91,6 +96,41 @@ class PostgresCanaries:
     def closed(self) -> bool:
         """Whether :meth:`close` was called (followers stop reading)."""
         return self._stop.is_set()
+
+    def hold_decider_lock(self) -> bool:
+        """Take or keep the canary guard's lock for this storage's schema; whether held.
+
+        A session advisory lock on a connection of its own: held while that connection
+        lives, so a process that dies releases it at once. Used to make one process of a
+        fleet without Redis the guard's decider. Never raises: ``False`` when PostgreSQL fails.
+        """
+        conn: psycopg.Connection[Any] | None = getattr(self, "_decider_conn", None)
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg.connect(**{**self._params, "autocommit": True})
+                self._decider_conn = conn
+                self._decider_held = False
+            with bounded(conn, self._timeout_s):
+                if self._decider_held:
+                    conn.execute("SELECT 1")  # alive: the lock lives with the session
+                else:
+                    row = conn.execute(
+                        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                        (f"llm_server:{self.schema}:canary-guard",),
+                    ).fetchone()
+                    self._decider_held = bool(row and row[0])
+            return self._decider_held
+        except (psycopg.Error, OSError, DeadlineExceededError):
+            self.release_decider_lock()
+            return False
+
+    def release_decider_lock(self) -> None:
+        """Give up the guard's lock (closes its connection)."""
+        conn: psycopg.Connection[Any] | None = getattr(self, "_decider_conn", None)
+        self._decider_conn = None
+        self._decider_held = False
+        if conn is not None:
+            conn.close()
 
     def _has_canary_table(self, conn: psycopg.Connection[Any]) -> bool:
         table = sql.Identifier(self.schema, "program_canaries").as_string(conn)
