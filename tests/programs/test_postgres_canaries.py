@@ -128,3 +128,22 @@ def test_one_process_holds_the_guards_lock_until_it_lets_go(
     one.release_decider_lock()  # or its process died: the session ends
     assert two.hold_decider_lock()
     assert not one.hold_decider_lock()
+
+
+def test_the_decider_is_a_process_that_serves_the_canary_not_the_one_that_started_it(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    notebook_store, replica_store = stores(), stores()
+    notebook, replica = manager_on(notebook_store), manager_on(replica_store)
+    try:
+        replica.follow_releases(interval_s=0.2)
+        new = notebook.save_program_version("answer", tuned()).version
+        canary = notebook.start_canary("answer", new, guard=CanaryGuard(min_requests=500))
+        for version in ("1.0.0", new):  # the replica served requests of both versions
+            replica.version_stats.record("answer", version, scope=canary.id, latency_s=0.01)
+        time.sleep(1.5)  # three guard ticks
+        assert getattr(replica_store, "_decider_held", False)
+        assert not getattr(notebook_store, "_decider_held", False)
+    finally:
+        notebook.close()
+        replica.close()

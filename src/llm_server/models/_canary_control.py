@@ -318,6 +318,8 @@ class CanaryController:
     def judge(self) -> None:
         """One guard pass over the running guarded canaries (if this process decides)."""
         guarded = [c for c, _ in self._active.values() if c.guard is not None]
+        if not self.stats.shared:  # judging local figures: only a process that serves them
+            guarded = [c for c in guarded if _served_here(self.stats, c)]
         if not guarded or not self._decider():
             return
         for canary in guarded:
@@ -347,6 +349,13 @@ class CanaryController:
                 )
             except ProgramError:
                 self.refresh()  # someone else ended it first
+
+
+def _served_here(stats: VersionStats, canary: Canary) -> bool:
+    return any(
+        stats.local(canary.program_id, version, scope=canary.id).requests
+        for version in (canary.version, canary.stable_version)
+    )
 
 
 def _running_s(started_at: str) -> float:
