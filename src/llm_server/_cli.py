@@ -1,4 +1,4 @@
-"""``llm-server``: releases and canaries from a terminal or a pipeline.
+"""``llm-server``: releases, canaries and the traffic export from a terminal or a pipeline.
 
 Reads the app's own settings (environment and ``.env``): ``LLM_SERVER_PROGRAM_STORE`` (the
 PostgreSQL store every replica follows) and ``LLM_SERVER_REDIS_URL`` (the fleet's live
@@ -12,6 +12,10 @@ figures). Every command prints JSON and exits 0, or prints ``llm-server: <proble
         --min-requests 200 --promote-after 5000
     llm-server canary watch summarize --every 5 --times 12
     llm-server canary end summarize --outcome rollback --reason "slower"
+    llm-server traffic export summarize --min-score 1 --output good.jsonl
+
+``llm-server traffic ...`` is ``python -m llm_server.traffic ...`` (its own exit statuses:
+0 done, 2 refused or bad usage).
 
 Releases and canaries need the PostgreSQL store (with files they live in each app process:
 use the app's admin routes, ``add_release_routes``).
@@ -43,7 +47,7 @@ class CommandError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llm-server", description="Program versions, releases and canaries."
+        prog="llm-server", description="Program versions, releases, canaries and traffic."
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -61,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--actor")
         sub.add_argument("--reason")
 
+    commands.add_parser(  # listed for --help; main() hands its arguments on as they are
+        "traffic",
+        help="production traffic: 'traffic export PROGRAM_ID ...' (python -m llm_server.traffic)",
+        add_help=False,
+    )
     canary = commands.add_parser("canary", help="start, watch or end a canary")
     actions = canary.add_subparsers(dest="action", required=True)
     start = actions.add_parser("start", help="serve a version to a share of the traffic")
@@ -243,7 +252,12 @@ def _run(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status (0: done, 1: refused or failed, 2: bad usage)."""
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["traffic"]:  # the traffic console, as python -m llm_server.traffic
+        from llm_server.traffic.__main__ import main as traffic_main
+
+        return traffic_main(given[1:], prog="llm-server traffic")
+    args = _parser().parse_args(given)
     try:
         result = _run(args)
     except (CommandError, LLMServerError) as exc:

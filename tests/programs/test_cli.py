@@ -84,3 +84,12 @@ def test_an_unusable_store_url_is_named_without_its_password(
     err = capsys.readouterr().err
     assert err.startswith("llm-server: LLM_SERVER_PROGRAM_STORE: the URL must start with")
     assert "hunter2-secret" not in err
+
+
+def test_traffic_is_handed_to_the_traffic_console(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["traffic", "export"])  # no program id: the traffic console's usage error
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: llm-server traffic export")
+    assert "program_id" in err
