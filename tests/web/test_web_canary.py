@@ -14,7 +14,7 @@ from _web_helpers import MakeApp, Summarize, serving
 from starlette.requests import Request
 
 from llm_server.core.budgets import tenant_scope
-from llm_server.fastapi import add_playground
+from llm_server.fastapi import add_openai_routes, add_playground
 from llm_server.fastapi._canary_serving import pick_version
 from llm_server.models.canary import CanaryGuard
 from llm_server.programs._canary import on_canary
@@ -180,3 +180,37 @@ async def test_the_playground_catalog_shows_the_served_version_and_the_canary(
     assert (figures["stable"]["version"], figures["canary"]["version"]) == ("1.0.0", version)
     assert figures["stable"]["requests"] + figures["canary"]["requests"] == 10
     assert 'id="figures"' in page
+
+
+async def test_openai_clients_get_the_canarys_share_sticky_and_counted(make_app: MakeApp) -> None:
+    app = make_app()
+    add_openai_routes(app, programs={"summarize": Summarize}, default_model_id="gpt-4o-mini")
+    async with serving(app) as client:
+        version = _save_canary_version(app)
+        pm = app.state.program_manager
+        pm.start_canary("summarize", version, weight=0.5, sticky="header:X-Session")
+        seen: dict[str, set[str]] = {}
+        for session in range(30):
+            for stream in (False, True):
+                response = await client.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "summarize",
+                        "messages": [{"role": "user", "content": "hello"}],
+                        "stream": stream,
+                    },
+                    headers={"X-Session": f"s{session}"},
+                )
+                assert response.status_code == 200, response.text
+                seen.setdefault(f"s{session}", set()).add(response.headers["X-Program-Version"])
+        assert all(len(versions) == 1 for versions in seen.values())
+        assert {next(iter(v)) for v in seen.values()} == {"1.0.0", version}
+        figures = pm.canary_figures("summarize")
+        assert figures["stable"]["requests"] + figures["canary"]["requests"] == 60
+        pinned = await client.post(  # a named version is served as named, not split
+            "/v1/chat/completions",
+            json={"model": "summarize@1.0.0", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert pinned.json()["model"] == "summarize@1.0.0"
+        after = pm.canary_figures("summarize")
+        assert after["stable"]["requests"] + after["canary"]["requests"] == 60

@@ -37,20 +37,24 @@ class Picked:
         return block if self.canary is None else {**block, "canary": self.canary}
 
 
-def _key_of(request: Request) -> Callable[[str], str | None]:
+def _key_of(request: Request | None) -> Callable[[str], str | None]:
     def key_of(sticky: str) -> str:
         key: str | None = None
         if sticky == "tenant":
             key = current_tenant()
-        elif sticky.startswith("header:"):
+        elif sticky.startswith("header:") and request is not None:
             key = request.headers.get(sticky[7:])
         return key or secrets.token_hex(8)  # per request (or no key to stick by)
 
     return key_of
 
 
-def pick_version(pm: Any, program_id: str, request: Request) -> Picked:
-    """The version this request runs: the canary's or the served one."""
+def pick_version(pm: Any, program_id: str, request: Request | None) -> Picked:
+    """The version this request runs: the canary's or the served one.
+
+    Without an HTTP ``request`` (an MCP tool call), a canary sticky by a header splits per
+    call.
+    """
     choose = getattr(pm, "_canary_choice", None)
     if choose is None:  # a host's own program manager without canaries
         return Picked(pm.registry.get_program_metadata(program_id), canary=None, scope="")
