@@ -59,7 +59,7 @@ function showFigures(figures) {
     ["Cost per request", (s) => (s.cost_per_request_usd == null ? "-" : `$${s.cost_per_request_usd}`)],
   ];
   table.replaceChildren(
-    element("tr", {}, element("th"), ...shown.map(([label]) => element("th", { textContent: label }))),
+    element("tr", {}, element("th", { textContent: "Figure" }), ...shown.map(([label]) => element("th", { textContent: label }))),
     ...rows.map(([label, cell]) => element("tr", {}, element("th", { textContent: label }),
       ...shown.map(([, side]) => element("td", { textContent: cell(side) })))),
   );
