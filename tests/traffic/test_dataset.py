@@ -123,11 +123,21 @@ def test_the_fingerprint_follows_the_query_and_the_rows(served: tuple[Any, str])
     assert lines[0]["outputs"] == {"label": truth(SHORT[0])}
 
 
-def test_the_console_exports_jsonl(served: tuple[Any, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "console",
+    [
+        [sys.executable, "-m", "llm_server.traffic"],
+        [str(Path(sys.executable).parent / "llm-server"), "traffic"],  # the installed command
+    ],
+    ids=["python -m llm_server.traffic", "llm-server traffic"],
+)
+def test_the_console_exports_jsonl(
+    served: tuple[Any, str], tmp_path: Path, console: list[str]
+) -> None:
     app, _ = served
     output = tmp_path / "out.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "llm_server.traffic", "export", "sentiment",
+        [*console, "export", "sentiment",
          "--store", str(tmp_path / "programs" / "traffic.sqlite3"),
          "--min-score", "1", "--output", str(output)],
         capture_output=True, text=True, timeout=120, check=False,

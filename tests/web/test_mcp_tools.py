@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dspy
 import httpx2
 import pytest
 from _uvicorn_thread import uvicorn_thread
@@ -187,3 +188,26 @@ async def test_an_unusable_answer_is_a_tool_error_carrying_what_was_billed(
     assert [c["outcome"] for c in usage["calls"]] == ["unparseable_output"]
     assert second.meta is not None  # unparseable too: its usage is its own call's
     assert second.meta["llm-server/usage"]["input"] == provider.billed[1][0]
+
+
+async def test_tool_calls_get_a_running_canarys_share_and_are_counted(
+    served: tuple[FastAPI, str],
+) -> None:
+    app, url = served
+    pm = app.state.program_manager
+    tuned = dspy.Predict(Summarize)
+    tuned.demos = [dspy.Example(text="a demo", summary="short").with_inputs("text")]
+    canary = str(pm.save_program_version("summarize", tuned, optimizer="manual").version)
+    pm.promote("summarize", "1.0.0", actor="test", reason="serve the first version again")
+    pm.start_canary("summarize", canary, weight=0.5)  # split per call
+    versions = []
+    async with http() as client, Client(streamable_http_client(url, http_client=client)) as mcp:
+        for _ in range(24):
+            result = await mcp.call_tool("summarize", {"text": "x"})
+            assert not result.is_error
+            assert result.meta is not None
+            versions.append(result.meta["llm-server/program_version"])
+    assert set(versions) == {"1.0.0", canary}  # each side 1 - 2**-24 likely
+    figures = pm.canary_figures("summarize")
+    assert figures["canary"]["requests"] == versions.count(canary)
+    assert figures["stable"]["requests"] == versions.count("1.0.0")

@@ -187,6 +187,11 @@ def axe_violations(page: Page, axe_source: str) -> list[dict[str, Any]]:
 
 def test_the_playground_in_a_real_browser(playground: Playground) -> None:
     page, provider = playground.page, playground.provider
+    figures = page.locator("#figures")  # live figures of the served version (no canary)
+    assert figures.is_visible()
+    assert "Served" in figures.inner_text()
+    assert "1.1.0" in figures.inner_text()
+    assert "Canary" not in figures.inner_text()
 
     # the form from Brief's typed inputs: str, int, list[str], Literal
     assert page.get_attribute("#input-topic", "data-kind") == "string"

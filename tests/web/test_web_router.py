@@ -77,6 +77,8 @@ async def test_programs_list_served_and_stored_versions(make_app: MakeApp) -> No
         second = (await client.get("/programs")).json()
     by_id = {p["id"]: p for p in first["programs"]}
     assert set(by_id) == {"summarize", "tally"}
+    figures = by_id["summarize"].pop("figures")  # live figures: tests/web/test_web_canary.py
+    assert (figures["stable"]["version"], figures["canary"]) == ("1.0.0", None)
     assert by_id["summarize"] == {
         "id": "summarize",
         "name": "Summarizer",

@@ -35,6 +35,7 @@ from llm_server.fastapi._mcp import add_mcp_tools
 from llm_server.fastapi._middleware import BodyLimitMiddleware, RequestContextMiddleware
 from llm_server.fastapi._openai import add_openai_routes
 from llm_server.fastapi._playground import add_playground
+from llm_server.fastapi._release_routes import add_release_routes
 from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
 from llm_server.fastapi._sse import sse_response
@@ -52,6 +53,7 @@ __all__ = [
     "add_openai_routes",
     "add_playground",
     "add_program_endpoint",
+    "add_release_routes",
     "error_response",
     "get_model_manager",
     "get_program_manager",

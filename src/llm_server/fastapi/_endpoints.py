@@ -26,6 +26,7 @@ from llm_server.core.pipeline import Pipeline
 from llm_server.core.streaming import stream_events
 from llm_server.core.telemetry._logging import current_execution_id, log_context
 from llm_server.core.types import MediaType, PipelineData
+from llm_server.fastapi._canary_serving import Picked, count_outcome, pick_version
 from llm_server.fastapi._gate import gate_for, guarded_route
 from llm_server.fastapi._schemas import ErrorEnvelope
 from llm_server.fastapi._sse import sse_response
@@ -164,18 +165,27 @@ class _ProgramRunner:
         self._routes: dict[str, _Route] = {}
         self._named: dict[tuple[str, str], _Route] = {}
 
-    def route(self, manager: Any, model_id: str, version: str | None = None) -> _Route:
-        """The cached route of the served version, or of a stored ``version`` by name.
+    def route(
+        self, manager: Any, model_id: str, version: str | None = None, *, metadata: Any = None
+    ) -> _Route:
+        """The cached route of the served version, or of a stored ``version`` by name, or of
+        ``metadata``'s version (a canary's: picked per request).
 
         Raises:
             ModelNotFoundError: ``model_id`` is not configured.
             ProgramNotFoundError: The program or the named version is unknown.
         """
-        metadata = manager.registry.get_program_metadata(self.program_id)
-        if manager is not self._manager or metadata.version != self._version:
-            self._manager, self._version, self._routes = manager, metadata.version, {}
+        served = manager.registry.get_program_metadata(self.program_id)
+        if manager is not self._manager or served.version != self._version:
+            self._manager, self._version, self._routes = manager, served.version, {}
             self._named = {}
-        if version is not None and version != metadata.version:
+        if metadata is not None and metadata.version != served.version:
+            named = self._named.get((metadata.version, model_id))
+            if named is None:
+                named = self._build(manager, model_id, metadata)
+                self._named[(metadata.version, model_id)] = named
+            return named
+        if version is not None and version != served.version:
             # A stored version by name: immutable once saved, so cached until the app restarts
             named = self._named.get((version, model_id))
             if named is None:
@@ -186,7 +196,7 @@ class _ProgramRunner:
             return named
         route = self._routes.get(model_id)
         if route is None:
-            route = self._build(manager, model_id, metadata)
+            route = self._build(manager, model_id, served)
             self._routes[model_id] = route
         return route
 
@@ -232,9 +242,16 @@ def _dump(info: Any) -> dict[str, Any]:
 
 
 def envelope(
-    pm: Any, model_id: str, route: _Route, metrics: PerformanceMetrics, result: PipelineData
+    pm: Any,
+    model_id: str,
+    route: _Route,
+    metrics: PerformanceMetrics,
+    result: PipelineData,
+    *,
+    picked: Picked | None = None,
 ) -> dict[str, Any]:
-    """The success envelope of one program call (shared with the OpenAI-compatible routes)."""
+    """The success envelope of one program call (shared with the OpenAI-compatible routes);
+    with ``picked``, the program block says whether a running canary answered."""
     metrics.mark_checkpoint("pipeline_complete")
     metadata = MetadataCollector.collect_response_metadata(
         model_id=model_id,
@@ -242,6 +259,8 @@ def envelope(
         performance_metrics=metrics.get_summary(),
         model_info=_model_block(pm.model_info, model_id, result.metadata),
     )
+    if picked is not None:
+        metadata["program"] = picked.program_block(metadata["program"])
     return {"success": True, "data": result.content, "metadata": metadata}
 
 
@@ -354,21 +373,24 @@ def add_program_endpoint(
     input_names = tuple(signature.input_fields)
     runner = _ProgramRunner(program_id)
 
-    def prepared(request: Request, body: Any) -> tuple[Any, str, _Route, PipelineData]:
+    def prepared(request: Request, body: Any) -> tuple[Any, str, _Route, PipelineData, Picked]:
         pm = manager if manager is not None else get_program_manager(request)
         model_id: str = body.model_id
         # Values as validated (not dumped), so typed inputs reach the program as their types.
         inputs = {name: getattr(body, name) for name in input_names}
         data = PipelineData(media_type=MediaType.STRUCTURED, content=inputs)
-        return pm, model_id, runner.route(pm, model_id), data
+        picked = pick_version(pm, program_id, request)  # once: in flight stays on its version
+        return pm, model_id, runner.route(pm, model_id, metadata=picked.metadata), data, picked
 
     async def endpoint(request: Request, body: Any) -> Any:
-        pm, model_id, route, data = prepared(request, body)
+        pm, model_id, route, data, picked = prepared(request, body)
         metrics = PerformanceMetrics()
+        error: BaseException | None = None
         with log_context(program_id=program_id, model_id=model_id):
             try:
                 result = await _billed(route.pipeline.execute(data), metrics)
             except Exception as exc:
+                error = exc
                 record_failed(
                     pm,
                     program_id,
@@ -379,16 +401,19 @@ def add_program_endpoint(
                     metrics=metrics,
                 )
                 raise
-        response = envelope(pm, model_id, route, metrics, result)
+            finally:
+                count_outcome(pm, program_id, picked, error, metrics)
+        response = envelope(pm, model_id, route, metrics, result, picked=picked)
         record_served(pm, program_id, data.content, response)
         return response
 
     async def stream_endpoint(request: Request, body: Any) -> Response:
-        pm, model_id, route, data = prepared(request, body)
+        pm, model_id, route, data, picked = prepared(request, body)
         metrics = PerformanceMetrics()
 
         def done(result: PipelineData) -> dict[str, Any]:
-            response = envelope(pm, model_id, route, metrics, result)
+            count_outcome(pm, program_id, picked, None, metrics)
+            response = envelope(pm, model_id, route, metrics, result, picked=picked)
             record_served(pm, program_id, data.content, response)
             return response
 

@@ -125,6 +125,7 @@ def llm_server_lifespan(
                     async with lifespan(app) as host_state, _readiness(app, freeze_gc=freeze_gc):
                         yield host_state
             finally:
+                await asyncio.to_thread(program_manager.close)  # its canary thread
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher

@@ -184,9 +184,10 @@ async def _call(app: FastAPI, program: ServedProgram, arguments: Mapping[str, An
             if manager is None:
                 raise ConfigurationError("the programs are not registered yet (lifespan)")
             model_id: str = getattr(body, "model_id")  # noqa: B009 -- a field of the built model
-            route = program.route(manager, model_id)
+            picked = program.pick(manager, None, None)  # a running canary's share too
+            route = program.route(manager, model_id, picked=picked)
             route.ensure_available()
-            env = await program.run(manager, route, body)
+            env = await program.run(manager, route, body, picked=picked)
     except LLMServerError as exc:
         if exc.http_status >= 500:
             logger.warning("tool call failed: %s: %s", exc.error_type, redact(exc.message))

@@ -34,6 +34,7 @@ from llm_server.core.streaming import Finished, TextDelta, stream_events
 from llm_server.core.telemetry._logging import current_execution_id, log_context
 from llm_server.core.telemetry._redaction import redact
 from llm_server.core.types import MediaType, PipelineData
+from llm_server.fastapi._canary_serving import Picked, count_outcome
 from llm_server.fastapi._endpoints import envelope, record_served
 from llm_server.fastapi._errors import _retry_after, log_unexpected
 from llm_server.fastapi._gate import body_limit, json_depth_limit, read_body, too_deep, too_large
@@ -386,7 +387,8 @@ def add_openai_routes(
         body = _request_body(program, _last_user_text(chat.messages), default_model_id, depth)
         manager = get_program_manager(request)
         model_id: str = getattr(body, "model_id")  # noqa: B009 -- a field of the built model
-        route = program.route(manager, model_id, version or None)
+        picked = program.pick(manager, request, version or None)  # a canary's share too
+        route = program.route(manager, model_id, version or None, picked=picked)
         route.ensure_available()  # an open breaker answers 503 before any work
         answered_by = f"{program_id}@{route.program_metadata.version}"
         headers = {VERSION_HEADER: str(route.program_metadata.version)}
@@ -394,13 +396,13 @@ def add_openai_routes(
         if execution_id is None:  # no RequestContextMiddleware: the id is made (and sent) here
             execution_id = new_execution_id()
             headers[EXECUTION_HEADER] = execution_id
-        call = _Call(chat, program, manager, route, body, answered_by, execution_id)
+        call = _Call(chat, program, manager, route, body, answered_by, execution_id, picked)
         with log_context(execution_id=execution_id):
             if chat.stream:
                 response = await _stream(call)
                 response.headers.update(headers)
                 return response
-            env = await program.run(manager, route, body)
+            env = await program.run(manager, route, body, picked=picked)
         completion: dict[str, Any] = {
             "id": f"chatcmpl-{execution_id}",
             "object": "chat.completion",
@@ -478,6 +480,8 @@ class _Call:
     body: BaseModel
     answered_by: str
     execution_id: str
+    picked: Picked | None
+    """The version picked when the call named none (counted in its live figures)."""
 
 
 async def _stream(call: _Call) -> Response:
@@ -516,9 +520,15 @@ async def _stream(call: _Call) -> Response:
                 metrics.mark_checkpoint("first_token")
             return [chunk({"content": event.text})]
         if isinstance(event.result, _Failed):
+            if call.picked is not None:
+                count_outcome(
+                    call.manager, program.program_id, call.picked, event.result.error, metrics
+                )
             exc = _translated(event.result.error)
             return [_chunk(_error_body(exc.status, exc.message, code=exc.code, param=exc.param))]
-        env = envelope(call.manager, model_id, route, metrics, event.result)
+        if call.picked is not None:
+            count_outcome(call.manager, program.program_id, call.picked, None, metrics)
+        env = envelope(call.manager, model_id, route, metrics, event.result, picked=call.picked)
         record_served(call.manager, program.program_id, data.content, env)
         out: list[bytes] = []
         if not state["streamed"]:  # several outputs, or nothing streamed (a cache hit)

@@ -71,6 +71,12 @@ def _asset(name: str) -> str:
     return resources.files("llm_server.fastapi").joinpath("playground", name).read_text()
 
 
+def _live_figures(pm: Any, program_id: str) -> dict[str, Any] | None:
+    """The served version's and a running canary's figures (if the manager keeps them)."""
+    figures = getattr(pm, "canary_figures", None)
+    return figures(program_id) if callable(figures) else None
+
+
 def add_playground(
     app: FastAPI,
     *,
@@ -85,7 +91,8 @@ def add_playground(
 
     - ``GET {path}``: the page;
     - ``GET {path}/api/catalog``: programs (versions, the served one, input schema, the
-      choices of each ``Literal`` or ``Enum`` input) and models (breaker state);
+      choices of each ``Literal`` or ``Enum`` input, live figures of the served version and
+      a running canary) and models (breaker state);
     - ``POST {path}/api/run/{program_id}``: run a program on a model at a version, as JSON
       (the response envelope) or as Server-Sent Events (``stream``).
 
@@ -127,6 +134,7 @@ def add_playground(
                 "name": meta.name,
                 "version": meta.version,
                 "versions": await pm.alist_versions(meta.id),
+                "figures": _live_figures(pm, meta.id),
             }
             try:
                 signature = _signature_of(pm.registry.get_program_class(meta.id))

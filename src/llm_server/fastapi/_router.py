@@ -87,6 +87,12 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
     )
 
 
+def _figures(manager: Any, program_id: str) -> dict[str, Any] | None:
+    """Stable and canary figures (``None`` for a program manager without them)."""
+    figures = getattr(manager, "canary_figures", None)
+    return figures(program_id) if callable(figures) else None
+
+
 def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRouter:
     """Build the router; include it with ``app.include_router(health_router())``.
 
@@ -98,8 +104,8 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
     - ``GET /models``: each configured model (provider, engine, limits, prices, fallbacks)
       with its circuit breaker's state and counts and its rate limit, and the fleet's shared
       state (Redis in use or fallen back, processes seen) when ``LLM_SERVER_REDIS_URL`` is set.
-    - ``GET /programs``: each registered program, the version it serves and the stored
-      versions.
+    - ``GET /programs``: each registered program, the version it serves, the stored
+      versions, and live figures of the served version and a running canary side by side.
 
     A tenant's usage is not here: it is per tenant, so it needs your authentication
     (:func:`~llm_server.fastapi.tenant_usage_router`).
@@ -147,6 +153,7 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
                     pinned=meta.pinned,
                     versions=versions,
                     description=meta.description,
+                    figures=_figures(manager, meta.id),
                 )
             )
         return ProgramsResponse(programs=found)

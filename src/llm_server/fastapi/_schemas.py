@@ -192,6 +192,11 @@ class ProgramStatus(BaseModel):
     pinned: bool = Field(description="Whether the host pinned the served version")
     versions: list[str] = Field(description="Stored versions, oldest first")
     description: str | None = None
+    figures: dict[str, Any] | None = Field(
+        default=None,
+        description="Live figures of the served version and the running canary side by side "
+        "(requests, errors by type, parse failures, p50/p95/p99 ms, tokens and cost per request)",
+    )
 
 
 class ProgramsResponse(BaseModel):

@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Request
 from pydantic import BaseModel
 
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.metrics_wrappers import PerformanceMetrics
 from llm_server.core.telemetry._logging import log_context
 from llm_server.core.types import MediaType, PipelineData
+from llm_server.fastapi._canary_serving import Picked, count_outcome, pick_version
 from llm_server.fastapi._endpoints import (
     _billed,
     _ProgramRunner,
@@ -54,12 +56,30 @@ class ServedProgram:
     """The only output field, when it is a string (the answer is its text as is)."""
     runner: _ProgramRunner
 
-    def route(self, manager: Any, model_id: str, version: str | None = None) -> _Route:
-        """The cached pipeline of the served version (or ``version``) on ``model_id``."""
+    def pick(self, manager: Any, request: Request | None, version: str | None) -> Picked | None:
+        """The version a call runs when it names none: a running canary's share or the
+        served one, as on the program route (``None`` for a named ``version``)."""
+        return None if version else pick_version(manager, self.program_id, request)
+
+    def route(
+        self,
+        manager: Any,
+        model_id: str,
+        version: str | None = None,
+        *,
+        picked: Picked | None = None,
+    ) -> _Route:
+        """The cached pipeline of the served version (or ``version``, or the ``picked``
+        one) on ``model_id``."""
+        if picked is not None:
+            return self.runner.route(manager, model_id, metadata=picked.metadata)
         return self.runner.route(manager, model_id, version)
 
-    async def run(self, manager: Any, route: _Route, body: BaseModel) -> dict[str, Any]:
-        """Run the program on a validated request body; the program route's envelope."""
+    async def run(
+        self, manager: Any, route: _Route, body: BaseModel, *, picked: Picked | None = None
+    ) -> dict[str, Any]:
+        """Run the program on a validated request body; the program route's envelope
+        (with ``picked``, counted in the version's live figures)."""
         model_id: str = getattr(body, "model_id")  # noqa: B009 -- a field of the built model
         # Values as validated (not dumped), so typed inputs reach the program as their types.
         data = PipelineData(
@@ -67,12 +87,14 @@ class ServedProgram:
             content={name: getattr(body, name) for name in self.input_names},
         )
         metrics = PerformanceMetrics()
+        error: BaseException | None = None
         with log_context(program_id=self.program_id, model_id=model_id):
             try:
                 # an error leaves with what was billed (its request_usage), as on the program
                 # route
                 result = await _billed(route.pipeline.execute(data), metrics)
             except Exception as exc:
+                error = exc
                 record_failed(
                     manager,
                     self.program_id,
@@ -83,7 +105,10 @@ class ServedProgram:
                     metrics=metrics,
                 )
                 raise
-        response = envelope(manager, model_id, route, metrics, result)
+            finally:
+                if picked is not None:
+                    count_outcome(manager, self.program_id, picked, error, metrics)
+        response = envelope(manager, model_id, route, metrics, result, picked=picked)
         record_served(manager, self.program_id, data.content, response)
         return response
 

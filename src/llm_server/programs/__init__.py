@@ -2,7 +2,7 @@
 
 A *program* is a DSPy module (or signature) registered once at startup; a *version* is an
 immutable snapshot of its learned state (demos, instructions) with a manifest saying where it
-came from. This package holds everything between "I have a better prompt" and "every replica
+came from. The package holds everything between "I have a better prompt" and "every replica
 serves it"::
 
     register_program(Predictor)          ProgramManager: the registry of served programs
@@ -16,6 +16,10 @@ serves it"::
             ▼
     promote("qa", "1.1.0")  ─► release   recorded (who, when, why); every replica follows
     rollback("qa")          ─► release   (PostgreSQL NOTIFY plus a periodic check)
+    start_canary("qa", "1.2.0", weight=0.1)   a share of traffic (sticky by a key), live
+            │                            figures per version, a guard that rolls back
+            ▼                            a regression or promotes after a clean period
+    end_canary("qa", "promote")
 
 Each loaded version is checked against the program before it is served: the class, the
 signature's fields, the content hash, and the state's shape. Only JSON is stored, never a
@@ -28,6 +32,9 @@ The names are public at their reference paths (the modules here are private):
   (implemented in ``_manager``, ``_manager_releases``, ``_registry`` and ``_releases``);
 - :mod:`llm_server.models.optimization`: ``optimize_program``, ``OptimizationRun``
   (``_optimization``);
+- :mod:`llm_server.models.canary`: canaries and their guard, live figures per version
+  (``_canary``, ``_canary_control``, ``_canary_guard``, ``_canary_methods``,
+  ``_version_stats``; PostgreSQL's canaries in ``_postgres_canaries``);
 - :mod:`llm_server.defaults`: ``FileSystemStorageAdapter`` (``_fs_storage``);
 - :mod:`llm_server.postgres`: ``PostgresStorageAdapter``, ``Release`` (``_postgres_store``,
   ``_postgres_releases``, ``_postgres_watcher``, ``_postgres_schema``,

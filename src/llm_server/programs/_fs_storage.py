@@ -50,6 +50,7 @@ from llm_server.core.errors import (
     VersionExistsError,
 )
 from llm_server.core.protocols import StoredProgram
+from llm_server.programs._canary import LocalCanaryBook
 from llm_server.programs._versioning import (
     canonical_json,
     is_version,
@@ -72,13 +73,16 @@ _RESERVED_KEYS: Final = frozenset(
 _HOST: Final = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
 
 
-class FileSystemStorageAdapter:
+class FileSystemStorageAdapter(LocalCanaryBook):
     """Stores immutable program versions as JSON folders under ``base_dir``.
 
     Versions are named ``MAJOR.MINOR.PATCH``; each save gets the next MINOR of the highest
     stored version (``1.0.0``, ``1.1.0``, ...) unless an explicit ``version`` is given.
     File I/O is synchronous: async code calls it from a worker thread (the program manager
     does so with its own limiter).
+
+    Canaries (:meth:`start_canary`, :meth:`canaries`) are kept in this process's memory, like
+    the program manager's releases with files: use PostgreSQL to canary across a fleet.
 
     Args:
         base_dir: The folder holding one sub-folder per program; created on the first save.

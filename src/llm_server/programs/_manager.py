@@ -24,6 +24,8 @@ from llm_server.core.errors import (
 from llm_server.core.model_config import ParsePolicy
 from llm_server.core.protocols import StorageAdapter, StoredProgram
 from llm_server.programs import _state as ps
+from llm_server.programs._canary_control import CanaryController
+from llm_server.programs._canary_methods import CanaryMethods
 from llm_server.programs._integrity import check_instance, manifest_for, verify, where
 from llm_server.programs._manager_releases import ReleaseMethods
 from llm_server.programs._registry import (
@@ -73,7 +75,7 @@ class ModelManagerLike(Protocol):
         ...
 
 
-class ProgramManager(ReleaseMethods):
+class ProgramManager(ReleaseMethods, CanaryMethods):
     """Registers DSPy programs and keeps their immutable, versioned state.
 
     Args:
@@ -110,6 +112,7 @@ class ProgramManager(ReleaseMethods):
         self._program_locks: dict[str, threading.Lock] = {}
         self.registry = ProgramRegistry()
         """The registered programs; ``registry.get_program_metadata(id)`` for the envelope."""
+        self._canary_control = CanaryController(self)  # canaries: programs/_canary_control.py
 
     @property
     def model_manager(self) -> ModelManagerLike:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_server.core.protocols import StorageAdapter, StoredProgram
 from llm_server.programs._registry import Entry, ProgramMetadata, ProgramRegistry, metadata_for
 from llm_server.programs._releases import LocalReleases, ReleasingStorage
 from llm_server.programs._versioning import validate_version
+
+if TYPE_CHECKING:
+    from llm_server.programs._canary_control import CanaryController
 
 __all__ = ["ReleaseMethods"]
 
@@ -29,6 +32,7 @@ class ReleaseMethods:
     _locks_lock: threading.Lock
     _program_locks: dict[str, threading.Lock]
     registry: ProgramRegistry
+    _canary_control: CanaryController
 
     def _load_verified(self, entry: Entry, version: str | None) -> StoredProgram:
         raise NotImplementedError  # ProgramManager's
@@ -128,11 +132,13 @@ class ReleaseMethods:
 
         Every announcement, and every ``interval_s`` anyway, compares what this process
         serves with what is released and switches when they differ; a switch that failed
-        (the version could not be loaded) is tried again on the next round.
+        (the version could not be loaded) is tried again on the next round. Canaries are
+        followed and judged from now on too (:meth:`start_canary`); :meth:`close` stops that.
 
         Returns:
             Whether the storage can announce releases (a :class:`ReleasingStorage`).
         """
+        self._canary_control.follow(shared_only=True)  # canaries of a shared storage
         if not isinstance(self._storage, ReleasingStorage):
             return False
         self._storage.watch(self._released, interval_s=interval_s)

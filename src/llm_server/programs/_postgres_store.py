@@ -26,6 +26,7 @@ from llm_server.core.errors import (
 from llm_server.core.protocols import StoredProgram
 from llm_server.core.telemetry._redaction import redact, register_secret
 from llm_server.programs._fs_storage import _RESERVED_KEYS, MANIFEST_FORMAT  # one manifest format
+from llm_server.programs._postgres_canaries import PostgresCanaries
 from llm_server.programs._postgres_connections import (
     DeadlineExceededError,
     bounded,
@@ -48,7 +49,7 @@ from llm_server.programs._versioning import (
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStorageAdapter", "Release"]
 
 
-class PostgresStorageAdapter(PostgresReleases):
+class PostgresStorageAdapter(PostgresReleases, PostgresCanaries):
     """Immutable program versions, and who released which, in PostgreSQL.
 
     A version is one row (the state as canonical JSON text, hashed; the manifest as JSON),

@@ -17,8 +17,8 @@ from llm_server.core.errors import LLMServerError
 from llm_server.core.telemetry._redaction import redact
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llm_server.traffic")
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write a traffic dataset as JSONL")
     export.add_argument("program_id")
@@ -34,9 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m llm_server.traffic") -> int:
+    """Run the command line (also ``llm-server traffic``, named ``prog`` in its usage);
+    returns the exit status."""
+    args = _parser(prog).parse_args(argv)
     from llm_server.traffic import (
         PostgresTrafficStore,
         SqliteTrafficStore,

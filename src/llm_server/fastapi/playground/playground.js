@@ -42,9 +42,33 @@ async function loadCatalog() {
 
 function currentProgram() { return catalog.programs.find((p) => p.id === $("#program").value); }
 
+function showFigures(figures) {
+  // The served version and a running canary side by side (requests since start or canary).
+  const table = $("#figures");
+  const sides = figures ? [["Served", figures.stable], ["Canary", figures.canary]] : [];
+  const shown = sides.filter(([, side]) => side);
+  table.hidden = shown.length === 0;
+  const percent = (rate) => `${(100 * rate).toFixed(1)} %`;
+  const rows = [
+    ["Version", (s) => s.version + (s.weight ? ` (${percent(s.weight)} of traffic)` : "")],
+    ["Requests", (s) => String(s.requests)],
+    ["Errors", (s) => percent(s.error_rate)],
+    ["Parse failures", (s) => percent(s.parse_failure_rate)],
+    ["p50 / p95 latency", (s) => `${s.latency_ms.p50 ?? "-"} / ${s.latency_ms.p95 ?? "-"} ms`],
+    ["Tokens per request", (s) => String(s.tokens_per_request ?? "-")],
+    ["Cost per request", (s) => (s.cost_per_request_usd == null ? "-" : `$${s.cost_per_request_usd}`)],
+  ];
+  table.replaceChildren(
+    element("tr", {}, element("th", { textContent: "Figure" }), ...shown.map(([label]) => element("th", { textContent: label }))),
+    ...rows.map(([label, cell]) => element("tr", {}, element("th", { textContent: label }),
+      ...shown.map(([, side]) => element("td", { textContent: cell(side) })))),
+  );
+}
+
 function showProgram() {
   const program = currentProgram();
   $("#description").textContent = program.description || "";
+  showFigures(program.figures);
   for (const side of document.querySelectorAll(".side")) {
     const versions = $("select[name=version]", side);
     versions.replaceChildren(...program.versions.map((v) => element("option", {

@@ -1,0 +1,133 @@
+"""Program versions' live figures shared by a fleet through Redis, and the guard's lock.
+
+Each (program, scope, version) is one hash, ``<prefix>:vstats:<program>:<scope>:<version>``,
+with the fields ``requests``, ``parse_failures``, ``tokens``, ``priced``, ``cost_usd``,
+``e:<error type>`` and ``l:<latency bucket>``. The fleet's sync thread writes each process's
+new counts every 100 ms (``HINCRBY``, nothing on the request path) and re-reads the totals
+every second; counts that could not be written (Redis down) are kept and written later.
+
+:class:`FleetLock` is a lease (``SET NX PX``, renewed by its holder) that makes one process of
+the fleet the canary guard's decider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_server.fleet._connection import FleetConnection, RedisFailure
+from llm_server.programs._version_stats import LATENCY_BOUNDS_MS, VersionFigures, VersionStats
+
+__all__ = ["FleetLock", "RedisVersionStats"]
+
+_KEEP_S = 7 * 86_400
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _figures(fields: dict[Any, Any]) -> VersionFigures:
+    values = {_text(k): _text(v) for k, v in fields.items()}
+    buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    errors: dict[str, int] = {}
+    for name, value in values.items():
+        if name.startswith("l:"):
+            index = int(name[2:])
+            if 0 <= index < len(buckets):
+                buckets[index] = int(value)
+        elif name.startswith("e:"):
+            errors[name[2:]] = int(value)
+    return VersionFigures(
+        requests=int(values.get("requests", 0)),
+        errors=errors,
+        parse_failures=int(values.get("parse_failures", 0)),
+        latency_buckets=tuple(buckets),
+        tokens=int(values.get("tokens", 0)),
+        cost_usd=float(values.get("cost_usd", 0.0)),
+        priced=int(values.get("priced", 0)),
+    )
+
+
+class RedisVersionStats:
+    """Writes a process's :class:`VersionStats` counts to Redis and reads the fleet's totals.
+
+    Args:
+        connection: The process's fleet connection.
+        stats: The program manager's figures.
+    """
+
+    def __init__(self, connection: FleetConnection, stats: VersionStats) -> None:
+        self._conn = connection
+        self._stats = stats
+        stats.attach(lambda: not connection.fallback)
+        connection.on_sync(periodic=self.refresh, flush=self.flush, resync=self.refresh)
+
+    def _key(self, program_id: str, scope: str, version: str) -> str:
+        return self._conn.key("vstats", program_id, scope or "-", version)
+
+    def flush(self) -> None:
+        """Write the new counts (every 100 ms, from the sync thread)."""
+        pending = self._stats.take_pending()
+        if not pending:
+            return
+        pipe = self._conn.client.pipeline(transaction=False)
+        for (program_id, scope, version), figures in pending.items():
+            name = self._key(program_id, scope, version)
+            pipe.hincrby(name, "requests", figures.requests)
+            pipe.hincrby(name, "parse_failures", figures.parse_failures)
+            pipe.hincrby(name, "tokens", figures.tokens)
+            pipe.hincrby(name, "priced", figures.priced)
+            pipe.hincrbyfloat(name, "cost_usd", figures.cost_usd)
+            for error, count in figures.errors.items():
+                pipe.hincrby(name, f"e:{error}", count)
+            for index, count in enumerate(figures.latency_buckets):
+                if count:
+                    pipe.hincrby(name, f"l:{index}", count)
+            pipe.expire(name, _KEEP_S)
+        try:
+            pipe.execute()
+        except RedisFailure:
+            self._stats.give_back(pending)  # written when Redis answers again
+            raise
+        self.refresh(list(pending))
+
+    def refresh(self, keys: list[tuple[str, str, str]] | None = None) -> None:
+        """Re-read the fleet's totals (every second, and after each write)."""
+        wanted = self._stats.keys() if keys is None else keys
+        if not wanted:
+            return
+        pipe = self._conn.client.pipeline(transaction=False)
+        for program_id, scope, version in wanted:
+            pipe.hgetall(self._key(program_id, scope, version))
+        answers = pipe.execute()
+        for key, fields in zip(wanted, answers, strict=True):
+            self._stats.set_fleet(key, _figures(fields or {}))
+
+
+class FleetLock:
+    """A lease one process of the fleet holds at a time (``SET NX PX``, renewed by its holder).
+
+    Args:
+        connection: The process's fleet connection.
+        name: The lock's name (under the fleet's prefix).
+        ttl_s: How long the lease lasts unless renewed (a dead holder's lapses after it).
+    """
+
+    def __init__(self, connection: FleetConnection, name: str, *, ttl_s: float = 5.0) -> None:
+        self._conn = connection
+        self._key = connection.key("lock", name)
+        self._ttl_ms = int(ttl_s * 1000)
+        self._renew = connection.client.register_script(_RENEW)
+
+    def acquire(self) -> bool:
+        """Take or renew the lease; whether this process holds it (``False`` if Redis fails)."""
+        try:
+            return bool(self._renew(keys=[self._key], args=[self._conn.process_id, self._ttl_ms]))
+        except RedisFailure:
+            return False

@@ -1,0 +1,149 @@
+"""Canaries in a real (private) PostgreSQL: the table, one running canary per program, a
+promotion recorded as a release in the same transaction, another process following, and the
+guard's lock held by one process at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dspy
+import pytest
+
+from llm_server.core.errors import ProgramError, ProgramNotFoundError
+from llm_server.models.canary import CanaryGuard
+from llm_server.models.program_manager import ProgramManager
+from llm_server.postgres import PostgresStorageAdapter
+
+
+class Answer(dspy.Signature):
+    """Answer the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+class StandIn:
+    def __init__(self) -> None:
+        self.model_info: dict[str, Any] = {}
+
+    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
+        return program_metadata
+
+
+@pytest.fixture
+def stores(private_postgres: str, pg_schema: str) -> Iterator[Callable[[], PostgresStorageAdapter]]:
+    made: list[PostgresStorageAdapter] = []
+
+    def make() -> PostgresStorageAdapter:
+        store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.release_decider_lock()
+        store.close()
+
+
+def manager_on(store: PostgresStorageAdapter) -> ProgramManager:
+    manager = ProgramManager(model_manager=StandIn(), storage_adapter=store)
+    manager.register_program(Answer)
+    return manager
+
+
+def tuned() -> Any:
+    program = dspy.Predict(Answer)
+    program.demos = [dspy.Example(question="q", answer="a").with_inputs("question")]
+    return program
+
+
+def test_no_table_means_no_canaries_and_no_ddl(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    store = stores()
+    assert store.canaries() == []
+    assert store.active_canaries() == {}
+    with pytest.raises(ProgramError, match="no running canary"):
+        store.end_canary("answer", outcome="rollback", actor=None, reason=None)
+
+
+def test_a_canary_is_followed_by_another_process_and_a_promotion_is_a_release(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    notebook, replica = manager_on(stores()), manager_on(stores())
+    try:
+        replica.follow_releases(interval_s=0.2)
+        new = notebook.save_program_version("answer", tuned()).version
+        guard = CanaryGuard(min_requests=10, promote_after_requests=100)
+        canary = notebook.start_canary("answer", new, weight=0.25, guard=guard, actor="ana")
+        with pytest.raises(ProgramError, match="already has a running canary"):
+            notebook.start_canary("answer", new, weight=0.5)
+        started = time.monotonic()
+        while replica._canary_control.running("answer") is None:
+            assert time.monotonic() - started < 2.0
+            time.sleep(0.05)
+        followed = replica._canary_control.running("answer")
+        assert followed is not None
+        assert (followed.id, followed.weight, followed.guard) == (canary.id, 0.25, guard)
+        ended = notebook.end_canary("answer", "promote", actor="ana", reason="looks good")
+        assert (ended.outcome, ended.ended_by, ended.end_reason) == ("promote", "ana", "looks good")
+        releases = notebook.releases("answer")
+        assert [(r["version"], r["action"]) for r in releases] == [
+            ("1.0.0", "promote"),
+            (new, "promote"),
+        ]
+        assert releases[-1]["reason"] == f"canary {canary.id} promoted: looks good"
+        ended_at = time.monotonic()
+        while (
+            replica.registry.get_program_metadata("answer").version != new
+            or replica._canary_control.running("answer") is not None
+        ):
+            assert time.monotonic() - ended_at < 2.0
+            time.sleep(0.05)
+        assert [c.outcome for c in replica.canaries("answer")] == ["promote"]
+    finally:
+        notebook.close()
+        replica.close()
+
+
+def test_an_unknown_version_cannot_be_a_canary(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    manager = manager_on(stores())
+    with pytest.raises(ProgramNotFoundError):
+        manager.start_canary("answer", "9.9.9")
+    with pytest.raises(ProgramError, match="already serves"):
+        manager.start_canary("answer", "1.0.0")
+
+
+def test_one_process_holds_the_guards_lock_until_it_lets_go(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    one, two = stores(), stores()
+    assert one.hold_decider_lock()
+    assert not two.hold_decider_lock()
+    assert one.hold_decider_lock()  # kept
+    one.release_decider_lock()  # or its process died: the session ends
+    assert two.hold_decider_lock()
+    assert not one.hold_decider_lock()
+
+
+def test_the_decider_is_a_process_that_serves_the_canary_not_the_one_that_started_it(
+    stores: Callable[[], PostgresStorageAdapter],
+) -> None:
+    notebook_store, replica_store = stores(), stores()
+    notebook, replica = manager_on(notebook_store), manager_on(replica_store)
+    try:
+        replica.follow_releases(interval_s=0.2)
+        new = notebook.save_program_version("answer", tuned()).version
+        canary = notebook.start_canary("answer", new, guard=CanaryGuard(min_requests=500))
+        for version in ("1.0.0", new):  # the replica served requests of both versions
+            replica.version_stats.record("answer", version, scope=canary.id, latency_s=0.01)
+        time.sleep(1.5)  # three guard ticks
+        assert getattr(replica_store, "_decider_held", False)
+        assert not getattr(notebook_store, "_decider_held", False)
+    finally:
+        notebook.close()
+        replica.close()
