@@ -44,6 +44,7 @@ from llm_server.fleet._connection import (
     SYNC_INTERVAL_S,
     FleetConnection,
     RedisFailure,
+    ScriptBatch,
     on_event_loop,
 )
 
@@ -127,7 +128,7 @@ class RedisBreakerStore:
         self.channel = connection.key("cb")
         connection.on_sync(
             periodic=self.refresh,
-            flush=self.flush,
+            stage=self.stage,
             resync=self.resync,
             channel=(self.channel, self._changed),
         )
@@ -418,16 +419,34 @@ class RedisBreakerStore:
         self.refresh(force=True)
 
     def flush(self) -> None:
-        """Write the successes counted since the last flush (one script per breaker)."""
+        """Write the successes counted since the last flush (every breaker's, one round trip)."""
+        self._conn.run_stages([self.stage])
+
+    def stage(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
+        """Add the successes counted since the last flush to the sync thread's batch (one
+        script per breaker that had any; every model's in the same round trip)."""
+        names: list[str] = []
         for name, entry in self._entries.items():
             with self._lock:
                 successes, generation = entry.successes, entry.generation
                 entry.successes = 0
             if successes:
-                reply = self._write_outcomes(
-                    entry, name, generation, calls=successes, failures=0, consecutive=0
+                batch.add(
+                    self._outcomes,
+                    entry.keys,
+                    self._outcome_args(
+                        entry, name, generation, calls=successes, failures=0, consecutive=0
+                    ),
                 )
+                names.append(name)
+        if not names:
+            return None
+
+        def settle(replies: list[Any] | None) -> None:
+            for name, reply in zip(names, replies or (), strict=False):
                 self._store(name, reply[1:4], notify=True)
+
+        return settle
 
     def _changed(self, name: str) -> None:
         entry = self._entries.get(name)
@@ -506,25 +525,39 @@ class RedisBreakerStore:
         failures: int,
         consecutive: int,
     ) -> Any:
-        policy = entry.policy
-        width = max(1, math.ceil(policy.window_s / 60))
         return self._outcomes(
             keys=entry.keys,
-            args=[
-                generation,
-                calls,
-                failures,
-                consecutive,
-                (policy.failure_threshold or 0) if policy.failure_rate is None else 0,
-                policy.failure_rate or 0,
-                policy.minimum_calls,
-                width,
-                math.ceil(policy.window_s / width),
-                math.ceil(policy.reset_timeout_s * 1000),
-                self.channel,
-                name,
-            ],
+            args=self._outcome_args(
+                entry, name, generation, calls=calls, failures=failures, consecutive=consecutive
+            ),
         )
+
+    def _outcome_args(
+        self,
+        entry: _Entry,
+        name: str,
+        generation: int,
+        *,
+        calls: int,
+        failures: int,
+        consecutive: int,
+    ) -> list[Any]:
+        policy = entry.policy
+        width = max(1, math.ceil(policy.window_s / 60))
+        return [
+            generation,
+            calls,
+            failures,
+            consecutive,
+            (policy.failure_threshold or 0) if policy.failure_rate is None else 0,
+            policy.failure_rate or 0,
+            policy.minimum_calls,
+            width,
+            math.ceil(policy.window_s / width),
+            math.ceil(policy.reset_timeout_s * 1000),
+            self.channel,
+            name,
+        ]
 
     def _store(
         self,
