@@ -62,6 +62,12 @@ class _Lease:
     until: float  # local monotonic time
 
 
+@dataclass(slots=True)
+class _Asking:
+    done: asyncio.Event  # set when the take in flight ended
+    leased: bool = False  # whether it left a lease the waiters can take from
+
+
 class RedisLimitCounters:
     """Counters in Redis, with a per-process fallback.
 
@@ -86,7 +92,7 @@ class RedisLimitCounters:
         """Takes that went to Redis (the others were served from a lease)."""
         self.released = 0
         """Takes this process gave up on (timed out or cancelled) and released."""
-        self._asking: dict[tuple[int, str], asyncio.Event] = {}  # (loop, key): a take in flight
+        self._asking: dict[tuple[int, str], _Asking] = {}  # (loop, key): its take in flight
         self._next_reap = 0.0
         connection.on_sync(stage=self.stage)
 
@@ -113,27 +119,39 @@ class RedisLimitCounters:
         leased = self._from_lease(key, requests, tokens)
         if leased is not None:
             return leased
-        # one take per key and event loop at a time: the others wait for its lease
+        calls = self._lease_calls(caps, tokens)
+        if calls == 1:  # no lease to wait for: every call asks
+            return await self._take(key, requests, tokens, caps, calls)
+        return await self._take_or_wait(key, requests, tokens, caps, calls)
+
+    async def _take_or_wait(
+        self, key: str, requests: int, tokens: int, caps: tuple[int, int], calls: int
+    ) -> tuple[float, int, bool]:
+        """One take per key and event loop at a time: the others wait for its lease."""
+        conn = self._conn
         asking = (id(asyncio.get_running_loop()), key)
-        while (event := self._asking.get(asking)) is not None:
-            await event.wait()
+        while (waiting := self._asking.get(asking)) is not None:
+            await waiting.done.wait()
             if conn.fallback:
                 return await self.local.take(key, requests, tokens, caps)
             leased = self._from_lease(key, requests, tokens)
             if leased is not None:
                 return leased
-        event = self._asking[asking] = asyncio.Event()
+            if not waiting.leased:  # refused, timed out or cancelled: each asks, as it would
+                return await self._take(key, requests, tokens, caps, calls)
+        waiting = self._asking[asking] = _Asking(asyncio.Event())
         try:
-            return await self._take(key, requests, tokens, caps)
+            return await self._take(key, requests, tokens, caps, calls)
         finally:
+            with self._lock:
+                waiting.leased = key in self._leases
             del self._asking[asking]
-            event.set()
+            waiting.done.set()
 
     async def _take(
-        self, key: str, requests: int, tokens: int, caps: tuple[int, int]
+        self, key: str, requests: int, tokens: int, caps: tuple[int, int], calls: int
     ) -> tuple[float, int, bool]:
         conn = self._conn
-        calls = self._lease_calls(caps, tokens)
         client = conn.async_client()
         # keyed by the client's id, checked by identity: a client made after another was
         # closed (another event loop, or after READONLY) may reuse its id
