@@ -22,10 +22,14 @@ import httpx
 import pytest
 import redis.asyncio.connection
 import redis.connection
+from _fleet_helpers import Connect
+from _redis_proxy import RedisProxy
 from fastapi import FastAPI
+from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.config import FrameworkSettings
 from llm_server.fastapi import add_program_endpoint, install_error_handlers, llm_server_lifespan
+from llm_server.fleet import RedisLimitCounters
 from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
@@ -199,3 +203,54 @@ async def test_requests_make_at_most_a_tenth_of_a_round_trip_each_background_inc
     print(report)
     assert served >= 200, report  # enough requests for the ratio to mean something
     assert trips.total / served <= MAX_ROUND_TRIPS_PER_REQUEST, report
+
+
+HIGH = (100_000_000, 0)  # a limit that leases 50 calls' worth per take
+
+
+async def test_concurrent_takes_of_one_event_loop_share_one_lease(connect: Connect) -> None:
+    counters = RedisLimitCounters(connect())
+    windows: list[int] = []
+
+    async def take() -> None:
+        _wait, window, _fleet = await counters.take("m", 1, 0, HIGH)
+        windows.append(window)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(64):
+            group.start_soon(take)
+    assert len(windows) == 64
+    assert all(w < 0 for w in windows)
+    # one take asks for a lease of 50 calls; the 14 calls it did not cover wait for a second
+    # (before: every call found the lease spent while the first take was in flight: 64 takes)
+    assert counters.round_trips == 2
+
+
+@pytest.fixture
+def proxy(private_redis: RedisExecutor) -> Iterator[RedisProxy]:
+    made = RedisProxy(private_redis.host, private_redis.port).start()
+    yield made
+    made.close()
+
+
+async def test_calls_waiting_for_a_take_that_timed_out_do_not_queue(
+    connect: Connect, proxy: RedisProxy
+) -> None:
+    counters = RedisLimitCounters(connect(proxy.url, timeout_s=0.05))
+    proxy.reply_latency_s = 0.3  # every take times out (0.05 s) and is decided locally
+    windows: list[int] = []
+
+    async def take() -> None:
+        _wait, window, _fleet = await counters.take("m", 1, 0, HIGH)
+        windows.append(window)
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(take)
+    elapsed = time.monotonic() - started
+    assert len(windows) == 20
+    assert all(w >= 0 for w in windows)
+    # the waiters ask at once when the take they waited for failed, not one after another
+    # (a queue of 20 timeouts would take >= 1 s)
+    assert elapsed < 0.5, elapsed

@@ -118,6 +118,7 @@ class RedisBreakerStore:
         self._leases: dict[str, list[tuple[str, float]]] = {}
         self._lease_ids = itertools.count()
         self._unwritten = 0  # failures queued and not yet written
+        self._next_refresh = 0.0  # when the sync thread re-reads every record
         self.remembered_refusals = 0
         """Half-open calls refused from a remembered lease refusal (no round trip)."""
         client = connection.client
@@ -127,7 +128,6 @@ class RedisBreakerStore:
         self._probe = client.register_script(_scripts.BREAKER_PROBE)
         self.channel = connection.key("cb")
         connection.on_sync(
-            periodic=self.refresh,
             stage=self.stage,
             resync=self.resync,
             channel=(self.channel, self._changed),
@@ -424,8 +424,15 @@ class RedisBreakerStore:
 
     def stage(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
         """Add the successes counted since the last flush to the sync thread's batch (one
-        script per breaker that had any; every model's in the same round trip)."""
+        script per breaker that had any; every model's in the same round trip), and once a
+        second the re-read of every breaker's record (one script for all)."""
         names: list[str] = []
+        now = time.monotonic()
+        read: list[str] = []
+        if now >= self._next_refresh and self._entries:
+            self._next_refresh = now + SYNC_INTERVAL_S
+            read = list(self._entries)
+            batch.add(self._read, [self._entries[n].keys[0] for n in read], [])
         for name, entry in self._entries.items():
             with self._lock:
                 successes, generation = entry.successes, entry.generation
@@ -439,11 +446,18 @@ class RedisBreakerStore:
                     ),
                 )
                 names.append(name)
-        if not names:
+        if not (names or read):
             return None
 
         def settle(replies: list[Any] | None) -> None:
-            for name, reply in zip(names, replies or (), strict=False):
+            if replies is None:
+                self._next_refresh = 0.0  # failed: re-read on the next turn
+                return
+            if read:
+                for index, name in enumerate(read):
+                    at = _READ_STRIDE * index
+                    self._store_read(name, replies[0][at : at + _READ_STRIDE])
+            for name, reply in zip(names, replies[1 if read else 0 :], strict=True):
                 self._store(name, reply[1:4], notify=True)
 
         return settle

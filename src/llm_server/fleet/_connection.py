@@ -154,7 +154,8 @@ class FleetConnection:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat = self.client.register_script(_scripts.HEARTBEAT)
-        self._periodic.append(self.beat)
+        self._next_beat = 0.0
+        self._stages.append(self._stage_beat)
 
     def _open(self, url: str, password: str | None) -> redis.Redis:
         """Check the URL, keep its secrets out of every message, and make the client."""
@@ -304,9 +305,25 @@ class FleetConnection:
         return ":".join((self.prefix, *parts))
 
     def beat(self) -> None:
-        """Say this process is alive, and count the processes that are (every second)."""
+        """Say this process is alive, and count the processes that are (now; the sync thread
+        does it every second in its batch)."""
         alive = self._heartbeat(keys=[self.key("members")], args=[self.process_id])
         self.members = max(1, int(alive))
+
+    def _stage_beat(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
+        now = time.monotonic()
+        if now < self._next_beat:
+            return None
+        self._next_beat = now + SYNC_INTERVAL_S
+        batch.add(self._heartbeat, [self.key("members")], [self.process_id])
+
+        def settle(replies: list[Any] | None) -> None:
+            if replies:
+                self.members = max(1, int(replies[0]))
+            else:
+                self._next_beat = 0.0  # failed: beat on the next turn
+
+        return settle
 
     # --- fallback ---------------------------------------------------------------------------
 
