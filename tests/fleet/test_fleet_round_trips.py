@@ -209,7 +209,8 @@ HIGH = (100_000_000, 0)  # a limit that leases 50 calls' worth per take
 
 
 async def test_concurrent_takes_of_one_event_loop_share_one_lease(connect: Connect) -> None:
-    counters = RedisLimitCounters(connect())
+    connection = connect()
+    counters = RedisLimitCounters(connection)
     windows: list[int] = []
 
     async def take() -> None:
@@ -224,6 +225,7 @@ async def test_concurrent_takes_of_one_event_loop_share_one_lease(connect: Conne
     # one take asks for a lease of 50 calls; the 14 calls it did not cover wait for a second
     # (before: every call found the lease spent while the first take was in flight: 64 takes)
     assert counters.round_trips == 2
+    await connection.aclose()
 
 
 @pytest.fixture
@@ -236,7 +238,8 @@ def proxy(private_redis: RedisExecutor) -> Iterator[RedisProxy]:
 async def test_calls_waiting_for_a_take_that_timed_out_do_not_queue(
     connect: Connect, proxy: RedisProxy
 ) -> None:
-    counters = RedisLimitCounters(connect(proxy.url, timeout_s=0.05))
+    connection = connect(proxy.url, timeout_s=0.05)
+    counters = RedisLimitCounters(connection)
     proxy.reply_latency_s = 0.3  # every take times out (0.05 s) and is decided locally
     windows: list[int] = []
 
@@ -254,3 +257,4 @@ async def test_calls_waiting_for_a_take_that_timed_out_do_not_queue(
     # the waiters ask at once when the take they waited for failed, not one after another
     # (a queue of 20 timeouts would take >= 1 s)
     assert elapsed < 0.5, elapsed
+    await connection.aclose()
