@@ -375,7 +375,7 @@ def _render_streaming(stream: dict[str, Any]) -> list[str]:
 
 
 def _client_total(throughput: dict[str, Any]) -> float:
-    return float(sum(throughput.get("client_commands_per_request", {}).values()))
+    return float(sum(throughput.get("round_trips_per_request", {}).values()))
 
 
 def _fleet_targets(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -389,7 +389,7 @@ def _fleet_targets(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             verdict(throughput["ratio"] >= 0.97),
         ),
         (
-            "fleet: client commands (round trips at most) per request, background included",
+            "fleet: client round trips to Redis per request, background included",
             "<= 0.1",
             fmt(_client_total(throughput), 3),
             verdict(_client_total(throughput) <= 0.1),
@@ -454,12 +454,13 @@ def _render_fleet(fleet: dict[str, Any]) -> list[str]:
         f"{fmt(throughput['redis_scripts_per_request'], 3)} scripts (round trips) per served "
         "request, heartbeats, re-reads and batched flushes included: a rate-limited call takes "
         "capacity from a lease (several calls' worth) and goes to Redis once per lease. "
-        "Commands the workers sent per request (`MONITOR`, one round not timed; a pipeline's "
-        "commands count one each, so round trips are at most this): "
+        "Round trips the workers made to Redis per request, by command, background included "
+        "(one round not timed, on 2 workers of their own, counted where redis-py sends; a "
+        "pipeline is one): "
         + (
             ", ".join(
                 f"{name} {fmt(value, 3)}"
-                for name, value in throughput.get("client_commands_per_request", {}).items()
+                for name, value in throughput.get("round_trips_per_request", {}).items()
             )
             or "none"
         )

@@ -11,9 +11,8 @@ on 127.0.0.1, every loop bounded in time:
   alternate; the ratio is of the median rounds. Target: ratio >= 0.97. Redis round trips
   per served request are the scripts Redis ran (``INFO commandstats``), background ones
   included (heartbeats, re-reads, flushes; pipelined writes count one each). One more round,
-  not timed, counts the commands the workers sent, by command, with ``MONITOR`` (commands a
-  script runs inside are not counted; a pipeline's commands count one each, so this is an
-  upper bound on round trips). Target: <= 0.1 per request.
+  not timed, on 2 workers of their own, counts their round trips to Redis where redis-py sends
+  them (a pipeline is one), by command, background included. Target: <= 0.1 per request.
 * **Limit check**: the added latency of one ``RateLimiter.acquire`` on Redis counters vs on
   local ones, in process (p50 / p99, microseconds).
 * **Shared cache**: requests/s of a model with ``shared_cache:`` at a 90% hit rate vs the same
@@ -27,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -34,10 +34,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,42 +119,39 @@ def _redis_calls(url: str) -> int:
         client.close()
 
 
-_END = "bench-monitor-end"
+COUNTER = Path(__file__).resolve().parent / "count_round_trips"
 
 
-def _client_commands(url: str, run: Callable[[], float]) -> tuple[Counter[str], float]:
-    """Commands the clients sent while ``run`` ran (``MONITOR``; not those scripts ran
-    inside, nor this function's own), by name; and what ``run`` returned."""
-    import redis
+def _round_trips(folder: Path) -> Counter[str]:
+    """Round trips by command so far, summed over the counted workers' files."""
+    total: Counter[str] = Counter()
+    for path in folder.glob("*.json"):
+        total.update(json.loads(path.read_text()))
+    return total
 
-    counts: Counter[str] = Counter()
-    ready = threading.Event()
 
-    def watch() -> None:
-        client = redis.Redis.from_url(url, protocol=2)
-        with client.monitor() as monitor:
-            ready.set()
-            while True:
-                seen = monitor.next_command()
-                command = str(seen.get("command", ""))
-                if _END in command:
-                    return
-                if seen.get("client_type") == "lua" or not command:
-                    continue
-                counts[command.split(" ", 1)[0].upper()] += 1
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    ready.wait(5)
-    time.sleep(0.2)  # MONITOR confirmed before the round starts
-    result = run()
-    client = redis.Redis.from_url(url, protocol=2)
-    try:
-        client.echo(_END)
-    finally:
-        client.close()
-    thread.join(10)
-    return counts, result
+def counted_round(
+    folder: Path, provider_url: str, env: dict[str, str], *, window: float
+) -> dict[str, float]:
+    """Round trips to Redis per served request, by command, background included: 2 workers
+    of their own whose redis-py sends are counted (``count_round_trips/sitecustomize.py``),
+    one round at c=64 (not timed: counting costs a little CPU)."""
+    counts = folder / f"round-trips-{_procs.free_port()}"
+    counts.mkdir()
+    path = os.pathsep.join(p for p in (str(COUNTER), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**env, "PYTHONPATH": path, "LLM_SERVER_BENCH_ROUND_TRIPS": str(counts)}
+    with fleet(folder, provider_url, workers=2, env=env) as app:
+        load = {"concurrency": 64, "raw": True, "path": PATH, "body": BODY}
+        _procs.load(app.port, duration_s=1.0, warmup_s=0.0, **load)  # connections, leases
+        time.sleep(0.5)  # every worker wrote its counts (every 0.2 s)
+        before = _round_trips(counts)
+        result = _procs.load(app.port, duration_s=window, warmup_s=0.0, **load)
+        time.sleep(0.5)  # (the counts then include up to 0.5 s more of background work)
+        after = _round_trips(counts)
+    served = max(1.0, float(result["completed"]))
+    return {
+        name: (after[name] - before[name]) / served for name in after if after[name] > before[name]
+    }
 
 
 def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
@@ -185,20 +181,6 @@ def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) 
                     served = result["completed"] + warmup * result["throughput"]
                     commands.append((_redis_calls(redis_url) - before) / max(1.0, served))
                 runs[name].append(result)
-
-        def counted_round() -> float:
-            result = _procs.load(
-                shared.port,
-                concurrency=64,
-                duration_s=window,
-                warmup_s=0.0,
-                raw=True,
-                path=PATH,
-                body=BODY,
-            )
-            return float(result["completed"])
-
-        by_command, served = _client_commands(redis_url, counted_round)
     pooled = {name: _pool(results) for name, results in runs.items()}
     # the median round of each: one stalled round (this shared machine has them, in A/A runs
     # too) moves a pooled mean by several percent and a median not at all
@@ -212,9 +194,12 @@ def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) 
         "ratio": medians["redis"] / medians["local"],
         "ratio_pooled": pooled["redis"]["throughput"] / pooled["local"]["throughput"],
         "redis_scripts_per_request": sum(commands) / len(commands),
-        "client_commands_per_request": {
-            name: count / max(1.0, served) for name, count in by_command.most_common()
-        },
+        "round_trips_per_request": dict(
+            sorted(
+                counted_round(folder, provider_url, shared_env, window=window).items(),
+                key=lambda item: -item[1],
+            )
+        ),
     }
 
 
