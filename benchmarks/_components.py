@@ -200,6 +200,41 @@ COMPONENTS: tuple[Component, ...] = (
             Figure("litellm: DSPyBackend/bare CPU", r"\nlitellm\s+\S+\s+\S+\s+" + _NUM),
         ),
     ),
+    Component(
+        "fleet_faults",
+        "bench_fleet_faults.py",
+        "the fleet under Redis faults (private redis-server behind a TCP proxy on loopback): "
+        "event-loop lag in a failure storm with Redis 30/80 ms late, budget overshoot of 50 "
+        "concurrent $1 calls against $5, recovery seconds after a failover",
+        quick_args=("--storm-s", "2", "--failovers", "1"),
+        figures=(
+            Figure(
+                "loop lag p99, Redis 30 ms late (ms)",
+                r"Redis 30 ms late: loop lag p99 " + _NUM,
+                "< 20",
+                lambda v: v < 20,
+            ),
+            Figure(
+                "loop lag p99, Redis 80 ms late (ms)",
+                r"Redis 80 ms late: loop lag p99 " + _NUM,
+                "< 20",
+                lambda v: v < 20,
+            ),
+            Figure(
+                "$1 calls admitted of 50 against $5",
+                r"admitted " + _NUM + " of 50",
+                "<= 5",
+                lambda v: v <= 5,
+            ),
+            Figure("spent of the $5 budget (USD)", r"spent \$" + _NUM + r" of \$5"),
+            Figure(
+                "recovery after a failover, max (s)",
+                r"recovery seconds: \S+ median, " + _NUM + " max",
+                "<= 5",
+                lambda v: v <= 5,
+            ),
+        ),
+    ),
 )
 
 

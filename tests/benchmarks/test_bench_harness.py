@@ -269,6 +269,24 @@ COMPONENT_OUTPUT = {
         "lm15              1.90         2.00    1.05\n"
         "litellm           8.00         8.56    1.07\n"
     ),
+    "fleet_faults": (
+        "bench_fleet_faults: private redis-server on loopback, storm 2 s per latency,"
+        " 1 failovers\n"
+        "\n"
+        "1. event-loop lag, 40 tasks failing through a fleet breaker\n"
+        "  Redis 30 ms late: loop lag p99 5.2 ms, median 0.7 ms (336 ticks of 5 ms;"
+        " target p99 < 20 ms)\n"
+        "  Redis 80 ms late: loop lag p99 5.6 ms, median 0.7 ms (322 ticks of 5 ms;"
+        " target p99 < 20 ms)\n"
+        "\n"
+        "2. budget overshoot: 2 processes, $5/day, 50 concurrent calls estimated $1\n"
+        "  admitted 5 of 50 (refused 45; target <= 5), provider requests 5, spent $0.85"
+        " of $5\n"
+        "\n"
+        "3. recovery after a failover (replica promoted, address switched)\n"
+        "  failover 1: 1.06 s, 1 fallbacks\n"
+        "  recovery seconds: 1.06 median, 1.06 max (target <= 5 s; fallbacks at most 1)\n"
+    ),
 }
 
 

@@ -201,3 +201,60 @@ async def _fail_async() -> None:
 
 async def _succeed() -> None:
     return None
+
+
+@pytest.mark.anyio
+async def test_transitions_made_in_worker_threads_never_stall_the_event_loop(
+    proxy: RedisProxy, connect: Connect
+) -> None:
+    """Sync programs fail in worker threads (no event loop there) while the loop's own calls
+    meet the open breaker: a transition decided in a thread must not hold the breaker's lock
+    for a Redis round trip, or every call on the loop waits behind it."""
+    proxy.latency_s = 0.08
+    connection = connect(proxy.url, timeout_s=0.25)
+    breaker = breaker_in(connection)
+    lags: list[float] = []
+    stop = anyio.Event()
+    storm_ends = time.monotonic() + 3.0  # many open -> half-open -> open rounds
+
+    def sync_caller() -> None:
+        def failing() -> None:
+            time.sleep(0.01)
+            raise ProviderUnavailableError("503 from the provider")
+
+        while time.monotonic() < storm_ends:
+            with contextlib.suppress(ProviderUnavailableError, CircuitOpenError):
+                breaker.call_sync(failing)
+            time.sleep(0.005)
+
+    async def loop_caller() -> None:
+        while time.monotonic() < storm_ends:
+            with contextlib.suppress(ProviderUnavailableError, CircuitOpenError):
+                await breaker.call(_fail_async)
+            await asyncio.sleep(0.005)
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            expected = loop.time() + 0.005
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - expected)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ticker)
+        async with anyio.create_task_group() as callers:
+            for _ in range(8):
+                callers.start_soon(anyio.to_thread.run_sync, sync_caller)
+            for _ in range(8):
+                callers.start_soon(loop_caller)
+        stop.set()
+    lags.sort()
+    p99 = lags[int(len(lags) * 0.99)]
+    median = statistics.median(lags)
+    assert p99 < 0.020, f"event-loop lag p99 {p99 * 1000:.1f} ms (median {median * 1000:.1f})"
+    # the threads' transitions still reached the fleet
+    deadline = time.monotonic() + 2
+    while int(connection.client.hget(connection.key("cb", "m"), "g") or 0) < 2:
+        assert time.monotonic() < deadline, "no transition reached Redis"
+        await anyio.sleep(0.02)
+    await connection.aclose()

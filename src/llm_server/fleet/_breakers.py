@@ -13,8 +13,9 @@ undone if Redis refuses it; a half-open call that has no lease yet is refused wh
 writer asks for one (the next call uses it). A refused lease is remembered for its
 generation (until the first lease expires, at most a second), so refusals cost no round trip.
 A probe's verdict is retried until Redis takes it or the lease expired. In a thread without
-an event loop (a synchronous program) the same writes are made at once, outside the
-breaker's lock for outcomes and verdicts.
+an event loop (a synchronous program) outcomes, leases and verdicts are written at once,
+outside the breaker's lock; transitions, decided under that lock, are queued for the writer
+thread there too.
 
 Generations never go back: a read older than the local copy is ignored, and a record Redis
 lost (a restart without persistence) is written again from the local copy, so a generation
@@ -115,6 +116,9 @@ class RedisBreakerStore:
         self._records: dict[str, BreakerRecord] = {}
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        # held while queued transitions are written: a worker thread's round trip that
+        # depends on them (a lease, an outcome, a verdict) waits until they are in Redis
+        self._writing = threading.Lock()
         self._leases: dict[str, list[tuple[str, float]]] = {}
         self._lease_ids = itertools.count()
         self._unwritten = 0  # failures queued and not yet written
@@ -143,31 +147,20 @@ class RedisBreakerStore:
     def compare_and_set(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
         """Move the breaker fleet-wide if nobody moved it first (locally while Redis is down).
 
-        On an event loop the local copy moves now and the writer thread tells Redis; if
-        Redis refuses (another process moved first), its record replaces the local one.
+        The local copy moves now and the writer thread tells Redis; if Redis refuses
+        (another process moved first), its record replaces the local one. Never a round trip
+        here, on an event loop or in a worker thread alike: the breaker calls this holding
+        its lock, which the event loop's calls also take.
         """
         entry = self._entries.get(name)
-        if entry is not None and self._conn.reliable():
-            if on_event_loop():
-                with self._lock:
-                    if not self._swap_locked(name, expected, new):
-                        return False
-                    entry.transitions.append((expected, new))
-                self._conn.wake()
-                return True
-            try:
-                reply = self._cas_call(entry, name, expected, new)
-            except RedisFailure as exc:
-                self._conn.failed(exc)
-            else:
-                if reply[0]:  # ours: keep the record as the breaker made it (who forced it...)
-                    with self._lock:
-                        self._records[name] = new
-                    return True
-                self._store(name, reply[1:4], force=True)
-                return False
         with self._lock:
-            return self._swap_locked(name, expected, new)
+            if not self._swap_locked(name, expected, new):
+                return False
+            if entry is None or not self._conn.reliable():
+                return True
+            entry.transitions.append((expected, new))
+        self._conn.wake()
+        return True
 
     def _swap_locked(self, name: str, expected: BreakerRecord, new: BreakerRecord) -> bool:
         current = self._records.get(name, _CLOSED)
@@ -236,6 +229,7 @@ class RedisBreakerStore:
             return None
         # after a success of its own, the process says how many failures followed it
         try:
+            self._write_queued_transitions(entry, name)
             reply = self._write_outcomes(
                 entry,
                 name,
@@ -278,6 +272,7 @@ class RedisBreakerStore:
             self._conn.wake()
             return False
         try:
+            self._write_queued_transitions(entry, name)
             granted = self._take_lease(entry, name, generation, notify=False)
         except RedisFailure as exc:
             self._conn.failed(exc)
@@ -308,6 +303,7 @@ class RedisBreakerStore:
                 self._conn.wake()
             return None
         try:
+            self._write_queued_transitions(entry, name)
             reply = self._verdict_call(entry, name, verdict)
         except RedisFailure as exc:
             with self._lock:
@@ -322,7 +318,6 @@ class RedisBreakerStore:
         """Write what calls on an event loop queued (the writer thread, when woken)."""
         for name, entry in list(self._entries.items()):
             with self._lock:
-                transitions, entry.transitions = entry.transitions, []
                 verdicts, entry.verdicts = entry.verdicts, []
                 wanted, entry.lease_wanted = entry.lease_wanted, None
                 failures = (entry.failure_generation, entry.failure_calls, entry.failures)
@@ -330,7 +325,7 @@ class RedisBreakerStore:
                 self._unwritten -= entry.failures
                 entry.failures = entry.failure_calls = 0
             try:
-                self._write_transitions(entry, name, transitions)
+                self._write_queued_transitions(entry, name)
                 if failures[2]:
                     reply = self._write_outcomes(
                         entry,
@@ -357,6 +352,14 @@ class RedisBreakerStore:
                 with self._lock:
                     entry.verdicts[:0] = verdicts
                 raise
+
+    def _write_queued_transitions(self, entry: _Entry, name: str) -> None:
+        """Write the breaker's queued transitions, in order (the writer thread, or a worker
+        thread before a round trip that depends on them, outside the breaker's lock)."""
+        with self._writing:
+            with self._lock:
+                transitions, entry.transitions = entry.transitions, []
+            self._write_transitions(entry, name, transitions)
 
     def _write_transitions(
         self, entry: _Entry, name: str, transitions: list[tuple[BreakerRecord, BreakerRecord]]

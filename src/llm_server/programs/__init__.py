@@ -2,7 +2,7 @@
 
 A *program* is a DSPy module (or signature) registered once at startup; a *version* is an
 immutable snapshot of its learned state (demos, instructions) with a manifest saying where it
-came from. The room holds everything between "I have a better prompt" and "every replica
+came from. This package holds everything between "I have a better prompt" and "every replica
 serves it"::
 
     register_program(Predictor)          ProgramManager: the registry of served programs
