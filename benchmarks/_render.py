@@ -374,21 +374,25 @@ def _render_streaming(stream: dict[str, Any]) -> list[str]:
     ]
 
 
+def _client_total(throughput: dict[str, Any]) -> float:
+    return float(sum(throughput.get("round_trips_per_request", {}).values()))
+
+
 def _fleet_targets(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     throughput = fleet["throughput"]
     outage = fleet["outage"]["redis"]
     return [
         (
             "fleet: throughput, 2 workers with Redis / without (c=64, breakers and limits on)",
-            ">= 0.95",
+            ">= 0.97",
             fmt(throughput["ratio"], 3),
-            verdict(throughput["ratio"] >= 0.95),
+            verdict(throughput["ratio"] >= 0.97),
         ),
         (
-            "fleet: Redis round trips per request, background included",
-            "<= 1",
-            fmt(throughput["redis_scripts_per_request"], 3),
-            verdict(throughput["redis_scripts_per_request"] <= 1),
+            "fleet: client round trips to Redis per request, background included",
+            "<= 0.1",
+            fmt(_client_total(throughput), 3),
+            verdict(_client_total(throughput) <= 0.1),
         ),
         (
             "fleet: calls reaching a failing provider, 4 workers (threshold 5)",
@@ -449,7 +453,18 @@ def _render_fleet(fleet: dict[str, Any]) -> list[str]:
         f"{fmt(throughput['ratio_pooled'], 3)}). Redis ran "
         f"{fmt(throughput['redis_scripts_per_request'], 3)} scripts (round trips) per served "
         "request, heartbeats, re-reads and batched flushes included: a rate-limited call takes "
-        "capacity from a lease (several calls' worth) and goes to Redis once per lease.",
+        "capacity from a lease (several calls' worth) and goes to Redis once per lease. "
+        "Round trips the workers made to Redis per request, by command, background included "
+        "(one round not timed, on 2 workers of their own, counted where redis-py sends; a "
+        "pipeline is one): "
+        + (
+            ", ".join(
+                f"{name} {fmt(value, 3)}"
+                for name, value in throughput.get("round_trips_per_request", {}).items()
+            )
+            or "none"
+        )
+        + f" (total {fmt(_client_total(throughput), 3)}).",
         "",
         table(["fleet", "req/s", "rounds", "p50 ms", "p99 ms", "errors"], rows),
         "",

@@ -482,3 +482,65 @@ def test_the_first_field_text_is_after_dspys_header_not_at_the_first_chunk() -> 
     # a read that cut the last line in two: the part read so far is skipped, not an error
     cut = (role + header + closing + text)[:-20]
     assert not field_text_arrived(cut)
+
+
+def _fleet() -> dict[str, Any]:
+    # throughput rounds, ratios and round trips by command: a real quick run of
+    # benchmarks/e2e/fleet.py's throughput part (2026-12-06, a very loaded shared machine: its
+    # ratio says nothing); p99s, the limit check and the outage are shape-only values
+    def app(throughput: float, rounds: list[float], p50: float) -> dict[str, Any]:
+        return {
+            "completed": int(throughput * 8),
+            "errors": 0,
+            "throughput": throughput,
+            "p50_ms": p50,
+            "p99_ms": p50 * 3,
+            "rounds": rounds,
+        }
+
+    return {
+        "throughput": {
+            "workers": 2,
+            "concurrency": 64,
+            "apps": {
+                "redis": app(310.98, [127.8, 244.1, 487.1, 386.9], 140.4),
+                "local": app(171.81, [6.5, 153.4, 252.8, 274.4], 276.1),
+            },
+            "ratio": 1.5536434450561696,
+            "ratio_pooled": 1.810071039049233,
+            "redis_scripts_per_request": 0.1575509520264262,
+            "round_trips_per_request": {
+                "pipeline(EVALSHA+EVALSHA)": 0.029411764705882353,
+                "EVALSHA": 0.02540106951871658,
+                "pipeline(EVALSHA+EVALSHA+EVALSHA)": 0.020053475935828877,
+                "pipeline(EVALSHA+EVALSHA+EVALSHA+EVALSHA)": 0.004010695187165776,
+                "pipeline(EVALSHA+EVALSHA+EVALSHA+EVALSHA+EVALSHA)": 0.00267379679144385,
+            },
+        },
+        "limit_check": {
+            "calls": 2000,
+            "redis": {"p50_us": 40.0, "p99_us": 400.0},
+            "local": {"p50_us": 30.0, "p99_us": 90.0},
+            "added_p99_us": 310.0,
+        },
+        "outage": {
+            "redis": {"calls_reaching_failing_provider": 9, "probes_in_3_periods": 3},
+            "local": {"calls_reaching_failing_provider": 20, "probes_in_3_periods": 12},
+        },
+    }
+
+
+def test_fleet_report_counts_round_trips_per_request_by_command() -> None:
+    results = {**_results(), "fleet": _fleet()}
+    rows = {row[0]: row for row in _render.targets(results)}
+    trips = rows["fleet: client round trips to Redis per request, background included"]
+    assert trips[1:] == ("<= 0.1", "0.082", "met")
+    ratio = rows["fleet: throughput, 2 workers with Redis / without (c=64, breakers and limits on)"]
+    assert ratio[1] == ">= 0.97"
+    text = _render.render(results)
+    assert "by command, background included" in text
+    assert "EVALSHA 0.025, pipeline(EVALSHA+EVALSHA+EVALSHA) 0.020" in text
+    assert "(total 0.082)" in text
+    results["fleet"]["throughput"]["round_trips_per_request"]["EVALSHA"] = 0.3
+    rows = {row[0]: row for row in _render.targets(results)}
+    assert rows["fleet: client round trips to Redis per request, background included"][3] != "met"

@@ -64,26 +64,30 @@ async def _no_leak(connection: FleetConnection, proxy: RedisProxy, admin: redis.
     before = evalshas(admin)
     caps = (10_000, 0)
 
-    async def timed_out() -> None:
-        _wait, window, _fleet = await counters.take("m", 1, 0, caps)
+    # a key per take: takes of one key and loop wait for the one in flight (its lease), so
+    # that every take reaches Redis each has its own (each asks for a lease: 50 calls' worth)
+    keys = [f"m{index}" for index in range(100)]
+
+    async def timed_out(key: str) -> None:
+        _wait, window, _fleet = await counters.take(key, 1, 0, caps)
         assert window >= 0  # decided locally, not by the fleet
 
-    async def cancelled() -> None:
+    async def cancelled(key: str) -> None:
         with anyio.move_on_after(0.01):
-            await counters.take("m", 1, 0, caps)
+            await counters.take(key, 1, 0, caps)
 
     proxy.latency_s = 0.0
     released = counters.released
     proxy.reply_latency_s = 1.0  # Redis counts every take; its answer comes too late
     async with anyio.create_task_group() as group:
         for index in range(100):
-            group.start_soon(timed_out if index % 2 else cancelled)
+            group.start_soon(timed_out if index % 2 else cancelled, keys[index])
     assert counters.released - released == 100
     assert evalshas(admin) - before >= 100, connection.describe()  # every take was counted
     proxy.reply_latency_s = 0.0
     deadline = time.monotonic() + 5
-    while any(counted(connection).values()):
-        assert time.monotonic() < deadline, f"leaked: {counted(connection)}"
+    while leaked := {k: c for k in keys if any((c := counted(connection, k)).values())}:
+        assert time.monotonic() < deadline, f"leaked: {leaked}"
         await anyio.sleep(0.05)
     await connection.aclose()
 

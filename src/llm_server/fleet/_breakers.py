@@ -45,6 +45,7 @@ from llm_server.fleet._connection import (
     SYNC_INTERVAL_S,
     FleetConnection,
     RedisFailure,
+    ScriptBatch,
     on_event_loop,
 )
 
@@ -121,6 +122,7 @@ class RedisBreakerStore:
         self._leases: dict[str, list[tuple[str, float]]] = {}
         self._lease_ids = itertools.count()
         self._unwritten = 0  # failures queued and not yet written
+        self._next_refresh = 0.0  # when the sync thread re-reads every record
         self.remembered_refusals = 0
         """Half-open calls refused from a remembered lease refusal (no round trip)."""
         client = connection.client
@@ -130,8 +132,7 @@ class RedisBreakerStore:
         self._probe = client.register_script(_scripts.BREAKER_PROBE)
         self.channel = connection.key("cb")
         connection.on_sync(
-            periodic=self.refresh,
-            flush=self.flush,
+            stage=self.stage,
             resync=self.resync,
             channel=(self.channel, self._changed),
         )
@@ -421,16 +422,48 @@ class RedisBreakerStore:
         self.refresh(force=True)
 
     def flush(self) -> None:
-        """Write the successes counted since the last flush (one script per breaker)."""
+        """Write the successes counted since the last flush (every breaker's, one round trip)."""
+        self._conn.run_stages([self.stage])
+
+    def stage(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
+        """Add the successes counted since the last flush to the sync thread's batch (one
+        script per breaker that had any; every model's in the same round trip), and once a
+        second the re-read of every breaker's record (one script for all)."""
+        names: list[str] = []
+        now = time.monotonic()
+        read: list[str] = []
+        if now >= self._next_refresh and self._entries:
+            self._next_refresh = now + SYNC_INTERVAL_S
+            read = list(self._entries)
+            batch.add(self._read, [self._entries[n].keys[0] for n in read], [])
         for name, entry in self._entries.items():
             with self._lock:
                 successes, generation = entry.successes, entry.generation
                 entry.successes = 0
             if successes:
-                reply = self._write_outcomes(
-                    entry, name, generation, calls=successes, failures=0, consecutive=0
+                batch.add(
+                    self._outcomes,
+                    entry.keys,
+                    self._outcome_args(
+                        entry, name, generation, calls=successes, failures=0, consecutive=0
+                    ),
                 )
+                names.append(name)
+        if not (names or read):
+            return None
+
+        def settle(replies: list[Any] | None) -> None:
+            if replies is None:
+                self._next_refresh = 0.0  # failed: re-read on the next turn
+                return
+            if read:
+                for index, name in enumerate(read):
+                    at = _READ_STRIDE * index
+                    self._store_read(name, replies[0][at : at + _READ_STRIDE])
+            for name, reply in zip(names, replies[1 if read else 0 :], strict=True):
                 self._store(name, reply[1:4], notify=True)
+
+        return settle
 
     def _changed(self, name: str) -> None:
         entry = self._entries.get(name)
@@ -509,25 +542,39 @@ class RedisBreakerStore:
         failures: int,
         consecutive: int,
     ) -> Any:
-        policy = entry.policy
-        width = max(1, math.ceil(policy.window_s / 60))
         return self._outcomes(
             keys=entry.keys,
-            args=[
-                generation,
-                calls,
-                failures,
-                consecutive,
-                (policy.failure_threshold or 0) if policy.failure_rate is None else 0,
-                policy.failure_rate or 0,
-                policy.minimum_calls,
-                width,
-                math.ceil(policy.window_s / width),
-                math.ceil(policy.reset_timeout_s * 1000),
-                self.channel,
-                name,
-            ],
+            args=self._outcome_args(
+                entry, name, generation, calls=calls, failures=failures, consecutive=consecutive
+            ),
         )
+
+    def _outcome_args(
+        self,
+        entry: _Entry,
+        name: str,
+        generation: int,
+        *,
+        calls: int,
+        failures: int,
+        consecutive: int,
+    ) -> list[Any]:
+        policy = entry.policy
+        width = max(1, math.ceil(policy.window_s / 60))
+        return [
+            generation,
+            calls,
+            failures,
+            consecutive,
+            (policy.failure_threshold or 0) if policy.failure_rate is None else 0,
+            policy.failure_rate or 0,
+            policy.minimum_calls,
+            width,
+            math.ceil(policy.window_s / width),
+            math.ceil(policy.reset_timeout_s * 1000),
+            self.channel,
+            name,
+        ]
 
     def _store(
         self,

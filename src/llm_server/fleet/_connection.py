@@ -19,6 +19,7 @@ import redis.asyncio
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    NoScriptError,
     RedisError,
     ResponseError,
 )
@@ -28,7 +29,7 @@ from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry._redaction import redact, register_secret
 from llm_server.fleet import _clients, _scripts
 
-__all__ = ["FleetConnection", "RedisFailure"]
+__all__ = ["FleetConnection", "RedisFailure", "ScriptBatch"]
 
 _log = logging.getLogger("llm_server.fleet")
 
@@ -42,6 +43,45 @@ FLUSH_INTERVAL_S = 0.1
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]+")  # no ':': no prefix can then start another's keys
 MISCONFIGURED_RETRY_S = 10.0
 """How often a process whose Redis refused for a configuration reason checks it again."""
+
+
+class ScriptBatch:
+    """Scripts to run in one round trip: a pipeline of EVALSHA, with no SCRIPT EXISTS before
+    it (redis-py's pipelined scripts ask that on every execute, a second round trip); a script
+    Redis lost (a restart) is loaded and only the commands it refused are sent again."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, list[Any], list[Any]]] = []
+
+    def add(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        """Queue one registered script (a redis-py ``Script``) with its keys and arguments."""
+        self.calls.append((script, list(keys), list(args)))
+
+    def run(self, client: redis.Redis) -> list[Any]:
+        """Run every queued script; their replies in order (raises the first error)."""
+        replies = self._send(client, range(len(self.calls)))
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for script in {id(self.calls[i][0]): self.calls[i][0] for i in missing}.values():
+                client.script_load(script.script)
+            for index, reply in zip(missing, self._send(client, missing), strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _send(self, client: redis.Redis, indices: Sequence[int]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for index in indices:
+            script, keys, args = self.calls[index]
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+
+Stage = Callable[[ScriptBatch], Callable[[list[Any] | None], None] | None]
+"""Adds a part's background writes to the tick's batch; returns what takes their replies
+(``None`` when the batch failed: what is idempotent is queued again), or ``None``."""
 
 
 class FleetConnection:
@@ -105,6 +145,7 @@ class FleetConnection:
         )
         self._periodic: list[Callable[[], None]] = []
         self._flushers: list[Callable[[], None]] = []
+        self._stages: list[Stage] = []
         self._urgent: list[Callable[[], None]] = []
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
@@ -113,7 +154,8 @@ class FleetConnection:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat = self.client.register_script(_scripts.HEARTBEAT)
-        self._periodic.append(self.beat)
+        self._next_beat = 0.0
+        self._stages.append(self._stage_beat)
 
     def _open(self, url: str, password: str | None) -> redis.Redis:
         """Check the URL, keep its secrets out of every message, and make the client."""
@@ -263,9 +305,25 @@ class FleetConnection:
         return ":".join((self.prefix, *parts))
 
     def beat(self) -> None:
-        """Say this process is alive, and count the processes that are (every second)."""
+        """Say this process is alive, and count the processes that are (now; the sync thread
+        does it every second in its batch)."""
         alive = self._heartbeat(keys=[self.key("members")], args=[self.process_id])
         self.members = max(1, int(alive))
+
+    def _stage_beat(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
+        now = time.monotonic()
+        if now < self._next_beat:
+            return None
+        self._next_beat = now + SYNC_INTERVAL_S
+        batch.add(self._heartbeat, [self.key("members")], [self.process_id])
+
+        def settle(replies: list[Any] | None) -> None:
+            if replies:
+                self.members = max(1, int(replies[0]))
+            else:
+                self._next_beat = 0.0  # failed: beat on the next turn
+
+        return settle
 
     # --- fallback ---------------------------------------------------------------------------
 
@@ -391,13 +449,17 @@ class FleetConnection:
         flush: Callable[[], None] | None = None,
         resync: Callable[[], None] | None = None,
         channel: tuple[str, Callable[[str], None]] | None = None,
+        stage: Stage | None = None,
     ) -> None:
         """Register work for the sync thread: every second, every 100 ms, on recovery, and
-        on a pub/sub channel's messages (called with the message)."""
+        on a pub/sub channel's messages (called with the message). ``stage`` adds writes to
+        the batch sent every 100 ms: every part's, for every model, in one round trip."""
         if periodic is not None:
             self._periodic.append(periodic)
         if flush is not None:
             self._flushers.append(flush)
+        if stage is not None:
+            self._stages.append(stage)
         if resync is not None:
             self._resyncs.append(resync)
         if channel is not None:
@@ -432,7 +494,36 @@ class FleetConnection:
             except Exception:  # a bug here must not end the thread: log it and go on
                 _log.exception("fleet: writer thread error")
 
+    def run_stages(self, stages: Sequence[Stage]) -> None:
+        """Send what ``stages`` add in one round trip and hand each its replies (raises)."""
+        batch = ScriptBatch()
+        settles: list[tuple[Callable[[list[Any] | None], None], int, int]] = []
+        for stage in stages:
+            start = len(batch.calls)
+            settle = stage(batch)
+            if settle is not None:
+                settles.append((settle, start, len(batch.calls)))
+        if not batch.calls:
+            return
+        try:
+            replies = batch.run(self.client)
+        except RedisFailure:
+            for settle, _, _ in settles:
+                settle(None)
+            raise
+        for settle, start, end in settles:
+            settle(replies[start:end])
+
     def _flush(self) -> None:
+        try:
+            self.run_stages(self._stages)
+        except (TimeoutError, RedisTimeoutError) as exc:
+            self._note(exc, "timeout")
+            self._suspect.set()
+            return
+        except RedisFailure as exc:
+            self.degrade(exc)
+            return
         for flush in self._flushers:
             try:
                 flush()

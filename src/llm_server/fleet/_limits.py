@@ -1,12 +1,14 @@
 """Rate-limit counters shared by a fleet through Redis (a :class:`LimitCounters`).
 
 Taking capacity is at most one round trip (one Lua script: both limits checked and taken at
-once, on Redis's clock), and usually none: a process takes a small *lease* of capacity
-(enough for several calls: at most 1/20 of the limit divided by the processes alive, at most
-50 calls) and serves the next calls from it, for at most a second and never past the window
-it was taken in. What a lease or a call did not use is given back by the sync thread every
-100 ms, never on the request path. While Redis is down each process counts alone, with its
-share of every limit (the limit divided by the processes seen alive). A take that times out
+once, on Redis's clock), and usually none: a process takes a small *lease* of capacity (enough
+for several calls: at most 1/20 of the limit divided by the processes alive, at most 50 calls)
+and serves the next calls from it, for at most a second and never past the window it was taken
+in. What a lease or a call did not use is given back by the sync thread every 100 ms, never on
+the request path. Calls of one event loop that find the lease spent while another call of
+theirs is already asking Redis for the next one wait for its answer instead of asking too (at
+c=64 they were a dozen takes per lease). While Redis is down each process counts alone, with
+its share of every limit (the limit divided by the processes seen alive). A take that times out
 (Redis slow, or only this event loop late to read the answer, after Redis counted it) decides
 that one call locally; the next call asks Redis again: deciding alone for longer would let
 every process spend its share on top of what the fleet already counted.
@@ -20,10 +22,12 @@ any process's sync thread once its claim time (10 s) passed. Counters never go b
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +35,12 @@ from redis.commands.core import AsyncScript
 
 from llm_server.core.reliability._rate_limit import WINDOW_S, LocalLimitCounters
 from llm_server.fleet import _scripts
-from llm_server.fleet._connection import FleetConnection, RedisFailure
+from llm_server.fleet._connection import (
+    SYNC_INTERVAL_S,
+    FleetConnection,
+    RedisFailure,
+    ScriptBatch,
+)
 
 __all__ = ["LEASE_CALLS_MAX", "LEASE_S", "RedisLimitCounters"]
 
@@ -51,6 +60,12 @@ class _Lease:
     requests: int
     tokens: int
     until: float  # local monotonic time
+
+
+@dataclass(slots=True)
+class _Asking:
+    done: asyncio.Event  # set when the take in flight ended
+    leased: bool = False  # whether it left a lease the waiters can take from
 
 
 class RedisLimitCounters:
@@ -77,7 +92,9 @@ class RedisLimitCounters:
         """Takes that went to Redis (the others were served from a lease)."""
         self.released = 0
         """Takes this process gave up on (timed out or cancelled) and released."""
-        connection.on_sync(flush=self.flush, periodic=self.reap)
+        self._asking: dict[tuple[int, str], _Asking] = {}  # (loop, key): its take in flight
+        self._next_reap = 0.0
+        connection.on_sync(stage=self.stage)
 
     def _keys_of(self, key: str) -> list[str]:
         base = self._conn.key("rl", key)
@@ -103,6 +120,38 @@ class RedisLimitCounters:
         if leased is not None:
             return leased
         calls = self._lease_calls(caps, tokens)
+        if calls == 1:  # no lease to wait for: every call asks
+            return await self._take(key, requests, tokens, caps, calls)
+        return await self._take_or_wait(key, requests, tokens, caps, calls)
+
+    async def _take_or_wait(
+        self, key: str, requests: int, tokens: int, caps: tuple[int, int], calls: int
+    ) -> tuple[float, int, bool]:
+        """One take per key and event loop at a time: the others wait for its lease."""
+        conn = self._conn
+        asking = (id(asyncio.get_running_loop()), key)
+        while (waiting := self._asking.get(asking)) is not None:
+            await waiting.done.wait()
+            if conn.fallback:
+                return await self.local.take(key, requests, tokens, caps)
+            leased = self._from_lease(key, requests, tokens)
+            if leased is not None:
+                return leased
+            if not waiting.leased:  # refused, timed out or cancelled: each asks, as it would
+                return await self._take(key, requests, tokens, caps, calls)
+        waiting = self._asking[asking] = _Asking(asyncio.Event())
+        try:
+            return await self._take(key, requests, tokens, caps, calls)
+        finally:
+            with self._lock:
+                waiting.leased = key in self._leases
+            del self._asking[asking]
+            waiting.done.set()
+
+    async def _take(
+        self, key: str, requests: int, tokens: int, caps: tuple[int, int], calls: int
+    ) -> tuple[float, int, bool]:
+        conn = self._conn
         client = conn.async_client()
         # keyed by the client's id, checked by identity: a client made after another was
         # closed (another event loop, or after READONLY) may reuse its id
@@ -211,7 +260,14 @@ class RedisLimitCounters:
             pending[1] += tokens
 
     def flush(self) -> None:
-        """Return expired leases and queued give-backs (the sync thread, every 100 ms)."""
+        """Return expired leases and queued give-backs, claim and release grants (one round
+        trip; the sync thread does it every 100 ms with the other parts' writes)."""
+        self._conn.run_stages([self.stage])
+
+    def stage(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
+        """Add this process's limit writes to the sync thread's batch, every model's: expired
+        leases and give-backs returned, grants claimed and released, and once a second the
+        grants nobody claimed reaped."""
         now = time.monotonic()
         with self._lock:
             for key, lease in list(self._leases.items()):
@@ -221,21 +277,24 @@ class RedisLimitCounters:
             pending, self._pending = self._pending, defaultdict(lambda: [0, 0])
             claims, self._claims = self._claims, defaultdict(list)
             releases, self._releases = self._releases, defaultdict(list)
-        if not (pending or claims or releases):
-            return
-        pipe = self._conn.client.pipeline(transaction=False)
+        reaping: list[str] = []
+        if now >= self._next_reap and self._keys:
+            self._next_reap = now + SYNC_INTERVAL_S
+            reaping = list(self._keys)
+        if not (pending or claims or releases or reaping):
+            return None
         for key, grants in releases.items():
-            args: list[int | str] = ["release", CLAIM_MS, *grants]
-            self._sync_script(keys=self._keys_of(key), args=args, client=pipe)
+            batch.add(self._sync_script, self._keys_of(key), ["release", CLAIM_MS, *grants])
         for key, grants in claims.items():
-            self._sync_script(keys=self._keys_of(key), args=["claim", *grants], client=pipe)
+            batch.add(self._sync_script, self._keys_of(key), ["claim", *grants])
         for (key, window), (requests, tokens) in pending.items():
-            self._sync_script(
-                keys=self._keys_of(key), args=["give", window, requests, tokens], client=pipe
-            )
-        try:
-            pipe.execute()
-        except RedisFailure:
+            batch.add(self._sync_script, self._keys_of(key), ["give", window, requests, tokens])
+        for key in reaping:
+            batch.add(self._sync_script, self._keys_of(key), ["reap"])
+
+        def settle(replies: list[Any] | None) -> None:
+            if replies is not None:
+                return
             # releases and claims are idempotent: sent again next time (a give-back is not:
             # one that may be lost leaves capacity unused until its window passes, never more)
             with self._lock:
@@ -243,9 +302,11 @@ class RedisLimitCounters:
                     self._releases[key][:0] = grants
                 for key, grants in claims.items():
                     self._claims[key][:0] = grants
-            raise
+
+        return settle
 
     def reap(self) -> None:
-        """Return the grants whose takers never claimed them (the sync thread, every second)."""
-        for key in list(self._keys):
-            self._sync_script(keys=self._keys_of(key), args=["reap"])
+        """Return the grants whose takers never claimed them (the sync thread, every second,
+        in its batch; this call: now, one round trip)."""
+        self._next_reap = 0.0
+        self.flush()
