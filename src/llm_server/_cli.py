@@ -176,6 +176,44 @@ def _figures(settings: FrameworkSettings, canary: Canary) -> dict[str, Any] | No
         ) from None
 
 
+def _feedback(settings: FrameworkSettings, canary: Canary) -> dict[str, Any] | None:
+    """Each side's feedback per kind since the canary started, from the traffic tables of the
+    program store (``None`` when no program captures its traffic there: nothing is created)."""
+    from llm_server.programs._canary_control import _epoch, _feedback_side
+
+    if settings.program_store is None:
+        return None
+    url, schema = settings.program_store.get_secret_value(), settings.program_store_schema
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT to_regclass(%s)", (f'"{schema}".traffic_feedback',)
+            ).fetchone()
+    except Exception as exc:
+        raise CommandError(
+            f"cannot read feedback: {type(exc).__name__}: {redact(str(exc)).strip()}"
+        ) from None
+    if row is None or row[0] is None:
+        return None
+    from llm_server.traffic._store_postgres import PostgresTrafficStore
+
+    store = PostgresTrafficStore(url, schema=schema, max_connections=1)
+    try:
+        since = _epoch(canary.started_at)
+        per_kind: dict[str, dict[str, Any] | None] = {
+            kind: dict(store.feedback_summary(canary.program_id, kind=kind, since=since))
+            for kind in ("human", "judge")
+        }
+    finally:
+        store.close()
+    return {
+        side: {"version": version, **_feedback_side(per_kind, version)}
+        for side, version in (("stable", canary.stable_version), ("canary", canary.version))
+    }
+
+
 def _canary_command(args: argparse.Namespace, settings: FrameworkSettings, store: Any) -> Any:
     pid = args.program_id
     if args.action == "start":
@@ -215,6 +253,7 @@ def _canary_command(args: argparse.Namespace, settings: FrameworkSettings, store
         report = {
             "running": running.to_dict() if running else None,
             "figures": _figures(settings, running) if running else None,
+            "feedback": _feedback(settings, running) if running else None,
         }
         print(json.dumps(report, indent=2), flush=True)
         if turn + 1 < args.times:

@@ -13,6 +13,7 @@ from llm_server.models.canary import (
     Canary,
     CanaryGuard,
     LocalCanaryBook,
+    ScoreFigures,
     VersionFigures,
     decide,
     wilson_interval,
@@ -242,3 +243,59 @@ def test_the_in_memory_book_keeps_one_running_canary_per_program() -> None:
         book.end_canary("qa", outcome="rollback", actor=None, reason=None)
     assert book.canaries("qa") == [ended]
     assert book.active_canaries() == {}
+
+
+def test_a_clear_fall_of_the_feedback_score_rolls_back_with_the_scores_in_the_reason() -> None:
+    guard = CanaryGuard(max_score_drop=0.2, min_scored_feedback=10)
+    good, bad = ScoreFigures(12, 0.9), ScoreFigures(10, 0.3)
+    verdict = decide(
+        guard, figures(5), figures(5), look=0, running_s=1, stable_scores=good, canary_scores=bad
+    )
+    assert verdict is not None
+    assert verdict.outcome == "rollback"
+    assert "feedback mean score 0.3 over 10" in verdict.reason
+    assert "stable 0.9 over 12" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("guard", "stable", "canary"),
+    [
+        (CanaryGuard(), ScoreFigures(50, 0.9), ScoreFigures(50, 0.1)),  # no threshold set
+        (CanaryGuard(max_score_drop=0.2, min_scored_feedback=10), None, None),  # no feedback
+        (  # too few scored on one side
+            CanaryGuard(max_score_drop=0.2, min_scored_feedback=10),
+            ScoreFigures(50, 0.9),
+            ScoreFigures(9, 0.1),
+        ),
+        (  # within the allowed drop
+            CanaryGuard(max_score_drop=0.2, min_scored_feedback=10),
+            ScoreFigures(50, 0.9),
+            ScoreFigures(50, 0.75),
+        ),
+    ],
+)
+def test_without_enough_feedback_or_a_breach_the_guard_decides_as_before(
+    guard: CanaryGuard, stable: ScoreFigures | None, canary: ScoreFigures | None
+) -> None:
+    for look, requests, failures in ((0, 5, 0), (1, 400, 0), (1, 400, 200)):
+        before = decide(guard, figures(400), figures(requests, failures), look=look, running_s=1)
+        now = decide(
+            guard,
+            figures(400),
+            figures(requests, failures),
+            look=look,
+            running_s=1,
+            stable_scores=stable,
+            canary_scores=canary,
+        )
+        assert now == before
+    assert decide(guard, figures(400), figures(400, 200), look=1, running_s=1) is not None
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"max_score_drop": -0.1}, {"min_scored_feedback": 0}, {"score_kind": "robot"}],
+)
+def test_bad_feedback_thresholds_are_refused_by_name(settings: dict[str, object]) -> None:
+    with pytest.raises(ProgramError, match=next(iter(settings))):
+        CanaryGuard.from_dict(settings)

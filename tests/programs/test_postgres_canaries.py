@@ -4,17 +4,23 @@ guard's lock held by one process at a time."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dspy
 import pytest
 
+from llm_server._cli import main
 from llm_server.core.errors import ProgramError, ProgramNotFoundError
 from llm_server.models.canary import CanaryGuard
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
+from llm_server.traffic._records import Execution, Feedback
+from llm_server.traffic._store_postgres import PostgresTrafficStore
 
 
 class Answer(dspy.Signature):
@@ -147,3 +153,68 @@ def test_the_decider_is_a_process_that_serves_the_canary_not_the_one_that_starte
     finally:
         notebook.close()
         replica.close()
+
+
+def test_canary_watch_prints_each_sides_feedback_since_the_canary_started(
+    private_postgres: str,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the repository's
+    monkeypatch.delenv("LLM_SERVER_REDIS_URL", raising=False)
+    monkeypatch.setenv("LLM_SERVER_PROGRAM_STORE", private_postgres)
+    monkeypatch.setenv("LLM_SERVER_PROGRAM_STORE_SCHEMA", pg_schema)
+    monkeypatch.setenv("LLM_PROGRAMS_DIR", str(tmp_path / "programs"))
+    store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
+    notebook = manager_on(store)
+    try:
+        new = notebook.save_program_version("answer", tuned()).version
+        canary = notebook.start_canary("answer", new, weight=0.5, actor="ana")
+        assert main(["canary", "watch", "answer"]) == 0
+        assert json.loads(capsys.readouterr().out)["feedback"] is None  # no traffic tables
+        started = datetime.fromisoformat(canary.started_at).timestamp()
+        traffic = PostgresTrafficStore(private_postgres, schema=pg_schema)
+        served = [("old", "1.0.0", started - 10)]  # before the canary: not counted
+        served += [(f"s{i}", "1.0.0", started + 1) for i in range(3)]
+        served += [(f"c{i}", new, started + 1) for i in range(2)]
+        traffic.write([Execution(e, "answer", v, None, at) for e, v, at in served], [])
+        scores = {"old": 0.0, "s0": 1.0, "s1": 0.5, "s2": None, "c0": 0.1, "c1": 0.3}
+        for execution_id, version, at in served:
+            score = scores[execution_id]
+            traffic.add_feedback(
+                Feedback(
+                    execution_id,
+                    "answer",
+                    version,
+                    "human",
+                    score,
+                    None if score is not None else "fine",
+                    None,
+                    None,
+                    at,
+                    at + 1,
+                )
+            )
+        traffic.add_feedback(
+            Feedback("c0", "answer", new, "judge", 4.0, None, None, None, started + 1, started + 2)
+        )
+        traffic.close()
+        assert main(["canary", "watch", "answer"]) == 0
+        report = json.loads(capsys.readouterr().out)
+    finally:
+        notebook.close()
+        store.close()
+    assert report["feedback"] == {
+        "stable": {
+            "version": "1.0.0",
+            "human": {"count": 3, "scored": 2, "mean_score": 0.75},
+            "judge": {"count": 0, "scored": 0, "mean_score": None},
+        },
+        "canary": {
+            "version": new,
+            "human": {"count": 2, "scored": 2, "mean_score": 0.2},
+            "judge": {"count": 1, "scored": 1, "mean_score": 4.0},
+        },
+    }

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -71,10 +72,16 @@ def _asset(name: str) -> str:
     return resources.files("llm_server.fastapi").joinpath("playground", name).read_text()
 
 
-def _live_figures(pm: Any, program_id: str) -> dict[str, Any] | None:
-    """The served version's and a running canary's figures (if the manager keeps them)."""
+async def _live_figures(pm: Any, program_id: str) -> dict[str, Any] | None:
+    """The served version's and a running canary's figures (if the manager keeps them).
+
+    In a worker thread: with traffic capture they include feedback, read from its store.
+    """
     figures = getattr(pm, "canary_figures", None)
-    return figures(program_id) if callable(figures) else None
+    if not callable(figures):
+        return None
+    found: dict[str, Any] | None = await anyio.to_thread.run_sync(figures, program_id)
+    return found
 
 
 def add_playground(
@@ -134,7 +141,7 @@ def add_playground(
                 "name": meta.name,
                 "version": meta.version,
                 "versions": await pm.alist_versions(meta.id),
-                "figures": _live_figures(pm, meta.id),
+                "figures": await _live_figures(pm, meta.id),
             }
             try:
                 signature = _signature_of(pm.registry.get_program_class(meta.id))

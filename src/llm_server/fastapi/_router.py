@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -87,10 +88,16 @@ def _model_status(manager: Any, model_id: str) -> ModelStatus:
     )
 
 
-def _figures(manager: Any, program_id: str) -> dict[str, Any] | None:
-    """Stable and canary figures (``None`` for a program manager without them)."""
+async def _figures(manager: Any, program_id: str) -> dict[str, Any] | None:
+    """Stable and canary figures (``None`` for a program manager without them).
+
+    In a worker thread: with traffic capture they include feedback, read from its store.
+    """
     figures = getattr(manager, "canary_figures", None)
-    return figures(program_id) if callable(figures) else None
+    if not callable(figures):
+        return None
+    found: dict[str, Any] | None = await anyio.to_thread.run_sync(figures, program_id)
+    return found
 
 
 def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRouter:
@@ -153,7 +160,7 @@ def health_router(*, prefix: str = "", tags: list[str] | None = None) -> APIRout
                     pinned=meta.pinned,
                     versions=versions,
                     description=meta.description,
-                    figures=_figures(manager, meta.id),
+                    figures=await _figures(manager, meta.id),
                 )
             )
         return ProgramsResponse(programs=found)

@@ -195,7 +195,9 @@ class ProgramStatus(BaseModel):
     figures: dict[str, Any] | None = Field(
         default=None,
         description="Live figures of the served version and the running canary side by side "
-        "(requests, errors by type, parse failures, p50/p95/p99 ms, tokens and cost per request)",
+        "(requests, errors by type, parse failures, p50/p95/p99 ms, tokens and cost per request; "
+        "with traffic capture, feedback per kind: count, scored, mean score, over the canary's "
+        "period when one runs)",
     )
 
 

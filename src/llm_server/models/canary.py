@@ -10,7 +10,13 @@ version safely" (docs/how-to/canary.md) walks through it.
 from __future__ import annotations
 
 from llm_server.programs._canary import Canary, CanaryStorage, LocalCanaryBook
-from llm_server.programs._canary_guard import CanaryGuard, GuardDecision, decide, wilson_interval
+from llm_server.programs._canary_guard import (
+    CanaryGuard,
+    GuardDecision,
+    ScoreFigures,
+    decide,
+    wilson_interval,
+)
 from llm_server.programs._version_stats import VersionFigures, VersionStats
 
 __all__ = [
@@ -19,6 +25,7 @@ __all__ = [
     "CanaryStorage",
     "GuardDecision",
     "LocalCanaryBook",
+    "ScoreFigures",
     "VersionFigures",
     "VersionStats",
     "decide",

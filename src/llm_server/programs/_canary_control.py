@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ from llm_server.programs._canary import (
     check_weight,
     on_canary,
 )
-from llm_server.programs._canary_guard import CanaryGuard, decide, look_index
+from llm_server.programs._canary_guard import CanaryGuard, ScoreFigures, decide, look_index
 from llm_server.programs._version_stats import VersionStats
 from llm_server.programs._versioning import validate_version
 
@@ -47,6 +48,8 @@ _log = logging.getLogger("llm_server.models.canary")
 GUARD_ACTOR = "canary-guard"
 """The ``ended_by`` of canaries the guard ended."""
 TICK_S = 0.5
+FEEDBACK_EVERY_S = 2.0
+"""How often the guard reads feedback scores (one query per guarded canary) when it uses them."""
 
 CanaryListener = Callable[[Canary], None]
 
@@ -75,6 +78,7 @@ class CanaryController:
         self.stats = VersionStats()
         self._active: dict[str, tuple[Canary, ProgramMetadata]] = {}
         self._looks: dict[str, int] = {}
+        self._score_cache: dict[str, tuple[float, tuple[ScoreFigures, ScoreFigures] | None]] = {}
         self._unusable: set[str] = set()  # canaries whose version failed its checks here
         self._listeners: list[CanaryListener] = []
         self._lock = threading.Lock()
@@ -215,9 +219,14 @@ class CanaryController:
             if canary
             else self._pm.registry.entry(program_id).metadata.version
         )
+        since = _epoch(canary.started_at) if canary is not None else None
+        feedback = {
+            kind: self._feedback(program_id, kind=kind, since=since) for kind in ("human", "judge")
+        }
         side = {
             "version": stable_version,
             **self.stats.figures(program_id, stable_version, scope=scope).summary(),
+            "feedback": _feedback_side(feedback, stable_version),
         }
         found: dict[str, Any] = {"shared": self.stats.shared, "stable": side, "canary": None}
         if canary is not None:
@@ -226,8 +235,41 @@ class CanaryController:
                 "id": canary.id,
                 "weight": canary.weight,
                 **self.stats.figures(program_id, canary.version, scope=scope).summary(),
+                "feedback": _feedback_side(feedback, canary.version),
             }
         return found
+
+    def _feedback(
+        self, program_id: str, *, kind: str, since: float | None
+    ) -> dict[str, Any] | None:
+        """``{version: VersionFeedback}`` of one kind (blocking I/O); ``None`` without capture."""
+        traffic: Any = getattr(self._pm, "traffic", None)
+        summary = getattr(traffic, "feedback_summary", None)
+        if not callable(summary) or traffic.options(program_id) is None:
+            return None
+        return dict(summary(program_id, kind=kind, since=since))
+
+    def _scores(self, canary: Canary) -> tuple[ScoreFigures, ScoreFigures] | None:
+        """Stable's and the canary's scored feedback since it started (at most every 2 s)."""
+        guard = canary.guard
+        if guard is None or guard.max_score_drop is None:
+            return None
+        now = time.monotonic()
+        cached = self._score_cache.get(canary.id)
+        if cached is not None and now - cached[0] < FEEDBACK_EVERY_S:
+            return cached[1]
+        found = self._feedback(
+            canary.program_id, kind=guard.score_kind, since=_epoch(canary.started_at)
+        )
+        scores: tuple[ScoreFigures, ScoreFigures] | None = None
+        if found is not None:
+            stable, tried = (found.get(v) for v in (canary.stable_version, canary.version))
+            scores = (
+                ScoreFigures(stable.scored if stable else 0, stable.mean_score if stable else None),
+                ScoreFigures(tried.scored if tried else 0, tried.mean_score if tried else None),
+            )
+        self._score_cache[canary.id] = (now, scores)
+        return scores
 
     # --- following and judging -------------------------------------------------------------
 
@@ -334,8 +376,15 @@ class CanaryController:
                 now_look = look_index(tried.requests, canary.guard.min_requests)
                 if now_look > self._looks.get(canary.id, 0):
                     look = self._looks[canary.id] = now_look
+            scores = self._scores(canary)
             decision = decide(
-                canary.guard, stable, tried, look=look, running_s=_running_s(canary.started_at)
+                canary.guard,
+                stable,
+                tried,
+                look=look,
+                running_s=_running_s(canary.started_at),
+                stable_scores=scores[0] if scores else None,
+                canary_scores=scores[1] if scores else None,
             )
             if decision is None:
                 continue
@@ -356,6 +405,35 @@ def _served_here(stats: VersionStats, canary: Canary) -> bool:
         stats.local(canary.program_id, version, scope=canary.id).requests
         for version in (canary.version, canary.stable_version)
     )
+
+
+def _epoch(started_at: str) -> float | None:
+    """An ISO time as epoch seconds (``None`` when unreadable)."""
+    try:
+        started = datetime.fromisoformat(started_at)
+    except ValueError:
+        return None
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    return started.timestamp()
+
+
+def _feedback_side(feedback: Mapping[str, dict[str, Any] | None], version: str) -> dict[str, Any]:
+    """One version's feedback figures per kind: count, scored, mean score (``None``: no capture)."""
+    side: dict[str, Any] = {}
+    for kind, per_version in feedback.items():
+        if per_version is None:
+            side[kind] = None
+            continue
+        found = per_version.get(version)
+        side[kind] = {
+            "count": found.count if found else 0,
+            "scored": found.scored if found else 0,
+            "mean_score": None
+            if found is None or found.mean_score is None
+            else round(found.mean_score, 6),
+        }
+    return side
 
 
 def _running_s(started_at: str) -> float:

@@ -21,6 +21,13 @@ whose p95 is within ``max_p95_ratio`` of stable's has at most 5 % of its request
 identical canary.) Cost (or tokens) per request is compared at the looks as a ratio of means:
 for the same prompts it barely varies from request to request.
 
+Feedback (optional, ``max_score_drop``): once each version has ``min_scored_feedback`` scored
+feedback items of ``score_kind`` (user feedback by default, or a judge's) over the canary's
+period (see :mod:`llm_server.traffic`), the canary is rolled back when its mean score is below
+stable's by more than ``max_score_drop``. This is a plain comparison of two means, tested on
+every guard pass (feedback arrives after the requests it is about, so not only at the looks);
+without enough scored feedback it decides nothing, and the other tests decide as before.
+
 Auto-promote: with ``promote_after_requests`` (and ``promote_after_s``), a canary that reached
 both without a breach is promoted.
 """
@@ -35,7 +42,14 @@ from typing import Any
 from llm_server.core.errors import ProgramError
 from llm_server.programs._version_stats import LATENCY_BOUNDS_MS, VersionFigures
 
-__all__ = ["CanaryGuard", "GuardDecision", "decide", "look_index", "wilson_interval"]
+__all__ = [
+    "CanaryGuard",
+    "GuardDecision",
+    "ScoreFigures",
+    "decide",
+    "look_index",
+    "wilson_interval",
+]
 
 _LOOK_GROWTH = 1.25
 _P95_SHARE = 0.05
@@ -55,6 +69,11 @@ class CanaryGuard:
         promote_after_requests: Promote at the first look (requests x1.25) after the canary
             served this many requests without a breach (``None``: never on its own).
         promote_after_s: ... and ran at least this long.
+        max_score_drop: Allowed fall of the canary's mean feedback score under stable's
+            (same units as the scores; ``None``: feedback is not judged).
+        min_scored_feedback: Scored feedback items each version needs before
+            ``max_score_drop`` is tested.
+        score_kind: Whose scores are compared: ``"human"`` (user feedback) or ``"judge"``.
     """
 
     max_error_rate_increase: float = 0.02
@@ -65,6 +84,9 @@ class CanaryGuard:
     alpha: float = 0.01
     promote_after_requests: int | None = None
     promote_after_s: float = 0.0
+    max_score_drop: float | None = None
+    min_scored_feedback: int = 20
+    score_kind: str = "human"
 
     def __post_init__(self) -> None:
         for name in ("max_error_rate_increase", "max_parse_failure_increase"):
@@ -83,6 +105,17 @@ class CanaryGuard:
             raise ProgramError("canary guard: promote_after_requests must be >= 1")
         if self.promote_after_s < 0:
             raise ProgramError("canary guard: promote_after_s must be >= 0")
+        drop = self.max_score_drop
+        if drop is not None and (isinstance(drop, bool) or not math.isfinite(drop) or drop < 0):
+            raise ProgramError(f"canary guard: max_score_drop must be >= 0, not {drop!r}")
+        if self.min_scored_feedback < 1:
+            raise ProgramError(
+                f"canary guard: min_scored_feedback must be >= 1, not {self.min_scored_feedback}"
+            )
+        if self.score_kind not in ("human", "judge"):
+            raise ProgramError(
+                f"canary guard: score_kind must be 'human' or 'judge', not {self.score_kind!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The thresholds as JSON (stored with the canary)."""
@@ -108,6 +141,33 @@ class GuardDecision:
 
     outcome: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreFigures:
+    """Scored feedback of one version over the canary's period: how many, and their mean."""
+
+    scored: int
+    mean_score: float | None
+
+
+def _score_breach(
+    guard: CanaryGuard, stable: ScoreFigures | None, canary: ScoreFigures | None
+) -> str | None:
+    drop, needed = guard.max_score_drop, guard.min_scored_feedback
+    if drop is None or stable is None or canary is None:
+        return None
+    if min(stable.scored, canary.scored) < needed:
+        return None
+    if stable.mean_score is None or canary.mean_score is None:
+        return None
+    if stable.mean_score - canary.mean_score <= drop:
+        return None
+    return (
+        f"feedback mean score {canary.mean_score:.3g} over {canary.scored} scored items against "
+        f"stable {stable.mean_score:.3g} over {stable.scored}: "
+        f"{stable.mean_score - canary.mean_score:.3g} lower (allowed {drop:g})"
+    )
 
 
 def wilson_interval(successes: int, trials: int, z: float) -> tuple[float, float]:
@@ -154,13 +214,19 @@ def decide(
     *,
     look: int,
     running_s: float,
+    stable_scores: ScoreFigures | None = None,
+    canary_scores: ScoreFigures | None = None,
 ) -> GuardDecision | None:
     """Judge the canary at ``look`` (see :func:`look_index`); ``None``: keep going.
 
-    Nothing is decided between looks (``look`` 0) or before both versions have
-    ``min_requests``; at a look the rates, the latency and the cost are tested, then
-    promotion when nothing breached and the promotion thresholds are met.
+    The feedback scores (when the guard has ``max_score_drop`` and both are given) are tested
+    first, at any look. Otherwise nothing is decided between looks (``look`` 0) or before both
+    versions have ``min_requests``; at a look the rates, the latency and the cost are tested,
+    then promotion when nothing breached and the promotion thresholds are met.
     """
+    scores = _score_breach(guard, stable_scores, canary_scores)
+    if scores is not None:
+        return GuardDecision("rollback", scores)
     if min(canary.requests, stable.requests) < guard.min_requests or look < 1:
         return None  # every test is taken at a look: see the module docstring
     breach = _first_breach(guard, stable, canary, _z_for_look(guard.alpha, look))

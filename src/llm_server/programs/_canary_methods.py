@@ -85,7 +85,10 @@ class CanaryMethods:
     def canary_figures(self, program_id: str) -> dict[str, Any]:
         """Live figures of the stable and the canary version side by side: requests, errors
         by type, parse failures, p50/p95/p99 latency, tokens and cost per request (the
-        fleet's with Redis, else this process's)."""
+        fleet's with Redis, else this process's), and, for a program that captures its
+        traffic, ``feedback`` per kind (``human``, ``judge``: count, scored, mean score) since
+        the canary started (since ever without one). Blocking I/O with capture on (one query
+        per kind): call it from a worker thread in async code."""
         return self._canary_control.figures(program_id)
 
     def on_canary_end(self, callback: Callable[[Canary], None]) -> None:
