@@ -19,8 +19,7 @@ from llm_server.core.errors import ProgramError, ProgramNotFoundError
 from llm_server.models.canary import CanaryGuard
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
-from llm_server.traffic._records import Execution, Feedback
-from llm_server.traffic._store_postgres import PostgresTrafficStore
+from llm_server.traffic import Execution, Feedback, PostgresTrafficStore
 
 
 class Answer(dspy.Signature):
