@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -188,3 +190,63 @@ def measure_cli(measure: Callable[..., dict[str, Any]], doc: str | None) -> None
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     json.dump(measure(quick=args.quick), sys.stdout, indent=1)
+
+
+REFERENCE_CONFIG = HERE.parent.parent / "examples" / "reference_app" / "config"
+
+
+@contextlib.contextmanager
+def serve_module(name: str, module: str, provider_url: str) -> Iterator[App]:
+    """``e2e.apps.<module>:app`` under uvicorn, run from a temporary folder holding the
+    reference config."""
+    folder = Path(tempfile.mkdtemp(prefix=f"llm-server-bench-{name.lower()}-"))
+    shutil.copytree(REFERENCE_CONFIG, folder / "config")
+    port = free_port()
+    env = app_env(provider_url, {"PYTHONPATH": str(HERE.parent)})
+    command = [sys.executable, "-m", "uvicorn", f"e2e.apps.{module}:app", "--port", str(port),
+               "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=folder, env=env)
+    try:
+        wait_for_port(port, process)
+        yield App(name, process, port)
+    finally:
+        stop(process)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_paths_abba(
+    app: App, paths: dict[str, tuple[str, str]], *, concurrency: int, quick: bool
+) -> dict[str, dict[str, Any]]:
+    """Load each of an app's paths in ABBA rounds (drift on a noisy machine hits all alike);
+    each path's rounds pooled: throughput, p50, p99 and server CPU per request."""
+    rounds, window_s, warmup_s = (2, 2.0, 1.0) if quick else (4, 4.0, 1.5)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+    for index in range(rounds):
+        order = list(paths) if index % 2 == 0 else list(reversed(paths))
+        for name in order:
+            path, body = paths[name]
+            result = load(
+                app.port,
+                concurrency=concurrency,
+                duration_s=window_s,
+                warmup_s=warmup_s,
+                server_pid=app.pid,
+                path=path,
+                body=body,
+            )
+            if result["errors"] or set(result["statuses"]) != {"200"}:
+                raise RuntimeError(f"{name}: failed requests: {result['statuses']}")
+            runs[name].append(result)
+    pooled: dict[str, dict[str, Any]] = {}
+    for name, results in runs.items():
+        completed = sum(r["completed"] for r in results)
+        window = sum(r["window_s"] for r in results)
+        cpu = sum(r["server_cpu_s"] or 0.0 for r in results)
+        pooled[name] = {
+            "throughput": round(completed / window, 1),
+            "rounds": [round(r["throughput"], 1) for r in results],
+            "p50_ms": round(sum(r["p50_ms"] for r in results) / len(results), 2),
+            "p99_ms": round(max(r["p99_ms"] for r in results), 2),
+            "cpu_ms_per_request": round(cpu / completed * 1000, 3) if completed else None,
+        }
+    return pooled

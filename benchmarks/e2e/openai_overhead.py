@@ -12,12 +12,7 @@ server CPU per request, and ``ratio`` = OpenAI route / program route throughput 
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e2e import _procs
 
-HERE = Path(__file__).resolve().parent
-REFERENCE_CONFIG = HERE.parent.parent / "examples" / "reference_app" / "config"
 PATHS = {
     "program_route": (
         "/programs/predictor",
@@ -41,57 +34,10 @@ PATHS = {
 CONCURRENCY = 64
 
 
-@contextlib.contextmanager
-def serve_o(provider_url: str) -> Iterator[_procs.App]:
-    """App O under uvicorn, run from a temporary folder holding the reference config."""
-    folder = Path(tempfile.mkdtemp(prefix="llm-server-bench-o-"))
-    shutil.copytree(REFERENCE_CONFIG, folder / "config")
-    port = _procs.free_port()
-    env = _procs.app_env(provider_url, {"PYTHONPATH": str(HERE.parent)})
-    command = [sys.executable, "-m", "uvicorn", "e2e.apps.o_app:app", "--port", str(port),
-               "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=folder, env=env)
-    try:
-        _procs.wait_for_port(port, process)
-        yield _procs.App("O", process, port)
-    finally:
-        _procs.stop(process)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def measure(*, quick: bool = False) -> dict[str, Any]:
     """Load both paths in ABBA rounds; the pooled results and the throughput ratio."""
-    rounds, window_s, warmup_s = (2, 2.0, 1.0) if quick else (4, 4.0, 1.5)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in PATHS}
-    with _procs.provider() as provider, serve_o(provider.base_url) as app:
-        for index in range(rounds):
-            order = list(PATHS) if index % 2 == 0 else list(reversed(PATHS))
-            for name in order:
-                path, body = PATHS[name]
-                result = _procs.load(
-                    app.port,
-                    concurrency=CONCURRENCY,
-                    duration_s=window_s,
-                    warmup_s=warmup_s,
-                    server_pid=app.pid,
-                    path=path,
-                    body=body,
-                )
-                if result["errors"] or set(result["statuses"]) != {"200"}:
-                    raise RuntimeError(f"{name}: failed requests: {result['statuses']}")
-                runs[name].append(result)
-    pooled: dict[str, Any] = {}
-    for name, results in runs.items():
-        completed = sum(r["completed"] for r in results)
-        window = sum(r["window_s"] for r in results)
-        cpu = sum(r["server_cpu_s"] or 0.0 for r in results)
-        pooled[name] = {
-            "throughput": round(completed / window, 1),
-            "rounds": [round(r["throughput"], 1) for r in results],
-            "p50_ms": round(sum(r["p50_ms"] for r in results) / len(results), 2),
-            "p99_ms": round(max(r["p99_ms"] for r in results), 2),
-            "cpu_ms_per_request": round(cpu / completed * 1000, 3) if completed else None,
-        }
+    with _procs.provider() as provider, _procs.serve_module("O", "o_app", provider.base_url) as app:
+        pooled = _procs.load_paths_abba(app, PATHS, concurrency=CONCURRENCY, quick=quick)
     ratio = pooled["openai_route"]["throughput"] / pooled["program_route"]["throughput"]
     return {"concurrency": CONCURRENCY, "paths": pooled, "ratio": round(ratio, 3)}
 
