@@ -8,9 +8,10 @@ from typing import Any
 
 import dspy
 import httpx
-from _traffic_helpers import Answer, build_app, uvicorn_thread
+from _traffic_helpers import Answer, build_app
 from fastapi import Depends, FastAPI
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.fastapi import add_release_routes, health_router
 from llm_server.models.canary import Canary, CanaryGuard
 from llm_server.testing import LocalProvider

@@ -12,8 +12,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from _traffic_helpers import PLANTED_KEY, build_app, uvicorn_thread
+from _traffic_helpers import PLANTED_KEY, build_app
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.core.errors import ExecutionNotFoundError
 from llm_server.testing import LocalProvider, RawReply
 from llm_server.traffic import (

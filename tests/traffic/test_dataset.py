@@ -14,8 +14,9 @@ import dspy
 import httpx
 import pytest
 from _learner import Sentiment, exact, learner, truth
-from _traffic_helpers import build_app, uvicorn_thread
+from _traffic_helpers import build_app
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.models.optimization import optimize_program
 from llm_server.testing import LocalProvider
 from llm_server.traffic import CaptureOptions, TrafficDataset, traffic_dataset

@@ -8,9 +8,10 @@ from typing import Any
 
 import dspy
 import httpx
-from _traffic_helpers import Answer, build_app, uvicorn_thread
+from _traffic_helpers import Answer, build_app
 from fastapi import Depends, FastAPI, HTTPException, Request
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.testing import LocalProvider
 from llm_server.traffic import CaptureOptions, add_feedback_routes, feedback_summary
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 from _learner import Sentiment
-from _traffic_helpers import build_app, settings_for, uvicorn_thread
+from _traffic_helpers import build_app, settings_for
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.core.errors import ConfigurationError
 from llm_server.defaults import FileSystemStorageAdapter
 from llm_server.fastapi import add_openai_routes

@@ -9,12 +9,12 @@ from typing import Any
 import dspy
 import httpx2
 import pytest
-from _uvicorn_thread import uvicorn_thread
 from _web_helpers import Summarize, Tally, make_settings, models_for
 from fastapi import Depends, FastAPI, Header, HTTPException
 from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.core.budgets import Budget
 from llm_server.fastapi import (
     RequestContextMiddleware,

@@ -12,10 +12,10 @@ import dspy
 import httpx
 import openai
 import pytest
-from _uvicorn_thread import uvicorn_thread
 from _web_helpers import Summarize, Tally, make_settings, models_for
 from fastapi import Depends, FastAPI
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.core.budgets import Budget
 from llm_server.fastapi import (
     RequestContextMiddleware,
