@@ -191,6 +191,37 @@ COMPONENTS: tuple[Component, ...] = (
         ),
     ),
     Component(
+        "openai_route",
+        "e2e/openai_overhead.py",
+        "the OpenAI-compatible route against the program route, one app under uvicorn, c=64, "
+        "ABBA rounds (issue 32)",
+        quick_args=("--quick",),
+        figures=(
+            Figure(
+                "OpenAI route / program route throughput",
+                r'"ratio": ' + _NUM,
+                ">= 0.95",
+                lambda v: v >= 0.95,
+            ),
+        ),
+    ),
+    Component(
+        "traffic_capture",
+        "e2e/traffic_overhead.py",
+        "p99 with traffic capture at 100 % against capture off, one app under uvicorn, c=64, "
+        "ABBA rounds (issue 31)",
+        quick_args=("--quick",),
+        figures=(
+            Figure("p99 capture 100 % minus off (ms)", r'"p99_delta_ms": ' + _NUM),
+            Figure(
+                "p99 over the allowance (2 % or 1 ms) (ms)",
+                r'"p99_over_allowance_ms": ' + _NUM,
+                "<= 0",
+                lambda v: v <= 0,
+            ),
+        ),
+    ),
+    Component(
         "backend",
         "bench_backend.py",
         "CPU per call: DSPyBackend.predict vs bare Predict.acall, both engines",

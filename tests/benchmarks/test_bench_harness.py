@@ -264,6 +264,15 @@ COMPONENT_OUTPUT = {
         "telemetry genai + SDK, fault storm: heap +36.8 KiB per request in flight"
         " (tracemalloc), RSS +27.2 KiB per request (0 finished before the reading)\n"
     ),
+    "openai_route": (
+        '{\n "concurrency": 64,\n "paths": {\n  "program_route": {\n   "throughput": 305.2,\n'
+        '   "p99_ms": 412.3\n  },\n  "openai_route": {\n   "throughput": 347.9,\n'
+        '   "p99_ms": 380.1\n  }\n },\n "ratio": 1.14\n}'
+    ),
+    "traffic_capture": (
+        '{\n "concurrency": 64,\n "paths": {},\n "p99_delta_ms": 0.8,\n "p99_ratio": 1.004,\n'
+        ' "within_target": true,\n "p99_over_allowance_ms": -3.1\n}'
+    ),
     "backend": (
         "engine      bare acall  DSPyBackend   ratio\n"
         "lm15              1.90         2.00    1.05\n"
