@@ -9,7 +9,10 @@ from pathlib import Path
 from pytest_redis.executor import RedisExecutor
 
 from _app_processes import copy_example, serving_app
+from llm_server.core.config import FrameworkSettings
 from llm_server.fleet import FleetConnection
+from llm_server.models.manager import ModelManager
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 Connect = Callable[..., FleetConnection]
 """The ``connect`` fixture: ``connect(url=..., timeout_s=...)`` -> a new FleetConnection."""
@@ -31,3 +34,34 @@ def uvicorn_fleet(
     copy_example("fleet_app", folder)
     with serving_app(folder, env=env, workers=workers, timeout_s=timeout_s) as url:
         yield url
+
+
+def budget_manager(
+    provider: LocalProvider, tmp_path: Path, url: str, prefix: str, *, input_per_million: float
+) -> ModelManager:
+    """One "process" of a fleet: model ``m`` (100 max tokens, output at $10,000 per million
+    tokens, input at ``input_per_million``) and a $5/day budget for tenant ``acme``."""
+    config = StaticConfigProvider(
+        {
+            "m": {
+                "model_name": "openai/gpt-4o-mini",
+                "api_base": provider.openai_api_base,
+                "api_key": "sk-test",
+                "max_tokens": 100,
+                "pricing": {
+                    "input_per_million": input_per_million,
+                    "output_per_million": 10_000,
+                },
+            }
+        },
+        budgets={"acme": {"per_day": {"cost_usd": 5}}},
+    )
+    settings = FrameworkSettings(
+        otel_enabled=False,
+        llm_programs_dir=tmp_path / "programs",
+        retry_max_attempts=1,
+        redis_url=url,
+        redis_prefix=prefix,
+        redis_timeout_s=1.0,  # these tests are about the bound while Redis answers
+    )
+    return ModelManager(config_provider=config, settings=settings)

@@ -15,7 +15,7 @@ import anyio
 import dspy
 import pytest
 import redis
-from _fleet_helpers import Connect, url_of
+from _fleet_helpers import Connect, budget_manager, url_of
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.budgets import (
@@ -29,7 +29,7 @@ from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import BudgetExceededError, ConfigurationError
 from llm_server.fleet import RedisUsageCounters, check_persistence
 from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider, StaticConfigProvider
+from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -49,27 +49,7 @@ def provider() -> Iterator[LocalProvider]:
 
 def fleet_manager(provider: LocalProvider, tmp_path: Path, url: str, prefix: str) -> ModelManager:
     """One "process": each call's estimate is exactly $1 (100 tokens at $10,000 per million)."""
-    config = StaticConfigProvider(
-        {
-            "m": {
-                "model_name": "openai/gpt-4o-mini",
-                "api_base": provider.openai_api_base,
-                "api_key": "sk-test",
-                "max_tokens": 100,
-                "pricing": {"input_per_million": 0, "output_per_million": 10_000},
-            }
-        },
-        budgets={"acme": {"per_day": {"cost_usd": 5}}},
-    )
-    settings = FrameworkSettings(
-        otel_enabled=False,
-        llm_programs_dir=tmp_path / "programs",
-        retry_max_attempts=1,
-        redis_url=url,
-        redis_prefix=prefix,
-        redis_timeout_s=1.0,  # this test is about the bound while Redis answers
-    )
-    return ModelManager(config_provider=config, settings=settings)
+    return budget_manager(provider, tmp_path, url, prefix, input_per_million=0)
 
 
 async def test_two_processes_admit_five_one_dollar_calls_against_five_dollars(

@@ -18,15 +18,14 @@ import anyio
 import dspy
 import pytest
 import redis
-from _fleet_helpers import url_of
+from _fleet_helpers import budget_manager, url_of
 from _redis_servers import free_port, wait_for
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.budgets import Usage, tenant_scope
-from llm_server.core.config import FrameworkSettings
 from llm_server.core.errors import BudgetExceededError
 from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider, StaticConfigProvider
+from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -49,27 +48,7 @@ def manager_for(
 ) -> ModelManager:
     """One "process" with a $5/day budget for tenant acme; a token costs $0.01 both ways, so
     each call's estimate (prompt + 100 max tokens) is over $1 and its real cost over $0.10."""
-    config = StaticConfigProvider(
-        {
-            "m": {
-                "model_name": "openai/gpt-4o-mini",
-                "api_base": provider.openai_api_base,
-                "api_key": "sk-test",
-                "max_tokens": 100,
-                "pricing": {"input_per_million": 10_000, "output_per_million": 10_000},
-            }
-        },
-        budgets={"acme": {"per_day": {"cost_usd": 5}}},
-    )
-    settings = FrameworkSettings(
-        otel_enabled=False,
-        llm_programs_dir=tmp_path / "programs",
-        retry_max_attempts=1,
-        redis_url=url,
-        redis_prefix=prefix,
-        redis_timeout_s=1.0,
-    )
-    return ModelManager(config_provider=config, settings=settings)
+    return budget_manager(provider, tmp_path, url, prefix, input_per_million=10_000)
 
 
 class RestartableRedis:
