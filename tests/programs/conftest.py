@@ -15,8 +15,9 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,22 @@ def private_postgres() -> Iterator[str]:
 def pg_schema() -> str:
     """A PostgreSQL schema of this test's own."""
     return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def stores(private_postgres: str, pg_schema: str) -> Iterator[Callable[..., Any]]:
+    """``stores(cls=PostgresStorageAdapter)``: a new adapter (one "process") on the test's
+    schema; every one made gives up the canary guard's lock and is closed at the end."""
+    from llm_server.postgres import PostgresStorageAdapter
+
+    made: list[PostgresStorageAdapter] = []
+
+    def make(cls: type[PostgresStorageAdapter] = PostgresStorageAdapter) -> Any:
+        store = cls(private_postgres, schema=pg_schema)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.release_decider_lock()
+        store.close()

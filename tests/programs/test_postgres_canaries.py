@@ -6,56 +6,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import dspy
 import pytest
+from _pg_programs import Answer, manager_on
 
 from llm_server._cli import main
 from llm_server.core.errors import ProgramError, ProgramNotFoundError
 from llm_server.models.canary import CanaryGuard
-from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 from llm_server.traffic import Execution, Feedback, PostgresTrafficStore
-
-
-class Answer(dspy.Signature):
-    """Answer the question."""
-
-    question: str = dspy.InputField()
-    answer: str = dspy.OutputField()
-
-
-class StandIn:
-    def __init__(self) -> None:
-        self.model_info: dict[str, Any] = {}
-
-    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
-        return program_metadata
-
-
-@pytest.fixture
-def stores(private_postgres: str, pg_schema: str) -> Iterator[Callable[[], PostgresStorageAdapter]]:
-    made: list[PostgresStorageAdapter] = []
-
-    def make() -> PostgresStorageAdapter:
-        store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.release_decider_lock()
-        store.close()
-
-
-def manager_on(store: PostgresStorageAdapter) -> ProgramManager:
-    manager = ProgramManager(model_manager=StandIn(), storage_adapter=store)
-    manager.register_program(Answer)
-    return manager
 
 
 def tuned() -> Any:

@@ -16,30 +16,15 @@ from typing import Any
 import dspy
 import psycopg
 import pytest
+from _pg_programs import Answer, manager_on, served
 from _tcp_proxy import TcpProxy
 
 from llm_server.core.errors import StorageError
-from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 
 pytestmark = pytest.mark.timeout(180)
 
 WORKER = Path(__file__).with_name("_postgres_worker.py")
-
-
-class Answer(dspy.Signature):
-    """Answer the question."""
-
-    question: str = dspy.InputField()
-    answer: str = dspy.OutputField()
-
-
-class StandIn:
-    def __init__(self) -> None:
-        self.model_info: dict[str, Any] = {}
-
-    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
-        return program_metadata
 
 
 @pytest.fixture
@@ -76,16 +61,6 @@ def test_a_silent_path_fails_within_the_timeout_instead_of_blocking(
     finally:
         proxy.set_mode("reset")
         store.close()
-
-
-def manager_on(store: PostgresStorageAdapter) -> ProgramManager:
-    manager = ProgramManager(model_manager=StandIn(), storage_adapter=store)
-    manager.register_program(Answer)
-    return manager
-
-
-def served(manager: ProgramManager) -> str:
-    return manager.registry.get_program_metadata("answer").version
 
 
 @pytest.mark.parametrize("fault", ["silent", "reset"])

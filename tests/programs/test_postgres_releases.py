@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import dspy
 import psycopg
 import pytest
+from _pg_programs import manager_on, served, with_demo
 
 from llm_server.core.errors import ProgramError, StorageError
 from llm_server.core.protocols import StoredProgram
@@ -19,52 +19,6 @@ from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class Answer(dspy.Signature):
-    """Answer the question."""
-
-    question: str = dspy.InputField()
-    answer: str = dspy.OutputField()
-
-
-class StandIn:
-    def __init__(self) -> None:
-        self.model_info: dict[str, Any] = {}
-
-    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
-        return program_metadata
-
-
-@pytest.fixture
-def stores(private_postgres: str, pg_schema: str) -> Iterator[Callable[..., Any]]:
-    """``stores(cls=PostgresStorageAdapter)``: a new adapter (one "process"); closed at the end."""
-    made: list[PostgresStorageAdapter] = []
-
-    def make(cls: type[PostgresStorageAdapter] = PostgresStorageAdapter) -> Any:
-        store = cls(private_postgres, schema=pg_schema)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
-def manager_on(store: PostgresStorageAdapter) -> ProgramManager:
-    manager = ProgramManager(model_manager=StandIn(), storage_adapter=store)
-    manager.register_program(Answer)
-    return manager
-
-
-def with_demo(text: str) -> Any:
-    program = dspy.Predict(Answer)
-    program.demos = [dspy.Example(question=text, answer=text).with_inputs("question")]
-    return program
-
-
-def served(manager: ProgramManager) -> str:
-    return manager.registry.get_program_metadata("answer").version
 
 
 def wait_until_served(manager: ProgramManager, version: str, within_s: float) -> float:

@@ -7,13 +7,13 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import dspy
 import psycopg
 import pytest
+from _pg_programs import Answer, manager_on, with_demo
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg import sql
@@ -27,54 +27,11 @@ from llm_server.core.errors import (
     VersionExistsError,
 )
 from llm_server.fastapi import llm_server_lifespan
-from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 from llm_server.programs._postgres_schema import _STEPS
 from llm_server.testing import LocalProvider
 
 WORKER = Path(__file__).with_name("_postgres_worker.py")
-
-
-class Answer(dspy.Signature):
-    """Answer the question."""
-
-    question: str = dspy.InputField()
-    answer: str = dspy.OutputField()
-
-
-class StandIn:
-    def __init__(self) -> None:
-        self.model_info: dict[str, Any] = {}
-
-    def reliable_backend(self, program: Any, model_id: str, *, program_metadata: Any = None) -> Any:
-        return program_metadata
-
-
-@pytest.fixture
-def stores(private_postgres: str, pg_schema: str) -> Iterator[Callable[[], PostgresStorageAdapter]]:
-    """``stores()``: a new adapter (one "process") on the test's schema; all closed at the end."""
-    made: list[PostgresStorageAdapter] = []
-
-    def make() -> PostgresStorageAdapter:
-        store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
-def manager_on(store: PostgresStorageAdapter) -> ProgramManager:
-    manager = ProgramManager(model_manager=StandIn(), storage_adapter=store)
-    manager.register_program(Answer)
-    return manager
-
-
-def with_demo(text: str) -> Any:
-    program = dspy.Predict(Answer)
-    program.demos = [dspy.Example(question=text, answer=text).with_inputs("question")]
-    return program
 
 
 def test_versions_round_trip_and_are_immutable(
