@@ -7,6 +7,7 @@ session of its own, so its workers are signalled as a group.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 
@@ -28,6 +30,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def the_apps_module(folder: Path) -> ModuleType:
+    """The app's ``main`` module in ``folder``, imported here as the app imports it (the same
+    class path, so that a program saved from the test is the one the app serves)."""
+    spec = importlib.util.spec_from_file_location("main", folder / "main.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["main"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def copy_example(name: str, folder: Path) -> Path:

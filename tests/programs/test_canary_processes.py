@@ -8,7 +8,6 @@ and the operator's surface (admin routes behind a token, the console command) en
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import json
 import os
@@ -20,16 +19,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import dspy
 import httpx
 import pytest
+from _pg_programs import StandIn
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 
-from _app_processes import EXAMPLES, serving_app
+from _app_processes import EXAMPLES, serving_app, the_apps_module
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 from llm_server.testing import LocalProvider, RawReply, RecordedRequest
@@ -50,25 +49,6 @@ def redis_url(request: pytest.FixtureRequest) -> str:
         pytest.skip("redis-server is not installed: apt-get install redis-server")
     executor: RedisExecutor = request.getfixturevalue("_canary_redis_proc")
     return f"redis://{executor.host}:{executor.port}/0"
-
-
-class NoModels:
-    model_info: dict[str, object] = {}  # noqa: RUF012 -- read-only stand-in
-
-    def reliable_backend(
-        self, program: object, model_id: str, *, program_metadata: object = None
-    ) -> object:
-        return program_metadata
-
-
-def the_apps_module(folder: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("main", folder / "main.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["main"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class Fleet:
@@ -150,7 +130,7 @@ def fleet(
             module = the_apps_module(tmp_path)
             store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
             try:
-                notebook = ProgramManager(model_manager=NoModels(), storage_adapter=store)
+                notebook = ProgramManager(model_manager=StandIn(), storage_adapter=store)
                 notebook.register_program(module.Summarize, name="Summarizer")
                 tuned = dspy.Predict(module.Summarize)
                 tuned.demos = [dspy.Example(text=MARK, summary="short").with_inputs("text")]

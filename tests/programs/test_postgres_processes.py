@@ -4,42 +4,21 @@ the local provider, a private PostgreSQL; bounded, and ends only what it started
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import dspy
 import httpx
 import pytest
+from _pg_programs import StandIn
 
-from _app_processes import copy_example, serving_app
+from _app_processes import copy_example, serving_app, the_apps_module
 from llm_server.models.program_manager import ProgramManager
 from llm_server.postgres import PostgresStorageAdapter
 from llm_server.testing import LocalProvider
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def the_apps_module(folder: Path) -> ModuleType:
-    """The app's ``main`` module, imported here as the app imports it (same class path)."""
-    spec = importlib.util.spec_from_file_location("main", folder / "main.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["main"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-class NoModels:
-    model_info: dict[str, object] = {}  # noqa: RUF012 -- read-only stand-in
-
-    def reliable_backend(
-        self, program: object, model_id: str, *, program_metadata: object = None
-    ) -> object:
-        return program_metadata
 
 
 def served(url: str) -> str:
@@ -63,7 +42,7 @@ def test_two_replicas_serve_a_promotion_and_a_rollback_within_two_seconds(
             module = the_apps_module(tmp_path)
             store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
             try:
-                notebook = ProgramManager(model_manager=NoModels(), storage_adapter=store)
+                notebook = ProgramManager(model_manager=StandIn(), storage_adapter=store)
                 notebook.register_program(module.Summarize, name="Summarizer")
                 tuned = dspy.Predict(module.Summarize)
                 tuned.demos = [dspy.Example(text="a", summary="b").with_inputs("text")]
