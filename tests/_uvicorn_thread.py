@@ -20,10 +20,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_thread(app: FastAPI) -> Iterator[str]:
+def uvicorn_thread(app: FastAPI, log_level: str = "warning") -> Iterator[str]:
     """Serve ``app`` (lifespan included) with uvicorn in a thread; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level=log_level))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

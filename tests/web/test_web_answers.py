@@ -8,19 +8,16 @@ import io
 import json
 import logging
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dspy
 import pytest
-import uvicorn
 from _web_helpers import MakeApp, make_settings, serving
 from fastapi import Depends, FastAPI
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.core.budgets import Budget
 from llm_server.core.telemetry import configure_json_logging
 from llm_server.fastapi import (
@@ -354,7 +351,10 @@ def test_over_a_real_socket_the_connection_serves_the_next_request_after_a_deep_
             + body
         )
 
-    with uvicorn_thread(make_app()) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+    with (
+        uvicorn_thread(make_app()) as base,
+        socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1]))) as sock,
+    ):
         sock.settimeout(20)
         answers = []
         for body in (deep, deep, fine):  # the route's own gate, then the middleware's
@@ -364,26 +364,6 @@ def test_over_a_real_socket_the_connection_serves_the_next_request_after_a_deep_
     assert [status for status, _ in answers] == [400, 400, 200]
     assert json.loads(answers[0][1])["error"]["type"] == "bad_input"
     assert len(provider.requests) == 1
-
-
-@contextmanager
-def uvicorn_thread(app: FastAPI) -> Iterator[int]:
-    """Serve ``app`` on a real loopback socket in a thread; yields its port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):  # bounded: 20 s
-            if server.started:
-                break
-            time.sleep(0.1)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])

@@ -5,21 +5,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dspy
 import httpx
 import pytest
-import uvicorn
 from _web_helpers import make_settings, serving
 from fastapi import FastAPI
 
+from _uvicorn_thread import uvicorn_thread
 from llm_server.fastapi import add_program_endpoint, install_error_handlers, llm_server_lifespan
 from llm_server.testing import LocalProvider, StaticConfigProvider
 
@@ -249,30 +246,6 @@ async def test_a_cache_hit_still_sends_every_field_and_done(
     assert reassembled(found) == {k: v for k, v in plain["data"].items() if isinstance(v, str)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def uvicorn_thread(app: FastAPI, log_level: str = "warning") -> Iterator[str]:
-    """Serve ``app`` on a real loopback socket in a thread; yields its stream URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level=log_level))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):  # bounded: 20 s
-            if server.started:
-                break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/programs/explain/stream"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def wait_for_disconnect(provider: LocalProvider) -> None:
     for _ in range(100):  # bounded: 2 s
         if provider.stream_disconnects:
@@ -286,7 +259,8 @@ def test_a_client_leaving_cancels_the_provider_stream_promptly(
 ) -> None:
     provider.chunk_delay_s = 0.02
     provider.script(reply="word " * 200)  # a long answer, 20 ms per piece
-    with uvicorn_thread(build(provider, tmp_path)) as url:
+    with uvicorn_thread(build(provider, tmp_path)) as base:
+        url = f"{base}/programs/explain/stream"
         with (
             httpx.Client(timeout=10) as client,
             client.stream("POST", url, json={"topic": "go on"}) as response,
@@ -341,15 +315,17 @@ def test_the_log_stays_clean_through_finished_and_abandoned_streams(
     provider.chunk_delay_s = 0.005
     try:
         with (
-            uvicorn_thread(build(provider, tmp_path), log_level="debug") as url,
-            httpx.Client(timeout=10) as client,
+            uvicorn_thread(build(provider, tmp_path), log_level="debug") as base,
+            httpx.Client(base_url=base, timeout=10) as client,
         ):
             for model_id in ("auto-openai", "litellm-anthropic"):
                 body = {"topic": "finish", "model_id": model_id}
-                finished = client.post(url, json=body)
+                finished = client.post("/programs/explain/stream", json=body)
                 assert events(finished.text)[-1][0] == "done", finished.text
             provider.script(reply="word " * 200)
-            with client.stream("POST", url, json={"topic": "leave"}) as response:
+            with client.stream(
+                "POST", "/programs/explain/stream", json={"topic": "leave"}
+            ) as response:
                 for line in response.iter_lines():
                     if line.startswith("event: delta"):
                         break
