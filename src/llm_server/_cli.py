@@ -9,7 +9,7 @@ figures). Every command prints JSON and exits 0, or prints ``llm-server: <proble
     llm-server promote summarize 1.1.0 --actor ana --reason "eval +4 points"
     llm-server rollback summarize --actor ana --reason "complaints"
     llm-server canary start summarize 1.1.0 --weight 0.1 --sticky header:X-Session-Id \\
-        --min-requests 200 --promote-after 5000
+        --min-requests 200 --promote-after 5000 --max-score-drop 0.1 --score-kind judge
     llm-server canary watch summarize --every 5 --times 12
     llm-server canary end summarize --outcome rollback --reason "slower"
     llm-server traffic export summarize --min-score 1 --output good.jsonl
@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--max-cost-ratio", type=float, default=1.5)
     start.add_argument("--promote-after", type=int, help="promote after N clean canary requests")
     start.add_argument("--promote-after-s", type=float, default=0.0)
+    start.add_argument(
+        "--max-score-drop", type=float, help="roll back when the mean feedback score falls more"
+    )
+    start.add_argument("--min-scored-feedback", type=int, default=20)
+    start.add_argument("--score-kind", choices=("human", "judge"), default="human")
     watch = actions.add_parser("watch", help="the running canary and its live figures")
     watch.add_argument("program_id")
     watch.add_argument("--every", type=float, default=0.0, help="seconds between prints")
@@ -227,6 +232,9 @@ def _canary_command(args: argparse.Namespace, settings: FrameworkSettings, store
                 min_requests=args.min_requests,
                 promote_after_requests=args.promote_after,
                 promote_after_s=args.promote_after_s,
+                max_score_drop=args.max_score_drop,
+                min_scored_feedback=args.min_scored_feedback,
+                score_kind=args.score_kind,
             )
         if args.version not in store.list_versions(pid):
             raise CommandError(f"program {pid!r} has no version {args.version!r}")

@@ -118,18 +118,22 @@ def test_the_decider_is_a_process_that_serves_the_canary_not_the_one_that_starte
         replica.close()
 
 
-def test_canary_watch_prints_each_sides_feedback_since_the_canary_started(
-    private_postgres: str,
-    pg_schema: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
+@pytest.fixture
+def console(
+    private_postgres: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The console command's settings: the test's PostgreSQL schema, no Redis."""
     monkeypatch.chdir(tmp_path)  # no .env of the repository's
     monkeypatch.delenv("LLM_SERVER_REDIS_URL", raising=False)
     monkeypatch.setenv("LLM_SERVER_PROGRAM_STORE", private_postgres)
     monkeypatch.setenv("LLM_SERVER_PROGRAM_STORE_SCHEMA", pg_schema)
     monkeypatch.setenv("LLM_PROGRAMS_DIR", str(tmp_path / "programs"))
+
+
+@pytest.mark.usefixtures("console")
+def test_canary_watch_prints_each_sides_feedback_since_the_canary_started(
+    private_postgres: str, pg_schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = PostgresStorageAdapter(private_postgres, schema=pg_schema)
     notebook = manager_on(store)
     try:
@@ -181,3 +185,27 @@ def test_canary_watch_prints_each_sides_feedback_since_the_canary_started(
             "judge": {"count": 1, "scored": 1, "mean_score": 4.0},
         },
     }
+
+
+@pytest.mark.usefixtures("console")
+def test_canary_start_takes_the_feedback_thresholds_and_refuses_bad_ones_in_one_line(
+    stores: Callable[[], PostgresStorageAdapter], capsys: pytest.CaptureFixture[str]
+) -> None:
+    notebook = manager_on(stores())
+    new = notebook.save_program_version("answer", tuned()).version
+    start = ["canary", "start", "answer", new, "--weight", "0.2"]
+
+    assert main([*start, "--max-score-drop", "-0.5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("llm-server: canary guard: max_score_drop must be >= 0")
+    assert err.count("\n") == 1  # no traceback
+    assert stores().canaries("answer") == []
+
+    feedback = ["--max-score-drop", "0.3", "--min-scored-feedback", "40", "--score-kind", "judge"]
+    assert main([*start, *feedback]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    (stored,) = stores().canaries("answer")
+    assert stored.guard is not None
+    assert (stored.guard.max_score_drop, stored.guard.min_scored_feedback) == (0.3, 40)
+    assert stored.guard.score_kind == "judge"
+    assert printed["guard"]["max_score_drop"] == 0.3
