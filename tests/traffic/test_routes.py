@@ -85,6 +85,24 @@ def test_bad_options_are_refused_with_a_clear_message(make: object, message: str
         make()  # type: ignore[operator]
 
 
+def test_a_streamed_request_that_fails_is_captured_with_its_error(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(), program=Sentiment)
+    provider.add_fault("bad_request", first=1)
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/programs/sentiment/stream", json={"text": "bad day"})
+        assert response.status_code == 502, response.text  # before its first event
+        execution_id = response.headers["X-Execution-ID"]
+        recorder = app.state.program_manager.traffic
+        assert recorder.flush(10)
+        (capture,) = recorder.store.captures("sentiment")
+    assert capture.execution_id == execution_id
+    assert capture.inputs == {"text": "bad day"}
+    assert capture.outputs is None
+    assert capture.error_type == response.json()["error"]["type"]
+
+
 def test_the_streamed_program_route_is_captured_with_its_envelope(
     provider: LocalProvider, tmp_path: Path
 ) -> None:

@@ -221,6 +221,29 @@ async def test_a_fault_after_the_first_piece_ends_with_an_error_event_and_no_ret
     assert len(provider.requests) == 1  # never retried: the client has part of an answer
 
 
+async def test_a_stream_that_fails_midway_or_before_its_first_event_counts_as_a_failure(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    # The version's live figures (a canary's guard reads them) count every outcome: a stream
+    # that broke after its first piece and one refused before it are failures, not lost.
+    app = build(provider, tmp_path, retry_max_attempts=1)
+    async with serving(app) as client:
+        stats = app.state.program_manager.version_stats
+        provider.cut_streams_after = 3
+        provider.chunk_delay_s = 0.05
+        cut = await client.post("/programs/explain/stream", json={"topic": "a long topic"})
+        assert events(cut.text)[-1][0] == "error"
+        provider.cut_streams_after = None
+        provider.add_fault("server_error", first=1)
+        refused = await client.post("/programs/explain/stream", json={"topic": "another"})
+        assert refused.status_code >= 500
+        fine = await client.post("/programs/explain/stream", json={"topic": "fine"})
+        assert events(fine.text)[-1][0] == "done"
+        figures = stats.local("explain", "1.0.0")
+    assert figures.requests == 3
+    assert figures.failures == 2, figures.errors
+
+
 async def test_a_cache_hit_still_sends_every_field_and_done(
     provider: LocalProvider, tmp_path: Path
 ) -> None:

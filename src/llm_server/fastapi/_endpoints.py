@@ -306,6 +306,34 @@ def record_failed(
         logging.getLogger("llm_server.traffic").warning("capture failed", exc_info=True)
 
 
+def _stream_failed(
+    pm: Any,
+    program_id: str,
+    *,
+    route: _Route,
+    picked: Picked,
+    model_id: str,
+    data: PipelineData,
+    metrics: PerformanceMetrics,
+) -> Callable[[Exception], None]:
+    """What a stream does when its call fails (before its first event or midway): count it in
+    the version's live figures and hand it to the traffic capture, as the plain route does."""
+
+    def failed(error: Exception) -> None:
+        count_outcome(pm, program_id, picked, error, metrics)
+        record_failed(
+            pm,
+            program_id,
+            route,
+            model_id=model_id,
+            inputs=data.content,
+            error=error,
+            metrics=metrics,
+        )
+
+    return failed
+
+
 def add_program_endpoint(
     app: FastAPI | APIRouter,
     program_id: str,
@@ -420,7 +448,18 @@ def add_program_endpoint(
         with log_context(program_id=program_id, model_id=model_id):
             events = stream_events(lambda: _billed(route.pipeline.execute(data), metrics))
             return await sse_response(
-                events, done=done, on_first_delta=lambda: metrics.mark_checkpoint("first_token")
+                events,
+                done=done,
+                on_error=_stream_failed(
+                    pm,
+                    program_id,
+                    route=route,
+                    picked=picked,
+                    model_id=model_id,
+                    data=data,
+                    metrics=metrics,
+                ),
+                on_first_delta=lambda: metrics.mark_checkpoint("first_token"),
             )
 
     gate = gate_for(

@@ -58,10 +58,12 @@ class _EventStream(EventSourceResponse):
         encode: Callable[[TextDelta | Finished[Any], set[str]], list[bytes]],
         first_event_wait_s: float,
         ping_s: float,
+        on_error: Callable[[Exception], object] | None = None,
     ) -> None:
         super().__init__(_never(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._events = events
         self._encode = encode
+        self._on_error = on_error
         self.first_event_wait_s = first_event_wait_s
         self.ping_s = ping_s
 
@@ -77,6 +79,8 @@ class _EventStream(EventSourceResponse):
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
+                    if self._on_error is not None:
+                        self._on_error(exc)  # before and after the stream started alike
                     if not writer.started:
                         raise  # answered by the error handlers, with its status
                     await writer.put(_event("error", _error_data(exc)))  # after it started
@@ -162,6 +166,7 @@ async def sse_response(
     events: AsyncGenerator[TextDelta | Finished[Any], None],
     *,
     done: Callable[[Any], Mapping[str, Any]],
+    on_error: Callable[[Exception], object] | None = None,
     on_first_delta: Callable[[], object] | None = None,
     first_event_wait_s: float = FIRST_EVENT_WAIT_S,
     ping_s: float = PING_S,
@@ -185,6 +190,8 @@ async def sse_response(
     Args:
         events: From :func:`llm_server.core.streaming.stream_events`.
         done: Builds the ``done`` event's data from the call's result.
+        on_error: Called with the call's error when it fails, before the first event or
+            after (not when the client leaves); it must not raise.
         on_first_delta: Called when the first piece arrives (e.g. to time the first token).
         first_event_wait_s: How long to wait for the first event before streaming.
         ping_s: Silence before a keep-alive comment.
@@ -205,4 +212,10 @@ async def sse_response(
         ]
         return [*whole, _event("done", envelope)]
 
-    return _EventStream(events, encode=encode, first_event_wait_s=first_event_wait_s, ping_s=ping_s)
+    return _EventStream(
+        events,
+        encode=encode,
+        first_event_wait_s=first_event_wait_s,
+        ping_s=ping_s,
+        on_error=on_error,
+    )
