@@ -25,6 +25,11 @@ an environment holding no virtualenv on ``PATH`` and none of the library's varia
   ``<!-- not run: REASON -->``; a set-up chain whose install steps cannot run (``python3 -m
   venv .venv && ... && COMMAND``) is marked ``<!-- set-up not run: REASON -->`` and only its
   last command runs. ``test_docs_summary`` counts and prints what ran and what did not.
+
+The newcomer's path (README, the home page, Getting started) and the concept pages run in the
+default suite; the how-to pages, each a session of servers and fresh interpreters (5-20 s
+apiece, ~2 minutes together), are marked ``slow`` and run with ``pytest -m slow`` (CI runs
+both).
 """
 
 from __future__ import annotations
@@ -143,6 +148,19 @@ def read_blocks(page: Path) -> list[Block]:
 
 BLOCKS = {str(page.relative_to(REPO)): read_blocks(page) for page in PAGES}
 RUN_PAGES = [page for page, blocks in BLOCKS.items() if any(b.runnable for b in blocks)]
+DEFAULT_PAGES = (
+    "README.md",
+    "docs/index.md",
+    "docs/getting-started.md",
+    "docs/performance.md",
+    "docs/concepts/",
+)
+"""Pages (or folders) run in the default suite; the others are ``slow``."""
+
+
+def _page_param(page: str) -> Any:
+    fast = any(page == p or (p.endswith("/") and page.startswith(p)) for p in DEFAULT_PAGES)
+    return pytest.param(page, id=page, marks=() if fast else pytest.mark.slow)
 
 
 # -- output matching ---------------------------------------------------------------------
@@ -485,7 +503,7 @@ def reader_environment() -> dict[str, str]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("page", RUN_PAGES)
+@pytest.mark.parametrize("page", [_page_param(page) for page in RUN_PAGES])
 def test_docs_page_runs(page: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     blocks = BLOCKS[page]
     text = (REPO / page).read_text(encoding="utf-8")
