@@ -310,6 +310,37 @@ def test_a_transition_from_an_older_generation_of_the_same_state_is_refused(
     assert store.get("m").state is OPEN
 
 
+def test_redis_refuses_a_transition_from_an_older_generation_of_the_same_state(
+    connect: Connect,
+) -> None:
+    breaker = breaker_in(connect(), reset_timeout=0.2)
+    store = breaker._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(breaker, fail)
+    eventually(lambda: store.get("m").state is OPEN)
+    first_open = store.get("m")
+    key = store._conn.key("cb", "m")
+    eventually(lambda: int(store._conn.client.hget(key, "g") or 0) == first_open.generation)
+    # another process read the first open record; its sync thread is not running, so its
+    # copy stays there (as one whose pub/sub message has not arrived yet)
+    other = breaker_in(connect(), start=False, reset_timeout=0.2)
+    other_store = other._store  # type: ignore[attr-defined]
+    stale = other_store.get("m")
+    assert (stale.state, stale.generation) == (OPEN, first_open.generation)
+    time.sleep(0.25)
+    ticket = breaker.admit()  # half-open, generation 2
+    breaker.settle(ticket, ProviderUnavailableError("503"))  # open again, generation 3
+    reopened = first_open.generation + 2
+    eventually(lambda: int(store._conn.client.hget(key, "g") or 0) == reopened)
+    # same state (open), older generation: the stale process's copy accepts it, Redis must not
+    closing = BreakerRecord(state=CLOSED, generation=first_open.generation + 1)
+    assert other_store.compare_and_set("m", stale, closing) is True  # its copy only
+    other_store.write()  # what its writer thread does
+    assert store._conn.client.hget(key, "s") == b"open"
+    assert int(store._conn.client.hget(key, "g")) == reopened
+    assert (other_store.get("m").state, other_store.get("m").generation) == (OPEN, reopened)
+
+
 def test_a_stale_read_never_lowers_the_generation(connect: Connect) -> None:
     breaker = breaker_in(connect(), reset_timeout=30)
     store = breaker._store  # type: ignore[attr-defined]

@@ -133,6 +133,27 @@ def test_a_batch_timed_out_after_redis_applied_it_is_applied_once(
     assert float(totals[b"cost_usd"]) == pytest.approx(10.0)
 
 
+@pytest.mark.parametrize(
+    ("kind", "limit", "used", "more"),
+    [
+        ("requests", 3, Usage(3, 30, 0.03), Usage(1)),
+        ("tokens", 300, Usage(1, 300, 0.01), Usage(0, 10, 0.0)),
+        ("cost_usd", 0.5, Usage(1, 100, 0.5), Usage(0, 10, 0.01)),
+    ],
+)
+async def test_the_fleets_budget_at_exactly_its_limit_refuses_the_next_reservation(
+    connect: Connect, kind: str, limit: float, used: Usage, more: Usage
+) -> None:
+    counters = RedisUsageCounters(connect())  # no sync thread: this test flushes
+    counters.settle("acme", periods(Budget()), used, Usage())
+    counters.flush()
+    at_limit = Budget(**{kind: limit})
+    assert await counters.reserve("acme", periods(at_limit), more, (kind,)) == (0, kind, True)
+    just_under = Budget(**{kind: limit + (1 if kind != "cost_usd" else 0.01)})
+    assert await counters.reserve("acme", periods(just_under), more, (kind,)) is True
+    await counters._conn.aclose()
+
+
 async def test_close_right_after_a_charge_writes_it(connect: Connect, redis_url: str) -> None:
     connection = connect()
     counters = RedisUsageCounters(connection)
