@@ -1,6 +1,8 @@
 """Extra private redis-server processes for the failover tests: primaries, replicas, sentinels.
 
-Each listens on a free loopback port, keeps nothing on disk, and is stopped by the test.
+Each listens on a free loopback port, keeps nothing on disk, and is stopped by the test. A
+primary starts a replica's first sync at once (redis-server 7 waits 5 s by default for more
+replicas to join the diskless transfer, and a replica has no data until it ends).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def redis_servers(folder: Path, count: int) -> Iterator[list[redis.Redis]]:
                         "no",
                         "--dir",
                         str(data),
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ],
                     stdout=subprocess.DEVNULL,
                 )
@@ -106,6 +110,15 @@ def wait_for(client: redis.Redis, timeout_s: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def wait_for_replica(replica: redis.Redis, timeout_s: float = 10.0) -> None:
+    """Wait until ``replica``'s link to its primary is up (its first sync is done)."""
+    deadline = time.monotonic() + timeout_s
+    while replica.info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the replica's link to its primary is not up after {timeout_s} s")
+        time.sleep(0.01)
 
 
 def port_of(client: redis.Redis) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 from _fleet_helpers import Connect, url_of
+from _redis_proxy import RedisProxy
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.circuit_breaker import BreakerRecord, BreakerState, CircuitBreaker
@@ -308,6 +309,70 @@ def test_a_transition_from_an_older_generation_of_the_same_state_is_refused(
     closing = BreakerRecord(state=CLOSED, generation=first_open.generation + 1)
     assert store.compare_and_set("m", first_open, closing) is False
     assert store.get("m").state is OPEN
+
+
+def test_redis_refuses_a_transition_from_an_older_generation_of_the_same_state(
+    connect: Connect,
+) -> None:
+    breaker = breaker_in(connect(), reset_timeout=0.2)
+    store = breaker._store  # type: ignore[attr-defined]
+    for _ in range(5):
+        call(breaker, fail)
+    eventually(lambda: store.get("m").state is OPEN)
+    first_open = store.get("m")
+    key = store._conn.key("cb", "m")
+    eventually(lambda: int(store._conn.client.hget(key, "g") or 0) == first_open.generation)
+    # another process read the first open record; its sync thread is not running, so its
+    # copy stays there (as one whose pub/sub message has not arrived yet)
+    other = breaker_in(connect(), start=False, reset_timeout=0.2)
+    other_store = other._store  # type: ignore[attr-defined]
+    stale = other_store.get("m")
+    assert (stale.state, stale.generation) == (OPEN, first_open.generation)
+    time.sleep(0.25)
+    ticket = breaker.admit()  # half-open, generation 2
+    breaker.settle(ticket, ProviderUnavailableError("503"))  # open again, generation 3
+    reopened = first_open.generation + 2
+    eventually(lambda: int(store._conn.client.hget(key, "g") or 0) == reopened)
+    # same state (open), older generation: the stale process's copy accepts it, Redis must not
+    closing = BreakerRecord(state=CLOSED, generation=first_open.generation + 1)
+    assert other_store.compare_and_set("m", stale, closing) is True  # its copy only
+    other_store.write()  # what its writer thread does
+    assert store._conn.client.hget(key, "s") == b"open"
+    assert int(store._conn.client.hget(key, "g")) == reopened
+    assert (other_store.get("m").state, other_store.get("m").generation) == (OPEN, reopened)
+
+
+def test_a_transition_reaches_another_process_in_its_message_with_no_read(
+    connect: Connect, private_redis: RedisExecutor
+) -> None:
+    tripping = breaker_in(connect(), reset_timeout=30)
+    channel = tripping._store.channel  # type: ignore[attr-defined]
+    proxy = RedisProxy(private_redis.host, private_redis.port).start()
+    listener = redis.Redis(host=private_redis.host, port=private_redis.port, protocol=2)
+    pubsub = listener.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(channel)
+        other = breaker_in(connect(proxy.url, timeout_s=0.2), start=False, reset_timeout=30)
+        for _ in range(5):
+            call(tripping, fail)  # the fifth failure opens the breaker in Redis
+        message = None
+        deadline = time.monotonic() + 3
+        while message is None:
+            assert time.monotonic() < deadline, "no transition was published"
+            message = pubsub.get_message(timeout=0.1)
+        # the other process's Redis stops answering: what it learns comes from the message
+        proxy.silence()
+        other._store._changed(message["data"].decode())  # type: ignore[attr-defined]
+        record = other._store.get("m")  # type: ignore[attr-defined]
+        opened = tripping._store.get("m")  # type: ignore[attr-defined]
+        assert (record.state, record.generation) == (OPEN, opened.generation)
+        assert other.state is OPEN
+        assert 29 < record.retry_at - time.monotonic() <= 30
+    finally:
+        pubsub.close()
+        listener.close()
+        proxy.speak()
+        proxy.close()
 
 
 def test_a_stale_read_never_lowers_the_generation(connect: Connect) -> None:

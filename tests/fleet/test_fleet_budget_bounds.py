@@ -26,10 +26,15 @@ from llm_server.core.budgets import (
     tenant_scope,
 )
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.errors import BudgetExceededError, ConfigurationError
+from llm_server.core.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    DeadlineExceededError,
+)
+from llm_server.core.reliability._budgets import period_key
 from llm_server.fleet import RedisUsageCounters, check_persistence
 from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider
+from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -131,6 +136,92 @@ def test_a_batch_timed_out_after_redis_applied_it_is_applied_once(
     assert int(totals[b"requests"]) == 100  # 0 double charges
     assert int(totals[b"tokens"]) == 10_000
     assert float(totals[b"cost_usd"]) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "limit", "used", "more"),
+    [
+        ("requests", 3, Usage(3, 30, 0.03), Usage(1)),
+        ("tokens", 300, Usage(1, 300, 0.01), Usage(0, 10, 0.0)),
+        ("cost_usd", 0.5, Usage(1, 100, 0.5), Usage(0, 10, 0.01)),
+    ],
+)
+async def test_the_fleets_budget_at_exactly_its_limit_refuses_the_next_reservation(
+    connect: Connect, kind: str, limit: float, used: Usage, more: Usage
+) -> None:
+    counters = RedisUsageCounters(connect())  # no sync thread: this test flushes
+    counters.settle("acme", periods(Budget()), used, Usage())
+    counters.flush()
+    at_limit = Budget(**{kind: limit})
+    assert await counters.reserve("acme", periods(at_limit), more, (kind,)) == (0, kind, True)
+    just_under = Budget(**{kind: limit + (1 if kind != "cost_usd" else 0.01)})
+    assert await counters.reserve("acme", periods(just_under), more, (kind,)) is True
+    await counters._conn.aclose()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one process", "fleet"])
+async def test_a_hung_model_call_holds_its_reservation_no_longer_than_the_request_deadline(
+    tmp_path: Path, redis_url: str, prefix: str, shared: bool
+) -> None:
+    with LocalProvider() as provider:
+        provider.add_fault("hang")  # no answer, the socket kept open
+        config = StaticConfigProvider(
+            {
+                "m": {
+                    "model_name": "openai/gpt-4o-mini",
+                    "api_base": provider.openai_api_base,
+                    "api_key": "sk-test",
+                    "max_tokens": 100,
+                    "timeout_s": 30,  # only the request deadline can end the call in time
+                    "pricing": {"input_per_million": 0, "output_per_million": 10_000},
+                }
+            },
+            budgets={"acme": {"per_day": {"cost_usd": 1}}},  # one call's estimate: $1
+        )
+        settings = FrameworkSettings(
+            otel_enabled=False,
+            llm_programs_dir=tmp_path / "programs",
+            retry_max_attempts=1,
+            request_deadline_s=0.5,
+            redis_url=redis_url if shared else None,
+            redis_prefix=prefix,
+            redis_timeout_s=1.0,
+        )
+        manager = ModelManager(config_provider=config, settings=settings)
+        backend = manager.reliable_backend(dspy.Predict(Summarize), "m")
+        try:
+            with tenant_scope("acme"):
+                hung = anyio.Event()
+
+                async def hang() -> None:
+                    with pytest.raises(DeadlineExceededError):
+                        await backend.predict({"text": "a call that never gets an answer"})
+                    hung.set()
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(hang)
+                    await anyio.sleep(0.2)
+                    with pytest.raises(BudgetExceededError, match="in flight"):
+                        await backend.predict({"text": "no room while the first holds $1"})
+                    started = time.monotonic()
+                    await hung.wait()
+                    ended_in = time.monotonic() - started
+                assert ended_in < 1.0  # at its 0.5 s deadline, not the 30 s HTTP timeout
+                day = period_key("day", time.time())[0]
+                assert manager.budgets.held("acme", day) == Usage()  # released as it ended
+                if shared:
+                    assert manager.fleet is not None
+                    client = manager.fleet.connection.client
+                    held_key = manager.fleet.connection.key("budget", "acme", day, "held")
+                    deadline = time.monotonic() + 2  # the release is written every 100 ms
+                    while client.hgetall(held_key):
+                        assert time.monotonic() < deadline, client.hgetall(held_key)
+                        await anyio.sleep(0.02)
+                provider.clear_faults()
+                answer = await backend.predict({"text": "the $1 is free again"})
+                assert answer.content
+        finally:
+            await manager.aclose()
 
 
 async def test_close_right_after_a_charge_writes_it(connect: Connect, redis_url: str) -> None:

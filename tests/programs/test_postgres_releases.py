@@ -47,15 +47,18 @@ def test_a_release_nobody_announced_is_served_after_the_next_read(
     stores: Callable[..., Any], private_postgres: str, pg_schema: str
 ) -> None:
     publisher, replica = manager_on(stores()), manager_on(stores())
-    new = publisher.save_program_version("answer", with_demo("v2"))
+    versions = [publisher.save_program_version("answer", with_demo(f"v{n}")) for n in (2, 3)]
     assert replica.follow_releases(interval_s=0.3)
-    with psycopg.connect(private_postgres, autocommit=True) as conn:  # no NOTIFY
-        conn.execute(
-            f'INSERT INTO "{pg_schema}".program_releases (program_id, version, action) '
-            "VALUES ('answer', %s, 'promote')",
-            (new.version,),
-        )
-    wait_until_served(replica, new.version, within_s=1.5)
+    # the second release comes after the replica served the first, so after a read of its
+    # watcher: only a later read, not the first one, can carry it
+    for new in versions:
+        with psycopg.connect(private_postgres, autocommit=True) as conn:  # no NOTIFY
+            conn.execute(
+                f'INSERT INTO "{pg_schema}".program_releases (program_id, version, action) '
+                "VALUES ('answer', %s, 'promote')",
+                (new.version,),
+            )
+        wait_until_served(replica, new.version, within_s=1.5)
 
 
 class FailsOnce(PostgresStorageAdapter):

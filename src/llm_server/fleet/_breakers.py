@@ -1,10 +1,11 @@
 """Circuit breakers shared by a fleet through Redis (a :class:`SharedBreakerStore`).
 
 Each process keeps a local copy of every breaker's record: the closed-state hot path reads it
-and makes no round trip. The copy is refreshed by pub/sub (every transition publishes) and
-re-read every second. Writes are rare and atomic (one Lua script each): transitions
-(compare-and-set on state and generation), failures (they may trip the fleet), successes
-(summed and written every 100 ms), half-open probe leases and verdicts.
+and makes no round trip. The copy is refreshed by pub/sub (every transition publishes the
+new record, adopted without a read) and re-read every second. Writes are rare and atomic
+(one Lua script each): transitions (compare-and-set on state and generation), failures (they
+may trip the fleet), successes (summed and written every 100 ms), half-open probe leases and
+verdicts.
 
 Nothing on an event loop waits for Redis: there, failures, transitions, lease requests and
 verdicts are queued for the connection's writer thread, which writes them at once (woken by
@@ -24,7 +25,9 @@ number is never reused for another state.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import logging
 import math
 import threading
@@ -465,11 +468,21 @@ class RedisBreakerStore:
 
         return settle
 
-    def _changed(self, name: str) -> None:
+    def _changed(self, message: str) -> None:
+        """A transition's message: the breaker's new record (read back if the message has
+        only the name, as an older version of this library sends it)."""
+        name: str = message
+        values: list[Any] | None = None
+        if message.startswith("["):
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                decoded = json.loads(message)
+                name, values = str(decoded[0]), list(decoded[1:])
         entry = self._entries.get(name)
         if entry is None:
             return
-        self._store_read(name, self._read(keys=[entry.keys[0]]))
+        if values is None or len(values) != _READ_STRIDE:
+            values = self._read(keys=[entry.keys[0]])
+        self._store_read(name, values)
 
     def _store_read(
         self, name: str, values: Any, *, notify: bool = True, force: bool = False

@@ -45,14 +45,21 @@ local function record(key, now)
   end
   return s, g, rem
 end
--- open_ms: how long an open state lasts, or a forced state's TTL (0: none)
+-- open_ms: how long an open state lasts, or a forced state's TTL (0: none). The message
+-- carries the new record as BREAKER_READ returns it, after the name (a JSON array of
+-- strings): a process adopts it without reading it back.
 local function move(key, window, probes, s, g, open_ms, now, channel, name, by, why, at)
   local u = now + open_ms
   if forced(s) and open_ms == 0 then u = 0 end
+  local ft = forced(s) and open_ms or 0
   redis.call('HSET', key, 's', s, 'g', g, 'u', u, 'f', 0, 'ps', 0, 'pf', 0,
-    'fb', by or '', 'fr', why or '', 'fa', at or 0, 'ft', forced(s) and open_ms or 0)
+    'fb', by or '', 'fr', why or '', 'fa', at or 0, 'ft', ft)
   redis.call('DEL', window, probes)
-  redis.call('PUBLISH', channel, name)
+  local rem = 0
+  if s == 'open' then rem = open_ms end
+  if forced(s) then if u > 0 then rem = open_ms else rem = -1 end end
+  redis.call('PUBLISH', channel, cjson.encode({name, s, tostring(g), tostring(rem), '1',
+    by or '', why or '', tostring(at or 0), tostring(ft)}))
 end
 """
 
