@@ -46,6 +46,8 @@ _SCALARS = (str, int, float, bool, type(None))
 def _as_dict(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
+    if type(value) is dict:  # the usual model block: no attribute or ABC look-up (~0.5 us)
+        return dict(value)
     cached = _FROZEN_DUMPS.get(id(value))
     if cached is not None and cached[0] is value:
         return dict(cached[1])
