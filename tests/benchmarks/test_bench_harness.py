@@ -454,6 +454,7 @@ def test_report_renders_every_part_as_markdown_tables() -> None:
     assert "| 64 | F | 96.0 |" in text
     assert "| 64 | F_prod | 93.1 |" in text
     assert "F+SDK(prod): same SDK with the documented production profile" in text
+    assert "**F+SDK(prod)** (worst F+SDK(prod)/H 0.90, 0 ms, c=256)" in text
     assert "## Garbage collection per request" in text
     assert "| H | 1.900 | 70 | 60 | 140 | 270 | 0.14 | 240.0 / 22.0 / 1.9 | 0 |" in text
     assert "python benchmarks/run_all.py --quick" in text
