@@ -2,6 +2,7 @@
 
     python benchmarks/e2e/serve.py F --port 8100      # the reference app
     python benchmarks/e2e/serve.py F_otel --port 8101 # the same, OpenTelemetry SDK exporting
+    python benchmarks/e2e/serve.py F_prod --port 8104 # the same, production telemetry profile
     python benchmarks/e2e/serve.py H|H_otel|H_freeze|D|R --port 8102
     python benchmarks/e2e/serve.py G --port 8103       # the guarded app of the reliability runs
 
@@ -23,7 +24,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_APP = HERE.parent.parent / "examples" / "reference_app"
-APPS = ("F", "F_otel", "G", "H", "HS", "H_otel", "H_freeze", "D", "R")
+APPS = ("F", "F_otel", "F_prod", "G", "H", "HS", "H_otel", "H_freeze", "D", "R")
 
 
 def _reference_app_folder() -> Path:
@@ -36,7 +37,7 @@ def _reference_app_folder() -> Path:
 def load(name: str) -> Any:  # noqa: PLR0911 -- one return per kind of app
     """Import app ``name`` and return its ASGI app."""
     sys.path.insert(0, str(HERE.parent))  # `e2e.apps...` importable
-    if name in ("F", "F_otel"):
+    if name in ("F", "F_otel", "F_prod"):
         folder = _reference_app_folder()
         os.chdir(folder)
         sys.path.insert(0, str(folder))
@@ -44,6 +45,10 @@ def load(name: str) -> Any:  # noqa: PLR0911 -- one return per kind of app
             from e2e.apps.f_otel import load_app
 
             return load_app()
+        if name == "F_prod":
+            from e2e.apps.f_prod import load_app as load_prod
+
+            return load_prod()
         return importlib.import_module("main").app
     if name == "G":
         from e2e.apps.g_app import load_app as load_g

@@ -1,8 +1,9 @@
-"""End to end: F, H (each also with an OpenTelemetry SDK), H+freeze, D and R under one load.
+"""End to end: F, H (each also with an OpenTelemetry SDK; F also with the production profile),
+H+freeze, D and R under one load.
 
-    python benchmarks/e2e/throughput.py [--quick]
+    python benchmarks/e2e/throughput.py [--quick] [--apps F,H] [--latencies 0] [--concurrencies 64]
 
-One provider process (its latency switched between points), the six apps each under uvicorn
+One provider process (its latency switched between points), the apps each under uvicorn
 in a process of its own, and the load generator in a third process per point. For every
 (latency, concurrency) point the apps are loaded one after another, and in the next round in
 the reverse order, so drift on a noisy machine hits them alike; each app's rounds are pooled.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e2e import _procs
 
-APPS = ("F", "F_otel", "H", "H_otel", "H_freeze", "D", "R")
+APPS = ("F", "F_otel", "F_prod", "H", "H_otel", "H_freeze", "D", "R")
 LATENCIES_MS = (0, 200)
 CONCURRENCIES = (1, 64, 256)
 
@@ -65,16 +66,22 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_matrix(*, quick: bool = False, apps: tuple[str, ...] = APPS) -> dict[str, Any]:
+def run_matrix(
+    *,
+    quick: bool = False,
+    apps: tuple[str, ...] = APPS,
+    latencies_ms: tuple[int, ...] = LATENCIES_MS,
+    concurrencies: tuple[int, ...] = CONCURRENCIES,
+) -> dict[str, Any]:
     """Run every point; returns ``{"plan", "points": [{latency_ms, concurrency, apps}]}``."""
     plan = Plan.for_mode(quick)
     points: list[dict[str, Any]] = []
     started = time.perf_counter()
     with _procs.provider() as provider, contextlib.ExitStack() as stack:
         running = {name: stack.enter_context(_procs.app(name, provider.base_url)) for name in apps}
-        for latency in LATENCIES_MS:
+        for latency in latencies_ms:
             provider.set_latency(latency)
-            for concurrency in CONCURRENCIES:
+            for concurrency in concurrencies:
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in apps}
                 for round_index in range(plan.rounds):
                     order = apps if round_index % 2 == 0 else tuple(reversed(apps))
@@ -120,8 +127,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--apps", default=",".join(APPS))
+    parser.add_argument("--latencies", default=",".join(map(str, LATENCIES_MS)))
+    parser.add_argument("--concurrencies", default=",".join(map(str, CONCURRENCIES)))
     args = parser.parse_args()
-    result = run_matrix(quick=args.quick, apps=tuple(args.apps.split(",")))
+    result = run_matrix(
+        quick=args.quick,
+        apps=tuple(args.apps.split(",")),
+        latencies_ms=tuple(int(x) for x in args.latencies.split(",")),
+        concurrencies=tuple(int(x) for x in args.concurrencies.split(",")),
+    )
     json.dump(result, sys.stdout, indent=1)
 
 

@@ -368,7 +368,9 @@ def _results() -> dict[str, Any]:
             "apps": {
                 "F": _app(f, 110.0, 2.0),
                 "F_otel": _app(f * 0.9, 120.0, 2.2),
+                "F_prod": _app(f * 0.97, 112.0, 2.05),
                 "H": _app(100.0, 100.0, 1.9),
+                "H_otel": _app(90.0, 115.0, 2.1),
                 "D": _app(20.0, 900.0, 2.5),
                 "R": _app(150.0, 50.0, 1.0),
             },
@@ -433,6 +435,10 @@ def test_report_judges_each_target_and_names_the_worst_point() -> None:
     assert f_over_h[2] == "worst 0.930 (0 ms, c=256)"
     assert f_over_h[3] == "**missed**"
     assert rows["throughput F+SDK/H"][3] == "**missed**"  # 0.837 < 0.90
+    assert rows["throughput F+SDK/H+SDK"][2] == "worst 0.930 (0 ms, c=256)"  # 83.7 / 90
+    assert rows["throughput F+SDK/H+SDK"][3] == "**missed**"
+    assert rows["throughput F+SDK(prod)/H"][2] == "worst 0.902 (0 ms, c=256)"  # 90.2 / 100
+    assert rows["throughput F+SDK(prod)/H"][3] == "met"
     assert rows["throughput F/D"][2] == "4.80"
     assert rows["throughput F/D"][3] == "met"
     assert rows["p99 latency F/H"][3] == "met"  # 1.10 is within 10 %
@@ -446,6 +452,9 @@ def test_report_renders_every_part_as_markdown_tables() -> None:
         assert heading in text
     assert "### Provider latency 200 ms" in text
     assert "| 64 | F | 96.0 |" in text
+    assert "| 64 | F_prod | 93.1 |" in text
+    assert "F+SDK(prod): same SDK with the documented production profile" in text
+    assert "**F+SDK(prod)** (worst F+SDK(prod)/H 0.90, 0 ms, c=256)" in text
     assert "## Garbage collection per request" in text
     assert "| H | 1.900 | 70 | 60 | 140 | 270 | 0.14 | 240.0 / 22.0 / 1.9 | 0 |" in text
     assert "python benchmarks/run_all.py --quick" in text

@@ -240,3 +240,69 @@ async def test_requests_handled_in_a_loop_in_one_task_do_not_accumulate_observer
         summaries.append(metrics.get_summary())
     assert [s["tokens"]["input"] for s in summaries] == list(range(1, 51))
     assert sum(isinstance(o, PerformanceMetrics) for o in _observers.get()) == 1
+
+
+class _ScriptedClock:
+    """Stands in for the ``time`` module of ``llm_server.core.metadata``."""
+
+    def __init__(self, *nanos: int) -> None:
+        self._nanos = list(nanos)
+
+    def time_ns(self) -> int:
+        return self._nanos.pop(0)
+
+
+def test_timestamp_is_the_clock_in_utc_to_the_microsecond_across_second_boundaries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llm_server.core import metadata
+
+    second = 1_780_000_000  # 2026-05-28T20:26:40Z
+    ticks = [
+        second * 10**9 + 999_999_999,  # floored to .999999, not rounded into the next second
+        (second + 1) * 10**9 + 1_000,  # the next second: a new prefix, never the cached one
+        (second + 1) * 10**9 + 500_999,
+        (second + 86_400) * 10**9,  # the next day, at .000000
+    ]
+    monkeypatch.setattr(metadata, "time", _ScriptedClock(*ticks))
+    assert [metadata.utc_timestamp() for _ in ticks] == [
+        "2026-05-28T20:26:40.999999Z",
+        "2026-05-28T20:26:41.000001Z",
+        "2026-05-28T20:26:41.000500Z",
+        "2026-05-29T20:26:40.000000Z",
+    ]
+
+
+def test_timestamp_agrees_with_datetime_now() -> None:
+    from datetime import UTC, datetime
+
+    from llm_server.core.metadata import utc_timestamp
+
+    before = datetime.now(UTC)
+    stamp = datetime.fromisoformat(utc_timestamp().replace("Z", "+00:00"))
+    assert before <= stamp <= datetime.now(UTC)
+
+
+def test_program_block_is_a_fresh_dump_of_the_model_on_every_call() -> None:
+    from pydantic import BaseModel
+
+    from llm_server.models.program_manager import ProgramMetadata
+
+    class Editable(BaseModel):
+        id: str
+        version: str
+
+    def program_block(program: object) -> dict[str, Any]:
+        block: dict[str, Any] = MetadataCollector.collect_response_metadata(
+            model_id="m", program_metadata=program
+        )["program"]
+        return block
+
+    frozen = ProgramMetadata(id="p", version="1.0.0", name="P", optimizer_settings={"k": 1})
+    first = program_block(frozen)
+    first["version"] = "changed by a caller"
+    assert program_block(frozen) == {"id": "p", "version": "1.0.0", "name": "P"}
+    editable = Editable(id="e", version="1")
+    assert program_block(editable) == {"id": "e", "version": "1"}
+    editable.version = "2"
+    assert program_block(editable) == {"id": "e", "version": "2"}

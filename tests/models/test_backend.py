@@ -426,3 +426,48 @@ async def test_a_fallback_with_a_larger_window_answers_a_long_prompt(
     assert output.model_id == "large"
     assert output.metadata["fallback_from"] == ["small"]
     assert len(provider.requests) == 1
+
+
+@pytest.mark.parametrize("engine", ["auto", "litellm"])
+async def test_a_calls_usage_also_reaches_an_enclosing_dspy_usage_tracker(
+    make_manager: MakeManager, engine: str
+) -> None:
+    manager = make_manager({"m": model("openai", engine)})
+    backend = manager.single_attempt_backend(qa(), "m")
+    with dspy.track_usage() as tracker:
+        output = await backend.predict({"question": "How many tokens?"})
+    assert output.usage is not None
+    model_name = manager.model_info["m"].model_name
+    [entry] = tracker.usage_data[model_name]
+    assert entry["prompt_tokens"] == output.usage.input_tokens
+    assert entry["completion_tokens"] == output.usage.output_tokens
+    assert tracker.get_total_tokens()[model_name]["total_tokens"] == output.usage.total_tokens
+
+
+def test_the_call_tracker_bills_every_call_and_tracks_what_dspy_tracks() -> None:
+    from pydantic import BaseModel
+
+    from llm_server.models._request_scope import CallTracker
+
+    class Details(BaseModel):
+        cached_tokens: int
+
+    tracker = CallTracker()
+    tracker.add_usage(
+        "openai/m", {"prompt_tokens": 7, "prompt_tokens_details": Details(cached_tokens=2)}
+    )
+    tracker.add_usage("openai/m", {})  # the provider reported none: billed all the same
+    assert tracker.billed == [
+        {"prompt_tokens": 7, "prompt_tokens_details": {"cached_tokens": 2}},
+        {},
+    ]
+    assert tracker.usage_data == {
+        "openai/m": [{"prompt_tokens": 7, "prompt_tokens_details": {"cached_tokens": 2}}]
+    }
+    tracker.billed[0]["prompt_tokens"] = 0  # one record's reader cannot change the other's
+    assert tracker.usage_data["openai/m"][0]["prompt_tokens"] == 7
+    with tracker.lock:
+        tracker.close()
+    tracker.add_usage("openai/m", {"prompt_tokens": 1})  # after the request gave up: ignored
+    assert len(tracker.billed) == 2
+    assert len(tracker.usage_data["openai/m"]) == 1

@@ -61,11 +61,13 @@ class CallTracker(UsageTracker):  # type: ignore[misc]  # dspy is untyped
         with self.lock:
             if self.closed:
                 return  # the request gave up: this call was counted as cut
-            self.billed.append(self._flatten_usage_entry(dict(usage_entry or {})))
+            flat = self._flatten_usage_entry(dict(usage_entry or {}))
+            self.billed.append(flat)
             in_flight = sync_call.get()
             if in_flight is not None:
                 in_flight.clear()  # no longer cut: its usage is here
-        super().add_usage(lm, usage_entry)
+        if flat:  # what UsageTracker.add_usage keeps, flattened once (~2 us per call)
+            self.usage_data[lm].append(dict(flat))
 
     def close(self) -> None:
         """Ignore the usage of calls that end from now on (call with :attr:`lock` held)."""
