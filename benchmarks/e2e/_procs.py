@@ -202,7 +202,9 @@ def serve_module(name: str, module: str, provider_url: str) -> Iterator[App]:
     folder = Path(tempfile.mkdtemp(prefix=f"llm-server-bench-{name.lower()}-"))
     shutil.copytree(REFERENCE_CONFIG, folder / "config")
     port = free_port()
-    env = app_env(provider_url, {"PYTHONPATH": str(HERE.parent)})
+    # the caller's PYTHONPATH stays after ours, so a checkout's ``src`` is what gets measured
+    path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH", "")) if p)
+    env = app_env(provider_url, {"PYTHONPATH": path})
     command = [sys.executable, "-m", "uvicorn", f"e2e.apps.{module}:app", "--port", str(port),
                "--no-access-log", "--log-level", "warning"]  # fmt: skip
     process = subprocess.Popen(command, cwd=folder, env=env)
