@@ -217,10 +217,16 @@ def serve_module(name: str, module: str, provider_url: str) -> Iterator[App]:
 
 
 def load_paths_abba(
-    app: App, paths: dict[str, tuple[str, str]], *, concurrency: int, quick: bool
+    app: App,
+    paths: dict[str, tuple[str, str]],
+    *,
+    concurrency: int,
+    quick: bool,
+    after: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Load each of an app's paths in ABBA rounds (drift on a noisy machine hits all alike);
-    each path's rounds pooled: throughput, p50, p99 and server CPU per request."""
+    each path's rounds pooled: throughput, p50, p99 and server CPU per request. ``after(name)``
+    runs after each path's load (e.g. to let background work end before the next one)."""
     rounds, window_s, warmup_s = (2, 2.0, 1.0) if quick else (4, 4.0, 1.5)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     for index in range(rounds):
@@ -239,6 +245,8 @@ def load_paths_abba(
             if result["errors"] or set(result["statuses"]) != {"200"}:
                 raise RuntimeError(f"{name}: failed requests: {result['statuses']}")
             runs[name].append(result)
+            if after is not None:
+                after(name)
     pooled: dict[str, dict[str, Any]] = {}
     for name, results in runs.items():
         completed = sum(r["completed"] for r in results)

@@ -271,7 +271,10 @@ COMPONENT_OUTPUT = {
     ),
     "traffic_capture": (
         '{\n "concurrency": 64,\n "paths": {},\n "p99_delta_ms": 0.8,\n "p99_ratio": 1.004,\n'
-        ' "within_target": true,\n "p99_over_allowance_ms": -3.1\n}'
+        ' "within_target": true,\n "p99_over_allowance_ms": -3.1,\n "judge_sample_rate": 0.1,\n'
+        ' "judge_scored": 274,\n "judge_skipped": 0,\n "judge_p99_delta_ms": 9.66,\n'
+        ' "judge_p99_ratio": 1.04,\n "judge_within_target": false,\n'
+        ' "judge_p99_over_allowance_ms": 4.78\n}'
     ),
     "backend": (
         "engine      bare acall  DSPyBackend   ratio\n"
