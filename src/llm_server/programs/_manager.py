@@ -35,6 +35,7 @@ from llm_server.programs._registry import (
     metadata_for,
 )
 from llm_server.programs._releases import LocalReleases, ReleasingStorage
+from llm_server.programs._traffic_methods import TrafficMethods
 from llm_server.programs._versioning import (
     check_score,
     derive_program_id,
@@ -75,7 +76,7 @@ class ModelManagerLike(Protocol):
         ...
 
 
-class ProgramManager(ReleaseMethods, CanaryMethods):
+class ProgramManager(ReleaseMethods, CanaryMethods, TrafficMethods):
     """Registers DSPy programs and keeps their immutable, versioned state.
 
     Args:
