@@ -163,7 +163,9 @@ class ProgramManager(ReleaseMethods, CanaryMethods, TrafficMethods):
                 answer); ``None``: the model's ``parse_policy:``, else ask nothing more.
             capture: :class:`~llm_server.traffic.CaptureOptions`: capture this program's
                 traffic (sample rate, retention, redaction, online evaluation); see
-                :func:`~llm_server.traffic.enable_capture`.
+                :func:`~llm_server.traffic.enable_capture`. ``None``: the model
+                configuration's ``capture:`` entry for the program id, if any (these options
+                win over it).
 
         Returns:
             The metadata of the served version.
@@ -212,6 +214,8 @@ class ProgramManager(ReleaseMethods, CanaryMethods, TrafficMethods):
         self._verify(base, stored)
         entry = replace(base, metadata=metadata_for(base.metadata, stored))
         self.registry.add(pid, entry)
+        if capture is None:
+            capture = self._configured_capture(pid)
         if capture is not None:
             from llm_server.traffic import enable_capture  # imported only by capturing hosts
 

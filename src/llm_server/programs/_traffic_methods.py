@@ -1,4 +1,5 @@
-"""The program manager's traffic dataset method (mixed into ``ProgramManager``)."""
+"""The program manager's traffic methods (mixed into ``ProgramManager``): the capture options
+of the model configuration's ``capture:`` section, and datasets from captured traffic."""
 
 from __future__ import annotations
 
@@ -12,9 +13,24 @@ __all__ = ["TrafficMethods"]
 
 
 class TrafficMethods:
-    """The program manager's traffic method (mixed into ``ProgramManager``)."""
+    """The program manager's traffic methods (mixed into ``ProgramManager``)."""
 
     traffic: Any
+
+    def _configured_capture(self, program_id: str) -> Any:
+        """``CaptureOptions`` from the model configuration's ``capture:`` entry of
+        ``program_id``, or ``None`` when it has none."""
+        config = getattr(getattr(self, "model_manager", None), "config", None)
+        entry = (getattr(config, "capture", None) or {}).get(program_id)
+        if entry is None:
+            return None
+        from llm_server.traffic import CaptureOptions  # imported only by capturing hosts
+
+        return CaptureOptions(
+            sample_rate=entry.sample_rate,
+            retention_days=entry.retention_days,
+            redact_fields=frozenset(entry.redact_fields),
+        )
 
     def traffic_dataset(
         self,
