@@ -148,8 +148,10 @@ def load(
     raw: bool = False,
     path: str | None = None,
     body: str | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Run the load generator in its own process and return its JSON result."""
+    """Run the load generator in its own process and return its JSON result (open loop at
+    ``rate`` requests per second when given)."""
     command = [
         PYTHON,
         str(HERE / "loadgen.py"),
@@ -172,6 +174,8 @@ def load(
         command += ["--path", path]
     if body is not None:
         command += ["--body", body]
+    if rate is not None:
+        command += ["--rate", str(rate)]
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -223,10 +227,12 @@ def load_paths_abba(
     concurrency: int,
     quick: bool,
     after: Callable[[str], None] | None = None,
+    rate: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Load each of an app's paths in ABBA rounds (drift on a noisy machine hits all alike);
     each path's rounds pooled: throughput, p50, p99 and server CPU per request. ``after(name)``
-    runs after each path's load (e.g. to let background work end before the next one)."""
+    runs after each path's load (e.g. to let background work end before the next one); with
+    ``rate``, each load is open-loop at that many requests per second."""
     rounds, window_s, warmup_s = (2, 2.0, 1.0) if quick else (4, 4.0, 1.5)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     for index in range(rounds):
@@ -241,6 +247,7 @@ def load_paths_abba(
                 server_pid=app.pid,
                 path=path,
                 body=body,
+                rate=rate,
             )
             if result["errors"] or set(result["statuses"]) != {"200"}:
                 raise RuntimeError(f"{name}: failed requests: {result['statuses']}")
