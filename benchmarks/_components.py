@@ -208,14 +208,46 @@ COMPONENTS: tuple[Component, ...] = (
     Component(
         "traffic_capture",
         "e2e/traffic_overhead.py",
-        "p99 with traffic capture at 100 % against capture off, one app under uvicorn, c=64, "
-        "ABBA rounds (issue 31)",
+        "p99 with traffic capture at 100 %, and with capture plus a judge scoring 10 % of it "
+        "in the background, against capture off, one app under uvicorn, c=64, ABBA rounds, "
+        "saturated (closed loop) and at 60 % of capacity (open loop) (issue 31)",
         quick_args=("--quick",),
         figures=(
             Figure("p99 capture 100 % minus off (ms)", r'"p99_delta_ms": ' + _NUM),
             Figure(
                 "p99 over the allowance (2 % or 1 ms) (ms)",
                 r'"p99_over_allowance_ms": ' + _NUM,
+                "<= 0",
+                lambda v: v <= 0,
+            ),
+            Figure(
+                "p99 capture 100 % + judge 10 % minus off (ms)", r'"judge_p99_delta_ms": ' + _NUM
+            ),
+            Figure(
+                "judge: p99 over the allowance (2 % or 1 ms) (ms)",
+                r'"judge_p99_over_allowance_ms": ' + _NUM,
+                "<= 0",
+                lambda v: v <= 0,
+            ),
+            Figure(
+                "judge: captures scored in the background",
+                r'"judge_scored": ' + _NUM,
+                "> 0",
+                lambda v: v > 0,
+            ),
+            Figure(
+                "open loop at 60 % of capacity: p99 capture 100 % minus off (ms)",
+                r'"open_loop_p99_delta_ms": ' + _NUM,
+            ),
+            Figure(
+                "open loop: p99 over the allowance (2 % or 1 ms) (ms)",
+                r'"open_loop_p99_over_allowance_ms": ' + _NUM,
+                "<= 0",
+                lambda v: v <= 0,
+            ),
+            Figure(
+                "open loop: judge p99 over the allowance (2 % or 1 ms) (ms)",
+                r'"open_loop_judge_p99_over_allowance_ms": ' + _NUM,
                 "<= 0",
                 lambda v: v <= 0,
             ),

@@ -623,6 +623,7 @@ def test_every_setting_and_yaml_key_is_in_the_configuration_reference() -> None:
     from llm_server.core.model_config import (
         BudgetConfig,
         BudgetLimitsConfig,
+        CaptureConfig,
         ModelConfig,
         ModelsConfig,
         RateLimitConfig,
@@ -641,6 +642,8 @@ def test_every_setting_and_yaml_key_is_in_the_configuration_reference() -> None:
         assert f"`{name}" in reference, name
     for name in [*BudgetConfig.model_fields, *BudgetLimitsConfig.model_fields]:
         assert f"{name}`" in reference, name
+    for name in CaptureConfig.model_fields:
+        assert f"`capture.<program>.{name}`" in reference, name
 
 
 INSIDER = re.compile(

@@ -148,8 +148,10 @@ def load(
     raw: bool = False,
     path: str | None = None,
     body: str | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Run the load generator in its own process and return its JSON result."""
+    """Run the load generator in its own process and return its JSON result (open loop at
+    ``rate`` requests per second when given)."""
     command = [
         PYTHON,
         str(HERE / "loadgen.py"),
@@ -172,6 +174,8 @@ def load(
         command += ["--path", path]
     if body is not None:
         command += ["--body", body]
+    if rate is not None:
+        command += ["--rate", str(rate)]
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -202,7 +206,9 @@ def serve_module(name: str, module: str, provider_url: str) -> Iterator[App]:
     folder = Path(tempfile.mkdtemp(prefix=f"llm-server-bench-{name.lower()}-"))
     shutil.copytree(REFERENCE_CONFIG, folder / "config")
     port = free_port()
-    env = app_env(provider_url, {"PYTHONPATH": str(HERE.parent)})
+    # the caller's PYTHONPATH stays after ours, so a checkout's ``src`` is what gets measured
+    path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH", "")) if p)
+    env = app_env(provider_url, {"PYTHONPATH": path})
     command = [sys.executable, "-m", "uvicorn", f"e2e.apps.{module}:app", "--port", str(port),
                "--no-access-log", "--log-level", "warning"]  # fmt: skip
     process = subprocess.Popen(command, cwd=folder, env=env)
@@ -215,10 +221,18 @@ def serve_module(name: str, module: str, provider_url: str) -> Iterator[App]:
 
 
 def load_paths_abba(
-    app: App, paths: dict[str, tuple[str, str]], *, concurrency: int, quick: bool
+    app: App,
+    paths: dict[str, tuple[str, str]],
+    *,
+    concurrency: int,
+    quick: bool,
+    after: Callable[[str], None] | None = None,
+    rate: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Load each of an app's paths in ABBA rounds (drift on a noisy machine hits all alike);
-    each path's rounds pooled: throughput, p50, p99 and server CPU per request."""
+    each path's rounds pooled: throughput, p50, p99 and server CPU per request. ``after(name)``
+    runs after each path's load (e.g. to let background work end before the next one); with
+    ``rate``, each load is open-loop at that many requests per second."""
     rounds, window_s, warmup_s = (2, 2.0, 1.0) if quick else (4, 4.0, 1.5)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     for index in range(rounds):
@@ -233,10 +247,13 @@ def load_paths_abba(
                 server_pid=app.pid,
                 path=path,
                 body=body,
+                rate=rate,
             )
             if result["errors"] or set(result["statuses"]) != {"200"}:
                 raise RuntimeError(f"{name}: failed requests: {result['statuses']}")
             runs[name].append(result)
+            if after is not None:
+                after(name)
     pooled: dict[str, dict[str, Any]] = {}
     for name, results in runs.items():
         completed = sum(r["completed"] for r in results)

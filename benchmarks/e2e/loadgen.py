@@ -4,7 +4,8 @@ Run in its own process (the harness does), so its CPU never counts against the s
 
     python benchmarks/e2e/loadgen.py --port 8000 --concurrency 64 --duration 5 --warmup 2
 
-Each of ``--concurrency`` connections sends one request at a time (closed loop) with a
+Each of ``--concurrency`` connections sends one request at a time (closed loop; with
+``--rate``, at fixed times that add up to that many requests per second: open loop) with a
 distinct prompt per request (nothing can be served from a cache), and reads the answer by its
 ``Content-Length`` (or chunked encoding). After ``--warmup`` seconds of the same load, the
 measured window runs for ``--duration`` seconds or ``--requests`` requests, whichever comes
@@ -89,17 +90,26 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _connection(
-    args: argparse.Namespace, counter: list[int], window: _Window, stop_at: list[float]
+    args: argparse.Namespace, counter: list[int], window: _Window, stop_at: list[float], index: int
 ) -> None:
     host, port, template = args.host, args.port, args.body
     reader, writer = await asyncio.open_connection(host, port)
     head = f"POST {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    # Open loop (--rate): this connection sends every `interval` s, the connections' sends
+    # spread evenly, and a latency counts from the scheduled send (a late server is not
+    # excused by sending later: no coordinated omission)
+    interval = args.concurrency / args.rate if args.rate else 0.0
+    scheduled = time.perf_counter() + interval * index / max(args.concurrency, 1)
     try:
         while time.perf_counter() < stop_at[0]:
             counter[0] += 1
             body = template.format(n=counter[0]).encode()
             request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
-            started = time.perf_counter()
+            if interval:
+                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+                started, scheduled = scheduled, scheduled + interval
+            else:
+                started = time.perf_counter()
             writer.write(request)
             status, _ = await _read_response(reader)
             finished = time.perf_counter()
@@ -125,8 +135,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     counter = [0]
     stop_at = [float("inf")]
     tasks = [
-        asyncio.create_task(_connection(args, counter, window, stop_at))
-        for _ in range(args.concurrency)
+        asyncio.create_task(_connection(args, counter, window, stop_at, index))
+        for index in range(args.concurrency)
     ]
     await asyncio.sleep(args.warmup)
     cpu_before = _server_cpu(args.server_pid)
@@ -175,6 +185,9 @@ def main() -> None:
     parser.add_argument("--path", default="/predict")
     parser.add_argument("--body", default=BODY_TEMPLATE, help="str.format template with {n}")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument(
+        "--rate", type=float, help="open loop: requests per second in all (default: closed)"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="window seconds (at most)")
     parser.add_argument("--requests", type=int, help="end the window after this many requests")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before it")

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llm_server.core.errors import ConfigurationError, MissingAPIKeyError
-from llm_server.core.model_config import ModelConfig, ModelsConfig
+from llm_server.core.model_config import CaptureConfig, ModelConfig, ModelsConfig
 from llm_server.core.telemetry import redact
 
 __all__ = ["YamlConfigProvider"]
@@ -99,9 +99,10 @@ class YamlConfigProvider:
         return _ENV_REF.sub(substitute, value)
 
     def _where(self, path: tuple[str, ...]) -> str:
-        if len(path) >= 2 and path[0] == "models":
+        if len(path) >= 2 and path[0] in ("models", "capture"):
             rest = ".".join(path[2:])
-            where = f"model {path[1]!r}" + (f", key {rest!r}" if rest else "")
+            owner = "model" if path[0] == "models" else "capture of program"
+            where = f"{owner} {path[1]!r}" + (f", key {rest!r}" if rest else "")
         else:
             where = "key " + repr(".".join(path)) if path else "top level"
         # the line of the key itself, else of the nearest key around it (a missing key)
@@ -133,6 +134,8 @@ class YamlConfigProvider:
             owner = ModelsConfig
         elif len(loc) == 3 and loc[0] == "models":
             owner = ModelConfig
+        elif len(loc) == 3 and loc[0] == "capture":
+            owner = CaptureConfig
         elif len(loc) == 4 and loc[0] == "models" and loc[2] in ModelConfig.model_fields:
             annotation = ModelConfig.model_fields[loc[2]].annotation
             owner = next((a for a in getattr(annotation, "__args__", ()) if _is_model(a)), None)

@@ -70,6 +70,7 @@ def _args(port: int, **overrides: Any) -> argparse.Namespace:
         "drain_timeout": 2.0,
         "server_pid": None,
         "raw": True,
+        "rate": None,
     }
     values.update(overrides)
     return argparse.Namespace(**values)
@@ -100,6 +101,17 @@ async def test_loadgen_window_ends_at_the_duration() -> None:
     assert 0.14 <= result["window_s"] < 0.5
     assert result["completed"] > 10
     assert result["throughput"] == pytest.approx(result["completed"] / result["window_s"])
+
+
+@pytest.mark.anyio
+async def test_loadgen_open_loop_sends_at_the_rate_not_as_fast_as_answers_come() -> None:
+    server, _ = await _tiny_server(chunked_every=2)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        args = _args(port, requests=None, duration=1.0, warmup=0.2, concurrency=4, rate=100.0)
+        result = await loadgen.run(args)
+    sent = result["completed"] + result["errors"]
+    assert 80 <= sent / result["window_s"] <= 120  # closed, this server answers thousands/s
 
 
 def test_loadgen_refuses_non_loopback_targets() -> None:
@@ -271,7 +283,15 @@ COMPONENT_OUTPUT = {
     ),
     "traffic_capture": (
         '{\n "concurrency": 64,\n "paths": {},\n "p99_delta_ms": 0.8,\n "p99_ratio": 1.004,\n'
-        ' "within_target": true,\n "p99_over_allowance_ms": -3.1\n}'
+        ' "within_target": true,\n "p99_over_allowance_ms": -3.1,\n "judge_sample_rate": 0.1,\n'
+        ' "judge_scored": 274,\n "judge_skipped": 0,\n "judge_p99_delta_ms": 9.66,\n'
+        ' "judge_p99_ratio": 1.04,\n "judge_within_target": false,\n'
+        ' "judge_p99_over_allowance_ms": 4.78,\n "open_loop_rate": 250.2,\n'
+        ' "open_loop_paths": {},\n "open_loop_p99_delta_ms": 0.4,\n'
+        ' "open_loop_p99_ratio": 1.01,\n "open_loop_within_target": true,\n'
+        ' "open_loop_p99_over_allowance_ms": -0.6,\n "open_loop_judge_p99_delta_ms": 1.3,\n'
+        ' "open_loop_judge_p99_ratio": 1.03,\n "open_loop_judge_within_target": false,\n'
+        ' "open_loop_judge_p99_over_allowance_ms": 0.3\n}'
     ),
     "backend": (
         "engine      bare acall  DSPyBackend   ratio\n"

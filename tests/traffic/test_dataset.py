@@ -149,3 +149,16 @@ def test_the_console_exports_jsonl(
     assert len(lines) == len(SHORT)
     assert [json.loads(line)["execution_id"] for line in lines] == list(expected.execution_ids)
     assert expected.fingerprint in result.stderr
+
+
+def test_the_program_manager_builds_the_same_dataset_from_the_program_id(
+    served: tuple[Any, str],
+) -> None:
+    app, _ = served
+    pm = app.state.program_manager
+    by_manager = pm.traffic_dataset("sentiment", min_score=1.0, limit=4)
+    by_function = traffic_dataset(pm, "sentiment", min_score=1.0, limit=4)
+    assert len(by_manager) == 4
+    assert by_manager.fingerprint == by_function.fingerprint
+    assert by_manager.execution_ids == by_function.execution_ids
+    assert by_manager.query["min_score"] == 1.0

@@ -14,6 +14,7 @@ __all__ = [
     "BreakerConfig",
     "BudgetConfig",
     "BudgetLimitsConfig",
+    "CaptureConfig",
     "ModelConfig",
     "ModelsConfig",
     "ParsePolicy",
@@ -107,6 +108,29 @@ class BudgetConfig(_Strict):
         if self.per_day is None and self.per_month is None:
             raise ValueError("give per_day, per_month or both")
         return self
+
+
+class CaptureConfig(_Strict):
+    """Traffic capture of one program (the ``capture:`` section, keyed by program id).
+
+    The same options as :class:`~llm_server.traffic.CaptureOptions` that a file can hold; a
+    redaction hook and an online evaluation are Python objects, given at registration. A
+    program registered with ``capture=`` uses those options, not these.
+    """
+
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of requests captured in full, 0 to 1."""
+    retention_days: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    """Days a record is kept."""
+    redact_fields: list[str] = Field(default_factory=list)
+    """Input or output field names whose values are stored as ``[REDACTED]``."""
+
+    @field_validator("redact_fields")
+    @classmethod
+    def _named(cls, fields: list[str]) -> list[str]:
+        if any(not name.strip() for name in fields):
+            raise ValueError("field names must not be empty")
+        return fields
 
 
 class ParsePolicy(_Strict):
@@ -228,6 +252,8 @@ class ModelsConfig(_Strict):
     models: dict[str, ModelConfig] = Field(min_length=1)
     budgets: dict[str, BudgetConfig] = Field(default_factory=dict)
     """Spending and usage budgets per tenant id; ``"*"`` applies to every other tenant."""
+    capture: dict[str, CaptureConfig] = Field(default_factory=dict)
+    """Traffic capture per program id (opt-in; see :mod:`llm_server.traffic`)."""
 
     @model_validator(mode="after")
     def _fallbacks_exist(self) -> ModelsConfig:

@@ -35,6 +35,7 @@ from llm_server.programs._registry import (
     metadata_for,
 )
 from llm_server.programs._releases import LocalReleases, ReleasingStorage
+from llm_server.programs._traffic_methods import TrafficMethods
 from llm_server.programs._versioning import (
     check_score,
     derive_program_id,
@@ -75,7 +76,7 @@ class ModelManagerLike(Protocol):
         ...
 
 
-class ProgramManager(ReleaseMethods, CanaryMethods):
+class ProgramManager(ReleaseMethods, CanaryMethods, TrafficMethods):
     """Registers DSPy programs and keeps their immutable, versioned state.
 
     Args:
@@ -162,7 +163,9 @@ class ProgramManager(ReleaseMethods, CanaryMethods):
                 answer); ``None``: the model's ``parse_policy:``, else ask nothing more.
             capture: :class:`~llm_server.traffic.CaptureOptions`: capture this program's
                 traffic (sample rate, retention, redaction, online evaluation); see
-                :func:`~llm_server.traffic.enable_capture`.
+                :func:`~llm_server.traffic.enable_capture`. ``None``: the model
+                configuration's ``capture:`` entry for the program id, if any (these options
+                win over it).
 
         Returns:
             The metadata of the served version.
@@ -211,6 +214,8 @@ class ProgramManager(ReleaseMethods, CanaryMethods):
         self._verify(base, stored)
         entry = replace(base, metadata=metadata_for(base.metadata, stored))
         self.registry.add(pid, entry)
+        if capture is None:
+            capture = self._configured_capture(pid)
         if capture is not None:
             from llm_server.traffic import enable_capture  # imported only by capturing hosts
 

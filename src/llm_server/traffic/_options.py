@@ -74,7 +74,14 @@ class QueuedItem:
     """The loop to run the judge on, when this capture was sampled for online evaluation."""
 
 
-def redact_value(value: Any, fields: AbstractSet[str]) -> Any:
+def redact_value(value: Any, fields: AbstractSet[str]) -> Any:  # noqa: PLR0911 -- one return per type
+    kind = type(value)  # the JSON types first, by exact type: the ABC checks cost more
+    if kind is str:
+        return redact(value)  # never a key that reached the library
+    if kind is dict:
+        return {
+            str(k): REDACTED if k in fields else redact_value(v, fields) for k, v in value.items()
+        }
     if isinstance(value, Mapping):
         return {
             str(k): REDACTED if k in fields else redact_value(v, fields) for k, v in value.items()

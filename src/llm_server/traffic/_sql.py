@@ -49,8 +49,8 @@ FEEDBACK_COLUMNS = (
 )
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+# Built once: json.dumps with options builds a new encoder per call (~4 us of a capture's ~10)
+_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
 
 
 def execution_row(execution: Execution) -> tuple[Any, ...]:

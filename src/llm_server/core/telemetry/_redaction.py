@@ -64,6 +64,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bAIza[A-Za-z0-9_\-]{35}(?![A-Za-z0-9_\-])"), REDACTED),
 )
 
+# Every pattern above needs one of these lower-case ASCII substrings to match, so an ASCII
+# text holding none of them skips the six substitutions (one search instead of six, ~15x
+# cheaper on a sentence: traffic capture redacts every captured string). Non-ASCII text always
+# runs them, since under IGNORECASE "\u212a" (Kelvin) matches "k" and "\u017f" matches "s".
+# A new pattern adds its trigger here; tests/observability/test_redaction_fast_path.py checks both.
+_TRIGGERS = re.compile("authorization|key|token|secret|bearer|sk-|hf_|aiza")
+
 _lock = threading.Lock()
 _secrets: set[str] = set()
 # Rebuilt on every registration; read without the lock (a single reference swap).
@@ -114,6 +121,8 @@ def redact(text: str) -> str:
     secrets = _secrets_pattern
     if secrets is not None:
         text = secrets.sub(REDACTED, text)
+    if text.isascii() and _TRIGGERS.search(text.lower()) is None:
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
