@@ -94,7 +94,7 @@ def storm(first: int, total: int) -> dict[str, Any]:
         "rss_first_mib": after_first,
         "rss_total_mib": after_total,
         "growth_mib": after_total - at_start,
-        "failed": one["completed"] + two["completed"],
+        "failed": one["errors"] + two["errors"],  # every answer a 500: each one failed
         "provider_attempts": failed_attempts,
     }
 
