@@ -146,6 +146,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:  # noqa
                 verdict(growth <= 1.05),
             )
         )
+    storm = (rss or {}).get("storm")
+    if storm:
+        rows.append(
+            (
+                f"RSS growth over the c={storm['concurrency']} fault storm (MiB)",
+                "<= 50",
+                fmt(storm["growth_mib"], 1),
+                verdict(storm["growth_mib"] <= 50),
+            )
+        )
     startup = results.get("startup")
     if startup:
         network = startup["ready"]["network"] + startup["ready_litellm"]["network"]
@@ -878,6 +888,21 @@ def _render_rss(rss: dict[str, Any]) -> list[str]:
             ],
             rows,
         ),
+        "",
+        *_render_storm(rss.get("storm")),
+    ]
+
+
+def _render_storm(storm: dict[str, Any] | None) -> list[str]:
+    if not storm:
+        return []
+    return [
+        f"Fault storm (F, every provider answer a 503, breaker kept closed, concurrency "
+        f"{storm['concurrency']}): RSS {fmt(storm['rss_start_mib'], 1)} MiB at start, "
+        f"{fmt(storm['rss_first_mib'], 1)} after the first batch, "
+        f"{fmt(storm['rss_total_mib'], 1)} at the end: growth "
+        f"{fmt(storm['growth_mib'], 1)} MiB over {storm['failed']:,} failed requests "
+        f"({storm['provider_attempts']:,} provider attempts).",
         "",
     ]
 

@@ -445,6 +445,15 @@ def _results() -> dict[str, Any]:
                     "cpu_ms_per_request": 2.0,
                 }
             },
+            "storm": {
+                "concurrency": 200,
+                "rss_start_mib": 88.0,
+                "rss_first_mib": 150.0,
+                "rss_total_mib": 160.0,
+                "growth_mib": 72.0,
+                "failed": 10000,
+                "provider_attempts": 30000,
+            },
         },
     }
 
@@ -463,6 +472,7 @@ def test_report_judges_each_target_and_names_the_worst_point() -> None:
     assert rows["throughput F/D"][3] == "met"
     assert rows["p99 latency F/H"][3] == "met"  # 1.10 is within 10 %
     assert rows["RSS after 10,000 / after 1,000 requests"][3] == "met"
+    assert rows["RSS growth over the c=200 fault storm (MiB)"][2:] == ("72.0", "**missed**")
 
 
 def test_report_renders_every_part_as_markdown_tables() -> None:

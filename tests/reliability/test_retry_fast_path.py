@@ -1,39 +1,27 @@
-"""``retry_call``'s success path never builds tenacity's machinery; failures behave as before."""
+"""``retry_call``'s first attempt, made before any retry machinery, and what follows it."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 from _reliability_helpers import Flaky
 
-import llm_server.core.reliability._retry as retry_module
 from llm_server.core.errors import ProviderAuthError, ProviderUnavailableError
 from llm_server.core.reliability import RetryPolicy
 from llm_server.core.reliability._retry import retry_call
 from llm_server.testing import FakeClock
 
 
-@pytest.fixture
-def no_tenacity(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("tenacity was used")
-
-    monkeypatch.setattr(retry_module, "AsyncRetrying", refuse)
-
-
 @pytest.mark.anyio
-@pytest.mark.usefixtures("no_tenacity")
-async def test_a_first_attempt_that_succeeds_never_touches_tenacity() -> None:
+async def test_a_first_attempt_that_succeeds_is_the_only_one() -> None:
     attempts = Flaky()
     assert await retry_call(attempts, policy=RetryPolicy(max_attempts=3)) == "ok"
     assert attempts.calls == 1
 
 
 @pytest.mark.anyio
-@pytest.mark.usefixtures("no_tenacity")
-async def test_a_non_retryable_first_error_leaves_unchanged_without_tenacity() -> None:
+async def test_a_non_retryable_first_error_leaves_unchanged() -> None:
     error = ProviderAuthError("401", model_id="m")
     with pytest.raises(ProviderAuthError) as raised:
         await retry_call(Flaky(error), policy=RetryPolicy(max_attempts=3))

@@ -67,6 +67,27 @@ _HISTORY_SIZE = 100
 _NO_MAX_TOKENS = 1024  # DSPy's own default, when the backend was not told the model's
 
 
+def _drop_frames(original: BaseException) -> None:
+    """Let go of the frames a dependency's exception holds, once it was summarised.
+
+    Its traceback holds every frame of the failed attempt (DSPy's, the HTTP client's, ours),
+    and with them the request, the messages and the response; some of those frames hold the
+    exception back (DSPy's error boundary, ``contextlib``), a reference cycle only the
+    garbage collector's rare full collections free. In a fault storm that was ~60 MiB of
+    attempts waiting for one. The original is never shown (``RedactedCause`` keeps its
+    summary), so its chain's tracebacks are dropped and the frames go by reference counting.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [original]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        pending += (exc.__cause__, exc.__context__)
+
+
 @dataclass(frozen=True, slots=True)
 class _Rejected:
     """An attempt that failed: our error and what DSPy or the provider raised."""
@@ -287,7 +308,12 @@ class DSPyBackend:
                     cause.args = (f"{cause.type_name}: the model's answer was not parsed",)
                 elif logger.isEnabledFor(logging.DEBUG):
                     logger.debug("%s", redact("".join(traceback.format_exception(original))))
-                raise error from cause
+                _drop_frames(original)
+                try:
+                    raise error from cause
+                finally:  # this frame would hold the error its traceback holds: a cycle
+                    del error, original, cause, result
+            _drop_frames(original)
             logger.warning(
                 "model %r: asking again (%s) after a rejected answer: %s",
                 self.model_id,

@@ -25,7 +25,7 @@ Its modules (private; the names are public here or at
 
 - ``_wrapper``: :class:`BackendWrapper`, the base of every layer;
 - ``_layers``: the four wrappers, :class:`ReliableModel` and :func:`build_reliable_backend`;
-- ``_retry``: :class:`RetryPolicy` and the one retry loop (on tenacity);
+- ``_retry``: :class:`RetryPolicy` and the one retry loop;
 - ``_breaker``, ``_breaker_machine``, ``_breaker_types``, ``_breaker_window``: the circuit
   breaker (public API, state machine, values and store protocols, sliding windows);
 - ``_rate_limit``: :class:`~llm_server.core.rate_limit.RateLimiter` (a model's

@@ -124,10 +124,15 @@ class RetryingBackend(BackendWrapper):
             if not is_retryable(exc):
                 raise
             first_error = exc
-        return await self._retry(input, first_error, start)
+        try:
+            return await self._retry(input, first_error, start)
+        finally:  # a failed retry's traceback holds this frame: no cycle through the error
+            del first_error
 
     async def _retry(self, input: Any, first_error: Exception, start: float) -> ModelOutput:
         attempts = 1
+        errors = [first_error]  # handed over: this frame keeps no reference (see retry_call)
+        del first_error
 
         async def attempt() -> ModelOutput:
             nonlocal attempts
@@ -142,7 +147,7 @@ class RetryingBackend(BackendWrapper):
             deadline=_deadline.get(),
             should_stop=self._breaker_open if self._breaker is not None else None,
             on_retry=self._on_retry,
-            first_error=first_error,
+            first_error=errors.pop(),
         )
         latency_ms = (self._clock.monotonic() - start) * 1000.0
         return replace(output, attempts=output.attempts + attempts - 1, latency_ms=latency_ms)

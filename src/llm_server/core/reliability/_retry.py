@@ -1,4 +1,4 @@
-"""One retry loop for model calls: exponential backoff with full jitter, built on tenacity.
+"""One retry loop for model calls: exponential backoff with full jitter.
 
 The rules, in the order they are checked after a failed attempt:
 
@@ -14,9 +14,11 @@ The rules, in the order they are checked after a failed attempt:
 
 Time, sleeping and randomness are injected, so tests never really sleep.
 
-Why tenacity: ``AsyncRetrying`` accepts our own ``wait``, ``stop``, ``retry`` and ``sleep``
-callables and re-raises the original error (``reraise=True``), which covers every rule above
-without a hand-written loop.
+Why a loop of its own (this was tenacity's ``AsyncRetrying`` before): tenacity's frames hold
+the failed attempt's error (its retry state, ``RetryError.reraise``) while that error's
+traceback holds them, a reference cycle per failed request; the request's frames then waited
+for the garbage collector's rare full collections (tens of MiB in a fault storm). This loop
+keeps no such reference, and the success path builds nothing at all.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from llm_server.core.clock import SYSTEM_CLOCK, Clock
 from llm_server.core.errors import ConfigurationError, ModelCallError, RateLimitedError
@@ -142,78 +142,56 @@ async def retry_call(
     Raises:
         BaseException: The last attempt's error, unchanged, when the retries end.
     """
-    # The success path skips tenacity: building and driving an ``AsyncRetrying`` cost ~100 us
-    # per call here, the library's largest per-request cost. A failed first attempt is
-    # replayed into tenacity as its attempt 1, so every rule above applies unchanged.
     if first_error is None:
         try:
             return await fn()
         except Exception as exc:
             first_error = exc
-    if not is_retryable(first_error):
-        raise first_error
-    replayed = False
-    pending: tuple[int, BaseException, float] | None = None  # the retry the backoff leads to
-
-    async def attempt() -> T:
-        nonlocal replayed, pending
-        if not replayed:
-            replayed = True
-            raise first_error
-        if pending is not None and on_retry is not None:
+    the_clock = clock or SYSTEM_CLOCK
+    error: Exception | None = first_error
+    first_error = None  # from here on `error` is this frame's one reference to it
+    attempt = 1
+    while error is not None:
+        delay_s = _delay_s(error, attempt, policy, rng or _default_rng)
+        if delay_s is None or (
+            attempt >= policy.max_attempts
+            or (deadline is not None and the_clock.monotonic() + delay_s >= deadline)
+            or (should_stop is not None and should_stop())
+        ):
+            try:
+                raise error
+            finally:  # this frame would hold the error whose traceback holds it: a cycle
+                error = None
+        await the_clock.sleep(delay_s)
+        if on_retry is not None:
             # Reported when the retry really starts: a backoff cut short by the deadline (or
             # a cancellation) sends nothing and is no retry.
             try:
-                on_retry(*pending)
+                on_retry(attempt, error, delay_s)
             except Exception:
                 _log.exception("retry listener failed")
-        pending = None
-        return await fn()
-
-    the_clock = clock or SYSTEM_CLOCK
-    the_rng = rng or _default_rng
-
-    def wait(state: RetryCallState) -> float:
-        error = _error(state)
-        if isinstance(error, RateLimitedError) and error.retry_after_s is not None:
-            return max(0.0, error.retry_after_s)
-        return policy.backoff_s(state.attempt_number - 1, the_rng)
-
-    def stop(state: RetryCallState) -> bool:
-        error = _error(state)
-        if state.attempt_number >= policy.max_attempts:
-            return True
-        if (
-            isinstance(error, RateLimitedError)
-            and error.retry_after_s is not None
-            and error.retry_after_s > policy.retry_after_cap_s
-        ):
-            return True
-        if deadline is not None and the_clock.monotonic() + state.upcoming_sleep >= deadline:
-            return True
-        return should_stop is not None and should_stop()
-
-    def before_sleep(state: RetryCallState) -> None:
-        nonlocal pending
-        pending = (state.attempt_number, _error(state), state.upcoming_sleep)
-
-    retrying = AsyncRetrying(
-        sleep=the_clock.sleep,
-        stop=stop,
-        wait=wait,
-        retry=retry_if_exception(is_retryable),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    return await retrying(attempt)
+        attempt += 1
+        error = None
+        try:
+            return await fn()
+        except Exception as exc:
+            error = exc
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
-def _error(state: RetryCallState) -> BaseException:
-    outcome = state.outcome
-    error = outcome.exception() if outcome is not None else None
-    if error is None:  # tenacity asks wait/stop only after a failed attempt
-        raise AssertionError("retry state without an error")
-    return error
+def _delay_s(
+    error: Exception, attempt: int, policy: RetryPolicy, rng: random.Random
+) -> float | None:
+    """The wait before retrying after attempt ``attempt`` failed with ``error``; ``None``
+    when the error rules a retry out (rules 1 to 3 of the module docstring, bar the count,
+    the deadline and ``should_stop``)."""
+    if not is_retryable(error):
+        return None
+    if isinstance(error, RateLimitedError) and error.retry_after_s is not None:
+        if error.retry_after_s > policy.retry_after_cap_s:
+            return None
+        return max(0.0, error.retry_after_s)
+    return policy.backoff_s(attempt - 1, rng)
 
 
 def _pick(override: N | None, default: N) -> N:
