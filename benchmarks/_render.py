@@ -426,6 +426,18 @@ def _fleet_targets(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _fleet_cpu(throughput: dict[str, Any]) -> str:
+    """The workers' CPU per request with Redis and without (a sentence, or nothing)."""
+    cpu = throughput.get("cpu_us_per_request")
+    if not cpu:
+        return ""
+    return (
+        f" The workers' CPU per served request (median round, all threads): "
+        f"{fmt(cpu['redis'], 0)} us with Redis, {fmt(cpu['local'], 0)} us without "
+        f"({fmt(cpu['redis'] / cpu['local'], 3)}x)."
+    )
+
+
 def _render_fleet(fleet: dict[str, Any]) -> list[str]:
     throughput = fleet["throughput"]
     apps = throughput["apps"]
@@ -467,7 +479,7 @@ def _render_fleet(fleet: dict[str, Any]) -> list[str]:
         "latency 0, limits high enough never to refuse (both check them on every call); rounds "
         "alternate. The ratio is of the median rounds (one stalled round on this shared "
         f"machine moves a mean by several percent): {fmt(throughput['ratio'], 3)} (pooled: "
-        f"{fmt(throughput['ratio_pooled'], 3)}). Redis ran "
+        f"{fmt(throughput['ratio_pooled'], 3)}).{_fleet_cpu(throughput)} Redis ran "
         f"{fmt(throughput['redis_scripts_per_request'], 3)} scripts (round trips) per served "
         "request, heartbeats, re-reads and batched flushes included: a rate-limited call takes "
         "capacity from a lease (several calls' worth) and goes to Redis once per lease. "

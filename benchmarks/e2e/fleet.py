@@ -8,7 +8,8 @@ on 127.0.0.1, every loop bounded in time:
 
 * **Throughput**: 2 workers with ``LLM_SERVER_REDIS_URL`` vs 2 workers without, c=64, provider
   latency 0, limits high enough never to refuse (so both check them on every call); rounds
-  alternate; the ratio is of the median rounds. Target: ratio >= 0.97. Redis round trips
+  alternate; the ratio is of the median rounds, with the workers' CPU per served request
+  (median round) of each. Target: ratio >= 0.97. Redis round trips
   per served request are the scripts Redis ran (``INFO commandstats``), background ones
   included (heartbeats, re-reads, flushes; pipelined writes count one each). One more round,
   not timed, on 2 workers of their own, counts their round trips to Redis where redis-py sends
@@ -104,6 +105,18 @@ def fleet(folder: Path, provider_url: str, *, workers: int, env: dict[str, str])
                 process.wait()
 
 
+def _workers_cpu(pid: int) -> float:
+    """CPU seconds used so far by the workers of the uvicorn process ``pid``."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def _redis_calls(url: str) -> int:
     """Scripts run so far: every fleet round trip is one (commandstats also counts the
     commands a script runs inside, which are no round trips)."""
@@ -160,6 +173,7 @@ def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) 
     shared_env = {**NO_LIMIT, "LLM_SERVER_REDIS_URL": redis_url, "LLM_SERVER_REDIS_PREFIX": "bench"}
     runs: dict[str, list[dict[str, Any]]] = {"redis": [], "local": []}
     commands: list[float] = []
+    cpu: dict[str, list[float]] = {"redis": [], "local": []}
     with (
         fleet(folder, provider_url, workers=2, env=shared_env) as shared,
         fleet(folder, provider_url, workers=2, env=dict(NO_LIMIT)) as local,
@@ -168,6 +182,7 @@ def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) 
             order = (("redis", shared), ("local", local))
             for name, app in order if index % 2 == 0 else tuple(reversed(order)):
                 before = _redis_calls(redis_url) if name == "redis" else 0
+                cpu_before = _workers_cpu(app.process.pid)
                 result = _procs.load(
                     app.port,
                     concurrency=64,
@@ -177,9 +192,10 @@ def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) 
                     path=PATH,
                     body=BODY,
                 )
+                served = max(1.0, result["completed"] + warmup * result["throughput"])
+                cpu[name].append((_workers_cpu(app.process.pid) - cpu_before) / served * 1e6)
                 if name == "redis":
-                    served = result["completed"] + warmup * result["throughput"]
-                    commands.append((_redis_calls(redis_url) - before) / max(1.0, served))
+                    commands.append((_redis_calls(redis_url) - before) / served)
                 runs[name].append(result)
     pooled = {name: _pool(results) for name, results in runs.items()}
     # the median round of each: one stalled round (this shared machine has them, in A/A runs
@@ -193,6 +209,8 @@ def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) 
         "apps": pooled,
         "ratio": medians["redis"] / medians["local"],
         "ratio_pooled": pooled["redis"]["throughput"] / pooled["local"]["throughput"],
+        # the workers' CPU (every thread) per served request, median round (warm-up included)
+        "cpu_us_per_request": {name: statistics.median(values) for name, values in cpu.items()},
         "redis_scripts_per_request": sum(commands) / len(commands),
         "round_trips_per_request": dict(
             sorted(

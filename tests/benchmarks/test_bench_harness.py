@@ -556,6 +556,7 @@ def _fleet() -> dict[str, Any]:
             },
             "ratio": 1.5536434450561696,
             "ratio_pooled": 1.810071039049233,
+            "cpu_us_per_request": {"redis": 1412.0, "local": 1350.0},  # shape only
             "redis_scripts_per_request": 0.1575509520264262,
             "round_trips_per_request": {
                 "pipeline(EVALSHA+EVALSHA)": 0.029411764705882353,
@@ -589,6 +590,7 @@ def test_fleet_report_counts_round_trips_per_request_by_command() -> None:
     assert "by command, background included" in text
     assert "EVALSHA 0.025, pipeline(EVALSHA+EVALSHA+EVALSHA) 0.020" in text
     assert "(total 0.082)" in text
+    assert "1412 us with Redis, 1350 us without (1.046x)" in text
     results["fleet"]["throughput"]["round_trips_per_request"]["EVALSHA"] = 0.3
     rows = {row[0]: row for row in _render.targets(results)}
     assert rows["fleet: client round trips to Redis per request, background included"][3] != "met"

@@ -28,8 +28,11 @@ from fastapi import FastAPI
 from pytest_redis.executor import RedisExecutor
 
 from llm_server.core.config import FrameworkSettings
+from llm_server.core.reliability._breaker_types import FleetPolicy
 from llm_server.fastapi import add_program_endpoint, install_error_handlers, llm_server_lifespan
-from llm_server.fleet import RedisLimitCounters
+from llm_server.fleet import RedisBreakerStore, RedisLimitCounters
+from llm_server.fleet._version_stats import RedisVersionStats
+from llm_server.programs._version_stats import VersionStats
 from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
@@ -203,6 +206,38 @@ async def test_requests_make_at_most_a_tenth_of_a_round_trip_each_background_inc
     print(report)
     assert served >= 200, report  # enough requests for the ratio to mean something
     assert trips.total / served <= MAX_ROUND_TRIPS_PER_REQUEST, report
+
+
+async def test_one_sync_turn_writes_every_parts_counts_in_one_round_trip(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = connect()
+    breakers, limits = RedisBreakerStore(connection), RedisLimitCounters(connection)
+    stats = VersionStats()
+    RedisVersionStats(connection, stats)
+    policy = FleetPolicy(5, None, 1, 60.0, 3.0, 1, 5.0)
+    breakers.register("m", policy, lambda old, new: None)
+
+    def turn() -> None:  # what the sync thread does every 100 ms, with every part's counts
+        breakers.report("m", 0, failed=False, consecutive=0)  # a success
+        limits.give_back("m", -1, 1, 10)  # capacity to return
+        stats.record("qa", "1.0.0", latency_s=0.01, tokens=5, cost_usd=0.25)
+        connection._next_beat = breakers._next_refresh = 0.0  # the once-a-second writes too
+        connection._flush()
+
+    turn()  # (the first turn also loads the scripts)
+    with counting_round_trips(monkeypatch) as trips:
+        trips.counting = True
+        turn()
+    # heartbeat, breaker re-read and successes, the give-back and the version's counts: one
+    # pipeline (before: the version's counts were two more, a write and a re-read)
+    assert trips.total == 1, trips.by_command
+    figures = stats.figures("qa", "1.0.0")  # the fleet's totals, as the write answered them
+    assert (figures.requests, figures.tokens, figures.priced) == (2, 10, 2)
+    assert figures.cost_usd == 0.5
+    key = connection.key("vstats", "qa", "-", "1.0.0")
+    assert connection.client.hget(key, "requests") == b"2"
+    assert 0 < connection.client.ttl(key) <= 7 * 86_400
 
 
 HIGH = (100_000_000, 0)  # a limit that leases 50 calls' worth per take

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from _fleet_helpers import Connect
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from redis.exceptions import ResponseError
 
 from llm_server.core.errors import OutputParseError, ProviderUnavailableError
 from llm_server.fleet._version_stats import FleetLock, RedisVersionStats
@@ -87,3 +89,19 @@ def test_the_metrics_carry_the_version_and_whether_it_was_the_canary() -> None:
         key=str,
     )
     assert {p["version"] for p in points["llm_server.program.duration"]} == {"1.0.0", "1.1.0"}
+
+
+def test_counts_a_failed_write_lost_are_written_by_the_next_one(connect: Connect) -> None:
+    stats = VersionStats()
+    connection = connect()
+    shared = RedisVersionStats(connection, stats)
+    key = connection.key("vstats", "qa", "-", "1.0.0")
+    connection.client.set(key, "not a hash")  # the write fails (WRONGTYPE)
+    stats.record("qa", "1.0.0", latency_s=0.01, tokens=7)
+    with pytest.raises(ResponseError):
+        shared.flush()
+    connection.client.delete(key)
+    stats.record("qa", "1.0.0", latency_s=0.01, tokens=3)
+    shared.flush()
+    assert connection.client.hmget(key, ["requests", "tokens"]) == [b"2", b"10"]
+    assert stats.figures("qa", "1.0.0").requests == 2

@@ -335,12 +335,16 @@ class FleetConnection:
         can pass 50 ms), so the sync thread checks Redis with a patient ping first.
         """
         if isinstance(exc, TimeoutError | RedisTimeoutError):
-            self._note(exc, "timeout")
-            self.timeouts += 1
-            self._last_timeout = time.monotonic()
-            self._suspect.set()
+            self._timed_out(exc)
+            self._wake.set()  # the writer looks every 100 ms while this is recent
             return
         self.degrade(exc)
+
+    def _timed_out(self, exc: BaseException) -> None:
+        self._note(exc, "timeout")
+        self.timeouts += 1
+        self._last_timeout = time.monotonic()
+        self._suspect.set()
 
     def reliable(self) -> bool:
         """Whether shared decisions can be trusted now: not in fallback, and no request-path
@@ -466,8 +470,11 @@ class FleetConnection:
             self._listeners[channel[0]] = channel[1]
 
     def urgent(self, write: Callable[[], None]) -> None:
-        """Register work for the writer thread: run when :meth:`wake` is called, and every
-        100 ms (so that what failed to be written is retried)."""
+        """Register work for the writer thread: run when :meth:`wake` is called, 100 ms after
+        a write failed (so that what failed to be written is retried), and every 100 ms while
+        a request-path command timed out in the last second (calls then queue work without
+        waking it). An idle writer sleeps until woken: no wake-up every 100 ms taking the GIL
+        from the event loop."""
         self._urgent.append(write)
 
     def wake(self) -> None:
@@ -475,24 +482,35 @@ class FleetConnection:
         self._wake.set()
 
     def _write_loop(self) -> None:
+        retry = False
         while not self._stop.is_set():
-            self._wake.wait(FLUSH_INTERVAL_S)
+            # idle: sleep until woken (a call queued work, Redis answers again, close());
+            # after a failed write: try again in 100 ms
+            self._wake.wait(FLUSH_INTERVAL_S if retry else None)
             self._wake.clear()
-            if not self.fallback and not self._stop.is_set():
-                self._write_urgent()
+            if self._stop.is_set():
+                break
+            if self.fallback:
+                retry = False  # recovering wakes it
+                continue
+            # while a request-path command timed out lately, calls queue work without waking
+            # the writer (a probe's verdict): it looks every 100 ms until that second passed
+            retry = not self._write_urgent() or not self.reliable()
 
-    def _write_urgent(self) -> None:
+    def _write_urgent(self) -> bool:
+        """Run the writer's work once; whether it all went through."""
         for write in self._urgent:
             try:
                 write()
             except (TimeoutError, RedisTimeoutError) as exc:
-                self.failed(exc)
-                return
+                self._timed_out(exc)  # (retried in 100 ms)
+                return False
             except RedisFailure as exc:
                 self.degrade(exc)
-                return
+                return False
             except Exception:  # a bug here must not end the thread: log it and go on
                 _log.exception("fleet: writer thread error")
+        return True
 
     def run_stages(self, stages: Sequence[Stage]) -> None:
         """Send what ``stages`` add in one round trip and hand each its replies (raises)."""

@@ -3,7 +3,8 @@
 Each (program, scope, version) is one hash, ``<prefix>:vstats:<program>:<scope>:<version>``,
 with the fields ``requests``, ``parse_failures``, ``tokens``, ``priced``, ``cost_usd``,
 ``e:<error type>`` and ``l:<latency bucket>``. The fleet's sync thread writes each process's
-new counts every 100 ms (``HINCRBY``, nothing on the request path) and re-reads the totals
+new counts every 100 ms (one script per version, which answers the new totals, in the same
+round trip as the other parts' writes; nothing on the request path) and re-reads the totals
 every second; counts that could not be written (Redis down) are kept and written later.
 
 :class:`FleetLock` is a lease (``SET NX PX``, renewed by its holder) that makes one process of
@@ -12,9 +13,10 @@ the fleet the canary guard's decider.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from llm_server.fleet._connection import FleetConnection, RedisFailure
+from llm_server.fleet._connection import FleetConnection, RedisFailure, ScriptBatch
 from llm_server.programs._version_stats import LATENCY_BOUNDS_MS, VersionFigures, VersionStats
 
 __all__ = ["FleetLock", "RedisVersionStats"]
@@ -26,13 +28,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
+# KEYS[1] a version's hash; ARGV: seconds to keep it, the cost to add, then (field, count)
+# pairs; answers the hash's new totals (HGETALL)
+_ADD = """
+local key = KEYS[1]
+for i = 3, #ARGV, 2 do
+    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+end
+redis.call('HINCRBYFLOAT', key, 'cost_usd', ARGV[2])
+redis.call('EXPIRE', key, ARGV[1])
+return redis.call('HGETALL', key)
+"""
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _figures(fields: dict[Any, Any]) -> VersionFigures:
+def _figures(fields: dict[Any, Any] | list[Any]) -> VersionFigures:
+    """Figures from HGETALL's answer: a dict, or the flat list a script answers."""
+    if isinstance(fields, list):
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
     values = {_text(k): _text(v) for k, v in fields.items()}
     buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
     errors: dict[str, int] = {}
@@ -66,39 +82,45 @@ class RedisVersionStats:
         self._conn = connection
         self._stats = stats
         stats.attach(lambda: not connection.fallback)
-        connection.on_sync(periodic=self.refresh, flush=self.flush, resync=self.refresh)
+        self._add = connection.client.register_script(_ADD)
+        connection.on_sync(periodic=self.refresh, stage=self.stage, resync=self.refresh)
 
     def _key(self, program_id: str, scope: str, version: str) -> str:
         return self._conn.key("vstats", program_id, scope or "-", version)
 
     def flush(self) -> None:
-        """Write the new counts (every 100 ms, from the sync thread)."""
+        """Write the new counts now, one round trip (the sync thread writes them every 100 ms
+        in its batch, with the other parts' writes)."""
+        self._conn.run_stages([self.stage])
+
+    def stage(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
+        """Add the new counts to the sync thread's batch: one script per version, which
+        answers the fleet's new totals (no re-read after a write)."""
         pending = self._stats.take_pending()
         if not pending:
-            return
-        pipe = self._conn.client.pipeline(transaction=False)
+            return None
         for (program_id, scope, version), figures in pending.items():
-            name = self._key(program_id, scope, version)
-            pipe.hincrby(name, "requests", figures.requests)
-            pipe.hincrby(name, "parse_failures", figures.parse_failures)
-            pipe.hincrby(name, "tokens", figures.tokens)
-            pipe.hincrby(name, "priced", figures.priced)
-            pipe.hincrbyfloat(name, "cost_usd", figures.cost_usd)
+            args: list[Any] = [_KEEP_S, repr(figures.cost_usd)]
+            args += ["requests", figures.requests, "parse_failures", figures.parse_failures]
+            args += ["tokens", figures.tokens, "priced", figures.priced]
             for error, count in figures.errors.items():
-                pipe.hincrby(name, f"e:{error}", count)
+                args += [f"e:{error}", count]
             for index, count in enumerate(figures.latency_buckets):
                 if count:
-                    pipe.hincrby(name, f"l:{index}", count)
-            pipe.expire(name, _KEEP_S)
-        try:
-            pipe.execute()
-        except RedisFailure:
-            self._stats.give_back(pending)  # written when Redis answers again
-            raise
-        self.refresh(list(pending))
+                    args += [f"l:{index}", count]
+            batch.add(self._add, [self._key(program_id, scope, version)], args)
+
+        def settle(replies: list[Any] | None) -> None:
+            if replies is None:
+                self._stats.give_back(pending)  # written when Redis answers again
+                return
+            for key, fields in zip(pending, replies, strict=True):
+                self._stats.set_fleet(key, _figures(fields))
+
+        return settle
 
     def refresh(self, keys: list[tuple[str, str, str]] | None = None) -> None:
-        """Re-read the fleet's totals (every second, and after each write)."""
+        """Re-read the fleet's totals (every second; a write answers them too)."""
         wanted = self._stats.keys() if keys is None else keys
         if not wanted:
             return
