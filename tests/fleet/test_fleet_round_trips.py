@@ -27,12 +27,12 @@ from _redis_proxy import RedisProxy
 from fastapi import FastAPI
 from pytest_redis.executor import RedisExecutor
 
+from llm_server.core.circuit_breaker import FleetPolicy
 from llm_server.core.config import FrameworkSettings
-from llm_server.core.reliability._breaker_types import FleetPolicy
 from llm_server.fastapi import add_program_endpoint, install_error_handlers, llm_server_lifespan
 from llm_server.fleet import RedisBreakerStore, RedisLimitCounters
 from llm_server.fleet._version_stats import RedisVersionStats
-from llm_server.programs._version_stats import VersionStats
+from llm_server.models.canary import VersionStats
 from llm_server.testing import LocalProvider, StaticConfigProvider
 
 pytestmark = pytest.mark.anyio
