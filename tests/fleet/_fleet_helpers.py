@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pytest_redis.executor import RedisExecutor
 
@@ -37,10 +38,20 @@ def uvicorn_fleet(
 
 
 def budget_manager(
-    provider: LocalProvider, tmp_path: Path, url: str, prefix: str, *, input_per_million: float
+    provider: LocalProvider,
+    tmp_path: Path,
+    url: str | None,
+    prefix: str,
+    *,
+    input_per_million: float,
+    budget_usd: float = 5,
+    extra: dict[str, Any] | None = None,
+    **settings_extra: Any,
 ) -> ModelManager:
-    """One "process" of a fleet: model ``m`` (100 max tokens, output at $10,000 per million
-    tokens, input at ``input_per_million``) and a $5/day budget for tenant ``acme``."""
+    """One "process" of a fleet (``url=None``: without Redis): model ``m`` (100 max tokens,
+    output at $10,000 per million tokens, input at ``input_per_million``, plus ``extra``
+    keys) and a ``budget_usd``/day budget for tenant ``acme``; ``settings_extra`` are more
+    settings."""
     config = StaticConfigProvider(
         {
             "m": {
@@ -48,13 +59,14 @@ def budget_manager(
                 "api_base": provider.openai_api_base,
                 "api_key": "sk-test",
                 "max_tokens": 100,
+                **(extra or {}),
                 "pricing": {
                     "input_per_million": input_per_million,
                     "output_per_million": 10_000,
                 },
             }
         },
-        budgets={"acme": {"per_day": {"cost_usd": 5}}},
+        budgets={"acme": {"per_day": {"cost_usd": budget_usd}}},
     )
     settings = FrameworkSettings(
         otel_enabled=False,
@@ -63,5 +75,6 @@ def budget_manager(
         redis_url=url,
         redis_prefix=prefix,
         redis_timeout_s=1.0,  # these tests are about the bound while Redis answers
+        **settings_extra,
     )
     return ModelManager(config_provider=config, settings=settings)

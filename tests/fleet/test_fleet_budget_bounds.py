@@ -34,7 +34,7 @@ from llm_server.core.errors import (
 from llm_server.core.reliability._budgets import period_key
 from llm_server.fleet import RedisUsageCounters, check_persistence
 from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider, StaticConfigProvider
+from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -165,29 +165,16 @@ async def test_a_hung_model_call_holds_its_reservation_no_longer_than_the_reques
 ) -> None:
     with LocalProvider() as provider:
         provider.add_fault("hang")  # no answer, the socket kept open
-        config = StaticConfigProvider(
-            {
-                "m": {
-                    "model_name": "openai/gpt-4o-mini",
-                    "api_base": provider.openai_api_base,
-                    "api_key": "sk-test",
-                    "max_tokens": 100,
-                    "timeout_s": 30,  # only the request deadline can end the call in time
-                    "pricing": {"input_per_million": 0, "output_per_million": 10_000},
-                }
-            },
-            budgets={"acme": {"per_day": {"cost_usd": 1}}},  # one call's estimate: $1
-        )
-        settings = FrameworkSettings(
-            otel_enabled=False,
-            llm_programs_dir=tmp_path / "programs",
-            retry_max_attempts=1,
+        manager = budget_manager(
+            provider,
+            tmp_path,
+            redis_url if shared else None,
+            prefix,
+            input_per_million=0,
+            budget_usd=1,  # one call's estimate: $1
+            extra={"timeout_s": 30},  # only the request deadline can end the call in time
             request_deadline_s=0.5,
-            redis_url=redis_url if shared else None,
-            redis_prefix=prefix,
-            redis_timeout_s=1.0,
         )
-        manager = ModelManager(config_provider=config, settings=settings)
         backend = manager.reliable_backend(dspy.Predict(Summarize), "m")
         try:
             with tenant_scope("acme"):
