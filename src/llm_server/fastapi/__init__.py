@@ -28,7 +28,7 @@ Hosts can still write their routes by hand, reading the managers with
 
 from __future__ import annotations
 
-from llm_server.fastapi._endpoints import add_program_endpoint, signature_models
+from llm_server.fastapi._endpoints import add_program_endpoint
 from llm_server.fastapi._errors import error_response, install_error_handlers
 from llm_server.fastapi._lifespan import HostLifespan, ProgramSpec, llm_server_lifespan
 from llm_server.fastapi._mcp import add_mcp_tools
@@ -38,6 +38,7 @@ from llm_server.fastapi._playground import add_playground
 from llm_server.fastapi._release_routes import add_release_routes
 from llm_server.fastapi._router import health_router
 from llm_server.fastapi._schemas import ErrorBody, ErrorEnvelope
+from llm_server.fastapi._signature_models import signature_models
 from llm_server.fastapi._sse import sse_response
 from llm_server.fastapi._state import get_model_manager, get_program_manager, get_settings
 from llm_server.fastapi._tenants import tenant_header, tenant_usage_router, validate_tenant_id

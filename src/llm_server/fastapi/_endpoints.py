@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
-import types
-import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import Field, create_model
 
 from llm_server.core.errors import (
     ConfigurationError,
@@ -29,6 +26,7 @@ from llm_server.core.types import MediaType, PipelineData
 from llm_server.fastapi._canary_serving import Picked, count_outcome, pick_version
 from llm_server.fastapi._gate import gate_for, guarded_route
 from llm_server.fastapi._schemas import ErrorEnvelope
+from llm_server.fastapi._signature_models import _camel, _signature_of, signature_models
 from llm_server.fastapi._sse import sse_response
 from llm_server.fastapi._state import get_program_manager
 
@@ -48,91 +46,6 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         504: "The request deadline passed, or the provider timed out",
     }.items()
 }
-
-
-def _signature_of(program: Any) -> Any:
-    """The signature of a signature class, a module class or a module instance."""
-    import dspy
-
-    if isinstance(program, type) and issubclass(program, dspy.Signature):
-        return program
-    if isinstance(program, type) and issubclass(program, dspy.Module):
-        program = program()
-    signature = getattr(program, "signature", None)
-    if signature is not None:
-        return signature
-    predictors = program.predictors() if hasattr(program, "predictors") else []
-    if len(predictors) == 1:
-        return predictors[0].signature
-    raise ConfigurationError(
-        f"cannot infer the signature of {type(program).__name__}: it has "
-        f"{len(predictors)} predictors; pass signature=<the signature class> instead"
-    )
-
-
-def _camel(program_id: str) -> str:
-    return "".join(part.capitalize() for part in re.split(r"[^0-9a-zA-Z]+", program_id) if part)
-
-
-def _allows_none(annotation: Any) -> bool:
-    if annotation is None or annotation is types.NoneType:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_allows_none(arg) for arg in typing.get_args(annotation))
-    return False
-
-
-def _fields(items: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, info in items.items():
-        annotation = info.annotation if info.annotation is not None else str
-        extra = info.json_schema_extra or {}
-        desc = extra.get("desc") if isinstance(extra, dict) else None
-        # DSPy's placeholder description is "${name}": not worth showing in OpenAPI.
-        description = desc if isinstance(desc, str) and desc != f"${{{name}}}" else None
-        default = None if _allows_none(annotation) else ...
-        result[name] = (annotation, Field(default, description=description))
-    return result
-
-
-def signature_models(
-    signature: Any, *, program_id: str, default_model_id: str
-) -> tuple[type[BaseModel], type[BaseModel]]:
-    """Build the request and response-data models from a DSPy signature.
-
-    The request has one field per signature input (typed by its annotation, described by its
-    ``desc``; optional when the annotation allows ``None``) plus ``model_id``, and refuses
-    unknown fields; the response data has one field per output.
-
-    Raises:
-        ConfigurationError: A field is named ``model_id``, or its type has no JSON schema.
-    """
-    inputs, outputs = dict(signature.input_fields), dict(signature.output_fields)
-    if "model_id" in inputs:
-        raise ConfigurationError(
-            f"program {program_id!r}: an input field named 'model_id' clashes with the "
-            "endpoint's model selector; rename the field"
-        )
-    base = _camel(program_id)
-    try:
-        request_model = create_model(
-            f"{base}Request",
-            __config__=ConfigDict(extra="forbid", protected_namespaces=()),
-            model_id=(str, Field(default=default_model_id, description="A configured model id")),
-            **_fields(inputs),
-        )
-        data_model = create_model(
-            f"{base}Data", __config__=ConfigDict(protected_namespaces=()), **_fields(outputs)
-        )
-        # Building the schema now surfaces field types that cannot be JSON at startup.
-        request_model.model_json_schema()
-        data_model.model_json_schema()
-    except Exception as exc:
-        raise ConfigurationError(
-            f"program {program_id!r}: cannot build HTTP models from its signature: {exc}"
-        ) from exc
-    return request_model, data_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +219,44 @@ def record_failed(
         logging.getLogger("llm_server.traffic").warning("capture failed", exc_info=True)
 
 
-def _stream_failed(
+async def run_recorded(
+    pm: Any,
+    program_id: str,
+    route: _Route,
+    data: PipelineData,
+    *,
+    model_id: str,
+    picked: Picked | None,
+) -> dict[str, Any]:
+    """Run a program's route on ``data`` and answer its envelope; the outcome is counted in
+    the version's live figures (with ``picked``) and handed to the traffic capture, failures
+    too (an error leaves with what was billed, its ``request_usage``). A request cancelled
+    under it is counted neither way, as a stream's is."""
+    metrics = PerformanceMetrics()
+    with log_context(program_id=program_id, model_id=model_id):
+        try:
+            result = await _billed(route.pipeline.execute(data), metrics)
+        except Exception as exc:
+            if picked is not None:
+                count_outcome(pm, program_id, picked, exc, metrics)
+            record_failed(
+                pm,
+                program_id,
+                route,
+                model_id=model_id,
+                inputs=data.content,
+                error=exc,
+                metrics=metrics,
+            )
+            raise
+        if picked is not None:
+            count_outcome(pm, program_id, picked, None, metrics)
+    response = envelope(pm, model_id, route, metrics, result, picked=picked)
+    record_served(pm, program_id, data.content, response)
+    return response
+
+
+def _on_failure(
     pm: Any,
     program_id: str,
     *,
@@ -316,8 +266,8 @@ def _stream_failed(
     data: PipelineData,
     metrics: PerformanceMetrics,
 ) -> Callable[[Exception], None]:
-    """What a stream does when its call fails (before its first event or midway): count it in
-    the version's live figures and hand it to the traffic capture, as the plain route does."""
+    """What a request does when its call fails (a stream: before its first event or midway):
+    count it in the version's live figures and hand it to the traffic capture."""
 
     def failed(error: Exception) -> None:
         count_outcome(pm, program_id, picked, error, metrics)
@@ -412,28 +362,7 @@ def add_program_endpoint(
 
     async def endpoint(request: Request, body: Any) -> Any:
         pm, model_id, route, data, picked = prepared(request, body)
-        metrics = PerformanceMetrics()
-        error: BaseException | None = None
-        with log_context(program_id=program_id, model_id=model_id):
-            try:
-                result = await _billed(route.pipeline.execute(data), metrics)
-            except Exception as exc:
-                error = exc
-                record_failed(
-                    pm,
-                    program_id,
-                    route,
-                    model_id=model_id,
-                    inputs=data.content,
-                    error=exc,
-                    metrics=metrics,
-                )
-                raise
-            finally:
-                count_outcome(pm, program_id, picked, error, metrics)
-        response = envelope(pm, model_id, route, metrics, result, picked=picked)
-        record_served(pm, program_id, data.content, response)
-        return response
+        return await run_recorded(pm, program_id, route, data, model_id=model_id, picked=picked)
 
     async def stream_endpoint(request: Request, body: Any) -> Response:
         pm, model_id, route, data, picked = prepared(request, body)
@@ -450,7 +379,7 @@ def add_program_endpoint(
             return await sse_response(
                 events,
                 done=done,
-                on_error=_stream_failed(
+                on_error=_on_failure(
                     pm,
                     program_id,
                     route=route,

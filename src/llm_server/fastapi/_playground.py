@@ -23,7 +23,8 @@ from llm_server.core.pipeline import Pipeline
 from llm_server.core.streaming import stream_events
 from llm_server.core.telemetry import log_context
 from llm_server.core.types import MediaType, PipelineData
-from llm_server.fastapi._endpoints import _model_block, _signature_of, signature_models
+from llm_server.fastapi._endpoints import _model_block
+from llm_server.fastapi._signature_models import _signature_of, signature_models
 from llm_server.fastapi._sse import sse_response
 from llm_server.fastapi._state import get_program_manager
 

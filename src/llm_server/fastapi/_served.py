@@ -16,20 +16,10 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from llm_server.core.errors import ConfigurationError
-from llm_server.core.metrics_wrappers import PerformanceMetrics
-from llm_server.core.telemetry._logging import log_context
 from llm_server.core.types import MediaType, PipelineData
-from llm_server.fastapi._canary_serving import Picked, count_outcome, pick_version
-from llm_server.fastapi._endpoints import (
-    _billed,
-    _ProgramRunner,
-    _Route,
-    _signature_of,
-    envelope,
-    record_failed,
-    record_served,
-    signature_models,
-)
+from llm_server.fastapi._canary_serving import Picked, pick_version
+from llm_server.fastapi._endpoints import _ProgramRunner, _Route, run_recorded
+from llm_server.fastapi._signature_models import _signature_of, signature_models
 
 __all__ = ["ServedProgram", "served_programs"]
 
@@ -86,31 +76,9 @@ class ServedProgram:
             media_type=MediaType.STRUCTURED,
             content={name: getattr(body, name) for name in self.input_names},
         )
-        metrics = PerformanceMetrics()
-        error: BaseException | None = None
-        with log_context(program_id=self.program_id, model_id=model_id):
-            try:
-                # an error leaves with what was billed (its request_usage), as on the program
-                # route
-                result = await _billed(route.pipeline.execute(data), metrics)
-            except Exception as exc:
-                error = exc
-                record_failed(
-                    manager,
-                    self.program_id,
-                    route,
-                    model_id=model_id,
-                    inputs=data.content,
-                    error=exc,
-                    metrics=metrics,
-                )
-                raise
-            finally:
-                if picked is not None:
-                    count_outcome(manager, self.program_id, picked, error, metrics)
-        response = envelope(manager, model_id, route, metrics, result, picked=picked)
-        record_served(manager, self.program_id, data.content, response)
-        return response
+        return await run_recorded(
+            manager, self.program_id, route, data, model_id=model_id, picked=picked
+        )
 
 
 def served_programs(
