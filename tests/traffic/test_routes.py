@@ -118,3 +118,43 @@ def test_the_streamed_program_route_is_captured_with_its_envelope(
     assert capture.inputs == {"text": "good day"}
     assert capture.outputs == done["data"]
     assert capture.input_tokens == done["metadata"]["performance"]["tokens"]["input"]
+
+
+def test_openai_streams_that_fail_are_captured_and_counted_before_and_after_a_piece(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(), program=Sentiment)
+    add_openai_routes(app, programs={"sentiment": Sentiment}, default_model_id="gpt-4o-mini")
+
+    def ask(client: httpx.Client, text: str) -> httpx.Response:
+        return client.post(
+            "/v1/chat/completions",
+            json={"model": "sentiment", "stream": True,
+                  "messages": [{"role": "user", "content": text}]},
+        )  # fmt: skip
+
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        provider.add_fault("bad_request", first=1)
+        refused = ask(client, "bad day")
+        assert refused.status_code == 502, refused.text  # before its first piece
+        provider.cut_streams_after = 3
+        provider.chunk_delay_s = 0.05
+        try:
+            cut = ask(client, "a long day " * 20)
+        finally:
+            provider.cut_streams_after = None
+            provider.chunk_delay_s = 0.0
+        assert cut.status_code == 200, cut.text  # the error came after a piece
+        assert '"error"' in cut.text, cut.text
+        assert ask(client, "good day").status_code == 200
+        manager = app.state.program_manager
+        assert manager.traffic.flush(10)
+        captures = manager.traffic.store.captures("sentiment")
+        version = str(manager.registry.get_program_metadata("sentiment").version)
+        figures = manager.version_stats.local("sentiment", version)
+    assert [(c.inputs["text"][:9], c.outputs is None) for c in captures] == [
+        ("bad day", True), ("a long da", True), ("good day", False)
+    ]  # fmt: skip
+    assert all(c.error_type for c in captures[:2])
+    assert captures[2].error_type is None
+    assert (figures.requests, figures.failures) == (3, 2), figures.errors

@@ -74,8 +74,23 @@ def served(provider: LocalProvider, tmp_path: Path) -> Iterator[tuple[FastAPI, s
         yield app, url
 
 
+_OPEN: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _clients_closed() -> Iterator[None]:
+    """Each test's SDK clients are closed when it ends: a client left to the garbage collector
+    (the SDK's objects hold cycles) warns of its unclosed socket in whichever later test the
+    collection happens to run, and fails that one."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def client(url: str, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, **options)
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, **options)
+    _OPEN.append(sdk)
+    return sdk
 
 
 def billed_each(provider: LocalProvider) -> list[tuple[RecordedRequest, dict[str, int]]]:

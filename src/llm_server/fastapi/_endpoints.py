@@ -128,7 +128,7 @@ class _ProgramRunner:
         return _Route(Pipeline([step], name=self.program_id), metadata, available)
 
 
-async def _billed(call: Awaitable[PipelineData], metrics: PerformanceMetrics) -> PipelineData:
+async def billed(call: Awaitable[PipelineData], metrics: PerformanceMetrics) -> PipelineData:
     """Await ``call``; an error of ours leaves with what the request was billed (its
     ``request_usage``, the error envelope's ``usage``)."""
     try:
@@ -235,19 +235,18 @@ async def run_recorded(
     metrics = PerformanceMetrics()
     with log_context(program_id=program_id, model_id=model_id):
         try:
-            result = await _billed(route.pipeline.execute(data), metrics)
+            result = await billed(route.pipeline.execute(data), metrics)
         except Exception as exc:
-            if picked is not None:
-                count_outcome(pm, program_id, picked, exc, metrics)
-            record_failed(
+            failed = on_failure(
                 pm,
                 program_id,
-                route,
+                route=route,
+                picked=picked,
                 model_id=model_id,
-                inputs=data.content,
-                error=exc,
+                data=data,
                 metrics=metrics,
             )
+            failed(exc)
             raise
         if picked is not None:
             count_outcome(pm, program_id, picked, None, metrics)
@@ -256,12 +255,12 @@ async def run_recorded(
     return response
 
 
-def _on_failure(
+def on_failure(
     pm: Any,
     program_id: str,
     *,
     route: _Route,
-    picked: Picked,
+    picked: Picked | None,
     model_id: str,
     data: PipelineData,
     metrics: PerformanceMetrics,
@@ -270,7 +269,8 @@ def _on_failure(
     count it in the version's live figures and hand it to the traffic capture."""
 
     def failed(error: Exception) -> None:
-        count_outcome(pm, program_id, picked, error, metrics)
+        if picked is not None:  # (a named version is not a canary's share: not counted)
+            count_outcome(pm, program_id, picked, error, metrics)
         record_failed(
             pm,
             program_id,
@@ -375,11 +375,11 @@ def add_program_endpoint(
             return response
 
         with log_context(program_id=program_id, model_id=model_id):
-            events = stream_events(lambda: _billed(route.pipeline.execute(data), metrics))
+            events = stream_events(lambda: billed(route.pipeline.execute(data), metrics))
             return await sse_response(
                 events,
                 done=done,
-                on_error=_on_failure(
+                on_error=on_failure(
                     pm,
                     program_id,
                     route=route,
