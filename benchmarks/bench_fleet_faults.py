@@ -142,10 +142,13 @@ def overshoot(url: str, folder: Path) -> tuple[int, int, float, int]:
                     outcomes.append(True)
 
         await asyncio.gather(*(one(i) for i in range(50)))
-        for made in managers[1:]:
+        for made in managers:
             await made.aclose()  # its last charges are written at close
-        ((used, _budget),) = (await managers[0].budgets.usage("acme")).values()
-        await managers[0].aclose()
+        reader = manager(provider)  # what the fleet holds once both have written everything
+        try:
+            ((used, _budget),) = (await reader.budgets.usage("acme")).values()
+        finally:
+            await reader.aclose()
         return outcomes.count(True), outcomes.count(False), used.cost_usd
 
     with LocalProvider(latency_s=0.3) as provider:  # the 50 calls overlap
