@@ -251,6 +251,19 @@ COMPONENTS: tuple[Component, ...] = (
                 "<= 0",
                 lambda v: v <= 0,
             ),
+            Figure("judge: captures skipped, the loop busy", r'"judge_skipped_busy": ' + _NUM),
+            Figure(
+                "CPU per capture on the event loop, in-process (us)",
+                r'"loop_us_per_capture": ' + _NUM,
+            ),
+            Figure(
+                "CPU per capture, loop + writer thread, in-process (us)",
+                r'"total_us_per_capture": ' + _NUM,
+            ),
+            Figure(
+                "loop CPU per capture / CPU per request off",
+                r'"capture_loop_cpu_share": ' + _NUM,
+            ),
         ),
     ),
     Component(
