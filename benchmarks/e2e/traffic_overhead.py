@@ -72,18 +72,23 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     """Load the paths in ABBA rounds, saturated then open-loop; the pooled results and the
     p99 comparisons."""
     judged: dict[str, int] = {"scored": 0, "skipped": 0, "skipped_busy": 0}
+    during: dict[str, int] = {"saturated": 0, "open_loop": 0}
+    phase = ["saturated"]
 
     def after(name: str) -> None:
         if name != "capture_100_judge_10":
             return
         url = f"http://127.0.0.1:{app.port}/bench/judged"
+        scored_before = judged["scored"]
         with urllib.request.urlopen(url, timeout=300) as response:
             judged.update(json.load(response))
+        during[phase[0]] += judged.pop("scored_during_load") - scored_before
 
     with _procs.provider() as provider, _procs.serve_module("T", "t_app", provider.base_url) as app:
         pooled = _procs.load_paths_abba(
             app, PATHS, concurrency=CONCURRENCY, quick=quick, after=after
         )
+        phase[0] = "open_loop"
         rate = round(OPEN_LOOP_SHARE * min(p["throughput"] for p in pooled.values()), 1)
         paced = _procs.load_paths_abba(
             app, PATHS, concurrency=CONCURRENCY, quick=quick, after=after, rate=rate
@@ -99,9 +104,11 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
         "judge_scored": judged["scored"],
         "judge_skipped": judged["skipped"],
         "judge_skipped_busy": judged["skipped_busy"],
+        "judge_scored_during_load": during["saturated"],
         **{k: v for k, v in saturated.items() if k.startswith("judge_")},
         "open_loop_rate": rate,
         "open_loop_paths": paced,
+        "open_loop_judge_scored_during_load": during["open_loop"],
         **_compare(paced, "open_loop_"),
         "capture_cpu": per_capture,
         "capture_cpu_share": round(per_capture["total_us_per_capture"] / off_us, 4),
