@@ -85,7 +85,10 @@ class TrafficRecorder(FeedbackMethods):
         queue_size: Requests that may wait for the writer; beyond it captures are dropped and
             counted (:attr:`dropped`), never waited for.
         batch_size: Most records written in one transaction.
-        flush_interval_s: How often the writer wakes to write what is queued.
+        flush_interval_s: How often the writer wakes to write what is queued. SQLite spends
+            ~33 us of CPU per row in batches of 10, ~26 in batches of 25, ~15 in batches of 100
+            (its indexes, the commit): at a few hundred requests a second, 0.2 s makes batches
+            of ~100.
         retention_interval_s: How often the writer deletes records past their retention.
         clock: Seconds since the epoch (injectable for retention tests).
         rng: The sampling randomness (injectable).
@@ -97,7 +100,7 @@ class TrafficRecorder(FeedbackMethods):
         *,
         queue_size: int = 10_000,
         batch_size: int = 200,
-        flush_interval_s: float = 0.05,
+        flush_interval_s: float = 0.2,
         retention_interval_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
