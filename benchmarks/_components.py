@@ -210,7 +210,8 @@ COMPONENTS: tuple[Component, ...] = (
         "e2e/traffic_overhead.py",
         "p99 with traffic capture at 100 %, and with capture plus a judge scoring 10 % of it "
         "in the background, against capture off, one app under uvicorn, c=64, ABBA rounds, "
-        "saturated (closed loop) and at 60 % of capacity (open loop) (issue 31)",
+        "saturated (closed loop) and at 60 % of capacity (open loop) (issue 31); and the CPU "
+        "one capture costs, in-process, on the event loop and on the writer thread",
         quick_args=("--quick",),
         figures=(
             Figure("p99 capture 100 % minus off (ms)", r'"p99_delta_ms": ' + _NUM),
@@ -250,6 +251,19 @@ COMPONENTS: tuple[Component, ...] = (
                 r'"open_loop_judge_p99_over_allowance_ms": ' + _NUM,
                 "<= 0",
                 lambda v: v <= 0,
+            ),
+            Figure("judge: captures skipped, the loop busy", r'"judge_skipped_busy": ' + _NUM),
+            Figure(
+                "CPU per capture on the event loop, in-process (us)",
+                r'"loop_us_per_capture": ' + _NUM,
+            ),
+            Figure(
+                "CPU per capture, loop + writer thread, in-process (us)",
+                r'"total_us_per_capture": ' + _NUM,
+            ),
+            Figure(
+                "loop CPU per capture / CPU per request off",
+                r'"capture_loop_cpu_share": ' + _NUM,
             ),
         ),
     ),

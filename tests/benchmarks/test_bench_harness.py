@@ -291,7 +291,10 @@ COMPONENT_OUTPUT = {
         ' "open_loop_p99_ratio": 1.01,\n "open_loop_within_target": true,\n'
         ' "open_loop_p99_over_allowance_ms": -0.6,\n "open_loop_judge_p99_delta_ms": 1.3,\n'
         ' "open_loop_judge_p99_ratio": 1.03,\n "open_loop_judge_within_target": false,\n'
-        ' "open_loop_judge_p99_over_allowance_ms": 0.3\n}'
+        ' "open_loop_judge_p99_over_allowance_ms": 0.3,\n "judge_skipped_busy": 12,\n'
+        ' "capture_cpu": {\n  "captures": 1500,\n  "loop_us_per_capture": 33.1,\n'
+        '  "writer_us_per_capture": 57.2,\n  "total_us_per_capture": 90.3\n },\n'
+        ' "capture_cpu_share": 0.041,\n "capture_loop_cpu_share": 0.015\n}'
     ),
     "backend": (
         "engine      bare acall  DSPyBackend   ratio\n"

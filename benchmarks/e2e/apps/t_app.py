@@ -8,7 +8,9 @@ with a DSPy judge program on the model manager's ``gpt-4o-mini`` (through its br
 and costs, on the budget tenant ``bench-judge``), in the background. So a load on each path
 measures what capture, and capture with a judge, cost a request. ``GET /bench/judged`` waits
 until the queued captures are written and judged, and answers how many were scored and
-skipped. Runs from a folder holding the reference app's ``config/``.
+skipped (of those, skipped because the loop stayed busy), and how many had been scored when
+the load ended (counted since startup). Runs from a folder holding the
+reference app's ``config/``.
 """
 
 from __future__ import annotations
@@ -79,11 +81,14 @@ for program_id, signature in (("predictor", Predictor), ("captured", Captured), 
 async def judged(request: Request) -> dict[str, Any]:
     """Wait for the queued captures and judgements; how many were scored and skipped."""
     traffic = request.app.state.program_manager.traffic
+    during_load = traffic.evaluation_counts("judged")["scored"]
     await traffic.aflush()
     summary = await traffic.afeedback_summary("judged", kind="judge")
-    evaluator = traffic._evaluators.get("judged")
+    counts = traffic.evaluation_counts("judged")
     return {
         "scored": sum(v.count for v in summary.values()),
-        "skipped": getattr(evaluator, "skipped", None),
+        "skipped": counts["skipped"],
+        "skipped_busy": counts["skipped_busy"],
+        "scored_during_load": during_load,
         "captures_dropped": traffic.dropped,
     }

@@ -4,14 +4,17 @@ A program opts in at registration (``register_program(..., capture=CaptureOption
 or later with :func:`enable_capture`. From then on::
 
     request ──> program route ──> envelope ──> response          (the request path)
-                     │ served()/failed(): sample, put_nowait
+                     │ served()/failed(): append references (bounded; full: dropped, counted)
                      v
-               bounded queue ──> writer thread: redact, write in batches, retention
-                     (full: dropped, counted)   │                      │
+               event loop, between callbacks: sample, redact, build records (16 at a time)
+                     v
+               writer thread, once per flush interval: write in batches, retention
+                                                │                      │
                                                 v                      v
-                       SQLite file (one process) or PostgreSQL   online evaluation
-                       (LLM_SERVER_PROGRAM_STORE, a fleet)       (metric or DSPy judge,
-                                ^                                 its own budget tenant)
+                       SQLite file (one process) or PostgreSQL   online evaluation, paced
+                       (LLM_SERVER_PROGRAM_STORE, a fleet)       (metric or DSPy judge, when
+                                ^                                 the loop is idle, its own
+                                |                                 budget tenant)
     POST /programs/{id}/feedback ┘ ──> feedback_summary(): per-version figures
                                        traffic_dataset(): dspy.Examples -> optimize_program
 
@@ -19,7 +22,7 @@ Every request of a capturing program leaves a small record (execution id, progra
 version, tenant, time) so feedback on a request that was not sampled still names the version
 that answered; a sampled request keeps its redacted inputs and outputs, model, tokens, cost,
 latency, error type and whether it was served as a canary. Nothing waits on the store: the
-request path only samples and enqueues.
+request path only appends to a queue.
 """
 
 from __future__ import annotations

@@ -1,9 +1,17 @@
 """Capture served requests off the request path: sampling, the bounded queue, the writer (private).
 
-The request path only samples and appends a reference to a bounded queue (a few microseconds);
-a writer thread turns the items into redacted records and stores them in batches, enforces
-retention, and hands sampled captures to the program's online evaluation. When the queue is
-full the item is dropped and counted; the request never waits.
+The request path only samples and appends a reference to a bounded queue (a few microseconds)
+and, once per loop iteration, schedules a callback that turns the queued items into redacted
+records on the event loop, a few at a time between other callbacks. A writer thread wakes once
+per flush interval, stores the converted records in batches (SQLite inserts many rows per
+statement), enforces retention, and hands sampled captures to the program's online evaluation.
+When the queue is full the item is dropped and counted; the request never waits.
+
+Why the conversion runs on the loop: the writer thread needs the interpreter lock for any
+Python work, and each time it takes it while the loop runs it forces a switch (the loop waits up
+to the switch interval, 5 ms); in-process, converting in the thread cost ~150 us of CPU per
+capture, most of it in those switches, against ~10 us on the loop
+(``benchmarks/e2e/traffic_overhead.py``, docs/how-to/traffic.md).
 """
 
 from __future__ import annotations
@@ -11,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +34,7 @@ from llm_server.core.reliability._budgets import current_tenant
 from llm_server.traffic._feedback_methods import DAY_S, FeedbackMethods
 from llm_server.traffic._options import CaptureOptions, QueuedItem, build_capture, dropped_counter
 from llm_server.traffic._records import (
+    CapturedRequest,
     Execution,
     TrafficStore,
 )
@@ -36,8 +45,32 @@ if TYPE_CHECKING:
 __all__ = ["TrafficRecorder"]
 
 _log = logging.getLogger("llm_server.traffic")
-_LINGER_TICK_S = 0.01
-_GIL_SLICE = 16  # items converted between two GIL releases (~0.3 ms)
+_SLICE = 16  # items converted on the loop per callback (~5-10 us each without a hook)
+_CONVERT_AFTER_S = 0.02  # the loop converts what came in this long: one cold start per slice
+
+_Failure = tuple[str, str, str, Mapping[str, Any]]
+"""A failed request's version, model id, error type and metadata."""
+_Raw = tuple[
+    CaptureOptions,
+    str,  # program id
+    str,  # execution id
+    str | None,  # tenant
+    float,  # served at
+    Mapping[str, Any],  # inputs
+    Mapping[str, Any] | None,  # the envelope (served) ...
+    _Failure | None,  # ... or the failure
+    asyncio.AbstractEventLoop | None,  # the loop that served it
+]
+"""What the request path queues: references only."""
+
+_Prepared = tuple[Execution, CapturedRequest | None, asyncio.AbstractEventLoop | None]
+"""An item converted for the writer: its execution, its capture (``None``: not sampled, or
+its redaction failed) and the loop to judge it on."""
+
+
+def _version(envelope: Mapping[str, Any] | None) -> str:
+    program = (envelope or {}).get("metadata", {}).get("program") or {}
+    return str(program.get("version", ""))
 
 
 class TrafficRecorder(FeedbackMethods):
@@ -52,7 +85,10 @@ class TrafficRecorder(FeedbackMethods):
         queue_size: Requests that may wait for the writer; beyond it captures are dropped and
             counted (:attr:`dropped`), never waited for.
         batch_size: Most records written in one transaction.
-        flush_interval_s: Longest wait before a partial batch is written.
+        flush_interval_s: How often the writer wakes to write what is queued. SQLite spends
+            ~33 us of CPU per row in batches of 10, ~26 in batches of 25, ~15 in batches of 100
+            (its indexes, the commit): at a few hundred requests a second, 0.2 s makes batches
+            of ~100.
         retention_interval_s: How often the writer deletes records past their retention.
         clock: Seconds since the epoch (injectable for retention tests).
         rng: The sampling randomness (injectable).
@@ -64,7 +100,7 @@ class TrafficRecorder(FeedbackMethods):
         *,
         queue_size: int = 10_000,
         batch_size: int = 200,
-        flush_interval_s: float = 0.05,
+        flush_interval_s: float = 0.2,
         retention_interval_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -72,7 +108,14 @@ class TrafficRecorder(FeedbackMethods):
         if queue_size < 1 or batch_size < 1:
             raise ConfigurationError("queue_size and batch_size must be at least 1")
         self.store = store
-        self._queue: queue.Queue[QueuedItem] = queue.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        self._raw: deque[_Raw] = deque()  # appended on the request path
+        self._ready: deque[_Prepared] = deque()  # converted, for the writer
+        self._convert_lock = threading.Lock()  # one converter at a time: the order is kept
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        self._accepted = 0  # items queued (on the request path)
+        self._written = 0  # items the writer is done with (on the writer thread)
+        self._wake = threading.Event()
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._retention_interval_s = retention_interval_s
@@ -80,8 +123,9 @@ class TrafficRecorder(FeedbackMethods):
         self._random = (rng or random.Random()).random
         self._options: dict[str, CaptureOptions] = {}
         self._evaluators: dict[str, _Evaluator] = {}
-        self._pending: dict[str, Execution] = {}
-        self._dropped_full = 0  # counted on the event loop's thread
+        self._pending: dict[str, _Raw] = {}
+        self._dropped_full = 0  # counted on the request path
+        self._dropped_redacting = 0  # counted under the conversion lock
         self._dropped_writing = 0  # counted on the writer thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,10 +168,22 @@ class TrafficRecorder(FeedbackMethods):
         """The program's capture options, or ``None`` when it does not capture."""
         return self._options.get(program_id)
 
+    def evaluation_counts(self, program_id: str) -> dict[str, int]:
+        """The program's online evaluation in this process: captures ``scored``, ``skipped``
+        (queue full, judge failed, or the loop stayed busy) and of those ``skipped_busy``."""
+        evaluator = self._evaluators.get(program_id)
+        if evaluator is None:
+            return {"scored": 0, "skipped": 0, "skipped_busy": 0}
+        return {
+            "scored": evaluator.scored,
+            "skipped": evaluator.skipped,
+            "skipped_busy": evaluator.skipped_busy,
+        }
+
     @property
     def dropped(self) -> int:
         """Captures dropped: the queue was full, a redaction hook raised, or the store failed."""
-        return self._dropped_full + self._dropped_writing
+        return self._dropped_full + self._dropped_redacting + self._dropped_writing
 
     # --- the request path --------------------------------------------------------------------
 
@@ -136,22 +192,9 @@ class TrafficRecorder(FeedbackMethods):
     ) -> None:
         """Note a successful request (called by the program routes; never blocks)."""
         options = self._options.get(program_id)
-        if options is None:
-            return
-        metadata = envelope["metadata"]
-        program = metadata.get("program") or {}
-        model = metadata.get("model") or {}
-        self._put(
-            options,
-            program_id,
-            execution_id=str(metadata["execution_id"]),
-            version=str(program.get("version", "")),
-            inputs=inputs,
-            outputs=envelope.get("data"),
-            metadata=metadata,
-            error_type=None,
-            model_id=str(model.get("id", "")),
-        )
+        if options is not None:
+            execution_id = str(envelope["metadata"]["execution_id"])
+            self._put(options, program_id, execution_id, inputs, envelope=envelope)
 
     def failed(
         self,
@@ -172,59 +215,108 @@ class TrafficRecorder(FeedbackMethods):
         billed = getattr(error, "request_usage", None)  # what a failed request was billed
         tokens = billed if isinstance(billed, Mapping) else {}
         metadata = {"performance": {"timing": {"total_ms": latency_ms}, "tokens": tokens}}
-        self._put(
-            options,
-            program_id,
-            execution_id=execution_id,
-            version=version,
-            inputs=inputs,
-            outputs=None,
-            metadata=metadata,
-            error_type=error_type,
-            model_id=model_id,
-        )
+        failure = (version, model_id, error_type, metadata)
+        self._put(options, program_id, execution_id, inputs, failure=failure)
 
     def _put(
         self,
         options: CaptureOptions,
         program_id: str,
-        *,
         execution_id: str,
-        version: str,
         inputs: Mapping[str, Any],
-        outputs: Any,
-        metadata: Mapping[str, Any],
-        error_type: str | None,
-        model_id: str,
+        *,
+        envelope: Mapping[str, Any] | None = None,
+        failure: _Failure | None = None,
     ) -> None:
-        execution = Execution(execution_id, program_id, version, current_tenant(), self._clock())
-        sampled = options.sample_rate >= 1.0 or self._random() < options.sample_rate
-        judge_loop = None
+        """Queue references (no copy, no conversion); schedule the loop's conversion."""
+        if self._accepted - self._written >= self._queue_size:
+            self._dropped_full += 1
+            self._dropped_counter.add(1, {"program_id": program_id})
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # no running loop: the writer converts it
+            loop = None
+        item = (
+            options,
+            program_id,
+            execution_id,
+            current_tenant(),
+            self._clock(),
+            inputs,
+            envelope,
+            failure,
+            loop,
+        )
+        self._pending[execution_id] = item  # before the writer can pop it
+        self._accepted += 1
+        self._raw.append(item)
+        if loop is not None and self._scheduled_on is not loop:
+            self._scheduled_on = loop
+            loop.call_later(_CONVERT_AFTER_S, self._convert_slice, loop)
+
+    def _queued_execution(self, execution_id: str) -> Execution | None:
+        """The execution of a capture not yet written, if it is queued."""
+        item = self._pending.get(execution_id)
+        if item is None:
+            return None
+        _, program_id, _, tenant, served_at, _, envelope, failure, _ = item
+        version = failure[0] if failure is not None else _version(envelope)
+        return Execution(execution_id, program_id, version, tenant, served_at)
+
+    # --- the conversion, on the loop ------------------------------------------------------
+
+    def _convert_slice(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Convert a few queued items; again at the next loop iteration while any are left."""
+        self._scheduled_on = None
+        if not self._convert_lock.acquire(blocking=False):
+            return  # the writer is converting: it takes the rest
+        try:
+            self._convert(_SLICE)
+        finally:
+            self._convert_lock.release()
+        if self._raw and self._scheduled_on is None:
+            self._scheduled_on = loop
+            loop.call_soon(self._convert_slice, loop)
+
+    def _convert(self, limit: int) -> None:
+        """Convert up to ``limit`` queued items, oldest first (hold ``_convert_lock``)."""
+        for _ in range(limit):
+            try:
+                item = self._raw.popleft()
+            except IndexError:
+                return
+            self._ready.append(self._prepare(item))
+
+    def _prepare(self, item: _Raw) -> _Prepared:
+        """An item's execution, its capture if sampled, and the loop to judge it on."""
+        options, program_id, execution_id, tenant, served_at, inputs, envelope, failure, loop = item
+        if failure is not None:
+            version, model_id, error_type, metadata = failure
+            outputs = None
+        else:
+            assert envelope is not None
+            metadata = envelope["metadata"]
+            version, outputs, error_type = _version(envelope), envelope.get("data"), None
+            model_id = str((metadata.get("model") or {}).get("id", ""))
+        execution = Execution(execution_id, program_id, version, tenant, served_at)
+        if not (options.sample_rate >= 1.0 or self._random() < options.sample_rate):
+            return execution, None, None
         evaluation = options.evaluation
-        if (
-            sampled
+        judged = (
+            loop is not None  # no running loop: nothing to judge on
             and evaluation is not None
             and error_type is None
             and (evaluation.sample_rate >= 1.0 or self._random() < evaluation.sample_rate)
-        ):
-            with contextlib.suppress(RuntimeError):  # no running loop: nothing to judge on
-                judge_loop = asyncio.get_running_loop()
-        item = QueuedItem(
-            execution,
-            inputs if sampled else None,
-            outputs,
-            metadata,
-            error_type,
-            model_id,
-            judge_loop,
         )
-        self._pending[execution_id] = execution  # before the writer can pop it
+        queued = QueuedItem(execution, inputs, outputs, metadata, error_type, model_id)
         try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self._pending.pop(execution_id, None)
-            self._dropped_full += 1
-            self._dropped_counter.add(1, {"program_id": program_id})
+            capture = build_capture(queued, options)
+        except Exception:
+            self._dropped_redacting += 1
+            _log.warning("capture of %r dropped: its redaction failed", program_id, exc_info=True)
+            return execution, None, None
+        return execution, capture, loop if judged else None
 
     # --- retention and erasure ------------------------------------------------------------
 
@@ -249,10 +341,12 @@ class TrafficRecorder(FeedbackMethods):
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued capture is stored; ``False`` if ``timeout_s`` passed."""
+        target = self._accepted
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks:
+        self._wake.set()
+        while self._written < target:
             if time.monotonic() > deadline or self._thread is None:
-                return not self._queue.unfinished_tasks
+                return self._written >= target
             time.sleep(0.005)
         return True
 
@@ -266,6 +360,7 @@ class TrafficRecorder(FeedbackMethods):
     def close(self) -> None:
         """Write what is queued, stop the writer and close the store."""
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None:
             thread.join(timeout=30)
@@ -289,74 +384,65 @@ class TrafficRecorder(FeedbackMethods):
         next_retention = time.monotonic()
         while True:
             stopping = self._stop.is_set()
-            batch = self._next_batch(stopping)
-            if batch:
+            if not stopping:
+                # One wake per interval (or on flush/close): each time this thread takes the
+                # interpreter lock while the loop runs, the loop is made to switch
+                self._wake.wait(self._flush_interval_s)
+                self._wake.clear()
+            if self._raw:  # no loop converts these (none running, or it is gone or blocked)
+                with self._convert_lock:
+                    self._convert(len(self._raw))
+            wrote = False
+            while self._ready:
+                batch: list[_Prepared] = []
+                with contextlib.suppress(IndexError):
+                    while len(batch) < self._batch_size:
+                        batch.append(self._ready.popleft())
                 self._write(batch)
+                wrote = True
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + self._retention_interval_s
                 try:
                     self.enforce_retention()
                 except Exception:
                     _log.warning("traffic retention failed; will try again", exc_info=True)
-            if stopping and not batch:
+            if stopping and not wrote and not self._raw:
                 return
 
-    def _next_batch(self, stopping: bool) -> list[QueuedItem]:
-        """The items of one transaction: after the first, wait up to ``flush_interval_s`` for
-        more (sleeping, so a put does not wake the writer), up to ``batch_size``.
-
-        A transaction per request cost ~100 us of CPU each in SQLite against ~20 us in batches
-        of 200; without the wait the writer woke on every put and wrote batches of 1.4 on
-        average at 700 requests/s (benchmarks/e2e/traffic_overhead.py).
-        """
-        try:
-            batch = [self._queue.get(timeout=self._flush_interval_s)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + self._flush_interval_s
-        while not stopping and not self._stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or self._queue.qsize() >= self._batch_size - 1:
-                break
-            time.sleep(min(left, _LINGER_TICK_S))
-        with contextlib.suppress(queue.Empty):
-            while len(batch) < self._batch_size:
-                batch.append(self._queue.get_nowait())
-        return batch
-
-    def _write(self, batch: list[QueuedItem]) -> None:
-        executions, captures, judged = [], [], []
-        for index, item in enumerate(batch, 1):
-            if index % _GIL_SLICE == 0:
-                # Let the event loop have the GIL back: without it the loop waited for the
-                # interpreter's switch interval (5 ms) while a batch was converted
-                time.sleep(0)
-            executions.append(item.execution)
-            if item.inputs is None:
-                continue
-            try:
-                capture = build_capture(item, self._options[item.execution.program_id])
-            except Exception:
-                self._dropped_writing += 1
-                _log.warning(
-                    "capture of %r dropped: its redaction failed",
-                    item.execution.program_id,
-                    exc_info=True,
-                )
-                continue
-            captures.append(capture)
-            if item.judge is not None:
-                judged.append((item.judge, capture))
+    def _write(self, batch: list[_Prepared]) -> None:
+        """Store one batch in one transaction, then hand its sampled captures to the judges."""
+        executions = [execution for execution, _, _ in batch]
+        captures = [capture for _, capture, _ in batch if capture is not None]
+        judged: dict[asyncio.AbstractEventLoop, list[CapturedRequest]] = {}
+        for _, capture, loop in batch:
+            if capture is not None and loop is not None:
+                judged.setdefault(loop, []).append(capture)
         try:
             self.store.write(executions, captures)
-            for loop, capture in judged:  # before task_done: a flush then sees them queued
-                evaluator = self._evaluators.get(capture.program_id)
-                if evaluator is not None:
-                    evaluator.submit(loop, capture)
+            for loop, sampled in judged.items():  # before counting written: a flush then
+                self._submit(loop, sampled)  # sees them queued for their judge
         except Exception:
             self._dropped_writing += len(batch)
             _log.warning("traffic batch of %d dropped: the store failed", len(batch), exc_info=True)
         finally:
-            for item in batch:
-                self._pending.pop(item.execution.execution_id, None)
-                self._queue.task_done()
+            for execution in executions:
+                self._pending.pop(execution.execution_id, None)
+            self._written += len(batch)
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, captures: list[CapturedRequest]) -> None:
+        """Hand a batch's sampled captures to their judges, on the loop that served them."""
+        evaluators = self._evaluators
+
+        def enqueue() -> None:
+            for capture in captures:
+                evaluator = evaluators.get(capture.program_id)
+                if evaluator is not None:
+                    evaluator.enqueue(capture)
+
+        try:
+            loop.call_soon_threadsafe(enqueue)  # one wake of the loop per batch
+        except RuntimeError:  # the loop closed meanwhile (shutdown)
+            for capture in captures:
+                evaluator = evaluators.get(capture.program_id)
+                if evaluator is not None:
+                    evaluator.skipped += 1

@@ -31,9 +31,11 @@ class FeedbackMethods:
 
     store: TrafficStore
     _options: dict[str, CaptureOptions]
-    _pending: dict[str, Execution]
     _clock: Callable[[], float]
     _limiter: anyio.CapacityLimiter
+
+    def _queued_execution(self, execution_id: str) -> Execution | None:
+        raise NotImplementedError
 
     def find_execution(self, program_id: str, execution_id: str) -> Execution:
         """The served execution ``execution_id`` of ``program_id`` (blocking I/O).
@@ -41,7 +43,7 @@ class FeedbackMethods:
         Raises:
             ExecutionNotFoundError: Unknown, of another program, or past retention.
         """
-        found = self._pending.get(execution_id) or self.store.find_execution(execution_id)
+        found = self._queued_execution(execution_id) or self.store.find_execution(execution_id)
         options = self._options.get(program_id)
         if found is None or found.program_id != program_id:
             raise ExecutionNotFoundError(

@@ -1,11 +1,20 @@
 """Online evaluation: score a sample of captured requests in the background (private).
 
 A sampled capture is handed from the recorder's writer thread to the event loop that served
-it; one worker task per program scores the captures one at a time, with a metric function
-(in a worker thread) or a DSPy judge program run through the model manager's reliable
-backend (its breaker, rate limit, deadline and price apply) inside ``tenant_scope`` of the
-evaluation's own budget tenant. Scores are stored as feedback of kind ``judge``. Nothing
-here runs on a request's path: a full evaluation queue drops the capture (counted).
+it (one hand-off per written batch); one worker task per program scores the captures one at a
+time, with a metric function (in a worker thread) or a DSPy judge program run through the
+model manager's reliable backend (its breaker, rate limit, deadline and price apply) inside
+``tenant_scope`` of the evaluation's own budget tenant. Scores are stored as feedback of kind
+``judge``. Nothing here runs on a request's path: a full evaluation queue drops the capture
+(counted).
+
+The judge has the lowest priority on the loop: a judgement starts only after a 20 ms window
+in which the loop's thread was busy less than a quarter of the time, when a yield to the loop
+comes back at once (nothing else ready), and at least ``spacing_s`` after the previous one
+started, so judgements never come in bursts; a capture that found no such moment within
+``max_delay_s`` is skipped (counted). A judge call costs about the CPU of a request (a DSPy
+call through the model stack): started while requests arrive, its pieces delay them. So a
+judge scores in lulls and after load; on a server kept busy it skips, and says how many.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["OnlineEvaluation"]
 
 _log = logging.getLogger("llm_server.traffic")
+_WINDOW_S = 0.02  # the loop's recent busy share is measured over this long
+_IDLE_SHARE = 0.25  # a judgement starts only after a window the loop was busy less than this
+_QUIET_S = 0.0005  # and when a yield to the loop comes back sooner: nothing else was ready
 
 Metric = Callable[[Mapping[str, Any], Mapping[str, Any]], float]
 """``metric(inputs, outputs) -> score``: the captured request's (redacted) fields."""
@@ -50,6 +64,9 @@ class OnlineEvaluation:
         model_id: The configured model the judge runs on.
         tenant: The budget tenant the judge's model calls are checked against and charged to.
         queue_size: Captures that may wait to be scored; beyond it they are skipped (counted).
+        spacing_s: Least time between the starts of two judgements (no bursts).
+        max_delay_s: Longest a capture waits for a moment when the loop is idle; past it, it
+            is skipped (counted): a busy server serves requests, not its judge.
     """
 
     sample_rate: float = 1.0
@@ -58,6 +75,8 @@ class OnlineEvaluation:
     model_id: str | None = None
     tenant: str = "llm-server-judge"
     queue_size: int = 1000
+    spacing_s: float = 0.05
+    max_delay_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_rate <= 1.0:
@@ -70,6 +89,8 @@ class OnlineEvaluation:
             raise ConfigurationError("a judge program needs model_id= (the model it runs on)")
         if self.queue_size < 1:
             raise ConfigurationError("evaluation queue_size must be at least 1")
+        if not (self.spacing_s >= 0 and self.max_delay_s >= 0):
+            raise ConfigurationError("evaluation spacing_s and max_delay_s must be at least 0")
 
 
 def _judge_program(judge: Any) -> Any:
@@ -115,35 +136,37 @@ class _Evaluator:
         self._model_manager = model_manager
         self._backend: Any = None
         self._names: tuple[str, ...] = ()
-        self._queue: asyncio.Queue[CapturedRequest] | None = None
+        self._queue: asyncio.Queue[tuple[float, CapturedRequest]] | None = None
+        self._last_start = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._limiter = anyio.CapacityLimiter(1)
         self.skipped = 0
-        """Captures not scored: the queue was full, or the judge failed."""
+        """Captures not scored: the queue was full, the loop stayed busy, or the judge failed."""
+        self.skipped_busy = 0
+        """Of :attr:`skipped`: the loop was never idle within ``max_delay_s``."""
         self.scored = 0
         """Captures scored and stored as ``judge`` feedback."""
 
-    def submit(self, loop: asyncio.AbstractEventLoop, capture: CapturedRequest) -> None:
-        """Hand a capture to the loop that served it (from the writer thread)."""
-        try:
-            loop.call_soon_threadsafe(self._enqueue, capture)
-        except RuntimeError:  # the loop closed meanwhile (shutdown)
-            self.skipped += 1
-
-    def _enqueue(self, capture: CapturedRequest) -> None:
+    def enqueue(self, capture: CapturedRequest) -> None:
+        """Queue a written capture for scoring (on the loop that served it)."""
+        loop = asyncio.get_running_loop()
         if self._queue is None:
             self._queue = asyncio.Queue(self._options.queue_size)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._work(self._queue))
+            self._task = loop.create_task(self._work(self._queue))
         try:
-            self._queue.put_nowait(capture)
+            self._queue.put_nowait((loop.time(), capture))
         except asyncio.QueueFull:
             self.skipped += 1
 
-    async def _work(self, pending: asyncio.Queue[CapturedRequest]) -> None:
+    async def _work(self, pending: asyncio.Queue[tuple[float, CapturedRequest]]) -> None:
         while True:
-            capture = await pending.get()
+            queued_at, capture = await pending.get()
             try:
+                if not await self._idle_moment(queued_at):
+                    self.skipped += 1
+                    self.skipped_busy += 1
+                    continue
                 score, label = await self._score(capture)
                 await self._recorder.afeedback(
                     capture.program_id,
@@ -163,6 +186,27 @@ class _Evaluator:
                 )
             finally:
                 pending.task_done()
+
+    async def _idle_moment(self, queued_at: float) -> bool:
+        """Wait until ``spacing_s`` after the last judgement and for an idle loop (busy less
+        than ``_IDLE_SHARE`` of a ``_WINDOW_S`` window, nothing else ready at its end);
+        ``False`` if none came within ``max_delay_s`` of queueing."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self._last_start + self._options.spacing_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            cpu, wall = time.thread_time(), time.perf_counter()  # the loop's own thread
+            await asyncio.sleep(_WINDOW_S)
+            busy = (time.thread_time() - cpu) / max(time.perf_counter() - wall, 1e-9)
+            if busy < _IDLE_SHARE:
+                looked = time.perf_counter()
+                await asyncio.sleep(0)  # back at once unless other callbacks were ready
+                if time.perf_counter() - looked < _QUIET_S:
+                    self._last_start = loop.time()
+                    return True
+            if loop.time() - queued_at >= self._options.max_delay_s:
+                return False
 
     async def _score(self, capture: CapturedRequest) -> tuple[float, str | None]:
         outputs = dict(capture.outputs or {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -61,17 +60,14 @@ class CaptureOptions:
 
 @dataclass(slots=True)
 class QueuedItem:
-    """What the request path hands to the writer: references, converted later."""
+    """A sampled request as served (references), before :func:`build_capture` converts it."""
 
     execution: Execution
     inputs: Mapping[str, Any] | None
-    """``None``: not sampled (only the execution is stored)."""
     outputs: Mapping[str, Any] | None
     metadata: Mapping[str, Any]
     error_type: str | None
     model_id: str
-    judge: asyncio.AbstractEventLoop | None
-    """The loop to run the judge on, when this capture was sampled for online evaluation."""
 
 
 def redact_value(value: Any, fields: AbstractSet[str]) -> Any:  # noqa: PLR0911 -- one return per type

@@ -1,0 +1,104 @@
+"""The CPU one capture costs, in-process: on the event loop (sampling and enqueueing on the
+request path, then the redaction and conversion the loop does between callbacks) and on the
+writer thread (the batched SQLite insert), while the loop is kept busy like a server's.
+
+A loop serves simulated requests at a fixed rate, each ``BUSY_MS`` of Python CPU (the loop is
+then busy about three quarters of the time, so the writer thread contends for the interpreter
+lock as it would in a loaded server) followed by ``TrafficRecorder.served`` with a real
+envelope. The loop's share is timed around ``served`` and the conversion callbacks
+(``time.thread_time``); the writer's is its thread's CPU time (psutil). Used by
+``traffic_overhead.py``; alone: ``python benchmarks/e2e/capture_cpu.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from llm_server.traffic import CaptureOptions, SqliteTrafficStore, TrafficRecorder
+
+BUSY_MS = 2.0
+RATE = 375.0  # requests per second: BUSY_MS x RATE = 75 % of the loop
+
+
+def _envelope(n: int) -> dict[str, Any]:
+    """What the program route hands to capture (the shape app T serves)."""
+    return {
+        "success": True,
+        "data": {"output": f"Question {n}: what is {n} plus {n}? The answer is {2 * n}."},
+        "metadata": {
+            "execution_id": str(uuid.uuid4()),
+            "program": {"id": "captured", "name": "Captured", "version": "1.0.0"},
+            "model": {"id": "gpt-4o-mini", "provider": "openai"},
+            "performance": {
+                "timing": {"total_ms": 2.1, "pipeline_complete_ms": 2.0},
+                "tokens": {"input": 42, "output": 17, "total": 59, "cost_usd": 0.0000165},
+            },
+        },
+    }
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _timed(spent: list[float], call: Callable[..., None]) -> Callable[..., None]:
+    def timed(*args: Any) -> None:
+        started = time.thread_time()
+        try:
+            call(*args)
+        finally:
+            spent[0] += time.thread_time() - started
+
+    return timed
+
+
+async def _run(captures: int) -> dict[str, float]:
+    folder = tempfile.mkdtemp(prefix="llm-server-capture-cpu-")
+    recorder = TrafficRecorder(SqliteTrafficStore(f"{folder}/t.sqlite3"))
+    recorder.enable("captured", CaptureOptions(sample_rate=1.0))
+    on_loop = [0.0]
+    served = _timed(on_loop, recorder.served)
+    recorder._convert_slice = _timed(on_loop, recorder._convert_slice)  # type: ignore[method-assign]
+    writer = next(t for t in threading.enumerate() if t.name == "llm-server-traffic")
+    bodies = [
+        ({"input": f"Question {n}: what is {n} plus {n}?"}, _envelope(n)) for n in range(captures)
+    ]
+    start = time.perf_counter()
+    for n, (inputs, envelope) in enumerate(bodies):
+        _spin(BUSY_MS / 1000)
+        served("captured", inputs, envelope)
+        delay = start + (n + 1) / RATE - time.perf_counter()
+        await asyncio.sleep(max(delay, 0))
+    assert await recorder.aflush(60)
+    thread = next(t for t in psutil.Process().threads() if t.id == writer.native_id)
+    writer_s = thread.user_time + thread.system_time
+    stored = len(recorder.store.captures("captured"))
+    await recorder.aclose()
+    if stored != captures or recorder.dropped:
+        raise RuntimeError(f"stored {stored} of {captures}, dropped {recorder.dropped}")
+    return {
+        "captures": captures,
+        "loop_us_per_capture": round(on_loop[0] / captures * 1e6, 1),
+        "writer_us_per_capture": round(writer_s / captures * 1e6, 1),
+        "total_us_per_capture": round((on_loop[0] + writer_s) / captures * 1e6, 1),
+    }
+
+
+def measure(*, quick: bool = False) -> dict[str, float]:
+    """Per-capture CPU on the loop and on the writer thread (µs)."""
+    return asyncio.run(_run(1500 if quick else 4000))
+
+
+if __name__ == "__main__":
+    json.dump(measure(), __import__("sys").stdout, indent=1)

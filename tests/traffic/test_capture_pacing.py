@@ -1,0 +1,176 @@
+"""What keeps capture and its judge off the requests' way: the conversion runs on the event loop
+a few items per callback, in order, and a close writes everything; the judge waits for an idle
+loop, spaced, and skips (counted) what found none."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_server.traffic import (
+    CapturedRequest,
+    CaptureOptions,
+    Execution,
+    OnlineEvaluation,
+    SqliteTrafficStore,
+    TrafficRecorder,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class _OrderStore(SqliteTrafficStore):
+    """A store that remembers the execution ids in the order it was asked to write them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.order: list[str] = []
+
+    def write(self, executions: Sequence[Execution], captures: Sequence[CapturedRequest]) -> None:
+        self.order.extend(e.execution_id for e in executions)
+        super().write(executions, captures)
+
+
+def _serve(recorder: TrafficRecorder, execution_id: str) -> None:
+    envelope = {
+        "data": {"answer": f"answer {execution_id}"},
+        "metadata": {"execution_id": execution_id, "program": {"version": "1.0.0"}},
+    }
+    recorder.served("answer", {"question": f"question {execution_id}"}, envelope)
+
+
+async def test_the_loop_converts_a_few_captures_per_callback_in_order(tmp_path: Path) -> None:
+    converted: list[tuple[int, str]] = []  # (the loop's turn, the capture's question)
+    turn = 0
+
+    def hook(record: dict[str, Any]) -> dict[str, Any]:
+        assert threading.get_ident() == loop_thread  # never the writer thread
+        converted.append((turn, record["inputs"]["question"]))
+        return record
+
+    loop_thread = threading.get_ident()
+    store = _OrderStore(tmp_path / "t.sqlite3")
+    recorder = TrafficRecorder(store, flush_interval_s=30)  # the writer sleeps meanwhile
+    recorder.enable("answer", CaptureOptions(redact=hook))
+    try:
+        ids = [f"e{i:03d}" for i in range(50)]
+        for execution_id in ids:
+            _serve(recorder, execution_id)
+        assert converted == []  # the request path only enqueues
+        deadline = time.monotonic() + 10
+        while len(converted) < len(ids) and time.monotonic() < deadline:
+            turn += 1
+            await asyncio.sleep(0)
+        per_turn = [sum(1 for t, _ in converted if t == n) for n in range(1, turn + 1)]
+        assert [q for _, q in converted] == [f"question {e}" for e in ids]
+        assert max(per_turn) <= 16  # a slice per callback, other callbacks in between
+        assert sum(1 for n in per_turn if n) >= len(ids) // 16
+        assert store.order == []  # nothing written yet: the writer has not woken
+    finally:
+        recorder.close()
+    assert store.order == ids
+    assert recorder.dropped == 0
+
+
+async def test_close_right_after_serving_writes_every_capture_in_order(tmp_path: Path) -> None:
+    # Nothing converted yet when close() runs on the loop's own thread (the loop cannot run its
+    # conversion callbacks): the writer converts what is left and writes it, in order.
+    store = _OrderStore(tmp_path / "t.sqlite3")
+    recorder = TrafficRecorder(store, flush_interval_s=30, batch_size=7)
+    recorder.enable("answer", CaptureOptions())
+    ids = [f"e{i:03d}" for i in range(40)]
+    for execution_id in ids:
+        _serve(recorder, execution_id)
+    recorder.close()
+    reopened = SqliteTrafficStore(store.path)
+    try:
+        stored = [c.execution_id for c in reopened.captures("answer")]
+    finally:
+        reopened.close()
+    assert store.order == ids
+    assert sorted(stored) == ids
+    assert recorder.dropped == 0
+
+
+async def test_flush_on_the_loops_thread_does_not_wait_for_the_loop(tmp_path: Path) -> None:
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions())
+    try:
+        for i in range(10):
+            _serve(recorder, f"e{i}")
+        started = time.perf_counter()
+        assert recorder.flush(10)  # blocks the loop: the writer converts, woken by the flush
+        assert time.perf_counter() - started < 5
+        assert len(recorder.store.captures("answer")) == 10
+    finally:
+        recorder.close()
+
+
+def _metric_at(calls: list[float]) -> Any:
+    def metric(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> float:
+        calls.append(time.monotonic())
+        return 1.0
+
+    return metric
+
+
+async def test_judgements_are_spaced_never_a_burst(tmp_path: Path) -> None:
+    calls: list[float] = []
+    evaluation = OnlineEvaluation(metric=_metric_at(calls), spacing_s=0.1)
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.01)
+    recorder.enable("answer", CaptureOptions(evaluation=evaluation))
+    try:
+        for i in range(5):
+            _serve(recorder, f"e{i}")  # one batch: five captures handed over at once
+        assert await recorder.aflush(20)
+    finally:
+        await recorder.aclose()
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert len(calls) == 5
+    assert min(gaps) >= 0.09, gaps
+    assert recorder.evaluation_counts("answer") == {"scored": 5, "skipped": 0, "skipped_busy": 0}
+
+
+async def test_a_busy_loop_skips_judgements_and_counts_them(tmp_path: Path) -> None:
+    calls: list[float] = []
+    evaluation = OnlineEvaluation(metric=_metric_at(calls), spacing_s=0, max_delay_s=0.3)
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.01)
+    recorder.enable("answer", CaptureOptions(evaluation=evaluation))
+    busy = True
+
+    async def hog() -> None:  # a saturated server: some callback is always ready
+        while busy:
+            end = time.perf_counter() + 0.002
+            while time.perf_counter() < end:
+                pass
+            await asyncio.sleep(0)
+
+    hogs = [asyncio.get_running_loop().create_task(hog()) for _ in range(2)]
+    try:
+        for i in range(6):
+            _serve(recorder, f"e{i}")
+        await asyncio.sleep(1.0)  # longer than max_delay_s: every capture waited in vain
+        busy = False
+        await asyncio.gather(*hogs)
+        assert await recorder.aflush(20)
+        counts = recorder.evaluation_counts("answer")
+        assert counts == {"scored": 0, "skipped": 6, "skipped_busy": 6}
+        assert calls == []
+        for i in range(6, 9):  # an idle loop again: judged
+            _serve(recorder, f"e{i}")
+        assert await recorder.aflush(20)
+        assert recorder.evaluation_counts("answer") == {
+            "scored": 3,
+            "skipped": 6,
+            "skipped_busy": 6,
+        }
+    finally:
+        busy = False
+        await recorder.aclose()
