@@ -6,7 +6,7 @@ import pytest
 from _fleet_helpers import Connect
 from redis.exceptions import ResponseError
 
-from llm_server.fleet._batch import ScriptBatch, _pack
+from llm_server.fleet._batch import ScriptBatch
 
 _ECHO = "return ARGV"
 _INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -19,14 +19,6 @@ def test_arguments_are_sent_as_redis_py_would_send_them(connect: Connect) -> Non
     batch = ScriptBatch()
     batch.add(echo, [], ["text", b"bytes", 7, -3, 0.25, 1e-07])
     assert batch.run(connection.client) == [[b"text", b"bytes", b"7", b"-3", b"0.25", b"1e-07"]]
-
-
-def test_a_flag_is_refused_not_sent_as_a_word() -> None:
-    class Script:
-        sha = "0" * 40
-
-    with pytest.raises(TypeError):
-        _pack((Script(), [], [True]))
 
 
 def test_an_error_among_the_replies_is_raised_and_leaves_the_connection_usable(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 __all__ = ["RedisFailure", "ScriptBatch", "Stage"]
 
@@ -42,46 +42,11 @@ class ScriptBatch:
         return replies
 
     def _send(self, client: redis.Redis, indices: Sequence[int]) -> list[Any]:
-        # one send and a read per reply on a pooled connection: redis-py's pipeline costs
-        # ~3x the CPU here (per-argument encoding, its command stack, response callbacks),
-        # and the sync thread sends one every 100 ms
-        packed = b"".join(_pack(self.calls[index]) for index in indices)
-        pool = client.connection_pool
-        connection: Any = pool.get_connection()
-        try:
-            connection.send_packed_command([packed])
-            replies: list[Any] = []
-            for _ in indices:
-                try:
-                    replies.append(connection.read_response())
-                except ResponseError as exc:  # (NOSCRIPT among them) the others still come
-                    replies.append(exc)
-        except BaseException:
-            connection.disconnect()  # replies may be left on it: nobody else may read them
-            raise
-        finally:
-            pool.release(connection)
-        return replies
-
-
-def _pack(call: tuple[Any, list[Any], list[Any]]) -> bytes:
-    """``EVALSHA sha numkeys keys... args...`` in RESP (what redis-py's encoder sends for
-    text, integers and floats)."""
-    script, keys, args = call
-    items = [b"EVALSHA", script.sha.encode(), b"%d" % len(keys)]
-    for value in (*keys, *args):
-        if isinstance(value, bytes):
-            items.append(value)
-        elif isinstance(value, str):
-            items.append(value.encode())
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            items.append(repr(value).encode())
-        else:
-            raise TypeError(f"a script argument must be text or a number, not {value!r}")
-    out = [b"*%d\r\n" % len(items)]
-    for item in items:
-        out.append(b"$%d\r\n%s\r\n" % (len(item), item))
-    return b"".join(out)
+        pipe = client.pipeline(transaction=False)
+        for index in indices:
+            script, keys, args = self.calls[index]
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
 
 
 Stage = Callable[[ScriptBatch], Callable[[list[Any] | None], None] | None]
