@@ -223,7 +223,7 @@ async def test_one_sync_turn_writes_every_parts_counts_in_one_round_trip(
         limits.give_back("m", -1, 1, 10)  # capacity to return
         stats.record("qa", "1.0.0", latency_s=0.01, tokens=5, cost_usd=0.25)
         connection._next_beat = breakers._next_refresh = 0.0  # the once-a-second writes too
-        connection._flush()
+        connection.threads.flush()
 
     turn()  # (the first turn also loads the scripts)
     with counting_round_trips(monkeypatch) as trips:

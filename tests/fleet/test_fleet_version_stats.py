@@ -105,3 +105,23 @@ def test_counts_a_failed_write_lost_are_written_by_the_next_one(connect: Connect
     shared.flush()
     assert connection.client.hmget(key, ["requests", "tokens"]) == [b"2", b"10"]
     assert stats.figures("qa", "1.0.0").requests == 2
+
+
+def test_between_reads_a_turn_adds_what_it_wrote_and_once_a_second_it_reads_the_fleet(
+    connect: Connect,
+) -> None:
+    one, two = VersionStats(), VersionStats()
+    shared_one = RedisVersionStats(connect(), one)
+    shared_two = RedisVersionStats(connect(), two)
+    one.record("qa", "1.0.0", latency_s=0.01, tokens=10)
+    shared_one.flush()  # the first turn reads the totals too
+    two.record("qa", "1.0.0", latency_s=0.01, tokens=5)
+    shared_two.flush()
+    one.record("qa", "1.0.0", latency_s=0.01, tokens=10)
+    shared_one.flush()  # within the second: no read, its own counts are added
+    figures = one.figures("qa", "1.0.0")
+    assert (figures.requests, figures.tokens) == (2, 20)
+    shared_one._next_read = 0.0  # a second later
+    shared_one.flush()  # nothing new to write: the version is re-read in the batch
+    figures = one.figures("qa", "1.0.0")
+    assert (figures.requests, figures.tokens) == (3, 25)

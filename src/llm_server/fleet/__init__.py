@@ -26,10 +26,13 @@ naming the setting to fix, and keep the process on local state until fixed.
 
 Its modules (private; the names are public here):
 
-- ``_connection``: :class:`FleetConnection`: timeouts, fallback, the sync and writer threads;
+- ``_connection``: :class:`FleetConnection`: clients, timeouts, fallback, failover;
+- ``_sync_threads``: its background sync and writer threads and the work registered for them;
+- ``_batch``: one round trip of scripts (a pipeline of EVALSHA) and what may fail in it;
 - ``_clients``: the Redis clients for a URL (Sentinel included) and what an error means;
 - ``_breakers``: :class:`RedisBreakerStore`, a shared :class:`~llm_server.core.circuit_breaker.
   BreakerStateStore` that also decides fleet-wide (failures, probe leases, verdicts);
+- ``_breaker_entries``: a shared breaker's keys, queued work and scripts' arguments;
 - ``_limits``: :class:`RedisLimitCounters`, shared rate-limit counters (with leases);
 - ``_usage``: :class:`RedisUsageCounters`, tenants' usage for their budgets;
 - ``_cache``: :class:`SharedResponseCache`, a tenant-safe response cache per model;

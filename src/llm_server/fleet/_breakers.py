@@ -29,11 +29,9 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from llm_server.core.reliability._breaker_types import (
@@ -44,6 +42,19 @@ from llm_server.core.reliability._breaker_types import (
     ForcedState,
 )
 from llm_server.fleet import _scripts
+from llm_server.fleet._breaker_entries import (
+    FORCED,
+    READ_STRIDE,
+    STATES,
+    Entry,
+    Verdict,
+    cas_args,
+    forced_state,
+    lease_args,
+    outcome_args,
+    text,
+    verdict_args,
+)
 from llm_server.fleet._connection import (
     SYNC_INTERVAL_S,
     FleetConnection,
@@ -56,55 +67,7 @@ __all__ = ["RedisBreakerStore"]
 
 _log = logging.getLogger("llm_server.fleet")
 _CLOSED = BreakerRecord()
-_STATES = {state.value: state for state in BreakerState}
-_FORCED = (BreakerState.FORCED_OPEN, BreakerState.DISABLED)
 _KEEP: Any = object()  # _store: a reply without who forced the state (keep what we know)
-_READ_STRIDE = 8  # BREAKER_READ's values per breaker
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _forced(state: str, values: Any) -> ForcedState | None:
-    """Who forced a state, from BREAKER_READ's last four values (``None``: not forced)."""
-    if _STATES.get(state) not in _FORCED:
-        return None
-    by, reason, at_ms, ttl_ms = (_text(v) for v in values)
-    ttl = int(ttl_ms or 0)
-    return ForcedState(
-        by=by or "unknown",
-        reason=reason,
-        at=int(at_ms or 0) / 1000,
-        ttl_s=ttl / 1000 if ttl > 0 else None,
-    )
-
-
-@dataclass(slots=True)
-class _Verdict:
-    generation: int
-    lease: str
-    outcome: CallOutcome
-    until: float  # local monotonic time the lease expires (Redis then dropped it anyway)
-
-
-@dataclass(slots=True)
-class _Entry:
-    policy: FleetPolicy
-    on_change: Callable[[BreakerRecord, BreakerRecord], None]
-    keys: tuple[str, str, str]  # hash, window, probes
-    successes: int = 0  # closed-state successes not yet written
-    generation: int = 0  # ... in this generation
-    # failures counted on an event loop, for the writer thread
-    failures: int = 0
-    failure_calls: int = 0  # (successes before them included)
-    failure_generation: int = 0
-    consecutive: int = -1  # -1: no success of this process among them
-    transitions: list[tuple[BreakerRecord, BreakerRecord]] = field(default_factory=list)
-    verdicts: list[_Verdict] = field(default_factory=list)
-    lease_wanted: int | None = None  # a generation the writer should ask a lease for
-    lease_ready: tuple[int, str, float] | None = None  # generation, lease id, expiry
-    denied: tuple[int, float] | None = None  # generation, refused until (monotonic)
 
 
 class RedisBreakerStore:
@@ -117,7 +80,7 @@ class RedisBreakerStore:
     def __init__(self, connection: FleetConnection) -> None:
         self._conn = connection
         self._records: dict[str, BreakerRecord] = {}
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
         # held while queued transitions are written: a worker thread's round trip that
         # depends on them (a lease, an outcome, a verdict) waits until they are in Redis
@@ -182,7 +145,7 @@ class RedisBreakerStore:
     ) -> None:
         """Declare a breaker and read its shared record (creating one writes nothing)."""
         base = self._conn.key("cb", name)
-        self._entries[name] = _Entry(policy, on_change, (base, f"{base}:w", f"{base}:p"))
+        self._entries[name] = Entry(policy, on_change, (base, f"{base}:w", f"{base}:p"))
         if not self._conn.fallback:
             try:  # this breaker's record only: the others were read when they registered
                 reply = self._read(keys=[base])
@@ -297,7 +260,7 @@ class RedisBreakerStore:
             lease = leases.pop() if leases else None
         if entry is None or lease is None:
             return None
-        verdict = _Verdict(generation, lease[0], outcome, lease[1])
+        verdict = Verdict(generation, lease[0], outcome, lease[1])
         reliable = self._conn.reliable()
         if not reliable or on_event_loop():
             with self._lock:
@@ -356,7 +319,7 @@ class RedisBreakerStore:
                     entry.verdicts[:0] = verdicts
                 raise
 
-    def _write_queued_transitions(self, entry: _Entry, name: str) -> None:
+    def _write_queued_transitions(self, entry: Entry, name: str) -> None:
         """Write the breaker's queued transitions, in order (the writer thread, or a worker
         thread before a round trip that depends on them, outside the breaker's lock)."""
         with self._writing:
@@ -365,7 +328,7 @@ class RedisBreakerStore:
             self._write_transitions(entry, name, transitions)
 
     def _write_transitions(
-        self, entry: _Entry, name: str, transitions: list[tuple[BreakerRecord, BreakerRecord]]
+        self, entry: Entry, name: str, transitions: list[tuple[BreakerRecord, BreakerRecord]]
     ) -> None:
         for expected, new in transitions:
             reply = self._cas_call(entry, name, expected, new)
@@ -373,7 +336,7 @@ class RedisBreakerStore:
                 self._store(name, reply[1:4], notify=True, force=True)
                 return
 
-    def _lease_known(self, entry: _Entry, generation: int) -> bool:
+    def _lease_known(self, entry: Entry, generation: int) -> bool:
         """Whether a lease for ``generation`` is ready, or its refusal still remembered."""
         now = time.monotonic()
         with self._lock:
@@ -383,22 +346,13 @@ class RedisBreakerStore:
         )
 
     def _take_lease(
-        self, entry: _Entry, name: str, generation: int, *, notify: bool
+        self, entry: Entry, name: str, generation: int, *, notify: bool
     ) -> tuple[str, float] | None:
         """Ask Redis for a lease: ``(lease id, expiry)`` when granted; a refusal is kept."""
         lease = f"{self._conn.process_id}:{next(self._lease_ids)}"
         policy = entry.policy
         asked = time.monotonic()
-        reply = self._probe(
-            keys=entry.keys,
-            args=[
-                "lease",
-                generation,
-                lease,
-                policy.half_open_max_calls,
-                math.ceil(policy.probe_lease_s * 1000),
-            ],
-        )
+        reply = self._probe(keys=entry.keys, args=lease_args(entry, generation, lease))
         self._store(name, reply[1:4], notify=notify)
         if reply[0]:
             return lease, asked + policy.probe_lease_s
@@ -417,8 +371,8 @@ class RedisBreakerStore:
         names = list(self._entries)
         reply = self._read(keys=[self._entries[n].keys[0] for n in names])
         for index, name in enumerate(names):
-            at = _READ_STRIDE * index
-            self._store_read(name, reply[at : at + _READ_STRIDE], force=force)
+            at = READ_STRIDE * index
+            self._store_read(name, reply[at : at + READ_STRIDE], force=force)
 
     def resync(self) -> None:
         """After Redis failed: adopt the fleet's records (local decisions were local)."""
@@ -447,8 +401,14 @@ class RedisBreakerStore:
                 batch.add(
                     self._outcomes,
                     entry.keys,
-                    self._outcome_args(
-                        entry, name, generation, calls=successes, failures=0, consecutive=0
+                    outcome_args(
+                        entry,
+                        generation,
+                        calls=successes,
+                        failures=0,
+                        consecutive=0,
+                        channel=self.channel,
+                        name=name,
                     ),
                 )
                 names.append(name)
@@ -461,8 +421,8 @@ class RedisBreakerStore:
                 return
             if read:
                 for index, name in enumerate(read):
-                    at = _READ_STRIDE * index
-                    self._store_read(name, replies[0][at : at + _READ_STRIDE])
+                    at = READ_STRIDE * index
+                    self._store_read(name, replies[0][at : at + READ_STRIDE])
             for name, reply in zip(names, replies[1 if read else 0 :], strict=True):
                 self._store(name, reply[1:4], notify=True)
 
@@ -480,7 +440,7 @@ class RedisBreakerStore:
         entry = self._entries.get(name)
         if entry is None:
             return
-        if values is None or len(values) != _READ_STRIDE:
+        if values is None or len(values) != READ_STRIDE:
             values = self._read(keys=[entry.keys[0]])
         self._store_read(name, values)
 
@@ -488,66 +448,28 @@ class RedisBreakerStore:
         self, name: str, values: Any, *, notify: bool = True, force: bool = False
     ) -> None:
         """Adopt one breaker's values from BREAKER_READ."""
-        forced = _forced(_text(values[0]), values[4:8])
         self._store(
             name,
             values[0:3],
             notify=notify,
             force=force,
             exists=bool(int(values[3])),
-            forced=forced,
+            forced=forced_state(text(values[0]), values[4:8]),
         )
 
     # --- helpers -----------------------------------------------------------------------------
 
     def _cas_call(
-        self, entry: _Entry, name: str, expected: BreakerRecord, new: BreakerRecord
+        self, entry: Entry, name: str, expected: BreakerRecord, new: BreakerRecord
     ) -> Any:
-        # the open period is the policy's, a forced state's the TTL it was given (never a
-        # difference of two clocks: the breaker's may be an injected one); Redis's clock says
-        # when it ends
-        open_ms = 0
-        if new.state is BreakerState.OPEN:
-            open_ms = math.ceil(entry.policy.reset_timeout_s * 1000)
-        forced = new.forced
-        if forced is not None and forced.ttl_s:
-            open_ms = math.ceil(forced.ttl_s * 1000)
-        return self._cas(
-            keys=entry.keys,
-            args=[
-                expected.state.value,
-                expected.generation,
-                new.state.value,
-                new.generation,
-                open_ms,
-                self.channel,
-                name,
-                forced.by if forced else "",
-                forced.reason if forced else "",
-                round(forced.at * 1000) if forced else 0,
-            ],
-        )
+        return self._cas(keys=entry.keys, args=cas_args(entry, expected, new, self.channel, name))
 
-    def _verdict_call(self, entry: _Entry, name: str, verdict: _Verdict) -> Any:
-        policy = entry.policy
-        return self._probe(
-            keys=entry.keys,
-            args=[
-                "done",
-                verdict.generation,
-                verdict.lease,
-                verdict.outcome.value,
-                policy.half_open_max_calls,
-                policy.failure_rate or 0,
-                math.ceil(policy.reset_timeout_s * 1000),
-                self.channel,
-                name,
-            ],
-        )
+    def _verdict_call(self, entry: Entry, name: str, verdict: Verdict) -> Any:
+        return self._probe(keys=entry.keys, args=verdict_args(entry, verdict, self.channel, name))
 
     def _write_outcomes(
         self,
-        entry: _Entry,
+        entry: Entry,
         name: str,
         generation: int,
         *,
@@ -557,37 +479,16 @@ class RedisBreakerStore:
     ) -> Any:
         return self._outcomes(
             keys=entry.keys,
-            args=self._outcome_args(
-                entry, name, generation, calls=calls, failures=failures, consecutive=consecutive
+            args=outcome_args(
+                entry,
+                generation,
+                calls=calls,
+                failures=failures,
+                consecutive=consecutive,
+                channel=self.channel,
+                name=name,
             ),
         )
-
-    def _outcome_args(
-        self,
-        entry: _Entry,
-        name: str,
-        generation: int,
-        *,
-        calls: int,
-        failures: int,
-        consecutive: int,
-    ) -> list[Any]:
-        policy = entry.policy
-        width = max(1, math.ceil(policy.window_s / 60))
-        return [
-            generation,
-            calls,
-            failures,
-            consecutive,
-            (policy.failure_threshold or 0) if policy.failure_rate is None else 0,
-            policy.failure_rate or 0,
-            policy.minimum_calls,
-            width,
-            math.ceil(policy.window_s / width),
-            math.ceil(policy.reset_timeout_s * 1000),
-            self.channel,
-            name,
-        ]
 
     def _store(
         self,
@@ -605,9 +506,9 @@ class RedisBreakerStore:
         fallback). ``exists=False`` with a local generation above 0: Redis lost the record;
         it is written again from the local copy (generations go on, never restart at 0).
         """
-        state = _STATES.get(_text(reply[0]), BreakerState.CLOSED)
+        state = STATES.get(text(reply[0]), BreakerState.CLOSED)
         remaining_ms = int(reply[2])
-        timed = state is BreakerState.OPEN or (state in _FORCED and remaining_ms >= 0)
+        timed = state is BreakerState.OPEN or (state in FORCED and remaining_ms >= 0)
         entry = self._entries.get(name)
         # Redis says how much time is left; the breaker compares retry_at with its own clock
         now = entry.policy.monotonic if entry is not None else time.monotonic

@@ -1,4 +1,5 @@
-"""The fleet's one Redis connection: short timeouts, one fallback switch, one sync thread."""
+"""The fleet's one Redis connection: its clients, short timeouts, the fallback switch, failover
+and misconfiguration handling (its background threads: :mod:`._sync_threads`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import redis.asyncio
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
-    NoScriptError,
     RedisError,
     ResponseError,
 )
@@ -28,60 +28,27 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry._redaction import redact, register_secret
 from llm_server.fleet import _clients, _scripts
+from llm_server.fleet._batch import RedisFailure, ScriptBatch, Stage
+from llm_server.fleet._sync_threads import (
+    FLUSH_INTERVAL_S,
+    MISCONFIGURED_RETRY_S,
+    SYNC_INTERVAL_S,
+    SyncThreads,
+)
 
-__all__ = ["FleetConnection", "RedisFailure", "ScriptBatch"]
+__all__ = [
+    "FLUSH_INTERVAL_S",
+    "MISCONFIGURED_RETRY_S",
+    "SYNC_INTERVAL_S",
+    "FleetConnection",
+    "RedisFailure",
+    "ScriptBatch",
+    "Stage",
+]
 
 _log = logging.getLogger("llm_server.fleet")
 
-RedisFailure = (RedisError, OSError, asyncio.TimeoutError)
-"""What a Redis call may raise when Redis is down, slow or refuses."""
-
-SYNC_INTERVAL_S = 1.0
-"""How often every process re-reads the shared breaker states (besides pub/sub)."""
-FLUSH_INTERVAL_S = 0.1
-"""How often aggregated outcomes and settled limits are written."""
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]+")  # no ':': no prefix can then start another's keys
-MISCONFIGURED_RETRY_S = 10.0
-"""How often a process whose Redis refused for a configuration reason checks it again."""
-
-
-class ScriptBatch:
-    """Scripts to run in one round trip: a pipeline of EVALSHA, with no SCRIPT EXISTS before
-    it (redis-py's pipelined scripts ask that on every execute, a second round trip); a script
-    Redis lost (a restart) is loaded and only the commands it refused are sent again."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, list[Any], list[Any]]] = []
-
-    def add(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
-        """Queue one registered script (a redis-py ``Script``) with its keys and arguments."""
-        self.calls.append((script, list(keys), list(args)))
-
-    def run(self, client: redis.Redis) -> list[Any]:
-        """Run every queued script; their replies in order (raises the first error)."""
-        replies = self._send(client, range(len(self.calls)))
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            for script in {id(self.calls[i][0]): self.calls[i][0] for i in missing}.values():
-                client.script_load(script.script)
-            for index, reply in zip(missing, self._send(client, missing), strict=True):
-                replies[index] = reply
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    def _send(self, client: redis.Redis, indices: Sequence[int]) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        for index in indices:
-            script, keys, args = self.calls[index]
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(pipe.execute(raise_on_error=False))
-
-
-Stage = Callable[[ScriptBatch], Callable[[list[Any] | None], None] | None]
-"""Adds a part's background writes to the tick's batch; returns what takes their replies
-(``None`` when the batch failed: what is idempotent is queued again), or ``None``."""
 
 
 class FleetConnection:
@@ -137,25 +104,16 @@ class FleetConnection:
         self.last_error_reason: str | None = None
         """Its kind: ``timeout``, ``failed``, ``readonly``, ``noperm``, ``wrongtype``, ``oom``."""
         self.last_error_at: float | None = None
-        self._sync_turn = time.monotonic()  # when the sync thread last finished a turn
-        self._suspect = threading.Event()
         self._last_timeout = -1e9
-        self._patient = _clients.make_sync(
+        self.patient = _clients.make_sync(
             url, {**self._options, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
         )
-        self._periodic: list[Callable[[], None]] = []
-        self._flushers: list[Callable[[], None]] = []
-        self._stages: list[Stage] = []
-        self._urgent: list[Callable[[], None]] = []
-        self._wake = threading.Event()
-        self._writer: threading.Thread | None = None
-        self._resyncs: list[Callable[[], None]] = []
-        self._listeners: dict[str, Callable[[str], None]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        """A client allowed 1 s: the checks after a timeout."""
+        self.threads = SyncThreads(self)
+        """The background sync and writer threads, and the work registered for them."""
         self._heartbeat = self.client.register_script(_scripts.HEARTBEAT)
         self._next_beat = 0.0
-        self._stages.append(self._stage_beat)
+        self.threads.on_sync(stage=self._stage_beat)
 
     def _open(self, url: str, password: str | None) -> redis.Redis:
         """Check the URL, keep its secrets out of every message, and make the client."""
@@ -214,7 +172,7 @@ class FleetConnection:
             self._unreachable(exc, required=required)
             return
         try:
-            self.exercise(self._patient)
+            self.exercise(self.patient)
         except ResponseError as exc:
             if required:
                 raise ConfigurationError(
@@ -253,30 +211,16 @@ class FleetConnection:
 
     def start(self) -> None:
         """Start the background sync and writer threads (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="llm-server-fleet-sync", daemon=True
-            )
-            self._thread.start()
-        if self._writer is None:
-            self._writer = threading.Thread(
-                target=self._write_loop, name="llm-server-fleet-writer", daemon=True
-            )
-            self._writer.start()
+        self.threads.start()
 
     def close(self) -> None:
         """Stop the threads, flush once more, and close the synchronous client."""
-        self._stop.set()
-        self._wake.set()
-        for thread in (self._thread, self._writer):
-            if thread is not None:
-                thread.join(timeout=2)
-        self._thread = self._writer = None
+        self.threads.stop()
         if not self.fallback:
-            self._write_urgent()
-            self._flush()
+            self.threads.write_urgent()
+            self.threads.flush()
         self.client.close()
-        self._patient.close()
+        self.patient.close()
 
     async def aclose(self) -> None:
         """Close the running loop's async client (call from the loop that used it)."""
@@ -335,16 +279,17 @@ class FleetConnection:
         can pass 50 ms), so the sync thread checks Redis with a patient ping first.
         """
         if isinstance(exc, TimeoutError | RedisTimeoutError):
-            self._timed_out(exc)
-            self._wake.set()  # the writer looks every 100 ms while this is recent
+            self.timed_out(exc)
+            self.threads.wake.set()  # the writer looks every 100 ms while this is recent
             return
         self.degrade(exc)
 
-    def _timed_out(self, exc: BaseException) -> None:
-        self._note(exc, "timeout")
+    def timed_out(self, exc: BaseException) -> None:
+        """A command timed out: shared decisions wait a second; the sync thread checks."""
+        self.note(exc, "timeout")
         self.timeouts += 1
         self._last_timeout = time.monotonic()
-        self._suspect.set()
+        self.threads.suspect.set()
 
     def reliable(self) -> bool:
         """Whether shared decisions can be trusted now: not in fallback, and no request-path
@@ -359,7 +304,7 @@ class FleetConnection:
         error naming what to fix, and kept in :attr:`misconfigured` until a check passes.
         """
         reason = _clients.classify(exc)
-        self._note(exc, reason)
+        self.note(exc, reason)
         if reason == "readonly":
             self._drop_connections()
         explained = self._explain(exc) if reason in ("noperm", "wrongtype", "oom") else None
@@ -388,7 +333,8 @@ class FleetConnection:
                 " (it is a replica now: reconnecting)" if reason == "readonly" else "",
             )
 
-    def _note(self, exc: BaseException, reason: str) -> None:
+    def note(self, exc: BaseException, reason: str) -> None:
+        """Remember the latest failed command's error and its kind (for :meth:`describe`)."""
         self.last_error = f"{type(exc).__name__}: {redact(str(exc)) or 'no detail'}"
         self.last_error_reason = reason
         self.last_error_at = time.time()
@@ -425,26 +371,21 @@ class FleetConnection:
     def _drop_connections(self) -> None:
         """Close every pooled connection (the async clients are remade on their next use)."""
         self._pools += 1
-        for client in (self.client, self._patient):
+        for client in (self.client, self.patient):
             with contextlib.suppress(*RedisFailure):
                 client.connection_pool.disconnect()
 
-    def _recover(self) -> None:
-        for hook in self._resyncs:
-            try:
-                hook()
-            except RedisFailure:
-                return  # failed again: stay in fallback, the next ping retries
+    def recovered(self) -> None:
+        """Redis passed the check and every resync hook ran: share state again."""
         with self._lock:
             self.fallback = False
             self.fallback_since = None
             fixed, self.misconfigured = self.misconfigured, None
         if fixed is not None:
             _log.warning("fleet: Redis at %s accepts what the fleet needs again", self.display_url)
-        self._wake.set()  # what waited to be written (probe verdicts...) is written now
         _log.warning("fleet: Redis at %s answers again; state is shared again", self.display_url)
 
-    # --- the sync thread --------------------------------------------------------------------
+    # --- the background threads' work ---------------------------------------------------------
 
     def on_sync(
         self,
@@ -458,16 +399,9 @@ class FleetConnection:
         """Register work for the sync thread: every second, every 100 ms, on recovery, and
         on a pub/sub channel's messages (called with the message). ``stage`` adds writes to
         the batch sent every 100 ms: every part's, for every model, in one round trip."""
-        if periodic is not None:
-            self._periodic.append(periodic)
-        if flush is not None:
-            self._flushers.append(flush)
-        if stage is not None:
-            self._stages.append(stage)
-        if resync is not None:
-            self._resyncs.append(resync)
-        if channel is not None:
-            self._listeners[channel[0]] = channel[1]
+        self.threads.on_sync(
+            periodic=periodic, flush=flush, resync=resync, channel=channel, stage=stage
+        )
 
     def urgent(self, write: Callable[[], None]) -> None:
         """Register work for the writer thread: run when :meth:`wake` is called, 100 ms after
@@ -475,166 +409,15 @@ class FleetConnection:
         a request-path command timed out in the last second (calls then queue work without
         waking it). An idle writer sleeps until woken: no wake-up every 100 ms taking the GIL
         from the event loop."""
-        self._urgent.append(write)
+        self.threads.urgent(write)
 
     def wake(self) -> None:
         """Have the writer thread run its work now (never waits: the request path calls it)."""
-        self._wake.set()
-
-    def _write_loop(self) -> None:
-        retry = False
-        while not self._stop.is_set():
-            # idle: sleep until woken (a call queued work, Redis answers again, close());
-            # after a failed write: try again in 100 ms
-            self._wake.wait(FLUSH_INTERVAL_S if retry else None)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            if self.fallback:
-                retry = False  # recovering wakes it
-                continue
-            # while a request-path command timed out lately, calls queue work without waking
-            # the writer (a probe's verdict): it looks every 100 ms until that second passed
-            retry = not self._write_urgent() or not self.reliable()
-
-    def _write_urgent(self) -> bool:
-        """Run the writer's work once; whether it all went through."""
-        for write in self._urgent:
-            try:
-                write()
-            except (TimeoutError, RedisTimeoutError) as exc:
-                self._timed_out(exc)  # (retried in 100 ms)
-                return False
-            except RedisFailure as exc:
-                self.degrade(exc)
-                return False
-            except Exception:  # a bug here must not end the thread: log it and go on
-                _log.exception("fleet: writer thread error")
-        return True
+        self.threads.wake.set()
 
     def run_stages(self, stages: Sequence[Stage]) -> None:
         """Send what ``stages`` add in one round trip and hand each its replies (raises)."""
-        batch = ScriptBatch()
-        settles: list[tuple[Callable[[list[Any] | None], None], int, int]] = []
-        for stage in stages:
-            start = len(batch.calls)
-            settle = stage(batch)
-            if settle is not None:
-                settles.append((settle, start, len(batch.calls)))
-        if not batch.calls:
-            return
-        try:
-            replies = batch.run(self.client)
-        except RedisFailure:
-            for settle, _, _ in settles:
-                settle(None)
-            raise
-        for settle, start, end in settles:
-            settle(replies[start:end])
-
-    def _flush(self) -> None:
-        try:
-            self.run_stages(self._stages)
-        except (TimeoutError, RedisTimeoutError) as exc:
-            self._note(exc, "timeout")
-            self._suspect.set()
-            return
-        except RedisFailure as exc:
-            self.degrade(exc)
-            return
-        for flush in self._flushers:
-            try:
-                flush()
-            except (TimeoutError, RedisTimeoutError) as exc:
-                self._note(exc, "timeout")
-                self._suspect.set()
-                return
-            except RedisFailure as exc:
-                self.degrade(exc)
-                return
-
-    def _run(self) -> None:
-        pubsub: Any = None
-        next_sync = 0.0
-        while not self._stop.is_set():
-            if self.fallback:
-                if pubsub is not None:
-                    pubsub.close()
-                    pubsub = None
-                if self._wait_for_redis():
-                    next_sync = 0.0
-                self._sync_turn = time.monotonic()
-                continue
-            if self._suspect.is_set() and not self._verify():
-                continue
-            try:
-                if pubsub is None and self._listeners:
-                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(*self._listeners)
-                now = time.monotonic()
-                if now >= next_sync:
-                    next_sync = now + SYNC_INTERVAL_S
-                    for periodic in self._periodic:
-                        periodic()
-                self._flush()
-                self._sync_turn = time.monotonic()
-                self._listen(pubsub, FLUSH_INTERVAL_S)
-            except (TimeoutError, RedisTimeoutError) as exc:
-                self._note(exc, "timeout")
-                self._suspect.set()  # checked patiently on the next turn
-            except RedisFailure as exc:
-                self.degrade(exc)
-            except Exception:  # a bug here must not end the thread: log it and go on
-                _log.exception("fleet: sync thread error")
-                self._stop.wait(SYNC_INTERVAL_S)
-        if pubsub is not None:
-            pubsub.close()
-
-    def _verify(self) -> bool:
-        """After a timeout: is Redis there (a ping allowed 1 s)? Falls back if not."""
-        self._suspect.clear()
-        try:
-            self._patient.ping()
-        except RedisFailure as exc:
-            self.degrade(exc)
-            return False
-        return True
-
-    def _wait_for_redis(self) -> bool:
-        """In fallback: check Redis once a second (every 10 s while misconfigured) with what
-        the fleet needs, a write included; resync when it passes (returns whether)."""
-        wait = SYNC_INTERVAL_S if self.misconfigured is None else MISCONFIGURED_RETRY_S
-        if self._stop.wait(wait):
-            return False
-        try:
-            self.exercise(self.client)
-        except RedisFailure as exc:
-            self.degrade(exc)  # (logs nothing new: already in fallback, same reason)
-            return False
-        self._recover()
-        return not self.fallback
-
-    def _listen(self, pubsub: Any, seconds: float) -> None:
-        """Hand pub/sub messages to their listeners for ``seconds`` (or just wait)."""
-        if pubsub is None:
-            self._stop.wait(seconds)
-            return
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
-            message = pubsub.get_message(timeout=left)
-            if message is not None and message.get("type") == "message":
-                self._dispatch(message)
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        channel = message.get("channel")
-        data = message.get("data")
-        if isinstance(channel, bytes):
-            channel = channel.decode()
-        if isinstance(data, bytes):
-            data = data.decode()
-        listener = self._listeners.get(str(channel))
-        if listener is not None:
-            listener(str(data))
+        self.threads.run_stages(stages)
 
     def describe(self) -> dict[str, Any]:
         """The fleet's health: Redis's URL, whether it is in use, processes seen, the last
@@ -644,7 +427,7 @@ class FleetConnection:
             "last_error": self.last_error,
             "last_error_reason": self.last_error_reason,
             "last_error_at": self.last_error_at,
-            "sync_lag_s": round(max(0.0, time.monotonic() - self._sync_turn), 3),
+            "sync_lag_s": round(max(0.0, time.monotonic() - self.threads.turn), 3),
             "redis": self.display_url,
             "shared": not self.fallback,
             "fallback_since": self.fallback_since,

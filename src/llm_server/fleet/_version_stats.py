@@ -3,9 +3,12 @@
 Each (program, scope, version) is one hash, ``<prefix>:vstats:<program>:<scope>:<version>``,
 with the fields ``requests``, ``parse_failures``, ``tokens``, ``priced``, ``cost_usd``,
 ``e:<error type>`` and ``l:<latency bucket>``. The fleet's sync thread writes each process's
-new counts every 100 ms (one script per version, which answers the new totals, in the same
-round trip as the other parts' writes; nothing on the request path) and re-reads the totals
-every second; counts that could not be written (Redis down) are kept and written later.
+new counts every 100 ms (one script per version, in the same round trip as the other parts'
+writes; nothing on the request path). Once a second those scripts answer the fleet's new
+totals and the versions not written are re-read, in the same round trip; in between, what
+this process wrote is added to the totals it knows (its own counts never go missing from
+:meth:`~llm_server.programs._version_stats.VersionStats.figures`, other processes' show within
+a second). Counts that could not be written (Redis down) are kept and written later.
 
 :class:`FleetLock` is a lease (``SET NX PX``, renewed by its holder) that makes one process of
 the fleet the canary guard's decider.
@@ -13,10 +16,16 @@ the fleet the canary guard's decider.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from llm_server.fleet._connection import FleetConnection, RedisFailure, ScriptBatch
+from llm_server.fleet._connection import (
+    SYNC_INTERVAL_S,
+    FleetConnection,
+    RedisFailure,
+    ScriptBatch,
+)
 from llm_server.programs._version_stats import LATENCY_BOUNDS_MS, VersionFigures, VersionStats
 
 __all__ = ["FleetLock", "RedisVersionStats"]
@@ -28,16 +37,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
-# KEYS[1] a version's hash; ARGV: seconds to keep it, the cost to add, then (field, count)
-# pairs; answers the hash's new totals (HGETALL)
+# KEYS[1] a version's hash; ARGV: seconds to keep it, the cost to add, '1' to answer the
+# hash's new totals (HGETALL; else 0), then (field, count) pairs
 _ADD = """
 local key = KEYS[1]
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
     redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
 end
 redis.call('HINCRBYFLOAT', key, 'cost_usd', ARGV[2])
 redis.call('EXPIRE', key, ARGV[1])
-return redis.call('HGETALL', key)
+if ARGV[3] == '1' then
+    return redis.call('HGETALL', key)
+end
+return 0
+"""
+# KEYS: versions' hashes; answers each one's HGETALL
+_READ = """
+local out = {}
+for i, key in ipairs(KEYS) do
+    out[i] = redis.call('HGETALL', key)
+end
+return out
 """
 
 
@@ -83,7 +103,9 @@ class RedisVersionStats:
         self._stats = stats
         stats.attach(lambda: not connection.fallback)
         self._add = connection.client.register_script(_ADD)
-        connection.on_sync(periodic=self.refresh, stage=self.stage, resync=self.refresh)
+        self._read = connection.client.register_script(_READ)
+        self._next_read = 0.0  # when the sync thread's batch next asks for the totals
+        connection.on_sync(stage=self.stage, resync=self.refresh)
 
     def _key(self, program_id: str, scope: str, version: str) -> str:
         return self._conn.key("vstats", program_id, scope or "-", version)
@@ -94,13 +116,21 @@ class RedisVersionStats:
         self._conn.run_stages([self.stage])
 
     def stage(self, batch: ScriptBatch) -> Callable[[list[Any] | None], None] | None:
-        """Add the new counts to the sync thread's batch: one script per version, which
-        answers the fleet's new totals (no re-read after a write)."""
+        """Add the new counts to the sync thread's batch: one script per version; once a
+        second these answer the fleet's new totals, and the versions not written are
+        re-read (one script for all)."""
         pending = self._stats.take_pending()
-        if not pending:
+        now = time.monotonic()
+        answer = now >= self._next_read
+        unwritten: list[tuple[str, str, str]] = []
+        if answer:
+            self._next_read = now + SYNC_INTERVAL_S
+            known = self._stats.keys()
+            unwritten = [key for key in known if key not in pending]
+        if not (pending or unwritten):
             return None
         for (program_id, scope, version), figures in pending.items():
-            args: list[Any] = [_KEEP_S, repr(figures.cost_usd)]
+            args: list[Any] = [_KEEP_S, repr(figures.cost_usd), "1" if answer else "0"]
             args += ["requests", figures.requests, "parse_failures", figures.parse_failures]
             args += ["tokens", figures.tokens, "priced", figures.priced]
             for error, count in figures.errors.items():
@@ -109,18 +139,30 @@ class RedisVersionStats:
                 if count:
                     args += [f"l:{index}", count]
             batch.add(self._add, [self._key(program_id, scope, version)], args)
+        if unwritten:
+            batch.add(self._read, [self._key(*key) for key in unwritten], [])
 
         def settle(replies: list[Any] | None) -> None:
             if replies is None:
                 self._stats.give_back(pending)  # written when Redis answers again
+                if answer:
+                    self._next_read = 0.0  # and read on the next turn
                 return
-            for key, fields in zip(pending, replies, strict=True):
-                self._stats.set_fleet(key, _figures(fields))
+            written = replies[: len(pending)]
+            for (key, figures), fields in zip(pending.items(), written, strict=True):
+                if answer:
+                    self._stats.set_fleet(key, _figures(fields))
+                else:  # the totals known + what this process just wrote
+                    self._stats.add_fleet(key, figures)
+            if unwritten:
+                for key, fields in zip(unwritten, replies[-1], strict=True):
+                    self._stats.set_fleet(key, _figures(fields or []))
 
         return settle
 
     def refresh(self, keys: list[tuple[str, str, str]] | None = None) -> None:
-        """Re-read the fleet's totals (every second; a write answers them too)."""
+        """Re-read the fleet's totals now, one round trip (after a fallback; the sync
+        thread's batch reads them every second)."""
         wanted = self._stats.keys() if keys is None else keys
         if not wanted:
             return

@@ -310,3 +310,8 @@ class VersionStats:
         """The fleet's totals for ``key`` as just read or written."""
         with self._lock:
             self._fleet[key] = figures
+
+    def add_fleet(self, key: StatsKey, figures: VersionFigures) -> None:
+        """Counts this process just wrote, added to the fleet's totals known for ``key``."""
+        with self._lock:
+            self._fleet[key] = self._fleet.get(key, VersionFigures()) + figures
