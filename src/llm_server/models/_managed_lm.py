@@ -120,6 +120,22 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
                 kwargs = {**kwargs, "max_tokens": scope.max_tokens}
             sent = scope.call_started(prompt, messages) if scope is not None else None
             try:
+                # The plain text-only call (no rate limit, no shared cache), the one most
+                # requests make: _execute, _admitted and _sent inlined, so no frame of ours
+                # but this one is resumed while the call waits for the network.
+                if (
+                    self._limiter is None
+                    and self._shared_cache is None
+                    and _EXECUTION
+                    and _text_only(prompt, messages, kwargs)
+                ):
+                    prepare, aexecute, finalize, warn_legacy_lm, warn_openai_messages = _EXECUTION
+                    call = prepare(self, prompt, messages, kwargs, asynchronous=True)
+                    if not call.managed:
+                        warn_legacy_lm()
+                    warn_openai_messages(self, messages)
+                    await reserve_model_call(lambda: self._estimate(prompt, messages))
+                    return finalize(self, call, await aexecute(self, call))
                 return await self._execute(prompt, messages, kwargs)
             except asyncio.CancelledError:
                 sent = None  # cut after it left: it stays in flight, for the books

@@ -14,10 +14,11 @@ ensure_offline()
 
 import logging  # noqa: E402 -- after ensure_offline() on purpose
 import threading  # noqa: E402
-from collections.abc import Iterator, Mapping  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from contextvars import ContextVar  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from contextlib import AbstractContextManager  # noqa: E402
+from contextvars import ContextVar, Token  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from types import TracebackType  # noqa: E402
 from typing import Any  # noqa: E402
 
 import dspy  # noqa: E402
@@ -159,40 +160,65 @@ def _keep_dspy_warnings() -> None:
 _keep_dspy_warnings()
 
 
-@contextmanager
-def request_scope(
-    lm: dspy.LM, adapter: str | None = None, *, max_tokens: int | None = None
-) -> Iterator[RequestScope]:
+class request_scope:  # noqa: N801 -- used as a function: ``with request_scope(lm) as scope``
     """Run the body with ``lm`` as the request's model, isolated usage, and no shared history.
 
     Everything is set with ``dspy.context`` (a contextvar), never ``dspy.configure``: this is
     safe from any task or thread. DSPy's adapter fallback (a silent second, billed call with
     JSONAdapter after a parse failure) is turned off unless the host configured an adapter.
     ``max_tokens`` overrides the LM's for the calls made inside (a re-ask after a cut answer).
+
+    A class rather than a ``@contextmanager`` generator: it is entered on every model call,
+    and a generator-based context manager costs a generator and two resumptions more.
     """
-    scope = RequestScope(max_tokens=max_tokens)
-    parent = dspy.settings.usage_tracker
-    overrides: dict[str, Any] = {
-        "lm": lm,
-        "usage_tracker": scope.tracker,
-        # finalize() only calls lm.update_history when history is on; ManagedLM stores nothing.
-        "disable_history": False,
-        "trace": [],
-        "max_trace_size": 0,
-    }
-    if adapter is not None:  # the program's or the model's own choice
-        overrides["adapter"] = adapter_named(adapter)
-    elif dspy.settings.adapter is None:
-        overrides["adapter"] = _QUIET_ADAPTER
-    token = current_scope.set(scope)
-    try:
-        with dspy.context(**overrides):
-            yield scope
-    finally:
-        current_scope.reset(token)
-        if parent is not None:  # as dspy.track_usage() does when nested
-            for name, entries in scope.tracker.usage_data.items():
-                parent.usage_data[name].extend(entries)
+
+    __slots__ = ("_dspy_context", "_parent", "_scope", "_token")
+
+    def __init__(
+        self, lm: dspy.LM, adapter: str | None = None, *, max_tokens: int | None = None
+    ) -> None:
+        scope = self._scope = RequestScope(max_tokens=max_tokens)
+        self._parent = dspy.settings.usage_tracker
+        overrides: dict[str, Any] = {
+            "lm": lm,
+            "usage_tracker": scope.tracker,
+            # finalize() only calls lm.update_history when history is on; ManagedLM stores
+            # nothing.
+            "disable_history": False,
+            "trace": [],
+            "max_trace_size": 0,
+        }
+        if adapter is not None:  # the program's or the model's own choice
+            overrides["adapter"] = adapter_named(adapter)
+        elif dspy.settings.adapter is None:
+            overrides["adapter"] = _QUIET_ADAPTER
+        self._dspy_context: AbstractContextManager[None] = dspy.context(**overrides)
+        self._token: Token[RequestScope | None] | None = None
+
+    def __enter__(self) -> RequestScope:
+        self._token = current_scope.set(self._scope)
+        try:
+            self._dspy_context.__enter__()
+        except BaseException:
+            current_scope.reset(self._token)
+            raise
+        return self._scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._dspy_context.__exit__(exc_type, exc, tb)
+        finally:
+            assert self._token is not None
+            current_scope.reset(self._token)
+            parent = self._parent
+            if parent is not None:  # as dspy.track_usage() does when nested
+                for name, entries in self._scope.tracker.usage_data.items():
+                    parent.usage_data[name].extend(entries)
 
 
 def entry_messages(entry: Mapping[str, Any]) -> list[dict[str, Any]]:

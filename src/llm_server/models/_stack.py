@@ -2,7 +2,7 @@
 
 Every model call made through :class:`~llm_server.models.manager.ModelManager` runs as::
 
-    model-call span (telemetry, outermost: one span per logical call; a no-op when it is off)
+    model-call span (telemetry, outermost: one span per logical call; left out when it is off)
       -> the tenant's budgets (reserved before, settled after: once per logical call)
         -> request deadline (cancels everything inside)
           -> fallback chain (primary, then each ``fallbacks:`` model)
@@ -159,7 +159,9 @@ class ReliabilityStack:
             models[0], models[1:], deadline_s=self.deadline_s, clock=self._clock, rng=self._rng
         )
         # outermost but for the span: one logical call is one check and one charge
+        budgeted = BudgetBackend(backend, self.budgets)
+        if not self.telemetry.enabled:  # the span layer would only forward: not built
+            return budgeted
         return self.telemetry.instrument(
-            BudgetBackend(backend, self.budgets),
-            replace(self.call_info[model_id], program_id=program_id),
+            budgeted, replace(self.call_info[model_id], program_id=program_id)
         )

@@ -276,89 +276,113 @@ class DSPyBackend:
         started = time.perf_counter()
         attempts: AnswerAttempts | None = None
         adapter, max_tokens = self.adapter, None
+        request_scope = _request_scope()
         while True:
-            result = await self._attempt(input, adapter, max_tokens, started)
+            # One attempt, inlined (not an awaited method): a frame less to resume on every
+            # network wait. Its outcome: (prediction, scope), or a _Rejected.
+            try:
+                with request_scope(self._lm, adapter, max_tokens=max_tokens) as scope:
+                    sink = current_sink()
+                    if sink is not None and not self._sync:
+                        prediction = await self._streamed(input, sink)
+                    elif self._sync:
+                        prediction = await self._call_in_thread(input)
+                    else:
+                        prediction = await self.program.acall(**input)
+            except asyncio.CancelledError:
+                self._cancelled(scope, started)
+                raise
+            except Exception as exc:
+                rejected = self._failed_attempt(exc, scope, max_tokens, started)
+                if rejected is None:
+                    raise
+                result: tuple[Any, RequestScope] | _Rejected = rejected
+                rejected = None
+            else:
+                result = self._answered(prediction, scope, max_tokens, started)
             if not isinstance(result, _Rejected):
                 prediction, scope = result
                 break
-            error, original = result.error, result.original
-            retry = None
-            if isinstance(error, OutputParseError):
-                logger.warning(
-                    "answer rejected: %s: %s",
-                    error.error_type,
-                    error.message,
-                    extra={"error_type": error.error_type, "fields": list(error.fields)},
-                )
-                if attempts is None:
-                    attempts = AnswerAttempts(
-                        self._parse_policy, adapter, self._max_tokens or _NO_MAX_TOKENS
-                    )
-                retry = attempts.next(error)
-                sink = current_sink()
-                if retry is not None and ((sink is not None and sink.started) or not self._admit()):
-                    retry = None  # part of the answer is out, or the breaker would refuse
-            if retry is None:
-                # Raised here, outside an except block, so the original is not chained as
-                # __context__; its redacted summary is the cause (see core.errors).
-                cause = RedactedCause(original)
-                if is_parse_failure(original) and not self._show_answers:
-                    # DSPy's message quotes the model's answer: kept only with content capture
-                    # (a span's exception event and a printed traceback show the cause).
-                    cause.args = (f"{cause.type_name}: the model's answer was not parsed",)
-                elif logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("%s", redact("".join(traceback.format_exception(original))))
-                _drop_frames(original)
-                try:
-                    raise error from cause
-                finally:  # this frame would hold the error its traceback holds: a cycle
-                    del error, original, cause, result
-            _drop_frames(original)
-            logger.warning(
-                "model %r: asking again (%s) after a rejected answer: %s",
-                self.model_id,
-                retry.why,
-                error.error_type,
-                extra={"parse_retry": retry.why, "error_type": error.error_type},
-            )
-            adapter, max_tokens = retry.adapter, retry.max_tokens
+            try:
+                adapter, max_tokens, attempts = self._next_attempt(result, adapter, attempts)
+            finally:  # the error raised holds this frame in its traceback: no cycle through it
+                del result
         return self._succeeded(prediction, scope, started, attempts)
 
-    async def _attempt(
-        self,
-        input: Mapping[str, Any],
-        adapter: str | None,
-        max_tokens: int | None,
-        started: float,
-    ) -> tuple[Any, RequestScope] | _Rejected:
-        """One run of the program; a failure comes back translated, its billed calls reported."""
-        request_scope = _request_scope()
-        try:
-            with request_scope(self._lm, adapter, max_tokens=max_tokens) as scope:
-                sink = current_sink()
-                if sink is not None and not self._sync:
-                    prediction = await self._streamed(input, sink)
-                elif self._sync:
-                    prediction = await self._call_in_thread(input)
-                else:
-                    prediction = await self.program.acall(**input)
-        except asyncio.CancelledError:
-            # A worker thread's call may end meanwhile: stock is taken once, under the lock.
-            with scope.tracker.lock:
-                scope.tracker.close()
-                self._billed.cut(scope.cut_calls(), started)
-                self._billed.failed(scope, started, "cancelled")
-            raise
-        except Exception as exc:
-            # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.
+    def _next_attempt(
+        self, result: _Rejected, adapter: str | None, attempts: AnswerAttempts | None
+    ) -> tuple[str | None, int | None, AnswerAttempts | None]:
+        """The adapter and ``max_tokens`` of the re-ask the parse policy allows after a
+        rejected attempt; raises the attempt's error when there is none."""
+        error, original = result.error, result.original
+        retry = None
+        if isinstance(error, OutputParseError):
+            logger.warning(
+                "answer rejected: %s: %s",
+                error.error_type,
+                error.message,
+                extra={"error_type": error.error_type, "fields": list(error.fields)},
+            )
+            if attempts is None:
+                attempts = AnswerAttempts(
+                    self._parse_policy, adapter, self._max_tokens or _NO_MAX_TOKENS
+                )
+            retry = attempts.next(error)
+            sink = current_sink()
+            if retry is not None and ((sink is not None and sink.started) or not self._admit()):
+                retry = None  # part of the answer is out, or the breaker would refuse
+        if retry is None:
+            # Raised here, outside an except block, so the original is not chained as
+            # __context__; its redacted summary is the cause (see core.errors).
+            cause = RedactedCause(original)
+            if is_parse_failure(original) and not self._show_answers:
+                # DSPy's message quotes the model's answer: kept only with content capture
+                # (a span's exception event and a printed traceback show the cause).
+                cause.args = (f"{cause.type_name}: the model's answer was not parsed",)
+            elif logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s", redact("".join(traceback.format_exception(original))))
+            _drop_frames(original)
+            try:
+                raise error from cause
+            finally:  # this frame would hold the error its traceback holds: a cycle
+                del error, original, cause, result
+        _drop_frames(original)
+        logger.warning(
+            "model %r: asking again (%s) after a rejected answer: %s",
+            self.model_id,
+            retry.why,
+            error.error_type,
+            extra={"parse_retry": retry.why, "error_type": error.error_type},
+        )
+        return retry.adapter, retry.max_tokens, attempts
+
+    def _cancelled(self, scope: RequestScope, started: float) -> None:
+        """An attempt was cancelled: its calls in flight are billed as cut."""
+        # A worker thread's call may end meanwhile: stock is taken once, under the lock.
+        with scope.tracker.lock:
+            scope.tracker.close()
             self._billed.cut(scope.cut_calls(), started)
-            translated = self._translate(exc, scope, max_tokens)
-            outcome = translated.error_type if translated is not None else "error"
-            self._billed.failed(scope, started, outcome)
-            self._log_dspy_warnings(scope)
-            if translated is None or translated is exc:
-                raise
-            return _Rejected(translated, exc)
+            self._billed.failed(scope, started, "cancelled")
+
+    def _failed_attempt(
+        self, exc: Exception, scope: RequestScope, max_tokens: int | None, started: float
+    ) -> _Rejected | None:
+        """An attempt raised ``exc``: its billed calls reported, the error translated
+        (``None``: raise ``exc`` itself)."""
+        # Calls cancelled inside (a first-token timeout) left in flight: billed all the same.
+        self._billed.cut(scope.cut_calls(), started)
+        translated = self._translate(exc, scope, max_tokens)
+        outcome = translated.error_type if translated is not None else "error"
+        self._billed.failed(scope, started, outcome)
+        self._log_dspy_warnings(scope)
+        if translated is None or translated is exc:
+            return None
+        return _Rejected(translated, exc)
+
+    def _answered(
+        self, prediction: Any, scope: RequestScope, max_tokens: int | None, started: float
+    ) -> tuple[Any, RequestScope] | _Rejected:
+        """An attempt answered: the prediction, unless the answer was cut at max_tokens."""
         self._log_dspy_warnings(scope)
         cut = cut_answer_error(
             scope.entries, model_id=self.model_id, max_tokens=max_tokens or self._max_tokens

@@ -18,7 +18,7 @@ import calendar
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -565,11 +565,18 @@ class BudgetBackend(BackendWrapper):
         super().__init__(backend)
         self.budgets = budgets
 
-    async def predict(self, input: Any) -> ModelOutput:
-        """Run the call if the tenant's budgets allow it; charge what it used."""
+    def predict(self, input: Any) -> Coroutine[Any, Any, ModelOutput]:
+        """Run the call if the tenant's budgets allow it; charge what it used.
+
+        Without a tenant or a budget this returns the inner backend's call itself: no
+        coroutine frame of its own to resume on every network wait of every request.
+        """
         tenant = _tenant.get()
         if tenant is None or not self.budgets.configured:
-            return await self._backend.predict(input)
+            return self._backend.predict(input)
+        return self._budgeted(input, tenant)
+
+    async def _budgeted(self, input: Any, tenant: str) -> ModelOutput:
         reservation = await self.budgets.reserve(tenant)
         if reservation is None:
             return await self._backend.predict(input)

@@ -74,12 +74,24 @@ class CircuitBreakerBackend(BackendWrapper):
 
     async def predict(self, input: Any) -> ModelOutput:
         """Run one model call, if the breaker allows it."""
+        # CircuitBreaker.call() inlined (admit, the call, settle): one coroutine frame less
+        # on the path every request takes, resumed each time the call waits for the network.
+        breaker = self.breaker
         try:
-            return await self.breaker.call(self._backend.predict, input)
+            ticket = breaker.admit()
         except CircuitOpenError as exc:
-            if exc.breaker == self.breaker.name:  # refused here, not by an inner breaker
+            if exc.breaker == breaker.name:
                 notify_breaker_refusal(self.model_id, exc.retry_after_s)
             raise
+        try:
+            output = await self._backend.predict(input)
+        except BaseException as exc:
+            breaker.settle(ticket, exc)
+            if isinstance(exc, CircuitOpenError) and exc.breaker == breaker.name:
+                notify_breaker_refusal(self.model_id, exc.retry_after_s)  # refused here
+            raise
+        breaker.settle(ticket, None)
+        return output
 
 
 class RetryingBackend(BackendWrapper):
