@@ -27,10 +27,9 @@ def uvicorn_thread(app: FastAPI, log_level: str = "warning") -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        for _ in range(300):  # bounded: 30 s (the lifespan builds the models)
-            if server.started or not thread.is_alive():
-                break
-            time.sleep(0.1)
+        deadline = time.monotonic() + 30.0  # bounded (the lifespan builds the models)
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server.started, "uvicorn did not start"
         yield f"http://127.0.0.1:{port}"
     finally:

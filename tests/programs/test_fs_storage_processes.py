@@ -39,6 +39,8 @@ def _assert_only_complete_versions(adapter: FileSystemStorageAdapter) -> list[st
     return versions
 
 
+@pytest.mark.slow  # a fault run (6-30 kills); test_a_crash_inside_save_publishes_nothing below
+# is its deterministic variant in the default suite
 def test_killing_a_writer_at_random_moments_leaves_only_complete_versions(
     tmp_path: Path,
 ) -> None:
