@@ -9,6 +9,7 @@ for (breaker failures, transitions, probe leases and verdicts): it sleeps until 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -167,26 +168,29 @@ class SyncThreads:
             settle(replies[start:end])
 
     def flush(self) -> None:
-        """Send every part's background writes now (what the sync thread does every turn)."""
+        """Send every part's background writes now (what the sync thread does every turn):
+        the stages' batch, then each flusher; the first that fails ends the turn."""
+        sends: list[Callable[[], None]] = [
+            functools.partial(self.run_stages, self._stages),
+            *self._flushers,
+        ]
+        for send in sends:
+            if not self._sent(send):
+                return
+
+    def _sent(self, send: Callable[[], None]) -> bool:
+        """Run one send; whether it went through. A timeout is noted and checked patiently
+        on the next turn; another failure falls back."""
         try:
-            self.run_stages(self._stages)
+            send()
         except (TimeoutError, RedisTimeoutError) as exc:
             self._conn.note(exc, "timeout")
             self.suspect.set()
-            return
+            return False
         except RedisFailure as exc:
             self._conn.degrade(exc)
-            return
-        for flush in self._flushers:
-            try:
-                flush()
-            except (TimeoutError, RedisTimeoutError) as exc:
-                self._conn.note(exc, "timeout")
-                self.suspect.set()
-                return
-            except RedisFailure as exc:
-                self._conn.degrade(exc)
-                return
+            return False
+        return True
 
     def _run(self) -> None:
         conn = self._conn
