@@ -233,55 +233,53 @@ async def run_recorded(
     too (an error leaves with what was billed, its ``request_usage``). A request cancelled
     under it is counted neither way, as a stream's is."""
     metrics = PerformanceMetrics()
+    outcome = Outcome(pm, program_id, route, picked, model_id, data, metrics)
     with log_context(program_id=program_id, model_id=model_id):
         try:
             result = await billed(route.pipeline.execute(data), metrics)
         except Exception as exc:
-            failed = on_failure(
-                pm,
-                program_id,
-                route=route,
-                picked=picked,
-                model_id=model_id,
-                data=data,
-                metrics=metrics,
-            )
-            failed(exc)
+            outcome.failed(exc)
             raise
+    return outcome.served(result)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Where one program request's outcome goes, on every route that runs a program (the
+    program route and its stream, served programs, the OpenAI stream): the version's live
+    figures (with ``picked``: a named version is not a canary's share, not counted) and the
+    traffic capture."""
+
+    pm: Any
+    program_id: str
+    route: _Route
+    picked: Picked | None
+    model_id: str
+    data: PipelineData
+    metrics: PerformanceMetrics
+
+    def served(self, result: PipelineData) -> dict[str, Any]:
+        """Count a success; its envelope (handed to the capture)."""
+        pm, picked = self.pm, self.picked
         if picked is not None:
-            count_outcome(pm, program_id, picked, None, metrics)
-    response = envelope(pm, model_id, route, metrics, result, picked=picked)
-    record_served(pm, program_id, data.content, response)
-    return response
+            count_outcome(pm, self.program_id, picked, None, self.metrics)
+        response = envelope(pm, self.model_id, self.route, self.metrics, result, picked=picked)
+        record_served(pm, self.program_id, self.data.content, response)
+        return response
 
-
-def on_failure(
-    pm: Any,
-    program_id: str,
-    *,
-    route: _Route,
-    picked: Picked | None,
-    model_id: str,
-    data: PipelineData,
-    metrics: PerformanceMetrics,
-) -> Callable[[Exception], None]:
-    """What a request does when its call fails (a stream: before its first event or midway):
-    count it in the version's live figures and hand it to the traffic capture."""
-
-    def failed(error: Exception) -> None:
-        if picked is not None:  # (a named version is not a canary's share: not counted)
-            count_outcome(pm, program_id, picked, error, metrics)
+    def failed(self, error: Exception) -> None:
+        """Count a failure (a stream's: before its first event or midway) and capture it."""
+        if self.picked is not None:
+            count_outcome(self.pm, self.program_id, self.picked, error, self.metrics)
         record_failed(
-            pm,
-            program_id,
-            route,
-            model_id=model_id,
-            inputs=data.content,
+            self.pm,
+            self.program_id,
+            self.route,
+            model_id=self.model_id,
+            inputs=self.data.content,
             error=error,
-            metrics=metrics,
+            metrics=self.metrics,
         )
-
-    return failed
 
 
 def add_program_endpoint(
@@ -367,27 +365,13 @@ def add_program_endpoint(
     async def stream_endpoint(request: Request, body: Any) -> Response:
         pm, model_id, route, data, picked = prepared(request, body)
         metrics = PerformanceMetrics()
-
-        def done(result: PipelineData) -> dict[str, Any]:
-            count_outcome(pm, program_id, picked, None, metrics)
-            response = envelope(pm, model_id, route, metrics, result, picked=picked)
-            record_served(pm, program_id, data.content, response)
-            return response
-
+        outcome = Outcome(pm, program_id, route, picked, model_id, data, metrics)
         with log_context(program_id=program_id, model_id=model_id):
             events = stream_events(lambda: billed(route.pipeline.execute(data), metrics))
             return await sse_response(
                 events,
-                done=done,
-                on_error=on_failure(
-                    pm,
-                    program_id,
-                    route=route,
-                    picked=picked,
-                    model_id=model_id,
-                    data=data,
-                    metrics=metrics,
-                ),
+                done=outcome.served,
+                on_error=outcome.failed,
                 on_first_delta=lambda: metrics.mark_checkpoint("first_token"),
             )
 

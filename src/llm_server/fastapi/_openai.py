@@ -34,8 +34,8 @@ from llm_server.core.streaming import Finished, TextDelta, stream_events
 from llm_server.core.telemetry._logging import current_execution_id, log_context
 from llm_server.core.telemetry._redaction import redact
 from llm_server.core.types import MediaType, PipelineData
-from llm_server.fastapi._canary_serving import Picked, count_outcome
-from llm_server.fastapi._endpoints import billed, envelope, on_failure, record_served
+from llm_server.fastapi._canary_serving import Picked
+from llm_server.fastapi._endpoints import Outcome, billed
 from llm_server.fastapi._errors import _retry_after, log_unexpected
 from llm_server.fastapi._gate import body_limit, json_depth_limit, read_body, too_deep, too_large
 from llm_server.fastapi._served import ServedProgram, served_programs
@@ -493,24 +493,16 @@ async def _stream(call: _Call) -> Response:
         content={name: getattr(body, name) for name in program.input_names},
     )
     metrics = PerformanceMetrics()
-    # a failure, before the first event or after, is counted and captured as on the program
-    # route, and leaves with what it was billed
-    failed = on_failure(
-        call.manager,
-        program.program_id,
-        route=route,
-        picked=call.picked,
-        model_id=model_id,
-        data=data,
-        metrics=metrics,
-    )
+    # counted and captured as on the program route; a failure (before the first event or
+    # after) leaves with what it was billed
+    outcome = Outcome(call.manager, program.program_id, route, call.picked, model_id, data, metrics)
     with log_context(program_id=program.program_id, model_id=model_id):
         events = stream_events(lambda: billed(route.pipeline.execute(data), metrics))
         # The first event decides the status: an error before it is answered with its status.
         try:
             first = await anext(events)
         except Exception as exc:
-            failed(exc)
+            outcome.failed(exc)
             raise
     options = call.chat.stream_options
     include_usage = options is not None and options.include_usage
@@ -535,13 +527,10 @@ async def _stream(call: _Call) -> Response:
                 metrics.mark_checkpoint("first_token")
             return [chunk({"content": event.text})]
         if isinstance(event.result, _Failed):
-            failed(event.result.error)
+            outcome.failed(event.result.error)
             exc = _translated(event.result.error)
             return [_chunk(_error_body(exc.status, exc.message, code=exc.code, param=exc.param))]
-        if call.picked is not None:
-            count_outcome(call.manager, program.program_id, call.picked, None, metrics)
-        env = envelope(call.manager, model_id, route, metrics, event.result, picked=call.picked)
-        record_served(call.manager, program.program_id, data.content, env)
+        env = outcome.served(event.result)
         out: list[bytes] = []
         if not state["streamed"]:  # several outputs, or nothing streamed (a cache hit)
             out.append(chunk({"content": _answer(program, env["data"])}))
