@@ -68,9 +68,15 @@ _Prepared = tuple[Execution, CapturedRequest | None, asyncio.AbstractEventLoop |
 its redaction failed) and the loop to judge it on."""
 
 
-def _version(envelope: Mapping[str, Any] | None) -> str:
-    program = (envelope or {}).get("metadata", {}).get("program") or {}
-    return str(program.get("version", ""))
+def _execution(item: _Raw) -> Execution:
+    """A queued item's execution (what feedback needs): ids, version, tenant, time."""
+    _, program_id, execution_id, tenant, served_at, _, envelope, failure, _ = item
+    if failure is not None:
+        version = failure[0]
+    else:
+        program = (envelope or {}).get("metadata", {}).get("program") or {}
+        version = str(program.get("version", ""))
+    return Execution(execution_id, program_id, version, tenant, served_at)
 
 
 class TrafficRecorder(FeedbackMethods):
@@ -258,11 +264,7 @@ class TrafficRecorder(FeedbackMethods):
     def _queued_execution(self, execution_id: str) -> Execution | None:
         """The execution of a capture not yet written, if it is queued."""
         item = self._pending.get(execution_id)
-        if item is None:
-            return None
-        _, program_id, _, tenant, served_at, _, envelope, failure, _ = item
-        version = failure[0] if failure is not None else _version(envelope)
-        return Execution(execution_id, program_id, version, tenant, served_at)
+        return _execution(item) if item is not None else None
 
     # --- the conversion, on the loop ------------------------------------------------------
 
@@ -290,16 +292,16 @@ class TrafficRecorder(FeedbackMethods):
 
     def _prepare(self, item: _Raw) -> _Prepared:
         """An item's execution, its capture if sampled, and the loop to judge it on."""
-        options, program_id, execution_id, tenant, served_at, inputs, envelope, failure, loop = item
+        options, program_id, _, _, _, inputs, envelope, failure, loop = item
         if failure is not None:
-            version, model_id, error_type, metadata = failure
+            _, model_id, error_type, metadata = failure
             outputs = None
         else:
             assert envelope is not None
             metadata = envelope["metadata"]
-            version, outputs, error_type = _version(envelope), envelope.get("data"), None
+            outputs, error_type = envelope.get("data"), None
             model_id = str((metadata.get("model") or {}).get("id", ""))
-        execution = Execution(execution_id, program_id, version, tenant, served_at)
+        execution = _execution(item)
         if not (options.sample_rate >= 1.0 or self._random() < options.sample_rate):
             return execution, None, None
         evaluation = options.evaluation
