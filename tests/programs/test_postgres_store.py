@@ -97,9 +97,12 @@ def test_the_schema_is_created_once_and_opening_again_changes_nothing(
     assert stores().list_versions("p") == ["1.0.0"]  # a second "process" migrates nothing
 
 
-def test_an_unreachable_server_fails_startup_clearly() -> None:
+def test_an_unreachable_server_fails_startup_clearly_within_its_timeout() -> None:
+    started = time.monotonic()
     with pytest.raises(ConfigurationError, match="LLM_SERVER_PROGRAM_STORE: cannot") as caught:
-        PostgresStorageAdapter("postgresql://app:s3cret-pw@127.0.0.1:1/db")
+        PostgresStorageAdapter("postgresql://app:s3cret-pw@127.0.0.1:1/db", timeout_s=1.0)
+    waited = time.monotonic() - started
+    assert 0.9 <= waited < 3.0, f"startup gave up after {waited:.2f} s, not ~timeout_s (1 s)"
     assert "s3cret-pw" not in caught.value.message
     with pytest.raises(ConfigurationError, match="must start with postgresql://"):
         PostgresStorageAdapter("mysql://x@127.0.0.1/db")

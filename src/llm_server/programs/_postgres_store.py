@@ -129,7 +129,7 @@ class PostgresStorageAdapter(PostgresReleases, PostgresCanaries):
             open=False,
         )
         try:
-            self._pool.open(wait=True, timeout=max(timeout_s, 10.0))
+            self._pool.open(wait=True, timeout=timeout_s)
             with self._session("preparing the schema") as conn:
                 migrate(conn, schema, where=self.display_url)
         except StorageError as exc:
