@@ -8,12 +8,14 @@ from typing import Any
 
 import dspy
 import httpx
+import pytest
 from _traffic_helpers import Answer, build_app
 from fastapi import Depends, FastAPI
 
 from _uvicorn_thread import uvicorn_thread
 from llm_server.fastapi import add_release_routes, health_router
 from llm_server.models.canary import Canary, CanaryGuard
+from llm_server.programs import _canary_control
 from llm_server.testing import LocalProvider
 from llm_server.traffic import CaptureOptions
 
@@ -128,8 +130,9 @@ def test_a_canary_with_clearly_worse_feedback_is_rolled_back_with_the_reason(
 
 
 def test_without_enough_scored_feedback_the_guard_does_not_end_the_canary(
-    provider: LocalProvider, tmp_path: Path
+    provider: LocalProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_canary_control, "FEEDBACK_EVERY_S", 0.3)  # 2 s in production
     app = _app(provider, tmp_path)
     with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         pm = app.state.program_manager
@@ -139,7 +142,7 @@ def test_without_enough_scored_feedback_the_guard_does_not_end_the_canary(
         served = _serve(client, 20)
         for execution_id, version in served:  # as bad as above, but too few scored
             _score(client, execution_id, 0.9 if version == "1.0.0" else 0.2)
-        still = _ended(pm, timeout_s=5.0)  # over two feedback reads (every 2 s)
+        still = _ended(pm, timeout_s=1.5)  # over four feedback reads (every 0.3 s here)
         figures = pm.canary_figures("answer")
     assert still is None
     assert figures["canary"]["feedback"]["human"]["mean_score"] == 0.2
