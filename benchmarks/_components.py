@@ -150,6 +150,14 @@ COMPONENTS: tuple[Component, ...] = (
                 lambda v: v <= 150,
             ),
             Figure("library telemetry per request, full level (us)", r"\(full - off\): " + _NUM),
+            Figure(
+                "the SDK's floor for the same signals, by hand (us)",
+                r"\(sdk_floor - off\): " + _NUM,
+            ),
+            Figure(
+                "the library's own part, default level minus the floor (us)",
+                r"\(genai - sdk_floor\): " + _NUM,
+            ),
         ),
     ),
     Component(

@@ -15,7 +15,11 @@ measures end to end. Variants, each with its own ``ModelManager`` and ``Telemetr
   ``BatchSpanProcessor`` into an in-memory exporter, a metric reader; drained every 2 s);
 - ``genai+request_span``: the same inside ``telemetry.request_span`` (what the library's
   middleware opens when the host traces no request: FastAPI's own telemetry off);
-- ``full``: ``LLM_SERVER_TELEMETRY_DETAIL=full`` with the same SDK.
+- ``full``: ``LLM_SERVER_TELEMETRY_DETAIL=full`` with the same SDK;
+- ``sdk_floor``: ``off`` plus, by hand, exactly the SDK calls the default level makes per
+  request (the chat span with the same attributes, made current; the duration with its
+  exemplar, the two token counts and the cost): what any library recording this telemetry with
+  this SDK pays. ``genai`` minus ``sdk_floor`` is the library's own share.
 
 CPU is this process's (``time.process_time``: every thread, the SDK's batch thread included;
 not the provider's), per request. On a machine shared with other work the CPU time of the same
@@ -69,6 +73,58 @@ def sdk() -> tuple[Any, Any]:
 
     threading.Thread(target=drain, daemon=True).start()
     return tracer_provider, meter_provider
+
+
+def sdk_floor(tracer_provider: Any, meter_provider: Any, off: Call) -> Call:
+    """``off`` plus, by hand, the SDK calls the default level makes per request."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    tracer = tracer_provider.get_tracer("floor")
+    meter = meter_provider.get_meter("floor")
+    duration = meter.create_histogram("floor.duration", unit="s")
+    tokens = meter.create_histogram("floor.token.usage", unit="{token}")
+    cost = meter.create_counter("floor.cost", unit="USD")
+    no_exemplar = trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())
+    common = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "server.address": "127.0.0.1",
+        "server.port": 8001,
+        "llm_server.model_id": "gpt-4o-mini",
+    }
+    start = {**common, "gen_ai.request.max_tokens": 3000, "gen_ai.request.temperature": 0.7}
+    metric = {**common, "gen_ai.response.model": "gpt-4o-mini"}
+    token_in = {**metric, "gen_ai.token.type": "input"}
+    token_out = {**metric, "gen_ai.token.type": "output"}
+
+    async def run(n: int) -> dict[str, Any]:
+        span = tracer.start_span("chat gpt-4o-mini", kind=SpanKind.CLIENT, attributes=start)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        began = time.perf_counter()
+        result: dict[str, Any] = await off(n)
+        span.set_attributes(
+            {
+                "llm_server.attempts": 1,
+                "gen_ai.response.model": "gpt-4o-mini",
+                "gen_ai.response.finish_reasons": ["stop"],
+                "llm_server.usage.method": "dspy_history_exact",
+                "gen_ai.usage.input_tokens": 139,
+                "gen_ai.usage.output_tokens": 22,
+                "llm_server.usage.cost_usd": 3.4e-05,
+            }
+        )
+        duration.record(time.perf_counter() - began, metric)
+        tokens.record(139, token_in, no_exemplar)
+        tokens.record(22, token_out, no_exemplar)
+        cost.add(3.4e-05, common, no_exemplar)
+        span.end()
+        otel_context.detach(token)
+        return result
+
+    return run
 
 
 def variants() -> dict[str, Call]:
@@ -134,12 +190,15 @@ def variants() -> dict[str, Call]:
 
         return in_request_span
 
+    off = handler(telemetries["off"])
+
     return {
-        "off": handler(telemetries["off"]),
+        "off": off,
         "no_sdk": handler(telemetries["no_sdk"]),
         "genai": handler(telemetries["genai"]),
         "genai+request_span": handler(telemetries["genai"], request_span=True),
         "full": handler(telemetries["full"]),
+        "sdk_floor": sdk_floor(tracer_provider, meter_provider, off),
     }
 
 
@@ -170,7 +229,7 @@ async def measure(calls: int, rounds: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=64, help="requests per variant and round")
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=100)
     args = parser.parse_args()
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     with _procs.provider() as provider:
@@ -195,6 +254,11 @@ def main() -> None:
         "(target <= 150)"
     )
     print(f"library telemetry per request (full - off): {telemetry['full']:.1f} us")
+    print(
+        f"the SDK's floor for the same signals (sdk_floor - off): {telemetry['sdk_floor']:.1f} us;"
+        f" the library's own part (genai - sdk_floor): "
+        f"{telemetry['genai'] - telemetry['sdk_floor']:.1f} us"
+    )
 
 
 if __name__ == "__main__":
