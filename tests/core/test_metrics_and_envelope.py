@@ -182,6 +182,43 @@ def test_connection_waits_add_up_across_calls_and_are_absent_when_unmeasured() -
     assert metrics.get_summary()["timing"]["connection_wait_ms"] == 21.75
 
 
+@pytest.mark.parametrize("last_cost", [0.25, None])
+def test_the_summary_sums_every_output_as_the_single_figures_do(last_cost: float | None) -> None:
+    metrics = PerformanceMetrics(attach=False)
+    outputs = [
+        ModelOutput(
+            content=None,
+            model_id="m",
+            usage=TokenUsage(3, 1, 4, TokenCountMethod.EXACT),
+            cost_usd=0.5,
+            metadata={"outcome": "unparseable_output"},
+        ),
+        ModelOutput(content=None, model_id="m", cost_usd=0.125, metadata={"outcome": "cut"}),
+        ModelOutput(
+            content="a",
+            model_id="m",
+            usage=TokenUsage(5, 2, 7, TokenCountMethod.EXACT),
+            cost_usd=last_cost,
+            metadata={"answer_attempts": {"unparseable_output": 1, "ok": 1}},
+        ),
+    ]
+    for output in outputs:
+        metrics.on_model_output(output)
+    usage = metrics.usage()
+    assert usage is not None
+    summary = metrics.get_summary()
+    assert summary["tokens"] == {
+        "input": usage.input_tokens,
+        "output": usage.output_tokens,
+        "total": usage.total_tokens,
+        "cost_usd": metrics.cost_usd(),
+        "method": str(TokenCountMethod.EXACT),
+    }
+    assert (usage.input_tokens, metrics.cost_usd()) == (8, 0.875 if last_cost else None)
+    assert summary["answer_attempts"] == metrics.answer_attempts()
+    assert summary["answer_attempts"] == {"unparseable_output": 1, "ok": 1}
+
+
 def test_envelope_metadata_has_the_reference_shape() -> None:
     metadata = MetadataCollector.collect_response_metadata(
         model_id="gpt-4o-mini",
