@@ -232,6 +232,10 @@ COMPONENTS: tuple[Component, ...] = (
                 r'"p99_over_allowance_ci90_high_ms": ' + _NUM,
             ),
             Figure(
+                "server CPU per request, capture 100 % / off, median of paired rounds",
+                r'"cpu_ratio": ' + _NUM,
+            ),
+            Figure(
                 "judge: p99 capture + judge 10 % minus off, median of paired rounds (ms)",
                 r'"judge_p99_delta_ms": ' + _NUM,
             ),

@@ -128,6 +128,8 @@ async def _connection(
         request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
         if interval:
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            if scheduled >= stop_at[0]:  # due after the window: not sent
+                break
             started, scheduled = scheduled, scheduled + interval
         else:
             started = time.perf_counter()

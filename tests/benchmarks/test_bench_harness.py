@@ -170,6 +170,17 @@ async def test_loadgen_reopens_connections_the_server_closed_between_loads() -> 
     assert len(served) == 4
 
 
+@pytest.mark.anyio
+async def test_loadgen_open_loop_sends_nothing_due_after_the_window() -> None:
+    server, bodies = await _tiny_server(chunked_every=2)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        args = _args(port, requests=None, duration=0.5, concurrency=2, rate=20.0)
+        result = await loadgen.run(args)
+    # the fifth reply is a 503 (an error); answered at once, nothing is left in flight
+    assert len(bodies) - (result["completed"] + result["errors"]) <= 1
+
+
 def test_loadgen_refuses_non_loopback_targets() -> None:
     out = subprocess.run(
         [
@@ -381,7 +392,8 @@ COMPONENT_OUTPUT = {
         ' "p99_delta_ms": 2.1,\n "p99_delta_iqr_ms": [\n  -8.0,\n  11.2\n ],\n'
         ' "p99_ratio": 1.019,\n "p99_over_allowance_ms": -0.1,\n'
         ' "p99_over_allowance_ci90_low_ms": -6.2,\n "p99_over_allowance_ci90_high_ms": 5.3,\n'
-        ' "within_target": true,\n "pooled_p99_delta_ms": 12.5,\n "judge_p99_delta_ms": 4.4,\n'
+        ' "within_target": true,\n "cpu_ratio": 1.052,\n "pooled_p99_delta_ms": 12.5,\n'
+        ' "judge_p99_delta_ms": 4.4,\n'
         ' "judge_p99_over_allowance_ms": 2.2,\n "judge_sample_rate": 0.1,\n'
         ' "judge_scored": 274,\n "judge_skipped": 0,\n "judge_skipped_busy": 12,\n'
         ' "open_loop_rate": 250.2,\n "open_loop_p99_delta_ms": 0.4,\n'
