@@ -181,6 +181,52 @@ def load(
     return result
 
 
+@dataclass
+class LoadGenerator:
+    """The load generator kept running (``loadgen.py --serve``): its connections stay open
+    from one load to the next, so loads can be short and many."""
+
+    process: subprocess.Popen[str]
+
+    def load(self, **load: Any) -> dict[str, Any]:
+        """One load (``path``, ``body``, ``rate``, ``duration``, ``warmup``, ``raw``, ...);
+        its JSON result."""
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(json.dumps(load) + "\n")
+        stdin.flush()
+        line = stdout.readline()
+        if not line:
+            raise RuntimeError(f"the load generator exited with {self.process.wait()}")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+
+@contextlib.contextmanager
+def load_generator(
+    port: int, *, concurrency: int, server_pid: int | None = None, helper_pids: tuple[int, ...] = ()
+) -> Iterator[LoadGenerator]:
+    """Run ``loadgen.py --serve`` against ``port`` with ``concurrency`` connections (the CPU
+    of ``server_pid``, and of ``helper_pids`` such as the provider, read around each window)."""
+    command = [PYTHON, str(HERE / "loadgen.py"), "--serve", "--port", str(port),
+               "--concurrency", str(concurrency)]  # fmt: skip
+    if server_pid is not None:
+        command += ["--server-pid", str(server_pid)]
+    for pid in helper_pids:
+        command += ["--helper-pid", str(pid)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield LoadGenerator(process)
+    finally:
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        stop(process)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def rss_mib(pid: int) -> float:
     """Resident set size of ``pid`` in MiB."""
     import psutil
@@ -267,3 +313,48 @@ def load_paths_abba(
             "cpu_ms_per_request": round(cpu / completed * 1000, 3) if completed else None,
         }
     return pooled
+
+
+def rotated_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """Each round's order of ``names``: rotated by one every round, and reversed in every other
+    cycle of ``len(names)`` rounds, so over ``2 x len(names)`` rounds each name holds each
+    place, and follows each other name, equally often."""
+    orders = []
+    for index in range(rounds):
+        shift = index % len(names)
+        order = names[shift:] + names[:shift]
+        orders.append(order[::-1] if (index // len(names)) % 2 else order)
+    return orders
+
+
+def load_rounds(
+    generator: LoadGenerator,
+    paths: dict[str, tuple[str, str]],
+    *,
+    rounds: int,
+    window_s: float,
+    warmup_s: float,
+    rate: float | None = None,
+    after: Callable[[str], None] | None = None,
+) -> list[dict[str, dict[str, Any]]]:
+    """Load each path once per round, in :func:`rotated_orders`, over the generator's open
+    connections (a warm-up of ``warmup_s`` lets the previous path's requests drain and the
+    queue fill again, then a window of ``window_s``); per round, each path's load result with
+    its latencies (``latencies_ms``). ``after(name)`` runs after each path's load (e.g. to let
+    background work end before the next one); with ``rate``, each load is open-loop at that
+    many requests per second."""
+    results: list[dict[str, dict[str, Any]]] = []
+    for order in rotated_orders(list(paths), rounds):
+        loads: dict[str, dict[str, Any]] = {}
+        for name in order:
+            path, body = paths[name]
+            result = generator.load(
+                path=path, body=body, duration=window_s, warmup=warmup_s, rate=rate, raw=True
+            )
+            if result["errors"] or set(result["statuses"]) != {"200"}:
+                raise RuntimeError(f"{name}: failed requests: {result['statuses']}")
+            loads[name] = result
+            if after is not None:
+                after(name)
+        results.append(loads)
+    return results

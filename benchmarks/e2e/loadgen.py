@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -39,6 +40,7 @@ class _Window:
     end: float = float("inf")
     open: bool = False
     latencies: list[float] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)  # seconds into the window
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     max_requests: int | None = None
@@ -52,6 +54,16 @@ def _server_cpu(pid: int | None) -> float | None:
     process = psutil.Process(pid)
     times = process.cpu_times()
     return float(times.user + times.system + times.children_user + times.children_system)
+
+
+def _busy_cpu() -> tuple[float, float]:
+    """CPU seconds every process on the machine, and this one, have used so far."""
+    import psutil
+
+    total = psutil.cpu_times()
+    own = psutil.Process().cpu_times()
+    busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+    return busy, own.user + own.system
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -89,57 +101,104 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         await reader.readexactly(2)
 
 
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 async def _connection(
-    args: argparse.Namespace, counter: list[int], window: _Window, stop_at: list[float], index: int
+    args: argparse.Namespace,
+    counter: list[int],
+    window: _Window,
+    stop_at: list[float],
+    index: int,
+    *,
+    connections: list[_Connection],
 ) -> None:
     host, port, template = args.host, args.port, args.body
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = connections[index]
+    first = True
     head = f"POST {args.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
     # Open loop (--rate): this connection sends every `interval` s, the connections' sends
     # spread evenly, and a latency counts from the scheduled send (a late server is not
     # excused by sending later: no coordinated omission)
     interval = args.concurrency / args.rate if args.rate else 0.0
     scheduled = time.perf_counter() + interval * index / max(args.concurrency, 1)
-    try:
-        while time.perf_counter() < stop_at[0]:
-            counter[0] += 1
-            body = template.format(n=counter[0]).encode()
-            request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
-            if interval:
-                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-                started, scheduled = scheduled, scheduled + interval
-            else:
-                started = time.perf_counter()
+    while time.perf_counter() < stop_at[0]:
+        counter[0] += 1
+        body = template.format(n=counter[0]).encode()
+        request = f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        if interval:
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            if scheduled >= stop_at[0]:  # due after the window: not sent
+                break
+            started, scheduled = scheduled, scheduled + interval
+        else:
+            started = time.perf_counter()
+        writer.write(request)
+        try:
+            status, _ = await _read_response(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not first:
+                raise
+            # the server closed the connection while it idled between loads (uvicorn's
+            # keep-alive timeout is 5 s): open it again and send once more
+            writer.close()
+            reader, writer = connections[index] = await asyncio.open_connection(host, port)
             writer.write(request)
             status, _ = await _read_response(reader)
-            finished = time.perf_counter()
-            if window.open and window.start <= finished <= window.end:
-                window.statuses[status] = window.statuses.get(status, 0) + 1
-                if status == 200:
-                    window.latencies.append(finished - started)
-                else:
-                    window.errors += 1
-                if (
-                    window.max_requests is not None
-                    and len(window.latencies) + window.errors >= window.max_requests
-                ):
-                    window.end = finished
-                    stop_at[0] = finished
-    finally:
-        writer.close()
+        first = False
+        finished = time.perf_counter()
+        if window.open and window.start <= finished <= window.end:
+            window.statuses[status] = window.statuses.get(status, 0) + 1
+            if status == 200:
+                window.latencies.append(finished - started)
+                window.finished.append(finished - window.start)
+            else:
+                window.errors += 1
+            if (
+                window.max_requests is not None
+                and len(window.latencies) + window.errors >= window.max_requests
+            ):
+                window.end = finished
+                stop_at[0] = finished
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Warm up, run the measured window, and return the results."""
+    """Open the connections, warm up, run the measured window, and return the results."""
+    connections = await _open(args)
+    try:
+        return await _measure(args, connections, [0])
+    finally:
+        await _close(connections)
+
+
+async def _open(args: argparse.Namespace) -> list[_Connection]:
+    return [await asyncio.open_connection(args.host, args.port) for _ in range(args.concurrency)]
+
+
+async def _close(connections: list[_Connection]) -> None:
+    for _, writer in connections:
+        writer.close()
+    for _, writer in connections:
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def _measure(
+    args: argparse.Namespace, connections: list[_Connection], counter: list[int]
+) -> dict[str, Any]:
+    """One load on open ``connections``: the warm-up, then the measured window."""
     window = _Window(max_requests=args.requests)
-    counter = [0]
     stop_at = [float("inf")]
     tasks = [
-        asyncio.create_task(_connection(args, counter, window, stop_at, index))
-        for index in range(args.concurrency)
+        asyncio.create_task(
+            _connection(args, counter, window, stop_at, index, connections=connections)
+        )
+        for index in range(len(connections))
     ]
     await asyncio.sleep(args.warmup)
     cpu_before = _server_cpu(args.server_pid)
+    helpers_before = sum(_server_cpu(pid) or 0.0 for pid in args.helper_pid or ())
+    busy_before = _busy_cpu()
     window.start = time.perf_counter()
     window.open = True
     deadline = window.start + args.duration
@@ -153,10 +212,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         window.end = time.perf_counter()
     stop_at[0] = window.end
     cpu_after = _server_cpu(args.server_pid)
+    helpers_after = sum(_server_cpu(pid) or 0.0 for pid in args.helper_pid or ())
+    busy_after = _busy_cpu()
     # In-flight requests finish outside the window and are not counted; give them time.
-    await asyncio.wait(tasks, timeout=args.drain_timeout)
-    for task in tasks:
+    _, pending = await asyncio.wait(tasks, timeout=args.drain_timeout)
+    for task in pending:
         task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    if pending:  # a connection still waits for its answer: it cannot carry the next load
+        raise TimeoutError(
+            f"{len(pending)} requests unanswered {args.drain_timeout} s after the window"
+        )
     elapsed = window.end - window.start
     completed = len(window.latencies)
     ms = [x * 1000 for x in window.latencies]
@@ -174,8 +242,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_cpu_s": (
             None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
         ),
-        **({"latencies_ms": [round(x, 3) for x in ms]} if args.raw else {}),
+        # the CPU every process on the machine used in the window, and this one's: what else
+        # ran (another benchmark, a test run) is the rest, less the server's and its helpers'
+        "machine_cpu_s": busy_after[0] - busy_before[0],
+        "loadgen_cpu_s": busy_after[1] - busy_before[1],
+        "helpers_cpu_s": helpers_after - helpers_before,
+        **(
+            {
+                "latencies_ms": [round(x, 3) for x in ms],
+                "finished_s": [round(x, 4) for x in window.finished],
+            }
+            if args.raw
+            else {}
+        ),
     }
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Keep ``--concurrency`` connections open and run one load per line of JSON on stdin
+    (any of path, body, rate, duration, warmup, requests, server_pid, raw; the rest from the
+    command line), printing each result as one line of JSON; end of input ends it."""
+    loop = asyncio.get_running_loop()
+    connections = await _open(args)
+    counter = [0]  # one count across the loads: every prompt stays distinct
+    try:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            load = argparse.Namespace(**{**vars(args), **json.loads(line)})
+            json.dump(await _measure(load, connections, counter), sys.stdout)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    finally:
+        await _close(connections)
 
 
 def main() -> None:
@@ -193,18 +290,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before it")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
     parser.add_argument("--server-pid", type=int)
-    parser.add_argument("--raw", action="store_true", help="include every latency (ms)")
+    parser.add_argument(
+        "--helper-pid", type=int, action="append", help="a process serving the server (CPU)"
+    )
+    parser.add_argument(
+        "--raw", action="store_true", help="include every latency (ms) and when it ended (s)"
+    )
+    parser.add_argument(
+        "--serve", action="store_true", help="one load per JSON line on stdin (see serve())"
+    )
     args = parser.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("the load generator only targets loopback")
+    main_: Any = serve(args) if args.serve else run(args)
     try:
         import uvloop
     except ImportError:
-        result = asyncio.run(run(args))
+        result = asyncio.run(main_)
     else:
-        result = uvloop.run(run(args))
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+        result = uvloop.run(main_)
+    if not args.serve:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
 
 
 if __name__ == "__main__":
