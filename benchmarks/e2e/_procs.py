@@ -51,6 +51,28 @@ def stop(process: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
             process.wait()
 
 
+def stop_piped(process: subprocess.Popen[str]) -> None:
+    """Close the stdin of a process driven over its pipes (it may exit on that), stop it and
+    close its stdout."""
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+    stop(process)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def ask(process: subprocess.Popen[str], line: str) -> str:
+    """Send one line to a process driven over its pipes; the line it answers with."""
+    stdin: IO[str] | None = process.stdin
+    stdout: IO[str] | None = process.stdout
+    assert stdin is not None
+    assert stdout is not None
+    stdin.write(f"{line}\n")
+    stdin.flush()
+    return stdout.readline()
+
+
 @dataclass
 class Provider:
     """The local provider process, with its latency switchable over stdin."""
@@ -64,13 +86,7 @@ class Provider:
     def command(self, line: str) -> str:
         """Send one command (``latency <ms>``, ``down``, ``up``, ``fired``); its answer after
         ``OK``."""
-        stdin: IO[str] | None = self.process.stdin
-        stdout: IO[str] | None = self.process.stdout
-        assert stdin is not None
-        assert stdout is not None
-        stdin.write(f"{line}\n")
-        stdin.flush()
-        answer = stdout.readline().strip()
+        answer = ask(self.process, line).strip()
         if answer.partition(" ")[0] != "OK":
             raise RuntimeError(f"provider refused {line!r}: {answer!r}")
         return answer.partition(" ")[2]
@@ -92,12 +108,7 @@ def provider(latency_ms: float = 0.0) -> Iterator[Provider]:
             raise RuntimeError(f"provider did not start: {line!r}")
         yield Provider(process, line.split(" ", 1)[1])
     finally:
-        if process.stdin is not None:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-        stop(process)
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_piped(process)
 
 
 @dataclass
@@ -191,12 +202,7 @@ class LoadGenerator:
     def load(self, **load: Any) -> dict[str, Any]:
         """One load (``path``, ``body``, ``rate``, ``duration``, ``warmup``, ``raw``, ...);
         its JSON result."""
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None
-        assert stdout is not None
-        stdin.write(json.dumps(load) + "\n")
-        stdin.flush()
-        line = stdout.readline()
+        line = ask(self.process, json.dumps(load))
         if not line:
             raise RuntimeError(f"the load generator exited with {self.process.wait()}")
         result: dict[str, Any] = json.loads(line)
@@ -219,12 +225,7 @@ def load_generator(
     try:
         yield LoadGenerator(process)
     finally:
-        if process.stdin is not None:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-        stop(process)
-        if process.stdout is not None:
-            process.stdout.close()
+        stop_piped(process)
 
 
 def rss_mib(pid: int) -> float:
