@@ -16,14 +16,10 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from e2e.loadgen import percentile
+
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.90
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0-1) of ``values``, nearest rank (as ``loadgen.py`` reads it)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def median_ci(values: Sequence[float], *, seed: int = 0) -> tuple[float, float]:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +67,8 @@ def _busy_cpu() -> tuple[float, float]:
     return busy, own.user + own.system
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of ``values``, nearest rank; NaN for none."""
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -235,9 +237,9 @@ async def _measure(
         "statuses": {str(k): v for k, v in sorted(window.statuses.items())},
         "window_s": elapsed,
         "throughput": completed / elapsed if elapsed > 0 else 0.0,
-        "p50_ms": _percentile(ms, 0.50),
-        "p90_ms": _percentile(ms, 0.90),
-        "p99_ms": _percentile(ms, 0.99),
+        "p50_ms": percentile(ms, 0.50),
+        "p90_ms": percentile(ms, 0.90),
+        "p99_ms": percentile(ms, 0.99),
         "max_ms": max(ms) if ms else float("nan"),
         "server_cpu_s": (
             None if cpu_before is None or cpu_after is None else cpu_after - cpu_before

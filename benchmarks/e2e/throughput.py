@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e2e import _procs
+from e2e.loadgen import percentile
 
 APPS = ("F", "F_otel", "F_prod", "H", "H_otel", "H_freeze", "D", "R")
 LATENCIES_MS = (0, 200)
@@ -42,13 +43,6 @@ class Plan:
         return cls(1.5, 0.5, 1) if quick else cls(4.0, 1.5, 2)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from several rounds of the same app and point."""
     latencies = [x for run in runs for x in run["latencies_ms"]]
@@ -59,8 +53,8 @@ def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "completed": completed,
         "errors": sum(run["errors"] for run in runs),
         "throughput": completed / window if window else 0.0,
-        "p50_ms": _percentile(latencies, 0.50),
-        "p99_ms": _percentile(latencies, 0.99),
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
         "cpu_ms_per_request": cpu / completed * 1000 if completed else float("nan"),
         "rounds": [round(run["throughput"], 1) for run in runs],
     }
