@@ -127,10 +127,15 @@ async def test_a_sample_rate_of_a_tenth_captures_about_a_tenth(
         assert await recorder.aflush(20)
         captured = len(recorder.store.captures("answer"))
         executions = recorder.store._query("SELECT COUNT(*) FROM executions")[0][0]
+        ids = [row[0] for row in recorder.store._query("SELECT execution_id FROM executions")]
+        findable = all(recorder.store.find_execution(i) is not None for i in ids)
     # Binomial(1000, 0.1): sd 9.5; 5 sd either side fails about once in 3.5 million runs.
     bound = 5 * math.sqrt(requests * 0.1 * 0.9)
     assert abs(captured - 100) <= bound, captured
-    assert executions == requests  # every request's version stays findable for feedback
+    # every request's version stays findable for feedback: a captured one in its capture,
+    # the others in an execution row of their own
+    assert executions + captured == requests
+    assert findable
 
 
 def test_redaction_hides_named_fields_and_keys_in_storage(
@@ -167,6 +172,28 @@ def _capture(execution_id: str, tenant: str, served_at: float) -> CapturedReques
         execution_id, "answer", "1.0.0", False, "m", {"question": "q"}, {"answer": "a"},
         1, 1, None, 1.0, None, tenant, served_at,
     )  # fmt: skip
+
+
+def test_a_captured_request_is_stored_once_and_every_execution_is_found(
+    tmp_path: Path,
+) -> None:
+    store = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    executions = [Execution(f"e{i}", "answer", "1.0.0", "acme", 100.0 + i) for i in range(4)]
+    captures = [_capture("e0", "acme", 100.0), _capture("e2", "acme", 102.0)]
+    try:
+        store.write(executions, captures)
+        store.write(executions, captures)  # a batch written again changes nothing
+        table = store._query("SELECT execution_id FROM executions ORDER BY execution_id")
+        found = [store.find_execution(f"e{i}") for i in range(4)]
+        # a store written before captured requests left their execution row out holds both
+        row = "('e0', 'answer', '1.0.0', 'acme', 100)"
+        store._change([(f"INSERT INTO executions VALUES {row}", ())])
+        old = store.find_execution("e0")
+    finally:
+        store.close()
+    assert [row[0] for row in table] == ["e1", "e3"]  # e0 and e2 live in captures
+    assert found == executions
+    assert old == executions[0]
 
 
 def test_retention_deletes_old_records_periodically(tmp_path: Path) -> None:
@@ -211,7 +238,7 @@ def test_forget_deletes_a_tenants_records(provider: LocalProvider, tmp_path: Pat
         remaining = recorder.store.captures("answer")
         feedback = recorder.store.feedback("answer")
         found = recorder.store.find_execution(acme[1]["metadata"]["execution_id"])
-    assert deleted == 3 + 3 + 1  # executions, captures, feedback
+    assert deleted == 3 + 1  # captures (a captured request has no execution row), feedback
     assert [c.tenant for c in remaining] == ["beta"]
     assert feedback == []
     assert found is None

@@ -91,10 +91,10 @@ class TrafficRecorder(FeedbackMethods):
         queue_size: Requests that may wait for the writer; beyond it captures are dropped and
             counted (:attr:`dropped`), never waited for.
         batch_size: Most records written in one transaction.
-        flush_interval_s: How often the writer wakes to write what is queued. SQLite spends
-            ~33 us of CPU per row in batches of 10, ~26 in batches of 25, ~15 in batches of 100
-            (its indexes, the commit): at a few hundred requests a second, 0.2 s makes batches
-            of ~100.
+        flush_interval_s: How often the writer wakes to write what is queued. A captured
+            request costs the writer ~15 us of CPU in batches of 10, ~12 in batches of 25, ~9
+            in batches of 100 (its indexes, the commit; measured alone, more while the loop
+            runs): at a few hundred requests a second, 0.2 s makes batches of ~100.
         retention_interval_s: How often the writer deletes records past their retention.
         clock: Seconds since the epoch (injectable for retention tests).
         rng: The sampling randomness (injectable).
