@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -194,6 +195,24 @@ def test_a_captured_request_is_stored_once_and_every_execution_is_found(
     assert [row[0] for row in table] == ["e1", "e3"]  # e0 and e2 live in captures
     assert found == executions
     assert old == executions[0]
+
+
+@pytest.mark.parametrize("parameters", [32_766, 30])  # SQLite's limit since 3.32; a tiny one
+def test_a_batch_is_written_whole_whatever_sqlites_parameter_limit(
+    tmp_path: Path, parameters: int
+) -> None:
+    store = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, parameters)  # 30: 2 captures each
+    executions = [Execution(f"e{i}", "answer", "1.0.0", None, 100.0 + i) for i in range(9)]
+    captures = [_capture(f"e{i}", "acme", 100.0 + i) for i in range(0, 9, 2)]
+    try:
+        store.write(executions, captures)
+        stored = [c.execution_id for c in store.captures("answer")]
+        found = [store.find_execution(f"e{i}") for i in range(9)]
+    finally:
+        store.close()
+    assert stored == ["e0", "e2", "e4", "e6", "e8"]
+    assert [f.execution_id if f else None for f in found] == [f"e{i}" for i in range(9)]
 
 
 def test_retention_deletes_old_records_periodically(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ from llm_server.traffic._sql import TABLES, SqlTrafficStore
 
 __all__ = ["SqliteTrafficStore"]
 
-_MAX_PARAMETERS = 999  # SQLite's lowest compiled-in limit of parameters per statement
+# Parameters per statement: SQLite's own limit (999 before 3.32, 32,766 since), capped so that
+# a batch's statement stays a reasonable size
+_MAX_PARAMETERS = 32_766
 
 
 class SqliteTrafficStore(SqlTrafficStore):
@@ -60,25 +62,35 @@ class SqliteTrafficStore(SqlTrafficStore):
         return changed
 
     def _insert_many(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        """Many rows per ``INSERT`` statement: ``executemany`` gives the interpreter lock
-        away and takes it back around every row, and each take while the event loop runs
-        makes the loop switch threads (the writer thread then cost ~3x the CPU)."""
+        """Many rows per ``INSERT`` statement, and a single statement without ``BEGIN`` and
+        ``COMMIT`` (it is atomic alone): each call into SQLite gives the interpreter lock away
+        and takes it back, and each take while the event loop runs makes the loop switch
+        threads (``executemany``, a take per row, cost the writer thread ~3x the CPU)."""
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        limit = min(_MAX_PARAMETERS, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        for sql, rows in batches:
+            if not rows:
+                continue
+            head, values = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).split(
+                " VALUES ", 1
+            )
+            per_statement = max(1, limit // len(rows[0]))
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start : start + per_statement]
+                statements.append(
+                    (
+                        f"{head} VALUES {', '.join([values] * len(chunk))}",
+                        tuple(itertools.chain.from_iterable(chunk)),
+                    )
+                )
         with self._lock:
+            if len(statements) == 1:
+                self._db.execute(*statements[0])
+                return
             self._db.execute("BEGIN")
             try:
-                for sql, rows in batches:
-                    if not rows:
-                        continue
-                    head, values = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).split(
-                        " VALUES ", 1
-                    )
-                    per_statement = max(1, _MAX_PARAMETERS // len(rows[0]))
-                    for start in range(0, len(rows), per_statement):
-                        chunk = rows[start : start + per_statement]
-                        self._db.execute(
-                            f"{head} VALUES {', '.join([values] * len(chunk))}",
-                            tuple(itertools.chain.from_iterable(chunk)),
-                        )
+                for statement in statements:
+                    self._db.execute(*statement)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
