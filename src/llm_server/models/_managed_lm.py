@@ -113,12 +113,14 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         @with_callbacks  # type: ignore[untyped-decorator]  # dspy is untyped
         async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
             """``dspy.LM.acall``, preparing text-only calls without the worker-thread hop."""
+            # what the call sends, worked out once for the window check and the in-flight record
+            outgoing = entry_messages({"messages": messages, "prompt": prompt})
             if self._window is not None:
-                self._check_fits(prompt, messages)
+                self._check_fits(outgoing)
             scope = current_scope.get()
             if scope is not None and scope.max_tokens is not None:  # a re-ask after a cut
                 kwargs = {**kwargs, "max_tokens": scope.max_tokens}
-            sent = scope.call_started(prompt, messages) if scope is not None else None
+            sent = scope.call_started(outgoing) if scope is not None else None
             try:
                 # The plain text-only call (no rate limit, no shared cache), the one most
                 # requests make: _execute, _admitted and _sent inlined, so no frame of ours
@@ -241,7 +243,7 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
             kwargs = {**kwargs, "max_tokens": scope.max_tokens}
         # In a worker thread the request may give up (a deadline) while the call goes on: the
         # call stays in flight, for the books, until its usage is recorded (CallTracker).
-        sent = scope.call_started(prompt, messages)
+        sent = scope.call_started(entry_messages({"messages": messages, "prompt": prompt}))
         token = sync_call.set(sent)
         try:
             return self._sync_call(prompt, messages, kwargs)
@@ -288,11 +290,11 @@ class ManagedLM(dspy.LM):  # type: ignore[misc]  # dspy is untyped
         """Refuse, before sending, a prompt that cannot fit ``window`` with ``max_tokens``."""
         self._window = (model_id, window, max_tokens) if window else None
 
-    def _check_fits(self, prompt: Any, messages: Any) -> None:
+    def _check_fits(self, sent: list[dict[str, Any]]) -> None:
+        """Refuse a call whose messages ``sent`` cannot fit the window with max_tokens."""
         assert self._window is not None
         model_id, window, max_tokens = self._window
         room = window - max_tokens
-        sent = entry_messages({"messages": messages, "prompt": prompt})
         # A token is at least one character: a prompt with fewer characters than the room
         # fits, and most do; only a long one is counted (offline, like the provider bills).
         chars = sum(len(str(m.get("content", ""))) + 8 for m in sent)

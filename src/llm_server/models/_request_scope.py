@@ -103,9 +103,9 @@ class RequestScope:
     dspy_warnings: list[str] = field(default_factory=list)
     stream_refusals: dict[int, str] = field(default_factory=dict)
 
-    def call_started(self, prompt: Any, messages: Any) -> list[dict[str, Any]]:
-        """Record a call about to leave; the returned list is cleared when it finishes."""
-        sent = entry_messages({"messages": messages, "prompt": prompt})
+    def call_started(self, sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record a call about to leave with the messages ``sent`` (:func:`entry_messages`);
+        returns ``sent``, to be cleared when the call finishes."""
         self.in_flight.append(sent)
         return sent
 
