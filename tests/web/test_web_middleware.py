@@ -29,7 +29,7 @@ async def test_each_request_gets_an_execution_id_in_header_and_envelope(make_app
         ok = await client.post("/programs/summarize", json={"text": "a"})
         failed = await client.post("/programs/summarize", json={"text": "a", "model_id": "nope"})
     ok_id, failed_id = ok.headers["x-execution-id"], failed.headers["x-execution-id"]
-    assert uuid.UUID(ok_id).version == 4
+    assert uuid.UUID(ok_id).version == 7
     assert ok.json()["metadata"]["execution_id"] == ok_id
     assert failed.json()["execution_id"] == failed_id
     assert ok_id != failed_id

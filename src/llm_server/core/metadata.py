@@ -8,14 +8,14 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from llm_server.core._ids import new_uuid4
+from llm_server.core._ids import new_uuid7
 
 __all__ = ["MetadataCollector", "new_execution_id", "utc_timestamp"]
 
 
 def new_execution_id() -> str:
-    """A fresh, unique execution id (a random version-4 UUID string)."""
-    return new_uuid4()
+    """A fresh, unique execution id: a version-7 UUID string (time-ordered, 74 random bits)."""
+    return new_uuid7()
 
 
 # (whole second since the epoch, its "YYYY-MM-DDTHH:MM:SS" in UTC): requests follow each other
