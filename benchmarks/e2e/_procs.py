@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -329,7 +329,7 @@ def rotated_orders(names: list[str], rounds: int) -> list[list[str]]:
 
 
 def load_rounds(
-    generator: LoadGenerator,
+    generator: LoadGenerator | Mapping[str, LoadGenerator],
     paths: dict[str, tuple[str, str]],
     *,
     rounds: int,
@@ -341,15 +341,17 @@ def load_rounds(
     """Load each path once per round, in :func:`rotated_orders`, over the generator's open
     connections (a warm-up of ``warmup_s`` lets the previous path's requests drain and the
     queue fill again, then a window of ``window_s``); per round, each path's load result with
-    its latencies (``latencies_ms``). ``after(name)`` runs after each path's load (e.g. to let
-    background work end before the next one); with ``rate``, each load is open-loop at that
-    many requests per second."""
+    its latencies (``latencies_ms``). With a mapping of generators, each path's loads go to
+    its own (one per app: apps compared rather than paths of one app). ``after(name)`` runs
+    after each path's load (e.g. to let background work end before the next one); with
+    ``rate``, each load is open-loop at that many requests per second."""
     results: list[dict[str, dict[str, Any]]] = []
     for order in rotated_orders(list(paths), rounds):
         loads: dict[str, dict[str, Any]] = {}
         for name in order:
             path, body = paths[name]
-            result = generator.load(
+            loader = generator if isinstance(generator, LoadGenerator) else generator[name]
+            result = loader.load(
                 path=path, body=body, duration=window_s, warmup=warmup_s, rate=rate, raw=True
             )
             if result["errors"] or set(result["statuses"]) != {"200"}:

@@ -25,6 +25,7 @@ on 127.0.0.1, every loop bounded in time:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -44,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e2e import _procs
+from e2e import _paired, _procs
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET_APP = ROOT / "examples" / "fleet_app"
@@ -105,18 +106,6 @@ def fleet(folder: Path, provider_url: str, *, workers: int, env: dict[str, str])
                 process.wait()
 
 
-def _workers_cpu(pid: int) -> float:
-    """CPU seconds used so far by the workers of the uvicorn process ``pid``."""
-    import psutil
-
-    total = 0.0
-    for child in psutil.Process(pid).children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = child.cpu_times()
-            total += times.user + times.system
-    return total
-
-
 def _redis_calls(url: str) -> int:
     """Scripts run so far: every fleet round trip is one (commandstats also counts the
     commands a script runs inside, which are no round trips)."""
@@ -154,7 +143,7 @@ def counted_round(
     path = os.pathsep.join(p for p in (str(COUNTER), os.environ.get("PYTHONPATH", "")) if p)
     env = {**env, "PYTHONPATH": path, "LLM_SERVER_BENCH_ROUND_TRIPS": str(counts)}
     with fleet(folder, provider_url, workers=2, env=env) as app:
-        load = {"concurrency": 64, "raw": True, "path": PATH, "body": BODY}
+        load: dict[str, Any] = {"concurrency": 64, "raw": True, "path": PATH, "body": BODY}
         _procs.load(app.port, duration_s=1.0, warmup_s=0.0, **load)  # connections, leases
         time.sleep(0.5)  # every worker wrote its counts (every 0.2 s)
         before = _round_trips(counts)
@@ -167,72 +156,173 @@ def counted_round(
     }
 
 
-def throughput(folder: Path, provider_url: str, redis_url: str, *, quick: bool) -> dict[str, Any]:
-    """2 workers with Redis vs without, c=64: throughput ratio and Redis scripts/request."""
-    window, warmup, rounds = (2.0, 1.0, 4) if quick else (4.0, 1.5, 8)
-    shared_env = {**NO_LIMIT, "LLM_SERVER_REDIS_URL": redis_url, "LLM_SERVER_REDIS_PREFIX": "bench"}
-    runs: dict[str, list[dict[str, Any]]] = {"redis": [], "local": []}
-    commands: list[float] = []
-    cpu: dict[str, list[float]] = {"redis": [], "local": []}
-    with (
-        fleet(folder, provider_url, workers=2, env=shared_env) as shared,
-        fleet(folder, provider_url, workers=2, env=dict(NO_LIMIT)) as local,
-    ):
-        for index in range(rounds):
-            order = (("redis", shared), ("local", local))
-            for name, app in order if index % 2 == 0 else tuple(reversed(order)):
-                before = _redis_calls(redis_url) if name == "redis" else 0
-                cpu_before = _workers_cpu(app.process.pid)
-                result = _procs.load(
-                    app.port,
-                    concurrency=64,
-                    duration_s=window,
-                    warmup_s=warmup,
-                    raw=True,
-                    path=PATH,
-                    body=BODY,
-                )
-                served = max(1.0, result["completed"] + warmup * result["throughput"])
-                cpu[name].append((_workers_cpu(app.process.pid) - cpu_before) / served * 1e6)
-                if name == "redis":
-                    commands.append((_redis_calls(redis_url) - before) / served)
-                runs[name].append(result)
-    pooled = {name: _pool(results) for name, results in runs.items()}
-    # the median round of each: one stalled round (this shared machine has them, in A/A runs
-    # too) moves a pooled mean by several percent and a median not at all
-    medians = {
-        name: statistics.median(r["throughput"] for r in results) for name, results in runs.items()
+# rounds (a multiple of 4: each app loaded first and second, and after the other, equally
+# often), window and warm-up seconds of each load. A full run's 32 rounds of two ~1.6 s loads
+# take about what the 8 alternating rounds of 4 s loads did before (~100 s).
+THROUGHPUT_FULL = (32, 1.0, 0.5)
+THROUGHPUT_QUICK = (8, 0.6, 0.3)
+CONCURRENCY = 64
+
+
+def _app_env(kind: str, redis_url: str, prefix: str) -> dict[str, str]:
+    if kind == "local":
+        return dict(NO_LIMIT)
+    return {**NO_LIMIT, "LLM_SERVER_REDIS_URL": redis_url, "LLM_SERVER_REDIS_PREFIX": prefix}
+
+
+def _redis_pid(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url, protocol=2)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
+def _connections_per_worker(app: Fleet) -> list[int]:
+    """The load generator's open connections each worker holds (they stay with the worker
+    that accepted them for every round), most first."""
+    import psutil
+
+    counts = []
+    for child in psutil.Process(app.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            held = [
+                c
+                for c in child.net_connections(kind="tcp")
+                if c.laddr and c.laddr.port == app.port and c.status == psutil.CONN_ESTABLISHED
+            ]
+            if held:
+                counts.append(len(held))
+    return sorted(counts, reverse=True)
+
+
+def _app_figures(rounds: list[dict[str, dict[str, Any]]], name: str) -> dict[str, Any]:
+    """One app over every round: pooled throughput, p50/p99 and each round's throughput."""
+    pooled = _paired.pooled(rounds, name)
+    return {
+        "completed": sum(r[name]["completed"] for r in rounds),
+        "errors": sum(r[name]["errors"] for r in rounds),
+        "throughput": pooled["throughput"],
+        "p50_ms": pooled["p50_ms"],
+        "p99_ms": pooled["p99_ms"],
+        "rounds": pooled["round_throughput"],
     }
+
+
+def throughput(
+    folder: Path,
+    provider: _procs.Provider,
+    redis_url: str,
+    *,
+    quick: bool,
+    kinds: tuple[str, str] = ("redis", "local"),
+) -> dict[str, Any]:
+    """2 workers with Redis vs without, c=64, in paired rounds: the throughput ratio (median of
+    the rounds' ratios), the workers' CPU per request, and Redis scripts per request.
+
+    ``kinds`` names the two apps compared (``"redis"`` or ``"local"``); the same kind twice is
+    an A/A run (the second app's name ends in ``_again``): what the design reads when there is
+    no difference to find.
+    """
+    rounds, window_s, warmup_s = THROUGHPUT_QUICK if quick else THROUGHPUT_FULL
+    first, second = kinds
+    names = (first, second if second != first else f"{second}_again")
+    envs = {
+        name: _app_env(kind, redis_url, f"bench-{name}")
+        for name, kind in zip(names, kinds, strict=True)
+    }
+    paths = dict.fromkeys(names, (PATH, BODY))
+    scripts: dict[str, list[int]] = {name: [] for name in names}
+    last = [0]
+
+    def after(name: str) -> None:
+        """Scripts Redis ran during the load just done (its warm-up and drain included)."""
+        now = _redis_calls(redis_url)
+        scripts[name].append(now - last[0])
+        last[0] = now
+
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        apps = {
+            name: stack.enter_context(fleet(folder, provider.base_url, workers=2, env=envs[name]))
+            for name in names
+        }
+        generators = {
+            # the provider, redis-server and the app not loaded are the load's helpers: what
+            # else used the machine's CPU (``other_processes_cores``) is then truly foreign
+            name: stack.enter_context(
+                _procs.load_generator(
+                    app.port,
+                    concurrency=CONCURRENCY,
+                    server_pid=app.process.pid,
+                    helper_pids=(
+                        provider.process.pid,
+                        _redis_pid(redis_url),
+                        *(other.process.pid for other in apps.values() if other is not app),
+                    ),
+                )
+            )
+            for name, app in apps.items()
+        }
+        for generator in generators.values():  # warm workers, connections, fleet leases
+            generator.load(path=PATH, body=BODY, duration=2.0, warmup=1.0)
+        last[0] = _redis_calls(redis_url)
+        began = time.perf_counter()
+        loads = _procs.load_rounds(
+            generators, paths, rounds=rounds, window_s=window_s, warmup_s=warmup_s, after=after
+        )
+        rounds_s = time.perf_counter() - began
+        split = {name: _connections_per_worker(app) for name, app in apps.items()}
+    paired = _paired.compare(loads, names[0], names[1], lambda off: 0.0)
+    del paired["p99_over_allowance_ms"]  # no p99 rule here: the same as p99_delta_ms
+    figures = {name: _app_figures(loads, name) for name in names}
+    # a load's served requests, its warm-up's included, as Redis's counts include the warm-up
+    served = {
+        name: [r[name]["completed"] + warmup_s * r[name]["throughput"] for r in loads]
+        for name in names
+    }
+    counted = (
+        counted_round(folder, provider.base_url, envs["redis"], window=4.0)
+        if names == ("redis", "local")
+        else {}
+    )
+    ratio = paired["throughput_ratio"]
     return {
         "workers": 2,
-        "concurrency": 64,
-        "apps": pooled,
-        "ratio": medians["redis"] / medians["local"],
-        "ratio_pooled": pooled["redis"]["throughput"] / pooled["local"]["throughput"],
-        # the workers' CPU (every thread) per served request, median round (warm-up included)
-        "cpu_us_per_request": {name: statistics.median(values) for name, values in cpu.items()},
-        "redis_scripts_per_request": sum(commands) / len(commands),
-        "round_trips_per_request": dict(
-            sorted(
-                counted_round(folder, provider_url, shared_env, window=window).items(),
-                key=lambda item: -item[1],
+        "concurrency": CONCURRENCY,
+        "rounds": rounds,
+        "window_s": window_s,
+        "warmup_s": warmup_s,
+        "rounds_s": round(rounds_s, 1),
+        "apps": figures,
+        # the verdict: the median over the rounds of each round's ratio (the two loads of a
+        # round ~2 s apart see about the same machine), its IQR and 90 % bootstrap interval
+        "ratio": ratio["median"],
+        "ratio_iqr": ratio["iqr"],
+        "ratio_ci90": ratio["ci90"],
+        "ratio_pooled": round(figures[names[0]]["throughput"] / figures[names[1]]["throughput"], 3),
+        "cpu_ratio": paired["cpu_ratio"]["median"],
+        "cpu_ratio_ci90": paired["cpu_ratio"]["ci90"],
+        "paired": paired,
+        # the workers' CPU (every thread) per request served in the window, median round
+        "cpu_us_per_request": {
+            name: round(
+                statistics.median(_paired.cpu_ms_per_request(r[name]) * 1000 for r in loads), 1
             )
+            for name in names
+        },
+        # a round's most CPU used by other processes during one of its loads (cores)
+        "other_processes_cores": _paired.summary(
+            [max(_paired.foreign_cpu(load) for load in r.values()) for r in loads]
         ),
-    }
-
-
-def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    completed = sum(run["completed"] for run in runs)
-    window = sum(run["window_s"] for run in runs)
-    latencies = sorted(x for run in runs for x in run["latencies_ms"])
-    errors = sum(run["errors"] for run in runs)
-    return {
-        "completed": completed,
-        "errors": errors,
-        "throughput": completed / window if window else 0.0,
-        "p50_ms": latencies[len(latencies) // 2] if latencies else float("nan"),
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
-        "rounds": [round(run["throughput"], 1) for run in runs],
+        "connections_per_worker": split,
+        "redis_scripts_per_request": (
+            round(sum(scripts[names[0]]) / sum(served[names[0]]), 4) if first == "redis" else 0.0
+        ),
+        "round_trips_per_request": dict(sorted(counted.items(), key=lambda item: -item[1])),
+        "elapsed_s": round(time.perf_counter() - started, 1),
     }
 
 
@@ -381,7 +471,7 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
         folder = Path(tmp)
         with _procs.provider() as provider:
             result: dict[str, Any] = {
-                "throughput": throughput(folder, provider.base_url, redis_url, quick=quick)
+                "throughput": throughput(folder, provider, redis_url, quick=quick)
             }
         result["limit_check"] = limit_check(redis_url, quick=quick)
         result["cache"] = cache_throughput(redis_url, quick=quick)
@@ -390,5 +480,36 @@ def measure(*, quick: bool = False) -> dict[str, Any]:
     return result
 
 
+def measure_throughput(kinds: tuple[str, str], *, quick: bool = False) -> dict[str, Any]:
+    """The throughput part alone: ``kinds`` against each other (see :func:`throughput`)."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        redis_server() as redis_url,
+        _procs.provider() as provider,
+    ):
+        return throughput(Path(tmp), provider, redis_url, quick=quick, kinds=kinds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--throughput", action="store_true", help="only the throughput part, with Redis vs without"
+    )
+    parser.add_argument(
+        "--aa",
+        choices=("redis", "local"),
+        help="only the throughput part, A/A: two apps of this kind against each other",
+    )
+    args = parser.parse_args()
+    if args.aa:
+        result = measure_throughput((args.aa, args.aa), quick=args.quick)
+    elif args.throughput:
+        result = measure_throughput(("redis", "local"), quick=args.quick)
+    else:
+        result = measure(quick=args.quick)
+    json.dump(result, sys.stdout, indent=1)
+
+
 if __name__ == "__main__":
-    _procs.measure_cli(measure, __doc__)
+    main()

@@ -11,7 +11,8 @@ distinct prompt per request (nothing can be served from a cache), and reads the 
 measured window runs for ``--duration`` seconds or ``--requests`` requests, whichever comes
 first; the requests that complete inside the window count (as ``wrk`` counts them), with
 their whole latency even if they were sent before it opened. With ``--server-pid`` the CPU
-time that process (and its children) used inside the window is read with psutil.
+time that process and its children (those still running, such as the workers of ``uvicorn
+--workers N``, and those ended) used inside the window is read with psutil.
 
 Prints one JSON object: completed, errors, window seconds, throughput, latency percentiles
 (ms), and the server's CPU seconds. An ``httpx.AsyncClient`` tops out at a few hundred
@@ -54,7 +55,13 @@ def _server_cpu(pid: int | None) -> float | None:
 
     process = psutil.Process(pid)
     times = process.cpu_times()
-    return float(times.user + times.system + times.children_user + times.children_system)
+    total = times.user + times.system + times.children_user + times.children_system
+    # the children still running count too: the workers of ``uvicorn --workers N``
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child_times = child.cpu_times()
+            total += child_times.user + child_times.system
+    return float(total)
 
 
 def _busy_cpu() -> tuple[float, float]:
