@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from _report import fmt, ratio, table, verdict
@@ -402,7 +403,7 @@ def _fleet_targets(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         (
             "fleet: throughput, 2 workers with Redis / without (c=64, breakers and limits on)",
             ">= 0.97",
-            fmt(throughput["ratio"], 3),
+            fmt(throughput["ratio"], 3) + _interval(throughput.get("ratio_ci90")),
             verdict(throughput["ratio"] >= 0.97),
         ),
         (
@@ -426,15 +427,75 @@ def _fleet_targets(fleet: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _interval(ci90: list[float] | None) -> str:
+    """`` (90 %: low-high)``, or nothing for results without one."""
+    return f" (90 %: {fmt(ci90[0], 3)}-{fmt(ci90[1], 3)})" if ci90 else ""
+
+
 def _fleet_cpu(throughput: dict[str, Any]) -> str:
     """The workers' CPU per request with Redis and without (a sentence, or nothing)."""
     cpu = throughput.get("cpu_us_per_request")
     if not cpu:
         return ""
+    paired = (
+        f"; the median of the rounds' own ratios: {fmt(throughput['cpu_ratio'], 3)}x, 90 % "
+        f"interval {fmt(throughput['cpu_ratio_ci90'][0], 3)}-"
+        f"{fmt(throughput['cpu_ratio_ci90'][1], 3)}"
+        if "cpu_ratio_ci90" in throughput
+        else ""
+    )
     return (
         f" The workers' CPU per served request (median round, all threads): "
         f"{fmt(cpu['redis'], 0)} us with Redis, {fmt(cpu['local'], 0)} us without "
-        f"({fmt(cpu['redis'] / cpu['local'], 3)}x)."
+        f"({fmt(cpu['redis'] / cpu['local'], 3)}x{paired})."
+    )
+
+
+def _fleet_method(throughput: dict[str, Any]) -> str:
+    """How the throughput ratio was measured: paired rounds, or (older results) the ratio of
+    the median rounds."""
+    pooled = fmt(throughput["ratio_pooled"], 3)
+    if "ratio_ci90" not in throughput:
+        return (
+            "rounds alternate. The ratio is of the median rounds (one stalled round on this "
+            f"shared machine moves a mean by several percent): {fmt(throughput['ratio'], 3)} "
+            f"(pooled: {pooled})."
+        )
+    low, high = throughput["ratio_iqr"]
+    split = throughput.get("connections_per_worker", {})
+    return (
+        "both apps kept up, each loaded by a load generator of its own kept running with its "
+        f"64 connections open, in {throughput['rounds']} rounds of a "
+        f"{fmt(throughput['warmup_s'], 1)} s warm-up and a {fmt(throughput['window_s'], 1)} s "
+        "window, the order rotated and reversed from round to round. The two loads of a round "
+        "see about the same machine, whose speed moves by tens of percent from one second to "
+        "the next; the ratio is the median of the rounds' own ratios (with / without): "
+        f"{fmt(throughput['ratio'], 3)} (IQR {fmt(low, 3)}-{fmt(high, 3)}, 90 % bootstrap "
+        f"interval of the median {fmt(throughput['ratio_ci90'][0], 3)}-"
+        f"{fmt(throughput['ratio_ci90'][1], 3)}; pooled: {pooled})."
+        + (
+            " The load generator opens its 64 connections anew after each load, and the "
+            "workers deal them out among themselves; the busiest worker held, median round "
+            f"(range): with Redis {_busiest(split['redis'])}, without {_busiest(split['local'])}."
+            if {"redis", "local"} <= set(split)
+            else ""
+        )
+    )
+
+
+def _busiest(splits: list[list[int]]) -> str:
+    """The busiest worker's connections over the rounds: ``median (low-high)``."""
+    busiest = [max(split, default=0) for split in splits]
+    return f"{fmt(statistics.median(busiest), 0)} ({min(busiest)}-{max(busiest)})"
+
+
+def _rounds(values: list[float]) -> str:
+    """Each round's throughput, or for many rounds their median and range."""
+    if len(values) <= 8:
+        return ", ".join(fmt(r, 1) for r in values)
+    return (
+        f"{len(values)} rounds: median {fmt(statistics.median(values), 1)}, "
+        f"{fmt(min(values), 1)}-{fmt(max(values), 1)}"
     )
 
 
@@ -446,7 +507,7 @@ def _render_fleet(fleet: dict[str, Any]) -> list[str]:
         (
             {"redis": "with LLM_SERVER_REDIS_URL", "local": "without (per process)"}[name],
             fmt(app["throughput"], 1),
-            ", ".join(fmt(r, 1) for r in app["rounds"]),
+            _rounds(app["rounds"]),
             fmt(app["p50_ms"], 1),
             fmt(app["p99_ms"], 1),
             app["errors"],
@@ -476,10 +537,8 @@ def _render_fleet(fleet: dict[str, Any]) -> list[str]:
         "",
         "`benchmarks/e2e/fleet.py`: `examples/fleet_app` (a breaker and a rate limit on its model) "
         "under `uvicorn --workers 2`, with a private `redis-server` and without, c=64, provider "
-        "latency 0, limits high enough never to refuse (both check them on every call); rounds "
-        "alternate. The ratio is of the median rounds (one stalled round on this shared "
-        f"machine moves a mean by several percent): {fmt(throughput['ratio'], 3)} (pooled: "
-        f"{fmt(throughput['ratio_pooled'], 3)}).{_fleet_cpu(throughput)} Redis ran "
+        "latency 0, limits high enough never to refuse (both check them on every call); "
+        f"{_fleet_method(throughput)}{_fleet_cpu(throughput)} Redis ran "
         f"{fmt(throughput['redis_scripts_per_request'], 3)} scripts (round trips) per served "
         "request, heartbeats, re-reads and batched flushes included: a rate-limited call takes "
         "capacity from a lease (several calls' worth) and goes to Redis once per lease. "

@@ -208,6 +208,12 @@ class LoadGenerator:
         result: dict[str, Any] = json.loads(line)
         return result
 
+    def reconnect(self) -> None:
+        """Close the connections and open new ones (a server of several workers deals them
+        out anew: each keeps the connections it accepted)."""
+        if not ask(self.process, json.dumps({"reconnect": True})):
+            raise RuntimeError(f"the load generator exited with {self.process.wait()}")
+
 
 @contextlib.contextmanager
 def load_generator(

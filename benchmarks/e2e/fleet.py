@@ -1,19 +1,33 @@
 """A fleet with and without Redis: throughput, Redis round trips, limit checks, outages.
 
-    python benchmarks/e2e/fleet.py [--quick]
+    python benchmarks/e2e/fleet.py [--quick] [--throughput | --aa redis|local]
 
 Runs ``examples/fleet_app`` (breaker + rate limit on its model) under ``uvicorn --workers N``
 against the local provider, with a private ``redis-server`` on a free loopback port; all of it
 on 127.0.0.1, every loop bounded in time:
 
 * **Throughput**: 2 workers with ``LLM_SERVER_REDIS_URL`` vs 2 workers without, c=64, provider
-  latency 0, limits high enough never to refuse (so both check them on every call); rounds
-  alternate; the ratio is of the median rounds, with the workers' CPU per served request
-  (median round) of each. Target: ratio >= 0.97. Redis round trips
-  per served request are the scripts Redis ran (``INFO commandstats``), background ones
-  included (heartbeats, re-reads, flushes; pipelined writes count one each). One more round,
-  not timed, on 2 workers of their own, counts their round trips to Redis where redis-py sends
-  them (a pipeline is one), by command, background included. Target: <= 0.1 per request.
+  latency 0, limits high enough never to refuse (so both check them on every call). Both apps
+  are started once and kept up, each loaded by its own load generator kept running with its
+  64 connections open (``loadgen.py --serve``), in many short rounds (a warm-up, then a
+  one-second window), the order rotated and reversed from round to round
+  (``_procs.load_rounds``), as ``traffic_overhead.py`` does for capture. On this shared
+  2-core machine rounds of the same app moved by ~2x within one run (812-1664 req/s), so the
+  ratio of two median rounds read 0.904 in one run and 0.975 in the next on the same code;
+  the two loads of a round, ~2 s apart, see about the same machine, so the verdict is the
+  median of the rounds' own ratios (with/without), with its IQR and 90 % bootstrap interval
+  (``_paired.py``). Target: ratio >= 0.97. The workers' CPU (every thread) per request
+  served in the window, median round and paired ratio, is beside it; and how many of the
+  load generator's connections each worker held in each round (a worker keeps the connections
+  it accepted, so the generator opens new ones after each load and they are dealt anew: one
+  uneven deal does not weigh on every round of one app). ``--aa redis|local`` runs two apps of
+  one kind against each other instead: the spread of the design when there is nothing to
+  find. Redis round trips per
+  served request are the scripts Redis ran (``INFO commandstats``) during the Redis app's
+  loads, background ones included (heartbeats, re-reads, flushes; pipelined writes count one
+  each). One more round, not timed, on 2 workers of their own, counts their round trips to
+  Redis where redis-py sends them (a pipeline is one), by command, background included.
+  Target: <= 0.1 per request.
 * **Limit check**: the added latency of one ``RateLimiter.acquire`` on Redis counters vs on
   local ones, in process (p50 / p99, microseconds).
 * **Shared cache**: requests/s of a model with ``shared_cache:`` at a 90% hit rate vs the same
@@ -162,6 +176,7 @@ def counted_round(
 THROUGHPUT_FULL = (32, 1.0, 0.5)
 THROUGHPUT_QUICK = (8, 0.6, 0.3)
 CONCURRENCY = 64
+QUIET_CORES = 0.1  # a round in which no other process used more than this is "quiet"
 
 
 def _app_env(kind: str, redis_url: str, prefix: str) -> dict[str, str]:
@@ -181,8 +196,7 @@ def _redis_pid(url: str) -> int:
 
 
 def _connections_per_worker(app: Fleet) -> list[int]:
-    """The load generator's open connections each worker holds (they stay with the worker
-    that accepted them for every round), most first."""
+    """The load generator's open connections each worker holds, most first."""
     import psutil
 
     counts = []
@@ -235,14 +249,8 @@ def throughput(
     }
     paths = dict.fromkeys(names, (PATH, BODY))
     scripts: dict[str, list[int]] = {name: [] for name in names}
+    splits: dict[str, list[list[int]]] = {name: [] for name in names}
     last = [0]
-
-    def after(name: str) -> None:
-        """Scripts Redis ran during the load just done (its warm-up and drain included)."""
-        now = _redis_calls(redis_url)
-        scripts[name].append(now - last[0])
-        last[0] = now
-
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         apps = {
@@ -269,13 +277,26 @@ def throughput(
         for generator in generators.values():  # warm workers, connections, fleet leases
             generator.load(path=PATH, body=BODY, duration=2.0, warmup=1.0)
         last[0] = _redis_calls(redis_url)
+
+        def after(name: str) -> None:
+            """Scripts Redis ran during the load just done (its warm-up and drain included),
+            how its connections were dealt to the workers; then new ones for the next load,
+            dealt anew (a worker keeps the connections it accepted: with the same ones for
+            every round, one uneven deal would weigh on every round of that app)."""
+            now = _redis_calls(redis_url)
+            scripts[name].append(now - last[0])
+            last[0] = now
+            splits[name].append(_connections_per_worker(apps[name]))
+            generators[name].reconnect()
+
         began = time.perf_counter()
         loads = _procs.load_rounds(
             generators, paths, rounds=rounds, window_s=window_s, warmup_s=warmup_s, after=after
         )
         rounds_s = time.perf_counter() - began
-        split = {name: _connections_per_worker(app) for name, app in apps.items()}
     paired = _paired.compare(loads, names[0], names[1], lambda off: 0.0)
+    foreign = [max(_paired.foreign_cpu(load) for load in r.values()) for r in loads]
+    quiet = [r for r, cores in zip(loads, foreign, strict=True) if cores < QUIET_CORES]
     del paired["p99_over_allowance_ms"]  # no p99 rule here: the same as p99_delta_ms
     figures = {name: _app_figures(loads, name) for name in names}
     # a load's served requests, its warm-up's included, as Redis's counts include the warm-up
@@ -314,10 +335,21 @@ def throughput(
             for name in names
         },
         # a round's most CPU used by other processes during one of its loads (cores)
-        "other_processes_cores": _paired.summary(
-            [max(_paired.foreign_cpu(load) for load in r.values()) for r in loads]
+        "other_processes_cores": _paired.summary(foreign),
+        "quiet_rounds": len(quiet),
+        # for reference: the same over the rounds nothing else ran in (not the verdict)
+        "ratio_quiet_rounds": (
+            _paired.compare(quiet, names[0], names[1], lambda off: 0.0)["throughput_ratio"]
+            if len(quiet) >= 4
+            else None
         ),
-        "connections_per_worker": split,
+        # each round's ratio and other processes' cores, in the order run
+        "round_ratios": [
+            round(r[names[0]]["throughput"] / r[names[1]]["throughput"], 3) for r in loads
+        ],
+        "round_other_cores": [round(cores, 2) for cores in foreign],
+        # each round's deal of the 64 connections to the two workers, most first
+        "connections_per_worker": splits,
         "redis_scripts_per_request": (
             round(sum(scripts[names[0]]) / sum(served[names[0]]), 4) if first == "redis" else 0.0
         ),

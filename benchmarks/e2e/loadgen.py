@@ -270,13 +270,23 @@ async def _measure(
 async def serve(args: argparse.Namespace) -> None:
     """Keep ``--concurrency`` connections open and run one load per line of JSON on stdin
     (any of path, body, rate, duration, warmup, requests, server_pid, raw; the rest from the
-    command line), printing each result as one line of JSON; end of input ends it."""
+    command line), printing each result as one line of JSON; end of input ends it. The line
+    ``{"reconnect": true}`` closes the connections and opens new ones instead (a server of
+    several workers then deals them out anew) and answers ``{"connections": N}``."""
     loop = asyncio.get_running_loop()
     connections = await _open(args)
     counter = [0]  # one count across the loads: every prompt stays distinct
     try:
         while line := await loop.run_in_executor(None, sys.stdin.readline):
-            load = argparse.Namespace(**{**vars(args), **json.loads(line)})
+            command = json.loads(line)
+            if command.get("reconnect"):
+                await _close(connections)
+                connections[:] = await _open(args)
+                json.dump({"connections": len(connections)}, sys.stdout)
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                continue
+            load = argparse.Namespace(**{**vars(args), **command})
             json.dump(await _measure(load, connections, counter), sys.stdout)
             sys.stdout.write("\n")
             sys.stdout.flush()

@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,61 @@ async def test_loadgen_serve_runs_one_load_per_line_on_the_same_connections() ->
     assert all(len(r["finished_s"]) == r["completed"] for r in results)
     prompts = [json.loads(body)["prompt"] for body in bodies]
     assert len(set(prompts)) == len(prompts)  # distinct across the loads too
+
+
+@pytest.mark.anyio
+async def test_loadgen_serve_reconnects_on_request_and_loads_on_the_new_connections() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(BENCHMARKS / "e2e" / "loadgen.py"), "--serve", "--port",
+            str(port), "--concurrency", "3", "--warmup", "0",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdin is not None
+        assert process.stdout is not None
+        answers = []
+        for command in ({"reconnect": True}, {"requests": 9, "duration": 5.0}):
+            process.stdin.write(json.dumps(command).encode() + b"\n")
+            await process.stdin.drain()
+            answers.append(json.loads(await process.stdout.readline()))
+        process.stdin.close()
+        assert await process.wait() == 0
+    assert answers[0] == {"connections": 3}
+    assert answers[1]["completed"] + answers[1]["errors"] == 9
+    assert len(accepted) == 6  # the first three closed, three new ones carried the load
+
+
+def test_server_cpu_counts_the_children_still_running() -> None:
+    # as the workers of uvicorn --workers N: alive, their CPU not yet in children_user
+    code = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+    code += "time.sleep(30)"
+    before = loadgen._server_cpu(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            used = (loadgen._server_cpu(os.getpid()) or 0.0) - (before or 0.0)
+            if used >= 0.4:
+                break
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert used >= 0.4
 
 
 @pytest.mark.anyio
@@ -708,3 +765,57 @@ def test_fleet_report_counts_round_trips_per_request_by_command() -> None:
     results["fleet"]["throughput"]["round_trips_per_request"]["EVALSHA"] = 0.3
     rows = {row[0]: row for row in _render.targets(results)}
     assert rows["fleet: client round trips to Redis per request, background included"][3] != "met"
+
+
+def _fleet_paired() -> dict[str, Any]:
+    # the throughput part in paired rounds: a real quick run of benchmarks/e2e/fleet.py
+    # --throughput (2026-12-07), 16 rounds' throughputs made up from its 8
+    fleet = _fleet()
+    rounds = {
+        "redis": [1272.9, 1165.4, 1288.6, 1212.5, 1240.0, 1230.3, 1205.4, 1193.9] * 2,
+        "local": [1266.2, 1327.0, 1332.2, 1195.3, 1308.1, 1263.0, 1283.4, 1274.0] * 2,
+    }
+    for name, app in fleet["throughput"]["apps"].items():
+        app["rounds"] = rounds[name]
+    fleet["throughput"] |= {
+        "rounds": 16,
+        "window_s": 0.6,
+        "warmup_s": 0.3,
+        "ratio": 0.958,
+        "ratio_iqr": [0.939, 0.982],
+        "ratio_ci90": [0.938, 0.99],
+        "ratio_pooled": 0.957,
+        "cpu_ratio": 1.03,
+        "cpu_ratio_ci90": [0.977, 1.044],
+        "cpu_us_per_request": {"redis": 1385.7, "local": 1338.4},
+        "connections_per_worker": {
+            "redis": [[38, 26], [33, 31], [40, 24]] * 5 + [[64]],
+            "local": [[32, 32], [35, 29]] * 8,
+        },
+    }
+    return fleet
+
+
+def test_fleet_report_gives_the_median_paired_ratio_with_its_interval() -> None:
+    results = {**_results(), "fleet": _fleet_paired()}
+    rows = {row[0]: row for row in _render.targets(results)}
+    ratio = rows["fleet: throughput, 2 workers with Redis / without (c=64, breakers and limits on)"]
+    assert ratio[1:] == (">= 0.97", "0.958 (90 %: 0.938-0.990)", "**missed**")
+    text = _render.render(results)
+    assert "in 16 rounds of a 0.3 s warm-up and a 0.6 s window" in text
+    assert (
+        "0.958 (IQR 0.939-0.982, 90 % bootstrap interval of the median 0.938-0.990; pooled: 0.957)"
+        in text
+    )
+    assert (
+        "the busiest worker held, median round (range): with Redis 38 (33-64), without 34 (32-35)"
+        in text
+    )
+    assert (
+        "1386 us with Redis, 1338 us without (1.035x; the median of the rounds' own ratios: "
+        "1.030x, 90 % interval 0.977-1.044)." in text
+    )
+    assert "| 16 rounds: median 1221.4, 1165.4-1288.6 |" in text
+    results["fleet"]["throughput"]["ratio"] = 0.975
+    rows = {row[0]: row for row in _render.targets(results)}
+    assert rows[ratio[0]][3] == "met"
