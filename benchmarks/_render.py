@@ -474,9 +474,10 @@ def _fleet_method(throughput: dict[str, Any]) -> str:
         f"interval of the median {fmt(throughput['ratio_ci90'][0], 3)}-"
         f"{fmt(throughput['ratio_ci90'][1], 3)}; pooled: {pooled})."
         + (
-            " The load generator opens its 64 connections anew after each load, and the "
-            "workers deal them out among themselves; the busiest worker held, median round "
-            f"(range): with Redis {_busiest(split['redis'])}, without {_busiest(split['local'])}."
+            " A worker keeps the connections it accepted, and one often accepts nearly all: "
+            "after each load the generator opens its 64 anew until each worker holds at least "
+            "16; the busiest worker held, median round (range): with Redis "
+            f"{_busiest(split['redis'])}, without {_busiest(split['local'])}."
             if {"redis", "local"} <= set(split)
             else ""
         )
