@@ -310,11 +310,10 @@ def throughput(
             and how its connections were dealt to the workers; then new ones for the next
             load (with the same ones for every round, one deal would weigh on every round of
             that app)."""
-            now = _redis_calls(redis_url)
-            scripts[name].append(now - last[0])
-            last[0] = now
+            scripts[name].append(_redis_calls(redis_url) - last[0])
             splits[name].append(dealt[name])
             dealt[name] = _deal(generators[name], apps[name])
+            last[0] = _redis_calls(redis_url)  # (the deal's time, idle, not counted)
 
         began = time.perf_counter()
         loads = _procs.load_rounds(
