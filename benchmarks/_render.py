@@ -465,7 +465,14 @@ def _fleet_method(throughput: dict[str, Any]) -> str:
     split = throughput.get("connections_per_worker", {})
     return (
         "both apps kept up, each loaded by a load generator of its own kept running with its "
-        f"64 connections open, in {throughput['rounds']} rounds of a "
+        f"64 connections open, in {throughput['rounds']} rounds"
+        + (
+            f" ({throughput['blocks']} blocks, each on a pair of apps started for it; the "
+            f"blocks' medians: {', '.join(fmt(r, 3) for r in throughput['block_ratios'])})"
+            if "block_ratios" in throughput
+            else ""
+        )
+        + " of a "
         f"{fmt(throughput['warmup_s'], 1)} s warm-up and a {fmt(throughput['window_s'], 1)} s "
         "window, the order rotated and reversed from round to round. The two loads of a round "
         "see about the same machine, whose speed moves by tens of percent from one second to "

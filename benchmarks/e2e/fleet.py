@@ -8,10 +8,12 @@ on 127.0.0.1, every loop bounded in time:
 
 * **Throughput**: 2 workers with ``LLM_SERVER_REDIS_URL`` vs 2 workers without, c=64, provider
   latency 0, limits high enough never to refuse (so both check them on every call). Both apps
-  are started once and kept up, each loaded by its own load generator kept running with its
-  64 connections open (``loadgen.py --serve``), in many short rounds (a warm-up, then a
-  one-second window), the order rotated and reversed from round to round
-  (``_procs.load_rounds``), as ``traffic_overhead.py`` does for capture. On this shared
+  are started, kept up for a block of short rounds (a warm-up, then a one-second window),
+  each loaded by its own load generator kept running with its 64 connections open
+  (``loadgen.py --serve``), the order rotated and reversed from round to round
+  (``_procs.load_rounds``), as ``traffic_overhead.py`` does for capture; then stopped, and a
+  new pair started for the next block (two apps started alike differ by a few percent for
+  as long as they run: an A/A pair read 1.034, 90 % interval 1.021-1.054). On this shared
   2-core machine rounds of the same app moved by ~2x within one run (812-1664 req/s), so the
   ratio of two median rounds read 0.904 in one run and 0.975 in the next on the same code;
   the two loads of a round, ~2 s apart, see about the same machine, so the verdict is the
@@ -171,11 +173,15 @@ def counted_round(
     }
 
 
-# rounds (a multiple of 4: each app loaded first and second, and after the other, equally
-# often), window and warm-up seconds of each load. A full run's 32 rounds of two ~1.6 s loads
-# take about what the 8 alternating rounds of 4 s loads did before (~100 s).
-THROUGHPUT_FULL = (32, 1.0, 0.5)
-THROUGHPUT_QUICK = (8, 0.6, 0.3)
+# blocks (both apps started anew for each), rounds per block (a multiple of 4: each app loaded
+# first and second, and after the other, equally often), window and warm-up seconds of each
+# load. Two apps started alike are not alike: in an A/A run of 32 rounds on one pair of apps
+# (Redis against Redis, quiet machine) the ratio read 1.034 (90 %: 1.021-1.054), the CPU per
+# request 0.967 (0.953-0.981): an interval over the rounds of one pair of apps does not cover
+# what sets that pair apart (hash seeds, memory layout), so the pairs are several.
+# A full run's 3 x 8 rounds take about what 8 alternating rounds of 4 s loads did (~2 min).
+THROUGHPUT_FULL = (3, 8, 1.0, 0.5)
+THROUGHPUT_QUICK = (2, 4, 0.6, 0.3)
 CONCURRENCY = 64
 QUIET_CORES = 0.1  # a round in which no other process used more than this is "quiet"
 
@@ -250,37 +256,27 @@ def _app_figures(rounds: list[dict[str, dict[str, Any]]], name: str) -> dict[str
     }
 
 
-def throughput(
+def _block(
     folder: Path,
     provider: _procs.Provider,
     redis_url: str,
+    envs: dict[str, dict[str, str]],
     *,
-    quick: bool,
-    kinds: tuple[str, str] = ("redis", "local"),
-) -> dict[str, Any]:
-    """2 workers with Redis vs without, c=64, in paired rounds: the throughput ratio (median of
-    the rounds' ratios), the workers' CPU per request, and Redis scripts per request.
-
-    ``kinds`` names the two apps compared (``"redis"`` or ``"local"``); the same kind twice is
-    an A/A run (the second app's name ends in ``_again``): what the design reads when there is
-    no difference to find.
-    """
-    rounds, window_s, warmup_s = THROUGHPUT_QUICK if quick else THROUGHPUT_FULL
-    first, second = kinds
-    names = (first, second if second != first else f"{second}_again")
-    envs = {
-        name: _app_env(kind, redis_url, f"bench-{name}")
-        for name, kind in zip(names, kinds, strict=True)
-    }
-    paths = dict.fromkeys(names, (PATH, BODY))
-    scripts: dict[str, list[int]] = {name: [] for name in names}
-    splits: dict[str, list[list[int]]] = {name: [] for name in names}
+    rounds: int,
+    window_s: float,
+    warmup_s: float,
+    scripts: dict[str, list[int]],
+    splits: dict[str, list[list[int]]],
+) -> list[dict[str, dict[str, Any]]]:
+    """One pair of apps (``envs``: each app's environment), started, loaded in ``rounds``
+    paired rounds and stopped; per round, each app's load. Adds to ``scripts`` the scripts
+    Redis ran during each app's loads and to ``splits`` each load's deal of connections."""
+    paths = dict.fromkeys(envs, (PATH, BODY))
     last = [0]
-    started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         apps = {
-            name: stack.enter_context(fleet(folder, provider.base_url, workers=2, env=envs[name]))
-            for name in names
+            name: stack.enter_context(fleet(folder, provider.base_url, workers=2, env=env))
+            for name, env in envs.items()
         }
         generators = {
             # the provider, redis-server and the app not loaded are the load's helpers: what
@@ -301,9 +297,8 @@ def throughput(
         }
         for generator in generators.values():  # warm workers, connections, fleet leases
             generator.load(path=PATH, body=BODY, duration=2.0, warmup=1.0)
-        last[0] = _redis_calls(redis_url)
-
         dealt = {name: _deal(generators[name], app) for name, app in apps.items()}
+        last[0] = _redis_calls(redis_url)
 
         def after(name: str) -> None:
             """Scripts Redis ran during the load just done (its warm-up and drain included),
@@ -315,11 +310,60 @@ def throughput(
             dealt[name] = _deal(generators[name], apps[name])
             last[0] = _redis_calls(redis_url)  # (the deal's time, idle, not counted)
 
-        began = time.perf_counter()
-        loads = _procs.load_rounds(
+        return _procs.load_rounds(
             generators, paths, rounds=rounds, window_s=window_s, warmup_s=warmup_s, after=after
         )
-        rounds_s = time.perf_counter() - began
+
+
+def throughput(
+    folder: Path,
+    provider: _procs.Provider,
+    redis_url: str,
+    *,
+    quick: bool,
+    kinds: tuple[str, str] = ("redis", "local"),
+) -> dict[str, Any]:
+    """2 workers with Redis vs without, c=64, in paired rounds: the throughput ratio (median of
+    the rounds' ratios), the workers' CPU per request, and Redis scripts per request.
+
+    ``kinds`` names the two apps compared (``"redis"`` or ``"local"``); the same kind twice is
+    an A/A run (the second app's name ends in ``_again``): what the design reads when there is
+    no difference to find.
+    """
+    blocks, rounds, window_s, warmup_s = THROUGHPUT_QUICK if quick else THROUGHPUT_FULL
+    first, second = kinds
+    names = (first, second if second != first else f"{second}_again")
+    envs = {
+        name: _app_env(kind, redis_url, f"bench-{name}")
+        for name, kind in zip(names, kinds, strict=True)
+    }
+    scripts: dict[str, list[int]] = {name: [] for name in names}
+    splits: dict[str, list[list[int]]] = {name: [] for name in names}
+    started = time.perf_counter()
+    loads: list[dict[str, dict[str, Any]]] = []
+    block_ratios = []
+    for _ in range(blocks):
+        block = _block(
+            folder,
+            provider,
+            redis_url,
+            envs,
+            rounds=rounds,
+            window_s=window_s,
+            warmup_s=warmup_s,
+            scripts=scripts,
+            splits=splits,
+        )
+        loads += block
+        block_ratios.append(
+            round(
+                statistics.median(
+                    r[names[0]]["throughput"] / r[names[1]]["throughput"] for r in block
+                ),
+                3,
+            )
+        )
+    rounds_s = time.perf_counter() - started
     paired = _paired.compare(loads, names[0], names[1], lambda off: 0.0)
     foreign = [max(_paired.foreign_cpu(load) for load in r.values()) for r in loads]
     quiet = [r for r, cores in zip(loads, foreign, strict=True) if cores < QUIET_CORES]
@@ -339,7 +383,8 @@ def throughput(
     return {
         "workers": 2,
         "concurrency": CONCURRENCY,
-        "rounds": rounds,
+        "blocks": blocks,
+        "rounds": blocks * rounds,
         "window_s": window_s,
         "warmup_s": warmup_s,
         "rounds_s": round(rounds_s, 1),
@@ -349,6 +394,8 @@ def throughput(
         "ratio": ratio["median"],
         "ratio_iqr": ratio["iqr"],
         "ratio_ci90": ratio["ci90"],
+        # each block's median ratio (a pair of apps of its own): the spread the rounds miss
+        "block_ratios": block_ratios,
         "ratio_pooled": round(figures[names[0]]["throughput"] / figures[names[1]]["throughput"], 3),
         "cpu_ratio": paired["cpu_ratio"]["median"],
         "cpu_ratio_ci90": paired["cpu_ratio"]["ci90"],

@@ -778,6 +778,8 @@ def _fleet_paired() -> dict[str, Any]:
     for name, app in fleet["throughput"]["apps"].items():
         app["rounds"] = rounds[name]
     fleet["throughput"] |= {
+        "blocks": 2,
+        "block_ratios": [0.951, 0.966],
         "rounds": 16,
         "window_s": 0.6,
         "warmup_s": 0.3,
@@ -802,7 +804,10 @@ def test_fleet_report_gives_the_median_paired_ratio_with_its_interval() -> None:
     ratio = rows["fleet: throughput, 2 workers with Redis / without (c=64, breakers and limits on)"]
     assert ratio[1:] == (">= 0.97", "0.958 (90 %: 0.938-0.990)", "**missed**")
     text = _render.render(results)
-    assert "in 16 rounds of a 0.3 s warm-up and a 0.6 s window" in text
+    assert (
+        "in 16 rounds (2 blocks, each on a pair of apps started for it; the blocks' medians: "
+        "0.951, 0.966) of a 0.3 s warm-up and a 0.6 s window" in text
+    )
     assert (
         "0.958 (IQR 0.939-0.982, 90 % bootstrap interval of the median 0.938-0.990; pooled: 0.957)"
         in text
