@@ -342,12 +342,13 @@ def throughput(
     started = time.perf_counter()
     loads: list[dict[str, dict[str, Any]]] = []
     block_ratios = []
-    for _ in range(blocks):
+    for index in range(blocks):
         block = _block(
             folder,
             provider,
             redis_url,
-            envs,
+            # started in turn first and second (and first loaded in the first round)
+            envs if index % 2 == 0 else dict(reversed(envs.items())),
             rounds=rounds,
             window_s=window_s,
             warmup_s=warmup_s,
