@@ -23,7 +23,7 @@ on 127.0.0.1, every loop bounded in time:
   generator's connections were dealt to the workers in each round. A worker keeps the
   connections it accepted, and one worker often accepts nearly all of a burst (each load this
   benchmark ran before opened its own and got whatever deal came), so after each load the
-  generator opens new ones until each worker holds at least a quarter (``deal``).
+  generator opens new ones until each worker holds at least a quarter (``_fleet_apps.deal``).
   ``--aa redis|local`` runs two apps of one kind against each other instead: the spread of
   the design when there is nothing to find. Redis round trips per served request are the
   scripts Redis ran (``INFO commandstats``) during the Redis app's loads, background ones
