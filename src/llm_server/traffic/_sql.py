@@ -190,8 +190,9 @@ class SqlTrafficStore:
         """Store a batch in one transaction (an id already stored is kept).
 
         A captured request's row holds its execution too, so only the executions not captured
-        get an ``executions`` row: each row costs SQLite a table and three index inserts, and
-        writing both halved the writer's CPU per capture (benchmarks/e2e/capture_cpu.py).
+        get an ``executions`` row (a row there costs SQLite a table and three index inserts):
+        one row per capture instead of two halved SQLite's CPU per capture
+        (benchmarks/e2e/capture_cpu.py).
         """
         captured = {capture.execution_id for capture in captures}
         self._insert_many(

@@ -66,8 +66,9 @@ class SqliteTrafficStore(SqlTrafficStore):
         ``COMMIT`` (it is atomic alone): each call into SQLite gives the interpreter lock away
         and takes it back, and each take while the event loop runs makes the loop switch
         threads (``executemany``, a take per row, cost the writer thread ~3x the CPU)."""
+        with self._lock:
+            limit = min(_MAX_PARAMETERS, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         statements: list[tuple[str, tuple[Any, ...]]] = []
-        limit = min(_MAX_PARAMETERS, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         for sql, rows in batches:
             if not rows:
                 continue
