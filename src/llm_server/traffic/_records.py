@@ -23,7 +23,8 @@ class Execution:
     """One served request of a program with capture on, sampled or not (a few bytes).
 
     Kept for every request so that feedback on a request that was not captured still knows
-    which version answered it, for the program's retention period.
+    which version answered it, for the program's retention period. A store keeps it as a
+    record of its own only when the request was not captured: a capture holds the same fields.
     """
 
     execution_id: str
