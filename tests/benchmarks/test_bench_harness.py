@@ -60,6 +60,45 @@ async def _tiny_server(chunked_every: int) -> tuple[asyncio.Server, list[bytes]]
     return server, bodies
 
 
+async def _ok_server() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
+    """HTTP/1.1 keep-alive server answering 200 ``ok``; each connection's writer, as accepted."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, accepted
+
+
+async def _serve_loadgen(
+    port: int, concurrency: int, commands: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``loadgen.py --serve`` given ``commands``, one line each; its answers."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(BENCHMARKS / "e2e" / "loadgen.py"), "--serve", "--port",
+        str(port), "--concurrency", str(concurrency), "--warmup", "0",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    answers = []
+    for command in commands:
+        process.stdin.write(json.dumps(command).encode() + b"\n")
+        await process.stdin.drain()
+        answers.append(json.loads(await process.stdout.readline()))
+    process.stdin.close()
+    assert await process.wait() == 0
+    return answers
+
+
 def _args(port: int, **overrides: Any) -> argparse.Namespace:
     values: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -123,21 +162,10 @@ async def test_loadgen_serve_runs_one_load_per_line_on_the_same_connections() ->
     server, bodies = await _tiny_server(chunked_every=2)
     async with server:
         port = server.sockets[0].getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, str(BENCHMARKS / "e2e" / "loadgen.py"), "--serve", "--port",
-            str(port), "--concurrency", "2", "--warmup", "0",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert process.stdin is not None
-        assert process.stdout is not None
-        results = []
-        for path in ("/a", "/b"):
-            load = {"path": path, "requests": 10, "duration": 5.0, "raw": True}
-            process.stdin.write(json.dumps(load).encode() + b"\n")
-            await process.stdin.drain()
-            results.append(json.loads(await process.stdout.readline()))
-        process.stdin.close()
-        assert await process.wait() == 0
+        loads = [
+            {"path": path, "requests": 10, "duration": 5.0, "raw": True} for path in ("/a", "/b")
+        ]
+        results = await _serve_loadgen(port, 2, loads)
     assert [r["completed"] + r["errors"] for r in results] == [10, 10]
     assert all(len(r["finished_s"]) == r["completed"] for r in results)
     prompts = [json.loads(body)["prompt"] for body in bodies]
@@ -146,35 +174,11 @@ async def test_loadgen_serve_runs_one_load_per_line_on_the_same_connections() ->
 
 @pytest.mark.anyio
 async def test_loadgen_serve_reconnects_on_request_and_loads_on_the_new_connections() -> None:
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server, accepted = await _ok_server()
     async with server:
         port = server.sockets[0].getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, str(BENCHMARKS / "e2e" / "loadgen.py"), "--serve", "--port",
-            str(port), "--concurrency", "3", "--warmup", "0",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert process.stdin is not None
-        assert process.stdout is not None
-        answers = []
-        for command in ({"reconnect": True}, {"requests": 9, "duration": 5.0}):
-            process.stdin.write(json.dumps(command).encode() + b"\n")
-            await process.stdin.drain()
-            answers.append(json.loads(await process.stdout.readline()))
-        process.stdin.close()
-        assert await process.wait() == 0
+        commands = [{"reconnect": True}, {"requests": 9, "duration": 5.0}]
+        answers = await _serve_loadgen(port, 3, commands)
     assert answers[0] == {"connections": 3}
     assert answers[1]["completed"] + answers[1]["errors"] == 9
     assert len(accepted) == 6  # the first three closed, three new ones carried the load
@@ -201,19 +205,7 @@ def test_server_cpu_counts_the_children_still_running() -> None:
 
 @pytest.mark.anyio
 async def test_loadgen_reopens_connections_the_server_closed_between_loads() -> None:
-    served: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        served.append(writer)
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server, served = await _ok_server()
     async with server:
         args = _args(server.sockets[0].getsockname()[1], concurrency=2, requests=10)
         connections = await loadgen._open(args)
