@@ -119,6 +119,11 @@ def _block(
         )
 
 
+def _ratios(loads: list[dict[str, dict[str, Any]]], first: str, second: str) -> list[float]:
+    """Each round's throughput ratio, ``first`` / ``second``."""
+    return [r[first]["throughput"] / r[second]["throughput"] for r in loads]
+
+
 def throughput(
     folder: Path,
     provider: _procs.Provider,
@@ -160,14 +165,7 @@ def throughput(
             splits=splits,
         )
         loads += block
-        block_ratios.append(
-            round(
-                statistics.median(
-                    r[names[0]]["throughput"] / r[names[1]]["throughput"] for r in block
-                ),
-                3,
-            )
-        )
+        block_ratios.append(round(statistics.median(_ratios(block, *names)), 3))
     rounds_s = time.perf_counter() - started
     paired = _paired.compare(loads, names[0], names[1], lambda off: 0.0)
     foreign = [max(_paired.foreign_cpu(load) for load in r.values()) for r in loads]
@@ -222,9 +220,7 @@ def throughput(
             else None
         ),
         # each round's ratio and other processes' cores, in the order run
-        "round_ratios": [
-            round(r[names[0]]["throughput"] / r[names[1]]["throughput"], 3) for r in loads
-        ],
+        "round_ratios": [round(ratio, 3) for ratio in _ratios(loads, *names)],
         "round_other_cores": [round(cores, 2) for cores in foreign],
         # each round's deal of the 64 connections to the two workers, most first
         "connections_per_worker": splits,
