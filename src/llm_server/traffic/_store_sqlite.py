@@ -6,7 +6,7 @@ import itertools
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,24 @@ __all__ = ["SqliteTrafficStore"]
 # Parameters per statement: SQLite's own limit (999 before 3.32, 32,766 since), capped so that
 # a batch's statement stays a reasonable size
 _MAX_PARAMETERS = 32_766
+
+
+def _statements(
+    batches: Sequence[tuple[str, Sequence[Sequence[Any]]]], limit: int
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Each batch's rows as ``INSERT OR IGNORE`` statements of as many rows as ``limit``
+    parameters allow."""
+    for sql, rows in batches:
+        if not rows:
+            continue
+        head, values = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).split(" VALUES ", 1)
+        per_statement = max(1, limit // len(rows[0]))
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            yield (
+                f"{head} VALUES {', '.join([values] * len(chunk))}",
+                tuple(itertools.chain.from_iterable(chunk)),
+            )
 
 
 class SqliteTrafficStore(SqlTrafficStore):
@@ -68,23 +86,7 @@ class SqliteTrafficStore(SqlTrafficStore):
         threads (``executemany``, a take per row, cost the writer thread ~3x the CPU)."""
         with self._lock:
             limit = min(_MAX_PARAMETERS, self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        for sql, rows in batches:
-            if not rows:
-                continue
-            head, values = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).split(
-                " VALUES ", 1
-            )
-            per_statement = max(1, limit // len(rows[0]))
-            for start in range(0, len(rows), per_statement):
-                chunk = rows[start : start + per_statement]
-                statements.append(
-                    (
-                        f"{head} VALUES {', '.join([values] * len(chunk))}",
-                        tuple(itertools.chain.from_iterable(chunk)),
-                    )
-                )
-        with self._lock:
+            statements = list(_statements(batches, limit))
             if len(statements) == 1:
                 self._db.execute(*statements[0])
                 return
