@@ -144,6 +144,10 @@ async def test_only_the_first_call_plans_and_routes_in_a_thread(
     assert await call("third") == "echo: third"
     assert "capabilities" not in thread_jobs
     assert "_target" not in thread_jobs
+    # DSPy's price estimate, which the manager skips for its LMs: no empty job in a thread
+    assert "_price_result" not in thread_jobs
+    assert "_price_legacy" not in thread_jobs  # LiteLLM's engine: the same estimate
+    assert thread_jobs == []
 
 
 async def test_an_adapter_reading_capabilities_still_gets_them(make_manager: MakeManager) -> None:
@@ -177,3 +181,4 @@ async def test_a_plain_dspy_lm_keeps_dspys_planning_thread(
 
     assert thread_jobs.count("capabilities") == 2
     assert thread_jobs.count("_target") == 2
+    assert thread_jobs.count("_price_result") == 2  # DSPy's own estimate, in its thread

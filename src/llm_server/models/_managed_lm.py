@@ -370,9 +370,9 @@ def _price_in_the_manager() -> None:
     also contends with the event loop for the GIL). The manager prices every call itself, from
     the model's YAML price or LiteLLM's map (:mod:`llm_server.core.pricing`), and never reads
     DSPy's estimate, so for its LMs the estimate is not made: their call records carry
-    ``cost=None``. DSPy still hands the (now empty) job to its worker thread: that hand-off is
-    inside ``aexecute`` and stays. Other LMs keep DSPy's behaviour; a DSPy without this step is
-    left as it is.
+    ``cost=None``. The hand-off of that (now empty) job to a worker thread, inside DSPy's
+    ``aexecute``, is skipped too (:class:`_AsyncioSkippingPriceHop`). Other LMs keep DSPy's
+    behaviour; a DSPy without this step is left as it is.
     """
     from dspy.clients import execution
 
@@ -386,6 +386,40 @@ def _price_in_the_manager() -> None:
 
     _price_result._llm_server = True  # type: ignore[attr-defined]
     execution._price_result = _price_result
+    legacy = getattr(execution, "_price_legacy", None)  # LiteLLM's engine: parse, then price
+    if getattr(execution, "asyncio", None) is asyncio:
+        skipped = (_price_result,) if legacy is None else (_price_result, legacy)
+        execution.asyncio = _AsyncioSkippingPriceHop(frozenset(skipped))
+
+
+async def _nothing() -> None:
+    return None
+
+
+class _AsyncioSkippingPriceHop:
+    """``asyncio`` as DSPy's execution module sees it, except one job: ``to_thread`` of the
+    price estimate for a :class:`ManagedLM`'s call (``_price_result``, empty for it, see
+    :func:`_price_in_the_manager`; with LiteLLM's engine ``_price_legacy``, which parses the
+    response only to call it) returns at once instead of waking a worker thread.
+
+    That hand-off came after every answer: ~15-20 us of CPU per request in a loaded server
+    (the thread's wake-up, and the interpreter lock passed to it and back while the loop
+    runs), for a job that does nothing. Every other attribute, ``to_thread`` of any other job
+    included, is :mod:`asyncio`'s own, looked up at each use.
+    """
+
+    __slots__ = ("_skipped",)
+
+    def __init__(self, skipped: frozenset[Callable[..., None]]) -> None:
+        self._skipped = skipped
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def to_thread(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        if func in self._skipped and args and isinstance(args[0], ManagedLM):
+            return _nothing()
+        return asyncio.to_thread(func, *args, **kwargs)
 
 
 _price_in_the_manager()
