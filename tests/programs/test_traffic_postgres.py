@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,9 @@ from llm_server.fastapi import (
 )
 from llm_server.testing import LocalProvider, StaticConfigProvider
 from llm_server.traffic import (
+    CapturedRequest,
     CaptureOptions,
+    Execution,
     PostgresTrafficStore,
     TrafficRecorder,
     add_feedback_routes,
@@ -125,3 +128,28 @@ async def test_captures_and_feedback_live_in_postgres_for_every_replica(
     assert deleted == 2 + 2  # acme's captures (which hold their executions) and feedback
     assert [c.tenant for c in left] == ["beta"]
     assert expired == 2  # beta's capture and feedback
+
+
+def test_captured_values_read_back_from_postgres_as_they_were(
+    private_postgres: str, pg_schema: str
+) -> None:
+    # NaN, a 70-bit integer and a float subclass each take another path through the JSON
+    # encoding than plain text (tests/traffic/test_capture.py has the cases one by one)
+    class Float(float):
+        pass
+
+    inputs = {"nan": math.nan, "big": 2**70, "float": Float(1.5), "none": None, "text": "é"}
+    capture = CapturedRequest(
+        "e1", "echo", "1.0.0", False, "m", inputs, {"reply": "r"},
+        1, 1, None, 1.0, None, None, 100.0,
+    )  # fmt: skip
+    store = PostgresTrafficStore(private_postgres, schema=pg_schema)
+    try:
+        store.write([Execution("e1", "echo", "1.0.0", None, 100.0)], [capture])
+        (stored,) = store.captures("echo")
+    finally:
+        store.close()
+    read = dict(stored.inputs)
+    assert math.isnan(read.pop("nan"))
+    assert read == {"big": 2**70, "float": 1.5, "none": None, "text": "é"}
+    assert type(read["float"]) is float

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import threading
 import time
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -366,3 +368,42 @@ def test_captures_arriving_apart_are_written_in_one_batch(tmp_path: Path) -> Non
         recorder.close()
     assert sum(store.batches) == 20
     assert len(store.batches) <= 2, store.batches
+
+
+class _Float(float):
+    """A float subclass, as numpy's float64 is."""
+
+
+# Each takes a different path through the store's JSON encoding (orjson, or the stdlib's)
+_AWKWARD_VALUES: list[tuple[str, Any]] = [
+    ("text", "héllo \u2028 wörld"),
+    ("none", None),  # null: the stdlib encoder writes it
+    ("nan", math.nan),  # orjson would write null
+    ("infinity", -math.inf),
+    ("big int", 2**70),  # orjson refuses it
+    ("float subclass", _Float(1.5)),  # orjson would hand it to default (str)
+    ("small float", 1e-05),
+    ("nested", {"b": [1, (2, 3)], "a": {"deep": True}}),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), _AWKWARD_VALUES, ids=[n for n, _ in _AWKWARD_VALUES])
+def test_captured_values_read_back_as_they_were(tmp_path: Path, name: str, value: Any) -> None:
+    store = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    capture = CapturedRequest(
+        "e1", "answer", "1.0.0", False, "m", types.MappingProxyType({"question": value}),
+        {"answer": value, "z": 1, "a": 2}, 1, 1, None, 1.0, None, None, 100.0,
+    )  # fmt: skip
+    try:
+        store.write([Execution("e1", "answer", "1.0.0", None, 100.0)], [capture])
+        (stored,) = store.captures("answer")
+    finally:
+        store.close()
+    expected = json.loads(json.dumps(value))  # what the stdlib's JSON reads back
+    for read in (stored.inputs["question"], (stored.outputs or {})["answer"]):
+        assert type(read) is type(expected)
+        if name == "nan":
+            assert math.isnan(read)
+        else:
+            assert read == expected
+    assert list(stored.outputs or {}) == ["a", "answer", "z"]  # keys stored sorted

@@ -10,8 +10,10 @@ with ``?`` placeholders; the PostgreSQL store turns them into ``%s``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from llm_server.traffic._records import (
     CapturedRequest,
@@ -51,7 +53,43 @@ FEEDBACK_COLUMNS = (
 
 
 # Built once: json.dumps with options builds a new encoder per call (~4 us of a capture's ~10)
-_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+_stdlib_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+# orjson (already installed with DSPy) encodes a one-field mapping in 0.15 us against the
+# stdlib's 1.2 (the writer encodes the inputs and outputs of every capture). Dates and
+# dataclasses go to ``default`` as they do with the stdlib encoder; a plain Enum member, which
+# redact_value has already made a string unless a redaction hook put it back, is its value.
+_ORJSON_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_NON_STR_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _default(value: Any) -> Any:
+    """What orjson does not write itself: a float subclass as its number (numpy's float64,
+    which the stdlib writes as a number too), anything else as ``str``, as the stdlib does."""
+    return float(value) if isinstance(value, float) else str(value)
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    """A captured mapping as JSON text, keys sorted, as the stdlib encoder writes it but for
+    spacing and number spelling (``1e-05`` is ``0.00001``): the same values when read back.
+
+    orjson writes NaN and infinities as ``null`` and refuses integers beyond 64 bits and
+    strings that are not valid UTF-8; the stdlib encoder keeps the first two (``NaN``,
+    ``Infinity``) and lets SQLite refuse the third as before. So what orjson refuses, and text
+    with ``null`` anywhere in it (a ``None``, a number orjson changed, or the word in a
+    string), take the stdlib encoder.
+    """
+    value = value if type(value) is dict else dict(value)  # orjson writes only dicts as objects
+    try:
+        text = orjson.dumps(value, default=_default, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return _stdlib_json(value)
+    if b"null" in text:
+        return _stdlib_json(value)
+    return text.decode()
 
 
 def execution_row(execution: Execution) -> tuple[Any, ...]:
@@ -71,8 +109,8 @@ def capture_row(capture: CapturedRequest) -> tuple[Any, ...]:
         capture.version,
         capture.canary,
         capture.model_id,
-        _json(dict(capture.inputs)),
-        None if capture.outputs is None else _json(dict(capture.outputs)),
+        _json(capture.inputs),
+        None if capture.outputs is None else _json(capture.outputs),
         capture.input_tokens,
         capture.output_tokens,
         capture.cost_usd,
