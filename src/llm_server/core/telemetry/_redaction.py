@@ -65,11 +65,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 # Every pattern above needs one of these lower-case ASCII substrings to match, so an ASCII
-# text holding none of them skips the six substitutions (one search instead of six, ~15x
-# cheaper on a sentence: traffic capture redacts every captured string). Non-ASCII text always
-# runs them, since under IGNORECASE "\u212a" (Kelvin) matches "k" and "\u017f" matches "s".
+# text holding none of them skips the six substitutions (~15x cheaper on a sentence: traffic
+# capture redacts every captured string). Non-ASCII text always runs them, since under
+# IGNORECASE "\u212a" (Kelvin) matches "k" and "\u017f" matches "s". Looked for with ``in``,
+# not one regex of alternatives: 0.32 against 0.57 us on a 50-character sentence, 4.6 against
+# 9.3 us on 1,000 characters (sre tries every alternative at each position).
 # A new pattern adds its trigger here; tests/observability/test_redaction_fast_path.py checks both.
-_TRIGGERS = re.compile("authorization|key|token|secret|bearer|sk-|hf_|aiza")
+_TRIGGERS = ("key", "token", "secret", "bearer", "sk-", "hf_", "aiza", "authorization")
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -121,8 +123,13 @@ def redact(text: str) -> str:
     secrets = _secrets_pattern
     if secrets is not None:
         text = secrets.sub(REDACTED, text)
-    if text.isascii() and _TRIGGERS.search(text.lower()) is None:
-        return text
+    if text.isascii():
+        lowered = text.lower()
+        for trigger in _TRIGGERS:
+            if trigger in lowered:
+                break
+        else:
+            return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
