@@ -32,7 +32,7 @@ import anyio.to_thread
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.reliability._budgets import current_tenant
 from llm_server.traffic._feedback_methods import DAY_S, FeedbackMethods
-from llm_server.traffic._options import CaptureOptions, QueuedItem, build_capture, dropped_counter
+from llm_server.traffic._options import CaptureOptions, build_capture, dropped_counter
 from llm_server.traffic._records import (
     CapturedRequest,
     Execution,
@@ -311,9 +311,16 @@ class TrafficRecorder(FeedbackMethods):
             and error_type is None
             and (evaluation.sample_rate >= 1.0 or self._random() < evaluation.sample_rate)
         )
-        queued = QueuedItem(execution, inputs, outputs, metadata, error_type, model_id)
         try:
-            capture = build_capture(queued, options)
+            capture = build_capture(
+                execution,
+                options,
+                inputs=inputs,
+                outputs=outputs,
+                metadata=metadata,
+                error_type=error_type,
+                model_id=model_id,
+            )
         except Exception:
             self._dropped_redacting += 1
             _log.warning("capture of %r dropped: its redaction failed", program_id, exc_info=True)

@@ -15,7 +15,7 @@ from llm_server.traffic._records import CapturedRequest, Execution
 if TYPE_CHECKING:
     from llm_server.traffic._judge import OnlineEvaluation
 
-__all__ = ["CaptureOptions", "QueuedItem", "Redactor", "build_capture", "dropped_counter"]
+__all__ = ["CaptureOptions", "Redactor", "build_capture", "dropped_counter"]
 
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 """``{"inputs": {...}, "outputs": {...} | None} -> the same shape``, redacted."""
@@ -58,18 +58,6 @@ class CaptureOptions:
         object.__setattr__(self, "redact_fields", frozenset(self.redact_fields))
 
 
-@dataclass(slots=True)
-class QueuedItem:
-    """A sampled request as served (references), before :func:`build_capture` converts it."""
-
-    execution: Execution
-    inputs: Mapping[str, Any] | None
-    outputs: Mapping[str, Any] | None
-    metadata: Mapping[str, Any]
-    error_type: str | None
-    model_id: str
-
-
 def redact_value(value: Any, fields: AbstractSet[str]) -> Any:  # noqa: PLR0911 -- one return per type
     kind = type(value)  # the JSON types first, by exact type: the ABC checks cost more
     if kind is str:
@@ -98,15 +86,23 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def build_capture(item: QueuedItem, options: CaptureOptions) -> CapturedRequest:
-    """The stored record of a sampled item: redacted, with its figures read from the envelope."""
-    execution = item.execution
-    inputs = redact_value(item.inputs or {}, options.redact_fields)
-    outputs = None if item.outputs is None else redact_value(item.outputs, options.redact_fields)
+def build_capture(
+    execution: Execution,
+    options: CaptureOptions,
+    *,
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any] | None,
+    metadata: Mapping[str, Any],
+    error_type: str | None,
+    model_id: str,
+) -> CapturedRequest:
+    """The stored record of a sampled request: redacted, with its figures read from its
+    envelope's (or its failure's) ``metadata``."""
+    inputs = redact_value(inputs or {}, options.redact_fields)
+    outputs = None if outputs is None else redact_value(outputs, options.redact_fields)
     if options.redact is not None:
         redacted = options.redact({"inputs": inputs, "outputs": outputs})
         inputs, outputs = redacted["inputs"], redacted.get("outputs")
-    metadata = item.metadata
     performance = metadata.get("performance") or {}
     tokens = performance.get("tokens") or {}
     timing = performance.get("timing") or {}
@@ -117,14 +113,14 @@ def build_capture(item: QueuedItem, options: CaptureOptions) -> CapturedRequest:
         program_id=execution.program_id,
         version=execution.version,
         canary=bool(program.get("canary", False)),
-        model_id=item.model_id,
+        model_id=model_id,
         inputs=inputs,
         outputs=outputs,
         input_tokens=None if input_tokens is None else int(input_tokens),
         output_tokens=None if output_tokens is None else int(output_tokens),
         cost_usd=_number(tokens.get("cost_usd")),
         latency_ms=_number(timing.get("total_ms")),
-        error_type=item.error_type,
+        error_type=error_type,
         tenant=execution.tenant,
         served_at=execution.served_at,
     )
