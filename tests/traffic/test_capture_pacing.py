@@ -113,6 +113,51 @@ async def test_flush_on_the_loops_thread_does_not_wait_for_the_loop(tmp_path: Pa
         recorder.close()
 
 
+async def test_the_writer_leaves_a_running_loops_captures_to_it(tmp_path: Path) -> None:
+    # Converted on the writer thread, a capture costs about twice the CPU (every Python step
+    # there contends with the loop for the interpreter lock): a writer waking often still
+    # leaves the conversion to the loop that has it scheduled.
+    threads: list[int] = []
+
+    def hook(record: dict[str, Any]) -> dict[str, Any]:
+        threads.append(threading.get_ident())
+        return record
+
+    # a wake every 50 ms, 20 ms after a capture came in as often as not
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.05)
+    recorder.enable("answer", CaptureOptions(redact=hook))
+    try:
+        for i in range(40):
+            _serve(recorder, f"e{i:03d}")
+            time.sleep(0.003)  # noqa: ASYNC251 -- the loop busy, as with requests
+            if i % 10 == 9:
+                await asyncio.sleep(0.03)  # the loop's conversion runs
+        assert await recorder.aflush(10)
+        stored = len(recorder.store.captures("answer"))
+    finally:
+        recorder.close()
+    assert stored == 40
+    assert set(threads) == {threading.get_ident()}
+
+
+async def test_the_writer_converts_what_a_blocked_loop_leaves(tmp_path: Path) -> None:
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.05)
+    recorder.enable("answer", CaptureOptions())
+    try:
+        for i in range(10):
+            _serve(recorder, f"e{i}")
+        deadline = time.monotonic() + 5
+        stored = 0
+        while stored < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)  # noqa: ASYNC251 -- the loop is blocked: it cannot convert
+            stored = len(recorder.store.captures("answer"))
+        waited = 5 - (deadline - time.monotonic())
+    finally:
+        recorder.close()
+    assert stored == 10
+    assert waited < 1  # two writer intervals and the write, not a flush or a close
+
+
 def _metric_at(calls: list[float]) -> Any:
     def metric(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> float:
         calls.append(time.monotonic())
