@@ -129,7 +129,9 @@ async def test_the_writer_leaves_a_running_loops_captures_to_it(tmp_path: Path) 
     try:
         for i in range(40):
             _serve(recorder, f"e{i:03d}")
-            time.sleep(0.003)  # noqa: ASYNC251 -- the loop busy, as with requests
+            # the loop busy, as with requests; 10 ms a batch, well within the writer's 50 ms,
+            # which would take a head that stayed put for a whole interval as a stalled loop
+            time.sleep(0.001)  # noqa: ASYNC251
             if i % 10 == 9:
                 await asyncio.sleep(0.03)  # the loop's conversion runs
         assert await recorder.aflush(10)
