@@ -28,6 +28,14 @@ RESET_S = 3.0  # examples/fleet_app/config/model_config.yml
 NO_LIMIT = {"FLEET_REQUESTS_PER_MINUTE": "100000000", "FLEET_TOKENS_PER_MINUTE": "10000000000"}
 
 
+def app_env(kind: str, redis_url: str, prefix: str) -> dict[str, str]:
+    """The fleet example's environment with limits that never refuse: ``local`` (no Redis) or
+    with the Redis at ``redis_url`` under ``prefix``."""
+    if kind == "local":
+        return dict(NO_LIMIT)
+    return {**NO_LIMIT, "LLM_SERVER_REDIS_URL": redis_url, "LLM_SERVER_REDIS_PREFIX": prefix}
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """A private redis-server (no persistence) on a free loopback port; its URL."""

@@ -44,7 +44,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e2e import _procs
-from e2e._fleet_apps import BODY, CONCURRENCY, NO_LIMIT, PATH, deal, fleet, redis_server, wait_ready
+from e2e._fleet_apps import (
+    BODY,
+    CONCURRENCY,
+    PATH,
+    app_env,
+    deal,
+    fleet,
+    redis_server,
+    wait_ready,
+)
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -100,8 +109,8 @@ def measure(*, quick: bool) -> dict[str, Any]:
         contextlib.ExitStack() as stack,
     ):
         envs = {
-            "redis": {**NO_LIMIT, "LLM_SERVER_REDIS_URL": url, "LLM_SERVER_REDIS_PREFIX": "t"},
-            "local": dict(NO_LIMIT),
+            "redis": app_env("redis", url, "t"),
+            "local": app_env("local", url, "t"),
         }
         apps = {
             name: stack.enter_context(

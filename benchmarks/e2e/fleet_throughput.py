@@ -14,8 +14,8 @@ from e2e import _paired, _procs
 from e2e._fleet_apps import (
     BODY,
     CONCURRENCY,
-    NO_LIMIT,
     PATH,
+    app_env,
     counted_round,
     deal,
     fleet,
@@ -36,12 +36,6 @@ from e2e._fleet_apps import (
 THROUGHPUT_FULL = (3, 8, 1.0, 0.4)
 THROUGHPUT_QUICK = (2, 4, 0.6, 0.3)
 QUIET_CORES = 0.1  # a round in which no other process used more than this is "quiet"
-
-
-def _app_env(kind: str, redis_url: str, prefix: str) -> dict[str, str]:
-    if kind == "local":
-        return dict(NO_LIMIT)
-    return {**NO_LIMIT, "LLM_SERVER_REDIS_URL": redis_url, "LLM_SERVER_REDIS_PREFIX": prefix}
 
 
 def _app_figures(rounds: list[dict[str, dict[str, Any]]], name: str) -> dict[str, Any]:
@@ -143,7 +137,7 @@ def throughput(
     first, second = kinds
     names = (first, second if second != first else f"{second}_again")
     envs = {
-        name: _app_env(kind, redis_url, f"bench-{name}")
+        name: app_env(kind, redis_url, f"bench-{name}")
         for name, kind in zip(names, kinds, strict=True)
     }
     scripts: dict[str, list[int]] = {name: [] for name in names}
