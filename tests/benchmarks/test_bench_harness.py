@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -144,6 +145,52 @@ async def test_loadgen_window_ends_at_the_duration() -> None:
     assert 0.14 <= result["window_s"] < 0.5
     assert result["completed"] > 10
     assert result["throughput"] == pytest.approx(result["completed"] / result["window_s"])
+
+
+async def _slow_server(latency_s: float) -> asyncio.Server:
+    """HTTP/1.1 keep-alive server answering 200 after ``latency_s``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                await asyncio.sleep(latency_s)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n{ok}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.anyio
+async def test_loadgen_credit_throughput_does_not_depend_on_where_the_window_ends() -> None:
+    # c=1, 40 ms answers, windows of 0.21 to 0.23 s: 5 answers each (+-1 with the phase), so
+    # the count over the window reads 4.3-5.7 / 0.22 s; the credit is the rate of answers
+    server = await _slow_server(0.04)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        results = [
+            await loadgen.run(
+                _args(port, requests=None, duration=d, concurrency=1, warmup=0.05 + d / 7)
+            )
+            for d in (0.21, 0.215, 0.22, 0.225, 0.23)
+        ]
+    cycle = statistics.median(
+        x / 1000 for result in results for x in result["latencies_ms"]
+    )  # each answer's own latency: 40 ms plus this machine's scheduling
+    for result in results:
+        assert result["throughput_credit"] == pytest.approx(1 / cycle, rel=0.12)
+    counts = [result["throughput"] for result in results]
+    credits = [result["throughput_credit"] for result in results]
+    # the credit varies less across the windows than the count does (its edges are whole)
+    assert max(credits) - min(credits) < max(counts) - min(counts)
 
 
 @pytest.mark.anyio
