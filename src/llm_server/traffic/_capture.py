@@ -9,9 +9,9 @@ When the queue is full the item is dropped and counted; the request never waits.
 
 Why the conversion runs on the loop: the writer thread needs the interpreter lock for any
 Python work, and each time it takes it while the loop runs it forces a switch (the loop waits up
-to the switch interval, 5 ms); in-process, converting in the thread cost ~150 us of CPU per
-capture, most of it in those switches, against ~10 us on the loop
-(``benchmarks/e2e/traffic_overhead.py``, docs/how-to/traffic.md).
+to the switch interval, 5 ms); in-process, converting in the thread cost the writer ~150 us of
+CPU per capture, most of it in those switches, against ~15-20 us for the writer and ~25 for the
+loop now (``benchmarks/e2e/capture_cpu.py``, docs/how-to/traffic.md).
 """
 
 from __future__ import annotations
