@@ -796,14 +796,14 @@ def _render_notes(results: dict[str, Any]) -> list[str]:
     if layers and "gen0_per_1000_calls" in layers:
         gen0, us = layers["gen0_per_1000_calls"], layers["us_per_call"]
         if "H" in us and "handler" in us:
+            extra = us["handler"] - us["H"]
             notes.append(
-                f"**In-process layers**: the reference handler's body costs "
-                f"{us['handler'] - us['H']:+.0f} µs of CPU per request over H in the layer "
+                f"**In-process layers**: the reference handler's body costs {abs(extra):.0f} µs "
+                f"of CPU per request {'more' if extra >= 0 else 'less'} than H in the layer "
                 "table (its rows move by ±50-100 µs from run to run here; all variants run in "
-                "one process, after the same heap freeze) and allocates about "
-                f"{gen0['handler'] / max(gen0['H'], 1):.1f}x as many objects "
-                f"({gen0['handler']:.0f} vs {gen0['H']:.0f} young-generation collections per "
-                "1,000 calls)."
+                "one process, after the same heap freeze) and its allocations trigger "
+                f"{gen0['handler']:.0f} young-generation collections per 1,000 calls against "
+                f"H's {gen0['H']:.0f}."
             )
     if e2e and any("F_prod" in p["apps"] for p in e2e["points"]):
         prod = [(p, e2e_ratios(p)["F+SDK(prod)/H"]) for p in e2e["points"]]
