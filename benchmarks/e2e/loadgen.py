@@ -49,7 +49,7 @@ class _Window:
     open: bool = False
     latencies: list[float] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)  # seconds into the window
-    # answered requests' share of their time inside the window, summed (see credit_throughput)
+    # answered requests' shares of their time inside the window, summed (throughput_credit)
     credit: float = 0.0
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)

@@ -171,8 +171,8 @@ async def _slow_server(latency_s: float) -> asyncio.Server:
 
 @pytest.mark.anyio
 async def test_loadgen_credit_throughput_does_not_depend_on_where_the_window_ends() -> None:
-    # c=1, 40 ms answers, windows of 0.21 to 0.23 s: 5 answers each (+-1 with the phase), so
-    # the count over the window reads 4.3-5.7 / 0.22 s; the credit is the rate of answers
+    # c=1, ~41 ms a cycle, windows of 0.21 to 0.23 s: about 5 answers each, one more or less
+    # with where the edges fall, so the count reads ~18-27/s; the credit reads the cycle's rate
     server = await _slow_server(0.04)
     async with server:
         port = server.sockets[0].getsockname()[1]
