@@ -61,8 +61,11 @@ async def _tiny_server(chunked_every: int) -> tuple[asyncio.Server, list[bytes]]
     return server, bodies
 
 
-async def _ok_server() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
-    """HTTP/1.1 keep-alive server answering 200 ``ok``; each connection's writer, as accepted."""
+async def _ok_server(
+    latency_s: float = 0.0,
+) -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
+    """HTTP/1.1 keep-alive server answering 200 ``ok`` (after ``latency_s``); each connection's
+    writer, as accepted."""
     accepted: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -72,6 +75,8 @@ async def _ok_server() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 await reader.readexactly(length)
+                if latency_s:
+                    await asyncio.sleep(latency_s)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         writer.close()
 
@@ -147,33 +152,11 @@ async def test_loadgen_window_ends_at_the_duration() -> None:
     assert result["throughput"] == pytest.approx(result["completed"] / result["window_s"])
 
 
-async def _slow_server(latency_s: float) -> asyncio.Server:
-    """HTTP/1.1 keep-alive server answering 200 after ``latency_s``."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                )
-                await reader.readexactly(length)
-                await asyncio.sleep(latency_s)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n{ok}")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
-
-
 @pytest.mark.anyio
 async def test_loadgen_credit_throughput_does_not_depend_on_where_the_window_ends() -> None:
     # c=1, ~41 ms a cycle, windows of 0.21 to 0.23 s: about 5 answers each, one more or less
     # with where the edges fall, so the count reads ~18-27/s; the credit reads the cycle's rate
-    server = await _slow_server(0.04)
+    server, _ = await _ok_server(latency_s=0.04)
     async with server:
         port = server.sockets[0].getsockname()[1]
         results = [
