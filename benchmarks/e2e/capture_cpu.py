@@ -9,6 +9,16 @@ envelope, built just before (untimed), as a route builds it. The loop's share is
 ``served`` and the conversion callbacks (``time.thread_time``); the writer's is its thread's
 CPU clock (``pthread_getcpuclockid``: nanoseconds; psutil's thread times count 10 ms ticks,
 2.5 us per capture at 4,000). Execution ids are version-7 UUIDs, as the server makes them.
+
+``measure_judge``: what an online evaluation of 10 % of the captures adds on the same busy
+loop, the case the end-to-end saturated p99 cannot resolve to 2 % on this machine (one run
+tells a ~10 % difference there). The evaluation's loop work is timed where it runs: the
+hand-off of each written batch's sampled captures to its queue (``enqueue``) and every step of
+its worker task (the pacing that waits for an idle loop: a 20 ms timer and two clock reads per
+window), against the load's requests. A loop this busy never starts a judgement
+(``scored_during_load`` says so), so the metric it would run does not matter; after the load
+the queue is scored (``scored``). Not timed: one random draw per capture in ``served`` (the
+sample, ~0.1 us) and the asyncio timer bookkeeping outside the task's steps.
 Used by ``traffic_overhead.py``; alone: ``python benchmarks/e2e/capture_cpu.py``.
 """
 
@@ -19,11 +29,16 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from llm_server.core.metadata import new_execution_id
-from llm_server.traffic import CaptureOptions, SqliteTrafficStore, TrafficRecorder
+from llm_server.traffic import (
+    CaptureOptions,
+    OnlineEvaluation,
+    SqliteTrafficStore,
+    TrafficRecorder,
+)
 
 BUSY_MS = 2.0
 RATE = 375.0  # requests per second: BUSY_MS x RATE = 75 % of the loop
@@ -63,10 +78,53 @@ def _timed(spent: list[float], call: Callable[..., None]) -> Callable[..., None]
     return timed
 
 
-async def _run(captures: int) -> dict[str, float]:
+class _TimedSteps:
+    """Awaits a coroutine, adding the CPU of each of its steps to ``spent[0]``."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], spent: list[float]) -> None:
+        self._coro, self._spent = coro, spent
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps = self._coro.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            started = time.thread_time()
+            try:
+                out = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                self._spent[0] += time.thread_time() - started
+            try:
+                value, error = (yield out), None
+            except BaseException as exc:  # a cancellation, passed on to the coroutine
+                value, error = None, exc
+
+
+def _score(inputs: Any, outputs: Any) -> float:
+    return 1.0
+
+
+async def _run(captures: int, *, judged: bool = False) -> dict[str, float]:
     folder = tempfile.mkdtemp(prefix="llm-server-capture-cpu-")
     recorder = TrafficRecorder(SqliteTrafficStore(f"{folder}/t.sqlite3"))
-    recorder.enable("captured", CaptureOptions(sample_rate=1.0))
+    # a busy loop starts no judgement, so the spacing between two only paces the scoring
+    # after the load (0.05 s by default: 20 s for 400 captures)
+    evaluation = (
+        OnlineEvaluation(metric=_score, sample_rate=0.1, spacing_s=0.005) if judged else None
+    )
+    recorder.enable("captured", CaptureOptions(sample_rate=1.0, evaluation=evaluation))
+    judge = [0.0]
+    if judged:  # time the evaluation's loop work where it runs
+        evaluator = recorder._evaluators["captured"]
+        work = evaluator._work
+        evaluator.enqueue = _timed(judge, evaluator.enqueue)  # type: ignore[method-assign]
+
+        async def timed_work(*args: Any) -> None:
+            await _TimedSteps(work(*args), judge)
+
+        evaluator._work = timed_work  # type: ignore[method-assign]
     on_loop = [0.0]
     served = _timed(on_loop, recorder.served)
     recorder._convert_slice = _timed(on_loop, recorder._convert_slice)  # type: ignore[method-assign]
@@ -83,18 +141,32 @@ async def _run(captures: int) -> dict[str, float]:
         served("captured", inputs, envelope)
         delay = start + (n + 1) / RATE - time.perf_counter()
         await asyncio.sleep(max(delay, 0))
-    assert await recorder.aflush(60)
+    # the load ends once its last capture is written and handed to the evaluation (a loop
+    # blocked here is busy: no judgement starts)
+    assert recorder.flush(60)
+    await asyncio.sleep(0)
+    judge_s = judge[0]
     writer_s = time.clock_gettime(writer_clock)  # the thread is alive until aclose
+    scored_during_load = recorder.evaluation_counts("captured")["scored"] if judged else 0
+    assert await recorder.aflush(60)
+    scored = recorder.evaluation_counts("captured")["scored"] if judged else 0
     stored = len(recorder.store.captures("captured"))
     await recorder.aclose()
     if stored != captures or recorder.dropped:
         raise RuntimeError(f"stored {stored} of {captures}, dropped {recorder.dropped}")
-    return {
+    figures: dict[str, float] = {
         "captures": captures,
         "loop_us_per_capture": round(on_loop[0] / captures * 1e6, 1),
         "writer_us_per_capture": round(writer_s / captures * 1e6, 1),
         "total_us_per_capture": round((on_loop[0] + writer_s) / captures * 1e6, 1),
     }
+    if judged:
+        figures |= {
+            "judge_loop_us_per_request": round(judge_s / captures * 1e6, 2),
+            "scored_during_load": scored_during_load,
+            "scored": scored,
+        }
+    return figures
 
 
 def measure(*, quick: bool = False) -> dict[str, float]:
@@ -102,5 +174,11 @@ def measure(*, quick: bool = False) -> dict[str, float]:
     return asyncio.run(_run(1500 if quick else 4000))
 
 
+def measure_judge(*, quick: bool = False) -> dict[str, float]:
+    """Per request, the loop CPU an online evaluation of 10 % of the captures adds while the
+    loop is busy (µs), with capture at 100 %; and how many it scored during and after."""
+    return asyncio.run(_run(1500 if quick else 4000, judged=True))
+
+
 if __name__ == "__main__":
-    json.dump(measure(), __import__("sys").stdout, indent=1)
+    json.dump({"capture": measure(), "judge": measure_judge()}, __import__("sys").stdout, indent=1)

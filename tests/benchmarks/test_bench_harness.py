@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import _components  # noqa: E402 -- benchmarks/ is not a package
 import _render  # noqa: E402
-from e2e import _paired, _procs, loadgen, profiling  # noqa: E402
+from e2e import _paired, _procs, capture_cpu, loadgen, profiling  # noqa: E402
 
 # --- load generator ------------------------------------------------------------------------
 
@@ -476,7 +476,8 @@ COMPONENT_OUTPUT = {
         ' "p99_over_allowance_ci90_low_ms": -6.2,\n "p99_over_allowance_ci90_high_ms": 5.3,\n'
         ' "within_target": true,\n "cpu_ratio": 1.052,\n "pooled_p99_delta_ms": 12.5,\n'
         ' "judge_p99_delta_ms": 4.4,\n'
-        ' "judge_p99_over_allowance_ms": 2.2,\n "judge_sample_rate": 0.1,\n'
+        ' "judge_p99_over_allowance_ms": 2.2,\n'
+        ' "judge_p99_over_allowance_ci90_high_ms": 9.1,\n "judge_sample_rate": 0.1,\n'
         ' "judge_scored": 274,\n "judge_skipped": 0,\n "judge_skipped_busy": 12,\n'
         ' "open_loop_rate": 250.2,\n "open_loop_p99_delta_ms": 0.4,\n'
         ' "open_loop_p99_over_allowance_ms": -0.6,\n'
@@ -484,7 +485,9 @@ COMPONENT_OUTPUT = {
         ' "open_loop_judge_p99_over_allowance_ms": 0.3,\n'
         ' "capture_cpu": {\n  "captures": 1500,\n  "loop_us_per_capture": 18.9,\n'
         '  "writer_us_per_capture": 22.5,\n  "total_us_per_capture": 41.4\n },\n'
-        ' "capture_cpu_share": 0.033,\n "capture_loop_cpu_share": 0.015\n}'
+        ' "capture_cpu_share": 0.033,\n "capture_loop_cpu_share": 0.015,\n'
+        ' "judge_cpu": {\n  "captures": 1500,\n  "judge_loop_us_per_request": 1.7\n },\n'
+        ' "judge_loop_cpu_share": 0.00108,\n "judge_cpu_scored_during_load": 0\n}'
     ),
     "backend": (
         "engine      bare acall  DSPyBackend   ratio\n"
@@ -846,3 +849,37 @@ def test_fleet_report_gives_the_median_paired_ratio_with_its_interval() -> None:
     results["fleet"]["throughput"]["ratio"] = 0.975
     rows = {row[0]: row for row in _render.targets(results)}
     assert rows[ratio[0]][3] == "met"
+
+
+def test_timed_steps_count_each_steps_cpu_and_pass_a_cancellation_on() -> None:
+    """capture_cpu's judge figure times the evaluation task step by step: the CPU spent inside
+    its steps counts, the time it sleeps between them does not, its result comes back, and a
+    cancellation reaches the coroutine."""
+
+    async def worker(stopped: list[bool]) -> str:
+        try:
+            for _ in range(3):
+                end = time.thread_time() + 0.01
+                while time.thread_time() < end:  # 10 ms of CPU in this step
+                    pass
+                await asyncio.sleep(0.02)  # not counted
+            return "done"
+        except asyncio.CancelledError:
+            stopped.append(True)
+            raise
+
+    async def main() -> tuple[str, float, list[bool]]:
+        spent = [0.0]
+        result = await capture_cpu._TimedSteps(worker([]), spent)
+        stopped: list[bool] = []
+        task = asyncio.ensure_future(capture_cpu._TimedSteps(worker(stopped), [0.0]))
+        await asyncio.sleep(0.015)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return result, spent[0], stopped
+
+    result, spent, stopped = asyncio.run(main())
+    assert result == "done"
+    assert 0.03 <= spent < 0.045  # three steps of 10 ms, not the 60 ms asleep
+    assert stopped == [True]
