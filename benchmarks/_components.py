@@ -222,7 +222,8 @@ COMPONENTS: tuple[Component, ...] = (
         "rounds of short loads (rotated order), the verdict on the median of the per-round "
         "differences (capture minus off in the same round), with its 90 % bootstrap interval; "
         "and the CPU one capture costs, in-process, on the event loop and on the writer thread, "
-        "and what the judge adds on a busy loop (its saturated verdict)",
+        "and what the judge adds on a busy loop (the saturated verdicts: those rounds resolve "
+        "~10 %)",
         quick_args=("--quick",),
         figures=(
             Figure(
@@ -231,14 +232,20 @@ COMPONENTS: tuple[Component, ...] = (
             ),
             Figure("p99 capture 100 % / off, median of paired rounds", r'"p99_ratio": ' + _NUM),
             Figure(
-                "p99 over the allowance (2 % or 1 ms), median of paired rounds (ms)",
+                "p99 over the allowance (2 % or 1 ms), median of paired rounds (ms; saturated "
+                "rounds resolve ~10 %, so the verdict is the in-process share below)",
                 r'"p99_over_allowance_ms": ' + _NUM,
-                "<= 0",
-                lambda v: v <= 0,
             ),
             Figure(
                 "p99 over the allowance: 90 % interval, upper end (ms)",
                 r'"p99_over_allowance_ci90_high_ms": ' + _NUM,
+            ),
+            Figure(
+                "capture: CPU per capture, loop + writer thread, in-process, in % of the CPU per "
+                "request off (saturated, p99 grows by about this share)",
+                r'"capture_cpu_pct": ' + _NUM,
+                "<= 2",
+                lambda v: v <= 2,
             ),
             Figure(
                 "server CPU per request, capture 100 % / off, median of paired rounds",
@@ -262,10 +269,11 @@ COMPONENTS: tuple[Component, ...] = (
                 r'"judge_loop_us_per_request": ' + _NUM,
             ),
             Figure(
-                "judge: that / CPU per request off (saturated, p99 grows by about this share)",
-                r'"judge_loop_cpu_share": ' + _NUM,
-                "<= 0.02",
-                lambda v: v <= 0.02,
+                "judge: that, in % of the CPU per request off (saturated, p99 grows by about "
+                "this share)",
+                r'"judge_loop_cpu_pct": ' + _NUM,
+                "<= 2",
+                lambda v: v <= 2,
             ),
             Figure(
                 "judge: judgements started while the loop was busy, in-process",

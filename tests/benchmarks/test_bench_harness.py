@@ -487,7 +487,8 @@ COMPONENT_OUTPUT = {
         '  "writer_us_per_capture": 22.5,\n  "total_us_per_capture": 41.4\n },\n'
         ' "capture_cpu_share": 0.033,\n "capture_loop_cpu_share": 0.015,\n'
         ' "judge_cpu": {\n  "captures": 1500,\n  "judge_loop_us_per_request": 1.7\n },\n'
-        ' "judge_loop_cpu_share": 0.00108,\n "judge_cpu_scored_during_load": 0\n}'
+        ' "capture_cpu_pct": 3.3,\n "judge_loop_cpu_pct": 0.108,\n'
+        ' "judge_cpu_scored_during_load": 0\n}'
     ),
     "backend": (
         "engine      bare acall  DSPyBackend   ratio\n"
