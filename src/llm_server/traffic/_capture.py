@@ -135,6 +135,7 @@ class TrafficRecorder(FeedbackMethods):
         self._dropped_full = 0  # counted on the request path
         self._dropped_redacting = 0  # counted under the conversion lock
         self._dropped_writing = 0  # counted on the writer thread
+        self._dropped_closed = 0  # served after close, or left queued when the writer stopped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -161,14 +162,15 @@ class TrafficRecorder(FeedbackMethods):
                 f"capture options of {program_id!r} must be CaptureOptions, "
                 f"got {type(options).__name__}"
             )
+        replaced = self._evaluators.pop(program_id, None)
+        if replaced is not None:
+            replaced.stop()  # its worker would go on judging with the old options
         if options.evaluation is not None:
             from llm_server.traffic._judge import _Evaluator
 
             self._evaluators[program_id] = _Evaluator(
                 self, program_id, options.evaluation, model_manager
             )
-        else:
-            self._evaluators.pop(program_id, None)
         self._options[program_id] = options
         self._start()
 
@@ -190,8 +192,14 @@ class TrafficRecorder(FeedbackMethods):
 
     @property
     def dropped(self) -> int:
-        """Captures dropped: the queue was full, a redaction hook raised, or the store failed."""
-        return self._dropped_full + self._dropped_redacting + self._dropped_writing
+        """Captures dropped: the queue was full, a redaction hook raised, the store refused
+        the record, or the request was served after :meth:`close`."""
+        return (
+            self._dropped_full
+            + self._dropped_redacting
+            + self._dropped_writing
+            + self._dropped_closed
+        )
 
     # --- the request path --------------------------------------------------------------------
 
@@ -237,6 +245,10 @@ class TrafficRecorder(FeedbackMethods):
         failure: _Failure | None = None,
     ) -> None:
         """Queue references (no copy, no conversion); schedule the loop's conversion."""
+        if self._stop.is_set():  # closed: no writer will take it
+            self._dropped_closed += 1
+            self._dropped_counter.add(1, {"program_id": program_id})
+            return
         if self._accepted - self._written >= self._queue_size:
             self._dropped_full += 1
             self._dropped_counter.add(1, {"program_id": program_id})
@@ -326,6 +338,7 @@ class TrafficRecorder(FeedbackMethods):
             )
         except Exception:
             self._dropped_redacting += 1
+            self._dropped_counter.add(1, {"program_id": program_id})
             _log.warning("capture of %r dropped: its redaction failed", program_id, exc_info=True)
             return execution, None, None
         return execution, capture, loop if judged else None
@@ -340,14 +353,29 @@ class TrafficRecorder(FeedbackMethods):
             for program_id, options in list(self._options.items())
         )
 
-    def forget(self, tenant: str) -> int:
+    def forget(self, tenant: str, *, timeout_s: float = 30.0) -> int:
         """Delete every record of ``tenant`` (queued ones first written, then deleted).
+
+        Blocking I/O: from async code, call it with ``anyio.to_thread.run_sync``.
 
         Returns:
             The rows deleted.
+
+        Raises:
+            TimeoutError: Captures were still queued after ``timeout_s``; what was stored is
+                deleted, and a record written later may be the tenant's: call it again.
+            RuntimeError: The recorder is closed.
         """
-        self.flush()
-        return self.store.forget(tenant)
+        if self._stop.is_set():
+            raise RuntimeError("the traffic recorder is closed: it can forget nothing")
+        written = self.flush(timeout_s)
+        deleted = self.store.forget(tenant)
+        if not written:
+            raise TimeoutError(
+                f"forget deleted {deleted} records, but captures were still queued after "
+                f"{timeout_s:g} s; call it again once they are written"
+            )
+        return deleted
 
     # --- the writer --------------------------------------------------------------------------
 
@@ -358,7 +386,8 @@ class TrafficRecorder(FeedbackMethods):
         self._convert_asked = True  # the loop may be the caller, blocked here
         self._wake.set()
         while self._written < target:
-            if time.monotonic() > deadline or self._thread is None:
+            thread = self._thread
+            if time.monotonic() > deadline or thread is None or not thread.is_alive():
                 return self._written >= target
             time.sleep(0.005)
         return True
@@ -377,10 +406,22 @@ class TrafficRecorder(FeedbackMethods):
         thread = self._thread
         if thread is not None:
             thread.join(timeout=30)
+        if thread is None or not thread.is_alive():
+            # what a request served while the writer stopped queued (after its last look)
+            with self._convert_lock:
+                left = len(self._raw) + len(self._ready)
+                self._raw.clear()
+                self._ready.clear()
+                self._pending.clear()
+            if left:
+                self._dropped_closed += left
+                self._dropped_counter.add(left)
+                _log.warning("%d captures dropped: served while the recorder closed", left)
         self.store.close()
 
     async def aclose(self) -> None:
-        """Stop the online evaluations, then :meth:`close` in a worker thread."""
+        """Stop the online evaluations (captures handed to them from now on are skipped,
+        counted), then :meth:`close` in a worker thread."""
         for evaluator in list(self._evaluators.values()):
             await evaluator.aclose()
         await anyio.to_thread.run_sync(self.close, limiter=self._limiter)
@@ -420,8 +461,10 @@ class TrafficRecorder(FeedbackMethods):
                     self.enforce_retention()
                 except Exception:
                     _log.warning("traffic retention failed; will try again", exc_info=True)
-            if stopping and not wrote and not self._raw:
-                return
+            if stopping and not wrote:
+                with self._convert_lock:  # not while the loop converts the last item
+                    if not self._raw and not self._ready:
+                        return
 
     def _left_to_writer(self) -> bool:
         """Whether the queued items wait for the writer: no loop has a conversion scheduled
@@ -446,16 +489,46 @@ class TrafficRecorder(FeedbackMethods):
             if capture is not None and loop is not None:
                 judged.setdefault(loop, []).append(capture)
         try:
-            self.store.write(executions, captures)
+            try:
+                self.store.write(executions, captures)
+            except Exception:
+                judged = self._write_each(batch)  # one bad record must not take its batch
             for loop, sampled in judged.items():  # before counting written: a flush then
                 self._submit(loop, sampled)  # sees them queued for their judge
-        except Exception:
-            self._dropped_writing += len(batch)
-            _log.warning("traffic batch of %d dropped: the store failed", len(batch), exc_info=True)
         finally:
             for execution in executions:
                 self._pending.pop(execution.execution_id, None)
             self._written += len(batch)
+
+    def _write_each(
+        self, batch: list[_Prepared]
+    ) -> dict[asyncio.AbstractEventLoop, list[CapturedRequest]]:
+        """Store a batch the store refused record by record, dropping (counted) only those it
+        refuses alone; the sampled captures stored, by loop."""
+        judged: dict[asyncio.AbstractEventLoop, list[CapturedRequest]] = {}
+        failed: list[_Prepared] = []
+        error: Exception | None = None
+        for item in batch:
+            execution, capture, loop = item
+            try:
+                self.store.write([execution], [] if capture is None else [capture])
+            except Exception as exc:
+                failed.append(item)
+                error = exc
+                continue
+            if capture is not None and loop is not None:
+                judged.setdefault(loop, []).append(capture)
+        if failed:
+            self._dropped_writing += len(failed)
+            for execution, _, _ in failed:
+                self._dropped_counter.add(1, {"program_id": execution.program_id})
+            _log.warning(
+                "%d of a traffic batch of %d dropped: the store refused them",
+                len(failed),
+                len(batch),
+                exc_info=error,
+            )
+        return judged
 
     def _submit(self, loop: asyncio.AbstractEventLoop, captures: list[CapturedRequest]) -> None:
         """Hand a batch's sampled captures to their judges, on the loop that served them."""

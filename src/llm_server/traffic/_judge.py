@@ -137,9 +137,11 @@ class _Evaluator:
         self._backend: Any = None
         self._names: tuple[str, ...] = ()
         self._queue: asyncio.Queue[tuple[float, CapturedRequest]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the queue's and the task's
         self._last_start = -math.inf
         self._task: asyncio.Task[None] | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._stopped = False
         self.skipped = 0
         """Captures not scored: the queue was full, the loop stayed busy, or the judge failed."""
         self.skipped_busy = 0
@@ -148,10 +150,21 @@ class _Evaluator:
         """Captures scored and stored as ``judge`` feedback."""
 
     def enqueue(self, capture: CapturedRequest) -> None:
-        """Queue a written capture for scoring (on the loop that served it)."""
+        """Queue a written capture for scoring (on the loop that served it); after
+        :meth:`stop`, skip it (counted)."""
+        if self._stopped:
+            self.skipped += 1
+            return
         loop = asyncio.get_running_loop()
-        if self._queue is None:
+        if self._queue is None or self._loop is not loop:
+            # the first capture, or one served on a new loop (a new lifespan, a test's loop):
+            # a queue and a limiter serve one loop; what the old loop's queue held is skipped
+            self._cancel_task()
+            if self._queue is not None:
+                self.skipped += self._queue.qsize()
             self._queue = asyncio.Queue(self._options.queue_size)
+            self._limiter = anyio.CapacityLimiter(1)
+            self._loop = loop
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._work(self._queue))
         try:
@@ -236,14 +249,41 @@ class _Evaluator:
         return float(prediction.score), None if label is None else str(label)
 
     async def drain(self) -> None:
-        """Wait until every queued capture of the running loop is scored."""
-        if self._queue is not None and self._task is not None and not self._task.done():
-            await self._queue.join()
+        """Wait until every queued capture of the running loop is scored (or the worker is
+        stopped)."""
+        task, queue = self._task, self._queue
+        if (
+            queue is not None
+            and self._loop is asyncio.get_running_loop()
+            and task is not None
+            and not task.done()
+        ):
+            joined = asyncio.ensure_future(queue.join())
+            try:
+                await asyncio.wait((joined, task), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                joined.cancel()
+
+    def stop(self) -> None:
+        """Stop scoring: the worker is cancelled (from any thread) and captures handed over
+        from now on are skipped (counted)."""
+        self._stopped = True
+        if self._queue is not None:
+            self.skipped += self._queue.qsize()  # queued, never to be scored
+        self._cancel_task()
+
+    def _cancel_task(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            loop = task.get_loop()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
 
     async def aclose(self) -> None:
-        """Stop the worker task (queued captures are not scored)."""
-        task, self._task = self._task, None
-        if task is not None:
+        """:meth:`stop`, and wait for the worker to end when it runs on this loop."""
+        task = self._task
+        self.stop()
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -62,13 +62,10 @@ def redact_value(value: Any, fields: AbstractSet[str]) -> Any:  # noqa: PLR0911 
     kind = type(value)  # the JSON types first, by exact type: the ABC checks cost more
     if kind is str:
         return redact(value)  # never a key that reached the library
-    if kind is dict:
+    if kind is dict or isinstance(value, Mapping):  # a key is text too: a secret can be one
         return {
-            str(k): REDACTED if k in fields else redact_value(v, fields) for k, v in value.items()
-        }
-    if isinstance(value, Mapping):
-        return {
-            str(k): REDACTED if k in fields else redact_value(v, fields) for k, v in value.items()
+            redact(str(k)): REDACTED if k in fields else redact_value(v, fields)
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [redact_value(v, fields) for v in value]
@@ -132,5 +129,8 @@ def dropped_counter() -> Any:
     return metrics.get_meter("llm_server.traffic").create_counter(
         "llm_server.traffic.captures_dropped",
         unit="{capture}",
-        description="Captures dropped because the capture queue was full or redaction failed",
+        description=(
+            "Captures dropped: the capture queue was full, redaction failed, the store "
+            "refused the record, or the recorder was closed"
+        ),
     )

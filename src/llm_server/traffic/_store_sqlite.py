@@ -73,11 +73,17 @@ class SqliteTrafficStore(SqlTrafficStore):
             try:
                 for sql, params in statements:
                     changed += self._db.execute(sql, tuple(params)).rowcount
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
         return changed
+
+    def _rollback(self) -> None:
+        """End a failed transaction (a failed ``COMMIT`` included), so the connection takes
+        the next one."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _insert_many(self, batches: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         """Many rows per ``INSERT`` statement, and a single statement without ``BEGIN`` and
@@ -94,10 +100,10 @@ class SqliteTrafficStore(SqlTrafficStore):
             try:
                 for statement in statements:
                     self._db.execute(*statement)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection."""

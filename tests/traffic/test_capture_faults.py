@@ -1,0 +1,262 @@
+"""Capture and online evaluation at their edges: shutdown while work is in flight, a record the
+store refuses, a failed commit, a second event loop, options replaced while a judge runs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _traffic_helpers import build_app
+
+from llm_server.testing import LocalProvider
+from llm_server.traffic import (
+    CaptureOptions,
+    Execution,
+    Feedback,
+    OnlineEvaluation,
+    SqliteTrafficStore,
+    TrafficRecorder,
+)
+
+
+def _serve(recorder: TrafficRecorder, execution_id: str, question: Any = None) -> None:
+    envelope = {
+        "data": {"answer": f"answer {execution_id}"},
+        "metadata": {"execution_id": execution_id, "program": {"version": "1.0.0"}},
+    }
+    recorder.served("answer", {"question": question or f"q {execution_id}"}, envelope)
+
+
+def _score(inputs: Any, outputs: Any) -> float:
+    return 1.0
+
+
+def test_close_writes_the_capture_the_loop_is_converting(tmp_path: Path) -> None:
+    """aclose() runs close() in a thread while the loop converts: the writer's last look must
+    not find both queues empty while the loop holds an item it took off the first one."""
+    in_hook = threading.Event()
+
+    def slow_hook(record: dict[str, Any]) -> dict[str, Any]:
+        in_hook.set()
+        time.sleep(0.3)  # widens the window (without a hook it is one conversion, ~10 us)
+        return record
+
+    store = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    recorder = TrafficRecorder(store, flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions(redact=slow_hook))
+
+    async def main() -> None:
+        _serve(recorder, "e1")
+
+        def closer() -> None:
+            assert in_hook.wait(5)
+            recorder.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, closer)
+
+    asyncio.run(main())
+    reopened = SqliteTrafficStore(store.path)
+    try:
+        assert reopened.find_execution("e1") is not None
+    finally:
+        reopened.close()
+    assert recorder.dropped == 0
+
+
+def test_aclose_does_not_restart_the_judge_it_stopped(tmp_path: Path) -> None:
+    """close() hands the last written captures to their judge: after aclose() stopped it they
+    are skipped and counted, never scored against a closed store or model stack."""
+    calls: list[float] = []
+
+    def metric(inputs: Any, outputs: Any) -> float:
+        calls.append(time.monotonic())
+        return 1.0
+
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions(evaluation=OnlineEvaluation(metric=metric)))
+
+    async def main() -> float:
+        for i in range(3):
+            _serve(recorder, f"e{i}")
+        await recorder.aclose()
+        closed_at = time.monotonic()
+        await asyncio.sleep(0.5)  # time for a restarted worker to score
+        return closed_at
+
+    closed_at = asyncio.run(main())
+    assert [c for c in calls if c > closed_at] == []
+    assert recorder._evaluators["answer"]._task is None
+    assert recorder.evaluation_counts("answer") == {"scored": 0, "skipped": 3, "skipped_busy": 0}
+
+
+def test_the_judge_and_aflush_work_on_a_second_event_loop(tmp_path: Path) -> None:
+    """One recorder, two event loops one after the other (two lifespans, or one loop per
+    test): the evaluation's queue and worker follow the loop that serves."""
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.01)
+    evaluation = OnlineEvaluation(metric=_score, spacing_s=0)
+    recorder.enable("answer", CaptureOptions(evaluation=evaluation))
+
+    async def round_(prefix: str) -> bool:
+        for i in range(3):
+            _serve(recorder, f"{prefix}{i}")
+        return await recorder.aflush(10)
+
+    try:
+        assert asyncio.run(round_("a"))
+        assert recorder.evaluation_counts("answer")["scored"] == 3
+        assert asyncio.run(round_("b"))
+        assert recorder.evaluation_counts("answer")["scored"] == 6
+    finally:
+        recorder.close()
+
+
+def test_served_after_close_is_dropped_and_counted_and_flush_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"))
+    recorder.enable("answer", CaptureOptions())
+    recorder.close()
+    _serve(recorder, "late")  # a request finishing during shutdown
+    started = time.monotonic()
+    assert recorder.flush(5)  # nothing queued: the late one was dropped
+    assert time.monotonic() - started < 1
+    assert recorder.dropped == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        recorder.forget("acme")
+
+
+def test_a_record_the_store_refuses_is_dropped_alone(tmp_path: Path) -> None:
+    """A text SQLite cannot encode (a lone surrogate, as a model can emit) fails its batch's
+    statement: the batch is stored record by record and only that one is dropped."""
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions())
+    try:
+        _serve(recorder, "good1")
+        _serve(recorder, "bad", question="\ud800")
+        _serve(recorder, "good2")
+        assert recorder.flush(10)
+        assert recorder.store.find_execution("good1") is not None
+        assert recorder.store.find_execution("good2") is not None
+        assert recorder.store.find_execution("bad") is None
+        assert recorder.dropped == 1
+    finally:
+        recorder.close()
+
+
+@pytest.mark.anyio
+async def test_over_http_a_garbled_answer_does_not_lose_the_other_requests_records(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client,
+    ):
+        recorder = app.state.program_manager.traffic
+        provider.script(reply={"answer": "fine"})
+        good = await client.post("/programs/answer", json={"question": "fine", "email": "e"})
+        provider.script(reply={"answer": "odd \ud83d answer"})  # half a surrogate pair
+        await client.post("/programs/answer", json={"question": "q2", "email": "e"})
+        provider.script(reply=None)
+        assert await recorder.aflush(10)
+        execution_id = good.json()["metadata"]["execution_id"]
+        feedback = await client.post(
+            "/programs/answer/feedback", json={"execution_id": execution_id, "score": 1}
+        )
+        assert feedback.status_code == 200, feedback.text
+        assert recorder.dropped == 1  # the garbled one alone: SQLite cannot encode it
+
+
+def test_a_secret_used_as_a_key_is_masked(tmp_path: Path) -> None:
+    key = "sk-proj-abcdefghijklmnop0123456789"
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"))
+    recorder.enable("answer", CaptureOptions())
+    try:
+        _serve(recorder, "e1", question={key: "prod"})
+        assert recorder.flush(10)
+        raw = recorder.store._query("SELECT inputs FROM captures")[0][0]
+    finally:
+        recorder.close()
+    assert key not in raw
+    assert "[REDACTED]" in raw
+
+
+class _FailingCommit:
+    """A sqlite3 connection whose first COMMIT fails, as SQLITE_BUSY or a full disk would."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db, self.failures = db, 1
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
+    store = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    store._db = _FailingCommit(store._db)  # type: ignore[assignment]
+    feedback = Feedback("e1", "answer", "1", "human", 1.0, None, None, "acme", 1.0, 2.0)
+    with pytest.raises(sqlite3.OperationalError):
+        store.add_feedback(feedback)
+    store.add_feedback(feedback)  # the next transaction starts
+    store.write([Execution("e9", "answer", "1", None, 5.0)], [])
+    store.close()
+    reopened = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    try:
+        assert reopened.find_execution("e9") is not None  # committed, not left open
+    finally:
+        reopened.close()
+
+
+def test_enabling_again_stops_the_replaced_judge(tmp_path: Path) -> None:
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.01)
+    evaluation = OnlineEvaluation(metric=_score, spacing_s=0)
+    recorder.enable("answer", CaptureOptions(evaluation=evaluation))
+
+    async def main() -> asyncio.Task[None]:
+        _serve(recorder, "e1")
+        assert await recorder.aflush(10)
+        old = recorder._evaluators["answer"]
+        task = old._task
+        assert task is not None
+        assert not task.done()
+        recorder.enable("answer", CaptureOptions(evaluation=OnlineEvaluation(metric=_score)))
+        await asyncio.sleep(0.05)
+        assert task.done()
+        old.enqueue(recorder.store.captures("answer")[0])  # late hand-off: skipped
+        assert old.skipped == 1
+        assert old._task is None
+        await recorder.aclose()
+        return task
+
+    assert asyncio.run(main()).cancelled()
+
+
+class _SlowStore(SqliteTrafficStore):
+    def write(self, executions: Any, captures: Any) -> None:
+        time.sleep(0.5)
+        super().write(executions, captures)
+
+
+def test_forget_says_so_when_captures_are_still_queued(tmp_path: Path) -> None:
+    recorder = TrafficRecorder(_SlowStore(tmp_path / "t.sqlite3"), flush_interval_s=0.01)
+    recorder.enable("answer", CaptureOptions())
+    try:
+        _serve(recorder, "e1")
+        with pytest.raises(TimeoutError, match="still queued"):
+            recorder.forget("acme", timeout_s=0.1)
+        assert recorder.forget("acme") == 0  # written by now; nothing of acme's
+    finally:
+        recorder.close()
