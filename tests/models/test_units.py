@@ -268,3 +268,31 @@ def test_cache_hits_alone_are_labelled_cached() -> None:
 
 def test_no_call_means_no_usage() -> None:
     assert summarize_calls([], [], model_name="openai/gpt-4o-mini").usage is None
+
+
+def test_a_garbled_answers_lone_surrogates_are_mended_in_place() -> None:
+    """Half a surrogate pair in a field (a JSON escape of half an emoji, which DSPy parses
+    into a string no UTF-8 encoder takes) becomes U+FFFD, in nested lists and dicts too; a
+    whole pair and valid text stay as they are, the same objects."""
+    import dspy
+
+    from llm_server.models.dspy_backend import _mend_lone_surrogates
+
+    clean = ["plain", "café 😀"]
+    prediction = dspy.Prediction(
+        answer="odd \ud83d answer",
+        pair="\ud83d\ude00",
+        items=["x", "y \udc00"],
+        nested={"k": ["\ud800"]},
+        clean=clean,
+        count=3,
+    )
+    _mend_lone_surrogates(prediction)
+    assert prediction.answer == "odd \ufffd answer"
+    assert prediction.pair == "😀"
+    assert prediction["items"] == ["x", "y \ufffd"]
+    assert prediction.nested == {"k": ["\ufffd"]}
+    assert prediction.clean is clean
+    assert prediction.count == 3
+    for value in ("answer", "pair", "items", "nested"):
+        assert str(prediction[value]).encode("utf-8")

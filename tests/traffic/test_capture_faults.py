@@ -150,9 +150,12 @@ def test_a_record_the_store_refuses_is_dropped_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_over_http_a_garbled_answer_does_not_lose_the_other_requests_records(
+async def test_over_http_a_garbled_answer_is_served_mended_and_captured(
     provider: LocalProvider, tmp_path: Path
 ) -> None:
+    """A model that writes half of a surrogate pair (a JSON escape of half an emoji): the
+    answer is served with U+FFFD in its place, and it and its neighbours are captured (it
+    was a 500 for the request, and its batch was dropped by the store)."""
     app = build_app(provider, tmp_path, CaptureOptions(sample_rate=1.0))
     transport = httpx.ASGITransport(app=app)
     async with (
@@ -163,15 +166,20 @@ async def test_over_http_a_garbled_answer_does_not_lose_the_other_requests_recor
         provider.script(reply={"answer": "fine"})
         good = await client.post("/programs/answer", json={"question": "fine", "email": "e"})
         provider.script(reply={"answer": "odd \ud83d answer"})  # half a surrogate pair
-        await client.post("/programs/answer", json={"question": "q2", "email": "e"})
+        garbled = await client.post("/programs/answer", json={"question": "q2", "email": "e"})
         provider.script(reply=None)
+        assert garbled.status_code == 200, garbled.text
+        assert garbled.json()["data"]["answer"] == "odd \ufffd answer"
         assert await recorder.aflush(10)
-        execution_id = good.json()["metadata"]["execution_id"]
-        feedback = await client.post(
-            "/programs/answer/feedback", json={"execution_id": execution_id, "score": 1}
-        )
-        assert feedback.status_code == 200, feedback.text
-        assert recorder.dropped == 1  # the garbled one alone: SQLite cannot encode it
+        for response in (good, garbled):
+            execution_id = response.json()["metadata"]["execution_id"]
+            feedback = await client.post(
+                "/programs/answer/feedback", json={"execution_id": execution_id, "score": 1}
+            )
+            assert feedback.status_code == 200, feedback.text
+        stored = {c.outputs["answer"] for c in recorder.store.captures("answer") if c.outputs}
+        assert stored == {"fine", "odd \ufffd answer"}
+        assert recorder.dropped == 0
 
 
 def test_a_secret_used_as_a_key_is_masked(tmp_path: Path) -> None:

@@ -435,6 +435,7 @@ class DSPyBackend:
         attempts: AnswerAttempts | None,
     ) -> ModelOutput:
         latency_ms = (time.perf_counter() - started) * 1000
+        _mend_lone_surrogates(prediction)
         summary = summarize_calls(scope.entries, scope.tracker.billed, model_name=self.model_name)
         usage = summary.usage
         metadata = _call_metadata(summary.calls, scope)
@@ -519,3 +520,41 @@ class DSPyBackend:
         bound and mixes concurrent requests).
         """
         return list(self._history)
+
+
+def _valid_text(text: str) -> str:
+    """``text``, with each lone surrogate (half of a UTF-16 pair, which no UTF-8 encoder
+    takes) replaced by U+FFFD; the same object when there is none."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _mended(value: Any) -> Any:
+    if type(value) is str:
+        return _valid_text(value)
+    if type(value) is list:
+        items = [_mended(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if type(value) is dict:
+        mended = {key: _mended(item) for key, item in value.items()}
+        return value if all(mended[k] is v for k, v in value.items()) else mended
+    return value
+
+
+def _mend_lone_surrogates(prediction: Any) -> None:
+    """Mend the output fields of a garbled answer in place: a model that writes a JSON escape
+    of half an emoji (``"\\ud83d"``) gets a field DSPy parses into a string no response, store
+    or log can encode (a 500 for the whole request); U+FFFD stands in for the lost half."""
+    keys = getattr(prediction, "keys", None)
+    if not callable(keys):
+        return
+    for key in list(keys()):
+        value = prediction[key]
+        mended = _mended(value)
+        if mended is not value:
+            prediction[key] = mended
