@@ -268,3 +268,28 @@ def test_forget_says_so_when_captures_are_still_queued(tmp_path: Path) -> None:
         assert recorder.forget("acme") == 0  # written by now; nothing of acme's
     finally:
         recorder.close()
+
+
+def test_aflush_returns_within_its_timeout_while_judgements_wait(tmp_path: Path) -> None:
+    def slow(inputs: Any, outputs: Any) -> float:
+        time.sleep(0.3)
+        return 1.0
+
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.01)
+    recorder.enable("answer", CaptureOptions(evaluation=OnlineEvaluation(metric=slow, spacing_s=0)))
+
+    async def main() -> tuple[bool, float, bool]:
+        for i in range(10):  # ~3 s of judgements
+            _serve(recorder, f"e{i}")
+        started = time.monotonic()
+        done = await recorder.aflush(0.5)
+        took = time.monotonic() - started
+        drained = await recorder.aflush(30)
+        await recorder.aclose()
+        return done, took, drained
+
+    done, took, drained = asyncio.run(main())
+    assert not done
+    assert took < 1.5  # the timeout, plus the judgement in flight in its thread
+    assert drained
+    assert recorder.evaluation_counts("answer")["scored"] == 10

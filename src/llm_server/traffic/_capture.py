@@ -393,11 +393,14 @@ class TrafficRecorder(FeedbackMethods):
         return True
 
     async def aflush(self, timeout_s: float = 30.0) -> bool:
-        """:meth:`flush` in a worker thread, then wait for queued online evaluations."""
+        """:meth:`flush` in a worker thread, then wait for queued online evaluations, all
+        within ``timeout_s``; ``False`` if it passed first."""
+        deadline = time.monotonic() + timeout_s
         done = await anyio.to_thread.run_sync(self.flush, timeout_s, limiter=self._limiter)
-        for evaluator in list(self._evaluators.values()):
-            await evaluator.drain()
-        return done
+        with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)) as waiting:
+            for evaluator in list(self._evaluators.values()):
+                await evaluator.drain()
+        return done and not waiting.cancelled_caught
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the store."""
