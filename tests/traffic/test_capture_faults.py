@@ -131,20 +131,65 @@ def test_served_after_close_is_dropped_and_counted_and_flush_does_not_wait(
         recorder.forget("acme")
 
 
+class _PickyStore(SqliteTrafficStore):
+    """Refuses a batch holding the execution ``bad`` (as a store refuses a record's data), or
+    every batch while ``down`` (as a locked or unreachable store does); counts the writes."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        super().__init__(path)
+        self.error, self.writes = error, 0
+
+    def write(self, executions: Any, captures: Any) -> None:
+        self.writes += 1
+        if any(e.execution_id == "bad" for e in executions):
+            raise self.error
+        super().write(executions, captures)
+
+
 def test_a_record_the_store_refuses_is_dropped_alone(tmp_path: Path) -> None:
-    """A text SQLite cannot encode (a lone surrogate, as a model can emit) fails its batch's
-    statement: the batch is stored record by record and only that one is dropped."""
+    """A record error (its data) fails its batch's statement: the batch is stored record by
+    record and only that one is dropped, counted."""
+    store = _PickyStore(tmp_path / "t.sqlite3", ValueError("value out of range"))
+    recorder = TrafficRecorder(store, flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions())
+    try:
+        for execution_id in ("good1", "bad", "good2"):
+            _serve(recorder, execution_id)
+        assert recorder.flush(10)
+        assert store.find_execution("good1") is not None
+        assert store.find_execution("good2") is not None
+        assert store.find_execution("bad") is None
+        assert recorder.dropped == 1
+        assert store.writes == 4  # the batch, then each of its three records
+    finally:
+        recorder.close()
+
+
+def test_a_store_failure_drops_its_batch_without_a_retry_per_record(tmp_path: Path) -> None:
+    """The store itself failing (locked, down) would fail every record again, each waiting
+    out its timeout: the batch is dropped at once, counted."""
+    store = _PickyStore(tmp_path / "t.sqlite3", sqlite3.OperationalError("database is locked"))
+    recorder = TrafficRecorder(store, flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions())
+    try:
+        for execution_id in ("good1", "bad", "good2"):
+            _serve(recorder, execution_id)
+        assert recorder.flush(10)
+        assert store.writes == 1
+        assert recorder.dropped == 3
+    finally:
+        recorder.close()
+
+
+def test_a_lone_surrogate_in_the_inputs_is_stored_mended(tmp_path: Path) -> None:
     recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=30)
     recorder.enable("answer", CaptureOptions())
     try:
-        _serve(recorder, "good1")
-        _serve(recorder, "bad", question="\ud800")
-        _serve(recorder, "good2")
+        _serve(recorder, "e1", question={"q\udc00": "x \ud800"})
         assert recorder.flush(10)
-        assert recorder.store.find_execution("good1") is not None
-        assert recorder.store.find_execution("good2") is not None
-        assert recorder.store.find_execution("bad") is None
-        assert recorder.dropped == 1
+        (capture,) = recorder.store.captures("answer")
+        assert capture.inputs == {"question": {"q\ufffd": "x \ufffd"}}
+        assert recorder.dropped == 0
     finally:
         recorder.close()
 
@@ -293,3 +338,46 @@ def test_aflush_returns_within_its_timeout_while_judgements_wait(tmp_path: Path)
     assert took < 1.5  # the timeout, plus the judgement in flight in its thread
     assert drained
     assert recorder.evaluation_counts("answer")["scored"] == 10
+
+
+def test_a_request_served_while_close_runs_is_counted(tmp_path: Path) -> None:
+    """close() can finish between a request's check that the recorder is open and its append:
+    the late item is dropped and counted, not left queued forever."""
+    recorder_box: list[TrafficRecorder] = []
+    closing = [True]
+
+    def clock() -> float:  # called inside _put, between the check and the append
+        if closing[0] and recorder_box:
+            closing[0] = False
+            recorder_box[0].close()
+        return time.time()
+
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), clock=clock)
+    recorder.enable("answer", CaptureOptions())
+    recorder_box.append(recorder)
+    _serve(recorder, "late")
+    assert recorder.dropped == 1
+    assert not recorder._pending
+    assert not recorder._raw
+
+
+def test_a_judgement_in_flight_when_stopped_is_counted(tmp_path: Path) -> None:
+    started = threading.Event()
+
+    def slow(inputs: Any, outputs: Any) -> float:
+        started.set()
+        time.sleep(0.3)
+        return 1.0
+
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=0.01)
+    recorder.enable("answer", CaptureOptions(evaluation=OnlineEvaluation(metric=slow, spacing_s=0)))
+
+    async def main() -> None:
+        _serve(recorder, "e1")
+        _serve(recorder, "e2")
+        assert await asyncio.to_thread(started.wait, 5)
+        await recorder.aclose()
+
+    asyncio.run(main())
+    counts = recorder.evaluation_counts("answer")
+    assert counts["scored"] + counts["skipped"] == 2, counts

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from llm_server._unicode import valid_text
 from llm_server.core.errors import (
     InputError,
     LLMServerError,
@@ -522,21 +523,9 @@ class DSPyBackend:
         return list(self._history)
 
 
-def _valid_text(text: str) -> str:
-    """``text``, with each lone surrogate (half of a UTF-16 pair, which no UTF-8 encoder
-    takes) replaced by U+FFFD; the same object when there is none."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
 def _mended(value: Any) -> Any:
     if type(value) is str:
-        return _valid_text(value)
+        return valid_text(value)
     if type(value) is list:
         items = [_mended(item) for item in value]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items

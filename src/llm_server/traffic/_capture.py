@@ -136,6 +136,7 @@ class TrafficRecorder(FeedbackMethods):
         self._dropped_redacting = 0  # counted under the conversion lock
         self._dropped_writing = 0  # counted on the writer thread
         self._dropped_closed = 0  # served after close, or left queued when the writer stopped
+        self._closed = False  # close() is done: nothing queued from now on is written
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -275,6 +276,8 @@ class TrafficRecorder(FeedbackMethods):
         self._pending[execution_id] = item  # before the writer can pop it
         self._accepted += 1
         self._raw.append(item)
+        if self._closed:  # close() finished between the check above and the append
+            self._drop_left("served while the recorder closed")
 
     def _queued_execution(self, execution_id: str) -> Execution | None:
         """The execution of a capture not yet written, if it is queued."""
@@ -411,16 +414,21 @@ class TrafficRecorder(FeedbackMethods):
             thread.join(timeout=30)
         if thread is None or not thread.is_alive():
             # what a request served while the writer stopped queued (after its last look)
-            with self._convert_lock:
-                left = len(self._raw) + len(self._ready)
-                self._raw.clear()
-                self._ready.clear()
-                self._pending.clear()
-            if left:
-                self._dropped_closed += left
-                self._dropped_counter.add(left)
-                _log.warning("%d captures dropped: served while the recorder closed", left)
+            self._drop_left("served while the recorder closed")
+            self._closed = True
         self.store.close()
+
+    def _drop_left(self, why: str) -> None:
+        """Drop (counted) what is queued once no writer will take it."""
+        with self._convert_lock:
+            left = len(self._raw) + len(self._ready)
+            self._raw.clear()
+            self._ready.clear()
+            self._pending.clear()
+        if left:
+            self._dropped_closed += left
+            self._dropped_counter.add(left)
+            _log.warning("%d captures dropped: %s", left, why)
 
     async def aclose(self) -> None:
         """Stop the online evaluations (captures handed to them from now on are skipped,
@@ -494,10 +502,17 @@ class TrafficRecorder(FeedbackMethods):
         try:
             try:
                 self.store.write(executions, captures)
-            except Exception:
+            except Exception as exc:
+                if not _record_error(exc):
+                    raise  # the store failed (locked, down): the batch is dropped, counted
                 judged = self._write_each(batch)  # one bad record must not take its batch
             for loop, sampled in judged.items():  # before counting written: a flush then
                 self._submit(loop, sampled)  # sees them queued for their judge
+        except Exception:
+            self._dropped_writing += len(batch)
+            for execution in executions:
+                self._dropped_counter.add(1, {"program_id": execution.program_id})
+            _log.warning("traffic batch of %d dropped: the store failed", len(batch), exc_info=True)
         finally:
             for execution in executions:
                 self._pending.pop(execution.execution_id, None)
@@ -550,3 +565,12 @@ class TrafficRecorder(FeedbackMethods):
                 evaluator = evaluators.get(capture.program_id)
                 if evaluator is not None:
                     evaluator.skipped += 1
+
+
+def _record_error(error: Exception) -> bool:
+    """Whether a failed write was about a record's data (text no encoder takes, a value out of
+    range, a constraint), which the batch's other records are not to pay for, rather than about
+    the store (locked, down, full), which each record would wait out again."""
+    if isinstance(error, UnicodeError | ValueError | TypeError | OverflowError):
+        return True
+    return any(kind.__name__ in {"DataError", "IntegrityError"} for kind in type(error).__mro__)

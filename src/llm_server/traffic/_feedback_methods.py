@@ -8,6 +8,7 @@ from collections.abc import Callable
 import anyio
 import anyio.to_thread
 
+from llm_server._unicode import valid_text
 from llm_server.core.errors import ExecutionNotFoundError, InputError
 from llm_server.core.telemetry._redaction import redact
 from llm_server.traffic._options import CaptureOptions
@@ -100,7 +101,7 @@ class FeedbackMethods:
             kind=kind,
             score=None if score is None else float(score),
             label=label or None,
-            comment=None if comment is None else redact(comment),
+            comment=None if comment is None else redact(valid_text(comment)),
             tenant=execution.tenant,
             served_at=execution.served_at,
             given_at=self._clock(),

@@ -189,6 +189,9 @@ class _Evaluator:
                     kind="judge",
                 )
                 self.scored += 1
+            except asyncio.CancelledError:
+                self.skipped += 1  # stopped while judging it
+                raise
             except Exception as exc:
                 self.skipped += 1
                 _log.warning(

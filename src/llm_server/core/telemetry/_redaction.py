@@ -29,6 +29,7 @@ __all__ = [
     "RedactingFilter",
     "clear_registered_secrets",
     "redact",
+    "redact_name",
     "register_secret",
 ]
 
@@ -133,6 +134,23 @@ def redact(text: str) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+_names: dict[str, tuple[re.Pattern[str] | None, str]] = {}
+_MAX_NAMES = 4096
+
+
+def redact_name(name: str) -> str:
+    """:func:`redact` for text that repeats, such as a mapping's keys: the result is kept
+    (up to 4,096 names) and used again while no secret has been registered since."""
+    secrets = _secrets_pattern
+    known = _names.get(name)
+    if known is not None and known[0] is secrets:
+        return known[1]
+    redacted = redact(name)
+    if known is not None or len(_names) < _MAX_NAMES:
+        _names[name] = (secrets, redacted)
+    return redacted
 
 
 class RedactingFilter(logging.Filter):
