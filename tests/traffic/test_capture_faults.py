@@ -146,37 +146,31 @@ class _PickyStore(SqliteTrafficStore):
         super().write(executions, captures)
 
 
-def test_a_record_the_store_refuses_is_dropped_alone(tmp_path: Path) -> None:
-    """A record error (its data) fails its batch's statement: the batch is stored record by
-    record and only that one is dropped, counted."""
-    store = _PickyStore(tmp_path / "t.sqlite3", ValueError("value out of range"))
+@pytest.mark.parametrize(
+    ("error", "writes", "stored"),
+    [
+        # a record's data: the batch again record by record, only that one dropped
+        (ValueError("value out of range"), 4, {"good1", "good2"}),
+        # the store itself (locked, down) would fail every record again, each waiting out its
+        # timeout: the batch is dropped at once
+        (sqlite3.OperationalError("database is locked"), 1, set()),
+    ],
+    ids=["record-error", "store-failure"],
+)
+def test_a_refused_batch_loses_only_what_the_store_refuses(
+    tmp_path: Path, error: Exception, writes: int, stored: set[str]
+) -> None:
+    store = _PickyStore(tmp_path / "t.sqlite3", error)
     recorder = TrafficRecorder(store, flush_interval_s=30)
     recorder.enable("answer", CaptureOptions())
+    ids = ("good1", "bad", "good2")
     try:
-        for execution_id in ("good1", "bad", "good2"):
+        for execution_id in ids:
             _serve(recorder, execution_id)
         assert recorder.flush(10)
-        assert store.find_execution("good1") is not None
-        assert store.find_execution("good2") is not None
-        assert store.find_execution("bad") is None
-        assert recorder.dropped == 1
-        assert store.writes == 4  # the batch, then each of its three records
-    finally:
-        recorder.close()
-
-
-def test_a_store_failure_drops_its_batch_without_a_retry_per_record(tmp_path: Path) -> None:
-    """The store itself failing (locked, down) would fail every record again, each waiting
-    out its timeout: the batch is dropped at once, counted."""
-    store = _PickyStore(tmp_path / "t.sqlite3", sqlite3.OperationalError("database is locked"))
-    recorder = TrafficRecorder(store, flush_interval_s=30)
-    recorder.enable("answer", CaptureOptions())
-    try:
-        for execution_id in ("good1", "bad", "good2"):
-            _serve(recorder, execution_id)
-        assert recorder.flush(10)
-        assert store.writes == 1
-        assert recorder.dropped == 3
+        assert {i for i in ids if store.find_execution(i) is not None} == stored
+        assert recorder.dropped == len(ids) - len(stored)
+        assert store.writes == writes
     finally:
         recorder.close()
 
