@@ -509,9 +509,7 @@ class TrafficRecorder(FeedbackMethods):
             for loop, sampled in judged.items():  # before counting written: a flush then
                 self._submit(loop, sampled)  # sees them queued for their judge
         except Exception:
-            self._dropped_writing += len(batch)
-            for execution in executions:
-                self._dropped_counter.add(1, {"program_id": execution.program_id})
+            self._drop_written(executions)
             _log.warning("traffic batch of %d dropped: the store failed", len(batch), exc_info=True)
         finally:
             for execution in executions:
@@ -537,9 +535,7 @@ class TrafficRecorder(FeedbackMethods):
             if capture is not None and loop is not None:
                 judged.setdefault(loop, []).append(capture)
         if failed:
-            self._dropped_writing += len(failed)
-            for execution, _, _ in failed:
-                self._dropped_counter.add(1, {"program_id": execution.program_id})
+            self._drop_written([execution for execution, _, _ in failed])
             _log.warning(
                 "%d of a traffic batch of %d dropped: the store refused them",
                 len(failed),
@@ -547,6 +543,12 @@ class TrafficRecorder(FeedbackMethods):
                 exc_info=error,
             )
         return judged
+
+    def _drop_written(self, executions: list[Execution]) -> None:
+        """Count records the store refused as dropped (on the writer thread)."""
+        self._dropped_writing += len(executions)
+        for execution in executions:
+            self._dropped_counter.add(1, {"program_id": execution.program_id})
 
     def _submit(self, loop: asyncio.AbstractEventLoop, captures: list[CapturedRequest]) -> None:
         """Hand a batch's sampled captures to their judges, on the loop that served them."""

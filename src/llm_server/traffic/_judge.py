@@ -159,9 +159,7 @@ class _Evaluator:
         if self._queue is None or self._loop is not loop:
             # the first capture, or one served on a new loop (a new lifespan, a test's loop):
             # a queue and a limiter serve one loop; what the old loop's queue held is skipped
-            self._cancel_task()
-            if self._queue is not None:
-                self.skipped += self._queue.qsize()
+            self._abandon()
             self._queue = asyncio.Queue(self._options.queue_size)
             self._limiter = anyio.CapacityLimiter(1)
             self._loop = loop
@@ -271,11 +269,12 @@ class _Evaluator:
         """Stop scoring: the worker is cancelled (from any thread) and captures handed over
         from now on are skipped (counted)."""
         self._stopped = True
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Skip (counted) what the queue holds and cancel the worker, from any thread."""
         if self._queue is not None:
             self.skipped += self._queue.qsize()  # queued, never to be scored
-        self._cancel_task()
-
-    def _cancel_task(self) -> None:
         task, self._task = self._task, None
         if task is not None and not task.done():
             loop = task.get_loop()
