@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 from _traffic_helpers import PLANTED_KEY, build_app
 
 from _uvicorn_thread import uvicorn_thread
+from llm_server.core.budgets import tenant_scope
 from llm_server.core.errors import ExecutionNotFoundError
 from llm_server.testing import LocalProvider, RawReply
 from llm_server.traffic import (
@@ -336,6 +338,64 @@ def test_a_canary_flag_in_the_envelope_is_kept(tmp_path: Path) -> None:
     finally:
         recorder.close()
     assert flags == {"stable": False, "canary": True}
+
+
+class _RecordsStore(SqliteTrafficStore):
+    """A store with its own ``write``: the recorder hands it records, not their fields."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.handed: list[Any] = []
+
+    def write(self, executions: Sequence[Execution], captures: Sequence[CapturedRequest]) -> None:
+        self.handed.extend([*executions, *captures])
+        super().write(executions, captures)
+
+
+def test_a_store_with_its_own_write_gets_records_and_stores_the_same(tmp_path: Path) -> None:
+    # A SQL store is handed the records' fields (tuples); one that overrides write gets the
+    # records, built from the same fields: what each stores is the same.
+    stored: list[list[CapturedRequest]] = []
+    executions: list[Execution | None] = []
+    for store in (
+        SqliteTrafficStore(tmp_path / "a.sqlite3"),
+        _RecordsStore(tmp_path / "b.sqlite3"),
+    ):
+        recorder = TrafficRecorder(store, clock=lambda: 1000.0, rng=random.Random(3))
+        recorder.enable("answer", CaptureOptions(sample_rate=0.5, redact_fields={"email"}))
+        with tenant_scope("acme"):
+            for i in range(20):
+                envelope = {
+                    "data": {"answer": f"a{i}"},
+                    "metadata": {
+                        "execution_id": f"e{i:02d}",
+                        "program": {"version": "1.0.0", "canary": i % 3 == 0},
+                        "model": {"id": "m"},
+                        "performance": {
+                            "timing": {"total_ms": 2.5},
+                            "tokens": {"input": 7, "output": 3, "cost_usd": 1e-05},
+                        },
+                    },
+                }
+                recorder.served("answer", {"question": f"q{i}", "email": "x@y.z"}, envelope)
+        try:
+            assert recorder.flush(10)
+            stored.append(recorder.store.captures("answer"))
+            executions.append(recorder.store.find_execution("e01"))
+        finally:
+            recorder.close()
+        if isinstance(store, _RecordsStore):
+            kinds = {type(record) for record in store.handed}
+            assert kinds == {Execution, CapturedRequest}
+            assert sum(isinstance(r, Execution) for r in store.handed) == 20
+    assert 4 <= len(stored[0]) <= 16  # about half, the same half: the same random draws
+    assert stored[0] == stored[1]
+    assert executions[0] == executions[1] == Execution("e01", "answer", "1.0.0", "acme", 1000.0)
+    first = stored[0][0]
+    assert first.inputs == {"question": first.inputs["question"], "email": "[REDACTED]"}
+    assert (first.input_tokens, first.output_tokens, first.cost_usd) == (7, 3, 1e-05)
+    assert first.tenant == "acme"
+    assert first.latency_ms == 2.5
 
 
 class _CountingStore(SqliteTrafficStore):

@@ -22,6 +22,7 @@ from llm_server.traffic import (
     SqliteTrafficStore,
     TrafficRecorder,
 )
+from llm_server.traffic._capture import _SLICE
 
 pytestmark = pytest.mark.anyio
 
@@ -60,7 +61,7 @@ async def test_the_loop_converts_a_few_captures_per_callback_in_order(tmp_path: 
     recorder = TrafficRecorder(store, flush_interval_s=30)  # the writer sleeps meanwhile
     recorder.enable("answer", CaptureOptions(redact=hook))
     try:
-        ids = [f"e{i:03d}" for i in range(50)]
+        ids = [f"e{i:03d}" for i in range(3 * _SLICE + 5)]
         for execution_id in ids:
             _serve(recorder, execution_id)
         assert converted == []  # the request path only enqueues
@@ -70,8 +71,8 @@ async def test_the_loop_converts_a_few_captures_per_callback_in_order(tmp_path: 
             await asyncio.sleep(0)
         per_turn = [sum(1 for t, _ in converted if t == n) for n in range(1, turn + 1)]
         assert [q for _, q in converted] == [f"question {e}" for e in ids]
-        assert max(per_turn) <= 16  # a slice per callback, other callbacks in between
-        assert sum(1 for n in per_turn if n) >= len(ids) // 16
+        assert max(per_turn) <= _SLICE  # a slice per callback, other callbacks in between
+        assert sum(1 for n in per_turn if n) == 4
         assert store.order == []  # nothing written yet: the writer has not woken
     finally:
         recorder.close()

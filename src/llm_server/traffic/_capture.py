@@ -1,16 +1,16 @@
 """Capture served requests off the request path: sampling, the bounded queue, the writer (private).
 
-The request path only samples and appends a reference to a bounded queue (a few microseconds)
-and, once per loop iteration, schedules a callback that turns the queued items into redacted
-records on the event loop, a few at a time between other callbacks. A writer thread wakes once
-per flush interval, stores the converted records in batches (SQLite inserts many rows per
-statement), enforces retention, and hands sampled captures to the program's online evaluation.
+The request path only appends references to a bounded queue (a few microseconds) and schedules
+a callback that samples the queued items and turns them into redacted records' fields on the
+event loop, a slice at a time between other callbacks. A writer thread wakes once per flush
+interval, stores the converted records in batches (SQLite inserts many rows per statement),
+enforces retention, and hands sampled captures to the program's online evaluation.
 When the queue is full the item is dropped and counted; the request never waits.
 
 Why the conversion runs on the loop: the writer thread needs the interpreter lock for any
 Python work, and each time it takes it while the loop runs it forces a switch (the loop waits up
 to the switch interval, 5 ms); in-process, converting in the thread cost the writer ~150 us of
-CPU per capture, most of it in those switches, against ~15-20 us for the writer and ~25 for the
+CPU per capture, most of it in those switches, against ~14 us for the writer and ~15 for the
 loop now (``benchmarks/e2e/capture_cpu.py``, docs/how-to/traffic.md).
 """
 
@@ -35,9 +35,12 @@ from llm_server.traffic._feedback_methods import DAY_S, FeedbackMethods
 from llm_server.traffic._options import CaptureOptions, build_capture, dropped_counter
 from llm_server.traffic._records import (
     CapturedRequest,
+    CaptureValues,
     Execution,
+    ExecutionValues,
     TrafficStore,
 )
+from llm_server.traffic._sql import SqlTrafficStore
 
 if TYPE_CHECKING:
     from llm_server.traffic._judge import _Evaluator
@@ -45,8 +48,9 @@ if TYPE_CHECKING:
 __all__ = ["TrafficRecorder"]
 
 _log = logging.getLogger("llm_server.traffic")
-_SLICE = 16  # items converted on the loop per callback (~5-10 us each without a hook)
-_CONVERT_AFTER_S = 0.02  # the loop converts what came in this long: one cold start per slice
+_SLICE = 64  # items converted on the loop per callback (~10 us each without a hook)
+_CONVERT_AFTER_S = 0.1  # the loop converts what came in this long: one cold start per slice
+_STALLED_S = 2 * _CONVERT_AFTER_S  # a head queued this long is left to the writer
 
 _Failure = tuple[str, str, str, Mapping[str, Any]]
 """A failed request's version, model id, error type and metadata."""
@@ -63,12 +67,13 @@ _Raw = tuple[
 ]
 """What the request path queues: references only."""
 
-_Prepared = tuple[Execution, CapturedRequest | None, asyncio.AbstractEventLoop | None]
-"""An item converted for the writer: its execution, its capture (``None``: not sampled, or
-its redaction failed) and the loop to judge it on."""
+_Prepared = tuple[ExecutionValues, CaptureValues | None, asyncio.AbstractEventLoop | None]
+"""An item converted for the writer: its execution's and its capture's fields (``None``: not
+sampled, or its redaction failed; the records are built only for a store of another kind, or
+a judge) and the loop to judge it on."""
 
 
-def _execution(item: _Raw) -> Execution:
+def _execution(item: _Raw) -> ExecutionValues:
     """A queued item's execution (what feedback needs): ids, version, tenant, time."""
     _, program_id, execution_id, tenant, served_at, _, envelope, failure, _ = item
     if failure is not None:
@@ -76,7 +81,7 @@ def _execution(item: _Raw) -> Execution:
     else:
         program = (envelope or {}).get("metadata", {}).get("program") or {}
         version = str(program.get("version", ""))
-    return Execution(execution_id, program_id, version, tenant, served_at)
+    return execution_id, program_id, version, tenant, served_at
 
 
 class TrafficRecorder(FeedbackMethods):
@@ -91,10 +96,11 @@ class TrafficRecorder(FeedbackMethods):
         queue_size: Requests that may wait for the writer; beyond it captures are dropped and
             counted (:attr:`dropped`), never waited for.
         batch_size: Most records written in one transaction.
-        flush_interval_s: How often the writer wakes to write what is queued. A captured
-            request costs the writer ~15 us of CPU in batches of 10, ~12 in batches of 25, ~9
-            in batches of 100 (its indexes, the commit; measured alone, more while the loop
-            runs): at a few hundred requests a second, 0.2 s makes batches of ~100.
+        flush_interval_s: How often the writer wakes to write what is queued (a flush, a
+            close or :meth:`forget` wakes it at once). The larger a batch, the less CPU a row
+            costs (its indexes, the commit, caches warmed once per batch): in-process, with the
+            loop 75 % busy, the writer took ~19 us per capture waking every 0.2 s and ~13 every
+            1 s at 375 requests a second (``benchmarks/e2e/capture_cpu.py``).
         retention_interval_s: How often the writer deletes records past their retention.
         clock: Seconds since the epoch (injectable for retention tests).
         rng: The sampling randomness (injectable).
@@ -105,8 +111,8 @@ class TrafficRecorder(FeedbackMethods):
         store: TrafficStore,
         *,
         queue_size: int = 10_000,
-        batch_size: int = 200,
-        flush_interval_s: float = 0.2,
+        batch_size: int = 1000,
+        flush_interval_s: float = 1.0,
         retention_interval_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -120,6 +126,7 @@ class TrafficRecorder(FeedbackMethods):
         self._convert_lock = threading.Lock()  # one converter at a time: the order is kept
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._head_seen: _Raw | None = None  # the oldest queued item at the writer's last wake
+        self._head_seen_at = 0.0  # when the writer first saw it there (monotonic)
         self._convert_asked = False  # a flush asks the writer to convert what is queued
         self._accepted = 0  # items queued (on the request path)
         self._written = 0  # items the writer is done with (on the writer thread)
@@ -282,7 +289,7 @@ class TrafficRecorder(FeedbackMethods):
     def _queued_execution(self, execution_id: str) -> Execution | None:
         """The execution of a capture not yet written, if it is queued."""
         item = self._pending.get(execution_id)
-        return _execution(item) if item is not None else None
+        return Execution(*_execution(item)) if item is not None else None
 
     # --- the conversion, on the loop ------------------------------------------------------
 
@@ -396,9 +403,14 @@ class TrafficRecorder(FeedbackMethods):
         return True
 
     async def aflush(self, timeout_s: float = 30.0) -> bool:
-        """:meth:`flush` in a worker thread, then wait for queued online evaluations, all
-        within ``timeout_s``; ``False`` if it passed first."""
+        """Convert what is queued on the loop, :meth:`flush` in a worker thread, then wait for
+        queued online evaluations, all within ``timeout_s``; ``False`` if it passed first."""
         deadline = time.monotonic() + timeout_s
+        if self._raw and self._convert_lock.acquire(blocking=False):
+            try:  # here, not on the writer thread, where it costs twice the CPU
+                self._convert(len(self._raw))
+            finally:
+                self._convert_lock.release()
         done = await anyio.to_thread.run_sync(self.flush, timeout_s, limiter=self._limiter)
         with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)) as waiting:
             for evaluator in list(self._evaluators.values()):
@@ -479,55 +491,70 @@ class TrafficRecorder(FeedbackMethods):
 
     def _left_to_writer(self) -> bool:
         """Whether the queued items wait for the writer: no loop has a conversion scheduled
-        (none was running), or the oldest one has not moved for a whole interval (the loop is
-        blocked or gone). Items the loop is about to convert are left to it: converted here,
-        where every Python step contends with the loop for the interpreter lock, they cost
-        ~20 us each instead of ~10 (capture_cpu.py: 5 % of the items, 1 us per capture)."""
+        (none was running), or the oldest one has stayed at the head twice as long as the
+        loop waits before converting (the loop is blocked or gone). Items the loop is about to
+        convert are left to it: converted here, where every Python step contends with the loop
+        for the interpreter lock, they cost ~20 us each instead of ~10 (capture_cpu.py: 5 % of
+        the items, 1 us per capture)."""
         try:
             head: _Raw | None = self._raw[0]
         except IndexError:  # the loop took the last one meanwhile
             head = None
-        stalled = head is not None and head is self._head_seen
-        self._head_seen = head
+        now = time.monotonic()
+        if head is not self._head_seen:
+            self._head_seen, self._head_seen_at = head, now
+        stalled = head is not None and now - self._head_seen_at >= _STALLED_S
         return self._scheduled_on is None or stalled
 
     def _write(self, batch: list[_Prepared]) -> None:
         """Store one batch in one transaction, then hand its sampled captures to the judges."""
         executions = [execution for execution, _, _ in batch]
-        captures = [capture for _, capture, _ in batch if capture is not None]
-        judged: dict[asyncio.AbstractEventLoop, list[CapturedRequest]] = {}
+        judged: dict[asyncio.AbstractEventLoop, list[CaptureValues]] = {}
         for _, capture, loop in batch:
             if capture is not None and loop is not None:
                 judged.setdefault(loop, []).append(capture)
         try:
             try:
-                self.store.write(executions, captures)
+                self._store(executions, [capture for _, capture, _ in batch if capture is not None])
             except Exception as exc:
                 if not _record_error(exc):
                     raise  # the store failed (locked, down): the batch is dropped, counted
                 judged = self._write_each(batch)  # one bad record must not take its batch
             for loop, sampled in judged.items():  # before counting written: a flush then
-                self._submit(loop, sampled)  # sees them queued for their judge
+                self._submit(loop, [CapturedRequest(*values) for values in sampled])
         except Exception:
             self._drop_written(executions)
             _log.warning("traffic batch of %d dropped: the store failed", len(batch), exc_info=True)
         finally:
             for execution in executions:
-                self._pending.pop(execution.execution_id, None)
+                self._pending.pop(execution[0], None)
             self._written += len(batch)
+
+    def _store(self, executions: list[ExecutionValues], captures: list[CaptureValues]) -> None:
+        """Hand a SQL store the records' fields; build the records for a store of another
+        kind, or one whose ``write`` is its own."""
+        store = self.store
+        if getattr(store.write, "__func__", None) is SqlTrafficStore.write:
+            assert isinstance(store, SqlTrafficStore)
+            store.write_values(executions, captures)
+        else:
+            store.write(
+                [Execution(*values) for values in executions],
+                [CapturedRequest(*values) for values in captures],
+            )
 
     def _write_each(
         self, batch: list[_Prepared]
-    ) -> dict[asyncio.AbstractEventLoop, list[CapturedRequest]]:
+    ) -> dict[asyncio.AbstractEventLoop, list[CaptureValues]]:
         """Store a batch the store refused record by record, dropping (counted) only those it
         refuses alone; the sampled captures stored, by loop."""
-        judged: dict[asyncio.AbstractEventLoop, list[CapturedRequest]] = {}
+        judged: dict[asyncio.AbstractEventLoop, list[CaptureValues]] = {}
         failed: list[_Prepared] = []
         error: Exception | None = None
         for item in batch:
             execution, capture, loop = item
             try:
-                self.store.write([execution], [] if capture is None else [capture])
+                self._store([execution], [] if capture is None else [capture])
             except Exception as exc:
                 failed.append(item)
                 error = exc
@@ -544,11 +571,11 @@ class TrafficRecorder(FeedbackMethods):
             )
         return judged
 
-    def _drop_written(self, executions: list[Execution]) -> None:
+    def _drop_written(self, executions: list[ExecutionValues]) -> None:
         """Count records the store refused as dropped (on the writer thread)."""
         self._dropped_writing += len(executions)
         for execution in executions:
-            self._dropped_counter.add(1, {"program_id": execution.program_id})
+            self._dropped_counter.add(1, {"program_id": execution[1]})
 
     def _submit(self, loop: asyncio.AbstractEventLoop, captures: list[CapturedRequest]) -> None:
         """Hand a batch's sampled captures to their judges, on the loop that served them."""

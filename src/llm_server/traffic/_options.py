@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from llm_server._unicode import valid_text
 from llm_server.core.errors import ConfigurationError
 from llm_server.core.telemetry._redaction import REDACTED, redact, redact_name
-from llm_server.traffic._records import CapturedRequest, Execution
+from llm_server.traffic._records import CaptureValues, ExecutionValues
 
 if TYPE_CHECKING:
     from llm_server.traffic._judge import OnlineEvaluation
@@ -85,7 +85,7 @@ def _number(value: Any) -> float | None:
 
 
 def build_capture(
-    execution: Execution,
+    execution: ExecutionValues,
     options: CaptureOptions,
     *,
     inputs: Mapping[str, Any],
@@ -93,9 +93,9 @@ def build_capture(
     metadata: Mapping[str, Any],
     error_type: str | None,
     model_id: str,
-) -> CapturedRequest:
-    """The stored record of a sampled request: redacted, with its figures read from its
-    envelope's (or its failure's) ``metadata``."""
+) -> CaptureValues:
+    """The fields of a sampled request's record (``CapturedRequest(*fields)``): redacted,
+    with its figures read from its envelope's (or its failure's) ``metadata``."""
     inputs = redact_value(inputs or {}, options.redact_fields)
     outputs = None if outputs is None else redact_value(outputs, options.redact_fields)
     if options.redact is not None:
@@ -106,21 +106,22 @@ def build_capture(
     timing = performance.get("timing") or {}
     program = metadata.get("program") or {}
     input_tokens, output_tokens = _number(tokens.get("input")), _number(tokens.get("output"))
-    return CapturedRequest(
-        execution_id=execution.execution_id,
-        program_id=execution.program_id,
-        version=execution.version,
-        canary=bool(program.get("canary", False)),
-        model_id=model_id,
-        inputs=inputs,
-        outputs=outputs,
-        input_tokens=None if input_tokens is None else int(input_tokens),
-        output_tokens=None if output_tokens is None else int(output_tokens),
-        cost_usd=_number(tokens.get("cost_usd")),
-        latency_ms=_number(timing.get("total_ms")),
-        error_type=error_type,
-        tenant=execution.tenant,
-        served_at=execution.served_at,
+    execution_id, program_id, version, tenant, served_at = execution
+    return (
+        execution_id,
+        program_id,
+        version,
+        bool(program.get("canary", False)),
+        model_id,
+        inputs,
+        outputs,
+        None if input_tokens is None else int(input_tokens),
+        None if output_tokens is None else int(output_tokens),
+        _number(tokens.get("cost_usd")),
+        _number(timing.get("total_ms")),
+        error_type,
+        tenant,
+        served_at,
     )
 
 

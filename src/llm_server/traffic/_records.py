@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "CaptureValues",
     "CapturedRequest",
     "Execution",
+    "ExecutionValues",
     "Feedback",
     "FeedbackKind",
     "TrafficStore",
@@ -70,6 +72,46 @@ class CapturedRequest:
     error_type: str | None
     tenant: str | None
     served_at: float
+
+
+ExecutionValues = tuple[str, str, str, str | None, float]
+"""An :class:`Execution`'s fields, in their order (``Execution(*values)``)."""
+CaptureValues = tuple[Any, ...]
+"""A :class:`CapturedRequest`'s fields, in their order (``CapturedRequest(*values)``).
+
+The recorder hands the SQL stores these instead of the records: a frozen dataclass sets each
+field through ``object.__setattr__``, ~2 us for a capture's fourteen, on the event loop."""
+
+
+def execution_values(execution: Execution) -> ExecutionValues:
+    """``execution``'s fields, in their order."""
+    return (
+        execution.execution_id,
+        execution.program_id,
+        execution.version,
+        execution.tenant,
+        execution.served_at,
+    )
+
+
+def capture_values(capture: CapturedRequest) -> CaptureValues:
+    """``capture``'s fields, in their order."""
+    return (
+        capture.execution_id,
+        capture.program_id,
+        capture.version,
+        capture.canary,
+        capture.model_id,
+        capture.inputs,
+        capture.outputs,
+        capture.input_tokens,
+        capture.output_tokens,
+        capture.cost_usd,
+        capture.latency_ms,
+        capture.error_type,
+        capture.tenant,
+        capture.served_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,14 @@ import orjson
 
 from llm_server.traffic._records import (
     CapturedRequest,
+    CaptureValues,
     Execution,
+    ExecutionValues,
     Feedback,
     FeedbackKind,
     VersionFeedback,
+    capture_values,
+    execution_values,
 )
 
 TABLES = (
@@ -92,33 +96,10 @@ def _json(value: Mapping[str, Any]) -> str:
     return text.decode()
 
 
-def execution_row(execution: Execution) -> tuple[Any, ...]:
-    return (
-        execution.execution_id,
-        execution.program_id,
-        execution.version,
-        execution.tenant,
-        execution.served_at,
-    )
-
-
-def capture_row(capture: CapturedRequest) -> tuple[Any, ...]:
-    return (
-        capture.execution_id,
-        capture.program_id,
-        capture.version,
-        capture.canary,
-        capture.model_id,
-        _json(capture.inputs),
-        None if capture.outputs is None else _json(capture.outputs),
-        capture.input_tokens,
-        capture.output_tokens,
-        capture.cost_usd,
-        capture.latency_ms,
-        capture.error_type,
-        capture.tenant,
-        capture.served_at,
-    )
+def capture_row(values: CaptureValues) -> tuple[Any, ...]:
+    """A capture's row: its fields, inputs and outputs as JSON text."""
+    outputs = values[6]
+    return (*values[:5], _json(values[5]), None if outputs is None else _json(outputs), *values[7:])
 
 
 def feedback_row(feedback: Feedback) -> tuple[Any, ...]:
@@ -225,19 +206,27 @@ class SqlTrafficStore:
         return self._prefix + table
 
     def write(self, executions: Sequence[Execution], captures: Sequence[CapturedRequest]) -> None:
-        """Store a batch in one transaction (an id already stored is kept).
+        """Store a batch in one transaction (an id already stored is kept)."""
+        self.write_values(
+            [execution_values(e) for e in executions], [capture_values(c) for c in captures]
+        )
+
+    def write_values(
+        self, executions: Sequence[ExecutionValues], captures: Sequence[CaptureValues]
+    ) -> None:
+        """:meth:`write`, given the records' fields (what the recorder hands a SQL store).
 
         A captured request's row holds its execution too, so only the executions not captured
         get an ``executions`` row (a row there costs SQLite a table and three index inserts):
         one row per capture instead of two halved SQLite's CPU per capture
         (benchmarks/e2e/capture_cpu.py).
         """
-        captured = {capture.execution_id for capture in captures}
+        captured = {capture[0] for capture in captures}
         self._insert_many(
             [
                 (
                     f"INSERT INTO {self._t('executions')} VALUES (?, ?, ?, ?, ?)",
-                    [execution_row(e) for e in executions if e.execution_id not in captured],
+                    [e for e in executions if e[0] not in captured],
                 ),
                 (
                     f"INSERT INTO {self._t('captures')} ({CAPTURE_COLUMNS}) "
