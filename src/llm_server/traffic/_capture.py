@@ -145,6 +145,7 @@ class TrafficRecorder(FeedbackMethods):
         self._dropped_closed = 0  # served after close, or left queued when the writer stopped
         self._closed = False  # close() is done: nothing queued from now on is written
         self._stop = threading.Event()
+        self._stopping = False  # _stop is set (a plain read on the request path)
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(2)
@@ -253,7 +254,7 @@ class TrafficRecorder(FeedbackMethods):
         failure: _Failure | None = None,
     ) -> None:
         """Queue references (no copy, no conversion); schedule the loop's conversion."""
-        if self._stop.is_set():  # closed: no writer will take it
+        if self._stopping:  # closed: no writer will take it
             self._dropped_closed += 1
             self._dropped_counter.add(1, {"program_id": program_id})
             return
@@ -317,16 +318,17 @@ class TrafficRecorder(FeedbackMethods):
 
     def _prepare(self, item: _Raw) -> _Prepared:
         """An item's execution, its capture if sampled, and the loop to judge it on."""
-        options, program_id, _, _, _, inputs, envelope, failure, loop = item
+        options, program_id, execution_id, tenant, served_at, inputs, envelope, failure, loop = item
         if failure is not None:
-            _, model_id, error_type, metadata = failure
+            version, model_id, error_type, metadata = failure
             outputs = None
         else:
             assert envelope is not None
             metadata = envelope["metadata"]
             outputs, error_type = envelope.get("data"), None
             model_id = str((metadata.get("model") or {}).get("id", ""))
-        execution = _execution(item)
+            version = str((metadata.get("program") or {}).get("version", ""))
+        execution = (execution_id, program_id, version, tenant, served_at)
         if not (options.sample_rate >= 1.0 or self._random() < options.sample_rate):
             return execution, None, None
         evaluation = options.evaluation
@@ -376,7 +378,7 @@ class TrafficRecorder(FeedbackMethods):
                 deleted, and a record written later may be the tenant's: call it again.
             RuntimeError: The recorder is closed.
         """
-        if self._stop.is_set():
+        if self._stopping:
             raise RuntimeError("the traffic recorder is closed: it can forget nothing")
         written = self.flush(timeout_s)
         deleted = self.store.forget(tenant)
@@ -419,6 +421,7 @@ class TrafficRecorder(FeedbackMethods):
 
     def close(self) -> None:
         """Write what is queued, stop the writer and close the store."""
+        self._stopping = True
         self._stop.set()
         self._wake.set()
         thread = self._thread

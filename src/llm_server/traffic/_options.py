@@ -65,7 +65,9 @@ def redact_value(value: Any, fields: AbstractSet[str]) -> Any:  # noqa: PLR0911 
         return redact(valid_text(value))  # never a key that reached the library
     if kind is dict or isinstance(value, Mapping):  # a key is text too: a secret can be one
         return {
-            redact_name(valid_text(str(k))): REDACTED if k in fields else redact_value(v, fields)
+            redact_name(k if type(k) is str and k.isascii() else valid_text(str(k))): (
+                REDACTED if k in fields else redact_value(v, fields)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -81,7 +83,10 @@ def redact_value(value: Any, fields: AbstractSet[str]) -> Any:  # noqa: PLR0911 
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    kind = type(value)  # the JSON types by exact type first: the ABC checks cost more
+    if kind is int or kind is float:
+        return float(value)
+    return float(value) if isinstance(value, int | float) and kind is not bool else None
 
 
 def build_capture(
@@ -103,22 +108,20 @@ def build_capture(
         inputs, outputs = redacted["inputs"], redacted.get("outputs")
     performance = metadata.get("performance") or {}
     tokens = performance.get("tokens") or {}
-    timing = performance.get("timing") or {}
-    program = metadata.get("program") or {}
     input_tokens, output_tokens = _number(tokens.get("input")), _number(tokens.get("output"))
     execution_id, program_id, version, tenant, served_at = execution
     return (
         execution_id,
         program_id,
         version,
-        bool(program.get("canary", False)),
+        bool((metadata.get("program") or {}).get("canary", False)),
         model_id,
         inputs,
         outputs,
         None if input_tokens is None else int(input_tokens),
         None if output_tokens is None else int(output_tokens),
         _number(tokens.get("cost_usd")),
-        _number(timing.get("total_ms")),
+        _number((performance.get("timing") or {}).get("total_ms")),
         error_type,
         tenant,
         served_at,
