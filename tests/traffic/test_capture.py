@@ -30,6 +30,7 @@ from llm_server.traffic import (
     SqliteTrafficStore,
     TrafficRecorder,
 )
+from llm_server.traffic._store_sqlite import _statements
 
 
 def _ask(client: httpx.Client, question: str, tenant: str | None = None) -> dict[str, Any]:
@@ -217,6 +218,21 @@ def test_a_batch_is_written_whole_whatever_sqlites_parameter_limit(
         store.close()
     assert stored == ["e0", "e2", "e4", "e6", "e8"]
     assert [f.execution_id if f else None for f in found] == [f"e{i}" for i in range(9)]
+
+
+def test_any_batch_size_takes_one_of_nine_statement_texts() -> None:
+    # a text per batch size would be compiled again for each size the traffic makes
+    texts: set[str] = set()
+    for size in range(1, 700):
+        rows = [(f"e{i}", i) for i in range(size)]
+        statements = list(_statements([("INSERT INTO t VALUES (?, ?)", rows)], 32_766))
+        params = [p for _, chunk in statements for p in chunk]
+        assert params == [p for row in rows for p in row]  # every row, in order
+        for text, chunk in statements:
+            assert text.count("?") == len(chunk) <= 2 * 256
+        texts.update(text for text, _ in statements)
+    assert len(texts) == 9  # 1, 2, 4, ... 256 rows
+    assert all(text.startswith("INSERT OR IGNORE INTO t VALUES") for text in texts)
 
 
 def test_retention_deletes_old_records_periodically(tmp_path: Path) -> None:

@@ -17,22 +17,33 @@ __all__ = ["SqliteTrafficStore"]
 # Parameters per statement: SQLite's own limit (999 before 3.32, 32,766 since), capped so that
 # a batch's statement stays a reasonable size
 _MAX_PARAMETERS = 32_766
+_MAX_ROWS = 256  # rows per statement, at most
 
 
 def _statements(
     batches: Sequence[tuple[str, Sequence[Sequence[Any]]]], limit: int
 ) -> Iterator[tuple[str, tuple[Any, ...]]]:
-    """Each batch's rows as ``INSERT OR IGNORE`` statements of as many rows as ``limit``
-    parameters allow."""
+    """Each batch's rows as ``INSERT OR IGNORE`` statements of a power of two rows each, as
+    many as ``limit`` parameters and ``_MAX_ROWS`` allow, largest first.
+
+    So a table's statements take at most nine texts whatever the batch sizes, and each stays
+    compiled in the connection's statement cache: a text of its own per batch size (batch sizes
+    vary with the traffic) was compiled again each time, its hundreds of placeholders costing
+    ~2-5 us per row more (SQLite's CPU per row, 4.3 us in constant batches of 375 rows,
+    6.6-9.2 us in batches of 300-450 rows).
+    """
     for sql, rows in batches:
         if not rows:
             continue
         head, values = sql.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1).split(" VALUES ", 1)
-        per_statement = max(1, limit // len(rows[0]))
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
+        most = 1 << (max(1, min(_MAX_ROWS, limit // len(rows[0]))).bit_length() - 1)
+        start = 0
+        while start < len(rows):
+            count = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start : start + count]
+            start += count
             yield (
-                f"{head} VALUES {', '.join([values] * len(chunk))}",
+                f"{head} VALUES {', '.join([values] * count)}",
                 tuple(itertools.chain.from_iterable(chunk)),
             )
 
