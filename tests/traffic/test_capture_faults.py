@@ -14,6 +14,7 @@ import httpx
 import pytest
 from _traffic_helpers import build_app
 
+from llm_server.core.errors import ExecutionNotFoundError
 from llm_server.testing import LocalProvider
 from llm_server.traffic import (
     CaptureOptions,
@@ -146,6 +147,22 @@ class _PickyStore(SqliteTrafficStore):
         super().write(executions, captures)
 
 
+class _PickySqlStore(SqliteTrafficStore):
+    """:class:`_PickyStore` on the SQL stores' own path: the recorder hands it the records'
+    fields (``write_values``), not records."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        super().__init__(path)
+        self.error, self.writes = error, 0
+
+    def write_values(self, executions: Any, captures: Any) -> None:
+        self.writes += 1
+        if any(e[0] == "bad" for e in executions):
+            raise self.error
+        super().write_values(executions, captures)
+
+
+@pytest.mark.parametrize("picky", [_PickyStore, _PickySqlStore], ids=["records", "fields"])
 @pytest.mark.parametrize(
     ("error", "writes", "stored"),
     [
@@ -158,9 +175,9 @@ class _PickyStore(SqliteTrafficStore):
     ids=["record-error", "store-failure"],
 )
 def test_a_refused_batch_loses_only_what_the_store_refuses(
-    tmp_path: Path, error: Exception, writes: int, stored: set[str]
+    tmp_path: Path, error: Exception, writes: int, stored: set[str], picky: type[_PickyStore]
 ) -> None:
-    store = _PickyStore(tmp_path / "t.sqlite3", error)
+    store = picky(tmp_path / "t.sqlite3", error)
     recorder = TrafficRecorder(store, flush_interval_s=30)
     recorder.enable("answer", CaptureOptions())
     ids = ("good1", "bad", "good2")
@@ -375,3 +392,100 @@ def test_a_judgement_in_flight_when_stopped_is_counted(tmp_path: Path) -> None:
     asyncio.run(main())
     counts = recorder.evaluation_counts("answer")
     assert counts["scored"] + counts["skipped"] == 2, counts
+
+
+def _slow_hook(record: dict[str, Any]) -> dict[str, Any]:
+    time.sleep(0.001)  # a redaction hook of 1 ms a capture
+    return record
+
+
+def test_aflush_converts_a_slice_at_a_time_and_keeps_its_timeout(tmp_path: Path) -> None:
+    """aflush converts what is queued on its loop, but a slice at a time (64 captures, or
+    fewer once 2 ms have passed) with other callbacks in between, and gives up at its deadline
+    (the writer takes the rest)."""
+    gate = threading.Event()
+
+    class SlowStore(SqliteTrafficStore):
+        def write(self, executions: Any, captures: Any) -> None:
+            gate.wait(5)  # the store is slow right now
+            super().write(executions, captures)
+
+    async def main() -> tuple[bool, float, float, int]:
+        recorder = TrafficRecorder(SlowStore(tmp_path / "t.sqlite3"), flush_interval_s=30)
+        recorder.enable("answer", CaptureOptions(redact=_slow_hook))
+        for i in range(1000):  # a second of hook time
+            _serve(recorder, f"e{i:04d}")
+        gaps: list[float] = []
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.001)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        done = await recorder.aflush(timeout_s=0.5)
+        took = time.monotonic() - started
+        task.cancel()
+        gate.set()
+        await asyncio.to_thread(recorder.close)
+        reopened = SqliteTrafficStore(tmp_path / "t.sqlite3")
+        try:
+            return done, took, max(gaps), len(reopened.captures("answer"))
+        finally:
+            reopened.close()
+
+    done, took, stall, stored = asyncio.run(main())
+    assert not done  # the store held the batch past the timeout
+    assert took < 0.8, f"aflush(timeout_s=0.5) took {took:.2f} s"
+    assert stall < 0.05, f"the loop was blocked {stall * 1000:.0f} ms at once"
+    assert stored == 1000  # nothing lost: close wrote what aflush left
+
+
+class _Proxy:
+    """A store wrapping a SQL store (for metrics, say), its ``write`` the inner one's."""
+
+    def __init__(self, inner: SqliteTrafficStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_store_forwarding_to_a_sql_store_gets_its_captures(tmp_path: Path) -> None:
+    inner = SqliteTrafficStore(tmp_path / "t.sqlite3")
+    recorder = TrafficRecorder(_Proxy(inner))  # type: ignore[arg-type]
+    recorder.enable("answer", CaptureOptions())
+    try:
+        for i in range(3):
+            _serve(recorder, f"e{i}")
+        assert recorder.flush(10)
+        assert recorder.dropped == 0
+        assert len(inner.captures("answer")) == 3
+    finally:
+        recorder.close()
+
+
+def test_a_malformed_envelope_drops_its_capture_not_the_queue(tmp_path: Path) -> None:
+    # served() is public: an envelope a route did not build (its model a string) cannot be
+    # read; that capture is dropped and counted, the others are written, and flush returns
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"), flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions())
+    try:
+        _serve(recorder, "before")
+        bad = {"data": {}, "metadata": {"execution_id": "bad", "model": "m"}}
+        recorder.served("answer", {"question": "q"}, bad)
+        _serve(recorder, "after")
+        assert recorder.flush(10)
+        assert recorder.flush(1)  # and again: nothing is left waiting
+        stored = {c.execution_id for c in recorder.store.captures("answer")}
+        with pytest.raises(ExecutionNotFoundError):
+            recorder.find_execution("answer", "bad")
+    finally:
+        recorder.close()
+    assert stored == {"before", "after"}
+    assert recorder.dropped == 1

@@ -6,7 +6,7 @@ or later with :func:`enable_capture`. From then on::
     request ──> program route ──> envelope ──> response          (the request path)
                      │ served()/failed(): append references (bounded; full: dropped, counted)
                      v
-               event loop, between callbacks: sample, redact, build records (16 at a time)
+               event loop, between callbacks: sample, redact, build records (64 at a time)
                      v
                writer thread, once per flush interval: write in batches, retention
                                                 │                      │

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from llm_server.core.errors import ConfigurationError
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["TrafficRecorder"]
 
 _log = logging.getLogger("llm_server.traffic")
-_SLICE = 64  # items converted on the loop per callback (~10 us each without a hook)
+_SLICE = 64  # items converted on the loop per callback (~10 us each without a hook) ...
+_SLICE_S = 0.002  # ... or fewer once this long has passed (a slow redaction hook)
 _CONVERT_AFTER_S = 0.1  # the loop converts what came in this long: one cold start per slice
 _STALLED_S = 2 * _CONVERT_AFTER_S  # a head queued this long is left to the writer
 
@@ -130,6 +132,7 @@ class TrafficRecorder(FeedbackMethods):
         self._convert_asked = False  # a flush asks the writer to convert what is queued
         self._accepted = 0  # items queued (on the request path)
         self._written = 0  # items the writer is done with (on the writer thread)
+        self._unconvertible = 0  # items whose conversion raised (under the conversion lock)
         self._wake = threading.Event()
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
@@ -201,11 +204,13 @@ class TrafficRecorder(FeedbackMethods):
 
     @property
     def dropped(self) -> int:
-        """Captures dropped: the queue was full, a redaction hook raised, the store refused
-        the record, or the request was served after :meth:`close`."""
+        """Captures dropped: the queue was full, a redaction hook raised or the envelope could
+        not be read, the store refused the record, or the request was served after
+        :meth:`close`."""
         return (
             self._dropped_full
             + self._dropped_redacting
+            + self._unconvertible
             + self._dropped_writing
             + self._dropped_closed
         )
@@ -258,7 +263,7 @@ class TrafficRecorder(FeedbackMethods):
             self._dropped_closed += 1
             self._dropped_counter.add(1, {"program_id": program_id})
             return
-        if self._accepted - self._written >= self._queue_size:
+        if self._accepted - self._written - self._unconvertible >= self._queue_size:
             self._dropped_full += 1
             self._dropped_counter.add(1, {"program_id": program_id})
             return
@@ -300,21 +305,35 @@ class TrafficRecorder(FeedbackMethods):
         if not self._convert_lock.acquire(blocking=False):
             return  # the writer is converting: it takes the rest
         try:
-            self._convert(_SLICE)
+            self._convert(_SLICE, _SLICE_S)
         finally:
             self._convert_lock.release()
         if self._raw and self._scheduled_on is None:
             self._scheduled_on = loop
             loop.call_soon(self._convert_slice, loop)
 
-    def _convert(self, limit: int) -> None:
-        """Convert up to ``limit`` queued items, oldest first (hold ``_convert_lock``)."""
+    def _convert(self, limit: int, budget_s: float | None = None) -> None:
+        """Convert up to ``limit`` queued items, oldest first, stopping after the one that
+        ends ``budget_s`` (hold ``_convert_lock``)."""
+        ends = None if budget_s is None else time.perf_counter() + budget_s
         for _ in range(limit):
+            if ends is not None and time.perf_counter() > ends:
+                return
             try:
                 item = self._raw.popleft()
             except IndexError:
                 return
-            self._ready.append(self._prepare(item))
+            try:
+                prepared = self._prepare(item)
+            except Exception:  # an envelope the route did not build (served() is public)
+                self._pending.pop(item[2], None)
+                self._unconvertible += 1
+                self._dropped_counter.add(1, {"program_id": item[1]})
+                _log.warning(
+                    "capture of %r dropped: its envelope is malformed", item[1], exc_info=True
+                )
+                continue
+            self._ready.append(prepared)
 
     def _prepare(self, item: _Raw) -> _Prepared:
         """An item's execution, its capture if sampled, and the loop to judge it on."""
@@ -397,23 +416,30 @@ class TrafficRecorder(FeedbackMethods):
         deadline = time.monotonic() + timeout_s
         self._convert_asked = True  # the loop may be the caller, blocked here
         self._wake.set()
-        while self._written < target:
+        while self._written + self._unconvertible < target:
             thread = self._thread
             if time.monotonic() > deadline or thread is None or not thread.is_alive():
-                return self._written >= target
+                return self._written + self._unconvertible >= target
             time.sleep(0.005)
         return True
 
     async def aflush(self, timeout_s: float = 30.0) -> bool:
-        """Convert what is queued on the loop, :meth:`flush` in a worker thread, then wait for
-        queued online evaluations, all within ``timeout_s``; ``False`` if it passed first."""
+        """Convert what is queued on the loop (a slice at a time, other callbacks in between),
+        :meth:`flush` in a worker thread, then wait for queued online evaluations, all within
+        ``timeout_s``; ``False`` if it passed first."""
         deadline = time.monotonic() + timeout_s
-        if self._raw and self._convert_lock.acquire(blocking=False):
-            try:  # here, not on the writer thread, where it costs twice the CPU
-                self._convert(len(self._raw))
+        # here, not on the writer thread, where it costs twice the CPU: a slice at a time,
+        # other callbacks in between, until the deadline (the writer takes what is left)
+        while self._raw and time.monotonic() < deadline:
+            if not self._convert_lock.acquire(blocking=False):
+                break  # the writer is converting
+            try:
+                self._convert(_SLICE, _SLICE_S)
             finally:
                 self._convert_lock.release()
-        done = await anyio.to_thread.run_sync(self.flush, timeout_s, limiter=self._limiter)
+            await anyio.lowlevel.checkpoint()
+        left = max(deadline - time.monotonic(), 0.0)
+        done = await anyio.to_thread.run_sync(self.flush, left, limiter=self._limiter)
         with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)) as waiting:
             for evaluator in list(self._evaluators.values()):
                 await evaluator.drain()
@@ -495,7 +521,8 @@ class TrafficRecorder(FeedbackMethods):
     def _left_to_writer(self) -> bool:
         """Whether the queued items wait for the writer: no loop has a conversion scheduled
         (none was running), or the oldest one has stayed at the head twice as long as the
-        loop waits before converting (the loop is blocked or gone). Items the loop is about to
+        loop waits before converting (the loop is blocked or gone; seen at a wake, so after
+        one or two flush intervals). Items the loop is about to
         convert are left to it: converted here, where every Python step contends with the loop
         for the interpreter lock, they cost ~20 us each instead of ~10 (capture_cpu.py: 5 % of
         the items, 1 us per capture)."""
@@ -537,8 +564,11 @@ class TrafficRecorder(FeedbackMethods):
         """Hand a SQL store the records' fields; build the records for a store of another
         kind, or one whose ``write`` is its own."""
         store = self.store
-        if getattr(store.write, "__func__", None) is SqlTrafficStore.write:
-            assert isinstance(store, SqlTrafficStore)
+        if (
+            isinstance(store, SqlTrafficStore)
+            and getattr(type(store), "write", None) is SqlTrafficStore.write
+            and "write" not in getattr(store, "__dict__", ())
+        ):
             store.write_values(executions, captures)
         else:
             store.write(
