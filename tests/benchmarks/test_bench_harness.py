@@ -884,3 +884,15 @@ def test_timed_steps_count_each_steps_cpu_and_pass_a_cancellation_on() -> None:
     assert result == "done"
     assert 0.03 <= spent < 0.045  # three steps of 10 ms, not the 60 ms asleep
     assert stopped == [True]
+
+
+def test_capture_cpu_keeps_the_median_load_whole_and_lists_every_load() -> None:
+    runs = [
+        {"total_us_per_capture": 48.0, "loop_us_per_capture": 30.0},  # a burst elsewhere
+        {"total_us_per_capture": 24.0, "loop_us_per_capture": 13.0},
+        {"total_us_per_capture": 26.0, "loop_us_per_capture": 14.0},
+    ]
+    chosen = capture_cpu._median_run(runs, "total_us_per_capture")
+    assert chosen["total_us_per_capture"] == 26.0
+    assert chosen["loop_us_per_capture"] == 14.0  # the same load's split
+    assert chosen["runs_total_us_per_capture"] == [48.0, 24.0, 26.0]
