@@ -489,3 +489,104 @@ def test_a_malformed_envelope_drops_its_capture_not_the_queue(tmp_path: Path) ->
         recorder.close()
     assert stored == {"before", "after"}
     assert recorder.dropped == 1
+
+
+class _GatedStore(SqliteTrafficStore):
+    """A store whose writes wait for ``gate`` (a slow store), saying when one has begun."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def write(self, executions: Any, captures: Any) -> None:
+        self.entered.set()
+        self.gate.wait(10)
+        super().write(executions, captures)
+
+
+def test_flush_waits_for_an_earlier_capture_behind_a_malformed_one(tmp_path: Path) -> None:
+    """A capture dropped at its conversion is done in its turn: a malformed one served while
+    the writer stores an earlier one must not let flush (or forget) return before it."""
+    store = _GatedStore(tmp_path / "t.sqlite3")
+    recorder = TrafficRecorder(store, flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions())
+
+    async def main() -> bool:
+        _serve(recorder, "A")
+        await asyncio.sleep(0.3)  # the loop converted A; the writer sleeps
+        flushing = asyncio.ensure_future(asyncio.to_thread(recorder.flush, 1.5))
+        assert await asyncio.to_thread(store.entered.wait, 5)  # the writer is storing A
+        bad = {"data": {}, "metadata": {"execution_id": "bad", "model": "m"}}
+        recorder.served("answer", {"question": "q"}, bad)  # converted (dropped) meanwhile
+        return await flushing
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        store.gate.set()
+        recorder.close()
+    assert done is False  # A was still being written when the timeout passed
+    assert recorder.dropped == 1
+
+
+def test_aflush_under_steady_traffic_flushes_what_was_queued(tmp_path: Path) -> None:
+    """A capture arriving in every loop iteration (a busy server) does not keep aflush
+    converting until its deadline: it converts what was queued when called."""
+    recorder = TrafficRecorder(SqliteTrafficStore(tmp_path / "t.sqlite3"))
+    recorder.enable("answer", CaptureOptions())
+    stop = False
+
+    async def producer() -> None:
+        n = 0
+        while not stop:
+            time.sleep(0.001)  # noqa: ASYNC251 -- a request's work on the loop
+            _serve(recorder, f"live{n}")
+            n += 1
+            await asyncio.sleep(0)
+
+    async def main() -> tuple[bool, float]:
+        nonlocal stop
+        for i in range(50):
+            _serve(recorder, f"pre{i}")
+        task = asyncio.create_task(producer())
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        done = await recorder.aflush(3.0)
+        took = time.monotonic() - started
+        stop = True
+        await task
+        return done, took
+
+    try:
+        done, took = asyncio.run(main())
+    finally:
+        recorder.close()
+    assert done
+    assert took < 2.0, f"aflush(3.0) took {took:.2f} s"
+
+
+def test_aflush_keeps_its_timeout_waiting_for_a_worker_thread(tmp_path: Path) -> None:
+    """Two flushes stuck on a slow store hold the recorder's two worker threads: a third
+    aflush gives up at its own timeout instead of waiting for a thread."""
+    store = _GatedStore(tmp_path / "t.sqlite3")
+    recorder = TrafficRecorder(store, flush_interval_s=30)
+    recorder.enable("answer", CaptureOptions())
+
+    async def main() -> tuple[bool, float]:
+        _serve(recorder, "A")
+        stuck = [asyncio.ensure_future(recorder.aflush(3)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        done = await recorder.aflush(0.3)
+        took = time.monotonic() - started
+        store.gate.set()
+        await asyncio.gather(*stuck)
+        return done, took
+
+    try:
+        done, took = asyncio.run(main())
+    finally:
+        store.gate.set()
+        recorder.close()
+    assert not done
+    assert took < 1.5, f"aflush(timeout_s=0.3) took {took:.2f} s"

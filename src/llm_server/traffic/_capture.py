@@ -124,7 +124,8 @@ class TrafficRecorder(FeedbackMethods):
         self.store = store
         self._queue_size = queue_size
         self._raw: deque[_Raw] = deque()  # appended on the request path
-        self._ready: deque[_Prepared] = deque()  # converted, for the writer
+        # converted, for the writer; None: an item dropped there (counted), done in its turn
+        self._ready: deque[_Prepared | None] = deque()
         self._convert_lock = threading.Lock()  # one converter at a time: the order is kept
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._head_seen: _Raw | None = None  # the oldest queued item at the writer's last wake
@@ -263,7 +264,7 @@ class TrafficRecorder(FeedbackMethods):
             self._dropped_closed += 1
             self._dropped_counter.add(1, {"program_id": program_id})
             return
-        if self._accepted - self._written - self._unconvertible >= self._queue_size:
+        if self._accepted - self._written >= self._queue_size:
             self._dropped_full += 1
             self._dropped_counter.add(1, {"program_id": program_id})
             return
@@ -295,7 +296,12 @@ class TrafficRecorder(FeedbackMethods):
     def _queued_execution(self, execution_id: str) -> Execution | None:
         """The execution of a capture not yet written, if it is queued."""
         item = self._pending.get(execution_id)
-        return Execution(*_execution(item)) if item is not None else None
+        if item is None:
+            return None
+        try:
+            return Execution(*_execution(item))
+        except Exception:  # a malformed envelope: its capture is dropped at its conversion
+            return None
 
     # --- the conversion, on the loop ------------------------------------------------------
 
@@ -312,28 +318,30 @@ class TrafficRecorder(FeedbackMethods):
             self._scheduled_on = loop
             loop.call_soon(self._convert_slice, loop)
 
-    def _convert(self, limit: int, budget_s: float | None = None) -> None:
+    def _convert(self, limit: int, budget_s: float | None = None) -> int:
         """Convert up to ``limit`` queued items, oldest first, stopping after the one that
-        ends ``budget_s`` (hold ``_convert_lock``)."""
+        ends ``budget_s`` (hold ``_convert_lock``); returns how many it took."""
         ends = None if budget_s is None else time.perf_counter() + budget_s
-        for _ in range(limit):
-            if ends is not None and time.perf_counter() > ends:
-                return
+        for taken in range(limit):
             try:
                 item = self._raw.popleft()
             except IndexError:
-                return
+                return taken
+            prepared: _Prepared | None
             try:
                 prepared = self._prepare(item)
             except Exception:  # an envelope the route did not build (served() is public)
+                prepared = None  # the writer counts it done in its turn, so flush keeps order
                 self._pending.pop(item[2], None)
                 self._unconvertible += 1
                 self._dropped_counter.add(1, {"program_id": item[1]})
                 _log.warning(
                     "capture of %r dropped: its envelope is malformed", item[1], exc_info=True
                 )
-                continue
             self._ready.append(prepared)
+            if ends is not None and time.perf_counter() > ends:
+                return taken + 1
+        return limit
 
     def _prepare(self, item: _Raw) -> _Prepared:
         """An item's execution, its capture if sampled, and the loop to judge it on."""
@@ -416,30 +424,38 @@ class TrafficRecorder(FeedbackMethods):
         deadline = time.monotonic() + timeout_s
         self._convert_asked = True  # the loop may be the caller, blocked here
         self._wake.set()
-        while self._written + self._unconvertible < target:
+        while self._written < target:
             thread = self._thread
             if time.monotonic() > deadline or thread is None or not thread.is_alive():
-                return self._written + self._unconvertible >= target
+                return self._written >= target
             time.sleep(0.005)
         return True
 
     async def aflush(self, timeout_s: float = 30.0) -> bool:
-        """Convert what is queued on the loop (a slice at a time, other callbacks in between),
-        :meth:`flush` in a worker thread, then wait for queued online evaluations, all within
-        ``timeout_s``; ``False`` if it passed first."""
+        """Convert what is queued now on the loop (a slice at a time, other callbacks in
+        between), :meth:`flush` in a worker thread, then wait for queued online evaluations,
+        all within ``timeout_s`` (the wait for a worker thread included); ``False`` if it
+        passed first."""
         deadline = time.monotonic() + timeout_s
-        # here, not on the writer thread, where it costs twice the CPU: a slice at a time,
-        # other callbacks in between, until the deadline (the writer takes what is left)
-        while self._raw and time.monotonic() < deadline:
+        # here, not on the writer thread, where it costs twice the CPU: what is queued now, a
+        # slice at a time, other callbacks in between, until the deadline (the writer takes
+        # what is left; what requests queue meanwhile is not this flush's)
+        todo = len(self._raw)
+        while todo > 0 and time.monotonic() < deadline:
             if not self._convert_lock.acquire(blocking=False):
                 break  # the writer is converting
             try:
-                self._convert(_SLICE, _SLICE_S)
+                taken = self._convert(min(_SLICE, todo), _SLICE_S)
             finally:
                 self._convert_lock.release()
+            if not taken:
+                break  # the loop's own slices took them
+            todo -= taken
             await anyio.lowlevel.checkpoint()
-        left = max(deadline - time.monotonic(), 0.0)
-        done = await anyio.to_thread.run_sync(self.flush, left, limiter=self._limiter)
+        done = False
+        with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):  # a thread's turn too
+            left = max(deadline - time.monotonic(), 0.0)
+            done = await anyio.to_thread.run_sync(self.flush, left, limiter=self._limiter)
         with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)) as waiting:
             for evaluator in list(self._evaluators.values()):
                 await evaluator.drain()
@@ -462,7 +478,7 @@ class TrafficRecorder(FeedbackMethods):
     def _drop_left(self, why: str) -> None:
         """Drop (counted) what is queued once no writer will take it."""
         with self._convert_lock:
-            left = len(self._raw) + len(self._ready)
+            left = len(self._raw) + sum(1 for item in self._ready if item is not None)
             self._raw.clear()
             self._ready.clear()
             self._pending.clear()
@@ -501,7 +517,7 @@ class TrafficRecorder(FeedbackMethods):
                     self._convert(len(self._raw))
             wrote = False
             while self._ready:
-                batch: list[_Prepared] = []
+                batch: list[_Prepared | None] = []
                 with contextlib.suppress(IndexError):
                     while len(batch) < self._batch_size:
                         batch.append(self._ready.popleft())
@@ -536,8 +552,10 @@ class TrafficRecorder(FeedbackMethods):
         stalled = head is not None and now - self._head_seen_at >= _STALLED_S
         return self._scheduled_on is None or stalled
 
-    def _write(self, batch: list[_Prepared]) -> None:
-        """Store one batch in one transaction, then hand its sampled captures to the judges."""
+    def _write(self, items: list[_Prepared | None]) -> None:
+        """Store one batch in one transaction, then hand its sampled captures to the judges
+        (``None``: an item dropped at its conversion, only counted done)."""
+        batch = [item for item in items if item is not None]
         executions = [execution for execution, _, _ in batch]
         judged: dict[asyncio.AbstractEventLoop, list[CaptureValues]] = {}
         for _, capture, loop in batch:
@@ -545,7 +563,8 @@ class TrafficRecorder(FeedbackMethods):
                 judged.setdefault(loop, []).append(capture)
         try:
             try:
-                self._store(executions, [capture for _, capture, _ in batch if capture is not None])
+                if batch:
+                    self._store(executions, [c for _, c, _ in batch if c is not None])
             except Exception as exc:
                 if not _record_error(exc):
                     raise  # the store failed (locked, down): the batch is dropped, counted
@@ -558,7 +577,7 @@ class TrafficRecorder(FeedbackMethods):
         finally:
             for execution in executions:
                 self._pending.pop(execution[0], None)
-            self._written += len(batch)
+            self._written += len(items)
 
     def _store(self, executions: list[ExecutionValues], captures: list[CaptureValues]) -> None:
         """Hand a SQL store the records' fields; build the records for a store of another
