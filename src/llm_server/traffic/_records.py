@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "FeedbackKind",
     "TrafficStore",
     "VersionFeedback",
+    "field_values",
 ]
 
 FeedbackKind = Literal["human", "judge"]
@@ -83,35 +84,9 @@ The recorder hands the SQL stores these instead of the records: a frozen datacla
 field through ``object.__setattr__``, ~2 us for a capture's fourteen, on the event loop."""
 
 
-def execution_values(execution: Execution) -> ExecutionValues:
-    """``execution``'s fields, in their order."""
-    return (
-        execution.execution_id,
-        execution.program_id,
-        execution.version,
-        execution.tenant,
-        execution.served_at,
-    )
-
-
-def capture_values(capture: CapturedRequest) -> CaptureValues:
-    """``capture``'s fields, in their order."""
-    return (
-        capture.execution_id,
-        capture.program_id,
-        capture.version,
-        capture.canary,
-        capture.model_id,
-        capture.inputs,
-        capture.outputs,
-        capture.input_tokens,
-        capture.output_tokens,
-        capture.cost_usd,
-        capture.latency_ms,
-        capture.error_type,
-        capture.tenant,
-        capture.served_at,
-    )
+def field_values(record: Execution | CapturedRequest) -> tuple[Any, ...]:
+    """A record's fields, in their order (``type(record)(*values)`` builds it again)."""
+    return tuple([getattr(record, name) for name in _FIELDS[type(record)]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,3 +179,6 @@ class TrafficStore(Protocol):
     def close(self) -> None:
         """Release the connection(s)."""
         ...
+
+
+_FIELDS = {kind: tuple(f.name for f in fields(kind)) for kind in (Execution, CapturedRequest)}

@@ -23,8 +23,7 @@ from llm_server.traffic._records import (
     Feedback,
     FeedbackKind,
     VersionFeedback,
-    capture_values,
-    execution_values,
+    field_values,
 )
 
 TABLES = (
@@ -208,7 +207,7 @@ class SqlTrafficStore:
     def write(self, executions: Sequence[Execution], captures: Sequence[CapturedRequest]) -> None:
         """Store a batch in one transaction (an id already stored is kept)."""
         self.write_values(
-            [execution_values(e) for e in executions], [capture_values(c) for c in captures]
+            [field_values(e) for e in executions], [field_values(c) for c in captures]
         )
 
     def write_values(
