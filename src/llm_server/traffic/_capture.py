@@ -538,10 +538,10 @@ class TrafficRecorder(FeedbackMethods):
         """Whether the queued items wait for the writer: no loop has a conversion scheduled
         (none was running), or the oldest one has stayed at the head twice as long as the
         loop waits before converting (the loop is blocked or gone; seen at a wake, so after
-        one or two flush intervals). Items the loop is about to
-        convert are left to it: converted here, where every Python step contends with the loop
-        for the interpreter lock, they cost ~20 us each instead of ~10 (capture_cpu.py: 5 % of
-        the items, 1 us per capture)."""
+        one or two flush intervals). Items the loop is about to convert are left to it:
+        converted here, where every Python step contends with the loop for the interpreter
+        lock, they cost ~20 us each instead of ~10 (capture_cpu.py: 5 % of the items, 1 us per
+        capture)."""
         try:
             head: _Raw | None = self._raw[0]
         except IndexError:  # the loop took the last one meanwhile
@@ -570,6 +570,7 @@ class TrafficRecorder(FeedbackMethods):
                     raise  # the store failed (locked, down): the batch is dropped, counted
                 judged = self._write_each(batch)  # one bad record must not take its batch
             for loop, sampled in judged.items():  # before counting written: a flush then
+                # sees them queued for their judge (records: what a judge is handed)
                 self._submit(loop, [CapturedRequest(*values) for values in sampled])
         except Exception:
             self._drop_written(executions)
