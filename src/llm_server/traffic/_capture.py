@@ -81,9 +81,13 @@ def _execution(item: _Raw) -> ExecutionValues:
     if failure is not None:
         version = failure[0]
     else:
-        program = (envelope or {}).get("metadata", {}).get("program") or {}
-        version = str(program.get("version", ""))
+        version = _served_version((envelope or {}).get("metadata", {}))
     return execution_id, program_id, version, tenant, served_at
+
+
+def _served_version(metadata: Mapping[str, Any]) -> str:
+    """The program version an envelope's ``metadata`` names (``""`` when it names none)."""
+    return str((metadata.get("program") or {}).get("version", ""))
 
 
 class TrafficRecorder(FeedbackMethods):
@@ -148,8 +152,7 @@ class TrafficRecorder(FeedbackMethods):
         self._dropped_writing = 0  # counted on the writer thread
         self._dropped_closed = 0  # served after close, or left queued when the writer stopped
         self._closed = False  # close() is done: nothing queued from now on is written
-        self._stop = threading.Event()
-        self._stopping = False  # _stop is set (a plain read on the request path)
+        self._stopping = False  # close() has begun: the writer's last round (_wake wakes it)
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(2)
@@ -308,15 +311,21 @@ class TrafficRecorder(FeedbackMethods):
     def _convert_slice(self, loop: asyncio.AbstractEventLoop) -> None:
         """Convert a few queued items; again at the next loop iteration while any are left."""
         self._scheduled_on = None
-        if not self._convert_lock.acquire(blocking=False):
+        if self._convert_slice_now(_SLICE) is None:
             return  # the writer is converting: it takes the rest
-        try:
-            self._convert(_SLICE, _SLICE_S)
-        finally:
-            self._convert_lock.release()
         if self._raw and self._scheduled_on is None:
             self._scheduled_on = loop
             loop.call_soon(self._convert_slice, loop)
+
+    def _convert_slice_now(self, limit: int) -> int | None:
+        """Convert a slice on the loop (up to ``limit`` items or ``_SLICE_S``); how many it
+        took, or ``None`` when the writer holds the conversion lock."""
+        if not self._convert_lock.acquire(blocking=False):
+            return None
+        try:
+            return self._convert(limit, _SLICE_S)
+        finally:
+            self._convert_lock.release()
 
     def _convert(self, limit: int, budget_s: float | None = None) -> int:
         """Convert up to ``limit`` queued items, oldest first, stopping after the one that
@@ -354,7 +363,7 @@ class TrafficRecorder(FeedbackMethods):
             metadata = envelope["metadata"]
             outputs, error_type = envelope.get("data"), None
             model_id = str((metadata.get("model") or {}).get("id", ""))
-            version = str((metadata.get("program") or {}).get("version", ""))
+            version = _served_version(metadata)
         execution = (execution_id, program_id, version, tenant, served_at)
         if not (options.sample_rate >= 1.0 or self._random() < options.sample_rate):
             return execution, None, None
@@ -442,14 +451,9 @@ class TrafficRecorder(FeedbackMethods):
         # what is left; what requests queue meanwhile is not this flush's)
         todo = len(self._raw)
         while todo > 0 and time.monotonic() < deadline:
-            if not self._convert_lock.acquire(blocking=False):
-                break  # the writer is converting
-            try:
-                taken = self._convert(min(_SLICE, todo), _SLICE_S)
-            finally:
-                self._convert_lock.release()
+            taken = self._convert_slice_now(min(_SLICE, todo))
             if not taken:
-                break  # the loop's own slices took them
+                break  # the writer is converting, or the loop's own slices took them
             todo -= taken
             await anyio.lowlevel.checkpoint()
         done = False
@@ -464,7 +468,6 @@ class TrafficRecorder(FeedbackMethods):
     def close(self) -> None:
         """Write what is queued, stop the writer and close the store."""
         self._stopping = True
-        self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None:
@@ -505,7 +508,7 @@ class TrafficRecorder(FeedbackMethods):
     def _run(self) -> None:
         next_retention = time.monotonic()
         while True:
-            stopping = self._stop.is_set()
+            stopping = self._stopping
             if not stopping:
                 # One wake per interval (or on flush/close): each time this thread takes the
                 # interpreter lock while the loop runs, the loop is made to switch
