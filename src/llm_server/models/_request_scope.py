@@ -14,7 +14,8 @@ ensure_offline()
 
 import logging  # noqa: E402 -- after ensure_offline() on purpose
 import threading  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
+import weakref  # noqa: E402
+from collections.abc import Callable, Mapping  # noqa: E402
 from contextlib import AbstractContextManager  # noqa: E402
 from contextvars import ContextVar, Token  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -27,6 +28,7 @@ from dspy.utils.usage_tracker import UsageTracker  # noqa: E402
 __all__ = [
     "CallTracker",
     "RequestScope",
+    "SystemMessages",
     "adapter_named",
     "current_scope",
     "entry_messages",
@@ -114,14 +116,58 @@ class RequestScope:
         return [messages for messages in self.in_flight if messages]
 
 
-_QUIET_ADAPTER = dspy.ChatAdapter(use_json_adapter_fallback=False)
+class SystemMessages:
+    """An adapter's ``format_system_message``, kept per signature instead of rebuilt per call.
+
+    DSPy's adapters build the system message (the fields' descriptions, the answer's structure,
+    the instructions) on every call: ~50 us of CPU for a one-field signature, three pydantic
+    ``TypeAdapter`` builds among it, though it depends only on the signature. Signature classes
+    are not changed in place except for their instructions (``Signature.instructions = ...``
+    sets ``__doc__``), so a kept message is used while its signature's ``__doc__`` is the one
+    it was built with. Signatures are held weakly: one an optimizer made and dropped goes with
+    its message.
+    """
+
+    __slots__ = ("_build", "_kept")
+
+    def __init__(self, build: Callable[[Any], str]) -> None:
+        self._build = build
+        self._kept: weakref.WeakKeyDictionary[Any, tuple[object, str]] = weakref.WeakKeyDictionary()
+
+    def __call__(self, signature: Any) -> str:
+        doc = getattr(signature, "__doc__", None)
+        try:
+            kept = self._kept.get(signature)
+        except TypeError:  # not weakly referenceable: built every time, as DSPy does
+            return self._build(signature)
+        if kept is not None and kept[0] == doc:
+            return kept[1]
+        message = self._build(signature)
+        self._kept[signature] = (doc, message)
+        return message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # copied or pickled with its adapter: the messages are rebuilt, never carried along
+        return (SystemMessages, (self._build,))
+
+
+def _kept_system_messages(adapter: Any) -> Any:
+    """``adapter`` (one of the library's own) with its system messages kept per signature
+    (an instance attribute: the class, which DSPy's stream listeners read by name, is
+    unchanged)."""
+    adapter.format_system_message = SystemMessages(adapter.format_system_message)
+    return adapter
+
+
+_QUIET_ADAPTER = _kept_system_messages(dspy.ChatAdapter(use_json_adapter_fallback=False))
 
 
 _ADAPTERS: dict[str, Any] = {}
 
 
 def adapter_named(name: str) -> Any:
-    """The shared DSPy adapter for ``chat``, ``json`` or ``xml`` (no silent JSON fallback)."""
+    """The shared DSPy adapter for ``chat``, ``json`` or ``xml`` (no silent JSON fallback;
+    system messages kept per signature, :class:`SystemMessages`)."""
     adapter = _ADAPTERS.get(name)
     if adapter is None:
         factory = {
@@ -129,7 +175,7 @@ def adapter_named(name: str) -> Any:
             "json": dspy.JSONAdapter,
             "xml": lambda: dspy.XMLAdapter(use_json_adapter_fallback=False),
         }[name]
-        adapter = _ADAPTERS[name] = factory()
+        adapter = _ADAPTERS[name] = _kept_system_messages(factory())
     return adapter
 
 
