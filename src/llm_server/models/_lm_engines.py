@@ -16,6 +16,7 @@ ensure_offline()
 import asyncio  # noqa: E402 -- after ensure_offline() on purpose
 import dataclasses  # noqa: E402
 import time  # noqa: E402
+import urllib.request  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -102,7 +103,8 @@ def route_on_loop(engine: Any) -> None:
 
 
 def _time_connection_waits(engine: Any) -> None:
-    """Time the pool waits of the transport ``engine``'s router builds (lm15 has no hook).
+    """Time the pool waits of the transport ``engine``'s router builds (lm15 has no hook), and
+    read the proxy settings once for it (:func:`_proxies_read_once`).
 
     The router builds its one transport lazily; the first one it returns gets its pool's
     ``acquire_slot`` (the wait for one of ``max_connections``) wrapped. An lm15 without these
@@ -115,6 +117,8 @@ def _time_connection_waits(engine: Any) -> None:
 
     def shared_transport() -> Any:
         transport = shared()
+        if not getattr(transport, "_llm_server_proxies_read", False):
+            _proxies_read_once(transport)
         pool = getattr(transport, "_pool", None)
         acquire = getattr(pool, "acquire_slot", None)
         timed = getattr(acquire, "_llm_server_timed", False)
@@ -123,6 +127,25 @@ def _time_connection_waits(engine: Any) -> None:
         return transport
 
     router._shared_transport = shared_transport  # type: ignore[union-attr]
+
+
+def _proxies_read_once(transport: Any) -> None:
+    """Read the proxy variables once for ``transport``, when it is first used, as httpx does
+    when a client is made.
+
+    lm15's transport reads them (``urllib.request.getproxies()``: every environment variable,
+    ~40 us of CPU with a few dozen) before every request it sends. When none is set the first
+    time, the transport goes direct from then on without reading them again; when one is set, it
+    keeps reading them per request (``NO_PROXY`` and all), as lm15 does. A proxy set later in a
+    running process is not seen by a transport already in use: restart the worker.
+    """
+    try:
+        transport._llm_server_proxies_read = True
+    except AttributeError:  # not lm15's transport as this release builds it: left as it is
+        return
+    trusts_env = getattr(transport, "_trust_env", None) is True
+    if trusts_env and getattr(transport, "_proxy", ...) is None and not urllib.request.getproxies():
+        transport._trust_env = False
 
 
 def _timed_acquire(acquire: Any) -> Any:
