@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -101,6 +102,38 @@ def test_instructions_changed_in_place_are_seen() -> None:
     assert "Second instructions." in message
     assert "First instructions." not in message
     assert message == FRESH["chat"]().format_system_message(Mutable)
+
+
+def test_instructions_changed_while_a_message_is_built_are_not_kept_under_the_old_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Mutable(dspy.Signature):
+        """Instructions A."""
+
+        question: str = dspy.InputField()
+        answer: str = dspy.OutputField()
+
+    adapter = adapter_named("chat")
+    in_build, changed = threading.Event(), threading.Event()
+    real = dspy.ChatAdapter.format_field_description
+
+    def slow(self: Any, signature: Any) -> str:  # inside DSPy's build, before it reads
+        if signature is Mutable and not in_build.is_set():  # the instructions
+            in_build.set()
+            assert changed.wait(5)
+        return str(real(self, signature))
+
+    monkeypatch.setattr(dspy.ChatAdapter, "format_field_description", slow)
+    worker = threading.Thread(target=adapter.format_system_message, args=(Mutable,))
+    worker.start()
+    assert in_build.wait(5)
+    Mutable.instructions = "Instructions B."  # another thread, mid-build
+    changed.set()
+    worker.join(5)
+    Mutable.instructions = "Instructions A."  # restored: the same __doc__ as at the start
+    expected = FRESH["chat"]().format_system_message(Mutable)
+    assert "Instructions A." in expected
+    assert adapter.format_system_message(Mutable) == expected
 
 
 def test_a_dropped_signature_is_not_held() -> None:

@@ -137,7 +137,8 @@ def _proxies_read_once(transport: Any) -> None:
     ~40 us of CPU with a few dozen) before every request it sends. When none is set the first
     time, the transport goes direct from then on without reading them again; when one is set, it
     keeps reading them per request (``NO_PROXY`` and all), as lm15 does. A proxy set later in a
-    running process is not seen by a transport already in use: restart the worker.
+    running process is not seen by a transport already in use (one per engine, and an engine
+    per event loop): restart the worker.
     """
     try:
         transport._llm_server_proxies_read = True

@@ -124,8 +124,10 @@ class SystemMessages:
     ``TypeAdapter`` builds among it, though it depends only on the signature. Signature classes
     are not changed in place except for their instructions (``Signature.instructions = ...``
     sets ``__doc__``), so a kept message is used while its signature's ``__doc__`` is the one
-    it was built with. Signatures are held weakly: one an optimizer made and dropped goes with
-    its message.
+    it was built with (one whose ``__doc__`` changed while it was built is not kept). DSPy's own
+    ways to change fields (``with_updated_fields``, ``insert``, ``append``, ``delete``) make new
+    classes; a field's ``FieldInfo`` edited in place on a signature already used is not seen.
+    Signatures are held weakly: one an optimizer made and dropped goes with its message.
     """
 
     __slots__ = ("_build", "_kept")
@@ -143,11 +145,13 @@ class SystemMessages:
         if kept is not None and kept[0] == doc:
             return kept[1]
         message = self._build(signature)
-        self._kept[signature] = (doc, message)
+        if getattr(signature, "__doc__", None) == doc:  # not changed while it was built
+            self._kept[signature] = (doc, message)
         return message
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # copied or pickled with its adapter: the messages are rebuilt, never carried along
+        # deep-copied or pickled with its adapter: rebuilt for the copy, never carried along
+        # (a shallow copy of the adapter shares them: they depend on nothing it holds)
         return (SystemMessages, (self._build,))
 
 
