@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import dspy
 import pytest
+from _model_helpers import MakeManager
 from dspy._vendor.lm15.transports import _proxy
 
-from llm_server.core.config import FrameworkSettings
-from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider, StaticConfigProvider
+from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -31,12 +30,6 @@ class Ask(dspy.Signature):
     answer: str = dspy.OutputField()
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[LocalProvider]:
-    with LocalProvider() as local:
-        yield local
-
-
 @pytest.fixture
 def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in list(os.environ):
@@ -45,17 +38,9 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def backend_for(provider: LocalProvider) -> Any:
-    config = StaticConfigProvider(
-        {
-            "m": {
-                "model_name": "openai/gpt-4o-mini",
-                "api_base": provider.openai_api_base,
-                "api_key": "sk-test",
-            }
-        }
-    )
-    manager = ModelManager(config_provider=config, settings=FrameworkSettings(otel_enabled=False))
+def backend_for(make_manager: MakeManager) -> Any:
+    """A new manager's model (new connection pools, which read the variables anew)."""
+    manager = make_manager({"m": {"model_name": "openai/gpt-4o-mini", "api_key": "sk-test"}})
     return manager.single_attempt_backend(dspy.Predict(Ask), "m")
 
 
@@ -91,6 +76,13 @@ async def fake_proxy() -> AsyncIterator[FakeProxy]:
         yield proxy
 
 
+@pytest.fixture
+def proxy_set(no_proxy_env: pytest.MonkeyPatch, fake_proxy: FakeProxy) -> FakeProxy:
+    """HTTP_PROXY names the fake proxy before the first call."""
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{fake_proxy.port}")
+    return fake_proxy
+
+
 def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count every read of the proxy variables, lm15's and the library's."""
     reads = [0]
@@ -106,10 +98,10 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 async def test_without_a_proxy_the_variables_are_read_once_not_per_request(
-    provider: LocalProvider, no_proxy_env: pytest.MonkeyPatch
+    provider: LocalProvider, make_manager: MakeManager, no_proxy_env: pytest.MonkeyPatch
 ) -> None:
     reads = counting(no_proxy_env)
-    backend = backend_for(provider)
+    backend = backend_for(make_manager)
     await backend.predict({"question": "first?"})
     after_first = reads[0]
     assert after_first >= 1
@@ -120,10 +112,10 @@ async def test_without_a_proxy_the_variables_are_read_once_not_per_request(
 
 
 async def test_a_proxy_set_before_the_first_call_is_used_on_every_call(
-    provider: LocalProvider, no_proxy_env: pytest.MonkeyPatch, fake_proxy: FakeProxy
+    provider: LocalProvider, make_manager: MakeManager, proxy_set: FakeProxy
 ) -> None:
-    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{fake_proxy.port}")
-    backend = backend_for(provider)
+    fake_proxy = proxy_set
+    backend = backend_for(make_manager)
     before = len(provider.requests)
     for question in ("first?", "second?"):
         with pytest.raises(Exception):  # noqa: B017,PT011 -- the proxy answers 502
@@ -135,20 +127,23 @@ async def test_a_proxy_set_before_the_first_call_is_used_on_every_call(
 
 
 async def test_no_proxy_still_applies_when_a_proxy_is_set(
-    provider: LocalProvider, no_proxy_env: pytest.MonkeyPatch, fake_proxy: FakeProxy
+    make_manager: MakeManager, no_proxy_env: pytest.MonkeyPatch, proxy_set: FakeProxy
 ) -> None:
-    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{fake_proxy.port}")
+    fake_proxy = proxy_set
     no_proxy_env.setenv("NO_PROXY", "127.0.0.1")
-    backend = backend_for(provider)
+    backend = backend_for(make_manager)
     output = await backend.predict({"question": "direct?"})
     assert output.content.answer
     assert fake_proxy.lines == []
 
 
 async def test_a_proxy_set_after_the_first_call_is_not_seen_until_a_restart(
-    provider: LocalProvider, no_proxy_env: pytest.MonkeyPatch, fake_proxy: FakeProxy
+    provider: LocalProvider,
+    make_manager: MakeManager,
+    no_proxy_env: pytest.MonkeyPatch,
+    fake_proxy: FakeProxy,
 ) -> None:
-    backend = backend_for(provider)
+    backend = backend_for(make_manager)
     await backend.predict({"question": "first?"})
     no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{fake_proxy.port}")
     output = await backend.predict({"question": "second?"})
@@ -156,5 +151,5 @@ async def test_a_proxy_set_after_the_first_call_is_not_seen_until_a_restart(
     assert fake_proxy.lines == []
     # a new worker (here: a new manager, whose models build new transports) reads them again
     with pytest.raises(Exception):  # noqa: B017,PT011 -- the proxy answers 502
-        await backend_for(provider).predict({"question": "third?"})
+        await backend_for(make_manager).predict({"question": "third?"})
     assert len(fake_proxy.lines) == 1

@@ -12,17 +12,15 @@ import gc
 import pickle
 import threading
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import dspy
 import pytest
+from _model_helpers import MakeManager
 from pydantic import BaseModel
 
-from llm_server.core.config import FrameworkSettings
 from llm_server.models._request_scope import _QUIET_ADAPTER, SystemMessages, adapter_named
-from llm_server.models.manager import ModelManager
-from llm_server.testing import LocalProvider, StaticConfigProvider
+from llm_server.testing import LocalProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -164,28 +162,13 @@ def test_a_copied_or_pickled_adapter_builds_its_own() -> None:
         assert kept(Judge) == expected
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[LocalProvider]:
-    with LocalProvider() as local:
-        yield local
-
-
 @pytest.mark.parametrize("adapter", [None, "chat", "json", "xml"])
 async def test_the_provider_sees_what_dspys_own_adapter_sends(
-    provider: LocalProvider, adapter: str | None
+    provider: LocalProvider, make_manager: MakeManager, adapter: str | None
 ) -> None:
     extra = {} if adapter is None else {"adapter": adapter}
-    config = StaticConfigProvider(
-        {
-            "m": {
-                "model_name": "openai/gpt-4o-mini",
-                "api_base": provider.openai_api_base,
-                "api_key": "sk-test",
-                **extra,
-            }
-        }
-    )
-    manager = ModelManager(config_provider=config, settings=FrameworkSettings(otel_enabled=False))
+    model = {"model_name": "openai/gpt-4o-mini", "api_key": "sk-test", **extra}
+    manager = make_manager({"m": model})
     backend = manager.single_attempt_backend(dspy.Predict(Ask), "m")
     expected = FRESH[adapter or "chat"]().format_system_message(Ask)
     for question in ("first?", "second?"):
