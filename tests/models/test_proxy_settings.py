@@ -153,3 +153,24 @@ async def test_a_proxy_set_after_the_first_call_is_not_seen_until_a_restart(
     with pytest.raises(Exception):  # noqa: B017,PT011 -- the proxy answers 502
         await backend_for(make_manager).predict({"question": "third?"})
     assert len(fake_proxy.lines) == 1
+
+
+async def test_a_failed_first_read_leaves_the_per_request_reads_in_place(
+    provider: LocalProvider, make_manager: MakeManager, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    real = urllib.request.getproxies
+    reads = [0]
+
+    def getproxies() -> dict[str, str]:
+        reads[0] += 1
+        if reads[0] == 1:  # the library's one read: the environment changed under it
+            raise KeyError("HTTP_PROXY")
+        return real()
+
+    no_proxy_env.setattr(_proxy, "getproxies", getproxies)
+    no_proxy_env.setattr(urllib.request, "getproxies", getproxies)
+    backend = backend_for(make_manager)
+    for n in range(3):
+        output = await backend.predict({"question": f"still served {n}?"})
+        assert output.content.answer
+    assert reads[0] == 1 + 3  # lm15 reads them before each request, as without the library

@@ -144,8 +144,14 @@ def _proxies_read_once(transport: Any) -> None:
         transport._llm_server_proxies_read = True
     except AttributeError:  # not lm15's transport as this release builds it: left as it is
         return
-    trusts_env = getattr(transport, "_trust_env", None) is True
-    if trusts_env and getattr(transport, "_proxy", ...) is None and not urllib.request.getproxies():
+    explicit: object = getattr(transport, "_proxy", "unknown")
+    if getattr(transport, "_trust_env", None) is not True or explicit is not None:
+        return  # an explicit proxy, or the environment already ignored
+    try:
+        proxies = urllib.request.getproxies()
+    except Exception:  # e.g. a variable deleted by another thread meanwhile: lm15 reads them
+        return  # per request, as before
+    if not proxies:
         transport._trust_env = False
 
 
