@@ -83,13 +83,16 @@ def proxy_set(no_proxy_env: pytest.MonkeyPatch, fake_proxy: FakeProxy) -> FakePr
     return fake_proxy
 
 
-def counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count every read of the proxy variables, lm15's and the library's."""
+def counting(monkeypatch: pytest.MonkeyPatch, *, first_fails: bool = False) -> list[int]:
+    """Count every read of the proxy variables, lm15's and the library's (``first_fails``:
+    the first read raises, as when another thread changes the environment under it)."""
     reads = [0]
     real = urllib.request.getproxies
 
     def getproxies() -> dict[str, str]:
         reads[0] += 1
+        if first_fails and reads[0] == 1:
+            raise KeyError("HTTP_PROXY")
         return real()
 
     monkeypatch.setattr(_proxy, "getproxies", getproxies)
@@ -158,17 +161,7 @@ async def test_a_proxy_set_after_the_first_call_is_not_seen_until_a_restart(
 async def test_a_failed_first_read_leaves_the_per_request_reads_in_place(
     provider: LocalProvider, make_manager: MakeManager, no_proxy_env: pytest.MonkeyPatch
 ) -> None:
-    real = urllib.request.getproxies
-    reads = [0]
-
-    def getproxies() -> dict[str, str]:
-        reads[0] += 1
-        if reads[0] == 1:  # the library's one read: the environment changed under it
-            raise KeyError("HTTP_PROXY")
-        return real()
-
-    no_proxy_env.setattr(_proxy, "getproxies", getproxies)
-    no_proxy_env.setattr(urllib.request, "getproxies", getproxies)
+    reads = counting(no_proxy_env, first_fails=True)  # the first is the library's one read
     backend = backend_for(make_manager)
     for n in range(3):
         output = await backend.predict({"question": f"still served {n}?"})
