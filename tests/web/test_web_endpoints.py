@@ -347,6 +347,27 @@ async def test_after_the_first_refusal_the_middleware_refuses_before_routing(
     assert served.json()["data"]["summary"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
+async def test_the_gate_reads_every_encoding_json_reads(
+    make_app: MakeApp, provider: LocalProvider, encoding: str
+) -> None:
+    # The gate parses with pydantic-core, which reads UTF-8 only; a body json.loads reads
+    # (a byte-order mark, UTF-16, UTF-32) is still read, and refused before routing.
+    app = make_app()
+    body = '{"text": "a", "model_id": "gpt-4o"}'.encode(encoding)
+    headers = {"content-type": "application/json"}
+    async with serving(app) as client:
+        app.state.model_manager.breakers["gpt-4o"].force_open()
+        first = await client.post("/programs/summarize", json={"text": "a", "model_id": "gpt-4o"})
+        routed: list[str] = []
+        app.router.routes.insert(0, _Spy(routed))
+        refused = await client.post("/programs/summarize", content=body, headers=headers)
+    assert first.status_code == refused.status_code == 503, refused.text
+    assert "'gpt-4o'" in refused.json()["error"]["message"]  # the body's model, not the default
+    assert routed == []  # refused by the middleware's gate
+    assert provider.requests == []
+
+
 async def test_without_the_middleware_the_route_still_refuses_before_the_pipeline(
     make_app: MakeApp, provider: LocalProvider
 ) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,3 +211,17 @@ def test_error_response_redacts_messages_and_details() -> None:
     )
     assert PLANTED_KEY.encode() not in response.body
     assert b'"success":false' in response.body
+
+
+def test_error_response_renders_what_json_cannot_as_valid_json() -> None:
+    # A billed usage with a NaN (no JSON parser must accept one) or a value JSON has no type
+    # for still leaves as a parseable envelope, where JSONResponse would fail the response.
+    response = error_response(
+        502, "provider_error", "failed: é", usage={"cost_usd": float("nan"), "at": Path("/x")}
+    )
+    body = json.loads(response.body)
+    assert body["usage"] == {"cost_usd": None, "at": "/x"}
+    assert "é".encode() in response.body  # UTF-8, not \u escapes, as JSONResponse writes it
+    assert b" " not in response.body.replace(b"failed: ", b"")  # compact
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.body)
