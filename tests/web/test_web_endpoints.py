@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -347,14 +348,24 @@ async def test_after_the_first_refusal_the_middleware_refuses_before_routing(
     assert served.json()["data"]["summary"]
 
 
-@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
-async def test_the_gate_reads_every_encoding_json_reads(
-    make_app: MakeApp, provider: LocalProvider, encoding: str
+@pytest.mark.parametrize(
+    ("encoding", "text"),
+    [
+        ("utf-8-sig", "a"),
+        ("utf-16", "a"),
+        ("utf-32", "a"),
+        ("utf-8", "\\ud800"),  # a lone surrogate escape, which pydantic-core refuses
+        ("utf-8", "\\ude00\\ud83d"),
+    ],
+)
+async def test_the_gate_reads_every_body_json_reads(
+    make_app: MakeApp, provider: LocalProvider, encoding: str, text: str
 ) -> None:
-    # The gate parses with pydantic-core, which reads UTF-8 only; a body json.loads reads
-    # (a byte-order mark, UTF-16, UTF-32) is still read, and refused before routing.
+    # The gate parses with pydantic-core first; a body it refuses but json.loads reads (a
+    # byte-order mark, UTF-16, UTF-32, a lone surrogate) is still read, and refused before
+    # routing: the gate decides what it decided with json.loads alone.
     app = make_app()
-    body = '{"text": "a", "model_id": "gpt-4o"}'.encode(encoding)
+    body = ('{"text": "' + text + '", "model_id": "gpt-4o"}').encode(encoding)
     headers = {"content-type": "application/json"}
     async with serving(app) as client:
         app.state.model_manager.breakers["gpt-4o"].force_open()
@@ -365,6 +376,27 @@ async def test_the_gate_reads_every_encoding_json_reads(
     assert first.status_code == refused.status_code == 503, refused.text
     assert "'gpt-4o'" in refused.json()["error"]["message"]  # the body's model, not the default
     assert routed == []  # refused by the middleware's gate
+    assert provider.requests == []
+
+
+async def test_under_a_lower_integer_digit_limit_the_gate_reads_as_json_loads_does(
+    make_app: MakeApp, provider: LocalProvider
+) -> None:
+    # pydantic-core reads integers of up to 4,300 digits whatever the interpreter's limit;
+    # under a lower one, json.loads refuses a longer integer, and the gate must not read it.
+    app = make_app()
+    body = ('{"text": "a", "model_id": "gpt-4o", "n": ' + "1" * 1000 + "}").encode()
+    headers = {"content-type": "application/json"}
+    limit = sys.get_int_max_str_digits()
+    async with serving(app, raise_app_exceptions=False) as client:
+        app.state.model_manager.breakers["gpt-4o"].force_open()
+        await client.post("/programs/summarize", json={"text": "a", "model_id": "gpt-4o"})
+        sys.set_int_max_str_digits(640)
+        try:
+            answered = await client.post("/programs/summarize", content=body, headers=headers)
+        finally:
+            sys.set_int_max_str_digits(limit)
+    assert answered.status_code in (400, 422), answered.text  # the route's: not readable JSON
     assert provider.requests == []
 
 

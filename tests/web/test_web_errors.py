@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -217,11 +218,37 @@ def test_error_response_renders_what_json_cannot_as_valid_json() -> None:
     # A billed usage with a NaN (no JSON parser must accept one) or a value JSON has no type
     # for still leaves as a parseable envelope, where JSONResponse would fail the response.
     response = error_response(
-        502, "provider_error", "failed: é", usage={"cost_usd": float("nan"), "at": Path("/x")}
+        502,
+        "provider_error",
+        "failed: é",
+        usage={"cost_usd": float("nan"), "at": Path("/x"), "calls": (1, 2), 3: True},
     )
     body = json.loads(response.body)
-    assert body["usage"] == {"cost_usd": None, "at": "/x"}
+    assert body["usage"] == {"cost_usd": None, "at": "/x", "calls": [1, 2], "3": True}
     assert "é".encode() in response.body  # UTF-8, not \u escapes, as JSONResponse writes it
     assert b" " not in response.body.replace(b"failed: ", b"")  # compact
     assert response.headers["content-type"] == "application/json"
     assert int(response.headers["content-length"]) == len(response.body)
+
+
+def test_error_response_redacts_every_string_at_any_depth() -> None:
+    # Before, only a detail's top-level strings were redacted: a nested one, or an object
+    # whose str() quotes a key, would have reached the client.
+    @dataclasses.dataclass
+    class Cause:
+        secret: str
+
+    response = error_response(
+        502,
+        "provider_error",
+        "failed",
+        details=[
+            {"ctx": {"said": f"bad key {PLANTED_KEY}"}, "chain": [[f"Bearer {PLANTED_KEY}"]]},
+            {"cause": RuntimeError(f"provider said: {PLANTED_KEY}"), "obj": Cause(PLANTED_KEY)},
+        ],
+        usage={"note": {"quoted": PLANTED_KEY}},
+    )
+    assert PLANTED_KEY.encode() not in response.body
+    body = json.loads(response.body)
+    assert body["error"]["details"][0]["ctx"]["said"].startswith("bad key ")
+    assert body["error"]["details"][1]["cause"].startswith("provider said: ")

@@ -47,7 +47,8 @@ def error_response(
     details: list[dict[str, Any]] | None = None,
     usage: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """Build an error envelope response (the message and details are redacted).
+    """Build an error envelope response (the message, details and usage redacted, every string
+    at any depth).
 
     The ``execution_id`` is the current request's (set by
     :class:`~llm_server.fastapi.RequestContextMiddleware`), else a new one.
@@ -69,16 +70,16 @@ class EnvelopeResponse(JSONResponse):
     """A ``JSONResponse`` rendered by pydantic-core's encoder, as FastAPI renders the success
     envelopes of routes with a response model.
 
-    Compact UTF-8 JSON, as ``JSONResponse`` writes it, at a quarter of ``json.dumps``'s cost
+    Compact UTF-8 JSON, as ``JSONResponse`` writes it, at a fraction of ``json.dumps``'s cost
     (a refused request renders one on the path a circuit breaker keeps cheap). Floats are
-    written the shortest way that reads back the same (``0.000015``, where ``json.dumps``
-    writes ``1.5e-05``); a NaN or an infinity, which no JSON parser must accept, becomes
-    ``null`` (``JSONResponse`` would fail the response instead); a value JSON has no type for
-    is written as its ``str()``.
+    written as pydantic-core writes them (``0.000015`` and ``1e-7``, where ``json.dumps``
+    writes ``1.5e-05`` and ``1e-07``: the same numbers to a parser); a NaN or an infinity,
+    which no JSON parser must accept, becomes ``null`` (``JSONResponse`` would fail the
+    response instead).
     """
 
     def render(self, content: Any) -> bytes:
-        return to_json(content, inf_nan_mode="null", fallback=str)
+        return to_json(content, inf_nan_mode="null")
 
 
 def error_envelope(
@@ -91,17 +92,30 @@ def error_envelope(
     """The error envelope's body (redacted), as :func:`error_response` sends it."""
     error: dict[str, Any] = {"type": error_type, "message": redact(message)}
     if details:
-        error["details"] = [
-            {k: redact(v) if isinstance(v, str) else v for k, v in item.items()} for item in details
-        ]
+        error["details"] = [_redacted(item) for item in details]
     body: dict[str, Any] = {
         "success": False,
         "error": error,
         "execution_id": current_execution_id() or new_execution_id(),
     }
     if usage:
-        body["usage"] = usage
+        body["usage"] = _redacted(usage)
     return body
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` in JSON's types with every string in it redacted, at any depth: a mapping's
+    keys as strings, a tuple as a list, and anything JSON has no type for (an exception, a
+    dataclass, a date) as its redacted ``str()``, so nothing reaches a client unredacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return redact(str(value))
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:

@@ -18,6 +18,7 @@ answers it as usual.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -113,19 +114,24 @@ def gate_for(
 
 
 _MALFORMED = object()
+_JITER_INT_DIGITS = 4300  # the longest integer pydantic-core's parser reads
 
 
 def _parsed(body: bytes) -> Any:
     """The JSON value of ``body`` as ``json.loads`` reads it, else ``_MALFORMED``.
 
     pydantic-core's parser first (a tenth of ``json.loads``'s cost on a small body); a body it
-    refuses, which ``json.loads`` may still read (UTF-16 or UTF-32, a byte-order mark), goes
-    to ``json.loads``, so the gate decides exactly what it decided with ``json.loads`` alone.
+    refuses, which ``json.loads`` may still read (UTF-16 or UTF-32, a byte-order mark, a lone
+    surrogate escape, nesting past its limit of ~200 levels), goes to ``json.loads``, so the
+    gate decides what it decided with ``json.loads`` alone. pydantic-core reads integers of up
+    to 4,300 digits, Python's default limit; under a lower limit
+    (``sys.set_int_max_str_digits``, ``PYTHONINTMAXSTRDIGITS``) ``json.loads`` reads every body.
     """
-    try:
-        return from_json(body)
-    except ValueError:
-        pass
+    if not 0 < sys.get_int_max_str_digits() < _JITER_INT_DIGITS:
+        try:
+            return from_json(body)
+        except ValueError:
+            pass
     try:
         return json.loads(body)
     except ValueError:
