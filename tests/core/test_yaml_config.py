@@ -143,6 +143,19 @@ def test_python_tags_are_refused_by_safe_load(tmp_path: Path) -> None:
             "models:\n  m:\n    model_name: openai/x\n    engine: turbo\n",
             "model 'm', key 'engine' (line 4, column 5)",
         ),
+        (  # an infinite price would make every call's cost infinite (budgets, metrics, JSON)
+            "models:\n  m:\n    model_name: openai/x\n    pricing:\n"
+            "      input_per_million: .inf\n      output_per_million: 1\n",
+            "model 'm', key 'pricing.input_per_million' (line 5, column 7): "
+            "Input should be a finite number (got inf)",
+        ),
+        (
+            "models:\n  m:\n    model_name: openai/x\n    pricing:\n"
+            "      input_per_million: 1\n      output_per_million: 1\n"
+            "      cached_input_per_million: .inf\n",
+            "key 'pricing.cached_input_per_million' (line 7, column 7): "
+            "Input should be a finite number",
+        ),
     ],
 )
 def test_schema_errors_name_file_model_and_key(tmp_path: Path, body: str, expected: str) -> None:

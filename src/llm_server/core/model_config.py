@@ -32,9 +32,9 @@ class _Strict(BaseModel):
 class PricingConfig(_Strict):
     """Per-model price override in USD per million tokens (for models LiteLLM does not know)."""
 
-    input_per_million: float = Field(ge=0)
-    output_per_million: float = Field(ge=0)
-    cached_input_per_million: float | None = Field(default=None, ge=0)
+    input_per_million: float = Field(ge=0, allow_inf_nan=False)
+    output_per_million: float = Field(ge=0, allow_inf_nan=False)
+    cached_input_per_million: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class BreakerConfig(_Strict):
