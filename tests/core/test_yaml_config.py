@@ -156,6 +156,11 @@ def test_python_tags_are_refused_by_safe_load(tmp_path: Path) -> None:
             "key 'pricing.cached_input_per_million' (line 7, column 7): "
             "Input should be a finite number",
         ),
+        (  # an unset key does not limit; .inf is refused rather than read as "no limit"
+            "models:\n  m:\n    model_name: openai/x\n"
+            "budgets:\n  acme:\n    per_day:\n      cost_usd: .inf\n",
+            "Input should be a finite number",
+        ),
     ],
 )
 def test_schema_errors_name_file_model_and_key(tmp_path: Path, body: str, expected: str) -> None:

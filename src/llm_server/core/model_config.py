@@ -93,7 +93,7 @@ class BudgetLimitsConfig(_Strict):
     """Model calls."""
     tokens: int | None = Field(default=None, ge=1)
     """Tokens, prompt plus completion, as reported."""
-    cost_usd: float | None = Field(default=None, gt=0)
+    cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Cost in USD."""
 
 
