@@ -76,6 +76,7 @@ def test_keyword_arguments_override_by_field_name() -> None:
         ("OTEL_ENABLED", "maybe"),
         ("LLM_SERVER_RETRY_MAX_ATTEMPTS", "0"),
         ("LLM_SERVER_BREAKER_RESET_TIMEOUT_S", "-1"),
+        ("LLM_SERVER_BREAKER_RESET_TIMEOUT_S", "inf"),
         ("LLM_SERVER_DEFAULT_ENGINE", "turbo"),
         ("LLM_SERVER_REQUEST_DEADLINE_S", "soon"),
         ("LLM_SERVER_TELEMETRY_DETAIL", "verbose"),

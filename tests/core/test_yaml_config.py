@@ -156,6 +156,21 @@ def test_python_tags_are_refused_by_safe_load(tmp_path: Path) -> None:
             "key 'pricing.cached_input_per_million' (line 7, column 7): "
             "Input should be a finite number",
         ),
+        (  # a fleet stores these in milliseconds (Redis): an infinity cannot be
+            "models:\n  m:\n    model_name: openai/x\n    circuit_breaker:\n"
+            "      reset_timeout_s: .inf\n",
+            "key 'circuit_breaker.reset_timeout_s' (line 5, column 7): "
+            "Input should be a finite number",
+        ),
+        (
+            "models:\n  m:\n    model_name: openai/x\n    shared_cache:\n      ttl_s: .inf\n",
+            "key 'shared_cache.ttl_s' (line 5, column 7): Input should be a finite number",
+        ),
+        (
+            "models:\n  m:\n    model_name: openai/x\n    shared_cache:\n      ttl_s: 1e12\n",
+            "key 'shared_cache.ttl_s' (line 5, column 7): "
+            "Input should be less than or equal to 3153600000",
+        ),
         (  # an unset key does not limit; .inf is refused rather than read as "no limit"
             "models:\n  m:\n    model_name: openai/x\n"
             "budgets:\n  acme:\n    per_day:\n      cost_usd: .inf\n",

@@ -220,3 +220,15 @@ def test_the_key_changes_with_the_endpoint_alone(connect: Connect) -> None:
     request = {"model": "openai/m", "messages": [{"role": "user", "content": "q"}]}
     assert one.key(request) != other.key(request)
     assert one.key(request) == same.key(request)
+
+
+@pytest.mark.parametrize("ttl_s", [0.0, float("inf"), float("nan"), 1e12])
+def test_a_ttl_redis_cannot_store_is_refused_when_the_cache_is_built(
+    connect: Connect, ttl_s: float
+) -> None:
+    # An infinite ttl failed inside int() (OverflowError); one past ~292,000 years made every
+    # write an error from Redis ("invalid expire time").
+    with pytest.raises(ConfigurationError, match=r"shared cache of 'm': ttl_s must be a finite"):
+        SharedResponseCache(
+            connect(), model_id="m", api_base=None, api_key=None, ttl_s=ttl_s, max_entry_bytes=1
+        )

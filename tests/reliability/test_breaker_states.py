@@ -509,11 +509,14 @@ async def test_outcomes_of_calls_from_an_earlier_state_are_not_counted(clock: Fa
     [
         {"failure_threshold": 0},
         {"reset_timeout": 0},
+        {"reset_timeout": float("inf")},  # a fleet stores it in milliseconds: it cannot
+        {"reset_timeout": float("nan")},
         {"half_open_max_calls": 0},
         {"failure_rate_threshold": 0},
         {"failure_rate_threshold": 1.5},
         {"slow_call_rate_threshold": 0},
         {"slow_call_duration_s": -1},
+        {"slow_call_duration_s": float("inf")},
         {"window_size": 0},
         {"window_type": "sliding"},
         {"minimum_calls": 0},
@@ -523,6 +526,15 @@ async def test_outcomes_of_calls_from_an_earlier_state_are_not_counted(clock: Fa
 def test_invalid_options_raise_configuration_error(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError, match="circuit breaker"):
         CircuitBreaker(**options)
+
+
+@pytest.mark.parametrize("ttl_s", [0, -1, float("inf"), float("nan")])
+def test_a_forced_state_needs_a_finite_ttl_or_none(ttl_s: float) -> None:
+    breaker = CircuitBreaker()
+    for force in (breaker.force_open, breaker.disable):
+        with pytest.raises(ConfigurationError, match="ttl_s must be a finite number > 0"):
+            force(ttl_s=ttl_s)
+    assert breaker.state is BreakerState.CLOSED
 
 
 def test_from_config_uses_settings_defaults_and_yaml_overrides() -> None:

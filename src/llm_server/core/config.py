@@ -162,7 +162,10 @@ class FrameworkSettings(BaseSettings):
     )
     """Calls the window must hold before the failure rate can open the breaker."""
     breaker_reset_timeout_s: float = Field(
-        default=60.0, gt=0, validation_alias=AliasChoices("LLM_SERVER_BREAKER_RESET_TIMEOUT_S")
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("LLM_SERVER_BREAKER_RESET_TIMEOUT_S"),
     )
     """Seconds an open breaker waits before letting probes through."""
     breaker_half_open_max_calls: int = Field(

@@ -41,13 +41,13 @@ class BreakerConfig(_Strict):
     """Per-model circuit breaker overrides; unset keys use the settings' defaults."""
 
     failure_threshold: int | None = Field(default=None, ge=1)
-    reset_timeout_s: float | None = Field(default=None, gt=0)
+    reset_timeout_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     half_open_max_calls: int | None = Field(default=None, ge=1)
     failure_rate_threshold: float | None = Field(default=None, gt=0, le=1)
     window_size: int | None = Field(default=None, ge=1)
     window_type: Literal["count", "time"] | None = None
     minimum_calls: int | None = Field(default=None, ge=1)
-    slow_call_duration_s: float | None = Field(default=None, gt=0)
+    slow_call_duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     slow_call_rate_threshold: float | None = Field(default=None, gt=0, le=1)
 
 
@@ -77,11 +77,16 @@ class RateLimitConfig(_Strict):
         return self
 
 
+MAX_CACHE_TTL_S = 100 * 365 * 86_400
+"""The longest a shared cache keeps an answer: 100 years (Redis refuses an expiry that does
+not fit a 64-bit count of milliseconds)."""
+
+
 class SharedCacheConfig(_Strict):
     """A model's shared, tenant-safe response cache in Redis."""
 
-    ttl_s: float = Field(default=3600.0, gt=0)
-    """How long an answer is kept."""
+    ttl_s: float = Field(default=3600.0, gt=0, le=MAX_CACHE_TTL_S, allow_inf_nan=False)
+    """How long an answer is kept (at most 100 years)."""
     max_entry_bytes: int = Field(default=262_144, gt=0)
     """Answers larger than this are not cached."""
 

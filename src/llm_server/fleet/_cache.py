@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Mapping
 from typing import Any
 
+from llm_server.core.errors import ConfigurationError
+from llm_server.core.model_config import MAX_CACHE_TTL_S
 from llm_server.core.reliability._budgets import current_tenant
 from llm_server.fleet._connection import FleetConnection, RedisFailure
 
@@ -55,6 +58,11 @@ class SharedResponseCache:
             "api_base": api_base or "",
             "key": hashlib.sha256((api_key or "").encode()).hexdigest()[:32],
         }
+        if not (math.isfinite(ttl_s) and 0 < ttl_s <= MAX_CACHE_TTL_S):
+            raise ConfigurationError(
+                f"shared cache of {model_id!r}: ttl_s must be a finite number of seconds "
+                f"in (0, {MAX_CACHE_TTL_S:,}] (100 years) (got {ttl_s!r})"
+            )
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.max_entry_bytes = max_entry_bytes
         self.hits = 0

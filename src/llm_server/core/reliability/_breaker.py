@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from types import TracebackType
@@ -130,7 +131,7 @@ class CircuitBreaker(BreakerMachine):
             if window_type == "count":
                 minimum_calls = min(minimum_calls, window_size)
         _check(failure_threshold >= 1, "failure_threshold must be >= 1", failure_threshold)
-        _check(reset_timeout > 0, "reset_timeout must be > 0", reset_timeout)
+        _check(_positive(reset_timeout), "reset_timeout must be a finite number > 0", reset_timeout)
         _check(half_open_max_calls >= 1, "half_open_max_calls must be >= 1", half_open_max_calls)
         _check(window_size >= 1, "window_size must be >= 1", window_size)
         _check(window_type in ("count", "time"), "window_type must be count or time", window_type)
@@ -146,8 +147,8 @@ class CircuitBreaker(BreakerMachine):
         ):
             _check(rate is None or 0 < rate <= 1, f"{label} must be in (0, 1]", rate)
         _check(
-            slow_call_duration_s is None or slow_call_duration_s > 0,
-            "slow_call_duration_s must be > 0",
+            slow_call_duration_s is None or _positive(slow_call_duration_s),
+            "slow_call_duration_s must be a finite number > 0",
             slow_call_duration_s,
         )
         self._name = name
@@ -319,7 +320,7 @@ class CircuitBreaker(BreakerMachine):
             by: Who forces it (a user, a runbook).
             reason: Why.
         """
-        _check(ttl_s is None or ttl_s > 0, "ttl_s must be > 0", ttl_s)
+        _check(ttl_s is None or _positive(ttl_s), "ttl_s must be a finite number > 0", ttl_s)
         self._force_state(BreakerState.FORCED_OPEN, ttl_s=ttl_s, by=by, reason=reason)
 
     def disable(
@@ -332,7 +333,7 @@ class CircuitBreaker(BreakerMachine):
             by: Who disables it.
             reason: Why.
         """
-        _check(ttl_s is None or ttl_s > 0, "ttl_s must be > 0", ttl_s)
+        _check(ttl_s is None or _positive(ttl_s), "ttl_s must be a finite number > 0", ttl_s)
         self._force_state(BreakerState.DISABLED, ttl_s=ttl_s, by=by, reason=reason)
 
     def reset(self) -> None:
@@ -457,6 +458,12 @@ class CircuitBreaker(BreakerMachine):
                 _entered.set(entries[:index] + entries[index + 1 :])
                 self._release(permit, exc, start)
                 return
+
+
+def _positive(seconds: float) -> bool:
+    """A finite number of seconds above zero (an infinite one cannot be stored in a fleet's
+    Redis, which counts milliseconds, and ``None`` already says "never")."""
+    return math.isfinite(seconds) and seconds > 0
 
 
 def _check(ok: bool, message: str, value: object) -> None:
