@@ -509,7 +509,7 @@ async def test_outcomes_of_calls_from_an_earlier_state_are_not_counted(clock: Fa
     [
         {"failure_threshold": 0},
         {"reset_timeout": 0},
-        {"reset_timeout": float("inf")},  # a fleet stores it in milliseconds: it cannot
+        {"reset_timeout": float("inf")},  # a fleet keeps it in milliseconds: no infinity
         {"reset_timeout": float("nan")},
         {"half_open_max_calls": 0},
         {"failure_rate_threshold": 0},
