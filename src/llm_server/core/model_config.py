@@ -78,8 +78,8 @@ class RateLimitConfig(_Strict):
 
 
 MAX_CACHE_TTL_S = 100 * 365 * 86_400
-"""The longest a shared cache keeps an answer: 100 years (Redis refuses an expiry that does
-not fit a 64-bit count of milliseconds)."""
+"""The longest a shared cache keeps an answer: 100 years, well inside what Redis stores (a
+64-bit count of milliseconds, ~292,000 years, past which it refuses every write)."""
 
 
 class SharedCacheConfig(_Strict):
