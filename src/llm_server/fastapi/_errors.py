@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llm_server.core.errors import CircuitOpenError, LLMServerError, RateLimitedError
 from llm_server.core.metadata import new_execution_id
 from llm_server.core.telemetry._logging import current_execution_id
-from llm_server.core.telemetry._redaction import redact
+from llm_server.core.telemetry._redaction import redact, redact_value
 
 __all__ = ["error_response", "install_error_handlers", "log_unexpected"]
 
@@ -92,30 +92,15 @@ def error_envelope(
     """The error envelope's body (redacted), as :func:`error_response` sends it."""
     error: dict[str, Any] = {"type": error_type, "message": redact(message)}
     if details:
-        error["details"] = [_redacted(item) for item in details]
+        error["details"] = [redact_value(item) for item in details]
     body: dict[str, Any] = {
         "success": False,
         "error": error,
         "execution_id": current_execution_id() or new_execution_id(),
     }
     if usage:
-        body["usage"] = _redacted(usage)
+        body["usage"] = redact_value(usage)
     return body
-
-
-def _redacted(value: Any) -> Any:
-    """``value`` in JSON's types with every string in it redacted, at any depth: a mapping's
-    keys as strings, a tuple as a list, and anything JSON has no type for (an exception, a
-    dataclass, a date) as its redacted ``str()``, so nothing reaches a client unredacted."""
-    if isinstance(value, str):
-        return redact(value)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, Mapping):
-        return {str(key): _redacted(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(item) for item in value]
-    return redact(str(value))
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:

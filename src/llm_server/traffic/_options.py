@@ -8,9 +8,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llm_server._unicode import valid_text
 from llm_server.core.errors import ConfigurationError
-from llm_server.core.telemetry._redaction import REDACTED, redact, redact_name
+from llm_server.core.telemetry._redaction import redact_value
 from llm_server.traffic._records import CaptureValues, ExecutionValues
 
 if TYPE_CHECKING:
@@ -57,29 +56,6 @@ class CaptureOptions:
         if isinstance(self.redact_fields, str) or not isinstance(self.redact_fields, Iterable):
             raise ConfigurationError("capture redact_fields must be a set of field names")
         object.__setattr__(self, "redact_fields", frozenset(self.redact_fields))
-
-
-def redact_value(value: Any, fields: AbstractSet[str]) -> Any:  # noqa: PLR0911 -- one return per type
-    kind = type(value)  # the JSON types first, by exact type: the ABC checks cost more
-    if kind is str:
-        return redact(valid_text(value))  # never a key that reached the library
-    if kind is dict or isinstance(value, Mapping):  # a key is text too: a secret can be one
-        return {
-            redact_name(k if type(k) is str and k.isascii() else valid_text(str(k))): (
-                REDACTED if k in fields else redact_value(v, fields)
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact_value(v, fields) for v in value]
-    if isinstance(value, str):
-        return redact(valid_text(value))  # never a key that reached the library
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        return redact_value(dump(mode="json"), fields)
-    return redact(valid_text(str(value)))
 
 
 def _number(value: Any) -> float | None:

@@ -23,6 +23,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+from llm_server._unicode import valid_text
 
 __all__ = [
     "REDACTED",
@@ -30,6 +35,7 @@ __all__ = [
     "clear_registered_secrets",
     "redact",
     "redact_name",
+    "redact_value",
     "register_secret",
 ]
 
@@ -151,6 +157,36 @@ def redact_name(name: str) -> str:
     if known is not None or len(_names) < _MAX_NAMES:
         _names[name] = (secrets, redacted)
     return redacted
+
+
+def redact_value(value: Any, fields: AbstractSet[str] = frozenset()) -> Any:  # noqa: PLR0911 -- one return per type
+    """``value`` in JSON's types with every string in it redacted, keys included, at any depth.
+
+    A mapping's keys become strings, a tuple a list, a pydantic model its JSON dump, and
+    anything else JSON has no type for (an exception, a dataclass, a date) its redacted
+    ``str()``; a lone surrogate becomes U+FFFD, so any UTF-8 encoder takes the result. The
+    value of a key in ``fields`` is replaced by :data:`REDACTED` whole.
+    """
+    kind = type(value)  # the JSON types first, by exact type: the ABC checks cost more
+    if kind is str:
+        return redact(valid_text(value))  # never a key that reached the library
+    if kind is dict or isinstance(value, Mapping):  # a key is text too: a secret can be one
+        return {
+            redact_name(k if type(k) is str and k.isascii() else valid_text(str(k))): (
+                REDACTED if k in fields else redact_value(v, fields)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_value(v, fields) for v in value]
+    if isinstance(value, str):
+        return redact(valid_text(value))  # never a key that reached the library
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return redact_value(dump(mode="json"), fields)
+    return redact(valid_text(str(value)))
 
 
 class RedactingFilter(logging.Filter):
